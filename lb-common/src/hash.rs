@@ -1,0 +1,50 @@
+//! The flow hash: MurmurHash3 (x86, 32-bit) rounds over the words of a 5-tuple.
+//!
+//! The XDP program uses it to pick a Maglev slot and a first SNAT port for a new flow; the
+//! agent and the tests use the same function to predict those choices exactly.
+
+use crate::FlowKey;
+
+/// Seed for the Maglev slot of a new flow.
+pub const SEED_RING: u32 = 0x9747_b28c;
+/// Seed for the first SNAT port a new flow tries.
+pub const SEED_SNAT: u32 = 0x2545_f491;
+
+#[inline(always)]
+const fn round(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn finish(mut h: u32, len: u32) -> u32 {
+    h ^= len;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+const fn word(b: &[u8; 16], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Hash of a 5-tuple. Ports enter as the bytes seen on the wire, so the result does not depend
+/// on byte-order conversions on either side.
+#[inline(always)]
+pub const fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
+    let mut h = seed;
+    h = round(h, word(&key.src, 0));
+    h = round(h, word(&key.src, 4));
+    h = round(h, word(&key.src, 8));
+    h = round(h, word(&key.src, 12));
+    h = round(h, word(&key.dst, 0));
+    h = round(h, word(&key.dst, 4));
+    h = round(h, word(&key.dst, 8));
+    h = round(h, word(&key.dst, 12));
+    h = round(h, (key.sport as u32) | ((key.dport as u32) << 16));
+    h = round(h, key.proto as u32);
+    finish(h, 40)
+}

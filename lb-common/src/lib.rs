@@ -1,0 +1,302 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the agent (`lb-agent`): map keys and
+//! values, map names and sizes, counter indices, and the flow hash both sides must agree on.
+//!
+//! Every type is `#[repr(C)]` with explicit padding and a size assertion, because the kernel
+//! and user space read the same bytes. Addresses are always 16 bytes wide: an IPv4 address
+//! is stored IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2) so IPv6 fits without a redesign.
+//! "NBO" marks a field in network byte order (as on the wire), "host" one in host order.
+#![no_std]
+
+pub mod hash;
+
+/// Slots per Maglev ring. Prime, as Maglev requires; 65537 keeps the per-origin share error
+/// below 0.01 % for a few hundred origins.
+pub const MAGLEV_M: u32 = 65537;
+/// Rings the `RINGS` map holds (one per pool). `RINGS` has `MAX_RINGS * MAGLEV_M` slots.
+pub const MAX_RINGS: u32 = 64;
+/// Entries of the `ORIGINS` and `ORIGIN_STATS` arrays (an origin id indexes both).
+pub const MAX_ORIGINS: u32 = 4096;
+/// Entries of `VIPS` and `VIP_STATS`.
+pub const MAX_VIPS: u32 = 512;
+/// Default size of `FLOWS` and `REV_FLOWS` (LRU). The agent may change it when it creates
+/// the maps (`dataplane.flow_table_size`).
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
+/// Entries of the `TX_PORTS` device map (interfaces the agent attached to).
+pub const MAX_INTERFACES: u32 = 64;
+/// A ring slot that holds no origin: packets that land on it are dropped (`NO_ORIGIN`).
+pub const NO_ORIGIN: u32 = u32::MAX;
+/// How many SNAT ports a new flow tries before it is dropped as `SNAT_EXHAUSTED`.
+pub const SNAT_PROBES: u32 = 16;
+
+/// Map names as they appear in the object file and under the pin directory.
+pub mod map_names {
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const VIPS: &str = "VIPS";
+    pub const RINGS: &str = "RINGS";
+    pub const ORIGINS: &str = "ORIGINS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const REV_FLOWS: &str = "REV_FLOWS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const ORIGIN_STATS: &str = "ORIGIN_STATS";
+    pub const EVENTS: &str = "EVENTS";
+    /// Every map, in the order the agent pins and checks them.
+    pub const ALL: [&str; 10] = [
+        SETTINGS,
+        VIPS,
+        RINGS,
+        ORIGINS,
+        FLOWS,
+        REV_FLOWS,
+        TX_PORTS,
+        VIP_STATS,
+        ORIGIN_STATS,
+        EVENTS,
+    ];
+}
+
+/// Name of the load-balancing XDP program in the object file.
+pub const PROGRAM_NAME: &str = "lb_xdp";
+
+pub const IPPROTO_TCP: u8 = 6;
+
+/// Key of `VIPS`: which (address, port, protocol) is a virtual IP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// IPv4-mapped or IPv6 address, NBO.
+    pub addr: [u8; 16],
+    /// TCP port, NBO.
+    pub port: u16,
+    /// IP protocol number (6 = TCP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// Value of `VIPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into `VIP_STATS`, host order.
+    pub vip_id: u32,
+    /// Which ring of `RINGS` new flows use (slot = ring_id * MAGLEV_M + hash % MAGLEV_M), host.
+    /// Moving a VIP to another pool is one write of this field.
+    pub ring_id: u32,
+    /// Reserved for per-VIP flags, host order; 0 today.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+
+/// Value of `ORIGINS`, indexed by origin id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginMeta {
+    /// Origin address (IPv4-mapped or IPv6), NBO.
+    pub addr: [u8; 16],
+    /// Origin TCP port, NBO.
+    pub port: u16,
+    pub _pad: u16,
+    /// `ORIGIN_F_*` bits, host order.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<OriginMeta>() == 24);
+
+/// `OriginMeta::flags`: the slot is in use.
+pub const ORIGIN_F_PRESENT: u32 = 1;
+
+/// Key of `FLOWS` and `REV_FLOWS`: a TCP 5-tuple exactly as it appears in a packet.
+/// In `FLOWS` it is client -> VIP; in `REV_FLOWS` it is origin -> SNAT address, i.e. the
+/// tuple of a reply, so the reply path builds the key straight from the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address, NBO.
+    pub src: [u8; 16],
+    /// Destination address, NBO.
+    pub dst: [u8; 16],
+    /// Source port, NBO.
+    pub sport: u16,
+    /// Destination port, NBO.
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of `FLOWS`: where an established client flow goes and how it is rewritten.
+/// The origin address is copied here (not only its id) so that a flow keeps its origin even
+/// after the agent removes or re-numbers that origin: draining never breaks a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Origin address, NBO.
+    pub origin_addr: [u8; 16],
+    /// LB address used as source towards the origin, NBO.
+    pub snat_addr: [u8; 16],
+    /// Origin port, NBO.
+    pub origin_port: u16,
+    /// SNAT source port, NBO.
+    pub snat_port: u16,
+    /// Origin id at the time the flow was created (for counters), host order.
+    pub origin_id: u32,
+    /// VIP id (for counters), host order.
+    pub vip_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Flow>() == 48);
+
+/// Value of `REV_FLOWS`: how a reply from an origin is rewritten back to the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevFlow {
+    /// Client address, NBO.
+    pub client_addr: [u8; 16],
+    /// VIP address, NBO.
+    pub vip_addr: [u8; 16],
+    /// Client port, NBO.
+    pub client_port: u16,
+    /// VIP port, NBO.
+    pub vip_port: u16,
+    /// Host order.
+    pub vip_id: u32,
+    /// Host order.
+    pub origin_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<RevFlow>() == 48);
+
+/// Value of `SETTINGS[0]`: data-path settings the agent writes once at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Source address for traffic towards origins (IPv4-mapped), NBO.
+    pub snat_addr: [u8; 16],
+    /// First SNAT source port, host order.
+    pub snat_port_min: u16,
+    /// Last SNAT source port (inclusive), host order.
+    pub snat_port_max: u16,
+    /// `SETTINGS_F_*` bits, host order. Bit 0 set = settings valid (agent has configured us).
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+
+pub const SETTINGS_F_READY: u32 = 1;
+
+/// Per-CPU counters of one VIP or one origin (`VIP_STATS`, `ORIGIN_STATS`). All host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Client -> origin packets forwarded.
+    pub packets: u64,
+    /// Client -> origin bytes forwarded (frame length as received).
+    pub bytes: u64,
+    /// Flows created (flow-table inserts).
+    pub new_flows: u64,
+    /// Origin -> client packets reverse-NATed.
+    pub reply_packets: u64,
+    /// Origin -> client bytes reverse-NATed.
+    pub reply_bytes: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 48);
+
+/// Indices of the per-CPU `EVENTS` array: one u64 count per verdict reason.
+/// Each odd case the data path meets has its own counter, and its verdict is documented
+/// here (and in ARCHITECTURE.md).
+pub mod event {
+    /// Not IPv4 (ARP, IPv6, VLAN-tagged, LLDP ...): XDP_PASS.
+    pub const PASS_NOT_IPV4: u32 = 0;
+    /// IPv4 but not TCP (UDP, ICMP ...): XDP_PASS.
+    pub const PASS_NOT_TCP: u32 = 1;
+    /// TCP neither to a VIP nor a reply to one of our SNAT flows: XDP_PASS.
+    pub const PASS_NOT_VIP: u32 = 2;
+    /// Frame too short for an Ethernet or IPv4 header, or IPv4 header invalid
+    /// (IHL < 5, version != 4): XDP_PASS, the stack counts and drops it as it would anyway.
+    pub const PASS_MALFORMED: u32 = 3;
+    /// To a VIP but the TCP header is truncated or its data offset is < 5: XDP_DROP.
+    pub const DROP_MALFORMED_TCP: u32 = 4;
+    /// To a VIP with IPv4 options: XDP_DROP (we never need them, and they are an attack surface).
+    pub const DROP_IP_OPTIONS: u32 = 5;
+    /// To a VIP and fragmented (MF set or offset != 0): XDP_DROP; non-first fragments carry
+    /// no ports, so they cannot be steered consistently.
+    pub const DROP_FRAGMENT: u32 = 6;
+    /// New flow but the VIP's ring slot holds no origin (pool empty or all drained): XDP_DROP.
+    pub const DROP_NO_ORIGIN: u32 = 7;
+    /// Flow-table insert failed: XDP_DROP.
+    pub const DROP_FLOW_INSERT: u32 = 8;
+    /// Every SNAT port probed for this flow was taken: XDP_DROP.
+    pub const DROP_SNAT_EXHAUSTED: u32 = 9;
+    /// TTL would reach 0: XDP_DROP.
+    pub const DROP_TTL: u32 = 10;
+    /// The FIB has no route to the rewritten destination (unreachable, blackhole ...): XDP_DROP.
+    pub const DROP_NO_ROUTE: u32 = 11;
+    /// The FIB knows the route but not the neighbour's MAC yet: the rewritten packet is
+    /// handed to the stack (XDP_PASS), which resolves ARP and forwards it (needs forwarding on).
+    pub const PASS_NO_NEIGH: u32 = 12;
+    /// Forwarded out of the ingress interface: XDP_TX.
+    pub const FWD_TX: u32 = 13;
+    /// Forwarded to another interface through `TX_PORTS`: XDP_REDIRECT.
+    pub const FWD_REDIRECT: u32 = 14;
+    /// Egress interface is not in `TX_PORTS` (the agent did not attach to it): XDP_DROP.
+    pub const DROP_NO_TX_PORT: u32 = 15;
+    /// Agent has not written `SETTINGS` yet: XDP_PASS (we do nothing before we are configured).
+    pub const PASS_NOT_READY: u32 = 16;
+    /// A client packet matched an existing flow.
+    pub const FLOW_HIT: u32 = 17;
+    /// A reply matched `REV_FLOWS` and was rewritten back to the client.
+    pub const REPLY_NAT: u32 = 18;
+    /// The FIB refuses to forward because IPv4 forwarding is off on the ingress interface
+    /// (`net.ipv4.conf.<if>.forwarding = 0`): XDP_DROP. The agent checks this at start.
+    pub const DROP_FWD_DISABLED: u32 = 19;
+    pub const COUNT: u32 = 20;
+
+    /// Names in index order, for `lb-agent stats` and tests.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_not_ipv4",
+        "pass_not_tcp",
+        "pass_not_vip",
+        "pass_malformed",
+        "drop_malformed_tcp",
+        "drop_ip_options",
+        "drop_fragment",
+        "drop_no_origin",
+        "drop_flow_insert",
+        "drop_snat_exhausted",
+        "drop_ttl",
+        "drop_no_route",
+        "pass_no_neigh",
+        "fwd_tx",
+        "fwd_redirect",
+        "drop_no_tx_port",
+        "pass_not_ready",
+        "flow_hit",
+        "reply_nat",
+        "drop_fwd_disabled",
+    ];
+}
+
+/// Stores an IPv4 address as an IPv4-mapped IPv6 address.
+#[inline(always)]
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{
+        Counters, Flow, FlowKey, OriginMeta, RevFlow, Settings, VipKey, VipMeta,
+    };
+    // SAFETY: all are repr(C), made only of integers and byte arrays, with explicit padding.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for OriginMeta {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for RevFlow {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for Counters {}
+}

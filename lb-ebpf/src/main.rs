@@ -1,0 +1,418 @@
+//! The XDP load balancer: full NAT for TCP to virtual IPs, weighted Maglev for new flows,
+//! a flow table for established ones, reverse NAT for replies.
+//!
+//! ```text
+//! frame -> eth -> IPv4 -> TCP  (anything else: XDP_PASS, counted)
+//!   dst is a VIP:  flow hit? -> rewrite.  miss: RINGS[ring][hash % M] -> origin, take a SNAT
+//!                  port (REV_FLOWS insert, NOEXIST), insert FLOWS -> rewrite
+//!   dst is our SNAT address and port range: REV_FLOWS hit -> rewrite back to client
+//!   rewrite = DNAT + SNAT + TTL-1 with incremental checksums, then FIB lookup ->
+//!             XDP_TX (same interface) or redirect through TX_PORTS
+//! ```
+//! Nothing is logged per packet: every outcome increments a per-CPU counter.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod maps;
+
+use core::mem::{self, size_of};
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
+    },
+    btf_maps::PerCpuArray,
+    helpers::generated::bpf_fib_lookup,
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    event,
+    hash::{flow_hash, SEED_RING, SEED_SNAT},
+    v4_mapped, Counters, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, IPPROTO_TCP,
+    MAGLEV_M, NO_ORIGIN, ORIGIN_F_PRESENT, SETTINGS_F_READY, SNAT_PROBES,
+};
+use maps::{
+    EVENTS, FLOWS, ORIGINS, ORIGIN_STATS, REV_FLOWS, RINGS, SETTINGS, TX_PORTS, VIPS,
+    VIP_STATS,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+
+const ETH_P_IP: u16 = 0x0800;
+const AF_INET: u8 = 2;
+const IP_MF: u8 = 0x20;
+const IP_OFFSET_HI: u8 = 0x1f;
+
+/// The load balancer. Verdict discipline: helpers return `Result<_, u32>` and `Err` carries an
+/// early verdict, so every path ends in exactly one verdict and one counter.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    match try_lb(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Passes everything. Tests and the demo attach it to the far ends of veth pairs: native XDP
+/// on a veth needs a program on the peer before XDP_TX/XDP_REDIRECT frames are delivered.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Bounces every frame unchanged: the floor the benchmarks compare `lb_xdp` against.
+#[xdp]
+pub fn xdp_tx_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn count(reason: u32) {
+    if let Some(c) = EVENTS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Counts `reason` and yields `verdict`, for `Err(...)` early exits.
+#[inline(always)]
+fn verdict(reason: u32, verdict: u32) -> u32 {
+    count(reason);
+    verdict
+}
+
+#[inline(always)]
+fn pass(reason: u32) -> u32 {
+    verdict(reason, xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn drop(reason: u32) -> u32 {
+    verdict(reason, xdp_action::XDP_DROP)
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Is `addr` (IPv4-mapped) the address of some VIP? Uses the port-0 marker entries.
+#[inline(always)]
+fn is_vip_addr(addr: [u8; 16]) -> bool {
+    let key = VipKey {
+        addr,
+        port: 0,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    VIPS.get_ptr(key).is_some()
+}
+
+/// Adds one packet to the counters of VIP or origin `id`; `new_flow` also counts a flow.
+#[inline(always)]
+fn add<const N: usize>(map: &PerCpuArray<Counters, N>, id: u32, len: u64, reply: bool, new_flow: bool) {
+    if let Some(c) = map.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe {
+            if reply {
+                (*c).reply_packets += 1;
+                (*c).reply_bytes += len;
+            } else {
+                (*c).packets += 1;
+                (*c).bytes += len;
+                if new_flow {
+                    (*c).new_flows += 1;
+                }
+            }
+        }
+    }
+}
+
+fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or_else(|| pass(event::PASS_MALFORMED))?;
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).ether_type } != ETH_P_IP.to_be() {
+        return Err(pass(event::PASS_NOT_IPV4));
+    }
+    let ip: *mut Ipv4Hdr =
+        ptr_at(ctx, EthHdr::LEN).ok_or_else(|| pass(event::PASS_MALFORMED))?;
+    // SAFETY: bounds checked by ptr_at.
+    let (vihl, proto, frags, dst4) =
+        unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags, (*ip).dst_addr) };
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return Err(pass(event::PASS_MALFORMED));
+    }
+    if proto != IPPROTO_TCP {
+        return Err(pass(event::PASS_NOT_TCP));
+    }
+    let settings: Settings = match SETTINGS.get(0) {
+        Some(s) if s.flags & SETTINGS_F_READY != 0 => *s,
+        _ => return Err(pass(event::PASS_NOT_READY)),
+    };
+    let dst = v4_mapped(dst4);
+    if vihl & 0x0f != 5 || frags[0] & (IP_MF | IP_OFFSET_HI) != 0 || frags[1] != 0 {
+        if !is_vip_addr(dst) {
+            return Err(pass(event::PASS_NOT_VIP));
+        }
+        return Err(drop(if vihl & 0x0f != 5 {
+            event::DROP_IP_OPTIONS
+        } else {
+            event::DROP_FRAGMENT
+        }));
+    }
+    let tcp: *mut TcpHdr = match ptr_at::<TcpHdr>(ctx, EthHdr::LEN + Ipv4Hdr::LEN) {
+        // SAFETY: bounds checked by ptr_at.
+        Some(t) if unsafe { (*t).doff() } >= 5 => t,
+        _ => {
+            return Err(if is_vip_addr(dst) {
+                drop(event::DROP_MALFORMED_TCP)
+            } else {
+                pass(event::PASS_MALFORMED)
+            })
+        }
+    };
+    // SAFETY: bounds checked above.
+    let (src4, sport, dport) = unsafe { ((*ip).src_addr, (*tcp).source, (*tcp).dest) };
+    let key = FlowKey {
+        src: v4_mapped(src4),
+        dst,
+        sport: u16::from_ne_bytes(sport),
+        dport: u16::from_ne_bytes(dport),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+
+    let vip_key = VipKey {
+        addr: dst,
+        port: key.dport,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    // SAFETY: VIPS is written only by the agent; we copy the value out at once.
+    if let Some(vip) = unsafe { VIPS.get(vip_key) } {
+        let vip = *vip;
+        // SAFETY: as above, the value is copied out before any other map operation.
+        let (flow, is_new) = match unsafe { FLOWS.get(key) } {
+            Some(f) => {
+                count(event::FLOW_HIT);
+                (*f, false)
+            }
+            None => (new_flow(&key, &vip, &settings)?, true),
+        };
+        rewrite(
+            ip,
+            tcp,
+            flow.snat_addr,
+            flow.snat_port,
+            flow.origin_addr,
+            flow.origin_port,
+        )?;
+        add(&VIP_STATS, flow.vip_id, frame_len, false, is_new);
+        add(&ORIGIN_STATS, flow.origin_id, frame_len, false, is_new);
+        return forward(ctx, eth, ip);
+    }
+
+    // A reply from an origin to one of our SNAT ports?
+    let dport_host = u16::from_be_bytes(dport);
+    if dst == settings.snat_addr
+        && dport_host >= settings.snat_port_min
+        && dport_host <= settings.snat_port_max
+    {
+        // SAFETY: copied out at once.
+        if let Some(rev) = unsafe { REV_FLOWS.get(key) } {
+            let rev: RevFlow = *rev;
+            rewrite(
+                ip,
+                tcp,
+                rev.vip_addr,
+                rev.vip_port,
+                rev.client_addr,
+                rev.client_port,
+            )?;
+            count(event::REPLY_NAT);
+            add(&VIP_STATS, rev.vip_id, frame_len, true, false);
+            add(&ORIGIN_STATS, rev.origin_id, frame_len, true, false);
+            return forward(ctx, eth, ip);
+        }
+    }
+    Err(pass(event::PASS_NOT_VIP))
+}
+
+/// Picks an origin for a flow the table does not know, reserves a SNAT port for it and
+/// records both directions. Non-SYN packets take this path too (after an LRU eviction, say):
+/// the ring and the first SNAT port probe are deterministic, so they usually land where the
+/// connection already was.
+#[inline(always)]
+fn new_flow(key: &FlowKey, vip: &VipMeta, settings: &Settings) -> Result<Flow, u32> {
+    let slot = vip.ring_id * MAGLEV_M + flow_hash(key, SEED_RING) % MAGLEV_M;
+    let origin_id = match RINGS.get(slot) {
+        Some(id) if *id != NO_ORIGIN => *id,
+        _ => return Err(drop(event::DROP_NO_ORIGIN)),
+    };
+    let origin = match ORIGINS.get(origin_id) {
+        Some(o) if o.flags & ORIGIN_F_PRESENT != 0 => *o,
+        _ => return Err(drop(event::DROP_NO_ORIGIN)),
+    };
+    let rev = RevFlow {
+        client_addr: key.src,
+        vip_addr: key.dst,
+        client_port: key.sport,
+        vip_port: key.dport,
+        vip_id: vip.vip_id,
+        origin_id,
+        _pad: 0,
+    };
+    let range = u32::from(settings.snat_port_max - settings.snat_port_min) + 1;
+    let first = flow_hash(key, SEED_SNAT);
+    let mut rkey = FlowKey {
+        src: origin.addr,
+        dst: settings.snat_addr,
+        sport: origin.port,
+        dport: 0,
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let mut found = false;
+    let mut i = 0;
+    while i < SNAT_PROBES {
+        #[expect(clippy::cast_possible_truncation, reason = "below range <= 65536")]
+        let port = settings.snat_port_min + (first.wrapping_add(i) % range) as u16;
+        rkey.dport = port.to_be();
+        if REV_FLOWS.insert(rkey, rev, u64::from(BPF_NOEXIST)).is_ok() {
+            found = true;
+            break;
+        }
+        i += 1;
+    }
+    if !found {
+        return Err(drop(event::DROP_SNAT_EXHAUSTED));
+    }
+    let flow = Flow {
+        origin_addr: origin.addr,
+        snat_addr: settings.snat_addr,
+        origin_port: origin.port,
+        snat_port: rkey.dport,
+        origin_id,
+        vip_id: vip.vip_id,
+        _pad: 0,
+    };
+    if FLOWS.insert(key, flow, 0).is_err() {
+        let _ = REV_FLOWS.remove(rkey);
+        return Err(drop(event::DROP_FLOW_INSERT));
+    }
+    Ok(flow)
+}
+
+/// Rewrites source and destination (address and port), decrements the TTL and patches both
+/// checksums incrementally. Addresses are IPv4-mapped; their last four bytes are the IPv4 ones.
+#[inline(always)]
+fn rewrite(
+    ip: *mut Ipv4Hdr,
+    tcp: *mut TcpHdr,
+    new_src: [u8; 16],
+    new_sport: u16,
+    new_dst: [u8; 16],
+    new_dport: u16,
+) -> Result<(), u32> {
+    let src4 = [new_src[12], new_src[13], new_src[14], new_src[15]];
+    let dst4 = [new_dst[12], new_dst[13], new_dst[14], new_dst[15]];
+    // SAFETY: both headers were bounds-checked by the caller and stay valid (no adjust_head).
+    unsafe {
+        if (*ip).ttl <= 1 {
+            return Err(drop(event::DROP_TTL));
+        }
+        let old_src = (*ip).src_addr;
+        let old_dst = (*ip).dst_addr;
+        // TTL and protocol share one 16-bit word (RFC 791): update it as a word.
+        let ttl_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).ttl -= 1;
+        let new_ttl_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+
+        let mut ipc = u16::from_ne_bytes((*ip).check);
+        ipc = csum::replace32(ipc, old_src, src4);
+        ipc = csum::replace32(ipc, old_dst, dst4);
+        ipc = csum::replace16(ipc, ttl_word, new_ttl_word);
+        (*ip).check = ipc.to_ne_bytes();
+        (*ip).src_addr = src4;
+        (*ip).dst_addr = dst4;
+
+        // The TCP checksum covers the pseudo-header addresses (RFC 793) and the ports.
+        let old_sport = u16::from_ne_bytes((*tcp).source);
+        let old_dport = u16::from_ne_bytes((*tcp).dest);
+        let mut tc = u16::from_ne_bytes((*tcp).check);
+        tc = csum::replace32(tc, old_src, src4);
+        tc = csum::replace32(tc, old_dst, dst4);
+        tc = csum::replace16(tc, old_sport, new_sport);
+        tc = csum::replace16(tc, old_dport, new_dport);
+        (*tcp).check = tc.to_ne_bytes();
+        (*tcp).source = new_sport.to_ne_bytes();
+        (*tcp).dest = new_dport.to_ne_bytes();
+    }
+    Ok(())
+}
+
+/// Sends a rewritten frame on: next hop and MACs from the kernel FIB, then XDP_TX when it
+/// leaves where it came in, a TX_PORTS redirect otherwise.
+#[inline(always)]
+fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<u32, u32> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut p: FibParams = unsafe { mem::zeroed() };
+    #[expect(clippy::cast_possible_truncation, reason = "ifindex fits in u32")]
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: headers bounds-checked by the caller.
+    unsafe {
+        p.family = AF_INET;
+        p.l4_protocol = IPPROTO_TCP;
+        p.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
+        p.ifindex = ingress;
+        p.__bindgen_anon_2.tos = (*ip).tos;
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
+    }
+    // SAFETY: p is a valid, fully initialised request of the size we pass.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &raw mut p,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    #[expect(clippy::cast_sign_loss, reason = "return codes are small and non-negative")]
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Ok(pass(event::PASS_NO_NEIGH)),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(drop(event::DROP_FWD_DISABLED)),
+        _ => return Err(drop(event::DROP_NO_ROUTE)),
+    }
+    // SAFETY: eth bounds-checked by the caller.
+    unsafe {
+        (*eth).dst_addr = p.dmac;
+        (*eth).src_addr = p.smac;
+    }
+    if p.ifindex == ingress {
+        return Ok(verdict(event::FWD_TX, xdp_action::XDP_TX));
+    }
+    match TX_PORTS.redirect(p.ifindex, 0) {
+        Ok(v) => Ok(verdict(event::FWD_REDIRECT, v)),
+        Err(_) => Err(drop(event::DROP_NO_TX_PORT)),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// `bpf_fib_lookup` is GPL-only, so the kernel side is dual-licensed (MIT/GPL).
+#[unsafe(link_section = "license")]
+#[used]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,54 @@
+//! The maps of the data path. BTF-defined, so `bpftool map dump` prints typed keys and
+//! values; the agent pins each under its pin directory by name (see `lb_common::map_names`).
+
+use aya_ebpf::{
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    event, Counters, Flow, FlowKey, OriginMeta, RevFlow, Settings, VipKey, VipMeta,
+    DEFAULT_FLOW_TABLE_SIZE, MAGLEV_M, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS,
+};
+
+/// `[0]`: SNAT address and port range; the data path passes everything until it is set.
+#[btf_map]
+pub static SETTINGS: Array<Settings, 1> = Array::new();
+
+/// VIP (address, port, TCP) -> ring and id. The agent also writes one entry with port 0 per
+/// VIP address, so that packets we cannot read a port from (fragments, options, truncated
+/// TCP) can still be recognised as addressed to a VIP. Twice MAX_VIPS for those markers.
+#[btf_map]
+pub static VIPS: HashMap<VipKey, VipMeta, { 2 * MAX_VIPS as usize }> = HashMap::new();
+
+/// `MAX_RINGS` Maglev rings of `MAGLEV_M` slots each; a slot holds an origin id or NO_ORIGIN.
+#[btf_map]
+pub static RINGS: Array<u32, { (MAX_RINGS * MAGLEV_M) as usize }> = Array::new();
+
+/// Origin id -> address and port.
+#[btf_map]
+pub static ORIGINS: Array<OriginMeta, { MAX_ORIGINS as usize }> = Array::new();
+
+/// Client -> VIP 5-tuple -> origin and SNAT rewrite. LRU: idle flows age out under pressure.
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, Flow, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
+
+/// Origin -> SNAT 5-tuple (as a reply carries it) -> client and VIP to rewrite back to.
+/// Doubles as the SNAT port allocator: a port is taken while its entry exists.
+#[btf_map]
+pub static REV_FLOWS: LruHashMap<FlowKey, RevFlow, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    LruHashMap::new();
+
+/// Interfaces we may redirect to, keyed by ifindex.
+#[btf_map]
+pub static TX_PORTS: DevMapHash<{ MAX_INTERFACES as usize }> = DevMapHash::new();
+
+#[btf_map]
+pub static VIP_STATS: PerCpuArray<Counters, { MAX_VIPS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static ORIGIN_STATS: PerCpuArray<Counters, { MAX_ORIGINS as usize }> = PerCpuArray::new();
+
+/// One counter per verdict reason, indexed by `lb_common::event::*`.
+#[btf_map]
+pub static EVENTS: PerCpuArray<u64, { event::COUNT as usize }> = PerCpuArray::new();
