@@ -1,4 +1,16 @@
 //! lb-agent: loads the XDP load balancer, turns the config into BPF map contents and keeps
 //! them current. See ARCHITECTURE.md for the bird's-eye view.
+//!
+//! # Layout
+//! - `config`: TOML -> validated `Config` (pure).
+//! - `maglev`: weighted Maglev tables (pure).
+//! - `reconcile`: config -> map entries, the one writer of maps.
+//! - `dataplane`: loading, pinning, attaching; typed map handles.
+//! - `agent`: the lifecycle (`run` with injected shutdown, SIGHUP reload).
+//! - `stats`: counters read back from the pinned maps.
+pub mod agent;
 pub mod config;
+pub mod dataplane;
 pub mod maglev;
+pub mod reconcile;
+pub mod stats;

@@ -1,1 +1,128 @@
-fn main(){}
+//! `lb-agent`: command-line entry point.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lb_agent::{
+    agent::{self, RunOptions},
+    config::Config,
+    dataplane::{self, Maps},
+    stats,
+};
+
+/// Kernel-accelerated TCP load balancer agent.
+///
+/// Without a subcommand it runs: loads the XDP program, pins its maps and links under
+/// `dataplane.pin_dir`, writes the load balancers of the config, attaches to the
+/// configured interfaces and serves until SIGINT/SIGTERM. SIGHUP reloads the config; a
+/// config that fails validation is rejected and the running one stays in force.
+///
+/// On exit the XDP program stays attached and keeps forwarding with the last state (a
+/// restarted agent adopts it without dropping connections); `lb-agent teardown` or
+/// `--detach-on-exit` removes it.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Path of the TOML config.
+    #[arg(short, long, global = true, default_value = "/etc/lb-agent/lb.toml")]
+    config: PathBuf,
+    /// Path of the XDP object (default: lb-ebpf.o next to this binary, then the workspace
+    /// build output of `cargo xtask build-ebpf`).
+    #[arg(long)]
+    bpf_object: Option<PathBuf>,
+    /// On exit, detach XDP and remove every pinned map and link (drops established flows).
+    #[arg(long)]
+    detach_on_exit: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config and print a summary; changes nothing.
+    Check,
+    /// Print per-load-balancer and per-origin counters and data-path events, read from the
+    /// pinned maps (names come from the config).
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach XDP from every interface and remove all pinned maps and links under the pin
+    /// directory (`--pin-dir`, else the config's `dataplane.pin_dir`). Drops established flows.
+    Teardown {
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        None => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(
+                RunOptions {
+                    config: cli.config,
+                    bpf_object: cli.bpf_object,
+                    detach_on_exit: cli.detach_on_exit,
+                },
+                shutdown_signal(),
+            ))?;
+        }
+        Some(Command::Check) => {
+            let cfg = Config::load(&cli.config)?;
+            println!(
+                "{}: valid; {} load balancer(s), {} pool(s), {} origin(s), interfaces {:?}",
+                cli.config.display(),
+                cfg.load_balancers.len(),
+                cfg.pools.len(),
+                cfg.pools.iter().map(|p| p.origins.len()).sum::<usize>(),
+                cfg.dataplane.interfaces
+            );
+        }
+        Some(Command::Stats { json }) => {
+            let cfg = Config::load(&cli.config)?;
+            let maps = Maps::open_pinned(&cfg.dataplane.pin_dir)?;
+            let s = stats::collect(&cfg, &maps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{s}");
+            }
+        }
+        Some(Command::Teardown { pin_dir }) => {
+            let dir = match pin_dir {
+                Some(d) => d,
+                None => Config::load(&cli.config)
+                    .context("teardown needs --pin-dir or a readable --config")?
+                    .dataplane
+                    .pin_dir,
+            };
+            let removed = dataplane::teardown(&dir)?;
+            println!("{}: removed {} pinned object(s): {}", dir.display(), removed.len(), removed.join(" "));
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}

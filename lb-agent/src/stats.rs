@@ -1,0 +1,143 @@
+//! Reads the data path's counters from the pinned maps and names them from the config.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    dataplane::{DataplaneError, Maps},
+    reconcile::{self, Current},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub vips: Vec<VipStats>,
+    pub events: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VipStats {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub vip_id: u32,
+    pub pool: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    pub origins: Vec<OriginStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OriginStats {
+    pub pool: String,
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub origin_id: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+/// Collects counters for every load balancer of `cfg` that the maps know.
+pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
+    let mut cur = Current::default();
+    for item in maps.vips.iter() {
+        let (k, v) = item.map_err(|e| DataplaneError::Map { name: "VIPS", reason: e.to_string() })?;
+        cur.vips.insert(k, v);
+    }
+    for id in 0..lb_common::MAX_ORIGINS {
+        if let Ok(m) = maps.origins.get(&id, 0) {
+            if m.flags & lb_common::ORIGIN_F_PRESENT != 0 {
+                cur.origins.insert(id, m);
+            }
+        }
+    }
+    let want = reconcile::desired(cfg);
+    let ids = reconcile::assign(&want, &cur, &reconcile::Assignment::default())
+        .map_err(|e| DataplaneError::Host(e.to_string()))?;
+    let lbs: HashMap<&str, &crate::config::LoadBalancer> =
+        cfg.load_balancers.iter().map(|l| (l.name.as_str(), l)).collect();
+    let mut vips = Vec::new();
+    for (name, key, ring) in &want.vips {
+        let Some(meta) = cur.vips.get(key) else { continue };
+        let c = Maps::counters(&maps.vip_stats, meta.vip_id)?;
+        let mut origins = Vec::new();
+        for (ok, _) in &want.rings[ring] {
+            let id = ids.origins[ok];
+            let oc = Maps::counters(&maps.origin_stats, id)?;
+            origins.push(OriginStats {
+                pool: ok.pool.clone(),
+                name: ok.name.clone(),
+                address: ok.addr.to_string(),
+                port: ok.port,
+                origin_id: id,
+                packets: oc.packets,
+                bytes: oc.bytes,
+                new_flows: oc.new_flows,
+                reply_packets: oc.reply_packets,
+                reply_bytes: oc.reply_bytes,
+            });
+        }
+        let lb = lbs[name.as_str()];
+        vips.push(VipStats {
+            name: name.clone(),
+            address: lb.address.to_string(),
+            port: lb.port,
+            vip_id: meta.vip_id,
+            pool: ring.pool.clone(),
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+            reply_packets: c.reply_packets,
+            reply_bytes: c.reply_bytes,
+            origins,
+        });
+    }
+    let totals = maps.event_totals()?;
+    let events = lb_common::event::NAMES
+        .iter()
+        .zip(totals)
+        .map(|(n, v)| ((*n).to_owned(), v))
+        .collect();
+    Ok(Stats { vips, events })
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for v in &self.vips {
+            writeln!(
+                f,
+                "load balancer {} {}:{} (pool {}): {} new flows, {} packets / {} bytes in, {} packets / {} bytes back",
+                v.name, v.address, v.port, v.pool, v.new_flows, v.packets, v.bytes, v.reply_packets, v.reply_bytes
+            )?;
+            writeln!(f, "  {:<20} {:<22} {:>10} {:>7} {:>12} {:>12}", "origin", "address", "new flows", "share", "packets", "bytes")?;
+            let total: u64 = v.origins.iter().map(|o| o.new_flows).sum();
+            for o in &v.origins {
+                #[expect(clippy::cast_precision_loss, reason = "display only")]
+                let share = if total == 0 { 0.0 } else { o.new_flows as f64 * 100.0 / total as f64 };
+                writeln!(
+                    f,
+                    "  {:<20} {:<22} {:>10} {:>6.1}% {:>12} {:>12}",
+                    format!("{}/{}", o.pool, o.name),
+                    format!("{}:{}", o.address, o.port),
+                    o.new_flows,
+                    share,
+                    o.packets,
+                    o.bytes
+                )?;
+            }
+        }
+        writeln!(f, "data path events:")?;
+        for (k, v) in self.events.iter().filter(|(_, v)| **v > 0) {
+            writeln!(f, "  {k:<22} {v}")?;
+        }
+        Ok(())
+    }
+}
