@@ -49,6 +49,10 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     for o in dp.attach(&dp_cfg.interfaces, dp_cfg.xdp_mode, &mut rec.maps.tx_ports)? {
         info!(interface = %o.interface, ifindex = o.ifindex, replaced_running_program = o.replaced, "XDP attached");
     }
+    let mut neighbours = crate::neigh::Neighbours::default();
+    for w in neighbours.sync(origin_addresses(&cfg)) {
+        warn!("{w}");
+    }
     info!(
         load_balancers = cfg.load_balancers.len(),
         pools = cfg.pools.len(),
@@ -63,13 +67,19 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
             () = &mut shutdown => break,
             _ = hup.recv() => {
                 match reload(&opts, &running, &mut dp, &mut rec) {
-                    Ok(next) => running = next,
+                    Ok(next) => {
+                        for w in neighbours.sync(origin_addresses(&next)) {
+                            warn!("{w}");
+                        }
+                        running = next;
+                    }
                     Err(e) => error!("config reload rejected, the running config stays in force: {e}"),
                 }
             }
         }
     }
     if opts.detach_on_exit {
+        neighbours.clear();
         drop(rec);
         drop(dp);
         let removed = dataplane::teardown(&running.dataplane.pin_dir)?;
@@ -78,6 +88,10 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         info!(pin_dir = %running.dataplane.pin_dir.display(), "exiting; XDP stays attached and keeps forwarding (run `lb-agent teardown` to stop it)");
     }
     Ok(())
+}
+
+fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
+    cfg.pools.iter().flat_map(|p| p.origins.iter().map(|o| o.address)).collect()
 }
 
 /// Validates the new config completely before touching anything.

@@ -21,6 +21,11 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 /// ports never collide with the host's own connections (health probes among them).
 pub const DEFAULT_SNAT_PORTS: [u16; 2] = [61000, 65535];
 pub const MIN_FLOW_TABLE: u32 = 1024;
+/// Above Linux's TIME_WAIT (60 s) with margin, so an origin never sees a port reused while
+/// it still remembers the previous connection on it.
+pub const DEFAULT_REUSE_AFTER_CLOSE: u32 = 120;
+/// One day, as generous as conntrack towards idle connections without keepalives.
+pub const DEFAULT_REUSE_AFTER_IDLE: u32 = 86_400;
 pub const MAX_FLOW_TABLE: u32 = 1 << 26;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +78,8 @@ pub struct RawDataplane {
     pub snat_address: Option<String>,
     pub snat_ports: Option<[u32; 2]>,
     pub flow_table_size: Option<u32>,
+    pub snat_port_reuse_after_close: Option<u32>,
+    pub snat_port_reuse_after_idle: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +165,10 @@ pub struct Dataplane {
     pub snat_port_min: u16,
     pub snat_port_max: u16,
     pub flow_table_size: u32,
+    /// Seconds a closed (FIN/RST) flow must be idle before a new flow may take its SNAT port.
+    pub snat_port_reuse_after_close: u32,
+    /// Seconds any flow must be idle before its SNAT port counts as abandoned.
+    pub snat_port_reuse_after_idle: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +332,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         ));
     }
 
+    let reuse_close = dp.snat_port_reuse_after_close.unwrap_or(DEFAULT_REUSE_AFTER_CLOSE);
+    let reuse_idle = dp.snat_port_reuse_after_idle.unwrap_or(DEFAULT_REUSE_AFTER_IDLE);
+    if reuse_idle < reuse_close {
+        errors.push(format!(
+            "dataplane.snat_port_reuse_after_idle: {reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
+        ));
+    }
+
     // --- pools
     let mut pools = Vec::new();
     let mut pool_names = HashMap::new();
@@ -469,6 +488,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             snat_port_min,
             snat_port_max,
             flow_table_size,
+            snat_port_reuse_after_close: reuse_close,
+            snat_port_reuse_after_idle: reuse_idle,
         },
         pools,
         load_balancers: lbs,
@@ -524,6 +545,8 @@ default_pools = ["web"]
         assert_eq!(c.dataplane.snat_port_min, 40000);
         assert_eq!(c.dataplane.flow_table_size, lb_common::DEFAULT_FLOW_TABLE_SIZE);
         assert_eq!(c.dataplane.xdp_mode, XdpMode::Native);
+        assert_eq!(c.dataplane.snat_port_reuse_after_close, 120);
+        assert_eq!(c.dataplane.snat_port_reuse_after_idle, 86_400);
         let b = &c.pools[0].origins[1];
         assert_eq!((b.weight, b.enabled, b.port), (1.0, true, None));
         assert_eq!(c.load_balancers[0].origin_port, 80);
@@ -598,6 +621,14 @@ default_pools = ["web"]
         assert_one(
             &errors_with("pin_dir", "flow_table_size = 10\npin_dir"),
             "dataplane.flow_table_size",
+        );
+    }
+
+    #[test]
+    fn snat_reuse_idle_not_below_close() {
+        assert_one(
+            &errors_with("pin_dir", "snat_port_reuse_after_close = 300\nsnat_port_reuse_after_idle = 60\npin_dir"),
+            "dataplane.snat_port_reuse_after_idle",
         );
     }
 

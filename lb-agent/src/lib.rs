@@ -12,5 +12,6 @@ pub mod agent;
 pub mod config;
 pub mod dataplane;
 pub mod maglev;
+pub mod neigh;
 pub mod reconcile;
 pub mod stats;

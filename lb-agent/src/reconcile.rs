@@ -107,6 +107,8 @@ pub fn desired(cfg: &Config) -> Desired {
         snat_port_min: dp.snat_port_min,
         snat_port_max: dp.snat_port_max,
         flags: SETTINGS_F_READY,
+        reuse_closed_secs: dp.snat_port_reuse_after_close,
+        reuse_idle_secs: dp.snat_port_reuse_after_idle,
     };
     let mut rings = BTreeMap::new();
     let mut vips = Vec::new();

@@ -163,9 +163,18 @@ pub struct RevFlow {
     pub vip_id: u32,
     /// Host order.
     pub origin_id: u32,
+    /// When the origin last sent on this flow, in whole seconds of CLOCK_MONOTONIC (coarse),
+    /// host order. Written by the reply path only when the second changes.
+    pub last_seen: u32,
+    /// `REV_F_*` bits, host order.
+    pub flags: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<RevFlow>() == 48);
+const _: () = assert!(core::mem::size_of::<RevFlow>() == 56);
+
+/// `RevFlow::flags`: a FIN or RST was seen in either direction; the SNAT port may be
+/// recycled once the flow has been idle `Settings::reuse_closed_secs`.
+pub const REV_F_CLOSING: u32 = 1;
 
 /// Value of `SETTINGS[0]`: data-path settings the agent writes once at start.
 #[repr(C)]
@@ -179,8 +188,13 @@ pub struct Settings {
     pub snat_port_max: u16,
     /// `SETTINGS_F_*` bits, host order. Bit 0 set = settings valid (agent has configured us).
     pub flags: u32,
+    /// A closing flow's SNAT port may be taken by a new flow after this many idle seconds
+    /// (keep it above the origins' TIME_WAIT, 60 s on Linux), host order.
+    pub reuse_closed_secs: u32,
+    /// Any flow's SNAT port may be taken after this many idle seconds (abandoned), host order.
+    pub reuse_idle_secs: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 32);
 
 pub const SETTINGS_F_READY: u32 = 1;
 
@@ -243,6 +257,8 @@ pub mod event {
     pub const DROP_NO_TX_PORT: u32 = 15;
     /// Agent has not written `SETTINGS` yet: XDP_PASS (we do nothing before we are configured).
     pub const PASS_NOT_READY: u32 = 16;
+    /// A new flow took over the SNAT port of a closed or abandoned one.
+    pub const SNAT_RECYCLED: u32 = 20;
     /// A client packet matched an existing flow.
     pub const FLOW_HIT: u32 = 17;
     /// A reply matched `REV_FLOWS` and was rewritten back to the client.
@@ -250,7 +266,7 @@ pub mod event {
     /// The FIB refuses to forward because IPv4 forwarding is off on the ingress interface
     /// (`net.ipv4.conf.<if>.forwarding = 0`): XDP_DROP. The agent checks this at start.
     pub const DROP_FWD_DISABLED: u32 = 19;
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Names in index order, for `lb-agent stats` and tests.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -274,6 +290,7 @@ pub mod event {
         "flow_hit",
         "reply_nat",
         "drop_fwd_disabled",
+        "snat_recycled",
     ];
 }
 

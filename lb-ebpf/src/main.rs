@@ -20,11 +20,11 @@ use core::mem::{self, size_of};
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        bpf_fib_lookup as FibParams, xdp_action, BPF_ANY, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
     },
     btf_maps::PerCpuArray,
-    helpers::generated::bpf_fib_lookup,
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     macros::xdp,
     programs::XdpContext,
 };
@@ -32,10 +32,10 @@ use lb_common::{
     event,
     hash::{flow_hash, SEED_RING, SEED_SNAT},
     v4_mapped, Counters, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, IPPROTO_TCP,
-    MAGLEV_M, NO_ORIGIN, ORIGIN_F_PRESENT, SETTINGS_F_READY, SNAT_PROBES,
+    MAGLEV_M, NO_ORIGIN, ORIGIN_F_PRESENT, REV_F_CLOSING, SETTINGS_F_READY, SNAT_PROBES,
 };
 use maps::{
-    EVENTS, FLOWS, ORIGINS, ORIGIN_STATS, REV_FLOWS, RINGS, SETTINGS, TX_PORTS, VIPS,
+    Scratch, SCRATCH, EVENTS, FLOWS, ORIGINS, ORIGIN_STATS, REV_FLOWS, RINGS, SETTINGS, TX_PORTS, VIPS,
     VIP_STATS,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
@@ -90,6 +90,22 @@ fn pass(reason: u32) -> u32 {
 #[inline(always)]
 fn drop(reason: u32) -> u32 {
     verdict(reason, xdp_action::XDP_DROP)
+}
+
+/// Coarse monotonic seconds, for flow idleness (wraps after 136 years).
+#[inline(always)]
+fn now_secs() -> u32 {
+    // SAFETY: helper without arguments.
+    #[expect(clippy::cast_possible_truncation, reason = "seconds fit in u32")]
+    let s = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
+    s
+}
+
+/// FIN or RST: the connection is ending, its SNAT port can be recycled after a grace period.
+#[inline(always)]
+fn closing(tcp: *const TcpHdr) -> bool {
+    // SAFETY: bounds-checked by the caller.
+    unsafe { (*tcp).fin() != 0 || (*tcp).rst() != 0 }
 }
 
 #[inline(always)]
@@ -151,8 +167,8 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     if proto != IPPROTO_TCP {
         return Err(pass(event::PASS_NOT_TCP));
     }
-    let settings: Settings = match SETTINGS.get(0) {
-        Some(s) if s.flags & SETTINGS_F_READY != 0 => *s,
+    let settings: &Settings = match SETTINGS.get(0) {
+        Some(s) if s.flags & SETTINGS_F_READY != 0 => s,
         _ => return Err(pass(event::PASS_NOT_READY)),
     };
     let dst = v4_mapped(dst4);
@@ -199,13 +215,39 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     if let Some(vip) = unsafe { VIPS.get(vip_key) } {
         let vip = *vip;
         // SAFETY: as above, the value is copied out before any other map operation.
-        let (flow, is_new) = match unsafe { FLOWS.get(key) } {
+        // The flow is read in place (flow table value, or the scratch entry new_flow filled)
+        // rather than copied: the hot path's stack frame shares 512 bytes with new_flow's.
+        let (flow, is_new): (*const Flow, bool) = match FLOWS.get_ptr(key) {
             Some(f) => {
                 count(event::FLOW_HIT);
-                (*f, false)
+                (f, false)
             }
-            None => (new_flow(&key, &vip, &settings)?, true),
+            None => {
+                new_flow(&key, &vip, settings)?;
+                match SCRATCH.get_ptr(0) {
+                    // SAFETY: offset computation inside the scratch entry, no read.
+                    Some(sc) => (unsafe { &raw const (*sc).flow }, true),
+                    None => return Err(drop(event::DROP_FLOW_INSERT)),
+                }
+            }
         };
+        // SAFETY: a map value pointer, valid for this program run; an entry evicted under us
+        // would at worst be read stale, never freed memory (BPF hash maps are RCU-protected).
+        let flow = unsafe { &*flow };
+        if closing(tcp) {
+            let rkey = FlowKey {
+                src: flow.origin_addr,
+                dst: flow.snat_addr,
+                sport: flow.origin_port,
+                dport: flow.snat_port,
+                proto: IPPROTO_TCP,
+                _pad: [0; 3],
+            };
+            if let Some(r) = REV_FLOWS.get_ptr_mut(rkey) {
+                // SAFETY: map value pointer; a racing writer can only set the same bit.
+                unsafe { (*r).flags |= REV_F_CLOSING };
+            }
+        }
         rewrite(
             ip,
             tcp,
@@ -225,9 +267,18 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         && dport_host >= settings.snat_port_min
         && dport_host <= settings.snat_port_max
     {
-        // SAFETY: copied out at once.
-        if let Some(rev) = unsafe { REV_FLOWS.get(key) } {
-            let rev: RevFlow = *rev;
+        if let Some(rp) = REV_FLOWS.get_ptr_mut(key) {
+            let now = now_secs();
+            // SAFETY: map value pointer; we copy it out and write back two plain words.
+            let rev: RevFlow = unsafe {
+                if (*rp).last_seen != now {
+                    (*rp).last_seen = now;
+                }
+                if closing(tcp) {
+                    (*rp).flags |= REV_F_CLOSING;
+                }
+                *rp
+            };
             rewrite(
                 ip,
                 tcp,
@@ -246,32 +297,40 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
 }
 
 /// Picks an origin for a flow the table does not know, reserves a SNAT port for it and
-/// records both directions. Non-SYN packets take this path too (after an LRU eviction, say):
-/// the ring and the first SNAT port probe are deterministic, so they usually land where the
-/// connection already was.
-#[inline(always)]
-fn new_flow(key: &FlowKey, vip: &VipMeta, settings: &Settings) -> Result<Flow, u32> {
+/// records both directions; the new flow is left in `SCRATCH.flow`. Non-SYN packets take this
+/// path too (after an LRU eviction, say): the ring and the first SNAT port probe are
+/// deterministic, so they usually land where the connection already was.
+///
+/// Not inlined, and working in the per-CPU scratch entry: a BPF subprogram keeps its stack
+/// frame apart from the hot path's, which keeps the call chain under the 512-byte limit.
+#[inline(never)]
+fn new_flow(key: &FlowKey, vip: &VipMeta, settings: &Settings) -> Result<(), u32> {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
+        return Err(drop(event::DROP_FLOW_INSERT));
+    };
     let slot = vip.ring_id * MAGLEV_M + flow_hash(key, SEED_RING) % MAGLEV_M;
     let origin_id = match RINGS.get(slot) {
         Some(id) if *id != NO_ORIGIN => *id,
         _ => return Err(drop(event::DROP_NO_ORIGIN)),
     };
     let origin = match ORIGINS.get(origin_id) {
-        Some(o) if o.flags & ORIGIN_F_PRESENT != 0 => *o,
+        Some(o) if o.flags & ORIGIN_F_PRESENT != 0 => o,
         _ => return Err(drop(event::DROP_NO_ORIGIN)),
     };
-    let rev = RevFlow {
+    // SAFETY: sc points at this CPU's scratch entry; nothing else uses it while we run.
+    let sc = unsafe { &mut *sc };
+    sc.rev = RevFlow {
         client_addr: key.src,
         vip_addr: key.dst,
         client_port: key.sport,
         vip_port: key.dport,
         vip_id: vip.vip_id,
         origin_id,
+        last_seen: now_secs(),
+        flags: 0,
         _pad: 0,
     };
-    let range = u32::from(settings.snat_port_max - settings.snat_port_min) + 1;
-    let first = flow_hash(key, SEED_SNAT);
-    let mut rkey = FlowKey {
+    sc.rkey = FlowKey {
         src: origin.addr,
         dst: settings.snat_addr,
         sport: origin.port,
@@ -279,13 +338,20 @@ fn new_flow(key: &FlowKey, vip: &VipMeta, settings: &Settings) -> Result<Flow, u
         proto: IPPROTO_TCP,
         _pad: [0; 3],
     };
+    let range = u32::from(settings.snat_port_max - settings.snat_port_min) + 1;
+    let first = flow_hash(key, SEED_SNAT);
     let mut found = false;
     let mut i = 0;
     while i < SNAT_PROBES {
         #[expect(clippy::cast_possible_truncation, reason = "below range <= 65536")]
         let port = settings.snat_port_min + (first.wrapping_add(i) % range) as u16;
-        rkey.dport = port.to_be();
-        if REV_FLOWS.insert(rkey, rev, u64::from(BPF_NOEXIST)).is_ok() {
+        sc.rkey.dport = port.to_be();
+        if REV_FLOWS.insert(&sc.rkey, &sc.rev, u64::from(BPF_NOEXIST)).is_ok() {
+            found = true;
+            break;
+        }
+        if recycle(sc, settings) {
+            count(event::SNAT_RECYCLED);
             found = true;
             break;
         }
@@ -294,20 +360,45 @@ fn new_flow(key: &FlowKey, vip: &VipMeta, settings: &Settings) -> Result<Flow, u
     if !found {
         return Err(drop(event::DROP_SNAT_EXHAUSTED));
     }
-    let flow = Flow {
+    sc.flow = Flow {
         origin_addr: origin.addr,
         snat_addr: settings.snat_addr,
         origin_port: origin.port,
-        snat_port: rkey.dport,
+        snat_port: sc.rkey.dport,
         origin_id,
         vip_id: vip.vip_id,
         _pad: 0,
     };
-    if FLOWS.insert(key, flow, 0).is_err() {
-        let _ = REV_FLOWS.remove(rkey);
+    if FLOWS.insert(key, &sc.flow, 0).is_err() {
+        let _ = REV_FLOWS.remove(&sc.rkey);
         return Err(drop(event::DROP_FLOW_INSERT));
     }
-    Ok(flow)
+    Ok(())
+}
+
+/// Takes over the SNAT port of `sc.rkey` if its flow is closed and idle past the grace
+/// period, or abandoned; the old client flow is forgotten so it cannot use the port any more.
+#[inline(never)]
+fn recycle(sc: &mut Scratch, settings: &Settings) -> bool {
+    // SAFETY: map value pointer, read field by field.
+    let Some(old) = (unsafe { REV_FLOWS.get(&sc.rkey) }) else {
+        return false;
+    };
+    let idle = sc.rev.last_seen.wrapping_sub(old.last_seen);
+    let closed = old.flags & REV_F_CLOSING != 0 && idle >= settings.reuse_closed_secs;
+    if !closed && idle < settings.reuse_idle_secs {
+        return false;
+    }
+    sc.old_flow = FlowKey {
+        src: old.client_addr,
+        dst: old.vip_addr,
+        sport: old.client_port,
+        dport: old.vip_port,
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let _ = FLOWS.remove(&sc.old_flow);
+    REV_FLOWS.insert(&sc.rkey, &sc.rev, u64::from(BPF_ANY)).is_ok()
 }
 
 /// Rewrites source and destination (address and port), decrements the TTL and patches both
@@ -359,8 +450,8 @@ fn rewrite(
 }
 
 /// Sends a rewritten frame on: next hop and MACs from the kernel FIB, then XDP_TX when it
-/// leaves where it came in, a TX_PORTS redirect otherwise.
-#[inline(always)]
+/// leaves where it came in, a TX_PORTS redirect otherwise. Its own subprogram (stack frame).
+#[inline(never)]
 fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<u32, u32> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut p: FibParams = unsafe { mem::zeroed() };

@@ -49,6 +49,19 @@ pub static VIP_STATS: PerCpuArray<Counters, { MAX_VIPS as usize }> = PerCpuArray
 #[btf_map]
 pub static ORIGIN_STATS: PerCpuArray<Counters, { MAX_ORIGINS as usize }> = PerCpuArray::new();
 
+/// Working space for building a new flow: BPF stacks are 512 bytes for a whole call chain,
+/// too small to hold these next to the hot path's own locals. One entry per CPU.
+#[repr(C)]
+pub struct Scratch {
+    pub rev: RevFlow,
+    pub rkey: FlowKey,
+    pub flow: Flow,
+    pub old_flow: FlowKey,
+}
+
+#[btf_map]
+pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
 /// One counter per verdict reason, indexed by `lb_common::event::*`.
 #[btf_map]
 pub static EVENTS: PerCpuArray<u64, { event::COUNT as usize }> = PerCpuArray::new();

@@ -1,0 +1,529 @@
+//! Test bed: network namespaces, veth topologies, origin servers, clients and an agent
+//! process guard, shared by the end-to-end tests, `cargo xtask demo` and the benchmarks.
+//!
+//! Everything it creates has a unique name (process id + counter) and is removed by a guard
+//! on drop, also when a test panics. Traffic stays inside the namespaces it creates.
+//!
+//! Topology (`Topology::build`):
+//! ```text
+//!  client ns                 lb ns (XDP on every veth)             origin ns i (i = 1..n)
+//!  10.0.1.2, .3 ----veth---- 10.0.1.1          10.0.1i.1 ----veth---- 10.0.1i.2 (server :8080)
+//!  default via 10.0.1.1      snat 10.0.0.1 (lo), VIP 10.0.0.10     default via 10.0.1i.1
+//! ```
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+pub const VIP_PORT: u16 = 80;
+pub const SNAT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
+pub const LB_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+pub const ORIGIN_PORT: u16 = 8080;
+
+/// Address of origin `i` (1-based).
+pub fn origin_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 10 + u8::try_from(i).expect("few origins"), 2)
+}
+
+/// Kernel-touching tests run one at a time in a process; hold this while you use the kernel.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A short unique id for names (interfaces allow 15 characters): `<prefix><pid36><n>`.
+pub fn unique_id(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{}", radix36(std::process::id() % 1_679_616), radix36(n % 36))
+}
+
+fn radix36(mut v: u32) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut s = Vec::new();
+    loop {
+        s.push(digits[(v % 36) as usize]);
+        v /= 36;
+        if v == 0 {
+            break;
+        }
+    }
+    s.reverse();
+    String::from_utf8(s).expect("ascii")
+}
+
+/// Runs a command, panicking with its output if it fails (test-bed setup must not half-work).
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}; install it (cargo xtask setup installs the test prerequisites)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails with a clear message when a prerequisite of the kernel tests is missing.
+pub fn require_prerequisites() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(unsafe { libc::geteuid() } == 0, "kernel tests need root (BPF, XDP, netns)");
+    for (cmd, pkg) in [("ip", "iproute2"), ("ethtool", "ethtool"), ("nsenter", "util-linux")] {
+        let ok = Command::new(cmd).arg("-V").output().is_ok()
+            || Command::new(cmd).arg("--version").output().is_ok();
+        assert!(ok, "`{cmd}` is missing: apt-get install {pkg} (or run `cargo xtask setup`)");
+    }
+    assert!(
+        Path::new("/sys/fs/bpf").exists(),
+        "/sys/fs/bpf is missing: mount bpffs with `mount -t bpf bpf /sys/fs/bpf`"
+    );
+    if !is_bpffs(Path::new("/sys/fs/bpf")) {
+        sh("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"]);
+    }
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: valid C string and a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::statfs(c.as_ptr(), &raw mut st) == 0 && st.f_type as i64 == 0xcafe_4a11 }
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(name: &str) -> Self {
+        sh("ip", &["netns", "add", name]);
+        let ns = Self { name: name.to_owned() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    /// Runs a command inside the namespace (network only; the mount namespace, and so
+    /// /sys/fs/bpf, stays the host's).
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> String {
+        let net = format!("--net={}", self.path().display());
+        let mut a = vec![net.as_str(), "--", cmd];
+        a.extend_from_slice(args);
+        sh("nsenter", &a)
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (sockets it opens live here).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter();
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+
+    /// Moves the calling thread into this namespace, for good.
+    pub fn enter(&self) {
+        let f = fs::File::open(self.path()).expect("open netns");
+        // SAFETY: f is an open namespace file; setns affects only this thread.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns({}): {}", self.name, std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// The client / LB / origins topology of the module docs.
+#[derive(Debug)]
+pub struct Topology {
+    pub id: String,
+    pub client: NetNs,
+    pub lb: NetNs,
+    pub origins: Vec<NetNs>,
+    /// LB-side interface names: the client-facing one first, then one per origin.
+    pub lb_ifaces: Vec<String>,
+    pub pin_dir: PathBuf,
+}
+
+impl Topology {
+    pub fn build(n_origins: usize) -> Self {
+        let id = unique_id("lb");
+        let client = NetNs::new(&format!("{id}-c"));
+        let lb = NetNs::new(&format!("{id}-lb"));
+        let origins: Vec<NetNs> = (1..=n_origins).map(|i| NetNs::new(&format!("{id}-o{i}"))).collect();
+        let mut lb_ifaces = Vec::new();
+
+        let link = |far_ns: &NetNs, far: &str, near: &str, far_addr: &str, near_addr: &str, gw: &str| {
+            sh("ip", &["link", "add", far, "type", "veth", "peer", "name", near]);
+            sh("ip", &["link", "set", far, "netns", &far_ns.name]);
+            sh("ip", &["link", "set", near, "netns", &lb.name]);
+            far_ns.ip(&["addr", "add", far_addr, "dev", far]);
+            far_ns.ip(&["link", "set", far, "up"]);
+            far_ns.ip(&["route", "add", "default", "via", gw]);
+            lb.ip(&["addr", "add", near_addr, "dev", near]);
+            lb.ip(&["link", "set", near, "up"]);
+            // Frames XDP redirects or bounces into a veth are delivered only when the far end
+            // has NAPI (GRO on, Linux 5.13+). With TX checksum offload the sender leaves a
+            // partial checksum that the redirected frame cannot carry: compute it in full.
+            far_ns.exec("ethtool", &["-K", far, "gro", "on", "tx", "off"]);
+        };
+        let cif = format!("{id}c");
+        link(&client, &format!("{id}cx"), &cif, "10.0.1.2/24", "10.0.1.1/24", "10.0.1.1");
+        client.ip(&["addr", "add", "10.0.1.3/24", "dev", &format!("{id}cx")]);
+        lb_ifaces.push(cif);
+        for (i, ns) in origins.iter().enumerate() {
+            let n = i + 1;
+            let near = format!("{id}{n}");
+            let o = origin_addr(n);
+            let [a, b, c, _] = o.octets();
+            link(ns, &format!("{id}{n}x"), &near, &format!("{o}/24"), &format!("{a}.{b}.{c}.1/24"), &format!("{a}.{b}.{c}.1"));
+            lb_ifaces.push(near);
+        }
+        lb.ip(&["addr", "add", &format!("{SNAT}/32"), "dev", "lo"]);
+        lb.sysctl("net.ipv4.conf.all.forwarding", "1");
+        // Wait for the links to come up (bounded).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lb.ip(&["link", "show"]).lines().filter(|l| l.contains(&id)).all(|l| l.contains("LOWER_UP")) {
+            assert!(Instant::now() < deadline, "veths did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&id);
+        Self { id, client, lb, origins, lb_ifaces, pin_dir }
+    }
+
+    /// A config for this topology: one pool `web` with the origins at `weights`, VIP 10.0.0.10:80.
+    pub fn config(&self, weights: &[f64], extra_dataplane: &str) -> String {
+        use std::fmt::Write as _;
+        let ifaces: Vec<String> = self.lb_ifaces.iter().map(|i| format!("\"{i}\"")).collect();
+        let mut s = format!(
+            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[[pools]]\nname = \"web\"\norigins = [\n",
+            ifaces.join(", "),
+            self.pin_dir.display()
+        );
+        for (i, w) in weights.iter().enumerate() {
+            let n = i + 1;
+            writeln!(s, "  {{ name = \"o{n}\", address = \"{}\", port = {ORIGIN_PORT}, weight = {w} }},", origin_addr(n)).expect("string");
+        }
+        write!(
+            s,
+            "]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\ndefault_pools = [\"web\"]\n"
+        )
+        .expect("string");
+        s
+    }
+
+    /// Starts one server per origin namespace.
+    pub fn start_servers(&self) -> Vec<Server> {
+        self.origins
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| Server::start(ns, &format!("o{}", i + 1), ORIGIN_PORT))
+            .collect()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Namespaces go with their fields (veths and XDP links die with them); pins do not.
+        if let Ok(entries) = fs::read_dir(&self.pin_dir) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.pin_dir);
+    }
+}
+
+/// FNV-1a 64, to compare bulk transfers without keeping both copies.
+pub fn fnv64(data: &[u8], mut h: u64) -> u64 {
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+pub const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Deterministic bulk content: byte `i` of a transfer.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 7 + i / 251) % 256) as u8).collect()
+}
+
+/// A TCP server in an origin namespace. Protocol, one command line per connection:
+/// `NAME` -> `<name>\n`; `SEND <n>` -> `<name>\n` then n pattern bytes;
+/// `RECV <n>` -> reads n bytes, answers `<name> <fnv64 hex>\n`;
+/// `ECHO` -> `<name>\n`, then echoes every line until EOF.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(ns: &NetNs, name: &str, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let path = ns.path();
+        let name = name.to_owned();
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let f = fs::File::open(&path).expect("open netns");
+            // SAFETY: setns on this thread only.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind server");
+            l.set_nonblocking(true).expect("nonblocking");
+            tx.send(()).expect("ready");
+            let mut workers: Vec<JoinHandle<()>> = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let name = name.clone();
+                        workers.retain(|w| !w.is_finished());
+                        workers.push(std::thread::spawn(move || serve(s, &name)));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            drop(l);
+            for w in workers {
+                let _ = w.join();
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(s: TcpStream, name: &str) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let cmd = parts.next().unwrap_or("");
+    let n: usize = parts.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    let _ = match cmd {
+        "NAME" => writeln!(w, "{name}"),
+        "SEND" => writeln!(w, "{name}").and_then(|()| w.write_all(&pattern(n))),
+        "RECV" => {
+            let mut h = FNV_INIT;
+            let mut left = n;
+            let mut buf = vec![0u8; 65536];
+            while left > 0 {
+                match r.read(&mut buf[..left.min(65536)]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        h = fnv64(&buf[..k], h);
+                        left -= k;
+                    }
+                }
+            }
+            writeln!(w, "{name} {h:016x}")
+        }
+        "ECHO" => {
+            let _ = writeln!(w, "{name}");
+            let mut l = String::new();
+            loop {
+                l.clear();
+                match r.read_line(&mut l) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if w.write_all(l.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    };
+}
+
+/// Opens a TCP connection (optionally from a fixed local address and port) with a timeout.
+pub fn connect(from: Option<SocketAddrV4>, to: SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if let Some(f) = from {
+        sock.set_reuse_address(true)?;
+        sock.bind(&SocketAddr::V4(f).into())?;
+    }
+    sock.connect_timeout(&SocketAddr::V4(to).into(), timeout)?;
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// One request: connect, send `cmd`, read the reply to EOF.
+pub fn request(from: Option<SocketAddrV4>, to: SocketAddrV4, cmd: &str) -> std::io::Result<String> {
+    let mut s = connect(from, to, Duration::from_secs(5))?;
+    s.write_all(format!("{cmd}\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+pub fn vip() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, VIP_PORT)
+}
+
+/// An `lb-agent` process in the LB namespace, stopped (SIGTERM) on drop.
+pub struct Agent {
+    child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts `bin --config <config>` in `ns` and waits (at most 60 s) for "data path ready".
+    pub fn start(bin: &Path, ns: &NetNs, config: &Path, extra: &[&str]) -> Self {
+        let net = format!("--net={}", ns.path().display());
+        let mut child = Command::new("nsenter")
+            .arg(&net)
+            .arg("--")
+            .arg(bin)
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .env("LB_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("data path ready") {
+                    let _ = tx.send(true);
+                }
+                log2.lock().expect("log").push(line);
+            }
+            let _ = tx.send(false);
+        });
+        let mut agent = Self { child, log };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(true) => agent,
+            other => {
+                let _ = agent.child.kill();
+                let _ = agent.child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("agent did not become ready ({other:?}); its log:\n{}", agent.log_text());
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// SIGTERM, then wait (at most 10 s, then SIGKILL). Returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        #[expect(clippy::cast_possible_wrap, reason = "pids fit in i32")]
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// Writes `text` to a unique temporary file that is removed on drop.
+pub struct TempFile {
+    pub path: PathBuf,
+}
+
+impl TempFile {
+    pub fn new(name: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{}-{name}", unique_id("f")));
+        fs::write(&path, text).expect("write temp file");
+        Self { path }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
