@@ -211,9 +211,15 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         proto: IPPROTO_TCP,
         _pad: 0,
     };
+    // SAFETY: bounds-checked above.
+    let ttl = unsafe { (*ip).ttl };
     // SAFETY: VIPS is written only by the agent; we copy the value out at once.
     if let Some(vip) = unsafe { VIPS.get(vip_key) } {
         let vip = *vip;
+        // Refused before a flow is created: forwarding would send it out with TTL 0.
+        if ttl <= 1 {
+            return Err(drop(event::DROP_TTL));
+        }
         // SAFETY: as above, the value is copied out before any other map operation.
         // The flow is read in place (flow table value, or the scratch entry new_flow filled)
         // rather than copied: the hot path's stack frame shares 512 bytes with new_flow's.
@@ -255,7 +261,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
             flow.snat_port,
             flow.origin_addr,
             flow.origin_port,
-        )?;
+        );
         add(&VIP_STATS, flow.vip_id, frame_len, false, is_new);
         add(&ORIGIN_STATS, flow.origin_id, frame_len, false, is_new);
         return forward(ctx, eth, ip);
@@ -268,6 +274,9 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         && dport_host <= settings.snat_port_max
     {
         if let Some(rp) = REV_FLOWS.get_ptr_mut(key) {
+            if ttl <= 1 {
+                return Err(drop(event::DROP_TTL));
+            }
             let now = now_secs();
             // SAFETY: map value pointer; we copy it out and write back two plain words.
             let rev: RevFlow = unsafe {
@@ -286,7 +295,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
                 rev.vip_port,
                 rev.client_addr,
                 rev.client_port,
-            )?;
+            );
             count(event::REPLY_NAT);
             add(&VIP_STATS, rev.vip_id, frame_len, true, false);
             add(&ORIGIN_STATS, rev.origin_id, frame_len, true, false);
@@ -401,8 +410,8 @@ fn recycle(sc: &mut Scratch, settings: &Settings) -> bool {
     REV_FLOWS.insert(&sc.rkey, &sc.rev, u64::from(BPF_ANY)).is_ok()
 }
 
-/// Rewrites source and destination (address and port), decrements the TTL and patches both
-/// checksums incrementally. Addresses are IPv4-mapped; their last four bytes are the IPv4 ones.
+/// Rewrites source and destination (address and port), decrements the TTL (the caller has
+/// refused TTL <= 1) and patches both checksums incrementally. Addresses are IPv4-mapped; their last four bytes are the IPv4 ones.
 #[inline(always)]
 fn rewrite(
     ip: *mut Ipv4Hdr,
@@ -411,14 +420,11 @@ fn rewrite(
     new_sport: u16,
     new_dst: [u8; 16],
     new_dport: u16,
-) -> Result<(), u32> {
+) {
     let src4 = [new_src[12], new_src[13], new_src[14], new_src[15]];
     let dst4 = [new_dst[12], new_dst[13], new_dst[14], new_dst[15]];
     // SAFETY: both headers were bounds-checked by the caller and stay valid (no adjust_head).
     unsafe {
-        if (*ip).ttl <= 1 {
-            return Err(drop(event::DROP_TTL));
-        }
         let old_src = (*ip).src_addr;
         let old_dst = (*ip).dst_addr;
         // TTL and protocol share one 16-bit word (RFC 791): update it as a word.
@@ -446,7 +452,6 @@ fn rewrite(
         (*tcp).source = new_sport.to_ne_bytes();
         (*tcp).dest = new_dport.to_ne_bytes();
     }
-    Ok(())
 }
 
 /// Sends a rewritten frame on: next hop and MACs from the kernel FIB, then XDP_TX when it
