@@ -86,7 +86,7 @@ pub fn sh(cmd: &str, args: &[&str]) -> String {
 pub fn require_prerequisites() {
     // SAFETY: geteuid has no preconditions.
     assert!(unsafe { libc::geteuid() } == 0, "kernel tests need root (BPF, XDP, netns)");
-    for (cmd, pkg) in [("ip", "iproute2"), ("ethtool", "ethtool"), ("nsenter", "util-linux")] {
+    for (cmd, pkg) in [("ip", "iproute2"), ("ethtool", "ethtool"), ("nsenter", "util-linux"), ("ping", "iputils-ping")] {
         let ok = Command::new(cmd).arg("-V").output().is_ok()
             || Command::new(cmd).arg("--version").output().is_ok();
         assert!(ok, "`{cmd}` is missing: apt-get install {pkg} (or run `cargo xtask setup`)");
@@ -223,7 +223,7 @@ impl Topology {
         lb.sysctl("net.ipv4.conf.all.forwarding", "1");
         // Wait for the links to come up (bounded).
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !lb.ip(&["link", "show"]).lines().filter(|l| l.contains(&id)).all(|l| l.contains("LOWER_UP")) {
+        while !lb.ip(&["-o", "link", "show"]).lines().filter(|l| l.contains(&id)).all(|l| l.contains("LOWER_UP")) {
             assert!(Instant::now() < deadline, "veths did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
