@@ -91,7 +91,10 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
 }
 
 fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
-    cfg.pools.iter().flat_map(|p| p.origins.iter().map(|o| o.address)).collect()
+    cfg.pools
+        .iter()
+        .flat_map(|p| p.origins.iter().map(|o| o.address))
+        .collect()
 }
 
 /// Validates the new config completely before touching anything.

@@ -229,7 +229,9 @@ impl Config {
 
 fn ipv4(s: &str, field: &str, errors: &mut Vec<String>) -> Option<Ipv4Addr> {
     if s.is_empty() {
-        errors.push(format!("{field}: missing; set it to an IPv4 address such as \"10.0.0.10\""));
+        errors.push(format!(
+            "{field}: missing; set it to an IPv4 address such as \"10.0.0.10\""
+        ));
         return None;
     }
     match s.parse::<std::net::IpAddr>() {
@@ -285,7 +287,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             ));
         }
         if !seen_if.insert(name) {
-            errors.push(format!("dataplane.interfaces[{i}]: \"{name}\" is listed twice; list each interface once"));
+            errors.push(format!(
+                "dataplane.interfaces[{i}]: \"{name}\" is listed twice; list each interface once"
+            ));
         }
     }
     if dp.interfaces.len() > MAX_INTERFACES as usize {
@@ -294,7 +298,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             dp.interfaces.len()
         ));
     }
-    let pin_dir = dp.pin_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+    let pin_dir = dp
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
     if !pin_dir.is_absolute() {
         errors.push(format!(
             "dataplane.pin_dir: \"{}\" is relative; use an absolute path on a bpffs, e.g. \"{DEFAULT_PIN_DIR}\"",
@@ -325,15 +332,21 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             ));
         }
     }
-    let flow_table_size = dp.flow_table_size.unwrap_or(lb_common::DEFAULT_FLOW_TABLE_SIZE);
+    let flow_table_size = dp
+        .flow_table_size
+        .unwrap_or(lb_common::DEFAULT_FLOW_TABLE_SIZE);
     if !(MIN_FLOW_TABLE..=MAX_FLOW_TABLE).contains(&flow_table_size) {
         errors.push(format!(
             "dataplane.flow_table_size: {flow_table_size} is out of range; use {MIN_FLOW_TABLE}-{MAX_FLOW_TABLE}"
         ));
     }
 
-    let reuse_close = dp.snat_port_reuse_after_close.unwrap_or(DEFAULT_REUSE_AFTER_CLOSE);
-    let reuse_idle = dp.snat_port_reuse_after_idle.unwrap_or(DEFAULT_REUSE_AFTER_IDLE);
+    let reuse_close = dp
+        .snat_port_reuse_after_close
+        .unwrap_or(DEFAULT_REUSE_AFTER_CLOSE);
+    let reuse_idle = dp
+        .snat_port_reuse_after_idle
+        .unwrap_or(DEFAULT_REUSE_AFTER_IDLE);
     if reuse_idle < reuse_close {
         errors.push(format!(
             "dataplane.snat_port_reuse_after_idle: {reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
@@ -356,7 +369,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             }
         }
         if p.origins.is_empty() {
-            errors.push(format!("{f}.origins: empty; a pool needs at least one origin"));
+            errors.push(format!(
+                "{f}.origins: empty; a pool needs at least one origin"
+            ));
         }
         let mut origins = Vec::new();
         let mut origin_names = HashSet::new();
@@ -370,7 +385,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 ));
             }
             let address = ipv4(&o.address, &format!("{f}.address"), &mut errors);
-            let port = o.port.and_then(|p| port(p, &format!("{f}.port"), &mut errors));
+            let port = o
+                .port
+                .and_then(|p| port(p, &format!("{f}.port"), &mut errors));
             if !(o.weight.is_finite() && (0.0..=1.0).contains(&o.weight)) {
                 errors.push(format!(
                     "{f}.weight: {} is out of range; use a number between 0 and 1 (0 drains the origin)",
@@ -536,14 +553,21 @@ default_pools = ["web"]
 
     fn assert_one(errors: &[String], field: &str) {
         assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
-        assert!(errors[0].starts_with(field), "error {:?} should name {field}", errors[0]);
+        assert!(
+            errors[0].starts_with(field),
+            "error {:?} should name {field}",
+            errors[0]
+        );
     }
 
     #[test]
     fn good_config_parses_with_defaults() {
         let c = Config::parse(GOOD, Path::new("t.toml")).expect("valid");
         assert_eq!(c.dataplane.snat_port_min, 40000);
-        assert_eq!(c.dataplane.flow_table_size, lb_common::DEFAULT_FLOW_TABLE_SIZE);
+        assert_eq!(
+            c.dataplane.flow_table_size,
+            lb_common::DEFAULT_FLOW_TABLE_SIZE
+        );
         assert_eq!(c.dataplane.xdp_mode, XdpMode::Native);
         assert_eq!(c.dataplane.snat_port_reuse_after_close, 120);
         assert_eq!(c.dataplane.snat_port_reuse_after_idle, 86_400);
@@ -553,10 +577,19 @@ default_pools = ["web"]
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lb.toml");
+        let c = Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.pools[0].origins.len(), 3);
+    }
+
+    #[test]
     fn unknown_field_is_a_parse_error_naming_it() {
         let text = GOOD.replace("port = 80\n", "port = 80\nprot = 1\n");
         match Config::parse(&text, Path::new("t.toml")) {
-            Err(ConfigError::Parse { message, .. }) => assert!(message.contains("prot"), "{message}"),
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains("prot"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -573,47 +606,74 @@ default_pools = ["web"]
 
     #[test]
     fn interfaces_required() {
-        assert_one(&errors_with("interfaces = [\"eth0\", \"eth1\"]", "interfaces = []"), "dataplane.interfaces");
+        assert_one(
+            &errors_with("interfaces = [\"eth0\", \"eth1\"]", "interfaces = []"),
+            "dataplane.interfaces",
+        );
     }
 
     #[test]
     fn interface_listed_twice() {
-        assert_one(&errors_with("\"eth0\", \"eth1\"", "\"eth0\", \"eth0\""), "dataplane.interfaces[1]");
+        assert_one(
+            &errors_with("\"eth0\", \"eth1\"", "\"eth0\", \"eth0\""),
+            "dataplane.interfaces[1]",
+        );
     }
 
     #[test]
     fn interface_name_too_long() {
-        assert_one(&errors_with("\"eth1\"", "\"an-interface-name-too-long\""), "dataplane.interfaces[1]");
+        assert_one(
+            &errors_with("\"eth1\"", "\"an-interface-name-too-long\""),
+            "dataplane.interfaces[1]",
+        );
     }
 
     #[test]
     fn pin_dir_must_be_absolute() {
-        assert_one(&errors_with("\"/sys/fs/bpf/lbtest\"", "\"lbtest\""), "dataplane.pin_dir");
+        assert_one(
+            &errors_with("\"/sys/fs/bpf/lbtest\"", "\"lbtest\""),
+            "dataplane.pin_dir",
+        );
     }
 
     #[test]
     fn snat_address_required() {
-        assert_one(&errors_with("snat_address = \"10.0.0.1\"\n", ""), "dataplane.snat_address");
+        assert_one(
+            &errors_with("snat_address = \"10.0.0.1\"\n", ""),
+            "dataplane.snat_address",
+        );
     }
 
     #[test]
     fn snat_address_must_be_ipv4() {
-        assert_one(&errors_with("\"10.0.0.1\"", "\"fd00::1\""), "dataplane.snat_address");
+        assert_one(
+            &errors_with("\"10.0.0.1\"", "\"fd00::1\""),
+            "dataplane.snat_address",
+        );
     }
 
     #[test]
     fn snat_ports_must_be_ordered() {
-        assert_one(&errors_with("[40000, 40100]", "[40100, 40000]"), "dataplane.snat_ports");
+        assert_one(
+            &errors_with("[40000, 40100]", "[40100, 40000]"),
+            "dataplane.snat_ports",
+        );
     }
 
     #[test]
     fn snat_ports_must_be_ports() {
-        assert_one(&errors_with("[40000, 40100]", "[40000, 70000]"), "dataplane.snat_ports[1]");
+        assert_one(
+            &errors_with("[40000, 40100]", "[40000, 70000]"),
+            "dataplane.snat_ports[1]",
+        );
     }
 
     #[test]
     fn snat_ports_not_well_known() {
-        assert_one(&errors_with("[40000, 40100]", "[80, 40100]"), "dataplane.snat_ports");
+        assert_one(
+            &errors_with("[40000, 40100]", "[80, 40100]"),
+            "dataplane.snat_ports",
+        );
     }
 
     #[test]
@@ -627,7 +687,10 @@ default_pools = ["web"]
     #[test]
     fn snat_reuse_idle_not_below_close() {
         assert_one(
-            &errors_with("pin_dir", "snat_port_reuse_after_close = 300\nsnat_port_reuse_after_idle = 60\npin_dir"),
+            &errors_with(
+                "pin_dir",
+                "snat_port_reuse_after_close = 300\nsnat_port_reuse_after_idle = 60\npin_dir",
+            ),
             "dataplane.snat_port_reuse_after_idle",
         );
     }
@@ -654,17 +717,26 @@ default_pools = ["web"]
 
     #[test]
     fn origin_name_required() {
-        assert_one(&errors_with("name = \"a\"", "name = \"\""), "pools[0].origins[0].name");
+        assert_one(
+            &errors_with("name = \"a\"", "name = \"\""),
+            "pools[0].origins[0].name",
+        );
     }
 
     #[test]
     fn origin_names_unique_in_pool() {
-        assert_one(&errors_with("name = \"b\"", "name = \"a\""), "pools[0].origins[1].name");
+        assert_one(
+            &errors_with("name = \"b\"", "name = \"a\""),
+            "pools[0].origins[1].name",
+        );
     }
 
     #[test]
     fn origin_address_must_parse() {
-        assert_one(&errors_with("\"10.0.2.2\"", "\"10.0.2\""), "pools[0].origins[0].address");
+        assert_one(
+            &errors_with("\"10.0.2.2\"", "\"10.0.2\""),
+            "pools[0].origins[0].address",
+        );
     }
 
     #[test]
@@ -676,7 +748,10 @@ default_pools = ["web"]
 
     #[test]
     fn origin_port_nonzero() {
-        assert_one(&errors_with("port = 8080", "port = 0"), "pools[0].origins[0].port");
+        assert_one(
+            &errors_with("port = 8080", "port = 0"),
+            "pools[0].origins[0].port",
+        );
     }
 
     #[test]
@@ -688,12 +763,18 @@ default_pools = ["web"]
 
     #[test]
     fn origin_weight_not_negative() {
-        assert_one(&errors_with("weight = 0.5", "weight = -0.1"), "pools[0].origins[0].weight");
+        assert_one(
+            &errors_with("weight = 0.5", "weight = -0.1"),
+            "pools[0].origins[0].weight",
+        );
     }
 
     #[test]
     fn lb_name_required() {
-        assert_one(&errors_with("name = \"www\"", "name = \"\""), "load_balancers[0].name");
+        assert_one(
+            &errors_with("name = \"www\"", "name = \"\""),
+            "load_balancers[0].name",
+        );
     }
 
     #[test]
@@ -704,7 +785,10 @@ default_pools = ["web"]
 
     #[test]
     fn lb_address_must_parse() {
-        assert_one(&errors_with("\"10.0.0.10\"", "\"vip\""), "load_balancers[0].address");
+        assert_one(
+            &errors_with("\"10.0.0.10\"", "\"vip\""),
+            "load_balancers[0].address",
+        );
     }
 
     #[test]
@@ -714,7 +798,10 @@ default_pools = ["web"]
 
     #[test]
     fn lb_origin_port_valid() {
-        assert_one(&errors_with("port = 80\n", "port = 80\norigin_port = 99999\n"), "load_balancers[0].origin_port");
+        assert_one(
+            &errors_with("port = 80\n", "port = 80\norigin_port = 99999\n"),
+            "load_balancers[0].origin_port",
+        );
     }
 
     #[test]
@@ -725,25 +812,39 @@ default_pools = ["web"]
 
     #[test]
     fn vip_is_not_snat_address() {
-        assert_one(&errors_with("\"10.0.0.10\"", "\"10.0.0.1\""), "load_balancers[0].address");
+        assert_one(
+            &errors_with("\"10.0.0.10\"", "\"10.0.0.1\""),
+            "load_balancers[0].address",
+        );
     }
 
     #[test]
     fn default_pools_required() {
-        assert_one(&errors_with("default_pools = [\"web\"]", "default_pools = []"), "load_balancers[0].default_pools");
+        assert_one(
+            &errors_with("default_pools = [\"web\"]", "default_pools = []"),
+            "load_balancers[0].default_pools",
+        );
     }
 
     #[test]
     fn default_pools_must_exist() {
-        let e = errors_with("default_pools = [\"web\"]", "default_pools = [\"web\", \"gone\"]");
+        let e = errors_with(
+            "default_pools = [\"web\"]",
+            "default_pools = [\"web\", \"gone\"]",
+        );
         assert_one(&e, "load_balancers[0].default_pools[1]");
         assert!(e[0].contains("gone"), "{e:?}");
     }
 
     #[test]
     fn xdp_mode_must_be_known() {
-        match Config::parse(&GOOD.replace("pin_dir", "xdp_mode = \"fast\"\npin_dir"), Path::new("t")) {
-            Err(ConfigError::Parse { message, .. }) => assert!(message.contains("xdp_mode"), "{message}"),
+        match Config::parse(
+            &GOOD.replace("pin_dir", "xdp_mode = \"fast\"\npin_dir"),
+            Path::new("t"),
+        ) {
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains("xdp_mode"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -118,11 +118,23 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
     let s = |n: usize| u32::try_from(n).expect("small");
     match name {
         names::SETTINGS => (4, s(size_of::<Settings>()), 1),
-        names::VIPS => (s(size_of::<VipKey>()), s(size_of::<VipMeta>()), 2 * MAX_VIPS),
+        names::VIPS => (
+            s(size_of::<VipKey>()),
+            s(size_of::<VipMeta>()),
+            2 * MAX_VIPS,
+        ),
         names::RINGS => (4, 4, MAX_RINGS * MAGLEV_M),
         names::ORIGINS => (4, s(size_of::<OriginMeta>()), MAX_ORIGINS),
-        names::FLOWS => (s(size_of::<FlowKey>()), s(size_of::<Flow>()), flow_table_size),
-        names::REV_FLOWS => (s(size_of::<FlowKey>()), s(size_of::<RevFlow>()), flow_table_size),
+        names::FLOWS => (
+            s(size_of::<FlowKey>()),
+            s(size_of::<Flow>()),
+            flow_table_size,
+        ),
+        names::REV_FLOWS => (
+            s(size_of::<FlowKey>()),
+            s(size_of::<RevFlow>()),
+            flow_table_size,
+        ),
         names::TX_PORTS => (4, 8, MAX_INTERFACES),
         names::VIP_STATS => (4, s(size_of::<Counters>()), MAX_VIPS),
         names::ORIGIN_STATS => (4, s(size_of::<Counters>()), MAX_ORIGINS),
@@ -150,8 +162,7 @@ pub fn ensure_pin_dir(dir: &Path) -> Result<()> {
     if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
         return Err(err(std::io::Error::last_os_error().to_string()));
     }
-    #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between libc targets")]
-    if st.f_type as i64 != BPF_FS_MAGIC {
+    if st.f_type != BPF_FS_MAGIC {
         return Err(err(
             "not on a bpffs mount; use a directory under /sys/fs/bpf (mount it with `mount -t bpf bpf /sys/fs/bpf`)"
                 .into(),
@@ -179,7 +190,9 @@ pub fn check_pins(dir: &Path, flow_table_size: u32) -> Result<()> {
             ("max entries", info.max_entries(), n),
         ] {
             if pinned != expected {
-                let fix = if what == "max entries" && (name == names::FLOWS || name == names::REV_FLOWS) {
+                let fix = if what == "max entries"
+                    && (name == names::FLOWS || name == names::REV_FLOWS)
+                {
                     format!("dataplane.flow_table_size changed; a pinned flow table cannot be resized in place. Set it back to {pinned}, or: {fix}")
                 } else {
                     fix.clone()
@@ -239,7 +252,10 @@ impl Maps {
             let path = dir.join(name);
             let data = MapData::from_pin(&path).map_err(|e| DataplaneError::Map {
                 name,
-                reason: format!("{e} (at {}; is the agent set up with this pin_dir?)", path.display()),
+                reason: format!(
+                    "{e} (at {}; is the agent set up with this pin_dir?)",
+                    path.display()
+                ),
             })?;
             Map::from_map_data(data).map_err(map_err(name))
         })
@@ -299,8 +315,7 @@ impl Dataplane {
     pub fn load(object: &Path, pin_dir: &Path, flow_table_size: u32) -> Result<Self> {
         ensure_pin_dir(pin_dir)?;
         check_pins(pin_dir, flow_table_size)?;
-        let pins: Vec<(&str, PathBuf)> =
-            names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
+        let pins: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -402,7 +417,10 @@ impl Dataplane {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(iface) = name.strip_prefix(LINK_PREFIX) {
                 if !interfaces.iter().any(|i| i == iface) {
-                    tracing::info!(interface = iface, "interface left the config: detaching XDP");
+                    tracing::info!(
+                        interface = iface,
+                        "interface left the config: detaching XDP"
+                    );
                     detach_pinned(&entry.path());
                 }
             }
@@ -450,7 +468,9 @@ pub struct AttachOutcome {
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
-        .ok_or_else(|| DataplaneError::Host(format!("program {name} is missing from the BPF object")))?
+        .ok_or_else(|| {
+            DataplaneError::Host(format!("program {name} is missing from the BPF object"))
+        })?
         .try_into()
         .map_err(|e| DataplaneError::Program {
             name: name.into(),
@@ -466,7 +486,9 @@ fn replace_pinned(prog: &mut Xdp, path: &Path) -> std::result::Result<(), String
     // Keep the link alive past this process: the pin holds it, so forget our handle
     // instead of letting the program detach it on drop.
     let link = prog.take_link(id).map_err(|e| e.to_string())?;
-    let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
     drop(fd); // closing our fd leaves the pinned link attached
     Ok(())
 }
@@ -531,7 +553,9 @@ pub fn check_host(dp: &config::Dataplane) -> Result<Vec<String>> {
         }
     }
     if let Ok(range) = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
-        let mut it = range.split_whitespace().filter_map(|x| x.parse::<u16>().ok());
+        let mut it = range
+            .split_whitespace()
+            .filter_map(|x| x.parse::<u16>().ok());
         if let (Some(lo), Some(hi)) = (it.next(), it.next()) {
             if dp.snat_port_min <= hi && dp.snat_port_max >= lo {
                 warnings.push(format!(

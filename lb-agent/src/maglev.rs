@@ -180,7 +180,12 @@ mod tests {
             let before = build(&all, MAGLEV_M);
             // Remove the middle backend; map indices of the survivors back to the originals.
             let gone = n / 2;
-            let rest: Vec<Backend> = all.iter().enumerate().filter(|(i, _)| *i != gone).map(|(_, b)| *b).collect();
+            let rest: Vec<Backend> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != gone)
+                .map(|(_, b)| *b)
+                .collect();
             let after = build(&rest, MAGLEV_M);
             let orig = |i: u32| if (i as usize) < gone { i } else { i + 1 };
             let changed = before
@@ -190,7 +195,11 @@ mod tests {
                 .count();
             let frac = changed as f64 / f64::from(MAGLEV_M);
             let bound = 1.0 / n as f64 + 0.01;
-            println!("maglev disruption: remove 1 of {n}: {:.3}% of slots changed (bound {:.3}%)", frac * 100.0, bound * 100.0);
+            println!(
+                "maglev disruption: remove 1 of {n}: {:.3}% of slots changed (bound {:.3}%)",
+                frac * 100.0,
+                bound * 100.0
+            );
             assert!(frac <= bound, "n={n}: {frac} > {bound}");
         }
     }

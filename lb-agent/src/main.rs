@@ -105,13 +105,20 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Teardown { pin_dir }) => {
             let dir = match pin_dir {
                 Some(d) => d,
-                None => Config::load(&cli.config)
-                    .context("teardown needs --pin-dir or a readable --config")?
-                    .dataplane
-                    .pin_dir,
+                None => {
+                    Config::load(&cli.config)
+                        .context("teardown needs --pin-dir or a readable --config")?
+                        .dataplane
+                        .pin_dir
+                }
             };
             let removed = dataplane::teardown(&dir)?;
-            println!("{}: removed {} pinned object(s): {}", dir.display(), removed.len(), removed.join(" "));
+            println!(
+                "{}: removed {} pinned object(s): {}",
+                dir.display(),
+                removed.len(),
+                removed.join(" ")
+            );
         }
     }
     Ok(())

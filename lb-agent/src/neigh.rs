@@ -28,10 +28,17 @@ pub fn next_hop(addr: Ipv4Addr) -> Result<(Ipv4Addr, String), String> {
 /// Parses `ip route get` output: `10.0.11.2 via 10.0.0.254 dev eth1 src ...`.
 pub fn parse_route_get(text: &str, addr: Ipv4Addr) -> Result<(Ipv4Addr, String), String> {
     let words: Vec<&str> = text.split_whitespace().collect();
-    let after = |k: &str| words.iter().position(|w| *w == k).and_then(|i| words.get(i + 1));
+    let after = |k: &str| {
+        words
+            .iter()
+            .position(|w| *w == k)
+            .and_then(|i| words.get(i + 1))
+    };
     let dev = after("dev").ok_or_else(|| format!("no device in route to {addr}: {text}"))?;
     let hop = match after("via") {
-        Some(v) => v.parse().map_err(|_| format!("bad gateway {v} in route to {addr}"))?,
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("bad gateway {v} in route to {addr}"))?,
         None => addr,
     };
     Ok(((hop), (*dev).to_owned()))
@@ -76,7 +83,15 @@ impl Neighbours {
         }
         for (hop, dev) in &want {
             let hop_s = hop.to_string();
-            if let Err(e) = ip(&["neigh", "replace", &hop_s, "dev", dev, "managed", "extern_learn"]) {
+            if let Err(e) = ip(&[
+                "neigh",
+                "replace",
+                &hop_s,
+                "dev",
+                dev,
+                "managed",
+                "extern_learn",
+            ]) {
                 warnings.push(format!(
                     "cannot keep neighbour {hop} on {dev} resolved ({e}); needs Linux 5.16+ and iproute2 5.16+. First packets to it pass through the stack"
                 ));
@@ -104,14 +119,16 @@ mod tests {
     #[test]
     fn direct_route() {
         let a = Ipv4Addr::new(10, 0, 11, 2);
-        let r = parse_route_get("10.0.11.2 dev ptl1 src 10.0.11.1 uid 0 \n    cache \n", a).unwrap();
+        let r =
+            parse_route_get("10.0.11.2 dev ptl1 src 10.0.11.1 uid 0 \n    cache \n", a).unwrap();
         assert_eq!(r, (a, "ptl1".to_owned()));
     }
 
     #[test]
     fn via_gateway() {
         let a = Ipv4Addr::new(192, 0, 2, 7);
-        let r = parse_route_get("192.0.2.7 via 10.0.0.254 dev eth1 src 10.0.0.1 uid 0\n", a).unwrap();
+        let r =
+            parse_route_get("192.0.2.7 via 10.0.0.254 dev eth1 src 10.0.0.1 uid 0\n", a).unwrap();
         assert_eq!(r, (Ipv4Addr::new(10, 0, 0, 254), "eth1".to_owned()));
     }
 

@@ -14,8 +14,8 @@ use std::{
 };
 
 use lb_common::{
-    v4_mapped, Counters, OriginMeta, Settings, VipKey, VipMeta, IPPROTO_TCP, MAGLEV_M,
-    MAX_ORIGINS, MAX_RINGS, MAX_VIPS, NO_ORIGIN, ORIGIN_F_PRESENT, SETTINGS_F_READY,
+    v4_mapped, Counters, OriginMeta, Settings, VipKey, VipMeta, IPPROTO_TCP, MAGLEV_M, MAX_ORIGINS,
+    MAX_RINGS, MAX_VIPS, NO_ORIGIN, ORIGIN_F_PRESENT, SETTINGS_F_READY,
 };
 
 use crate::{
@@ -383,7 +383,10 @@ impl Reconciler {
                         .set(*id, zero, 0)
                         .map_err(werr("ORIGIN_STATS"))?;
                 }
-                self.maps.origins.set(*id, meta, 0).map_err(werr("ORIGINS"))?;
+                self.maps
+                    .origins
+                    .set(*id, meta, 0)
+                    .map_err(werr("ORIGINS"))?;
                 self.current.origins.insert(*id, meta);
                 r.origins_written += 1;
             }
@@ -418,12 +421,14 @@ impl Reconciler {
                 _pad: 0,
             };
             wanted_vips.insert(*key, meta);
-            wanted_vips.entry(vip_addr_marker(key.addr)).or_insert(VipMeta {
-                vip_id: u32::MAX,
-                ring_id: u32::MAX,
-                flags: 0,
-                _pad: 0,
-            });
+            wanted_vips
+                .entry(vip_addr_marker(key.addr))
+                .or_insert(VipMeta {
+                    vip_id: u32::MAX,
+                    ring_id: u32::MAX,
+                    flags: 0,
+                    _pad: 0,
+                });
         }
         for (key, meta) in &wanted_vips {
             if self.current.vips.get(key) != Some(meta) {
@@ -514,7 +519,13 @@ default_pools = ["b"]
         let d = desired(&cfg(POOLS, LBS));
         assert_eq!(d.vips.len(), 2);
         let (_, _, ring_x) = &d.vips[0];
-        assert_eq!(ring_x, &RingKey { pool: "a".into(), port: 80 });
+        assert_eq!(
+            ring_x,
+            &RingKey {
+                pool: "a".into(),
+                port: 80
+            }
+        );
         let members = &d.rings[ring_x];
         assert_eq!(members[0].0.port, 80, "origin without port takes the LB's");
         assert_eq!(members[1].0.port, 8080, "origin port wins");
@@ -538,7 +549,9 @@ default_pools = ["b"]
         let d = desired(&cfg(POOLS, LBS));
         let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         let ring_y = &d.vips[1].2;
-        assert!(ring_slots(&d.rings[ring_y], &a.origins).iter().all(|s| *s == NO_ORIGIN));
+        assert!(ring_slots(&d.rings[ring_y], &a.origins)
+            .iter()
+            .all(|s| *s == NO_ORIGIN));
     }
 
     #[test]
@@ -561,10 +574,26 @@ default_pools = ["b"]
         // Simulate the maps after applying `first`.
         let mut cur = Current::default();
         for (_, key, ring) in &d.vips {
-            cur.vips.insert(*key, VipMeta { vip_id: first.vips[key], ring_id: first.rings[ring], flags: 0, _pad: 0 });
+            cur.vips.insert(
+                *key,
+                VipMeta {
+                    vip_id: first.vips[key],
+                    ring_id: first.rings[ring],
+                    flags: 0,
+                    _pad: 0,
+                },
+            );
         }
         for (k, id) in &first.origins {
-            cur.origins.insert(*id, OriginMeta { addr: v4_mapped(k.addr.octets()), port: k.port.to_be(), _pad: 0, flags: ORIGIN_F_PRESENT });
+            cur.origins.insert(
+                *id,
+                OriginMeta {
+                    addr: v4_mapped(k.addr.octets()),
+                    port: k.port.to_be(),
+                    _pad: 0,
+                    flags: ORIGIN_F_PRESENT,
+                },
+            );
         }
         assert_eq!(assign(&d, &cur, &Assignment::default()).unwrap(), first);
         assert_eq!(assign(&d, &cur, &first).unwrap(), first);
@@ -577,9 +606,20 @@ default_pools = ["b"]
         let d = desired(&c);
         let mut cur = Current::default();
         let other = vip_key(Ipv4Addr::new(10, 9, 9, 9), 80); // a VIP being removed, on ring 1
-        cur.vips.insert(other, VipMeta { vip_id: 7, ring_id: 1, flags: 0, _pad: 0 });
+        cur.vips.insert(
+            other,
+            VipMeta {
+                vip_id: 7,
+                ring_id: 1,
+                flags: 0,
+                _pad: 0,
+            },
+        );
         let a = assign(&d, &cur, &Assignment::default()).unwrap();
-        assert!(!a.rings.values().any(|r| *r == 1), "ring 1 still serves a live VIP: {a:?}");
+        assert!(
+            !a.rings.values().any(|r| *r == 1),
+            "ring 1 still serves a live VIP: {a:?}"
+        );
     }
 }
 
@@ -597,10 +637,21 @@ mod move_tests {
         let a1 = assign(&d1, &Current::default(), &Assignment::default()).unwrap();
         let mut cur = Current::default();
         let (_, key, ring) = &d1.vips[0];
-        cur.vips.insert(*key, VipMeta { vip_id: a1.vips[key], ring_id: a1.rings[ring], flags: 0, _pad: 0 });
+        cur.vips.insert(
+            *key,
+            VipMeta {
+                vip_id: a1.vips[key],
+                ring_id: a1.rings[ring],
+                flags: 0,
+                _pad: 0,
+            },
+        );
         let d2 = desired(&c2);
         let a2 = assign(&d2, &cur, &a1).unwrap();
         let (_, _, ring2) = &d2.vips[0];
-        assert_ne!(a2.rings[ring2], a1.rings[ring], "the live ring of x must not be rewritten in place");
+        assert_ne!(
+            a2.rings[ring2], a1.rings[ring],
+            "the live ring of x must not be rewritten in place"
+        );
     }
 }

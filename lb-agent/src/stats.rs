@@ -49,7 +49,10 @@ pub struct OriginStats {
 pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
     let mut cur = Current::default();
     for item in maps.vips.iter() {
-        let (k, v) = item.map_err(|e| DataplaneError::Map { name: "VIPS", reason: e.to_string() })?;
+        let (k, v) = item.map_err(|e| DataplaneError::Map {
+            name: "VIPS",
+            reason: e.to_string(),
+        })?;
         cur.vips.insert(k, v);
     }
     for id in 0..lb_common::MAX_ORIGINS {
@@ -62,11 +65,16 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
     let want = reconcile::desired(cfg);
     let ids = reconcile::assign(&want, &cur, &reconcile::Assignment::default())
         .map_err(|e| DataplaneError::Host(e.to_string()))?;
-    let lbs: HashMap<&str, &crate::config::LoadBalancer> =
-        cfg.load_balancers.iter().map(|l| (l.name.as_str(), l)).collect();
+    let lbs: HashMap<&str, &crate::config::LoadBalancer> = cfg
+        .load_balancers
+        .iter()
+        .map(|l| (l.name.as_str(), l))
+        .collect();
     let mut vips = Vec::new();
     for (name, key, ring) in &want.vips {
-        let Some(meta) = cur.vips.get(key) else { continue };
+        let Some(meta) = cur.vips.get(key) else {
+            continue;
+        };
         let c = Maps::counters(&maps.vip_stats, meta.vip_id)?;
         let mut origins = Vec::new();
         for (ok, _) in &want.rings[ring] {
@@ -117,11 +125,19 @@ impl std::fmt::Display for Stats {
                 "load balancer {} {}:{} (pool {}): {} new flows, {} packets / {} bytes in, {} packets / {} bytes back",
                 v.name, v.address, v.port, v.pool, v.new_flows, v.packets, v.bytes, v.reply_packets, v.reply_bytes
             )?;
-            writeln!(f, "  {:<20} {:<22} {:>10} {:>7} {:>12} {:>12}", "origin", "address", "new flows", "share", "packets", "bytes")?;
+            writeln!(
+                f,
+                "  {:<20} {:<22} {:>10} {:>7} {:>12} {:>12}",
+                "origin", "address", "new flows", "share", "packets", "bytes"
+            )?;
             let total: u64 = v.origins.iter().map(|o| o.new_flows).sum();
             for o in &v.origins {
                 #[expect(clippy::cast_precision_loss, reason = "display only")]
-                let share = if total == 0 { 0.0 } else { o.new_flows as f64 * 100.0 / total as f64 };
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    o.new_flows as f64 * 100.0 / total as f64
+                };
                 writeln!(
                     f,
                     "  {:<20} {:<22} {:>10} {:>6.1}% {:>12} {:>12}",

@@ -15,8 +15,8 @@ use std::{
 
 use lb_agent::{config::Config, dataplane::Maps, stats};
 use lb_testbed::{
-    connect, fnv64, pattern, request, require_prerequisites, serial, vip, Agent, TempFile, Topology,
-    CLIENT, CLIENT2, FNV_INIT,
+    connect, fnv64, pattern, request, require_prerequisites, serial, vip, Agent, TempFile,
+    Topology, CLIENT, CLIENT2, FNV_INIT,
 };
 
 fn agent_bin() -> &'static Path {
@@ -42,17 +42,29 @@ fn three_thousand_connections_split_by_weight() {
     let counts: BTreeMap<String, usize> = topo.client.run(|| {
         let mut counts = BTreeMap::new();
         for i in 0..N {
-            let reply = request(None, vip(), "NAME").unwrap_or_else(|e| panic!("connection {i} failed: {e}"));
+            let reply = request(None, vip(), "NAME")
+                .unwrap_or_else(|e| panic!("connection {i} failed: {e}"));
             *counts.entry(reply.trim().to_owned()).or_insert(0) += 1;
         }
         counts
     });
-    assert_eq!(counts.values().sum::<usize>(), N, "every connection answered: {counts:?}");
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        N,
+        "every connection answered: {counts:?}"
+    );
     let targets = [("o1", 1.0 / 6.0), ("o2", 2.0 / 6.0), ("o3", 3.0 / 6.0)];
     for (name, target) in targets {
         let share = *counts.get(name).unwrap_or(&0) as f64 / N as f64;
-        println!("split: {name} {:.1}% (target {:.1}%)", share * 100.0, target * 100.0);
-        assert!((share - target).abs() <= 0.03, "{name}: {share:.3} vs {target:.3}; {counts:?}");
+        println!(
+            "split: {name} {:.1}% (target {:.1}%)",
+            share * 100.0,
+            target * 100.0
+        );
+        assert!(
+            (share - target).abs() <= 0.03,
+            "{name}: {share:.3} vs {target:.3}; {counts:?}"
+        );
     }
     assert_eq!(counts.len(), 3, "only the three origins answer: {counts:?}");
 
@@ -62,12 +74,27 @@ fn three_thousand_connections_split_by_weight() {
     let flows: u64 = v.origins.iter().map(|o| o.new_flows).sum();
     assert_eq!(flows, v.new_flows, "per-origin flows add up to the VIP's");
     // A client may reuse a source port, which is then the same flow: at most N flows.
-    assert!(flows as usize <= N && flows as usize >= N * 9 / 10, "{flows} flows for {N} connections");
+    assert!(
+        flows as usize <= N && flows as usize >= N * 9 / 10,
+        "{flows} flows for {N} connections"
+    );
     for o in &v.origins {
         let counted = counts[&o.name] as u64;
-        assert!(o.new_flows <= counted && o.new_flows * 10 >= counted * 9, "{}: {} flows, {counted} answers", o.name, o.new_flows);
+        assert!(
+            o.new_flows <= counted && o.new_flows * 10 >= counted * 9,
+            "{}: {} flows, {counted} answers",
+            o.name,
+            o.new_flows
+        );
     }
-    for bad in ["drop_no_origin", "drop_snat_exhausted", "drop_flow_insert", "drop_no_route", "drop_no_tx_port", "drop_fwd_disabled"] {
+    for bad in [
+        "drop_no_origin",
+        "drop_snat_exhausted",
+        "drop_flow_insert",
+        "drop_no_route",
+        "drop_no_tx_port",
+        "drop_fwd_disabled",
+    ] {
         assert_eq!(s.events[bad], 0, "{bad}");
     }
 }
@@ -85,7 +112,8 @@ fn ten_megabytes_arrive_byte_identical_both_ways() {
     topo.client.run(|| {
         // Origin -> client.
         let mut s = connect(None, vip(), Duration::from_secs(30)).expect("connect");
-        s.write_all(format!("SEND {LEN}\n").as_bytes()).expect("send command");
+        s.write_all(format!("SEND {LEN}\n").as_bytes())
+            .expect("send command");
         let mut r = BufReader::new(s);
         let mut name = String::new();
         r.read_line(&mut name).expect("name line");
@@ -95,12 +123,17 @@ fn ten_megabytes_arrive_byte_identical_both_ways() {
         assert_eq!(fnv64(&body, FNV_INIT), want, "download content");
         // Client -> origin.
         let mut s = connect(None, vip(), Duration::from_secs(30)).expect("connect");
-        s.write_all(format!("RECV {LEN}\n").as_bytes()).expect("command");
+        s.write_all(format!("RECV {LEN}\n").as_bytes())
+            .expect("command");
         s.write_all(&pattern(LEN)).expect("upload");
         let mut reply = String::new();
         s.read_to_string(&mut reply).expect("reply");
         let got = reply.split_whitespace().nth(1).expect("hash in reply");
-        assert_eq!(got, format!("{want:016x}"), "upload content as the origin hashed it");
+        assert_eq!(
+            got,
+            format!("{want:016x}"),
+            "upload content as the origin hashed it"
+        );
         println!("10 MB down and up through the VIP: byte-identical");
     });
 }
@@ -112,13 +145,20 @@ fn two_clients_with_the_same_source_port_both_work() {
     // One origin and two SNAT ports: the second client must get the other port.
     let topo = Topology::build(1);
     let _servers = topo.start_servers();
-    let cfg = TempFile::new("lb.toml", &topo.config(&[1.0], "snat_ports = [61000, 61001]"));
+    let cfg = TempFile::new(
+        "lb.toml",
+        &topo.config(&[1.0], "snat_ports = [61000, 61001]"),
+    );
     let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
     topo.client.run(|| {
         let mut conns = Vec::new();
         for (i, src) in [CLIENT, CLIENT2].into_iter().enumerate() {
-            let s = connect(Some(SocketAddrV4::new(src, 40000)), vip(), Duration::from_secs(5))
-                .unwrap_or_else(|e| panic!("client {i}: {e}"));
+            let s = connect(
+                Some(SocketAddrV4::new(src, 40000)),
+                vip(),
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
             let mut w = s.try_clone().expect("clone");
             w.write_all(b"ECHO\n").expect("echo command");
             let mut r = BufReader::new(s);
@@ -138,7 +178,11 @@ fn two_clients_with_the_same_source_port_both_work() {
         }
     });
     let maps = Maps::open_pinned(&topo.pin_dir).expect("maps");
-    let mut ports: Vec<u16> = maps.rev_flows.keys().map(|k| u16::from_be(k.expect("key").dport)).collect();
+    let mut ports: Vec<u16> = maps
+        .rev_flows
+        .keys()
+        .map(|k| u16::from_be(k.expect("key").dport))
+        .collect();
     ports.sort_unstable();
     assert_eq!(ports, vec![61000, 61001], "one SNAT port each");
 }
@@ -162,9 +206,11 @@ fn agent_restart_keeps_connections_and_forwarding() {
     let mut line = String::new();
     r.read_line(&mut line).expect("origin name");
     let mut echo = |msg: &str| {
-        w.write_all(format!("{msg}\n").as_bytes()).expect("write on long-lived connection");
+        w.write_all(format!("{msg}\n").as_bytes())
+            .expect("write on long-lived connection");
         let mut back = String::new();
-        r.read_line(&mut back).expect("read on long-lived connection");
+        r.read_line(&mut back)
+            .expect("read on long-lived connection");
         assert_eq!(back.trim(), msg);
     };
     echo("before restart");
@@ -177,7 +223,10 @@ fn agent_restart_keeps_connections_and_forwarding() {
         std::thread::spawn(move || {
             let f = std::fs::File::open(path).expect("netns");
             // SAFETY: this thread only.
-            assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) }, 0);
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+                0
+            );
             let deadline = Instant::now() + Duration::from_secs(120);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 match request(None, vip(), "NAME") {
@@ -188,14 +237,28 @@ fn agent_restart_keeps_connections_and_forwarding() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    assert!(first.stop(), "agent exits cleanly on SIGTERM:\n{}", first.log_text());
-    assert!(first.log_text().contains("XDP stays attached"), "{}", first.log_text());
+    assert!(
+        first.stop(),
+        "agent exits cleanly on SIGTERM:\n{}",
+        first.log_text()
+    );
+    assert!(
+        first.log_text().contains("XDP stays attached"),
+        "{}",
+        first.log_text()
+    );
     echo("while no agent runs");
     std::thread::sleep(Duration::from_millis(300));
     let second = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
     let log = second.log_text();
-    assert!(log.contains("adopted_pins=true"), "second agent adopts the pins:\n{log}");
-    assert!(log.contains("replaced_running_program=true"), "links switched atomically:\n{log}");
+    assert!(
+        log.contains("adopted_pins=true"),
+        "second agent adopts the pins:\n{log}"
+    );
+    assert!(
+        log.contains("replaced_running_program=true"),
+        "links switched atomically:\n{log}"
+    );
     echo("after restart");
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
@@ -215,10 +278,30 @@ fn host_traffic_passes_with_xdp_attached() {
     let cfg = TempFile::new("lb.toml", &topo.config(&[1.0], ""));
     let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
     // The LB host's own TCP connection to an origin (as a health probe makes), and ICMP.
-    let reply = topo.lb.run(|| request(None, SocketAddrV4::new(lb_testbed::origin_addr(1), lb_testbed::ORIGIN_PORT), "NAME"));
-    assert_eq!(reply.expect("LB host connects to the origin directly").trim(), "o1");
-    topo.client.exec("ping", &["-c", "1", "-W", "2", "10.0.1.1"]);
+    let reply = topo.lb.run(|| {
+        request(
+            None,
+            SocketAddrV4::new(lb_testbed::origin_addr(1), lb_testbed::ORIGIN_PORT),
+            "NAME",
+        )
+    });
+    assert_eq!(
+        reply
+            .expect("LB host connects to the origin directly")
+            .trim(),
+        "o1"
+    );
+    topo.client
+        .exec("ping", &["-c", "1", "-W", "2", "10.0.1.1"]);
     let s = read_stats(&cfg.path);
-    assert!(s.events["pass_not_vip"] > 0, "the probe's reply was passed: {:?}", s.events);
-    assert!(s.events["pass_not_tcp"] > 0, "ICMP was passed: {:?}", s.events);
+    assert!(
+        s.events["pass_not_vip"] > 0,
+        "the probe's reply was passed: {:?}",
+        s.events
+    );
+    assert!(
+        s.events["pass_not_tcp"] > 0,
+        "ICMP was passed: {:?}",
+        s.events
+    );
 }

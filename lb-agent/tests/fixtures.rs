@@ -57,7 +57,10 @@ impl Drop for Pins {
 fn mac_of(ns: &NetNs, dev: &str) -> [u8; 6] {
     let out = ns.ip(&["-br", "link", "show", dev]);
     let mac = out.split_whitespace().nth(2).expect("mac in ip -br link");
-    let v: Vec<u8> = mac.split(':').map(|x| u8::from_str_radix(x, 16).expect("hex")).collect();
+    let v: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).expect("hex"))
+        .collect();
     v.try_into().expect("6 bytes")
 }
 
@@ -71,8 +74,20 @@ enum Flags {
 
 /// A TCP/IPv4 frame built by etherparse.
 #[expect(clippy::too_many_arguments, reason = "a frame has this many fields")]
-fn tcp(smac: [u8; 6], dmac: [u8; 6], src: [u8; 4], dst: [u8; 4], ttl: u8, sport: u16, dport: u16, flags: Flags, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, ttl).tcp(sport, dport, 1000, 64240);
+fn tcp(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, ttl)
+        .tcp(sport, dport, 1000, 64240);
     let b = match flags {
         Flags::Syn => b.syn(),
         Flags::SynAck => b.syn().ack(1001),
@@ -99,16 +114,29 @@ fn first_snat_port(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> u16 {
 }
 
 fn other_port(p: u16) -> u16 {
-    if p == SNAT_MIN { SNAT_MAX } else { SNAT_MIN }
+    if p == SNAT_MIN {
+        SNAT_MAX
+    } else {
+        SNAT_MIN
+    }
 }
 
 /// Checks both checksums of an output frame by recomputing them independently.
 fn assert_checksums(desc: &str, frame: &[u8]) {
-    let p = SlicedPacket::from_ethernet(frame).unwrap_or_else(|e| panic!("{desc}: output does not parse: {e}"));
-    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!("{desc}: not IPv4") };
+    let p = SlicedPacket::from_ethernet(frame)
+        .unwrap_or_else(|e| panic!("{desc}: output does not parse: {e}"));
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("{desc}: not IPv4")
+    };
     let h = ip.header().to_header();
-    assert_eq!(h.header_checksum, h.calc_header_checksum(), "{desc}: IPv4 header checksum");
-    let Some(TransportSlice::Tcp(t)) = &p.transport else { panic!("{desc}: not TCP") };
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "{desc}: IPv4 header checksum"
+    );
+    let Some(TransportSlice::Tcp(t)) = &p.transport else {
+        panic!("{desc}: not TCP")
+    };
     let th = t.to_header();
     let want = th.calc_checksum_ipv4(&h, t.payload()).expect("checksum");
     assert_eq!(th.checksum, want, "{desc}: TCP checksum");
@@ -162,21 +190,51 @@ fn packet_fixtures() {
     let id = unique_id("fx");
     let ns = NetNs::new(&id);
     let (fa, fb) = (format!("{id}a"), format!("{id}b"));
-    lb_testbed::sh("ip", &["link", "add", &fa, "netns", &ns.name, "type", "veth", "peer", "name", &fb, "netns", &ns.name]);
+    lb_testbed::sh(
+        "ip",
+        &[
+            "link", "add", &fa, "netns", &ns.name, "type", "veth", "peer", "name", &fb, "netns",
+            &ns.name,
+        ],
+    );
     ns.ip(&["addr", "add", "10.0.1.1/24", "dev", &fa]);
     ns.ip(&["addr", "add", "10.0.11.1/24", "dev", &fb]);
     ns.ip(&["link", "set", &fa, "up"]);
     ns.ip(&["link", "set", &fb, "up"]);
     ns.sysctl("net.ipv4.conf.all.forwarding", "1");
-    for (addr, mac, dev) in [(C1, MAC_C1, &fa), (C2, MAC_C2, &fa), (C3, MAC_C3, &fa), (LOCAL_ORIGIN, MAC_LOCAL, &fa), (O1, MAC_O1, &fb)] {
+    for (addr, mac, dev) in [
+        (C1, MAC_C1, &fa),
+        (C2, MAC_C2, &fa),
+        (C3, MAC_C3, &fa),
+        (LOCAL_ORIGIN, MAC_LOCAL, &fa),
+        (O1, MAC_O1, &fb),
+    ] {
         let a = Ipv4Addr::from(addr).to_string();
-        let m = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        ns.ip(&["neigh", "replace", &a, "lladdr", &m, "dev", dev, "nud", "permanent"]);
+        let m = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        ns.ip(&[
+            "neigh",
+            "replace",
+            &a,
+            "lladdr",
+            &m,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
     }
     let (mac_a, mac_b) = (mac_of(&ns, &fa), mac_of(&ns, &fb));
     let pin_dir = PathBuf::from("/sys/fs/bpf").join(&id);
     let _pins = Pins(pin_dir.clone());
-    let cfg = Config::parse(&CONFIG.replace("@PIN@", pin_dir.to_str().expect("utf8")), Path::new("fixture.toml")).expect("fixture config");
+    let cfg = Config::parse(
+        &CONFIG.replace("@PIN@", pin_dir.to_str().expect("utf8")),
+        Path::new("fixture.toml"),
+    )
+    .expect("fixture config");
 
     let lb_mac = mac_a; // clients send to the LB's client-side MAC
     let p1 = first_snat_port(C1, 40000, VIP, 80);
@@ -193,9 +251,29 @@ fn packet_fixtures() {
         Case {
             desc: "data on the established flow: flow-table hit, same rewrite",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, VIP, 64, 40000, 80, Flags::Ack, b"GET / HTTP/1.0\r\n\r\n"),
+            input: tcp(
+                MAC_C1,
+                lb_mac,
+                C1,
+                VIP,
+                64,
+                40000,
+                80,
+                Flags::Ack,
+                b"GET / HTTP/1.0\r\n\r\n",
+            ),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(mac_b, MAC_O1, SNAT, O1, 63, p1, 8080, Flags::Ack, b"GET / HTTP/1.0\r\n\r\n")),
+            output: Some(tcp(
+                mac_b,
+                MAC_O1,
+                SNAT,
+                O1,
+                63,
+                p1,
+                8080,
+                Flags::Ack,
+                b"GET / HTTP/1.0\r\n\r\n",
+            )),
             event: event::FLOW_HIT,
         },
         Case {
@@ -203,7 +281,17 @@ fn packet_fixtures() {
             ingress: "b",
             input: tcp(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::SynAck, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(mac_a, MAC_C1, VIP, C1, 63, 80, 40000, Flags::SynAck, &[])),
+            output: Some(tcp(
+                mac_a,
+                MAC_C1,
+                VIP,
+                C1,
+                63,
+                80,
+                40000,
+                Flags::SynAck,
+                &[],
+            )),
             event: event::REPLY_NAT,
         },
         Case {
@@ -219,7 +307,17 @@ fn packet_fixtures() {
             ingress: "b",
             input: tcp(MAC_O1, mac_b, O1, SNAT, 64, 8080, p2, Flags::SynAck, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(mac_a, MAC_C2, VIP, C2, 63, 80, 40000, Flags::SynAck, &[])),
+            output: Some(tcp(
+                mac_a,
+                MAC_C2,
+                VIP,
+                C2,
+                63,
+                80,
+                40000,
+                Flags::SynAck,
+                &[],
+            )),
             event: event::REPLY_NAT,
         },
         Case {
@@ -251,7 +349,17 @@ fn packet_fixtures() {
             ingress: "b",
             input: tcp(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::SynAck, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(mac_a, MAC_C3, VIP, C3, 63, 80, 40000, Flags::SynAck, &[])),
+            output: Some(tcp(
+                mac_a,
+                MAC_C3,
+                VIP,
+                C3,
+                63,
+                80,
+                40000,
+                Flags::SynAck,
+                &[],
+            )),
             event: event::REPLY_NAT,
         },
         Case {
@@ -259,13 +367,33 @@ fn packet_fixtures() {
             ingress: "a",
             input: tcp(MAC_C1, lb_mac, C1, VIP2, 64, 40001, 80, Flags::Syn, &[]),
             verdict: XDP_TX,
-            output: Some(tcp(mac_a, MAC_LOCAL, SNAT, LOCAL_ORIGIN, 63, first_snat_port(C1, 40001, VIP2, 80), 8080, Flags::Syn, &[])),
+            output: Some(tcp(
+                mac_a,
+                MAC_LOCAL,
+                SNAT,
+                LOCAL_ORIGIN,
+                63,
+                first_snat_port(C1, 40001, VIP2, 80),
+                8080,
+                Flags::Syn,
+                &[],
+            )),
             event: event::FWD_TX,
         },
         Case {
             desc: "TCP to an address that is no VIP: passed untouched",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, [10, 0, 1, 1], 64, 40002, 22, Flags::Syn, &[]),
+            input: tcp(
+                MAC_C1,
+                lb_mac,
+                C1,
+                [10, 0, 1, 1],
+                64,
+                40002,
+                22,
+                Flags::Syn,
+                &[],
+            ),
             verdict: XDP_PASS,
             output: None,
             event: event::PASS_NOT_VIP,
@@ -290,7 +418,9 @@ fn packet_fixtures() {
             desc: "UDP to the VIP: passed untouched",
             ingress: "a",
             input: {
-                let b = PacketBuilder::ethernet2(MAC_C1, lb_mac).ipv4(C1, VIP, 64).udp(5000, 80);
+                let b = PacketBuilder::ethernet2(MAC_C1, lb_mac)
+                    .ipv4(C1, VIP, 64)
+                    .udp(5000, 80);
                 let mut v = Vec::new();
                 b.write(&mut v, b"x").expect("udp");
                 v
@@ -321,7 +451,11 @@ fn packet_fixtures() {
             ingress: "a",
             input: {
                 let b = PacketBuilder::ethernet2(MAC_C1, lb_mac)
-                    .ipv6([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10], 64)
+                    .ipv6(
+                        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10],
+                        64,
+                    )
                     .tcp(40000, 80, 1, 1000)
                     .syn();
                 let mut v = Vec::new();
@@ -343,7 +477,8 @@ fn packet_fixtures() {
         Case {
             desc: "to the VIP with the TCP header cut short: dropped",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, VIP, 64, 40005, 80, Flags::Syn, &[])[..14 + 20 + 10].to_vec(),
+            input: tcp(MAC_C1, lb_mac, C1, VIP, 64, 40005, 80, Flags::Syn, &[])[..14 + 20 + 10]
+                .to_vec(),
             verdict: XDP_DROP,
             output: None,
             event: event::DROP_MALFORMED_TCP,
@@ -385,7 +520,8 @@ fn packet_fixtures() {
 
     ns.run(|| {
         let object = dataplane::find_object(None).expect("BPF object (cargo xtask build-ebpf)");
-        let mut dp = Dataplane::load(&object, &pin_dir, cfg.dataplane.flow_table_size).expect("load");
+        let mut dp =
+            Dataplane::load(&object, &pin_dir, cfg.dataplane.flow_table_size).expect("load");
         let mut rec = Reconciler::adopt(dp.take_maps().expect("maps")).expect("adopt");
         rec.apply(&cfg).expect("apply");
         let ifindex = |n: &str| {
@@ -403,7 +539,10 @@ fn packet_fixtures() {
         for c in cases.drain(..) {
             let ingress = if c.ingress == "a" { ia } else { ib };
             let len = u32::try_from(c.input.len()).expect("len");
-            let ctx: Vec<u8> = [0u32, len, 0, ingress, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let ctx: Vec<u8> = [0u32, len, 0, ingress, 0, 0]
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect();
             let mut out = vec![0u8; c.input.len() + 64];
             let r = prog
                 .test_run(TestRunOptions {
@@ -432,17 +571,36 @@ fn packet_fixtures() {
         let after = rec.maps.event_totals().expect("events");
         for (i, name) in event::NAMES.iter().enumerate() {
             let got = after[i] - before[i];
-            let want = expected_events.get(&u32::try_from(i).expect("small")).copied().unwrap_or(0);
+            let want = expected_events
+                .get(&u32::try_from(i).expect("small"))
+                .copied()
+                .unwrap_or(0);
             assert_eq!(got, want, "event counter {name}");
         }
-        let o1 = rec.assignment.origins.iter().find(|(k, _)| k.name == "o1").map(|(_, id)| *id).expect("o1 id");
+        let o1 = rec
+            .assignment
+            .origins
+            .iter()
+            .find(|(k, _)| k.name == "o1")
+            .map(|(_, id)| *id)
+            .expect("o1 id");
         let c = Maps::counters(&rec.maps.origin_stats, o1).expect("origin counters");
         // New flows on o1: clients 1, 2 and 3 (on the recycled port); the TTL-1 packet made none.
         assert_eq!(c.new_flows, 3, "o1 new flows: {c:?}");
         assert_eq!(c.packets, 5, "o1 forwarded packets: {c:?}");
         assert_eq!(c.reply_packets, 3, "o1 reply packets: {c:?}");
         // Client 1's flow was forgotten when its port was recycled.
-        let gone = FlowKey { src: v4_mapped(C1), dst: v4_mapped(VIP), sport: 40000u16.to_be(), dport: 80u16.to_be(), proto: IPPROTO_TCP, _pad: [0; 3] };
-        assert!(rec.maps.flows.get(&gone, 0).is_err(), "client 1's flow should be gone after recycling");
+        let gone = FlowKey {
+            src: v4_mapped(C1),
+            dst: v4_mapped(VIP),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        assert!(
+            rec.maps.flows.get(&gone, 0).is_err(),
+            "client 1's flow should be gone after recycling"
+        );
     });
 }

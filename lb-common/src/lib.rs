@@ -304,9 +304,7 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{
-        Counters, Flow, FlowKey, OriginMeta, RevFlow, Settings, VipKey, VipMeta,
-    };
+    use super::{Counters, Flow, FlowKey, OriginMeta, RevFlow, Settings, VipKey, VipMeta};
     // SAFETY: all are repr(C), made only of integers and byte arrays, with explicit padding.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}

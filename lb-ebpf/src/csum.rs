@@ -25,11 +25,5 @@ pub fn replace32(csum: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     let o1 = u16::from_ne_bytes([old[2], old[3]]);
     let n0 = u16::from_ne_bytes([new[0], new[1]]);
     let n1 = u16::from_ne_bytes([new[2], new[3]]);
-    !fold(
-        u32::from(!csum)
-            + u32::from(!o0)
-            + u32::from(!o1)
-            + u32::from(n0)
-            + u32::from(n1),
-    )
+    !fold(u32::from(!csum) + u32::from(!o0) + u32::from(!o1) + u32::from(n0) + u32::from(n1))
 }

@@ -31,12 +31,12 @@ use aya_ebpf::{
 use lb_common::{
     event,
     hash::{flow_hash, SEED_RING, SEED_SNAT},
-    v4_mapped, Counters, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, IPPROTO_TCP,
-    MAGLEV_M, NO_ORIGIN, ORIGIN_F_PRESENT, REV_F_CLOSING, SETTINGS_F_READY, SNAT_PROBES,
+    v4_mapped, Counters, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, IPPROTO_TCP, MAGLEV_M,
+    NO_ORIGIN, ORIGIN_F_PRESENT, REV_F_CLOSING, SETTINGS_F_READY, SNAT_PROBES,
 };
 use maps::{
-    Scratch, SCRATCH, EVENTS, FLOWS, ORIGINS, ORIGIN_STATS, REV_FLOWS, RINGS, SETTINGS, TX_PORTS, VIPS,
-    VIP_STATS,
+    Scratch, EVENTS, FLOWS, ORIGINS, ORIGIN_STATS, REV_FLOWS, RINGS, SCRATCH, SETTINGS, TX_PORTS,
+    VIPS, VIP_STATS,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
@@ -132,7 +132,13 @@ fn is_vip_addr(addr: [u8; 16]) -> bool {
 
 /// Adds one packet to the counters of VIP or origin `id`; `new_flow` also counts a flow.
 #[inline(always)]
-fn add<const N: usize>(map: &PerCpuArray<Counters, N>, id: u32, len: u64, reply: bool, new_flow: bool) {
+fn add<const N: usize>(
+    map: &PerCpuArray<Counters, N>,
+    id: u32,
+    len: u64,
+    reply: bool,
+    new_flow: bool,
+) {
     if let Some(c) = map.get_ptr_mut(id) {
         // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
         unsafe {
@@ -156,8 +162,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     if unsafe { (*eth).ether_type } != ETH_P_IP.to_be() {
         return Err(pass(event::PASS_NOT_IPV4));
     }
-    let ip: *mut Ipv4Hdr =
-        ptr_at(ctx, EthHdr::LEN).ok_or_else(|| pass(event::PASS_MALFORMED))?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or_else(|| pass(event::PASS_MALFORMED))?;
     // SAFETY: bounds checked by ptr_at.
     let (vihl, proto, frags, dst4) =
         unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags, (*ip).dst_addr) };
@@ -355,7 +360,10 @@ fn new_flow(key: &FlowKey, vip: &VipMeta, settings: &Settings) -> Result<(), u32
         #[expect(clippy::cast_possible_truncation, reason = "below range <= 65536")]
         let port = settings.snat_port_min + (first.wrapping_add(i) % range) as u16;
         sc.rkey.dport = port.to_be();
-        if REV_FLOWS.insert(&sc.rkey, &sc.rev, u64::from(BPF_NOEXIST)).is_ok() {
+        if REV_FLOWS
+            .insert(&sc.rkey, &sc.rev, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
             found = true;
             break;
         }
@@ -407,7 +415,9 @@ fn recycle(sc: &mut Scratch, settings: &Settings) -> bool {
         _pad: [0; 3],
     };
     let _ = FLOWS.remove(&sc.old_flow);
-    REV_FLOWS.insert(&sc.rkey, &sc.rev, u64::from(BPF_ANY)).is_ok()
+    REV_FLOWS
+        .insert(&sc.rkey, &sc.rev, u64::from(BPF_ANY))
+        .is_ok()
 }
 
 /// Rewrites source and destination (address and port), decrements the TTL (the caller has
@@ -473,15 +483,12 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<u32, 
         p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
     }
     // SAFETY: p is a valid, fully initialised request of the size we pass.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &raw mut p,
-            size_of::<FibParams>() as i32,
-            0,
-        )
-    };
-    #[expect(clippy::cast_sign_loss, reason = "return codes are small and non-negative")]
+    let rc =
+        unsafe { bpf_fib_lookup(ctx.ctx.cast(), &raw mut p, size_of::<FibParams>() as i32, 0) };
+    #[expect(
+        clippy::cast_sign_loss,
+        reason = "return codes are small and non-negative"
+    )]
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Ok(pass(event::PASS_NO_NEIGH)),

@@ -42,14 +42,19 @@ pub fn origin_addr(i: usize) -> Ipv4Addr {
 /// Kernel-touching tests run one at a time in a process; hold this while you use the kernel.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A short unique id for names (interfaces allow 15 characters): `<prefix><pid36><n>`.
 pub fn unique_id(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}{}", radix36(std::process::id() % 1_679_616), radix36(n % 36))
+    format!(
+        "{prefix}{}{}",
+        radix36(std::process::id() % 1_679_616),
+        radix36(n % 36)
+    )
 }
 
 fn radix36(mut v: u32) -> String {
@@ -68,10 +73,11 @@ fn radix36(mut v: u32) -> String {
 
 /// Runs a command, panicking with its output if it fails (test-bed setup must not half-work).
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}; install it (cargo xtask setup installs the test prerequisites)"));
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {cmd}: {e}; install it (cargo xtask setup installs the test prerequisites)"
+        )
+    });
     assert!(
         out.status.success(),
         "{cmd} {} failed: {}{}",
@@ -85,11 +91,22 @@ pub fn sh(cmd: &str, args: &[&str]) -> String {
 /// Fails with a clear message when a prerequisite of the kernel tests is missing.
 pub fn require_prerequisites() {
     // SAFETY: geteuid has no preconditions.
-    assert!(unsafe { libc::geteuid() } == 0, "kernel tests need root (BPF, XDP, netns)");
-    for (cmd, pkg) in [("ip", "iproute2"), ("ethtool", "ethtool"), ("nsenter", "util-linux"), ("ping", "iputils-ping")] {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "kernel tests need root (BPF, XDP, netns)"
+    );
+    for (cmd, pkg) in [
+        ("ip", "iproute2"),
+        ("ethtool", "ethtool"),
+        ("nsenter", "util-linux"),
+        ("ping", "iputils-ping"),
+    ] {
         let ok = Command::new(cmd).arg("-V").output().is_ok()
             || Command::new(cmd).arg("--version").output().is_ok();
-        assert!(ok, "`{cmd}` is missing: apt-get install {pkg} (or run `cargo xtask setup`)");
+        assert!(
+            ok,
+            "`{cmd}` is missing: apt-get install {pkg} (or run `cargo xtask setup`)"
+        );
     }
     assert!(
         Path::new("/sys/fs/bpf").exists(),
@@ -101,7 +118,9 @@ pub fn require_prerequisites() {
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: valid C string and a zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -117,7 +136,9 @@ pub struct NetNs {
 impl NetNs {
     pub fn new(name: &str) -> Self {
         sh("ip", &["netns", "add", name]);
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
@@ -163,13 +184,21 @@ impl NetNs {
         let f = fs::File::open(self.path()).expect("open netns");
         // SAFETY: f is an open namespace file; setns affects only this thread.
         let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns({}): {}", self.name, std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "setns({}): {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -190,25 +219,38 @@ impl Topology {
         let id = unique_id("lb");
         let client = NetNs::new(&format!("{id}-c"));
         let lb = NetNs::new(&format!("{id}-lb"));
-        let origins: Vec<NetNs> = (1..=n_origins).map(|i| NetNs::new(&format!("{id}-o{i}"))).collect();
+        let origins: Vec<NetNs> = (1..=n_origins)
+            .map(|i| NetNs::new(&format!("{id}-o{i}")))
+            .collect();
         let mut lb_ifaces = Vec::new();
 
-        let link = |far_ns: &NetNs, far: &str, near: &str, far_addr: &str, near_addr: &str, gw: &str| {
-            sh("ip", &["link", "add", far, "type", "veth", "peer", "name", near]);
-            sh("ip", &["link", "set", far, "netns", &far_ns.name]);
-            sh("ip", &["link", "set", near, "netns", &lb.name]);
-            far_ns.ip(&["addr", "add", far_addr, "dev", far]);
-            far_ns.ip(&["link", "set", far, "up"]);
-            far_ns.ip(&["route", "add", "default", "via", gw]);
-            lb.ip(&["addr", "add", near_addr, "dev", near]);
-            lb.ip(&["link", "set", near, "up"]);
-            // Frames XDP redirects or bounces into a veth are delivered only when the far end
-            // has NAPI (GRO on, Linux 5.13+). With TX checksum offload the sender leaves a
-            // partial checksum that the redirected frame cannot carry: compute it in full.
-            far_ns.exec("ethtool", &["-K", far, "gro", "on", "tx", "off"]);
-        };
+        let link =
+            |far_ns: &NetNs, far: &str, near: &str, far_addr: &str, near_addr: &str, gw: &str| {
+                sh(
+                    "ip",
+                    &["link", "add", far, "type", "veth", "peer", "name", near],
+                );
+                sh("ip", &["link", "set", far, "netns", &far_ns.name]);
+                sh("ip", &["link", "set", near, "netns", &lb.name]);
+                far_ns.ip(&["addr", "add", far_addr, "dev", far]);
+                far_ns.ip(&["link", "set", far, "up"]);
+                far_ns.ip(&["route", "add", "default", "via", gw]);
+                lb.ip(&["addr", "add", near_addr, "dev", near]);
+                lb.ip(&["link", "set", near, "up"]);
+                // Frames XDP redirects or bounces into a veth are delivered only when the far end
+                // has NAPI (GRO on, Linux 5.13+). With TX checksum offload the sender leaves a
+                // partial checksum that the redirected frame cannot carry: compute it in full.
+                far_ns.exec("ethtool", &["-K", far, "gro", "on", "tx", "off"]);
+            };
         let cif = format!("{id}c");
-        link(&client, &format!("{id}cx"), &cif, "10.0.1.2/24", "10.0.1.1/24", "10.0.1.1");
+        link(
+            &client,
+            &format!("{id}cx"),
+            &cif,
+            "10.0.1.2/24",
+            "10.0.1.1/24",
+            "10.0.1.1",
+        );
         client.ip(&["addr", "add", "10.0.1.3/24", "dev", &format!("{id}cx")]);
         lb_ifaces.push(cif);
         for (i, ns) in origins.iter().enumerate() {
@@ -216,19 +258,38 @@ impl Topology {
             let near = format!("{id}{n}");
             let o = origin_addr(n);
             let [a, b, c, _] = o.octets();
-            link(ns, &format!("{id}{n}x"), &near, &format!("{o}/24"), &format!("{a}.{b}.{c}.1/24"), &format!("{a}.{b}.{c}.1"));
+            link(
+                ns,
+                &format!("{id}{n}x"),
+                &near,
+                &format!("{o}/24"),
+                &format!("{a}.{b}.{c}.1/24"),
+                &format!("{a}.{b}.{c}.1"),
+            );
             lb_ifaces.push(near);
         }
         lb.ip(&["addr", "add", &format!("{SNAT}/32"), "dev", "lo"]);
         lb.sysctl("net.ipv4.conf.all.forwarding", "1");
         // Wait for the links to come up (bounded).
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !lb.ip(&["-o", "link", "show"]).lines().filter(|l| l.contains(&id)).all(|l| l.contains("LOWER_UP")) {
+        while !lb
+            .ip(&["-o", "link", "show"])
+            .lines()
+            .filter(|l| l.contains(&id))
+            .all(|l| l.contains("LOWER_UP"))
+        {
             assert!(Instant::now() < deadline, "veths did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&id);
-        Self { id, client, lb, origins, lb_ifaces, pin_dir }
+        Self {
+            id,
+            client,
+            lb,
+            origins,
+            lb_ifaces,
+            pin_dir,
+        }
     }
 
     /// A config for this topology: one pool `web` with the origins at `weights`, VIP 10.0.0.10:80.
@@ -242,7 +303,12 @@ impl Topology {
         );
         for (i, w) in weights.iter().enumerate() {
             let n = i + 1;
-            writeln!(s, "  {{ name = \"o{n}\", address = \"{}\", port = {ORIGIN_PORT}, weight = {w} }},", origin_addr(n)).expect("string");
+            writeln!(
+                s,
+                "  {{ name = \"o{n}\", address = \"{}\", port = {ORIGIN_PORT}, weight = {w} }},",
+                origin_addr(n)
+            )
+            .expect("string");
         }
         write!(
             s,
@@ -331,8 +397,12 @@ impl Server {
                 let _ = w.join();
             }
         });
-        rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
-        Self { stop, thread: Some(thread) }
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("server did not start");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -396,8 +466,16 @@ fn serve(s: TcpStream, name: &str) {
 }
 
 /// Opens a TCP connection (optionally from a fixed local address and port) with a timeout.
-pub fn connect(from: Option<SocketAddrV4>, to: SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+pub fn connect(
+    from: Option<SocketAddrV4>,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     if let Some(f) = from {
         sock.set_reuse_address(true)?;
         sock.bind(&SocketAddr::V4(f).into())?;
@@ -466,7 +544,10 @@ impl Agent {
                 let _ = agent.child.kill();
                 let _ = agent.child.wait();
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("agent did not become ready ({other:?}); its log:\n{}", agent.log_text());
+                panic!(
+                    "agent did not become ready ({other:?}); its log:\n{}",
+                    agent.log_text()
+                );
             }
         }
     }

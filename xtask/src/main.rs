@@ -1,1 +1,287 @@
-fn main(){}
+//! `cargo xtask`: the project's commands. Each installs what it needs first, so the README's
+//! two commands (`cargo xtask demo`, `cargo xtask test`) work on a fresh machine.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demo the load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install prerequisites: Debian packages (iproute2, bpftool, ethtool, ping), the nightly
+    /// rust-src component and bpf-linker 0.10.0; mount bpffs if needed. Idempotent.
+    Setup,
+    /// Build the XDP object (nightly, build-std, bpf-linker) into
+    /// lb-ebpf/target/bpfel-unknown-none/release/lb-ebpf.
+    BuildEbpf,
+    /// Run every test: formatting, clippy, unit tests, packet fixtures and end-to-end tests
+    /// in network namespaces (needs root).
+    Test,
+    /// Build everything, create a demo topology in namespaces, run the agent, drive client
+    /// traffic through the VIP, print the per-origin split from the BPF counters, clean up.
+    Demo {
+        /// Connections the demo client opens.
+        #[arg(long, default_value_t = 3000)]
+        connections: usize,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Runs a command, streaming its output; fails with the command line on error.
+fn run(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {line}"))?;
+    if !st.success() {
+        bail!("{line} failed ({st})");
+    }
+    Ok(())
+}
+
+fn ok(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A cargo command free of the outer cargo's environment (which pins its own toolchain).
+fn cargo(toolchain: Option<&str>) -> Command {
+    let mut c = Command::new("cargo");
+    if let Some(t) = toolchain {
+        c.arg(format!("+{t}"));
+    }
+    for v in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "CARGO",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+const DEB_PACKAGES: [(&str, &str); 6] = [
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("ethtool", "ethtool"),
+    ("ping", "iputils-ping"),
+    ("nsenter", "util-linux"),
+    ("mount", "mount"),
+];
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = DEB_PACKAGES
+        .iter()
+        .filter(|(_, pkg)| !ok("dpkg", &["-s", pkg]))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        println!("xtask: installing Debian packages: {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !ok(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    ) || !String::from_utf8_lossy(
+        &Command::new("rustup")
+            .args(["component", "list", "--installed", "--toolchain", "nightly"])
+            .output()?
+            .stdout,
+    )
+    .contains("rust-src")
+    {
+        println!("xtask: adding rust-src to the nightly toolchain");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("0.10.0"));
+    if !linker_ok {
+        println!("xtask: installing bpf-linker 0.10.0 (about two minutes)");
+        run(cargo(None).args(["install", "bpf-linker", "--version", "0.10.0", "--locked"]))?;
+    }
+    let bpffs = String::from_utf8_lossy(
+        &Command::new("stat")
+            .args(["-f", "-c", "%T", "/sys/fs/bpf"])
+            .output()?
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    if bpffs != "bpf_fs" {
+        println!("xtask: mounting bpffs on /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    let dir = root().join("lb-ebpf");
+    run(cargo(Some("nightly"))
+        .current_dir(&dir)
+        .args(["build", "--release"]))
+    .context(
+        "building the XDP object (run `cargo xtask setup` if rust-src or bpf-linker is missing)",
+    )?;
+    let obj = dir.join("target/bpfel-unknown-none/release/lb-ebpf");
+    println!("xtask: XDP object at {}", obj.display());
+    Ok(obj)
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    let r = root();
+    run(cargo(None)
+        .current_dir(&r)
+        .args(["fmt", "--all", "--check"]))?;
+    // The eBPF crate is outside the workspace; stable rustfmt checks its sources directly.
+    run(Command::new("rustfmt")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["--edition", "2021", "--check"])
+        .args(["main.rs", "maps.rs", "csum.rs"].map(|f| r.join("lb-ebpf/src").join(f))))?;
+    run(cargo(None).current_dir(&r).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // Kernel-touching tests serialise themselves (lb_testbed::serial) and clean up on drop.
+    run(cargo(None)
+        .current_dir(&r)
+        .args(["test", "--workspace", "--", "--nocapture"]))?;
+    println!("xtask: all tests passed");
+    Ok(())
+}
+
+fn demo(connections: usize) -> Result<()> {
+    use lb_testbed::{fnv64, pattern, request, vip, Agent, TempFile, Topology, FNV_INIT};
+    setup()?;
+    let obj = build_ebpf()?;
+    let r = root();
+    run(cargo(None)
+        .current_dir(&r)
+        .args(["build", "--release", "-p", "lb-agent"]))?;
+    let agent_bin = r.join("target/release/lb-agent");
+    lb_testbed::require_prerequisites();
+
+    println!(
+        "\n== topology: client ns -> LB ns (XDP on every veth) -> 3 origin ns, servers on :8080"
+    );
+    let topo = Topology::build(3);
+    let _servers = topo.start_servers();
+    let config = topo.config(&[1.0 / 3.0, 2.0 / 3.0, 1.0], "");
+    let cfg = TempFile::new("demo-lb.toml", &config);
+    println!("== config ({}):\n{config}", cfg.path.display());
+    let obj_arg = obj.to_string_lossy().into_owned();
+    let agent = Agent::start(&agent_bin, &topo.lb, &cfg.path, &["--bpf-object", &obj_arg]);
+    println!(
+        "== agent running in namespace {} (pid {})",
+        topo.lb.name,
+        agent.pid()
+    );
+
+    println!("== client: {connections} short connections to {}", vip());
+    let start = Instant::now();
+    let (answers, failures) = topo.client.run(|| {
+        let mut answers = std::collections::BTreeMap::<String, usize>::new();
+        let mut failures = 0usize;
+        for _ in 0..connections {
+            match request(None, vip(), "NAME") {
+                Ok(name) => *answers.entry(name.trim().to_owned()).or_default() += 1,
+                Err(_) => failures += 1,
+            }
+        }
+        (answers, failures)
+    });
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "   answered by: {answers:?}, failed: {failures}, {:.0} connections/s",
+        connections as f64 / secs
+    );
+    print!("== client: 10 MB download through the VIP ... ");
+    std::io::stdout().flush()?;
+    let same = topo.client.run(|| {
+        request(None, vip(), "SEND 10000000").map(|body| {
+            let data = body
+                .split_once('\n')
+                .map_or(&b""[..], |(_, rest)| rest.as_bytes());
+            fnv64(data, FNV_INIT) == fnv64(&pattern(10_000_000), FNV_INIT)
+        })
+    });
+    println!(
+        "{}",
+        if matches!(same, Ok(true)) {
+            "byte-identical"
+        } else {
+            "MISMATCH"
+        }
+    );
+
+    println!("\n== per-origin split, read from the BPF counters (`lb-agent stats`):");
+    run(Command::new(&agent_bin)
+        .args(["--config"])
+        .arg(&cfg.path)
+        .arg("stats"))?;
+    println!(
+        "\n== typed map entries (`bpftool map dump pinned {}/VIPS`):",
+        topo.pin_dir.display()
+    );
+    run(Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(topo.pin_dir.join("VIPS")))?;
+    drop(agent);
+    println!("\n== cleaning up: agent stopped, namespaces and pins removed");
+    drop(topo);
+    std::thread::sleep(Duration::from_millis(100));
+    if failures > 0 || !matches!(same, Ok(true)) {
+        bail!("demo traffic had failures");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf => build_ebpf().map(|_| ()),
+        Cmd::Test => test(),
+        Cmd::Demo { connections } => demo(connections),
+    }
+}
