@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::SocketAddrV4,
     path::Path,
     sync::{
@@ -15,8 +15,8 @@ use std::{
 
 use lb_agent::{config::Config, dataplane::Maps, stats};
 use lb_testbed::{
-    connect, fnv64, pattern, request, require_prerequisites, serial, vip, Agent, TempFile,
-    Topology, CLIENT, CLIENT2, FNV_INIT,
+    connect, download, fnv64, pattern, request, require_prerequisites, serial, upload, vip, Agent,
+    TempFile, Topology, CLIENT, CLIENT2, FNV_INIT,
 };
 
 fn agent_bin() -> &'static Path {
@@ -110,30 +110,11 @@ fn ten_megabytes_arrive_byte_identical_both_ways() {
     const LEN: usize = 10_000_000;
     let want = fnv64(&pattern(LEN), FNV_INIT);
     topo.client.run(|| {
-        // Origin -> client.
-        let mut s = connect(None, vip(), Duration::from_secs(30)).expect("connect");
-        s.write_all(format!("SEND {LEN}\n").as_bytes())
-            .expect("send command");
-        let mut r = BufReader::new(s);
-        let mut name = String::new();
-        r.read_line(&mut name).expect("name line");
-        let mut body = Vec::with_capacity(LEN);
-        r.read_to_end(&mut body).expect("body");
-        assert_eq!(body.len(), LEN, "download length from {}", name.trim());
-        assert_eq!(fnv64(&body, FNV_INIT), want, "download content");
-        // Client -> origin.
-        let mut s = connect(None, vip(), Duration::from_secs(30)).expect("connect");
-        s.write_all(format!("RECV {LEN}\n").as_bytes())
-            .expect("command");
-        s.write_all(&pattern(LEN)).expect("upload");
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).expect("reply");
-        let got = reply.split_whitespace().nth(1).expect("hash in reply");
-        assert_eq!(
-            got,
-            format!("{want:016x}"),
-            "upload content as the origin hashed it"
-        );
+        let (name, body) = download(vip(), LEN).expect("download");
+        assert_eq!(body.len(), LEN, "download length from {name}");
+        assert_eq!(fnv64(&body, FNV_INIT), want, "download content from {name}");
+        let (name, got) = upload(vip(), &pattern(LEN)).expect("upload");
+        assert_eq!(got, want, "upload content as {name} hashed it");
         println!("10 MB down and up through the VIP: byte-identical");
     });
 }

@@ -496,6 +496,34 @@ pub fn request(from: Option<SocketAddrV4>, to: SocketAddrV4, cmd: &str) -> std::
     Ok(out)
 }
 
+/// `SEND n`: returns the answering origin's name and the `n` bytes it sent.
+pub fn download(to: SocketAddrV4, n: usize) -> std::io::Result<(String, Vec<u8>)> {
+    let mut s = connect(None, to, Duration::from_secs(30))?;
+    s.write_all(format!("SEND {n}\n").as_bytes())?;
+    let mut r = BufReader::new(s);
+    let mut name = String::new();
+    r.read_line(&mut name)?;
+    let mut body = Vec::with_capacity(n);
+    r.read_to_end(&mut body)?;
+    Ok((name.trim().to_owned(), body))
+}
+
+/// `RECV n`: sends `data`, returns the origin's name and its FNV-1a 64 of what it received.
+pub fn upload(to: SocketAddrV4, data: &[u8]) -> std::io::Result<(String, u64)> {
+    let mut s = connect(None, to, Duration::from_secs(30))?;
+    s.write_all(format!("RECV {}\n", data.len()).as_bytes())?;
+    s.write_all(data)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let mut it = reply.split_whitespace();
+    let name = it.next().unwrap_or_default().to_owned();
+    let hash = it
+        .next()
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad RECV reply {reply:?}")))?;
+    Ok((name, hash))
+}
+
 pub fn vip() -> SocketAddrV4 {
     SocketAddrV4::new(VIP, VIP_PORT)
 }

@@ -239,12 +239,8 @@ fn demo(connections: usize) -> Result<()> {
     print!("== client: 10 MB download through the VIP ... ");
     std::io::stdout().flush()?;
     let same = topo.client.run(|| {
-        request(None, vip(), "SEND 10000000").map(|body| {
-            let data = body
-                .split_once('\n')
-                .map_or(&b""[..], |(_, rest)| rest.as_bytes());
-            fnv64(data, FNV_INIT) == fnv64(&pattern(10_000_000), FNV_INIT)
-        })
+        lb_testbed::download(vip(), 10_000_000)
+            .map(|(_, body)| fnv64(&body, FNV_INIT) == fnv64(&pattern(10_000_000), FNV_INIT))
     });
     println!(
         "{}",
