@@ -42,7 +42,13 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     let dp_cfg = &cfg.dataplane;
     let adopting = dp_cfg.pin_dir.join(lb_common::map_names::FLOWS).exists();
     let mut dp = Dataplane::load(&object, &dp_cfg.pin_dir, dp_cfg.flow_table_size)?;
-    info!(object = %object.display(), pin_dir = %dp_cfg.pin_dir.display(), adopted_pins = adopting, "BPF object loaded");
+    info!(
+        object = %object.display(),
+        pin_dir = %dp_cfg.pin_dir.display(),
+        adopted_pins = adopting,
+        verified_insns = dp.verified_insns(),
+        "BPF object loaded"
+    );
     let mut rec = Reconciler::adopt(dp.take_maps()?)?;
     let report = rec.apply(&cfg)?;
     info!(?report, "maps reconciled");

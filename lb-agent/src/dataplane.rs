@@ -436,6 +436,15 @@ impl Dataplane {
         Ok(outcomes)
     }
 
+    /// Instructions the kernel verifier processed when it loaded `lb_xdp`.
+    pub fn verified_insns(&mut self) -> Option<u32> {
+        self.program()
+            .ok()?
+            .info()
+            .ok()?
+            .verified_instruction_count()
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }

@@ -23,6 +23,28 @@ fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lb-agent"))
 }
 
+/// A running topology: the agent (dropped first), servers, config, namespaces (last).
+struct Bed {
+    agent: Agent,
+    _servers: Vec<lb_testbed::Server>,
+    cfg: TempFile,
+    topo: Topology,
+}
+
+fn bed(origins: usize, weights: &[f64], extra_dataplane: &str) -> Bed {
+    require_prerequisites();
+    let topo = Topology::build(origins);
+    let servers = topo.start_servers();
+    let cfg = TempFile::new("lb.toml", &topo.config(weights, extra_dataplane));
+    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    Bed {
+        agent,
+        _servers: servers,
+        cfg,
+        topo,
+    }
+}
+
 fn read_stats(cfg: &Path) -> stats::Stats {
     let cfg = Config::load(cfg).expect("config");
     let maps = Maps::open_pinned(&cfg.dataplane.pin_dir).expect("pinned maps");
@@ -32,11 +54,8 @@ fn read_stats(cfg: &Path) -> stats::Stats {
 #[test]
 fn three_thousand_connections_split_by_weight() {
     let _serial = serial();
-    require_prerequisites();
-    let topo = Topology::build(3);
-    let _servers = topo.start_servers();
-    let cfg = TempFile::new("lb.toml", &topo.config(&[1.0 / 3.0, 2.0 / 3.0, 1.0], ""));
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let b = bed(3, &[1.0 / 3.0, 2.0 / 3.0, 1.0], "");
+    let (topo, cfg) = (&b.topo, &b.cfg);
 
     const N: usize = 3000;
     let counts: BTreeMap<String, usize> = topo.client.run(|| {
@@ -102,11 +121,8 @@ fn three_thousand_connections_split_by_weight() {
 #[test]
 fn ten_megabytes_arrive_byte_identical_both_ways() {
     let _serial = serial();
-    require_prerequisites();
-    let topo = Topology::build(3);
-    let _servers = topo.start_servers();
-    let cfg = TempFile::new("lb.toml", &topo.config(&[1.0, 1.0, 1.0], ""));
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let b = bed(3, &[1.0, 1.0, 1.0], "");
+    let topo = &b.topo;
     const LEN: usize = 10_000_000;
     let want = fnv64(&pattern(LEN), FNV_INIT);
     topo.client.run(|| {
@@ -122,15 +138,9 @@ fn ten_megabytes_arrive_byte_identical_both_ways() {
 #[test]
 fn two_clients_with_the_same_source_port_both_work() {
     let _serial = serial();
-    require_prerequisites();
     // One origin and two SNAT ports: the second client must get the other port.
-    let topo = Topology::build(1);
-    let _servers = topo.start_servers();
-    let cfg = TempFile::new(
-        "lb.toml",
-        &topo.config(&[1.0], "snat_ports = [61000, 61001]"),
-    );
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let b = bed(1, &[1.0], "snat_ports = [61000, 61001]");
+    let topo = &b.topo;
     topo.client.run(|| {
         let mut conns = Vec::new();
         for (i, src) in [CLIENT, CLIENT2].into_iter().enumerate() {
@@ -171,11 +181,8 @@ fn two_clients_with_the_same_source_port_both_work() {
 #[test]
 fn agent_restart_keeps_connections_and_forwarding() {
     let _serial = serial();
-    require_prerequisites();
-    let topo = Topology::build(3);
-    let _servers = topo.start_servers();
-    let cfg = TempFile::new("lb.toml", &topo.config(&[1.0, 1.0, 1.0], ""));
-    let mut first = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let mut b = bed(3, &[1.0, 1.0, 1.0], "");
+    let (topo, cfg) = (&b.topo, &b.cfg);
 
     // A long-lived connection, and clients connecting all through the restart.
     let (mut w, mut r) = topo.client.run(|| {
@@ -219,14 +226,14 @@ fn agent_restart_keeps_connections_and_forwarding() {
     };
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        first.stop(),
+        b.agent.stop(),
         "agent exits cleanly on SIGTERM:\n{}",
-        first.log_text()
+        b.agent.log_text()
     );
     assert!(
-        first.log_text().contains("XDP stays attached"),
+        b.agent.log_text().contains("XDP stays attached"),
         "{}",
-        first.log_text()
+        b.agent.log_text()
     );
     echo("while no agent runs");
     std::thread::sleep(Duration::from_millis(300));
@@ -253,11 +260,8 @@ fn agent_restart_keeps_connections_and_forwarding() {
 #[test]
 fn host_traffic_passes_with_xdp_attached() {
     let _serial = serial();
-    require_prerequisites();
-    let topo = Topology::build(1);
-    let _servers = topo.start_servers();
-    let cfg = TempFile::new("lb.toml", &topo.config(&[1.0], ""));
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let b = bed(1, &[1.0], "");
+    let (topo, cfg) = (&b.topo, &b.cfg);
     // The LB host's own TCP connection to an origin (as a health probe makes), and ICMP.
     let reply = topo.lb.run(|| {
         request(

@@ -522,6 +522,16 @@ fn packet_fixtures() {
         let object = dataplane::find_object(None).expect("BPF object (cargo xtask build-ebpf)");
         let mut dp =
             Dataplane::load(&object, &pin_dir, cfg.dataplane.flow_table_size).expect("load");
+        match dp.program().and_then(|p| {
+            p.info()
+                .map_err(|e| lb_agent::dataplane::DataplaneError::Host(e.to_string()))
+        }) {
+            Ok(info) => println!(
+                "verifier: lb_xdp processed {:?} instructions",
+                info.verified_instruction_count()
+            ),
+            Err(e) => println!("verifier: info failed: {e}"),
+        }
         let mut rec = Reconciler::adopt(dp.take_maps().expect("maps")).expect("adopt");
         rec.apply(&cfg).expect("apply");
         let ifindex = |n: &str| {

@@ -217,6 +217,13 @@ fn demo(connections: usize) -> Result<()> {
         topo.lb.name,
         agent.pid()
     );
+    if let Some(line) = agent
+        .log_text()
+        .lines()
+        .find(|l| l.contains("verified_insns"))
+    {
+        println!("   agent: {}", line.trim());
+    }
 
     println!("== client: {connections} short connections to {}", vip());
     let start = Instant::now();

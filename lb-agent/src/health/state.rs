@@ -1,0 +1,257 @@
+//! Origin health as Cloudflare defines it, without I/O: a hysteresis over check results, and
+//! the table of every origin's health that steering reads.
+//!
+//! An origin starts `Unknown`, which counts as down. It becomes `Up` after `consecutive_up`
+//! successful checks in a row and `Down` after `consecutive_down` failed checks in a row (a
+//! check fails only when its attempt and all its retries failed).
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Unknown,
+    Up,
+    Down,
+}
+
+impl State {
+    pub const fn healthy(self) -> bool {
+        matches!(self, Self::Up)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+}
+
+/// Hysteresis over check results.
+#[derive(Debug, Clone)]
+pub struct Hysteresis {
+    state: State,
+    need_up: u32,
+    need_down: u32,
+    ups: u32,
+    downs: u32,
+}
+
+impl Hysteresis {
+    /// `consecutive_up`/`consecutive_down` of 0 mean 1, as in Cloudflare's API.
+    pub fn new(consecutive_up: u32, consecutive_down: u32) -> Self {
+        Self {
+            state: State::Unknown,
+            need_up: consecutive_up.max(1),
+            need_down: consecutive_down.max(1),
+            ups: 0,
+            downs: 0,
+        }
+    }
+
+    pub const fn state(&self) -> State {
+        self.state
+    }
+
+    /// Feeds one check result; returns the transition it caused, if any.
+    pub fn observe(&mut self, ok: bool) -> Option<Transition> {
+        let next = if ok {
+            self.downs = 0;
+            self.ups = self.ups.saturating_add(1);
+            (self.state != State::Up && self.ups >= self.need_up).then_some(State::Up)
+        } else {
+            self.ups = 0;
+            self.downs = self.downs.saturating_add(1);
+            (self.state != State::Down && self.downs >= self.need_down).then_some(State::Down)
+        }?;
+        let t = Transition {
+            from: self.state,
+            to: next,
+        };
+        self.state = next;
+        Some(t)
+    }
+}
+
+/// Identity of a health target: one origin of one pool, probed on one port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Target {
+    pub pool: String,
+    pub origin: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+}
+
+/// The result of one check (an attempt plus its retries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    /// "HTTP 200", "connect refused", "connect timed out after 5s, 3 attempts", ...
+    pub reason: String,
+    /// Round-trip time of the successful attempt.
+    pub rtt: Option<Duration>,
+}
+
+/// Health of one target, as steering and `lb-agent status` see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OriginHealth {
+    pub state: State,
+    pub last_ok: Option<bool>,
+    pub reason: String,
+    /// Exponentially weighted moving average of probe RTTs, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Unix time (seconds) of the last state change.
+    pub since: u64,
+    #[serde(skip)]
+    hysteresis: Hysteresis,
+}
+
+/// Weight of a new RTT sample in the moving average.
+pub const RTT_EWMA_ALPHA: f64 = 0.3;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Every monitored target's health.
+#[derive(Debug, Clone, Default)]
+pub struct HealthTable {
+    targets: BTreeMap<Target, OriginHealth>,
+}
+
+impl HealthTable {
+    /// Keeps the targets in `want` (with their state), adds new ones as Unknown, drops the rest.
+    pub fn retain(&mut self, want: &BTreeMap<Target, (u32, u32)>) {
+        self.targets.retain(|t, _| want.contains_key(t));
+        for (t, (up, down)) in want {
+            self.targets.entry(t.clone()).or_insert_with(|| OriginHealth {
+                state: State::Unknown,
+                last_ok: None,
+                reason: "no check has completed yet".into(),
+                rtt_ms: None,
+                since: unix_now(),
+                hysteresis: Hysteresis::new(*up, *down),
+            });
+        }
+    }
+
+    /// Records a check result; returns the transition, if any.
+    pub fn record(&mut self, target: &Target, outcome: &Outcome) -> Option<Transition> {
+        let h = self.targets.get_mut(target)?;
+        h.last_ok = Some(outcome.ok);
+        h.reason.clone_from(&outcome.reason);
+        if let Some(rtt) = outcome.rtt {
+            let ms = rtt.as_secs_f64() * 1000.0;
+            h.rtt_ms = Some(h.rtt_ms.map_or(ms, |old| RTT_EWMA_ALPHA * ms + (1.0 - RTT_EWMA_ALPHA) * old));
+        }
+        let t = h.hysteresis.observe(outcome.ok)?;
+        h.state = t.to;
+        h.since = unix_now();
+        Some(t)
+    }
+
+    pub fn get(&self, target: &Target) -> Option<&OriginHealth> {
+        self.targets.get(target)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Target, &OriginHealth)> {
+        self.targets.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_unknown_which_is_not_healthy() {
+        let h = Hysteresis::new(1, 1);
+        assert_eq!(h.state(), State::Unknown);
+        assert!(!h.state().healthy());
+    }
+
+    #[test]
+    fn one_success_brings_it_up_with_defaults() {
+        let mut h = Hysteresis::new(1, 1);
+        assert_eq!(h.observe(true), Some(Transition { from: State::Unknown, to: State::Up }));
+        assert_eq!(h.observe(true), None, "no repeated transition");
+    }
+
+    #[test]
+    fn zero_thresholds_mean_one() {
+        let mut h = Hysteresis::new(0, 0);
+        assert_eq!(h.observe(false).map(|t| t.to), Some(State::Down));
+        assert_eq!(h.observe(true).map(|t| t.to), Some(State::Up));
+    }
+
+    #[test]
+    fn consecutive_down_needs_that_many_failures_in_a_row() {
+        let mut h = Hysteresis::new(1, 3);
+        h.observe(true);
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(false).map(|t| t.to), Some(State::Down));
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let mut h = Hysteresis::new(1, 2);
+        h.observe(true);
+        h.observe(false);
+        h.observe(true);
+        assert_eq!(h.observe(false), None, "count restarted");
+        assert_eq!(h.state(), State::Up);
+    }
+
+    #[test]
+    fn consecutive_up_needs_that_many_successes_in_a_row() {
+        let mut h = Hysteresis::new(2, 1);
+        h.observe(false);
+        assert_eq!(h.observe(true), None);
+        assert_eq!(h.observe(true).map(|t| t.to), Some(State::Up));
+    }
+
+    #[test]
+    fn alternating_results_do_not_flap_with_thresholds_of_two() {
+        let mut h = Hysteresis::new(2, 2);
+        h.observe(true);
+        h.observe(true);
+        assert_eq!(h.state(), State::Up);
+        for i in 0..20 {
+            assert_eq!(h.observe(i % 2 == 0), None, "step {i}");
+        }
+        assert_eq!(h.state(), State::Up);
+    }
+
+    #[test]
+    fn table_tracks_rtt_average_and_transitions() {
+        let t = Target { pool: "p".into(), origin: "o".into(), address: Ipv4Addr::LOCALHOST, port: 80 };
+        let mut tab = HealthTable::default();
+        tab.retain(&BTreeMap::from([(t.clone(), (1, 1))]));
+        let ok = |ms| Outcome { ok: true, reason: "ok".into(), rtt: Some(Duration::from_millis(ms)) };
+        assert_eq!(tab.record(&t, &ok(10)).map(|x| x.to), Some(State::Up));
+        tab.record(&t, &ok(20));
+        let rtt = tab.get(&t).and_then(|h| h.rtt_ms).expect("rtt");
+        assert!((rtt - 13.0).abs() < 1e-9, "{rtt}");
+        tab.retain(&BTreeMap::new());
+        assert!(tab.get(&t).is_none(), "removed targets are forgotten");
+    }
+}
