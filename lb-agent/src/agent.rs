@@ -1,15 +1,28 @@
-//! The agent's lifecycle: load config, load or adopt the data path, reconcile, attach, then
-//! serve until shutdown, re-applying the config on SIGHUP.
+//! The agent's lifecycle: load config, load or adopt the data path, start health monitors,
+//! reconcile, attach, then serve until shutdown: health reports and SIGHUP reloads lead to
+//! map updates.
 
-use std::{future::Future, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
-use tokio::signal::unix::{signal, SignalKind};
+use serde::Serialize;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
 use tracing::{error, info, warn};
 
 use crate::{
     config::{Config, ConfigError},
     dataplane::{self, Dataplane, DataplaneError},
+    health::{HealthTable, Monitors, OriginHealth, Report, Target},
+    neigh::Neighbours,
     reconcile::{ReconcileError, Reconciler},
+    steering::{self, Choice, PoolHealth},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +45,20 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
 }
 
+/// Everything the main loop owns.
+struct Agent {
+    opts: RunOptions,
+    cfg: Config,
+    dp: Dataplane,
+    rec: Reconciler,
+    monitors: Monitors,
+    health: HealthTable,
+    neighbours: Neighbours,
+    /// Pool each load balancer used at the last apply, to log changes.
+    chosen: BTreeMap<String, String>,
+    status_dirty: bool,
+}
+
 /// Runs the agent until `shutdown` completes.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let cfg = Config::load(&opts.config)?;
@@ -39,7 +66,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         warn!("{w}");
     }
     let object = dataplane::find_object(opts.bpf_object.as_deref())?;
-    let dp_cfg = &cfg.dataplane;
+    let dp_cfg = cfg.dataplane.clone();
     let adopting = dp_cfg.pin_dir.join(lb_common::map_names::FLOWS).exists();
     let mut dp = Dataplane::load(&object, &dp_cfg.pin_dir, dp_cfg.flow_table_size)?;
     info!(
@@ -49,80 +76,369 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         verified_insns = dp.verified_insns(),
         "BPF object loaded"
     );
-    let mut rec = Reconciler::adopt(dp.take_maps()?)?;
-    let report = rec.apply(&cfg)?;
-    info!(?report, "maps reconciled");
-    for o in dp.attach(&dp_cfg.interfaces, dp_cfg.xdp_mode, &mut rec.maps.tx_ports)? {
-        info!(interface = %o.interface, ifindex = o.ifindex, replaced_running_program = o.replaced, "XDP attached");
-    }
-    let mut neighbours = crate::neigh::Neighbours::default();
-    for w in neighbours.sync(origin_addresses(&cfg)) {
-        warn!("{w}");
+    let rec = Reconciler::adopt(dp.take_maps()?)?;
+    let (tx, mut rx) = mpsc::channel::<Report>(4096);
+    let mut monitors = Monitors::new(tx, cfg.agent.probe_concurrency);
+    let mut health = HealthTable::default();
+    health.retain(&monitors.sync(&cfg));
+
+    // Unknown health counts as down, so writing VIPs before the first checks complete would
+    // send every monitored load balancer to its fallback pool for a moment. Wait (bounded)
+    // for one round; an adopted data path keeps forwarding with its old state meanwhile.
+    let first_round = first_round_deadline(&cfg);
+    let started = Instant::now();
+    while health.iter().any(|(_, h)| h.last_ok.is_none()) {
+        let left = first_round.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(r)) => {
+                health.record(&r.target, &r.outcome);
+            }
+            _ => break,
+        }
     }
     info!(
-        load_balancers = cfg.load_balancers.len(),
-        pools = cfg.pools.len(),
+        targets = monitors.len(),
+        waited_ms = started.elapsed().as_millis() as u64,
+        "first health check round done"
+    );
+
+    let mut agent = Agent {
+        opts,
+        cfg,
+        dp,
+        rec,
+        monitors,
+        health,
+        neighbours: Neighbours::default(),
+        chosen: BTreeMap::new(),
+        status_dirty: true,
+    };
+    for (t, h) in agent.health.iter() {
+        info!("origin {}/{} ({}:{}) {}: {}", t.pool, t.origin, t.address, t.port, h.state, h.reason);
+    }
+    agent.apply("start")?;
+    for o in agent.dp.attach(&dp_cfg.interfaces, dp_cfg.xdp_mode, &mut agent.rec.maps.tx_ports)? {
+        info!(interface = %o.interface, ifindex = o.ifindex, replaced_running_program = o.replaced, "XDP attached");
+    }
+    for w in agent.neighbours.sync(origin_addresses(&agent.cfg)) {
+        warn!("{w}");
+    }
+    agent.write_status();
+    info!(
+        load_balancers = agent.cfg.load_balancers.len(),
+        pools = agent.cfg.pools.len(),
+        monitored_origins = agent.monitors.len(),
         "data path ready"
     );
 
     let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
-    let mut running = cfg;
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             _ = hup.recv() => {
-                match reload(&opts, &running, &mut dp, &mut rec) {
-                    Ok(next) => {
-                        for w in neighbours.sync(origin_addresses(&next)) {
-                            warn!("{w}");
-                        }
-                        running = next;
-                    }
-                    Err(e) => error!("config reload rejected, the running config stays in force: {e}"),
+                if let Err(e) = agent.reload() {
+                    error!("config reload rejected, the running config stays in force: {e}");
+                }
+            }
+            Some(r) = rx.recv() => agent.on_report(&r),
+            _ = status_tick.tick() => {
+                if agent.status_dirty {
+                    agent.write_status();
                 }
             }
         }
     }
-    if opts.detach_on_exit {
-        neighbours.clear();
-        drop(rec);
-        drop(dp);
-        let removed = dataplane::teardown(&running.dataplane.pin_dir)?;
+    let pin_dir = agent.cfg.dataplane.pin_dir.clone();
+    agent.write_status();
+    if agent.opts.detach_on_exit {
+        agent.neighbours.clear();
+        drop(agent);
+        let removed = dataplane::teardown(&pin_dir)?;
         info!(?removed, "detached and unpinned (--detach-on-exit)");
     } else {
-        info!(pin_dir = %running.dataplane.pin_dir.display(), "exiting; XDP stays attached and keeps forwarding (run `lb-agent teardown` to stop it)");
+        info!(pin_dir = %pin_dir.display(), "exiting; XDP stays attached and keeps forwarding (run `lb-agent teardown` to stop it)");
     }
     Ok(())
 }
 
-fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
-    cfg.pools
+/// Longest first check among the configured monitors (all attempts), plus the start jitter.
+fn first_round_deadline(cfg: &Config) -> Duration {
+    cfg.monitors
         .iter()
-        .flat_map(|p| p.origins.iter().map(|o| o.address))
-        .collect()
+        .map(|m| m.timeout * (m.retries + 1) + m.interval.min(Duration::from_secs(1)))
+        .max()
+        .unwrap_or_default()
+        + Duration::from_millis(200)
 }
 
-/// Validates the new config completely before touching anything.
-fn reload(
-    opts: &RunOptions,
-    running: &Config,
-    dp: &mut Dataplane,
-    rec: &mut Reconciler,
-) -> Result<Config, AgentError> {
-    let next = Config::load(&opts.config)?;
-    let (a, b) = (&running.dataplane, &next.dataplane);
-    if a.pin_dir != b.pin_dir || a.flow_table_size != b.flow_table_size {
-        return Err(DataplaneError::Host(
-            "dataplane.pin_dir and dataplane.flow_table_size cannot change while running; restart the agent (after `lb-agent teardown` for a new flow table size)".into(),
-        )
-        .into());
+fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
+    cfg.pools.iter().flat_map(|p| p.origins.iter().map(|o| o.address)).collect()
+}
+
+impl Agent {
+    fn on_report(&mut self, r: &Report) {
+        let Some(t) = self.health.record(&r.target, &r.outcome) else {
+            self.status_dirty = true;
+            return;
+        };
+        let tg = &r.target;
+        if t.to.healthy() {
+            info!("origin {}/{} ({}:{}) up: {}", tg.pool, tg.origin, tg.address, tg.port, r.outcome.reason);
+        } else {
+            warn!("origin {}/{} ({}:{}) {}: {}", tg.pool, tg.origin, tg.address, tg.port, t.to, r.outcome.reason);
+        }
+        if let Err(e) = self.apply(&format!("origin {}/{} {}", tg.pool, tg.origin, t.to)) {
+            error!("applying health change failed: {e}");
+        }
+        self.write_status();
     }
-    for w in dataplane::check_host(b)? {
-        warn!("{w}");
+
+    /// Reconciles the maps with the config and current health; logs pool changes.
+    fn apply(&mut self, why: &str) -> Result<(), ReconcileError> {
+        let report = self.rec.apply(&self.cfg, &self.health)?;
+        info!(
+            cause = why,
+            slots_written = report.slots_written,
+            vips_written = report.vips_written,
+            elapsed_us = report.elapsed.as_micros() as u64,
+            "maps updated"
+        );
+        for lb in self.cfg.load_balancers.iter().filter(|l| l.enabled) {
+            let Some((pool, choice)) = steering::choose_pool(&self.cfg, &self.health, lb) else { continue };
+            let before = self.chosen.insert(lb.name.clone(), pool.name.clone());
+            if before.as_deref() != Some(pool.name.as_str()) {
+                let why = match choice {
+                    Choice::Healthy { index: 0 } => "first default pool is healthy".to_owned(),
+                    Choice::Healthy { index } => format!("default_pools[0..{index}] are down"),
+                    Choice::Fallback => "every default pool is down: fallback pool, regardless of its health".to_owned(),
+                };
+                info!(
+                    "load balancer {} now uses pool {} (was {}): {why}",
+                    lb.name,
+                    pool.name,
+                    before.as_deref().unwrap_or("none")
+                );
+            }
+        }
+        self.status_dirty = true;
+        Ok(())
     }
-    let report = rec.apply(&next)?;
-    dp.attach(&b.interfaces, b.xdp_mode, &mut rec.maps.tx_ports)?;
-    info!(?report, "config reloaded");
-    Ok(next)
+
+    /// Validates the new config completely before touching anything.
+    fn reload(&mut self) -> Result<(), AgentError> {
+        let next = Config::load(&self.opts.config)?;
+        let (a, b) = (&self.cfg.dataplane, &next.dataplane);
+        if a.pin_dir != b.pin_dir || a.flow_table_size != b.flow_table_size {
+            return Err(DataplaneError::Host(
+                "dataplane.pin_dir and dataplane.flow_table_size cannot change while running; restart the agent (after `lb-agent teardown` for a new flow table size)".into(),
+            )
+            .into());
+        }
+        for w in dataplane::check_host(b)? {
+            warn!("{w}");
+        }
+        self.health.retain(&self.monitors.sync(&next));
+        let previous = std::mem::replace(&mut self.cfg, next);
+        if let Err(e) = self.apply("config reload") {
+            // Put the old config back; the maps hold a mix that the next apply repairs.
+            self.cfg = previous;
+            self.health.retain(&self.monitors.sync(&self.cfg));
+            return Err(e.into());
+        }
+        let dp_cfg = self.cfg.dataplane.clone();
+        self.dp.attach(&dp_cfg.interfaces, dp_cfg.xdp_mode, &mut self.rec.maps.tx_ports)?;
+        for w in self.neighbours.sync(origin_addresses(&self.cfg)) {
+            warn!("{w}");
+        }
+        info!("config reloaded");
+        self.write_status();
+        Ok(())
+    }
+
+    fn write_status(&mut self) {
+        let s = Status::collect(&self.cfg, &self.health);
+        if let Err(e) = s.write(&self.cfg.agent.status_file) {
+            warn!(path = %self.cfg.agent.status_file.display(), "cannot write status file: {e}");
+        }
+        self.status_dirty = false;
+    }
+}
+
+/// What `lb-agent status` shows, written by the running agent as JSON.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Status {
+    pub updated: u64,
+    pub origins: Vec<OriginStatus>,
+    pub pools: Vec<PoolStatus>,
+    pub load_balancers: Vec<LbStatus>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct OriginStatus {
+    pub pool: String,
+    pub origin: String,
+    pub address: String,
+    pub port: u16,
+    /// "up", "down", "unknown", or "unmonitored".
+    pub state: String,
+    pub enabled: bool,
+    pub weight: f64,
+    pub last_ok: Option<bool>,
+    pub reason: String,
+    pub rtt_ms: Option<f64>,
+    pub since: Option<u64>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub healthy: bool,
+    pub healthy_origins: usize,
+    pub enabled_origins: usize,
+    pub minimum_origins: u32,
+    /// Mean of the healthy origins' RTT averages.
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct LbStatus {
+    pub name: String,
+    pub vip: String,
+    pub active_pool: Option<String>,
+    pub fallback: bool,
+}
+
+impl Status {
+    pub fn collect(cfg: &Config, health: &HealthTable) -> Self {
+        let mut origins = Vec::new();
+        let mut pools = Vec::new();
+        for pool in &cfg.pools {
+            let port_of = |o: &crate::config::Origin| {
+                cfg.load_balancers
+                    .iter()
+                    .find(|l| l.default_pools.contains(&pool.name) || l.fallback_pool == pool.name)
+                    .map_or(o.port.unwrap_or(0), |l| o.port.unwrap_or(l.origin_port))
+            };
+            let mut rtts = Vec::new();
+            for o in &pool.origins {
+                let ring_port = port_of(o);
+                let t: Option<Target> = steering::target(cfg, pool, o, ring_port);
+                let h: Option<&OriginHealth> = t.as_ref().and_then(|t| health.get(t));
+                if let Some(r) = h.filter(|h| h.state.healthy()).and_then(|h| h.rtt_ms) {
+                    rtts.push(r);
+                }
+                origins.push(OriginStatus {
+                    pool: pool.name.clone(),
+                    origin: o.name.clone(),
+                    address: o.address.to_string(),
+                    port: t.as_ref().map_or(ring_port, |t| t.port),
+                    state: match (&t, h) {
+                        (None, _) => "unmonitored".into(),
+                        (Some(_), Some(h)) => h.state.to_string(),
+                        (Some(_), None) => "unknown".into(),
+                    },
+                    enabled: o.enabled,
+                    weight: o.weight,
+                    last_ok: h.and_then(|h| h.last_ok),
+                    reason: h.map_or_else(String::new, |h| h.reason.clone()),
+                    rtt_ms: h.and_then(|h| h.rtt_ms),
+                    since: h.map(|h| h.since),
+                });
+            }
+            let ring_port = pool.origins.first().map_or(0, port_of);
+            let ph: PoolHealth = steering::pool_health(cfg, health, pool, ring_port);
+            #[expect(clippy::cast_precision_loss, reason = "few origins")]
+            let rtt_ms = (!rtts.is_empty()).then(|| rtts.iter().sum::<f64>() / rtts.len() as f64);
+            pools.push(PoolStatus {
+                name: pool.name.clone(),
+                healthy: ph.healthy,
+                healthy_origins: ph.healthy_origins,
+                enabled_origins: ph.enabled_origins,
+                minimum_origins: ph.minimum_origins,
+                rtt_ms,
+            });
+        }
+        let load_balancers = cfg
+            .load_balancers
+            .iter()
+            .map(|lb| {
+                let c = lb.enabled.then(|| steering::choose_pool(cfg, health, lb)).flatten();
+                LbStatus {
+                    name: lb.name.clone(),
+                    vip: format!("{}:{}", lb.address, lb.port),
+                    active_pool: c.as_ref().map(|(p, _)| p.name.clone()),
+                    fallback: matches!(c, Some((_, Choice::Fallback))),
+                }
+            })
+            .collect();
+        Self {
+            updated: std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            origins,
+            pools,
+            load_balancers,
+        }
+    }
+
+    /// Writes atomically (temporary file, then rename).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    pub fn read(path: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read(path)?;
+        serde_json::from_slice(&text).map_err(std::io::Error::other)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{:<16} {:<22} {:<12} {}", "load balancer", "vip", "active pool", "")?;
+        for l in &self.load_balancers {
+            writeln!(
+                f,
+                "{:<16} {:<22} {:<12} {}",
+                l.name,
+                l.vip,
+                l.active_pool.as_deref().unwrap_or("-"),
+                if l.fallback { "(fallback: every default pool is down)" } else { "" }
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(f, "{:<16} {:<8} {:>8} {:>8} {:>9}", "pool", "state", "healthy", "minimum", "rtt")?;
+        for p in &self.pools {
+            writeln!(
+                f,
+                "{:<16} {:<8} {:>4}/{:<3} {:>8} {:>9}",
+                p.name,
+                if p.healthy { "healthy" } else { "down" },
+                p.healthy_origins,
+                p.enabled_origins,
+                p.minimum_origins,
+                p.rtt_ms.map_or_else(|| "-".into(), |r| format!("{r:.2}ms"))
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(f, "{:<24} {:<22} {:<12} {:>9}  {}", "origin", "address", "state", "rtt", "last result")?;
+        for o in &self.origins {
+            writeln!(
+                f,
+                "{:<24} {:<22} {:<12} {:>9}  {}",
+                format!("{}/{}", o.pool, o.origin),
+                format!("{}:{}", o.address, o.port),
+                if o.enabled { o.state.clone() } else { format!("{} (disabled)", o.state) },
+                o.rtt_ms.map_or_else(|| "-".into(), |r| format!("{r:.2}ms")),
+                o.reason
+            )?;
+        }
+        Ok(())
+    }
 }

@@ -62,6 +62,10 @@ impl fmt::Display for Errors<'_> {
 pub struct RawConfig {
     pub dataplane: RawDataplane,
     #[serde(default)]
+    pub agent: RawAgent,
+    #[serde(default)]
+    pub monitors: Vec<RawMonitor>,
+    #[serde(default)]
     pub pools: Vec<RawPool>,
     #[serde(default)]
     pub load_balancers: Vec<RawLoadBalancer>,
@@ -82,6 +86,60 @@ pub struct RawDataplane {
     pub snat_port_reuse_after_idle: Option<u32>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub status_file: Option<PathBuf>,
+    pub probe_concurrency: Option<u32>,
+}
+
+/// A health monitor, with Cloudflare's field names. Durations are seconds (fractions allowed).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitor {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(rename = "type", default = "default_monitor_type")]
+    pub kind: String,
+    pub method: Option<String>,
+    #[serde(default)]
+    pub port: u32,
+    pub path: Option<String>,
+    #[serde(default)]
+    pub header: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default = "default_timeout")]
+    pub timeout: f64,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_interval")]
+    pub interval: f64,
+    pub expected_codes: Option<String>,
+    pub expected_body: Option<String>,
+    #[serde(default)]
+    pub follow_redirects: bool,
+    #[serde(default)]
+    pub allow_insecure: bool,
+    #[serde(default)]
+    pub consecutive_up: u32,
+    #[serde(default)]
+    pub consecutive_down: u32,
+}
+
+fn default_monitor_type() -> String {
+    "http".into()
+}
+const fn default_timeout() -> f64 {
+    5.0
+}
+const fn default_retries() -> u32 {
+    2
+}
+const fn default_interval() -> f64 {
+    60.0
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
@@ -91,6 +149,9 @@ pub struct RawPool {
     pub description: String,
     #[serde(default = "yes")]
     pub enabled: bool,
+    pub monitor: Option<String>,
+    #[serde(default = "one_u32")]
+    pub minimum_origins: u32,
     #[serde(default)]
     pub origins: Vec<RawOrigin>,
 }
@@ -124,8 +185,15 @@ pub struct RawLoadBalancer {
     pub origin_port: Option<u32>,
     #[serde(default)]
     pub default_pools: Vec<String>,
+    pub fallback_pool: Option<String>,
+    #[serde(default = "default_steering")]
+    pub steering_policy: String,
     #[serde(default = "yes")]
     pub enabled: bool,
+}
+
+fn default_steering() -> String {
+    "off".into()
 }
 
 const fn yes() -> bool {
@@ -133,6 +201,9 @@ const fn yes() -> bool {
 }
 const fn one() -> f64 {
     1.0
+}
+const fn one_u32() -> u32 {
+    1
 }
 
 /// How XDP is attached: `native` (in the driver, fastest), `generic` (in the stack, works on
@@ -152,6 +223,8 @@ pub enum XdpMode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub dataplane: Dataplane,
+    pub agent: Agent,
+    pub monitors: Vec<Monitor>,
     pub pools: Vec<Pool>,
     pub load_balancers: Vec<LoadBalancer>,
 }
@@ -171,11 +244,104 @@ pub struct Dataplane {
     pub snat_port_reuse_after_idle: u32,
 }
 
+/// Where the agent publishes health and steering state, and how hard it may probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub status_file: PathBuf,
+    pub probe_concurrency: u32,
+}
+
+pub const DEFAULT_STATUS_FILE: &str = "/run/lb-agent/status.json";
+pub const DEFAULT_PROBE_CONCURRENCY: u32 = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorKind {
+    Tcp,
+    Http,
+    Https,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Head,
+}
+
+/// A status-code pattern: three characters, each a digit or `x` ("200", "2xx", "30x").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodePattern(pub [Option<u8>; 3]);
+
+impl CodePattern {
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.trim().as_bytes();
+        if b.len() != 3 {
+            return None;
+        }
+        let mut out = [None; 3];
+        for (i, c) in b.iter().enumerate() {
+            out[i] = match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'x' | b'X' => None,
+                _ => return None,
+            };
+        }
+        out[0]?; // the class digit must be given
+        Some(Self(out))
+    }
+
+    pub fn matches(&self, code: u16) -> bool {
+        let digits = [(code / 100 % 10) as u8, (code / 10 % 10) as u8, (code % 10) as u8];
+        self.0.iter().zip(digits).all(|(p, d)| p.is_none_or(|p| p == d))
+    }
+}
+
+impl fmt::Display for CodePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in self.0 {
+            match d {
+                Some(d) => write!(f, "{d}")?,
+                None => f.write_str("x")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Monitor {
+    pub name: String,
+    pub description: String,
+    pub kind: MonitorKind,
+    /// HTTP(S) only.
+    pub method: HttpMethod,
+    /// 0 = the origin's port.
+    pub port: u16,
+    pub path: String,
+    pub header: Vec<(String, String)>,
+    pub timeout: std::time::Duration,
+    pub retries: u32,
+    pub interval: std::time::Duration,
+    /// HTTP(S) only.
+    pub expected_codes: CodePattern,
+    /// Case-insensitive substring of the first 10 KB of the body; empty = any.
+    pub expected_body: String,
+    pub follow_redirects: bool,
+    pub allow_insecure: bool,
+    pub consecutive_up: u32,
+    pub consecutive_down: u32,
+}
+
+/// Shortest accepted monitor interval and timeout.
+pub const MIN_PROBE_SECS: f64 = 0.05;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     pub name: String,
     pub description: String,
     pub enabled: bool,
+    /// Name of the monitor; `None`: enabled origins count as healthy.
+    pub monitor: Option<String>,
+    pub minimum_origins: u32,
     pub origins: Vec<Origin>,
 }
 
@@ -197,7 +363,17 @@ pub struct LoadBalancer {
     pub port: u16,
     pub origin_port: u16,
     pub default_pools: Vec<String>,
+    /// Used when every default pool is down, whatever its own health. Defaults to the last
+    /// of `default_pools`.
+    pub fallback_pool: String,
+    pub steering_policy: SteeringPolicy,
     pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringPolicy {
+    /// Standard failover: the first healthy pool of `default_pools`.
+    Off,
 }
 
 impl Config {
@@ -224,6 +400,10 @@ impl Config {
 
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn monitor(&self, name: &str) -> Option<&Monitor> {
+        self.monitors.iter().find(|m| m.name == name)
     }
 }
 
@@ -353,6 +533,34 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         ));
     }
 
+    // --- agent
+    let status_file = raw
+        .agent
+        .status_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATUS_FILE));
+    if !status_file.is_absolute() {
+        errors.push(format!(
+            "agent.status_file: \"{}\" is relative; use an absolute path such as \"{DEFAULT_STATUS_FILE}\"",
+            status_file.display()
+        ));
+    }
+    let probe_concurrency = raw.agent.probe_concurrency.unwrap_or(DEFAULT_PROBE_CONCURRENCY);
+    if !(1..=65_536).contains(&probe_concurrency) {
+        errors.push(format!(
+            "agent.probe_concurrency: {probe_concurrency} is out of range; use 1-65536"
+        ));
+    }
+
+    // --- monitors
+    let mut monitors = Vec::new();
+    let mut monitor_names = HashMap::new();
+    for (mi, m) in raw.monitors.iter().enumerate() {
+        if let Some(mon) = validate_monitor(mi, m, &mut monitor_names, &mut errors) {
+            monitors.push(mon);
+        }
+    }
+
     // --- pools
     let mut pools = Vec::new();
     let mut pool_names = HashMap::new();
@@ -404,11 +612,29 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 });
             }
         }
+        if let Some(m) = &p.monitor {
+            if !monitor_names.contains_key(m) {
+                errors.push(format!(
+                    "{f}.monitor: no monitor is named \"{m}\"; define it under [[monitors]] or fix the name"
+                ));
+            }
+        }
+        if p.minimum_origins == 0 {
+            errors.push(format!("{f}.minimum_origins: 0; a pool needs at least 1 healthy origin to be healthy"));
+        } else if !p.origins.is_empty() && p.minimum_origins as usize > p.origins.len() {
+            errors.push(format!(
+                "{f}.minimum_origins: {} but the pool has {} origin(s), so it could never be healthy; lower it or add origins",
+                p.minimum_origins,
+                p.origins.len()
+            ));
+        }
         origin_count += p.origins.len();
         pools.push(Pool {
             name: p.name.clone(),
             description: p.description.clone(),
             enabled: p.enabled,
+            monitor: p.monitor.clone(),
+            minimum_origins: p.minimum_origins,
             origins,
         });
     }
@@ -469,7 +695,37 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 ));
             }
         }
-        if let (Some(address), Some(port), Some(origin_port)) = (address, vport, origin_port) {
+        if let Some(fb) = &l.fallback_pool {
+            if !pool_names.contains_key(fb) {
+                errors.push(format!(
+                    "{f}.fallback_pool: no pool is named \"{fb}\"; define it under [[pools]] or fix the name"
+                ));
+            }
+        }
+        let steering_policy = match l.steering_policy.as_str() {
+            "off" | "" => Some(SteeringPolicy::Off),
+            "random" | "dynamic_latency" | "geo" | "proximity" | "least_connections" => {
+                errors.push(format!(
+                    "{f}.steering_policy: \"{}\" is not supported yet; use \"off\" (standard failover)",
+                    l.steering_policy
+                ));
+                None
+            }
+            other => {
+                errors.push(format!(
+                    "{f}.steering_policy: unknown policy \"{other}\"; use \"off\" (standard failover)"
+                ));
+                None
+            }
+        };
+        let fallback_pool = l
+            .fallback_pool
+            .clone()
+            .or_else(|| l.default_pools.last().cloned())
+            .unwrap_or_default();
+        if let (Some(address), Some(port), Some(origin_port), Some(steering_policy)) =
+            (address, vport, origin_port, steering_policy)
+        {
             lbs.push(LoadBalancer {
                 name: l.name.clone(),
                 description: l.description.clone(),
@@ -477,6 +733,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 port,
                 origin_port,
                 default_pools: l.default_pools.clone(),
+                fallback_pool,
+                steering_policy,
                 enabled: l.enabled,
             });
         }
@@ -508,8 +766,150 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             snat_port_reuse_after_close: reuse_close,
             snat_port_reuse_after_idle: reuse_idle,
         },
+        agent: Agent {
+            status_file,
+            probe_concurrency,
+        },
+        monitors,
         pools,
         load_balancers: lbs,
+    })
+}
+
+fn secs(v: f64, field: &str, errors: &mut Vec<String>) -> Option<std::time::Duration> {
+    if v.is_finite() && v >= MIN_PROBE_SECS && v <= 86_400.0 {
+        Some(std::time::Duration::from_secs_f64(v))
+    } else {
+        errors.push(format!(
+            "{field}: {v} is out of range; use seconds between {MIN_PROBE_SECS} and 86400 (fractions allowed, e.g. 0.25)"
+        ));
+        None
+    }
+}
+
+fn validate_monitor(
+    mi: usize,
+    m: &RawMonitor,
+    names: &mut HashMap<String, usize>,
+    errors: &mut Vec<String>,
+) -> Option<Monitor> {
+    let f = format!("monitors[{mi}]");
+    let before = errors.len();
+    name_ok(&m.name, &format!("{f}.name"), errors);
+    if !m.name.is_empty() {
+        if let Some(first) = names.insert(m.name.clone(), mi) {
+            errors.push(format!(
+                "{f}.name: \"{}\" is already the name of monitors[{first}]; monitor names must be unique",
+                m.name
+            ));
+        }
+    }
+    let kind = match m.kind.as_str() {
+        "tcp" => Some(MonitorKind::Tcp),
+        "http" => Some(MonitorKind::Http),
+        "https" => Some(MonitorKind::Https),
+        other => {
+            errors.push(format!("{f}.type: \"{other}\" is not a monitor type; use \"tcp\", \"http\" or \"https\""));
+            None
+        }
+    };
+    let is_http = matches!(kind, Some(MonitorKind::Http | MonitorKind::Https));
+    let method = match (kind, m.method.as_deref()) {
+        (Some(MonitorKind::Tcp), None | Some("connection_established")) => HttpMethod::Get,
+        (Some(MonitorKind::Tcp), Some(other)) => {
+            errors.push(format!("{f}.method: \"{other}\" does not apply to tcp monitors; use \"connection_established\""));
+            HttpMethod::Get
+        }
+        (_, None | Some("GET")) => HttpMethod::Get,
+        (_, Some("HEAD")) => HttpMethod::Head,
+        (_, Some(other)) => {
+            errors.push(format!("{f}.method: \"{other}\" is not supported; use \"GET\" or \"HEAD\""));
+            HttpMethod::Get
+        }
+    };
+    let port = if m.port == 0 { Some(0) } else { port(m.port, &format!("{f}.port"), errors) };
+    let path = m.path.clone().unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        errors.push(format!("{f}.path: \"{path}\" must start with '/' and contain no spaces"));
+    }
+    if !is_http && m.path.is_some() {
+        errors.push(format!("{f}.path: only http and https monitors send a path; remove it or change type"));
+    }
+    let mut header = Vec::new();
+    for (k, vs) in &m.header {
+        if k.is_empty() || k.contains([':', ' ', '\r', '\n']) {
+            errors.push(format!("{f}.header: \"{k}\" is not a header name"));
+        }
+        if !is_http {
+            errors.push(format!("{f}.header.{k}: only http and https monitors send headers"));
+        }
+        for v in vs {
+            if v.contains(['\r', '\n']) {
+                errors.push(format!("{f}.header.{k}: values must be one line"));
+            }
+            header.push((k.clone(), v.clone()));
+        }
+    }
+    let timeout = secs(m.timeout, &format!("{f}.timeout"), errors);
+    let interval = secs(m.interval, &format!("{f}.interval"), errors);
+    if let (Some(t), Some(i)) = (timeout, interval) {
+        if t > i {
+            errors.push(format!(
+                "{f}.timeout: {}s is longer than the interval ({}s); checks would overlap. Lower the timeout or raise the interval",
+                m.timeout, m.interval
+            ));
+        }
+    }
+    if m.retries > 5 {
+        errors.push(format!("{f}.retries: {} is out of range; use 0-5", m.retries));
+    }
+    for (v, n) in [(m.consecutive_up, "consecutive_up"), (m.consecutive_down, "consecutive_down")] {
+        if v > 100 {
+            errors.push(format!("{f}.{n}: {v} is out of range; use 0-100 (0 means 1)"));
+        }
+    }
+    let expected_codes = match (&m.expected_codes, is_http) {
+        (Some(c), true) => CodePattern::parse(c).or_else(|| {
+            errors.push(format!(
+                "{f}.expected_codes: \"{c}\" is not a status pattern; use three characters, digits or x, e.g. \"200\" or \"2xx\""
+            ));
+            None
+        }),
+        (Some(_), false) => {
+            errors.push(format!("{f}.expected_codes: only http and https monitors check status codes; remove it"));
+            None
+        }
+        (None, _) => CodePattern::parse("200"),
+    };
+    if m.expected_body.is_some() && !is_http {
+        errors.push(format!("{f}.expected_body: only http and https monitors read a body; remove it"));
+    }
+    if m.follow_redirects && !is_http {
+        errors.push(format!("{f}.follow_redirects: only applies to http and https monitors"));
+    }
+    if m.allow_insecure && kind != Some(MonitorKind::Https) {
+        errors.push(format!("{f}.allow_insecure: only applies to https monitors"));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(Monitor {
+        name: m.name.clone(),
+        description: m.description.clone(),
+        kind: kind?,
+        method,
+        port: port?,
+        path,
+        header,
+        timeout: timeout?,
+        retries: m.retries,
+        interval: interval?,
+        expected_codes: expected_codes?,
+        expected_body: m.expected_body.clone().unwrap_or_default(),
+        follow_redirects: m.follow_redirects,
+        allow_insecure: m.allow_insecure,
+        consecutive_up: m.consecutive_up,
+        consecutive_down: m.consecutive_down,
     })
 }
 
@@ -847,5 +1247,191 @@ default_pools = ["web"]
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    // --- monitors, pool health settings, failover -------------------------------------
+
+    const MON: &str = "\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n";
+
+    fn with_monitor(monitor_body: &str) -> String {
+        GOOD.replacen("[[pools]]", &format!("[[monitors]]\nname = \"m\"\n{monitor_body}\n[[pools]]"), 1)
+    }
+
+    fn monitor_errors(monitor_body: &str) -> Vec<String> {
+        errors_of(&with_monitor(monitor_body))
+    }
+
+    #[test]
+    fn monitor_defaults_follow_cloudflare() {
+        let c = Config::parse(&with_monitor(""), Path::new("t")).expect("valid");
+        let m = &c.monitors[0];
+        assert_eq!(m.kind, MonitorKind::Http);
+        assert_eq!(m.method, HttpMethod::Get);
+        assert_eq!((m.port, m.path.as_str(), m.retries), (0, "/", 2));
+        assert_eq!(m.timeout, std::time::Duration::from_secs(5));
+        assert_eq!(m.interval, std::time::Duration::from_secs(60));
+        assert_eq!(m.expected_codes.to_string(), "200");
+        assert!(!m.follow_redirects && !m.allow_insecure && m.expected_body.is_empty());
+    }
+
+    #[test]
+    fn cloudflare_spectrum_example_parses() {
+        let body = "description = \"Spectrum Health Check\"\ntype = \"tcp\"\nport = 2048\ninterval = 30\nretries = 2\ntimeout = 5\nmethod = \"connection_established\"";
+        let c = Config::parse(&with_monitor(body), Path::new("t")).expect("valid");
+        assert_eq!(c.monitors[0].kind, MonitorKind::Tcp);
+        assert_eq!(c.monitors[0].port, 2048);
+    }
+
+    #[test]
+    fn sub_second_interval_allowed() {
+        let c = Config::parse(&with_monitor("interval = 0.25\ntimeout = 0.2"), Path::new("t")).expect("valid");
+        assert_eq!(c.monitors[0].interval, std::time::Duration::from_millis(250));
+    }
+
+    #[test]
+    fn monitor_name_required() {
+        let text = GOOD.replacen("[[pools]]", "[[monitors]]\ntype = \"tcp\"\n[[pools]]", 1);
+        assert_one(&errors_of(&text), "monitors[0].name");
+    }
+
+    #[test]
+    fn monitor_names_unique() {
+        let text = GOOD.replacen("[[pools]]", &format!("{MON}{MON}[[pools]]"), 1);
+        assert_one(&errors_of(&text), "monitors[1].name");
+    }
+
+    #[test]
+    fn monitor_type_known() {
+        assert_one(&monitor_errors("type = \"icmp\""), "monitors[0].type");
+    }
+
+    #[test]
+    fn tcp_method_is_connection_established() {
+        assert_one(&monitor_errors("type = \"tcp\"\nmethod = \"GET\""), "monitors[0].method");
+    }
+
+    #[test]
+    fn http_method_get_or_head() {
+        assert_one(&monitor_errors("method = \"POST\""), "monitors[0].method");
+        let c = Config::parse(&with_monitor("method = \"HEAD\""), Path::new("t")).expect("valid");
+        assert_eq!(c.monitors[0].method, HttpMethod::Head);
+    }
+
+    #[test]
+    fn monitor_port_valid() {
+        assert_one(&monitor_errors("port = 70000"), "monitors[0].port");
+    }
+
+    #[test]
+    fn interval_not_below_minimum() {
+        // A timeout of 0.05 s fits the limit; the interval below it is the one error.
+        let e = monitor_errors("interval = 0.01\ntimeout = 0.05");
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].starts_with("monitors[0].interval"), "{e:#?}");
+    }
+
+    #[test]
+    fn timeout_not_below_minimum() {
+        assert_one(&monitor_errors("interval = 1\ntimeout = 0.001"), "monitors[0].timeout");
+    }
+
+    #[test]
+    fn timeout_not_longer_than_interval() {
+        assert_one(&monitor_errors("interval = 2\ntimeout = 5"), "monitors[0].timeout");
+    }
+
+    #[test]
+    fn retries_at_most_five() {
+        assert_one(&monitor_errors("retries = 6"), "monitors[0].retries");
+    }
+
+    #[test]
+    fn consecutive_counts_bounded() {
+        assert_one(&monitor_errors("consecutive_down = 1000"), "monitors[0].consecutive_down");
+    }
+
+    #[test]
+    fn expected_codes_pattern() {
+        assert_one(&monitor_errors("expected_codes = \"2xxx\""), "monitors[0].expected_codes");
+        assert_one(&monitor_errors("expected_codes = \"x00\""), "monitors[0].expected_codes");
+    }
+
+    #[test]
+    fn expected_codes_only_for_http() {
+        assert_one(&monitor_errors("type = \"tcp\"\nexpected_codes = \"200\""), "monitors[0].expected_codes");
+    }
+
+    #[test]
+    fn expected_body_only_for_http() {
+        assert_one(&monitor_errors("type = \"tcp\"\nexpected_body = \"ok\""), "monitors[0].expected_body");
+    }
+
+    #[test]
+    fn allow_insecure_only_for_https() {
+        assert_one(&monitor_errors("allow_insecure = true"), "monitors[0].allow_insecure");
+    }
+
+    #[test]
+    fn follow_redirects_only_for_http() {
+        assert_one(&monitor_errors("type = \"tcp\"\nfollow_redirects = true"), "monitors[0].follow_redirects");
+    }
+
+    #[test]
+    fn path_starts_with_slash() {
+        assert_one(&monitor_errors("path = \"health\""), "monitors[0].path");
+    }
+
+    #[test]
+    fn header_names_valid_and_host_allowed() {
+        assert_one(&monitor_errors("header = { \"Bad Name\" = [\"x\"] }"), "monitors[0].header");
+        let c = Config::parse(&with_monitor("header = { Host = [\"example.com\"] }"), Path::new("t")).expect("valid");
+        assert_eq!(c.monitors[0].header, vec![("Host".to_owned(), "example.com".to_owned())]);
+    }
+
+    #[test]
+    fn code_patterns_match() {
+        let p = CodePattern::parse("2xx").expect("pattern");
+        assert!(p.matches(200) && p.matches(204) && !p.matches(500) && !p.matches(302));
+        let p = CodePattern::parse("30x").expect("pattern");
+        assert!(p.matches(301) && !p.matches(310));
+        assert!(CodePattern::parse("200").expect("pattern").matches(200));
+    }
+
+    #[test]
+    fn pool_monitor_must_exist() {
+        assert_one(&errors_with("name = \"web\"", "name = \"web\"\nmonitor = \"nope\""), "pools[0].monitor");
+    }
+
+    #[test]
+    fn minimum_origins_at_least_one() {
+        assert_one(&errors_with("name = \"web\"", "name = \"web\"\nminimum_origins = 0"), "pools[0].minimum_origins");
+    }
+
+    #[test]
+    fn minimum_origins_not_above_origin_count() {
+        assert_one(&errors_with("name = \"web\"", "name = \"web\"\nminimum_origins = 3"), "pools[0].minimum_origins");
+    }
+
+    #[test]
+    fn fallback_pool_must_exist() {
+        assert_one(&errors_with("default_pools = [\"web\"]", "default_pools = [\"web\"]\nfallback_pool = \"gone\""), "load_balancers[0].fallback_pool");
+    }
+
+    #[test]
+    fn fallback_pool_defaults_to_last_default_pool() {
+        let c = Config::parse(GOOD, Path::new("t")).expect("valid");
+        assert_eq!(c.load_balancers[0].fallback_pool, "web");
+    }
+
+    #[test]
+    fn steering_policy_off_only_for_now() {
+        assert_one(&errors_with("default_pools = [\"web\"]", "default_pools = [\"web\"]\nsteering_policy = \"geo\""), "load_balancers[0].steering_policy");
+        assert_one(&errors_with("default_pools = [\"web\"]", "default_pools = [\"web\"]\nsteering_policy = \"fastest\""), "load_balancers[0].steering_policy");
+    }
+
+    #[test]
+    fn status_file_absolute() {
+        let text = GOOD.replacen("[[pools]]", "[agent]\nstatus_file = \"status.json\"\n\n[[pools]]", 1);
+        assert_one(&errors_of(&text), "agent.status_file");
     }
 }

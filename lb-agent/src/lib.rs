@@ -4,6 +4,8 @@
 //! # Layout
 //! - `config`: TOML -> validated `Config` (pure).
 //! - `maglev`: weighted Maglev tables (pure).
+//! - `health`: hysteresis and health table (pure), probes and their tasks.
+//! - `steering`: origin/pool health and pool choice (pure).
 //! - `reconcile`: config -> map entries, the one writer of maps.
 //! - `dataplane`: loading, pinning, attaching; typed map handles.
 //! - `agent`: the lifecycle (`run` with injected shutdown, SIGHUP reload).
@@ -11,7 +13,9 @@
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod neigh;
 pub mod reconcile;
 pub mod stats;
+pub mod steering;

@@ -42,6 +42,13 @@ struct Cli {
 enum Command {
     /// Validate the config and print a summary; changes nothing.
     Check,
+    /// Print the running agent's view: each load balancer's active pool, each pool's health,
+    /// each origin's state, last result and RTT (read from `agent.status_file`).
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print per-load-balancer and per-origin counters and data-path events, read from the
     /// pinned maps (names come from the config).
     Stats {
@@ -91,6 +98,17 @@ fn main() -> anyhow::Result<()> {
                 cfg.pools.iter().map(|p| p.origins.len()).sum::<usize>(),
                 cfg.dataplane.interfaces
             );
+        }
+        Some(Command::Status { json }) => {
+            let cfg = Config::load(&cli.config)?;
+            let path = &cfg.agent.status_file;
+            let status = lb_agent::agent::Status::read(path)
+                .with_context(|| format!("reading {} (is the agent running with this config?)", path.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
         }
         Some(Command::Stats { json }) => {
             let cfg = Config::load(&cli.config)?;

@@ -18,11 +18,7 @@ use lb_common::{
     MAX_RINGS, MAX_VIPS, NO_ORIGIN, ORIGIN_F_PRESENT, SETTINGS_F_READY,
 };
 
-use crate::{
-    config::{Config, LoadBalancer},
-    dataplane::Maps,
-    maglev,
-};
+use crate::{config::Config, dataplane::Maps, health::HealthTable, maglev, steering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -46,13 +42,7 @@ fn werr(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReconcileError {
 }
 
 /// An origin as the data path knows it: one pool member with its effective port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OriginKey {
-    pub pool: String,
-    pub name: String,
-    pub addr: Ipv4Addr,
-    pub port: u16,
-}
+pub type OriginKey = crate::steering::Member;
 
 /// A ring: a pool's members with one default origin port. `pool` empty = the empty ring
 /// (used by a load balancer with no usable pool).
@@ -91,16 +81,10 @@ pub fn vip_addr_marker(addr: [u8; 16]) -> VipKey {
     }
 }
 
-/// The pool a load balancer sends new flows to. Standard failover without health data:
-/// the first enabled pool of `default_pools`.
-pub fn active_pool<'a>(cfg: &'a Config, lb: &LoadBalancer) -> Option<&'a crate::config::Pool> {
-    lb.default_pools
-        .iter()
-        .filter_map(|n| cfg.pool(n))
-        .find(|p| p.enabled)
-}
-
-pub fn desired(cfg: &Config) -> Desired {
+/// What the maps should hold for `cfg` under `health`. Every pool an enabled load balancer
+/// may use (its default pools and its fallback) has a ring, kept current, so failing over is
+/// one write of the VIP's ring id.
+pub fn desired(cfg: &Config, health: &HealthTable) -> Desired {
     let dp = &cfg.dataplane;
     let settings = Settings {
         snat_addr: v4_mapped(dp.snat_address.octets()),
@@ -113,44 +97,25 @@ pub fn desired(cfg: &Config) -> Desired {
     let mut rings = BTreeMap::new();
     let mut vips = Vec::new();
     for lb in cfg.load_balancers.iter().filter(|l| l.enabled) {
-        let ring = match active_pool(cfg, lb) {
-            Some(pool) => {
-                let key = RingKey {
-                    pool: pool.name.clone(),
-                    port: lb.origin_port,
-                };
-                rings.entry(key.clone()).or_insert_with(|| {
-                    pool.origins
-                        .iter()
-                        .map(|o| {
-                            let k = OriginKey {
-                                pool: pool.name.clone(),
-                                name: o.name.clone(),
-                                addr: o.address,
-                                port: o.port.unwrap_or(lb.origin_port),
-                            };
-                            (k, if o.enabled { o.weight } else { 0.0 })
-                        })
-                        .collect()
-                });
-                key
+        for name in lb.default_pools.iter().chain(std::iter::once(&lb.fallback_pool)) {
+            if let Some(pool) = cfg.pool(name) {
+                let key = RingKey { pool: pool.name.clone(), port: lb.origin_port };
+                rings
+                    .entry(key)
+                    .or_insert_with(|| steering::ring_members(cfg, health, pool, lb.origin_port));
             }
+        }
+        let ring = match steering::choose_pool(cfg, health, lb) {
+            Some((pool, _)) => RingKey { pool: pool.name.clone(), port: lb.origin_port },
             None => {
-                let key = RingKey {
-                    pool: String::new(),
-                    port: 0,
-                };
+                let key = RingKey { pool: String::new(), port: 0 };
                 rings.entry(key.clone()).or_insert_with(Vec::new);
                 key
             }
         };
         vips.push((lb.name.clone(), vip_key(lb.address, lb.port), ring));
     }
-    Desired {
-        settings,
-        rings,
-        vips,
-    }
+    Desired { settings, rings, vips }
 }
 
 /// Smallest id below `max` in neither set.
@@ -350,10 +315,11 @@ impl Reconciler {
         Ok(self.rings.get_mut(&id).expect("inserted above"))
     }
 
-    /// Makes the maps hold exactly what `cfg` asks for, writing only differences.
-    pub fn apply(&mut self, cfg: &Config) -> Result<ApplyReport> {
+    /// Makes the maps hold exactly what `cfg` asks for under `health`, writing only
+    /// differences.
+    pub fn apply(&mut self, cfg: &Config, health: &HealthTable) -> Result<ApplyReport> {
         let start = Instant::now();
-        let want = desired(cfg);
+        let want = desired(cfg, health);
         let a = assign(&want, &self.current, &self.assignment)?;
         let mut r = ApplyReport::default();
 
@@ -516,7 +482,7 @@ default_pools = ["b"]
 
     #[test]
     fn desired_uses_first_enabled_pool_and_origin_ports() {
-        let d = desired(&cfg(POOLS, LBS));
+        let d = desired(&cfg(POOLS, LBS), &HealthTable::default());
         assert_eq!(d.vips.len(), 2);
         let (_, _, ring_x) = &d.vips[0];
         assert_eq!(
@@ -539,14 +505,14 @@ default_pools = ["b"]
     fn disabled_pool_is_skipped_and_disabled_lb_is_absent() {
         let pools = POOLS.replacen("name = \"a\"", "name = \"a\"\nenabled = false", 1);
         let lbs = LBS.replacen("port = 443", "port = 443\nenabled = false", 1);
-        let d = desired(&cfg(&pools, &lbs));
+        let d = desired(&cfg(&pools, &lbs), &HealthTable::default());
         assert_eq!(d.vips.len(), 1);
         assert_eq!(d.vips[0].2.pool, "b");
     }
 
     #[test]
     fn drained_ring_has_no_origins() {
-        let d = desired(&cfg(POOLS, LBS));
+        let d = desired(&cfg(POOLS, LBS), &HealthTable::default());
         let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         let ring_y = &d.vips[1].2;
         assert!(ring_slots(&d.rings[ring_y], &a.origins)
@@ -556,20 +522,21 @@ default_pools = ["b"]
 
     #[test]
     fn fresh_assignment_is_dense_and_unique() {
-        let d = desired(&cfg(POOLS, LBS));
+        let d = desired(&cfg(POOLS, LBS), &HealthTable::default());
         let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         let mut ids: Vec<u32> = a.origins.values().copied().collect();
         ids.sort_unstable();
-        assert_eq!(ids, vec![0, 1, 2, 3]);
+        // Rings a:80 and b:80 (x, with b as its fallback) and b:8443 (y): six origin entries.
+        assert_eq!(ids, vec![0, 1, 2, 3, 4, 5]);
         let mut rings: Vec<u32> = a.rings.values().copied().collect();
         rings.sort_unstable();
-        assert_eq!(rings, vec![0, 1]);
+        assert_eq!(rings, vec![0, 1, 2]);
     }
 
     #[test]
     fn assignment_is_stable_against_what_maps_hold() {
         let c = cfg(POOLS, LBS);
-        let d = desired(&c);
+        let d = desired(&c, &HealthTable::default());
         let first = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         // Simulate the maps after applying `first`.
         let mut cur = Current::default();
@@ -603,7 +570,7 @@ default_pools = ["b"]
     fn new_ring_never_overwrites_a_ring_a_live_vip_uses() {
         // Maps hold VIP x on ring 0; the new config moves x to pool b (a new ring key).
         let c = cfg(POOLS, LBS);
-        let d = desired(&c);
+        let d = desired(&c, &HealthTable::default());
         let mut cur = Current::default();
         let other = vip_key(Ipv4Addr::new(10, 9, 9, 9), 80); // a VIP being removed, on ring 1
         cur.vips.insert(
@@ -633,7 +600,7 @@ mod move_tests {
         let base = "[dataplane]\ninterfaces=[\"eth0\"]\nsnat_address=\"10.0.0.1\"\n[[pools]]\nname=\"a\"\norigins=[{name=\"a1\",address=\"10.1.0.1\"}]\n[[pools]]\nname=\"b\"\norigins=[{name=\"b1\",address=\"10.2.0.1\"}]\n[[load_balancers]]\nname=\"x\"\naddress=\"10.0.0.10\"\nport=80\n";
         let c1 = Config::parse(&format!("{base}default_pools=[\"a\"]\n"), Path::new("t")).unwrap();
         let c2 = Config::parse(&format!("{base}default_pools=[\"b\"]\n"), Path::new("t")).unwrap();
-        let d1 = desired(&c1);
+        let d1 = desired(&c1, &HealthTable::default());
         let a1 = assign(&d1, &Current::default(), &Assignment::default()).unwrap();
         let mut cur = Current::default();
         let (_, key, ring) = &d1.vips[0];
@@ -646,7 +613,7 @@ mod move_tests {
                 _pad: 0,
             },
         );
-        let d2 = desired(&c2);
+        let d2 = desired(&c2, &HealthTable::default());
         let a2 = assign(&d2, &cur, &a1).unwrap();
         let (_, _, ring2) = &d2.vips[0];
         assert_ne!(

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::{
     config::Config,
     dataplane::{DataplaneError, Maps},
+    health::HealthTable,
     reconcile::{self, Current},
 };
 
@@ -45,14 +46,13 @@ pub struct OriginStats {
     pub reply_bytes: u64,
 }
 
-/// Collects counters for every load balancer of `cfg` that the maps know.
+/// Collects counters for every load balancer of `cfg` that the maps know. Works without a
+/// running agent: the pool a VIP uses is read off its ring (the pool whose origins fill it).
 pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
+    let map_err = |name: &'static str| move |e: aya::maps::MapError| DataplaneError::Map { name, reason: e.to_string() };
     let mut cur = Current::default();
     for item in maps.vips.iter() {
-        let (k, v) = item.map_err(|e| DataplaneError::Map {
-            name: "VIPS",
-            reason: e.to_string(),
-        })?;
+        let (k, v) = item.map_err(map_err("VIPS"))?;
         cur.vips.insert(k, v);
     }
     for id in 0..lb_common::MAX_ORIGINS {
@@ -62,22 +62,31 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
             }
         }
     }
-    let want = reconcile::desired(cfg);
+    let want = reconcile::desired(cfg, &HealthTable::default());
     let ids = reconcile::assign(&want, &cur, &reconcile::Assignment::default())
         .map_err(|e| DataplaneError::Host(e.to_string()))?;
-    let lbs: HashMap<&str, &crate::config::LoadBalancer> = cfg
-        .load_balancers
-        .iter()
-        .map(|l| (l.name.as_str(), l))
-        .collect();
+    let by_id: HashMap<u32, &reconcile::OriginKey> = ids.origins.iter().map(|(k, id)| (*id, k)).collect();
+    let lbs: HashMap<&str, &crate::config::LoadBalancer> =
+        cfg.load_balancers.iter().map(|l| (l.name.as_str(), l)).collect();
     let mut vips = Vec::new();
-    for (name, key, ring) in &want.vips {
-        let Some(meta) = cur.vips.get(key) else {
-            continue;
-        };
+    for (name, key, _) in &want.vips {
+        let Some(meta) = cur.vips.get(key) else { continue };
+        let lb = lbs[name.as_str()];
+        // Sample the ring to see which pool fills it.
+        let mut votes: HashMap<&str, usize> = HashMap::new();
+        for s in (0..lb_common::MAGLEV_M).step_by(257) {
+            let slot = meta.ring_id * lb_common::MAGLEV_M + s;
+            if let Some(k) = maps.rings.get(&slot, 0).ok().and_then(|id| by_id.get(&id)) {
+                *votes.entry(k.pool.as_str()).or_default() += 1;
+            }
+        }
+        let pool = votes.into_iter().max_by_key(|(_, n)| *n).map(|(p, _)| p.to_owned());
         let c = Maps::counters(&maps.vip_stats, meta.vip_id)?;
         let mut origins = Vec::new();
-        for (ok, _) in &want.rings[ring] {
+        let members = pool
+            .as_deref()
+            .and_then(|p| want.rings.get(&reconcile::RingKey { pool: p.to_owned(), port: lb.origin_port }));
+        for (ok, _) in members.into_iter().flatten() {
             let id = ids.origins[ok];
             let oc = Maps::counters(&maps.origin_stats, id)?;
             origins.push(OriginStats {
@@ -93,13 +102,12 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
                 reply_bytes: oc.reply_bytes,
             });
         }
-        let lb = lbs[name.as_str()];
         vips.push(VipStats {
             name: name.clone(),
             address: lb.address.to_string(),
             port: lb.port,
             vip_id: meta.vip_id,
-            pool: ring.pool.clone(),
+            pool: pool.unwrap_or_else(|| "-".into()),
             packets: c.packets,
             bytes: c.bytes,
             new_flows: c.new_flows,

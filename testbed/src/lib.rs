@@ -212,6 +212,8 @@ pub struct Topology {
     /// LB-side interface names: the client-facing one first, then one per origin.
     pub lb_ifaces: Vec<String>,
     pub pin_dir: PathBuf,
+    /// The agent's status file for this topology (removed on drop).
+    pub status_file: PathBuf,
 }
 
 impl Topology {
@@ -282,6 +284,7 @@ impl Topology {
             std::thread::sleep(Duration::from_millis(20));
         }
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&id);
+        let status_file = std::env::temp_dir().join(format!("{id}-status.json"));
         Self {
             id,
             client,
@@ -289,6 +292,7 @@ impl Topology {
             origins,
             lb_ifaces,
             pin_dir,
+            status_file,
         }
     }
 
@@ -297,9 +301,10 @@ impl Topology {
         use std::fmt::Write as _;
         let ifaces: Vec<String> = self.lb_ifaces.iter().map(|i| format!("\"{i}\"")).collect();
         let mut s = format!(
-            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[[pools]]\nname = \"web\"\norigins = [\n",
+            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[agent]\nstatus_file = \"{}\"\n\n[[pools]]\nname = \"web\"\norigins = [\n",
             ifaces.join(", "),
-            self.pin_dir.display()
+            self.pin_dir.display(),
+            self.status_file.display()
         );
         for (i, w) in weights.iter().enumerate() {
             let n = i + 1;
@@ -337,6 +342,7 @@ impl Drop for Topology {
             }
         }
         let _ = fs::remove_dir(&self.pin_dir);
+        let _ = fs::remove_file(&self.status_file);
     }
 }
 

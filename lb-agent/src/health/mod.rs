@@ -1,0 +1,118 @@
+//! Health monitoring: the pure state machine and table (`state`), the checks (`probe`) and
+//! the tokio tasks that run them (`Monitors`).
+
+mod probe;
+mod state;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddrV4,
+    sync::Arc,
+    time::Duration,
+};
+
+pub use probe::{check, Tls};
+pub use state::{HealthTable, Hysteresis, OriginHealth, Outcome, State, Target, Transition, RTT_EWMA_ALPHA};
+use tokio::{
+    sync::{mpsc, Semaphore},
+    task::JoinHandle,
+};
+
+use crate::config::{Config, Monitor};
+
+/// A check result on its way to the agent's main loop.
+#[derive(Debug)]
+pub struct Report {
+    pub target: Target,
+    pub outcome: Outcome,
+}
+
+/// The running probe tasks, one per target. Reconfigured on reload: a target whose monitor
+/// settings did not change keeps its task (and its health).
+pub struct Monitors {
+    tasks: BTreeMap<Target, (Monitor, JoinHandle<()>)>,
+    tx: mpsc::Sender<Report>,
+    limit: Arc<Semaphore>,
+    tls: Tls,
+}
+
+impl Monitors {
+    pub fn new(tx: mpsc::Sender<Report>, concurrency: u32) -> Self {
+        Self {
+            tasks: BTreeMap::new(),
+            tx,
+            limit: Arc::new(Semaphore::new(concurrency as usize)),
+            tls: Tls::new(),
+        }
+    }
+
+    /// Starts, keeps or stops tasks so that exactly `cfg`'s targets are probed. Returns the
+    /// targets with their hysteresis thresholds, for the health table.
+    pub fn sync(&mut self, cfg: &Config) -> BTreeMap<Target, (u32, u32)> {
+        let want: BTreeMap<Target, Monitor> = crate::steering::targets(cfg)
+            .into_iter()
+            .filter_map(|(t, m)| cfg.monitor(&m).map(|m| (t, m.clone())))
+            .collect();
+        self.tasks.retain(|t, (m, task)| {
+            let keep = want.get(t) == Some(m);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (t, m) in &want {
+            if !self.tasks.contains_key(t) {
+                let task = tokio::spawn(run(t.clone(), m.clone(), self.tx.clone(), self.limit.clone(), self.tls.clone()));
+                self.tasks.insert(t.clone(), (m.clone(), task));
+            }
+        }
+        want.into_iter()
+            .map(|(t, m)| (t, (m.consecutive_up, m.consecutive_down)))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+impl Drop for Monitors {
+    fn drop(&mut self) {
+        for (_, task) in self.tasks.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Probes one target forever: a random first delay (within one interval, at most 1 s, so that
+/// checks do not fire in lockstep yet health is known soon after start), then one check per
+/// interval, measured start to start.
+async fn run(target: Target, monitor: Monitor, tx: mpsc::Sender<Report>, limit: Arc<Semaphore>, tls: Tls) {
+    let addr = SocketAddrV4::new(target.address, target.port);
+    let jitter = monitor.interval.min(Duration::from_secs(1)).mul_f64(fastrand::f64());
+    tokio::time::sleep(jitter).await;
+    let mut tick = tokio::time::interval(monitor.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let outcome = {
+            let Ok(_permit) = limit.acquire().await else { return };
+            check(&monitor, addr, &tls).await
+        };
+        if tx.send(Report { target: target.clone(), outcome }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long after a failure starts an origin is at most still in rotation, for documentation
+/// and tests: one interval until the next check, the check's attempts with their timeouts,
+/// and `consecutive_down - 1` further intervals.
+pub fn detection_bound(m: &Monitor) -> Duration {
+    let checks = m.consecutive_down.max(1);
+    m.interval * checks + m.timeout * (m.retries + 1)
+}
