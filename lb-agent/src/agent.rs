@@ -114,10 +114,17 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         status_dirty: true,
     };
     for (t, h) in agent.health.iter() {
-        info!("origin {}/{} ({}:{}) {}: {}", t.pool, t.origin, t.address, t.port, h.state, h.reason);
+        info!(
+            "origin {}/{} ({}:{}) {}: {}",
+            t.pool, t.origin, t.address, t.port, h.state, h.reason
+        );
     }
     agent.apply("start")?;
-    for o in agent.dp.attach(&dp_cfg.interfaces, dp_cfg.xdp_mode, &mut agent.rec.maps.tx_ports)? {
+    for o in agent.dp.attach(
+        &dp_cfg.interfaces,
+        dp_cfg.xdp_mode,
+        &mut agent.rec.maps.tx_ports,
+    )? {
         info!(interface = %o.interface, ifindex = o.ifindex, replaced_running_program = o.replaced, "XDP attached");
     }
     for w in agent.neighbours.sync(origin_addresses(&agent.cfg)) {
@@ -139,6 +146,8 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
             () = &mut shutdown => break,
             _ = hup.recv() => {
                 if let Err(e) = agent.reload() {
+                    // One line, so that every error (and the field it names) stays together.
+                    let e = e.to_string().replace('\n', " ");
                     error!("config reload rejected, the running config stays in force: {e}");
                 }
             }
@@ -174,7 +183,10 @@ fn first_round_deadline(cfg: &Config) -> Duration {
 }
 
 fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
-    cfg.pools.iter().flat_map(|p| p.origins.iter().map(|o| o.address)).collect()
+    cfg.pools
+        .iter()
+        .flat_map(|p| p.origins.iter().map(|o| o.address))
+        .collect()
 }
 
 impl Agent {
@@ -185,9 +197,15 @@ impl Agent {
         };
         let tg = &r.target;
         if t.to.healthy() {
-            info!("origin {}/{} ({}:{}) up: {}", tg.pool, tg.origin, tg.address, tg.port, r.outcome.reason);
+            info!(
+                "origin {}/{} ({}:{}) up: {}",
+                tg.pool, tg.origin, tg.address, tg.port, r.outcome.reason
+            );
         } else {
-            warn!("origin {}/{} ({}:{}) {}: {}", tg.pool, tg.origin, tg.address, tg.port, t.to, r.outcome.reason);
+            warn!(
+                "origin {}/{} ({}:{}) {}: {}",
+                tg.pool, tg.origin, tg.address, tg.port, t.to, r.outcome.reason
+            );
         }
         if let Err(e) = self.apply(&format!("origin {}/{} {}", tg.pool, tg.origin, t.to)) {
             error!("applying health change failed: {e}");
@@ -206,13 +224,18 @@ impl Agent {
             "maps updated"
         );
         for lb in self.cfg.load_balancers.iter().filter(|l| l.enabled) {
-            let Some((pool, choice)) = steering::choose_pool(&self.cfg, &self.health, lb) else { continue };
+            let Some((pool, choice)) = steering::choose_pool(&self.cfg, &self.health, lb) else {
+                continue;
+            };
             let before = self.chosen.insert(lb.name.clone(), pool.name.clone());
             if before.as_deref() != Some(pool.name.as_str()) {
                 let why = match choice {
                     Choice::Healthy { index: 0 } => "first default pool is healthy".to_owned(),
                     Choice::Healthy { index } => format!("default_pools[0..{index}] are down"),
-                    Choice::Fallback => "every default pool is down: fallback pool, regardless of its health".to_owned(),
+                    Choice::Fallback => {
+                        "every default pool is down: fallback pool, regardless of its health"
+                            .to_owned()
+                    }
                 };
                 info!(
                     "load balancer {} now uses pool {} (was {}): {why}",
@@ -248,7 +271,11 @@ impl Agent {
             return Err(e.into());
         }
         let dp_cfg = self.cfg.dataplane.clone();
-        self.dp.attach(&dp_cfg.interfaces, dp_cfg.xdp_mode, &mut self.rec.maps.tx_ports)?;
+        self.dp.attach(
+            &dp_cfg.interfaces,
+            dp_cfg.xdp_mode,
+            &mut self.rec.maps.tx_ports,
+        )?;
         for w in self.neighbours.sync(origin_addresses(&self.cfg)) {
             warn!("{w}");
         }
@@ -364,7 +391,10 @@ impl Status {
             .load_balancers
             .iter()
             .map(|lb| {
-                let c = lb.enabled.then(|| steering::choose_pool(cfg, health, lb)).flatten();
+                let c = lb
+                    .enabled
+                    .then(|| steering::choose_pool(cfg, health, lb))
+                    .flatten();
                 LbStatus {
                     name: lb.name.clone(),
                     vip: format!("{}:{}", lb.address, lb.port),
@@ -389,7 +419,10 @@ impl Status {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(&tmp, path)
     }
 
@@ -401,7 +434,11 @@ impl Status {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{:<16} {:<22} {:<12} {}", "load balancer", "vip", "active pool", "")?;
+        writeln!(
+            f,
+            "{:<16} {:<22} {:<12}",
+            "load balancer", "vip", "active pool"
+        )?;
         for l in &self.load_balancers {
             writeln!(
                 f,
@@ -409,11 +446,19 @@ impl std::fmt::Display for Status {
                 l.name,
                 l.vip,
                 l.active_pool.as_deref().unwrap_or("-"),
-                if l.fallback { "(fallback: every default pool is down)" } else { "" }
+                if l.fallback {
+                    "(fallback: every default pool is down)"
+                } else {
+                    ""
+                }
             )?;
         }
         writeln!(f)?;
-        writeln!(f, "{:<16} {:<8} {:>8} {:>8} {:>9}", "pool", "state", "healthy", "minimum", "rtt")?;
+        writeln!(
+            f,
+            "{:<16} {:<8} {:>8} {:>8} {:>9}",
+            "pool", "state", "healthy", "minimum", "rtt"
+        )?;
         for p in &self.pools {
             writeln!(
                 f,
@@ -427,14 +472,22 @@ impl std::fmt::Display for Status {
             )?;
         }
         writeln!(f)?;
-        writeln!(f, "{:<24} {:<22} {:<12} {:>9}  {}", "origin", "address", "state", "rtt", "last result")?;
+        writeln!(
+            f,
+            "{:<24} {:<22} {:<12} {:>9}  last result",
+            "origin", "address", "state", "rtt"
+        )?;
         for o in &self.origins {
             writeln!(
                 f,
                 "{:<24} {:<22} {:<12} {:>9}  {}",
                 format!("{}/{}", o.pool, o.origin),
                 format!("{}:{}", o.address, o.port),
-                if o.enabled { o.state.clone() } else { format!("{} (disabled)", o.state) },
+                if o.enabled {
+                    o.state.clone()
+                } else {
+                    format!("{} (disabled)", o.state)
+                },
                 o.rtt_ms.map_or_else(|| "-".into(), |r| format!("{r:.2}ms")),
                 o.reason
             )?;

@@ -290,8 +290,15 @@ impl CodePattern {
     }
 
     pub fn matches(&self, code: u16) -> bool {
-        let digits = [(code / 100 % 10) as u8, (code / 10 % 10) as u8, (code % 10) as u8];
-        self.0.iter().zip(digits).all(|(p, d)| p.is_none_or(|p| p == d))
+        let digits = [
+            (code / 100 % 10) as u8,
+            (code / 10 % 10) as u8,
+            (code % 10) as u8,
+        ];
+        self.0
+            .iter()
+            .zip(digits)
+            .all(|(p, d)| p.is_none_or(|p| p == d))
     }
 }
 
@@ -545,7 +552,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             status_file.display()
         ));
     }
-    let probe_concurrency = raw.agent.probe_concurrency.unwrap_or(DEFAULT_PROBE_CONCURRENCY);
+    let probe_concurrency = raw
+        .agent
+        .probe_concurrency
+        .unwrap_or(DEFAULT_PROBE_CONCURRENCY);
     if !(1..=65_536).contains(&probe_concurrency) {
         errors.push(format!(
             "agent.probe_concurrency: {probe_concurrency} is out of range; use 1-65536"
@@ -620,7 +630,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             }
         }
         if p.minimum_origins == 0 {
-            errors.push(format!("{f}.minimum_origins: 0; a pool needs at least 1 healthy origin to be healthy"));
+            errors.push(format!(
+                "{f}.minimum_origins: 0; a pool needs at least 1 healthy origin to be healthy"
+            ));
         } else if !p.origins.is_empty() && p.minimum_origins as usize > p.origins.len() {
             errors.push(format!(
                 "{f}.minimum_origins: {} but the pool has {} origin(s), so it could never be healthy; lower it or add origins",
@@ -777,7 +789,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
 }
 
 fn secs(v: f64, field: &str, errors: &mut Vec<String>) -> Option<std::time::Duration> {
-    if v.is_finite() && v >= MIN_PROBE_SECS && v <= 86_400.0 {
+    if (MIN_PROBE_SECS..=86_400.0).contains(&v) {
         Some(std::time::Duration::from_secs_f64(v))
     } else {
         errors.push(format!(
@@ -809,7 +821,9 @@ fn validate_monitor(
         "http" => Some(MonitorKind::Http),
         "https" => Some(MonitorKind::Https),
         other => {
-            errors.push(format!("{f}.type: \"{other}\" is not a monitor type; use \"tcp\", \"http\" or \"https\""));
+            errors.push(format!(
+                "{f}.type: \"{other}\" is not a monitor type; use \"tcp\", \"http\" or \"https\""
+            ));
             None
         }
     };
@@ -823,17 +837,27 @@ fn validate_monitor(
         (_, None | Some("GET")) => HttpMethod::Get,
         (_, Some("HEAD")) => HttpMethod::Head,
         (_, Some(other)) => {
-            errors.push(format!("{f}.method: \"{other}\" is not supported; use \"GET\" or \"HEAD\""));
+            errors.push(format!(
+                "{f}.method: \"{other}\" is not supported; use \"GET\" or \"HEAD\""
+            ));
             HttpMethod::Get
         }
     };
-    let port = if m.port == 0 { Some(0) } else { port(m.port, &format!("{f}.port"), errors) };
+    let port = if m.port == 0 {
+        Some(0)
+    } else {
+        port(m.port, &format!("{f}.port"), errors)
+    };
     let path = m.path.clone().unwrap_or_else(|| "/".into());
     if !path.starts_with('/') || path.contains(char::is_whitespace) {
-        errors.push(format!("{f}.path: \"{path}\" must start with '/' and contain no spaces"));
+        errors.push(format!(
+            "{f}.path: \"{path}\" must start with '/' and contain no spaces"
+        ));
     }
     if !is_http && m.path.is_some() {
-        errors.push(format!("{f}.path: only http and https monitors send a path; remove it or change type"));
+        errors.push(format!(
+            "{f}.path: only http and https monitors send a path; remove it or change type"
+        ));
     }
     let mut header = Vec::new();
     for (k, vs) in &m.header {
@@ -841,7 +865,9 @@ fn validate_monitor(
             errors.push(format!("{f}.header: \"{k}\" is not a header name"));
         }
         if !is_http {
-            errors.push(format!("{f}.header.{k}: only http and https monitors send headers"));
+            errors.push(format!(
+                "{f}.header.{k}: only http and https monitors send headers"
+            ));
         }
         for v in vs {
             if v.contains(['\r', '\n']) {
@@ -861,11 +887,19 @@ fn validate_monitor(
         }
     }
     if m.retries > 5 {
-        errors.push(format!("{f}.retries: {} is out of range; use 0-5", m.retries));
+        errors.push(format!(
+            "{f}.retries: {} is out of range; use 0-5",
+            m.retries
+        ));
     }
-    for (v, n) in [(m.consecutive_up, "consecutive_up"), (m.consecutive_down, "consecutive_down")] {
+    for (v, n) in [
+        (m.consecutive_up, "consecutive_up"),
+        (m.consecutive_down, "consecutive_down"),
+    ] {
         if v > 100 {
-            errors.push(format!("{f}.{n}: {v} is out of range; use 0-100 (0 means 1)"));
+            errors.push(format!(
+                "{f}.{n}: {v} is out of range; use 0-100 (0 means 1)"
+            ));
         }
     }
     let expected_codes = match (&m.expected_codes, is_http) {
@@ -882,13 +916,19 @@ fn validate_monitor(
         (None, _) => CodePattern::parse("200"),
     };
     if m.expected_body.is_some() && !is_http {
-        errors.push(format!("{f}.expected_body: only http and https monitors read a body; remove it"));
+        errors.push(format!(
+            "{f}.expected_body: only http and https monitors read a body; remove it"
+        ));
     }
     if m.follow_redirects && !is_http {
-        errors.push(format!("{f}.follow_redirects: only applies to http and https monitors"));
+        errors.push(format!(
+            "{f}.follow_redirects: only applies to http and https monitors"
+        ));
     }
     if m.allow_insecure && kind != Some(MonitorKind::Https) {
-        errors.push(format!("{f}.allow_insecure: only applies to https monitors"));
+        errors.push(format!(
+            "{f}.allow_insecure: only applies to https monitors"
+        ));
     }
     if errors.len() > before {
         return None;
@@ -1254,7 +1294,11 @@ default_pools = ["web"]
     const MON: &str = "\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n";
 
     fn with_monitor(monitor_body: &str) -> String {
-        GOOD.replacen("[[pools]]", &format!("[[monitors]]\nname = \"m\"\n{monitor_body}\n[[pools]]"), 1)
+        GOOD.replacen(
+            "[[pools]]",
+            &format!("[[monitors]]\nname = \"m\"\n{monitor_body}\n[[pools]]"),
+            1,
+        )
     }
 
     fn monitor_errors(monitor_body: &str) -> Vec<String> {
@@ -1284,8 +1328,15 @@ default_pools = ["web"]
 
     #[test]
     fn sub_second_interval_allowed() {
-        let c = Config::parse(&with_monitor("interval = 0.25\ntimeout = 0.2"), Path::new("t")).expect("valid");
-        assert_eq!(c.monitors[0].interval, std::time::Duration::from_millis(250));
+        let c = Config::parse(
+            &with_monitor("interval = 0.25\ntimeout = 0.2"),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.monitors[0].interval,
+            std::time::Duration::from_millis(250)
+        );
     }
 
     #[test]
@@ -1307,7 +1358,10 @@ default_pools = ["web"]
 
     #[test]
     fn tcp_method_is_connection_established() {
-        assert_one(&monitor_errors("type = \"tcp\"\nmethod = \"GET\""), "monitors[0].method");
+        assert_one(
+            &monitor_errors("type = \"tcp\"\nmethod = \"GET\""),
+            "monitors[0].method",
+        );
     }
 
     #[test]
@@ -1332,12 +1386,18 @@ default_pools = ["web"]
 
     #[test]
     fn timeout_not_below_minimum() {
-        assert_one(&monitor_errors("interval = 1\ntimeout = 0.001"), "monitors[0].timeout");
+        assert_one(
+            &monitor_errors("interval = 1\ntimeout = 0.001"),
+            "monitors[0].timeout",
+        );
     }
 
     #[test]
     fn timeout_not_longer_than_interval() {
-        assert_one(&monitor_errors("interval = 2\ntimeout = 5"), "monitors[0].timeout");
+        assert_one(
+            &monitor_errors("interval = 2\ntimeout = 5"),
+            "monitors[0].timeout",
+        );
     }
 
     #[test]
@@ -1347,33 +1407,54 @@ default_pools = ["web"]
 
     #[test]
     fn consecutive_counts_bounded() {
-        assert_one(&monitor_errors("consecutive_down = 1000"), "monitors[0].consecutive_down");
+        assert_one(
+            &monitor_errors("consecutive_down = 1000"),
+            "monitors[0].consecutive_down",
+        );
     }
 
     #[test]
     fn expected_codes_pattern() {
-        assert_one(&monitor_errors("expected_codes = \"2xxx\""), "monitors[0].expected_codes");
-        assert_one(&monitor_errors("expected_codes = \"x00\""), "monitors[0].expected_codes");
+        assert_one(
+            &monitor_errors("expected_codes = \"2xxx\""),
+            "monitors[0].expected_codes",
+        );
+        assert_one(
+            &monitor_errors("expected_codes = \"x00\""),
+            "monitors[0].expected_codes",
+        );
     }
 
     #[test]
     fn expected_codes_only_for_http() {
-        assert_one(&monitor_errors("type = \"tcp\"\nexpected_codes = \"200\""), "monitors[0].expected_codes");
+        assert_one(
+            &monitor_errors("type = \"tcp\"\nexpected_codes = \"200\""),
+            "monitors[0].expected_codes",
+        );
     }
 
     #[test]
     fn expected_body_only_for_http() {
-        assert_one(&monitor_errors("type = \"tcp\"\nexpected_body = \"ok\""), "monitors[0].expected_body");
+        assert_one(
+            &monitor_errors("type = \"tcp\"\nexpected_body = \"ok\""),
+            "monitors[0].expected_body",
+        );
     }
 
     #[test]
     fn allow_insecure_only_for_https() {
-        assert_one(&monitor_errors("allow_insecure = true"), "monitors[0].allow_insecure");
+        assert_one(
+            &monitor_errors("allow_insecure = true"),
+            "monitors[0].allow_insecure",
+        );
     }
 
     #[test]
     fn follow_redirects_only_for_http() {
-        assert_one(&monitor_errors("type = \"tcp\"\nfollow_redirects = true"), "monitors[0].follow_redirects");
+        assert_one(
+            &monitor_errors("type = \"tcp\"\nfollow_redirects = true"),
+            "monitors[0].follow_redirects",
+        );
     }
 
     #[test]
@@ -1383,9 +1464,19 @@ default_pools = ["web"]
 
     #[test]
     fn header_names_valid_and_host_allowed() {
-        assert_one(&monitor_errors("header = { \"Bad Name\" = [\"x\"] }"), "monitors[0].header");
-        let c = Config::parse(&with_monitor("header = { Host = [\"example.com\"] }"), Path::new("t")).expect("valid");
-        assert_eq!(c.monitors[0].header, vec![("Host".to_owned(), "example.com".to_owned())]);
+        assert_one(
+            &monitor_errors("header = { \"Bad Name\" = [\"x\"] }"),
+            "monitors[0].header",
+        );
+        let c = Config::parse(
+            &with_monitor("header = { Host = [\"example.com\"] }"),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.monitors[0].header,
+            vec![("Host".to_owned(), "example.com".to_owned())]
+        );
     }
 
     #[test]
@@ -1399,22 +1490,37 @@ default_pools = ["web"]
 
     #[test]
     fn pool_monitor_must_exist() {
-        assert_one(&errors_with("name = \"web\"", "name = \"web\"\nmonitor = \"nope\""), "pools[0].monitor");
+        assert_one(
+            &errors_with("name = \"web\"", "name = \"web\"\nmonitor = \"nope\""),
+            "pools[0].monitor",
+        );
     }
 
     #[test]
     fn minimum_origins_at_least_one() {
-        assert_one(&errors_with("name = \"web\"", "name = \"web\"\nminimum_origins = 0"), "pools[0].minimum_origins");
+        assert_one(
+            &errors_with("name = \"web\"", "name = \"web\"\nminimum_origins = 0"),
+            "pools[0].minimum_origins",
+        );
     }
 
     #[test]
     fn minimum_origins_not_above_origin_count() {
-        assert_one(&errors_with("name = \"web\"", "name = \"web\"\nminimum_origins = 3"), "pools[0].minimum_origins");
+        assert_one(
+            &errors_with("name = \"web\"", "name = \"web\"\nminimum_origins = 3"),
+            "pools[0].minimum_origins",
+        );
     }
 
     #[test]
     fn fallback_pool_must_exist() {
-        assert_one(&errors_with("default_pools = [\"web\"]", "default_pools = [\"web\"]\nfallback_pool = \"gone\""), "load_balancers[0].fallback_pool");
+        assert_one(
+            &errors_with(
+                "default_pools = [\"web\"]",
+                "default_pools = [\"web\"]\nfallback_pool = \"gone\"",
+            ),
+            "load_balancers[0].fallback_pool",
+        );
     }
 
     #[test]
@@ -1425,13 +1531,29 @@ default_pools = ["web"]
 
     #[test]
     fn steering_policy_off_only_for_now() {
-        assert_one(&errors_with("default_pools = [\"web\"]", "default_pools = [\"web\"]\nsteering_policy = \"geo\""), "load_balancers[0].steering_policy");
-        assert_one(&errors_with("default_pools = [\"web\"]", "default_pools = [\"web\"]\nsteering_policy = \"fastest\""), "load_balancers[0].steering_policy");
+        assert_one(
+            &errors_with(
+                "default_pools = [\"web\"]",
+                "default_pools = [\"web\"]\nsteering_policy = \"geo\"",
+            ),
+            "load_balancers[0].steering_policy",
+        );
+        assert_one(
+            &errors_with(
+                "default_pools = [\"web\"]",
+                "default_pools = [\"web\"]\nsteering_policy = \"fastest\"",
+            ),
+            "load_balancers[0].steering_policy",
+        );
     }
 
     #[test]
     fn status_file_absolute() {
-        let text = GOOD.replacen("[[pools]]", "[agent]\nstatus_file = \"status.json\"\n\n[[pools]]", 1);
+        let text = GOOD.replacen(
+            "[[pools]]",
+            "[agent]\nstatus_file = \"status.json\"\n\n[[pools]]",
+            1,
+        );
         assert_one(&errors_of(&text), "agent.status_file");
     }
 }

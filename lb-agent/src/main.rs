@@ -102,8 +102,12 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Status { json }) => {
             let cfg = Config::load(&cli.config)?;
             let path = &cfg.agent.status_file;
-            let status = lb_agent::agent::Status::read(path)
-                .with_context(|| format!("reading {} (is the agent running with this config?)", path.display()))?;
+            let status = lb_agent::agent::Status::read(path).with_context(|| {
+                format!(
+                    "reading {} (is the agent running with this config?)",
+                    path.display()
+                )
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

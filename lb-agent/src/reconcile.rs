@@ -97,25 +97,42 @@ pub fn desired(cfg: &Config, health: &HealthTable) -> Desired {
     let mut rings = BTreeMap::new();
     let mut vips = Vec::new();
     for lb in cfg.load_balancers.iter().filter(|l| l.enabled) {
-        for name in lb.default_pools.iter().chain(std::iter::once(&lb.fallback_pool)) {
+        for name in lb
+            .default_pools
+            .iter()
+            .chain(std::iter::once(&lb.fallback_pool))
+        {
             if let Some(pool) = cfg.pool(name) {
-                let key = RingKey { pool: pool.name.clone(), port: lb.origin_port };
+                let key = RingKey {
+                    pool: pool.name.clone(),
+                    port: lb.origin_port,
+                };
                 rings
                     .entry(key)
                     .or_insert_with(|| steering::ring_members(cfg, health, pool, lb.origin_port));
             }
         }
         let ring = match steering::choose_pool(cfg, health, lb) {
-            Some((pool, _)) => RingKey { pool: pool.name.clone(), port: lb.origin_port },
+            Some((pool, _)) => RingKey {
+                pool: pool.name.clone(),
+                port: lb.origin_port,
+            },
             None => {
-                let key = RingKey { pool: String::new(), port: 0 };
+                let key = RingKey {
+                    pool: String::new(),
+                    port: 0,
+                };
                 rings.entry(key.clone()).or_insert_with(Vec::new);
                 key
             }
         };
         vips.push((lb.name.clone(), vip_key(lb.address, lb.port), ring));
     }
-    Desired { settings, rings, vips }
+    Desired {
+        settings,
+        rings,
+        vips,
+    }
 }
 
 /// Smallest id below `max` in neither set.

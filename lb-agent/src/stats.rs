@@ -49,7 +49,12 @@ pub struct OriginStats {
 /// Collects counters for every load balancer of `cfg` that the maps know. Works without a
 /// running agent: the pool a VIP uses is read off its ring (the pool whose origins fill it).
 pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
-    let map_err = |name: &'static str| move |e: aya::maps::MapError| DataplaneError::Map { name, reason: e.to_string() };
+    let map_err = |name: &'static str| {
+        move |e: aya::maps::MapError| DataplaneError::Map {
+            name,
+            reason: e.to_string(),
+        }
+    };
     let mut cur = Current::default();
     for item in maps.vips.iter() {
         let (k, v) = item.map_err(map_err("VIPS"))?;
@@ -65,12 +70,18 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
     let want = reconcile::desired(cfg, &HealthTable::default());
     let ids = reconcile::assign(&want, &cur, &reconcile::Assignment::default())
         .map_err(|e| DataplaneError::Host(e.to_string()))?;
-    let by_id: HashMap<u32, &reconcile::OriginKey> = ids.origins.iter().map(|(k, id)| (*id, k)).collect();
-    let lbs: HashMap<&str, &crate::config::LoadBalancer> =
-        cfg.load_balancers.iter().map(|l| (l.name.as_str(), l)).collect();
+    let by_id: HashMap<u32, &reconcile::OriginKey> =
+        ids.origins.iter().map(|(k, id)| (*id, k)).collect();
+    let lbs: HashMap<&str, &crate::config::LoadBalancer> = cfg
+        .load_balancers
+        .iter()
+        .map(|l| (l.name.as_str(), l))
+        .collect();
     let mut vips = Vec::new();
     for (name, key, _) in &want.vips {
-        let Some(meta) = cur.vips.get(key) else { continue };
+        let Some(meta) = cur.vips.get(key) else {
+            continue;
+        };
         let lb = lbs[name.as_str()];
         // Sample the ring to see which pool fills it.
         let mut votes: HashMap<&str, usize> = HashMap::new();
@@ -80,12 +91,18 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
                 *votes.entry(k.pool.as_str()).or_default() += 1;
             }
         }
-        let pool = votes.into_iter().max_by_key(|(_, n)| *n).map(|(p, _)| p.to_owned());
+        let pool = votes
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(p, _)| p.to_owned());
         let c = Maps::counters(&maps.vip_stats, meta.vip_id)?;
         let mut origins = Vec::new();
-        let members = pool
-            .as_deref()
-            .and_then(|p| want.rings.get(&reconcile::RingKey { pool: p.to_owned(), port: lb.origin_port }));
+        let members = pool.as_deref().and_then(|p| {
+            want.rings.get(&reconcile::RingKey {
+                pool: p.to_owned(),
+                port: lb.origin_port,
+            })
+        });
         for (ok, _) in members.into_iter().flatten() {
             let id = ids.origins[ok];
             let oc = Maps::counters(&maps.origin_stats, id)?;

@@ -36,7 +36,13 @@ pub fn target(cfg: &Config, pool: &Pool, origin: &Origin, ring_port: u16) -> Opt
     })
 }
 
-pub fn origin_healthy(cfg: &Config, health: &HealthTable, pool: &Pool, origin: &Origin, ring_port: u16) -> bool {
+pub fn origin_healthy(
+    cfg: &Config,
+    health: &HealthTable,
+    pool: &Pool,
+    origin: &Origin,
+    ring_port: u16,
+) -> bool {
     match target(cfg, pool, origin, ring_port) {
         None => true,
         Some(t) => health.get(&t).is_some_and(|h| h.state.healthy()),
@@ -77,7 +83,11 @@ pub enum Choice {
 }
 
 /// The pool new connections of `lb` go to, and why.
-pub fn choose_pool<'a>(cfg: &'a Config, health: &HealthTable, lb: &LoadBalancer) -> Option<(&'a Pool, Choice)> {
+pub fn choose_pool<'a>(
+    cfg: &'a Config,
+    health: &HealthTable,
+    lb: &LoadBalancer,
+) -> Option<(&'a Pool, Choice)> {
     for (index, name) in lb.default_pools.iter().enumerate() {
         let Some(pool) = cfg.pool(name) else { continue };
         if pool_health(cfg, health, pool, lb.origin_port).healthy {
@@ -99,14 +109,23 @@ pub struct Member {
 /// The members of a pool's ring with their Maglev weights: the enabled, healthy origins with
 /// weight > 0. When none is healthy (a fallback pool used regardless of health), the enabled
 /// origins with weight > 0, so that traffic still has somewhere to go.
-pub fn ring_members(cfg: &Config, health: &HealthTable, pool: &Pool, ring_port: u16) -> Vec<(Member, f64)> {
+pub fn ring_members(
+    cfg: &Config,
+    health: &HealthTable,
+    pool: &Pool,
+    ring_port: u16,
+) -> Vec<(Member, f64)> {
     let member = |o: &Origin| Member {
         pool: pool.name.clone(),
         name: o.name.clone(),
         addr: o.address,
         port: o.port.unwrap_or(ring_port),
     };
-    let candidates: Vec<&Origin> = pool.origins.iter().filter(|o| o.enabled && o.weight > 0.0).collect();
+    let candidates: Vec<&Origin> = pool
+        .origins
+        .iter()
+        .filter(|o| o.enabled && o.weight > 0.0)
+        .collect();
     let healthy: Vec<&&Origin> = candidates
         .iter()
         .filter(|o| origin_healthy(cfg, health, pool, o, ring_port))
@@ -121,7 +140,11 @@ pub fn ring_members(cfg: &Config, health: &HealthTable, pool: &Pool, ring_port: 
     pool.origins
         .iter()
         .map(|o| {
-            let w = if chosen.iter().any(|c| std::ptr::eq(*c, o)) { o.weight } else { 0.0 };
+            let w = if chosen.iter().any(|c| std::ptr::eq(*c, o)) {
+                o.weight
+            } else {
+                0.0
+            };
             (member(o), w)
         })
         .collect()
@@ -133,11 +156,15 @@ pub fn ring_members(cfg: &Config, health: &HealthTable, pool: &Pool, ring_port: 
 pub fn targets(cfg: &Config) -> BTreeMap<Target, String> {
     let mut out = BTreeMap::new();
     for pool in &cfg.pools {
-        let Some(mname) = pool.monitor.as_deref() else { continue };
+        let Some(mname) = pool.monitor.as_deref() else {
+            continue;
+        };
         let mut ring_ports: Vec<u16> = cfg
             .load_balancers
             .iter()
-            .filter(|l| l.enabled && (l.default_pools.contains(&pool.name) || l.fallback_pool == pool.name))
+            .filter(|l| {
+                l.enabled && (l.default_pools.contains(&pool.name) || l.fallback_pool == pool.name)
+            })
             .map(|l| l.origin_port)
             .collect();
         ring_ports.sort_unstable();
@@ -214,7 +241,14 @@ fallback_pool = "fb"
         let p = c.pool(pool).expect("pool");
         let o = p.origins.iter().find(|o| o.name == origin).expect("origin");
         let t = target(c, p, o, 80).expect("monitored");
-        h.record(&t, &Outcome { ok: up, reason: String::new(), rtt: Some(Duration::from_millis(1)) });
+        h.record(
+            &t,
+            &Outcome {
+                ok: up,
+                reason: String::new(),
+                rtt: Some(Duration::from_millis(1)),
+            },
+        );
     }
 
     fn table(c: &Config) -> HealthTable {
@@ -256,7 +290,10 @@ fallback_pool = "fb"
         set(&mut h, &c, "b", "b1", true);
         let a = c.pool("a").expect("a");
         let ph = pool_health(&c, &h, a, 80);
-        assert_eq!((ph.healthy, ph.healthy_origins, ph.enabled_origins), (false, 1, 2));
+        assert_eq!(
+            (ph.healthy, ph.healthy_origins, ph.enabled_origins),
+            (false, 1, 2)
+        );
         assert_eq!(chosen(&c, &h), ("b".into(), Choice::Healthy { index: 1 }));
     }
 
@@ -298,12 +335,21 @@ fallback_pool = "fb"
         set(&mut h, &c, "a", "a1", true);
         set(&mut h, &c, "a", "a2", false);
         let a = c.pool("a").expect("a");
-        let m: Vec<(String, f64)> = ring_members(&c, &h, a, 80).into_iter().map(|(m, w)| (m.name, w)).collect();
-        assert_eq!(m, vec![("a1".into(), 1.0), ("a2".into(), 0.0), ("a3".into(), 0.0)]);
+        let m: Vec<(String, f64)> = ring_members(&c, &h, a, 80)
+            .into_iter()
+            .map(|(m, w)| (m.name, w))
+            .collect();
+        assert_eq!(
+            m,
+            vec![("a1".into(), 1.0), ("a2".into(), 0.0), ("a3".into(), 0.0)]
+        );
         let b = c.pool("b").expect("b");
         set(&mut h, &c, "b", "b1", true);
         set(&mut h, &c, "b", "b2", true);
-        let m: Vec<f64> = ring_members(&c, &h, b, 80).into_iter().map(|(_, w)| w).collect();
+        let m: Vec<f64> = ring_members(&c, &h, b, 80)
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect();
         assert_eq!(m, vec![1.0, 0.0], "weight 0 drains even when healthy");
     }
 
@@ -312,11 +358,18 @@ fallback_pool = "fb"
         let c = cfg();
         let t = targets(&c);
         let names: Vec<&str> = t.keys().map(|t| t.origin.as_str()).collect();
-        assert_eq!(names, vec!["a1", "a2", "b1", "b2", "f1"], "a3 is disabled, plain has no monitor");
+        assert_eq!(
+            names,
+            vec!["a1", "a2", "b1", "b2", "f1"],
+            "a3 is disabled, plain has no monitor"
+        );
         assert!(t.keys().all(|t| t.port == 80));
         let text = CFG.replacen("type = \"tcp\"", "type = \"tcp\"\nport = 2048", 1);
         let c = Config::parse(&text, Path::new("t")).expect("valid");
-        assert!(targets(&c).keys().all(|t| t.port == 2048), "monitor port overrides");
+        assert!(
+            targets(&c).keys().all(|t| t.port == 2048),
+            "monitor port overrides"
+        );
         let _ = State::Up;
     }
 }

@@ -533,7 +533,8 @@ fn packet_fixtures() {
             Err(e) => println!("verifier: info failed: {e}"),
         }
         let mut rec = Reconciler::adopt(dp.take_maps().expect("maps")).expect("adopt");
-        rec.apply(&cfg, &lb_agent::health::HealthTable::default()).expect("apply");
+        rec.apply(&cfg, &lb_agent::health::HealthTable::default())
+            .expect("apply");
         let ifindex = |n: &str| {
             let c = std::ffi::CString::new(n).expect("name");
             // SAFETY: valid C string.

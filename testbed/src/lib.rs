@@ -296,16 +296,22 @@ impl Topology {
         }
     }
 
-    /// A config for this topology: one pool `web` with the origins at `weights`, VIP 10.0.0.10:80.
-    pub fn config(&self, weights: &[f64], extra_dataplane: &str) -> String {
-        use std::fmt::Write as _;
+    /// The `[dataplane]` and `[agent]` sections for this topology.
+    pub fn base_config(&self, extra_dataplane: &str) -> String {
         let ifaces: Vec<String> = self.lb_ifaces.iter().map(|i| format!("\"{i}\"")).collect();
-        let mut s = format!(
-            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[agent]\nstatus_file = \"{}\"\n\n[[pools]]\nname = \"web\"\norigins = [\n",
+        format!(
+            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[agent]\nstatus_file = \"{}\"\n\n",
             ifaces.join(", "),
             self.pin_dir.display(),
             self.status_file.display()
-        );
+        )
+    }
+
+    /// A config for this topology: one pool `web` with the origins at `weights`, VIP 10.0.0.10:80.
+    pub fn config(&self, weights: &[f64], extra_dataplane: &str) -> String {
+        use std::fmt::Write as _;
+        let mut s = self.base_config(extra_dataplane);
+        s.push_str("[[pools]]\nname = \"web\"\norigins = [\n");
         for (i, w) in weights.iter().enumerate() {
             let n = i + 1;
             writeln!(
@@ -361,21 +367,58 @@ pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 7 + i / 251) % 256) as u8).collect()
 }
 
-/// A TCP server in an origin namespace. Protocol, one command line per connection:
-/// `NAME` -> `<name>\n`; `SEND <n>` -> `<name>\n` then n pattern bytes;
-/// `RECV <n>` -> reads n bytes, answers `<name> <fnv64 hex>\n`;
-/// `ECHO` -> `<name>\n`, then echoes every line until EOF.
+/// A TCP server in a namespace: an accept loop that hands each connection to a handler on
+/// its own thread. Stopped (listener closed, so new connections are refused) on drop;
+/// connections already accepted keep being served.
 pub struct Server {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
+type Handler = Arc<dyn Fn(TcpStream) + Send + Sync>;
+
 impl Server {
+    /// The name server of the module docs, on `port`. Protocol, one command line per
+    /// connection: `NAME` -> `<name>\n`; `SEND <n>` -> `<name>\n` then n pattern bytes;
+    /// `RECV <n>` -> reads n bytes, answers `<name> <fnv64 hex>\n`;
+    /// `ECHO` -> `<name>\n`, then echoes every line until EOF.
     pub fn start(ns: &NetNs, name: &str, port: u16) -> Self {
+        let name = name.to_owned();
+        Self::with_handler(ns, port, Arc::new(move |s| serve(s, &name)))
+    }
+
+    /// A plain listener that accepts and closes (a TCP health port).
+    pub fn tcp_port(ns: &NetNs, port: u16) -> Self {
+        Self::with_handler(ns, port, Arc::new(drop))
+    }
+
+    /// An HTTP (or, with `tls`, HTTPS with a self-signed certificate) server whose answers
+    /// `http` controls while it runs.
+    pub fn http(ns: &NetNs, port: u16, http: &Arc<Http>, tls: bool) -> Self {
+        let http = http.clone();
+        let tls_cfg = tls.then(self_signed_tls);
+        Self::with_handler(
+            ns,
+            port,
+            Arc::new(move |s: TcpStream| {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                match &tls_cfg {
+                    Some(cfg) => {
+                        let Ok(conn) = rustls::ServerConnection::new(cfg.clone()) else {
+                            return;
+                        };
+                        http.answer(rustls::StreamOwned::new(conn, s));
+                    }
+                    None => http.answer(s),
+                }
+            }),
+        )
+    }
+
+    pub fn with_handler(ns: &NetNs, port: u16, handler: Handler) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let path = ns.path();
-        let name = name.to_owned();
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
             let f = fs::File::open(&path).expect("open netns");
@@ -388,12 +431,10 @@ impl Server {
             while !stop2.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
-                        let name = name.clone();
+                        let _ = s.set_nonblocking(false);
+                        let h = handler.clone();
                         workers.retain(|w| !w.is_finished());
-                        workers.push(std::thread::spawn(move || serve(s, &name)));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
+                        workers.push(std::thread::spawn(move || h(s)));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -419,6 +460,73 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
+}
+
+/// What an HTTP test server answers; change it while the server runs.
+pub struct Http {
+    pub status: AtomicU32,
+    pub body: Mutex<String>,
+    /// Alternate 200 and 500 on successive requests.
+    pub alternate: AtomicBool,
+    pub requests: AtomicU32,
+}
+
+impl Http {
+    pub fn new(status: u16, body: &str) -> Arc<Self> {
+        Arc::new(Self {
+            status: AtomicU32::new(u32::from(status)),
+            body: Mutex::new(body.to_owned()),
+            alternate: AtomicBool::new(false),
+            requests: AtomicU32::new(0),
+        })
+    }
+
+    fn answer<S: Read + Write>(&self, mut s: S) {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => return,
+            }
+        }
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let status = if self.alternate.load(Ordering::Relaxed) {
+            if n.is_multiple_of(2) {
+                200
+            } else {
+                500
+            }
+        } else {
+            self.status.load(Ordering::Relaxed)
+        };
+        let body = self.body.lock().expect("body").clone();
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.flush();
+    }
+}
+
+fn self_signed_tls() -> Arc<rustls::ServerConfig> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["origin.test".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+    Arc::new(cfg)
 }
 
 fn serve(s: TcpStream, name: &str) {
@@ -613,6 +721,52 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGHUP (config reload) and waits (at most 10 s) for the agent to log the outcome:
+    /// `Ok` for "config reloaded", `Err(line)` for a rejection.
+    pub fn reload(&self) -> Result<(), String> {
+        let seen = self.log.lock().expect("log").len();
+        #[expect(clippy::cast_possible_wrap, reason = "pids fit in i32")]
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGHUP);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            {
+                let log = self.log.lock().expect("log");
+                for l in &log[seen.min(log.len())..] {
+                    if l.contains("config reloaded") {
+                        return Ok(());
+                    }
+                    if l.contains("reload rejected") {
+                        return Err(l.clone());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err("no reload outcome logged within 10 s".into())
+    }
+
+    /// Waits (bounded) until a log line after the first `skip` lines contains `needle`.
+    pub fn wait_log(&self, skip: usize, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            {
+                let log = self.log.lock().expect("log");
+                if let Some(l) = log.iter().skip(skip).find(|l| l.contains(needle)) {
+                    return Some(l.clone());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.lock().expect("log").len()
     }
 }
 

@@ -4,15 +4,12 @@
 mod probe;
 mod state;
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddrV4,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc, time::Duration};
 
 pub use probe::{check, Tls};
-pub use state::{HealthTable, Hysteresis, OriginHealth, Outcome, State, Target, Transition, RTT_EWMA_ALPHA};
+pub use state::{
+    HealthTable, Hysteresis, OriginHealth, Outcome, State, Target, Transition, RTT_EWMA_ALPHA,
+};
 use tokio::{
     sync::{mpsc, Semaphore},
     task::JoinHandle,
@@ -62,7 +59,13 @@ impl Monitors {
         });
         for (t, m) in &want {
             if !self.tasks.contains_key(t) {
-                let task = tokio::spawn(run(t.clone(), m.clone(), self.tx.clone(), self.limit.clone(), self.tls.clone()));
+                let task = tokio::spawn(run(
+                    t.clone(),
+                    m.clone(),
+                    self.tx.clone(),
+                    self.limit.clone(),
+                    self.tls.clone(),
+                ));
                 self.tasks.insert(t.clone(), (m.clone(), task));
             }
         }
@@ -91,19 +94,37 @@ impl Drop for Monitors {
 /// Probes one target forever: a random first delay (within one interval, at most 1 s, so that
 /// checks do not fire in lockstep yet health is known soon after start), then one check per
 /// interval, measured start to start.
-async fn run(target: Target, monitor: Monitor, tx: mpsc::Sender<Report>, limit: Arc<Semaphore>, tls: Tls) {
+async fn run(
+    target: Target,
+    monitor: Monitor,
+    tx: mpsc::Sender<Report>,
+    limit: Arc<Semaphore>,
+    tls: Tls,
+) {
     let addr = SocketAddrV4::new(target.address, target.port);
-    let jitter = monitor.interval.min(Duration::from_secs(1)).mul_f64(fastrand::f64());
+    let jitter = monitor
+        .interval
+        .min(Duration::from_secs(1))
+        .mul_f64(fastrand::f64());
     tokio::time::sleep(jitter).await;
     let mut tick = tokio::time::interval(monitor.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let outcome = {
-            let Ok(_permit) = limit.acquire().await else { return };
+            let Ok(_permit) = limit.acquire().await else {
+                return;
+            };
             check(&monitor, addr, &tls).await
         };
-        if tx.send(Report { target: target.clone(), outcome }).await.is_err() {
+        if tx
+            .send(Report {
+                target: target.clone(),
+                outcome,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }

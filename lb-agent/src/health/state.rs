@@ -142,14 +142,16 @@ impl HealthTable {
     pub fn retain(&mut self, want: &BTreeMap<Target, (u32, u32)>) {
         self.targets.retain(|t, _| want.contains_key(t));
         for (t, (up, down)) in want {
-            self.targets.entry(t.clone()).or_insert_with(|| OriginHealth {
-                state: State::Unknown,
-                last_ok: None,
-                reason: "no check has completed yet".into(),
-                rtt_ms: None,
-                since: unix_now(),
-                hysteresis: Hysteresis::new(*up, *down),
-            });
+            self.targets
+                .entry(t.clone())
+                .or_insert_with(|| OriginHealth {
+                    state: State::Unknown,
+                    last_ok: None,
+                    reason: "no check has completed yet".into(),
+                    rtt_ms: None,
+                    since: unix_now(),
+                    hysteresis: Hysteresis::new(*up, *down),
+                });
         }
     }
 
@@ -160,7 +162,10 @@ impl HealthTable {
         h.reason.clone_from(&outcome.reason);
         if let Some(rtt) = outcome.rtt {
             let ms = rtt.as_secs_f64() * 1000.0;
-            h.rtt_ms = Some(h.rtt_ms.map_or(ms, |old| RTT_EWMA_ALPHA * ms + (1.0 - RTT_EWMA_ALPHA) * old));
+            h.rtt_ms = Some(
+                h.rtt_ms
+                    .map_or(ms, |old| RTT_EWMA_ALPHA * ms + (1.0 - RTT_EWMA_ALPHA) * old),
+            );
         }
         let t = h.hysteresis.observe(outcome.ok)?;
         h.state = t.to;
@@ -191,7 +196,13 @@ mod tests {
     #[test]
     fn one_success_brings_it_up_with_defaults() {
         let mut h = Hysteresis::new(1, 1);
-        assert_eq!(h.observe(true), Some(Transition { from: State::Unknown, to: State::Up }));
+        assert_eq!(
+            h.observe(true),
+            Some(Transition {
+                from: State::Unknown,
+                to: State::Up
+            })
+        );
         assert_eq!(h.observe(true), None, "no repeated transition");
     }
 
@@ -243,10 +254,19 @@ mod tests {
 
     #[test]
     fn table_tracks_rtt_average_and_transitions() {
-        let t = Target { pool: "p".into(), origin: "o".into(), address: Ipv4Addr::LOCALHOST, port: 80 };
+        let t = Target {
+            pool: "p".into(),
+            origin: "o".into(),
+            address: Ipv4Addr::LOCALHOST,
+            port: 80,
+        };
         let mut tab = HealthTable::default();
         tab.retain(&BTreeMap::from([(t.clone(), (1, 1))]));
-        let ok = |ms| Outcome { ok: true, reason: "ok".into(), rtt: Some(Duration::from_millis(ms)) };
+        let ok = |ms| Outcome {
+            ok: true,
+            reason: "ok".into(),
+            rtt: Some(Duration::from_millis(ms)),
+        };
         assert_eq!(tab.record(&t, &ok(10)).map(|x| x.to), Some(State::Up));
         tab.record(&t, &ok(20));
         let rtt = tab.get(&t).and_then(|h| h.rtt_ms).expect("rtt");

@@ -1,0 +1,520 @@
+//! Health monitors and failover, end to end: real servers in origin namespaces are killed,
+//! revived and made to fail; the agent's probes notice and the maps follow.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use lb_agent::{agent::Status, dataplane::Maps, reconcile::vip_key};
+use lb_common::{v4_mapped, MAGLEV_M, MAX_ORIGINS, ORIGIN_F_PRESENT};
+use lb_testbed::{
+    connect, origin_addr, request, require_prerequisites, serial, vip, Agent, Http, Server,
+    TempFile, Topology, ORIGIN_PORT, VIP, VIP_PORT,
+};
+
+fn agent_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lb-agent"))
+}
+
+/// Polls `f` every millisecond until it returns `Some`, at most `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn status(topo: &Topology) -> Option<Status> {
+    Status::read(&topo.status_file).ok()
+}
+
+fn origin_state(s: &Status, pool: &str, origin: &str) -> (String, String) {
+    let o = s
+        .origins
+        .iter()
+        .find(|o| o.pool == pool && o.origin == origin)
+        .unwrap_or_else(|| panic!("{pool}/{origin} not in status"));
+    (o.state.clone(), o.reason.clone())
+}
+
+fn wait_state(topo: &Topology, pool: &str, origin: &str, state: &str, timeout: Duration) -> String {
+    wait_for(&format!("{pool}/{origin} {state}"), timeout, || {
+        let s = status(topo)?;
+        let (st, reason) = origin_state(&s, pool, origin);
+        (st == state).then_some(reason)
+    })
+}
+
+fn wait_active(topo: &Topology, lb: &str, pool: &str, timeout: Duration) -> bool {
+    wait_for(&format!("{lb} on pool {pool}"), timeout, || {
+        let s = status(topo)?;
+        let l = s.load_balancers.iter().find(|l| l.name == lb)?;
+        (l.active_pool.as_deref() == Some(pool)).then_some(l.fallback)
+    })
+}
+
+/// Which origins answer `n` new connections (name -> count; failures under "failed").
+fn answers(topo: &Topology, n: usize) -> std::collections::BTreeMap<String, usize> {
+    topo.client.run(|| {
+        let mut m = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let k = request(None, vip(), "NAME")
+                .map_or_else(|_| "failed".to_owned(), |r| r.trim().to_owned());
+            *m.entry(k).or_insert(0) += 1;
+        }
+        m
+    })
+}
+
+/// Origin id and the VIP's ring, read from the pinned maps.
+struct RingWatch {
+    maps: Maps,
+    ring: u32,
+}
+
+impl RingWatch {
+    fn open(topo: &Topology) -> Self {
+        let maps = Maps::open_pinned(&topo.pin_dir).expect("pins");
+        let ring = maps
+            .vips
+            .get(&vip_key(VIP, VIP_PORT), 0)
+            .expect("VIP entry")
+            .ring_id;
+        Self { maps, ring }
+    }
+
+    fn origin_id(&self, addr: Ipv4Addr, port: u16) -> u32 {
+        (0..MAX_ORIGINS)
+            .find(|id| {
+                self.maps.origins.get(id, 0).is_ok_and(|m| {
+                    m.flags & ORIGIN_F_PRESENT != 0
+                        && m.addr == v4_mapped(addr.octets())
+                        && m.port == port.to_be()
+                })
+            })
+            .expect("origin in ORIGINS")
+    }
+
+    fn slot(&self, s: u32) -> u32 {
+        self.maps
+            .rings
+            .get(&(self.ring * MAGLEV_M + s), 0)
+            .expect("ring slot")
+    }
+
+    /// The highest slot holding `id`: the reconciler writes slots in ascending order, so when
+    /// this one changes, the whole rewrite is done.
+    fn last_slot_of(&self, id: u32) -> Option<u32> {
+        (0..MAGLEV_M).rev().find(|s| self.slot(*s) == id)
+    }
+}
+
+fn tcp_monitor_config(topo: &Topology, interval: f64, retries: u32, timeout: f64) -> String {
+    let mut c = topo.base_config("");
+    c.push_str(&format!(
+        "[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\ninterval = {interval}\nretries = {retries}\ntimeout = {timeout}\n\n[[pools]]\nname = \"web\"\nmonitor = \"tcp\"\norigins = [\n"
+    ));
+    for i in 1..=topo.origins.len() {
+        c.push_str(&format!(
+            "  {{ name = \"o{i}\", address = \"{}\", port = {ORIGIN_PORT} }},\n",
+            origin_addr(i)
+        ));
+    }
+    c.push_str(&format!(
+        "]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\ndefault_pools = [\"web\"]\n"
+    ));
+    c
+}
+
+/// Kills origin o2 `kills` times and measures, each time, how long until the VIP's ring no
+/// longer holds it; checks the documented bound, that established connections to the other
+/// origins survive, and that no new connection reaches o2 after the drain.
+fn measure_drains(interval: f64, retries: u32, timeout: f64, kills: usize) -> Vec<Duration> {
+    require_prerequisites();
+    let topo = Topology::build(3);
+    let mut servers: Vec<Option<Server>> = topo.start_servers().into_iter().map(Some).collect();
+    let cfg = TempFile::new(
+        "lb.toml",
+        &tcp_monitor_config(&topo, interval, retries, timeout),
+    );
+    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let bound = Duration::from_secs_f64(interval + timeout * f64::from(retries + 1));
+    let watch = RingWatch::open(&topo);
+    let o2 = watch.origin_id(origin_addr(2), ORIGIN_PORT);
+    wait_for("o2 in the ring", Duration::from_secs(10), || {
+        watch.last_slot_of(o2)
+    });
+
+    // Long-lived connections on o1 and o3 (bounded tries to land on each).
+    let mut held = Vec::new();
+    topo.client.run(|| {
+        for _ in 0..200 {
+            if held.len() == 2 {
+                break;
+            }
+            let s = connect(None, vip(), Duration::from_secs(2)).expect("connect");
+            let mut w = s.try_clone().expect("clone");
+            w.write_all(b"ECHO\n").expect("echo");
+            let mut r = BufReader::new(s);
+            let mut name = String::new();
+            r.read_line(&mut name).expect("name");
+            let name = name.trim().to_owned();
+            if name != "o2" && !held.iter().any(|(n, _, _): &(String, _, _)| *n == name) {
+                held.push((name, w, r));
+            }
+        }
+    });
+    assert_eq!(held.len(), 2, "connections held on o1 and o3");
+
+    let mut drains = Vec::new();
+    for k in 0..kills {
+        let slot = wait_for("o2 back in the ring", Duration::from_secs(10), || {
+            watch.last_slot_of(o2)
+        });
+        // Kill at a random phase of the probe schedule (the revival was just detected, so
+        // killing at once would always land right after a check).
+        std::thread::sleep(Duration::from_secs_f64(interval * fastrand::f64()));
+        let t0 = Instant::now();
+        servers[1] = None; // o2's listener closes: connections to it are refused
+        wait_for("o2 drained", bound + Duration::from_secs(3), || {
+            (watch.slot(slot) != o2).then_some(())
+        });
+        let d = t0.elapsed();
+        drains.push(d);
+        assert!(
+            d <= bound + Duration::from_millis(300),
+            "kill {k}: drained after {d:?}, more than interval x (retries + 1) + timeout = {bound:?}"
+        );
+        if k == 0 {
+            assert!(
+                watch.last_slot_of(o2).is_none(),
+                "no ring slot holds o2 after the drain"
+            );
+            let a = answers(&topo, 200);
+            assert_eq!(a.get("o2"), None, "{a:?}");
+            assert_eq!(
+                a.get("failed"),
+                None,
+                "no new connection fails after the drain: {a:?}"
+            );
+        }
+        servers[1] = Some(Server::start(&topo.origins[1], "o2", ORIGIN_PORT));
+    }
+    for (name, w, r) in &mut held {
+        w.write_all(b"still there\n")
+            .expect("write on a held connection");
+        let mut back = String::new();
+        r.read_line(&mut back).expect("read on a held connection");
+        assert_eq!(
+            back, "still there\n",
+            "connection on {name} survived every kill"
+        );
+    }
+    drains
+}
+
+fn report(label: &str, mut d: Vec<Duration>) {
+    d.sort_unstable();
+    let pick = |q: f64| d[((d.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "detection-to-drain ({label}, {} kills): p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
+        d.len(),
+        pick(0.5).as_secs_f64() * 1e3,
+        pick(0.99).as_secs_f64() * 1e3,
+        d[0].as_secs_f64() * 1e3,
+        d[d.len() - 1].as_secs_f64() * 1e3
+    );
+}
+
+#[test]
+fn killed_origin_drains_within_bound_interval_1s_retries_1() {
+    let _serial = serial();
+    report(
+        "interval 1 s, retries 1, timeout 0.5 s",
+        measure_drains(1.0, 1, 0.5, 20),
+    );
+}
+
+#[test]
+fn killed_origin_drains_within_bound_interval_250ms() {
+    let _serial = serial();
+    report(
+        "interval 250 ms, retries 1, timeout 100 ms",
+        measure_drains(0.25, 1, 0.1, 20),
+    );
+}
+
+#[test]
+fn pools_fail_over_in_order_and_back_then_to_fallback() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(3);
+    let mut servers: Vec<Option<Server>> = topo.start_servers().into_iter().map(Some).collect();
+    let mut c = topo.base_config("");
+    c.push_str("[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\ninterval = 0.25\nretries = 1\ntimeout = 0.1\n\n");
+    for (pool, i) in [("a", 1), ("b", 2), ("f", 3)] {
+        c.push_str(&format!(
+            "[[pools]]\nname = \"{pool}\"\nmonitor = \"tcp\"\norigins = [{{ name = \"o{i}\", address = \"{}\", port = {ORIGIN_PORT} }}]\n\n",
+            origin_addr(i)
+        ));
+    }
+    c.push_str(&format!(
+        "[[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\ndefault_pools = [\"a\", \"b\"]\nfallback_pool = \"f\"\n"
+    ));
+    let cfg = TempFile::new("lb.toml", &c);
+    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let t = Duration::from_secs(5);
+    let only = |name: &str| {
+        let a = answers(&topo, 20);
+        assert_eq!(
+            a.get(name),
+            Some(&20),
+            "all new connections to {name}: {a:?}"
+        );
+    };
+
+    assert!(!wait_active(&topo, "www", "a", t));
+    only("o1");
+    servers[0] = None;
+    assert!(
+        !wait_active(&topo, "www", "b", t),
+        "a down: b is a healthy default pool"
+    );
+    only("o2");
+    assert!(
+        agent.wait_log(0, "now uses pool b", t).is_some(),
+        "pool change logged"
+    );
+    servers[0] = Some(Server::start(&topo.origins[0], "o1", ORIGIN_PORT));
+    assert!(!wait_active(&topo, "www", "a", t), "a recovered: back to a");
+    only("o1");
+    servers[0] = None;
+    servers[1] = None;
+    assert!(
+        wait_active(&topo, "www", "f", t),
+        "every default pool down: fallback"
+    );
+    only("o3");
+    servers[2] = None;
+    wait_state(&topo, "f", "o3", "down", t);
+    assert!(
+        wait_active(&topo, "www", "f", t),
+        "fallback is used regardless of its health"
+    );
+    // Traffic still goes to o3 (which refuses it) rather than being dropped by the LB.
+    let refused = topo.client.run(|| {
+        connect(None, vip(), Duration::from_secs(2))
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "o3 itself answers with a reset"
+    );
+}
+
+#[test]
+fn http_and_https_monitors_judge_codes_bodies_and_certificates() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(3);
+    let answers = [
+        Http::new(200, "Service OK"),
+        Http::new(500, "ok"),
+        Http::new(200, "maintenance"),
+    ];
+    let _servers: Vec<Server> = topo
+        .origins
+        .iter()
+        .zip(&answers)
+        .flat_map(|(ns, h)| {
+            [
+                Server::http(ns, 8080, h, false),
+                Server::http(ns, 8443, h, true),
+            ]
+        })
+        .collect();
+    let mut c = topo.base_config("");
+    c.push_str(
+        "[[monitors]]\nname = \"http\"\ntype = \"http\"\npath = \"/health\"\nexpected_codes = \"2xx\"\nexpected_body = \"ok\"\nheader = { Host = [\"origin.test\"] }\ninterval = 0.25\ntimeout = 0.2\nretries = 0\n\n\
+         [[monitors]]\nname = \"https\"\ntype = \"https\"\nexpected_codes = \"2xx\"\ninterval = 0.25\ntimeout = 0.2\nretries = 0\n\n\
+         [[monitors]]\nname = \"https-insecure\"\ntype = \"https\"\nexpected_codes = \"2xx\"\nallow_insecure = true\ninterval = 0.25\ntimeout = 0.2\nretries = 0\n\n",
+    );
+    c.push_str("[[pools]]\nname = \"web\"\nmonitor = \"http\"\norigins = [\n");
+    for i in 1..=3 {
+        c.push_str(&format!(
+            "  {{ name = \"o{i}\", address = \"{}\", port = 8080 }},\n",
+            origin_addr(i)
+        ));
+    }
+    c.push_str("]\n\n");
+    for (pool, mon) in [("strict", "https"), ("insecure", "https-insecure")] {
+        c.push_str(&format!(
+            "[[pools]]\nname = \"{pool}\"\nmonitor = \"{mon}\"\norigins = [{{ name = \"o1\", address = \"{}\", port = 8443 }}]\n\n",
+            origin_addr(1)
+        ));
+    }
+    c.push_str(&format!("[[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\ndefault_pools = [\"web\"]\n"));
+    let cfg = TempFile::new("lb.toml", &c);
+    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let t = Duration::from_secs(5);
+
+    let r = wait_state(&topo, "web", "o1", "up", t);
+    assert_eq!(r, "HTTP 200");
+    let r = wait_state(&topo, "web", "o2", "down", t);
+    assert!(r.contains("HTTP 500 (expected 2xx)"), "{r}");
+    let r = wait_state(&topo, "web", "o3", "down", t);
+    assert!(r.contains("body does not contain"), "{r}");
+    let r = wait_state(&topo, "strict", "o1", "down", t);
+    assert!(
+        r.contains("TLS") && r.to_lowercase().contains("certificate"),
+        "{r}"
+    );
+    let r = wait_state(&topo, "insecure", "o1", "up", t);
+    assert_eq!(r, "HTTP 200");
+    // The body check is case-insensitive ("ok" in "Service OK") and o2 recovers when it does.
+    answers[1].status.store(204, Ordering::Relaxed);
+    wait_state(&topo, "web", "o2", "up", t);
+    let line = std::fs::read_to_string(&topo.status_file).expect("status");
+    assert!(line.contains("\"rtt_ms\""), "RTT recorded");
+}
+
+#[test]
+fn tcp_monitor_port_override_and_hysteresis_against_flapping() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(2);
+    let _apps = topo.start_servers();
+    let health_port = Server::tcp_port(&topo.origins[0], 9000);
+    let flappy = Http::new(200, "ok");
+    let _flappy_server = Server::http(&topo.origins[1], 9100, &flappy, false);
+    let mut c = topo.base_config("");
+    c.push_str(&format!(
+        "[[monitors]]\nname = \"port9000\"\ntype = \"tcp\"\nport = 9000\ninterval = 0.1\ntimeout = 0.08\nretries = 0\n\n\
+         [[monitors]]\nname = \"flappy\"\ntype = \"http\"\nport = 9100\ninterval = 0.1\ntimeout = 0.08\nretries = 0\nconsecutive_up = 2\nconsecutive_down = 2\n\n\
+         [[pools]]\nname = \"p1\"\nmonitor = \"port9000\"\norigins = [{{ name = \"o1\", address = \"{}\", port = {ORIGIN_PORT} }}]\n\n\
+         [[pools]]\nname = \"p2\"\nmonitor = \"flappy\"\norigins = [{{ name = \"o2\", address = \"{}\", port = {ORIGIN_PORT} }}]\n\n\
+         [[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\ndefault_pools = [\"p1\", \"p2\"]\n",
+        origin_addr(1),
+        origin_addr(2)
+    ));
+    let cfg = TempFile::new("lb.toml", &c);
+    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let t = Duration::from_secs(5);
+
+    wait_state(&topo, "p1", "o1", "up", t);
+    let s = status(&topo).expect("status");
+    assert_eq!(
+        s.origins.iter().find(|o| o.origin == "o1").map(|o| o.port),
+        Some(9000),
+        "probed on the override port"
+    );
+    drop(health_port);
+    let r = wait_state(&topo, "p1", "o1", "down", t);
+    assert!(r.contains("connection refused"), "{r}");
+    let app = topo
+        .lb
+        .run(|| request(None, SocketAddrV4::new(origin_addr(1), ORIGIN_PORT), "NAME"));
+    assert_eq!(app.expect("o1's app port still answers").trim(), "o1");
+    wait_state(&topo, "p2", "o2", "up", t);
+    assert_eq!(
+        answers(&topo, 10).get("o2"),
+        Some(&10),
+        "o1's health port decides: traffic fails over to p2"
+    );
+    let skip = agent.log_len();
+    flappy.alternate.store(true, Ordering::Relaxed);
+    let before = flappy.requests.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    let checks = flappy.requests.load(Ordering::Relaxed) - before;
+    assert!(checks >= 10, "the monitor kept checking: {checks}");
+    assert!(
+        agent
+            .wait_log(skip, "p2/o2", Duration::from_millis(1))
+            .is_none(),
+        "no transition while results alternate"
+    );
+    assert_eq!(
+        origin_state(&status(&topo).expect("status"), "p2", "o2").0,
+        "up"
+    );
+    flappy.alternate.store(false, Ordering::Relaxed);
+    flappy.status.store(503, Ordering::Relaxed);
+    let r = wait_state(&topo, "p2", "o2", "down", t);
+    assert!(r.contains("503"), "{r}");
+}
+
+#[test]
+fn reload_drains_a_disabled_origin_and_rejects_a_bad_config() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(3);
+    let _servers = topo.start_servers();
+    let cfg = TempFile::new("lb.toml", &topo.config(&[1.0, 1.0, 1.0], ""));
+    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+
+    // A connection on o2 (bounded tries).
+    let (mut w, mut r) = topo.client.run(|| {
+        for _ in 0..200 {
+            let s = connect(None, vip(), Duration::from_secs(2)).expect("connect");
+            let mut w = s.try_clone().expect("clone");
+            w.write_all(b"ECHO\n").expect("echo");
+            let mut r = BufReader::new(s);
+            let mut name = String::new();
+            r.read_line(&mut name).expect("name");
+            if name.trim() == "o2" {
+                return (w, r);
+            }
+        }
+        panic!("no connection landed on o2 in 200 tries");
+    });
+    let drained = topo.config(&[1.0, 1.0, 1.0], "").replace(
+        &format!(
+            "name = \"o2\", address = \"{}\", port = {ORIGIN_PORT}, weight = 1",
+            origin_addr(2)
+        ),
+        &format!(
+            "name = \"o2\", address = \"{}\", port = {ORIGIN_PORT}, weight = 1, enabled = false",
+            origin_addr(2)
+        ),
+    );
+    assert!(drained.contains("enabled = false"), "config edit applied");
+    std::fs::write(&cfg.path, &drained).expect("write config");
+    agent.reload().expect("reload accepted");
+    let a = answers(&topo, 300);
+    assert_eq!(
+        a.get("o2"),
+        None,
+        "no new connection reaches the disabled origin: {a:?}"
+    );
+    assert_eq!(a.get("failed"), None, "{a:?}");
+    w.write_all(b"after drain\n").expect("write");
+    let mut back = String::new();
+    r.read_line(&mut back)
+        .expect("established connection on o2 still works");
+    assert_eq!(back, "after drain\n");
+
+    // A bad config is rejected whole, naming the field, and nothing changes.
+    std::fs::write(
+        &cfg.path,
+        drained.replace("weight = 1, enabled = false", "weight = 2, enabled = true"),
+    )
+    .expect("write");
+    let e = agent.reload().expect_err("bad config rejected");
+    assert!(e.contains("pools[0].origins[1].weight"), "{e}");
+    let a = answers(&topo, 100);
+    assert_eq!(a.get("o2"), None, "still drained: {a:?}");
+    assert_eq!(a.get("failed"), None, "{a:?}");
+}
