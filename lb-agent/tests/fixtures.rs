@@ -42,6 +42,8 @@ const MAC_C1: [u8; 6] = [2, 0, 0, 0, 1, 2];
 const MAC_C2: [u8; 6] = [2, 0, 0, 0, 1, 3];
 const MAC_C3: [u8; 6] = [2, 0, 0, 0, 1, 4];
 const MAC_O1: [u8; 6] = [2, 0, 0, 0, 11, 2];
+const O2: [u8; 4] = [10, 0, 11, 3];
+const MAC_O2: [u8; 6] = [2, 0, 0, 0, 11, 3];
 const MAC_LOCAL: [u8; 6] = [2, 0, 0, 0, 1, 9];
 const SNAT_MIN: u16 = 61000;
 const SNAT_MAX: u16 = 61001;
@@ -183,6 +185,56 @@ port = 80
 default_pools = ["local"]
 "#;
 
+/// Phase two: o1 has left pool `web`, o2 has joined it.
+fn config2(c: &str) -> String {
+    let out = c.replace(
+        r#"origins = [{ name = "o1", address = "10.0.11.2", port = 8080 }]"#,
+        r#"origins = [{ name = "o2", address = "10.0.11.3", port = 8080 }]"#,
+    );
+    assert_ne!(out, c, "phase-two edit applied");
+    out
+}
+
+/// Runs `cases` in order; adds the events they must count to `expected`.
+fn run_cases(
+    prog: &mut aya::programs::Xdp,
+    cases: Vec<Case>,
+    ifindex: &dyn Fn(&str) -> u32,
+    expected: &mut BTreeMap<u32, u64>,
+) {
+    for c in cases {
+        let ingress = ifindex(c.ingress);
+        let len = u32::try_from(c.input.len()).expect("len");
+        let ctx: Vec<u8> = [0u32, len, 0, ingress, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; c.input.len() + 64];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&c.input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("{}: test_run: {e}", c.desc));
+        out.truncate(r.data_size_out as usize);
+        assert_eq!(r.return_value, c.verdict, "{}: verdict", c.desc);
+        match &c.output {
+            Some(want) => {
+                assert_eq!(&out, want, "{}: output frame", c.desc);
+                assert_checksums(c.desc, &out);
+            }
+            None => assert_eq!(out, c.input, "{}: frame must be unchanged", c.desc),
+        }
+        *expected.entry(c.event).or_default() += 1;
+        if c.verdict == XDP_REDIRECT && c.event != event::FWD_REDIRECT {
+            *expected.entry(event::FWD_REDIRECT).or_default() += 1;
+        }
+        println!("fixture ok: {}", c.desc);
+    }
+}
+
 #[test]
 fn packet_fixtures() {
     let _serial = serial();
@@ -208,6 +260,7 @@ fn packet_fixtures() {
         (C3, MAC_C3, &fa),
         (LOCAL_ORIGIN, MAC_LOCAL, &fa),
         (O1, MAC_O1, &fb),
+        (O2, MAC_O2, &fb),
     ] {
         let a = Ipv4Addr::from(addr).to_string();
         let m = mac
@@ -547,37 +600,59 @@ fn packet_fixtures() {
         let before = rec.maps.event_totals().expect("events");
         let prog = dp.program().expect("program");
         let mut expected_events: BTreeMap<u32, u64> = BTreeMap::new();
-        for c in cases.drain(..) {
-            let ingress = if c.ingress == "a" { ia } else { ib };
-            let len = u32::try_from(c.input.len()).expect("len");
-            let ctx: Vec<u8> = [0u32, len, 0, ingress, 0, 0]
-                .iter()
-                .flat_map(|w| w.to_ne_bytes())
-                .collect();
-            let mut out = vec![0u8; c.input.len() + 64];
-            let r = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(&c.input),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..TestRunOptions::default()
-                })
-                .unwrap_or_else(|e| panic!("{}: test_run: {e}", c.desc));
-            out.truncate(r.data_size_out as usize);
-            assert_eq!(r.return_value, c.verdict, "{}: verdict", c.desc);
-            match &c.output {
-                Some(want) => {
-                    assert_eq!(&out, want, "{}: output frame", c.desc);
-                    assert_checksums(c.desc, &out);
-                }
-                None => assert_eq!(out, c.input, "{}: frame must be unchanged", c.desc),
-            }
-            *expected_events.entry(c.event).or_default() += 1;
-            if c.verdict == XDP_REDIRECT && c.event != event::FWD_REDIRECT {
-                *expected_events.entry(event::FWD_REDIRECT).or_default() += 1;
-            }
-            println!("fixture ok: {}", c.desc);
-        }
+        let by_side = |side: &str| if side == "a" { ia } else { ib };
+        run_cases(prog, std::mem::take(&mut cases), &by_side, &mut expected_events);
+        let o1 = rec
+            .assignment
+            .origins
+            .iter()
+            .find(|(k, _)| k.name == "o1")
+            .map(|(_, id)| *id)
+            .expect("o1 id");
+
+        // Phase two: the pool changes under established flows.
+        let text2 = config2(&CONFIG.replace("@PIN@", pin_dir.to_str().expect("utf8")));
+        let cfg2 = Config::parse(&text2, Path::new("fixture2.toml")).expect("phase-two config");
+        rec.apply(&cfg2, &lb_agent::health::HealthTable::default()).expect("apply phase two");
+        let prog = dp.program().expect("program");
+        let p_c2 = first_snat_port(C2, 40000, VIP, 80);
+        let phase2 = vec![
+            Case {
+                desc: "SYN reusing client 2's tuple after o1 left the ring: rehashed to o2, old SNAT port released",
+                ingress: "a",
+                input: tcp(MAC_C2, lb_mac, C2, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                verdict: XDP_REDIRECT,
+                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c2, 8080, Flags::Syn, &[])),
+                event: event::SYN_REHASHED,
+            },
+            Case {
+                desc: "a retransmitted SYN keeps the new flow (the ring still names o2)",
+                ingress: "a",
+                input: tcp(MAC_C2, lb_mac, C2, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                verdict: XDP_REDIRECT,
+                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c2, 8080, Flags::Syn, &[])),
+                event: event::FLOW_HIT,
+            },
+            Case {
+                desc: "data on client 3's established flow still reaches o1, which left the config",
+                ingress: "a",
+                input: tcp(MAC_C3, lb_mac, C3, VIP, 64, 40000, 80, Flags::Ack, b"more"),
+                verdict: XDP_REDIRECT,
+                output: Some(tcp(mac_b, MAC_O1, SNAT, O1, 63, p1, 8080, Flags::Ack, b"more")),
+                event: event::FLOW_HIT,
+            },
+        ];
+        run_cases(prog, phase2, &by_side, &mut expected_events);
+        let released = FlowKey {
+            src: v4_mapped(O1),
+            dst: v4_mapped(SNAT),
+            sport: 8080u16.to_be(),
+            dport: p2.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        assert!(rec.maps.rev_flows.get(&released, 0).is_err(), "client 2's old SNAT port on o1 was released");
+
         // Counters: every case counted exactly where the table says.
         let after = rec.maps.event_totals().expect("events");
         for (i, name) in event::NAMES.iter().enumerate() {
@@ -588,17 +663,10 @@ fn packet_fixtures() {
                 .unwrap_or(0);
             assert_eq!(got, want, "event counter {name}");
         }
-        let o1 = rec
-            .assignment
-            .origins
-            .iter()
-            .find(|(k, _)| k.name == "o1")
-            .map(|(_, id)| *id)
-            .expect("o1 id");
         let c = Maps::counters(&rec.maps.origin_stats, o1).expect("origin counters");
         // New flows on o1: clients 1, 2 and 3 (on the recycled port); the TTL-1 packet made none.
         assert_eq!(c.new_flows, 3, "o1 new flows: {c:?}");
-        assert_eq!(c.packets, 5, "o1 forwarded packets: {c:?}");
+        assert_eq!(c.packets, 6, "o1 forwarded packets: {c:?}");
         assert_eq!(c.reply_packets, 3, "o1 reply packets: {c:?}");
         // Client 1's flow was forgotten when its port was recycled.
         let gone = FlowKey {

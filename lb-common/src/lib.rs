@@ -266,7 +266,12 @@ pub mod event {
     /// The FIB refuses to forward because IPv4 forwarding is off on the ingress interface
     /// (`net.ipv4.conf.<if>.forwarding = 0`): XDP_DROP. The agent checks this at start.
     pub const DROP_FWD_DISABLED: u32 = 19;
-    pub const COUNT: u32 = 21;
+    /// A SYN for a 5-tuple the flow table knows, whose ring slot now names another origin:
+    /// the old flow (a closed connection whose tuple the client reuses, or a handshake to an
+    /// origin that has since left the ring) is replaced by a new one. SYNs are always hashed;
+    /// only established flows stay pinned.
+    pub const SYN_REHASHED: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Names in index order, for `lb-agent stats` and tests.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -291,6 +296,7 @@ pub mod event {
         "reply_nat",
         "drop_fwd_disabled",
         "snat_recycled",
+        "syn_rehashed",
     ];
 }
 

@@ -228,13 +228,30 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         // SAFETY: as above, the value is copied out before any other map operation.
         // The flow is read in place (flow table value, or the scratch entry new_flow filled)
         // rather than copied: the hot path's stack frame shares 512 bytes with new_flow's.
-        let (flow, is_new): (*const Flow, bool) = match FLOWS.get_ptr(key) {
-            Some(f) => {
+        //
+        // A pure SYN is always hashed (as in Katran): it keeps its flow-table entry only if
+        // the ring still names the same origin. Otherwise a client reusing the tuple of a
+        // closed connection would be sent to wherever that connection went, even to an
+        // origin that has since been drained or died.
+        // SAFETY: bounds-checked above.
+        let syn_only = unsafe { (*tcp).syn() != 0 && (*tcp).ack() == 0 };
+        let existing = FLOWS.get_ptr(key);
+        let keep = match existing {
+            // SAFETY: map value pointer, read once.
+            Some(f) if syn_only => ring_origin(&key, &vip) == Some(unsafe { (*f).origin_id }),
+            Some(_) => true,
+            None => false,
+        };
+        let (flow, is_new): (*const Flow, bool) = match existing {
+            Some(f) if keep => {
                 count(event::FLOW_HIT);
                 (f, false)
             }
-            None => {
-                new_flow(&key, &vip, settings)?;
+            _ => {
+                if existing.is_some() {
+                    count(event::SYN_REHASHED);
+                }
+                new_flow(&key, &vip, settings, existing.unwrap_or(core::ptr::null()))?;
                 match SCRATCH.get_ptr(0) {
                     // SAFETY: offset computation inside the scratch entry, no read.
                     Some(sc) => (unsafe { &raw const (*sc).flow }, true),
@@ -318,10 +335,31 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
 /// Not inlined, and working in the per-CPU scratch entry: a BPF subprogram keeps its stack
 /// frame apart from the hot path's, which keeps the call chain under the 512-byte limit.
 #[inline(never)]
-fn new_flow(key: &FlowKey, vip: &VipMeta, settings: &Settings) -> Result<(), u32> {
+fn new_flow(
+    key: &FlowKey,
+    vip: &VipMeta,
+    settings: &Settings,
+    replaces: *const Flow,
+) -> Result<(), u32> {
     let Some(sc) = SCRATCH.get_ptr_mut(0) else {
         return Err(drop(event::DROP_FLOW_INSERT));
     };
+    // A raw pointer (null = none), not an Option: BPF calls take at most five arguments.
+    if !replaces.is_null() {
+        let old = replaces;
+        // SAFETY: sc is this CPU's scratch entry; old is a live flow-table value.
+        unsafe {
+            (*sc).old_rkey = FlowKey {
+                src: (*old).origin_addr,
+                dst: (*old).snat_addr,
+                sport: (*old).origin_port,
+                dport: (*old).snat_port,
+                proto: IPPROTO_TCP,
+                _pad: [0; 3],
+            };
+            let _ = REV_FLOWS.remove(&(*sc).old_rkey);
+        }
+    }
     let slot = vip.ring_id * MAGLEV_M + flow_hash(key, SEED_RING) % MAGLEV_M;
     let origin_id = match RINGS.get(slot) {
         Some(id) if *id != NO_ORIGIN => *id,
@@ -391,6 +429,13 @@ fn new_flow(key: &FlowKey, vip: &VipMeta, settings: &Settings) -> Result<(), u32
         return Err(drop(event::DROP_FLOW_INSERT));
     }
     Ok(())
+}
+
+/// The origin the VIP's ring names for `key` now.
+#[inline(always)]
+fn ring_origin(key: &FlowKey, vip: &VipMeta) -> Option<u32> {
+    let slot = vip.ring_id * MAGLEV_M + flow_hash(key, SEED_RING) % MAGLEV_M;
+    RINGS.get(slot).copied().filter(|id| *id != NO_ORIGIN)
 }
 
 /// Takes over the SNAT port of `sc.rkey` if its flow is closed and idle past the grace

@@ -57,6 +57,8 @@ pub struct Scratch {
     pub rkey: FlowKey,
     pub flow: Flow,
     pub old_flow: FlowKey,
+    /// Reverse key of a flow a SYN replaces (its SNAT port is released).
+    pub old_rkey: FlowKey,
 }
 
 #[btf_map]

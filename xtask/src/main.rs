@@ -206,8 +206,18 @@ fn demo(connections: usize) -> Result<()> {
         "\n== topology: client ns -> LB ns (XDP on every veth) -> 3 origin ns, servers on :8080"
     );
     let topo = Topology::build(3);
-    let _servers = topo.start_servers();
-    let config = topo.config(&[1.0 / 3.0, 2.0 / 3.0, 1.0], "");
+    let mut servers: Vec<Option<lb_testbed::Server>> =
+        topo.start_servers().into_iter().map(Some).collect();
+    let pool = "[[pools]]\nname = \"web\"\n";
+    let config = topo.config(&[1.0 / 3.0, 2.0 / 3.0, 1.0], "").replacen(
+        pool,
+        &format!("[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\ninterval = 1\nretries = 1\ntimeout = 0.5\n\n{pool}monitor = \"tcp\"\n"),
+        1,
+    );
+    assert!(
+        config.contains("monitor = \"tcp\""),
+        "demo config has its monitor"
+    );
     let cfg = TempFile::new("demo-lb.toml", &config);
     println!("== config ({}):\n{config}", cfg.path.display());
     let obj_arg = obj.to_string_lossy().into_owned();
@@ -270,11 +280,59 @@ fn demo(connections: usize) -> Result<()> {
     run(Command::new("bpftool")
         .args(["map", "dump", "pinned"])
         .arg(topo.pin_dir.join("VIPS")))?;
+    println!("\n== health (`lb-agent status`):");
+    run(Command::new(&agent_bin)
+        .arg("--config")
+        .arg(&cfg.path)
+        .arg("status"))?;
+
+    println!("\n== failover: stopping o3's server (monitor: tcp, interval 1 s, retries 1, timeout 0.5 s)");
+    servers[2] = None;
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(5);
+    let drained = loop {
+        let text = std::fs::read_to_string(&topo.status_file).unwrap_or_default();
+        if text.contains("\"origin\": \"o3\"")
+            && text
+                .split("\"origin\": \"o3\"")
+                .nth(1)
+                .is_some_and(|t| t.contains("\"state\": \"down\""))
+        {
+            break Some(t0.elapsed());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    match drained {
+        Some(d) => println!("   o3 marked down and drained after {} ms", d.as_millis()),
+        None => println!("   o3 was not marked down within 5 s"),
+    }
+    let after = topo.client.run(|| {
+        let mut answers = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..300 {
+            let k = request(None, vip(), "NAME")
+                .map_or_else(|_| "failed".to_owned(), |r| r.trim().to_owned());
+            *answers.entry(k).or_default() += 1;
+        }
+        answers
+    });
+    println!("   next 300 connections answered by: {after:?}");
+    run(Command::new(&agent_bin)
+        .arg("--config")
+        .arg(&cfg.path)
+        .arg("status"))?;
     drop(agent);
     println!("\n== cleaning up: agent stopped, namespaces and pins removed");
     drop(topo);
     std::thread::sleep(Duration::from_millis(100));
-    if failures > 0 || !matches!(same, Ok(true)) {
+    if failures > 0
+        || !matches!(same, Ok(true))
+        || drained.is_none()
+        || after.contains_key("o3")
+        || after.contains_key("failed")
+    {
         bail!("demo traffic had failures");
     }
     Ok(())
