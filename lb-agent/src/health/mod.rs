@@ -129,11 +129,3 @@ async fn run(
         }
     }
 }
-
-/// How long after a failure starts an origin is at most still in rotation, for documentation
-/// and tests: one interval until the next check, the check's attempts with their timeouts,
-/// and `consecutive_down - 1` further intervals.
-pub fn detection_bound(m: &Monitor) -> Duration {
-    let checks = m.consecutive_down.max(1);
-    m.interval * checks + m.timeout * (m.retries + 1)
-}
