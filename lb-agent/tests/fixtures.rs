@@ -9,11 +9,7 @@
 //! Expected frames are built from scratch with etherparse (which computes checksums in full),
 //! so byte equality also proves the data path's incremental checksum updates right.
 
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::Path};
 
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
@@ -23,7 +19,7 @@ use lb_agent::{
     reconcile::Reconciler,
 };
 use lb_common::{event, hash, v4_mapped, FlowKey, IPPROTO_TCP};
-use lb_testbed::{require_prerequisites, serial, unique_id, NetNs};
+use lb_testbed::{require_prerequisites, serial, FibBed, Side};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -47,24 +43,6 @@ const MAC_O2: [u8; 6] = [2, 0, 0, 0, 11, 3];
 const MAC_LOCAL: [u8; 6] = [2, 0, 0, 0, 1, 9];
 const SNAT_MIN: u16 = 61000;
 const SNAT_MAX: u16 = 61001;
-
-/// Removes the pins on drop.
-struct Pins(PathBuf);
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = dataplane::teardown(&self.0);
-    }
-}
-
-fn mac_of(ns: &NetNs, dev: &str) -> [u8; 6] {
-    let out = ns.ip(&["-br", "link", "show", dev]);
-    let mac = out.split_whitespace().nth(2).expect("mac in ip -br link");
-    let v: Vec<u8> = mac
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).expect("hex"))
-        .collect();
-    v.try_into().expect("6 bytes")
-}
 
 #[derive(Clone, Copy)]
 enum Flags {
@@ -239,50 +217,19 @@ fn run_cases(
 fn packet_fixtures() {
     let _serial = serial();
     require_prerequisites();
-    let id = unique_id("fx");
-    let ns = NetNs::new(&id);
-    let (fa, fb) = (format!("{id}a"), format!("{id}b"));
-    lb_testbed::sh(
-        "ip",
+    let bed = FibBed::new(
+        "fx",
         &[
-            "link", "add", &fa, "netns", &ns.name, "type", "veth", "peer", "name", &fb, "netns",
-            &ns.name,
+            (C1, MAC_C1, Side::A),
+            (C2, MAC_C2, Side::A),
+            (C3, MAC_C3, Side::A),
+            (LOCAL_ORIGIN, MAC_LOCAL, Side::A),
+            (O1, MAC_O1, Side::B),
+            (O2, MAC_O2, Side::B),
         ],
     );
-    ns.ip(&["addr", "add", "10.0.1.1/24", "dev", &fa]);
-    ns.ip(&["addr", "add", "10.0.11.1/24", "dev", &fb]);
-    ns.ip(&["link", "set", &fa, "up"]);
-    ns.ip(&["link", "set", &fb, "up"]);
-    ns.sysctl("net.ipv4.conf.all.forwarding", "1");
-    for (addr, mac, dev) in [
-        (C1, MAC_C1, &fa),
-        (C2, MAC_C2, &fa),
-        (C3, MAC_C3, &fa),
-        (LOCAL_ORIGIN, MAC_LOCAL, &fa),
-        (O1, MAC_O1, &fb),
-        (O2, MAC_O2, &fb),
-    ] {
-        let a = Ipv4Addr::from(addr).to_string();
-        let m = mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        ns.ip(&[
-            "neigh",
-            "replace",
-            &a,
-            "lladdr",
-            &m,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    }
-    let (mac_a, mac_b) = (mac_of(&ns, &fa), mac_of(&ns, &fb));
-    let pin_dir = PathBuf::from("/sys/fs/bpf").join(&id);
-    let _pins = Pins(pin_dir.clone());
+    let (mac_a, mac_b) = (bed.mac_a, bed.mac_b);
+    let pin_dir = bed.pin_dir.clone();
     let cfg = Config::parse(
         &CONFIG.replace("@PIN@", pin_dir.to_str().expect("utf8")),
         Path::new("fixture.toml"),
@@ -571,7 +518,7 @@ fn packet_fixtures() {
         },
     ];
 
-    ns.run(|| {
+    bed.ns.run(|| {
         let object = dataplane::find_object(None).expect("BPF object (cargo xtask build-ebpf)");
         let mut dp =
             Dataplane::load(&object, &pin_dir, cfg.dataplane.flow_table_size).expect("load");
@@ -588,12 +535,7 @@ fn packet_fixtures() {
         let mut rec = Reconciler::adopt(dp.take_maps().expect("maps")).expect("adopt");
         rec.apply(&cfg, &lb_agent::health::HealthTable::default())
             .expect("apply");
-        let ifindex = |n: &str| {
-            let c = std::ffi::CString::new(n).expect("name");
-            // SAFETY: valid C string.
-            unsafe { libc::if_nametoindex(c.as_ptr()) }
-        };
-        let (ia, ib) = (ifindex(&fa), ifindex(&fb));
+        let (ia, ib) = (bed.ifindex(Side::A), bed.ifindex(Side::B));
         for i in [ia, ib] {
             rec.maps.tx_ports.insert(i, i, None, 0).expect("tx port");
         }

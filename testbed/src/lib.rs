@@ -202,6 +202,126 @@ impl Drop for NetNs {
     }
 }
 
+/// Which end of a `FibBed`'s veth pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `a`: 10.0.1.1/24, where clients are.
+    A,
+    /// `b`: 10.0.11.1/24, where origins are.
+    B,
+}
+
+/// A namespace whose veth pair has both ends in it, forwarding on, and permanent neighbour
+/// entries: `bpf_fib_lookup` inside `BPF_PROG_TEST_RUN` then answers deterministically (for
+/// packet fixtures and per-packet benchmarks). Pins under `pin_dir` are removed on drop.
+pub struct FibBed {
+    pub ns: NetNs,
+    pub a: String,
+    pub b: String,
+    pub mac_a: [u8; 6],
+    pub mac_b: [u8; 6],
+    pub ifindex_a: u32,
+    pub ifindex_b: u32,
+    pub pin_dir: PathBuf,
+}
+
+impl FibBed {
+    pub fn new(prefix: &str, neighbours: &[([u8; 4], [u8; 6], Side)]) -> Self {
+        let id = unique_id(prefix);
+        let ns = NetNs::new(&id);
+        let (a, b) = (format!("{id}a"), format!("{id}b"));
+        sh(
+            "ip",
+            &[
+                "link", "add", &a, "netns", &ns.name, "type", "veth", "peer", "name", &b, "netns",
+                &ns.name,
+            ],
+        );
+        ns.ip(&["addr", "add", "10.0.1.1/24", "dev", &a]);
+        ns.ip(&["addr", "add", "10.0.11.1/24", "dev", &b]);
+        ns.ip(&["link", "set", &a, "up"]);
+        ns.ip(&["link", "set", &b, "up"]);
+        ns.sysctl("net.ipv4.conf.all.forwarding", "1");
+        for (addr, mac, side) in neighbours {
+            let m = mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            let dev = if *side == Side::A { &a } else { &b };
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &Ipv4Addr::from(*addr).to_string(),
+                "lladdr",
+                &m,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+        let link = |dev: &str| {
+            let out = ns.ip(&["-o", "link", "show", "dev", dev]);
+            let index: u32 = out
+                .split(':')
+                .next()
+                .and_then(|i| i.trim().parse().ok())
+                .expect("ifindex");
+            let mac = out
+                .split("link/ether ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .expect("mac");
+            let mac: Vec<u8> = mac
+                .split(':')
+                .map(|x| u8::from_str_radix(x, 16).expect("hex"))
+                .collect();
+            (index, <[u8; 6]>::try_from(mac).expect("6 bytes"))
+        };
+        let (ifindex_a, mac_a) = link(&a);
+        let (ifindex_b, mac_b) = link(&b);
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&id);
+        Self {
+            ns,
+            a,
+            b,
+            mac_a,
+            mac_b,
+            ifindex_a,
+            ifindex_b,
+            pin_dir,
+        }
+    }
+
+    pub fn ifindex(&self, side: Side) -> u32 {
+        match side {
+            Side::A => self.ifindex_a,
+            Side::B => self.ifindex_b,
+        }
+    }
+
+    /// The `xdp_md` context for `BPF_PROG_TEST_RUN` of a frame of `len` bytes arriving on `side`.
+    pub fn ctx(&self, side: Side, len: usize) -> Vec<u8> {
+        let len = u32::try_from(len).expect("frame length");
+        [0u32, len, 0, self.ifindex(side), 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect()
+    }
+}
+
+impl Drop for FibBed {
+    fn drop(&mut self) {
+        if let Ok(entries) = fs::read_dir(&self.pin_dir) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.pin_dir);
+    }
+}
+
 /// The client / LB / origins topology of the module docs.
 #[derive(Debug)]
 pub struct Topology {
