@@ -39,6 +39,12 @@ const MAC_C2: [u8; 6] = [2, 0, 0, 0, 1, 3];
 const MAC_C3: [u8; 6] = [2, 0, 0, 0, 1, 4];
 const MAC_O1: [u8; 6] = [2, 0, 0, 0, 11, 2];
 const O2: [u8; 4] = [10, 0, 11, 3];
+const C4: [u8; 4] = [10, 0, 1, 5];
+const C5: [u8; 4] = [10, 0, 1, 6];
+const C6: [u8; 4] = [10, 0, 1, 7];
+const MAC_C4: [u8; 6] = [2, 0, 0, 0, 1, 5];
+const MAC_C5: [u8; 6] = [2, 0, 0, 0, 1, 6];
+const MAC_C6: [u8; 6] = [2, 0, 0, 0, 1, 7];
 const MAC_O2: [u8; 6] = [2, 0, 0, 0, 11, 3];
 const MAC_LOCAL: [u8; 6] = [2, 0, 0, 0, 1, 9];
 const SNAT_MIN: u16 = 61000;
@@ -223,6 +229,9 @@ fn packet_fixtures() {
             (C1, MAC_C1, Side::A),
             (C2, MAC_C2, Side::A),
             (C3, MAC_C3, Side::A),
+            (C4, MAC_C4, Side::A),
+            (C5, MAC_C5, Side::A),
+            (C6, MAC_C6, Side::A),
             (LOCAL_ORIGIN, MAC_LOCAL, Side::A),
             (O1, MAC_O1, Side::B),
             (O2, MAC_O2, Side::B),
@@ -594,6 +603,49 @@ fn packet_fixtures() {
             _pad: [0; 3],
         };
         assert!(rec.maps.rev_flows.get(&released, 0).is_err(), "client 2's old SNAT port on o1 was released");
+
+        // Phase three: a long grace period for closed flows; o2's two SNAT ports fill up.
+        let text3 = text2.replace("snat_port_reuse_after_close = 0", "snat_port_reuse_after_close = 3600");
+        assert_ne!(text3, text2, "phase-three edit applied");
+        let cfg3 = Config::parse(&text3, Path::new("fixture3.toml")).expect("phase-three config");
+        rec.apply(&cfg3, &lb_agent::health::HealthTable::default()).expect("apply phase three");
+        let prog = dp.program().expect("program");
+        let p_c4 = other_port(p_c2);
+        let phase3 = vec![
+            Case {
+                desc: "client 4 takes o2's free SNAT port",
+                ingress: "a",
+                input: tcp(MAC_C4, lb_mac, C4, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                verdict: XDP_REDIRECT,
+                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Syn, &[])),
+                event: event::FWD_REDIRECT,
+            },
+            Case {
+                desc: "client 4 closes (FIN): its port is closing, within the grace period",
+                ingress: "a",
+                input: tcp(MAC_C4, lb_mac, C4, VIP, 64, 40000, 80, Flags::Fin, &[]),
+                verdict: XDP_REDIRECT,
+                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Fin, &[])),
+                event: event::FLOW_HIT,
+            },
+            Case {
+                desc: "client 5 with every port held: takes the closed flow's port early, not the open one",
+                ingress: "a",
+                input: tcp(MAC_C5, lb_mac, C5, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                verdict: XDP_REDIRECT,
+                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Syn, &[])),
+                event: event::SNAT_REUSED_EARLY,
+            },
+            Case {
+                desc: "client 6 with both ports held by open flows: dropped, open flows are never taken",
+                ingress: "a",
+                input: tcp(MAC_C6, lb_mac, C6, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                verdict: XDP_DROP,
+                output: None,
+                event: event::DROP_SNAT_EXHAUSTED,
+            },
+        ];
+        run_cases(prog, phase3, &by_side, &mut expected_events);
 
         // Counters: every case counted exactly where the table says.
         let after = rec.maps.event_totals().expect("events");

@@ -271,7 +271,11 @@ pub mod event {
     /// origin that has since left the ring) is replaced by a new one. SYNs are always hashed;
     /// only established flows stay pinned.
     pub const SYN_REHASHED: u32 = 21;
-    pub const COUNT: u32 = 22;
+    /// Every probed SNAT port was held, none past its grace period: the port of the oldest
+    /// closed flow among them was taken (Linux origins accept a SYN on a TIME_WAIT tuple when
+    /// its timestamp is newer, RFC 6191). Open flows are never taken.
+    pub const SNAT_REUSED_EARLY: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Names in index order, for `lb-agent stats` and tests.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -297,6 +301,7 @@ pub mod event {
         "drop_fwd_disabled",
         "snat_recycled",
         "syn_rehashed",
+        "snat_reused_early",
     ];
 }
 

@@ -61,6 +61,12 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Drops every frame: a sink for packet-rate benchmarks (the origin side must not answer).
+#[xdp]
+pub fn xdp_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// Bounces every frame unchanged: the floor the benchmarks compare `lb_xdp` against.
 #[xdp]
 pub fn xdp_tx_floor(_ctx: XdpContext) -> u32 {
@@ -219,8 +225,8 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     // SAFETY: bounds-checked above.
     let ttl = unsafe { (*ip).ttl };
     // SAFETY: VIPS is written only by the agent; we copy the value out at once.
+    // Read in place (not copied): the hot path's frame shares the 512-byte stack budget.
     if let Some(vip) = unsafe { VIPS.get(vip_key) } {
-        let vip = *vip;
         // Refused before a flow is created: forwarding would send it out with TTL 0.
         if ttl <= 1 {
             return Err(drop(event::DROP_TTL));
@@ -238,7 +244,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         let existing = FLOWS.get_ptr(key);
         let keep = match existing {
             // SAFETY: map value pointer, read once.
-            Some(f) if syn_only => ring_origin(&key, &vip) == Some(unsafe { (*f).origin_id }),
+            Some(f) if syn_only => ring_origin(&key, vip) == Some(unsafe { (*f).origin_id }),
             Some(_) => true,
             None => false,
         };
@@ -251,7 +257,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
                 if existing.is_some() {
                     count(event::SYN_REHASHED);
                 }
-                new_flow(&key, &vip, settings, existing.unwrap_or(core::ptr::null()))?;
+                new_flow(&key, vip, settings, existing.unwrap_or(core::ptr::null()))?;
                 match SCRATCH.get_ptr(0) {
                     // SAFETY: offset computation inside the scratch entry, no read.
                     Some(sc) => (unsafe { &raw const (*sc).flow }, true),
@@ -393,6 +399,9 @@ fn new_flow(
     let range = u32::from(settings.snat_port_max - settings.snat_port_min) + 1;
     let first = flow_hash(key, SEED_SNAT);
     let mut found = false;
+    // Under pressure, the oldest closed flow among the probed ports is the next best choice.
+    let mut best_port: u16 = 0;
+    let mut best_score: u32 = 0;
     let mut i = 0;
     while i < SNAT_PROBES {
         #[expect(clippy::cast_possible_truncation, reason = "below range <= 65536")]
@@ -405,12 +414,24 @@ fn new_flow(
             found = true;
             break;
         }
-        if recycle(sc, settings) {
+        let r = recycle(sc, settings, false);
+        if r == TAKEN {
             count(event::SNAT_RECYCLED);
             found = true;
             break;
         }
+        if r > best_score {
+            best_score = r;
+            best_port = sc.rkey.dport;
+        }
         i += 1;
+    }
+    if !found && best_score > 0 {
+        sc.rkey.dport = best_port;
+        if recycle(sc, settings, true) == TAKEN {
+            count(event::SNAT_REUSED_EARLY);
+            found = true;
+        }
     }
     if !found {
         return Err(drop(event::DROP_SNAT_EXHAUSTED));
@@ -438,18 +459,33 @@ fn ring_origin(key: &FlowKey, vip: &VipMeta) -> Option<u32> {
     RINGS.get(slot).copied().filter(|id| *id != NO_ORIGIN)
 }
 
-/// Takes over the SNAT port of `sc.rkey` if its flow is closed and idle past the grace
-/// period, or abandoned; the old client flow is forgotten so it cannot use the port any more.
+/// `recycle` took the port over.
+const TAKEN: u32 = u32::MAX;
+
+/// Takes over the SNAT port of `sc.rkey` when its flow is closed and idle past the grace
+/// period (`force`: closed at all), or abandoned; the old client flow is forgotten so it
+/// cannot use the port any more. Returns TAKEN, or for a closed flow not yet reusable a
+/// score (1 + idle seconds: the older the better), or 0 for an open flow (never taken).
 #[inline(never)]
-fn recycle(sc: &mut Scratch, settings: &Settings) -> bool {
+fn recycle(sc: &mut Scratch, settings: &Settings, force: bool) -> u32 {
     // SAFETY: map value pointer, read field by field.
     let Some(old) = (unsafe { REV_FLOWS.get(&sc.rkey) }) else {
-        return false;
+        // Freed since the insert failed: take it the normal way.
+        let ok = REV_FLOWS
+            .insert(&sc.rkey, &sc.rev, u64::from(BPF_NOEXIST))
+            .is_ok();
+        return if ok { TAKEN } else { 0 };
     };
     let idle = sc.rev.last_seen.wrapping_sub(old.last_seen);
-    let closed = old.flags & REV_F_CLOSING != 0 && idle >= settings.reuse_closed_secs;
-    if !closed && idle < settings.reuse_idle_secs {
-        return false;
+    let closing = old.flags & REV_F_CLOSING != 0;
+    let reusable = (closing && (force || idle >= settings.reuse_closed_secs))
+        || idle >= settings.reuse_idle_secs;
+    if !reusable {
+        return if closing {
+            idle.saturating_add(1).min(TAKEN - 1)
+        } else {
+            0
+        };
     }
     sc.old_flow = FlowKey {
         src: old.client_addr,
@@ -460,9 +496,14 @@ fn recycle(sc: &mut Scratch, settings: &Settings) -> bool {
         _pad: [0; 3],
     };
     let _ = FLOWS.remove(&sc.old_flow);
-    REV_FLOWS
+    if REV_FLOWS
         .insert(&sc.rkey, &sc.rev, u64::from(BPF_ANY))
         .is_ok()
+    {
+        TAKEN
+    } else {
+        0
+    }
 }
 
 /// Rewrites source and destination (address and port), decrements the TTL (the caller has

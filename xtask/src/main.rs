@@ -29,6 +29,13 @@ enum Cmd {
     /// Run every test: formatting, clippy, unit tests, packet fixtures and end-to-end tests
     /// in network namespaces (needs root).
     Test,
+    /// Run the benchmarks (per-packet cost, packet rate, end to end against direct and
+    /// HAProxy, control plane, failover) and write target/bench/report.{md,json} and charts.
+    Bench {
+        /// Shorter runs (for a quick look; figures are noisier).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build everything, create a demo topology in namespaces, run the agent, drive client
     /// traffic through the VIP, print the per-origin split from the BPF counters, clean up.
     Demo {
@@ -84,6 +91,8 @@ fn cargo(toolchain: Option<&str>) -> Command {
     c
 }
 
+const BENCH_PACKAGES: [&str; 3] = ["wrk", "iperf3", "haproxy"];
+
 const DEB_PACKAGES: [(&str, &str); 6] = [
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
@@ -94,10 +103,15 @@ const DEB_PACKAGES: [(&str, &str); 6] = [
 ];
 
 fn setup() -> Result<()> {
+    setup_with(&[])
+}
+
+fn setup_with(extra: &[&str]) -> Result<()> {
     let missing: Vec<&str> = DEB_PACKAGES
         .iter()
-        .filter(|(_, pkg)| !ok("dpkg", &["-s", pkg]))
         .map(|(_, pkg)| *pkg)
+        .chain(extra.iter().copied())
+        .filter(|pkg| !ok("dpkg", &["-s", pkg]))
         .collect();
     if !missing.is_empty() {
         println!("xtask: installing Debian packages: {}", missing.join(" "));
@@ -338,11 +352,80 @@ fn demo(connections: usize) -> Result<()> {
     Ok(())
 }
 
+fn bench(quick: bool) -> Result<()> {
+    let started = Instant::now();
+    setup_with(&BENCH_PACKAGES)?;
+    let obj = build_ebpf()?;
+    let r = root();
+    run(cargo(None).current_dir(&r).args([
+        "build",
+        "--release",
+        "-p",
+        "lb-agent",
+        "-p",
+        "lb-bench",
+    ]))?;
+    let out = r.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    println!("xtask: Maglev build times (criterion)");
+    let mut crit = cargo(None);
+    crit.current_dir(&r)
+        .args(["bench", "-p", "lb-agent", "--bench", "maglev", "--"]);
+    if quick {
+        crit.args(["--warm-up-time", "0.5", "--measurement-time", "1"]);
+    }
+    run(&mut crit)?;
+    println!("xtask: detection-to-drain (the health tests' 20-kill measurements)");
+    let failover = Command::new("cargo")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .current_dir(&r)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "lb-agent",
+            "--test",
+            "health",
+            "killed_origin",
+            "--",
+            "--nocapture",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&failover.stdout).into_owned();
+    anyhow::ensure!(
+        failover.status.success(),
+        "failover measurement failed:\n{text}\n{}",
+        String::from_utf8_lossy(&failover.stderr)
+    );
+    std::fs::write(out.join("failover.txt"), &text)?;
+    let mut b = Command::new(r.join("target/release/lb-bench"));
+    b.arg("--out")
+        .arg(&out)
+        .arg("--object")
+        .arg(&obj)
+        .arg("--agent")
+        .arg(r.join("target/release/lb-agent"));
+    b.arg("--criterion")
+        .arg(r.join("target/criterion"))
+        .arg("--failover")
+        .arg(out.join("failover.txt"));
+    if quick {
+        b.arg("--quick");
+    }
+    run(&mut b)?;
+    println!(
+        "xtask: bench done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf().map(|_| ()),
         Cmd::Test => test(),
+        Cmd::Bench { quick } => bench(quick),
         Cmd::Demo { connections } => demo(connections),
     }
 }

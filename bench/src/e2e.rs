@@ -1,0 +1,205 @@
+//! End to end, one topology, same run: client -> origin directly (through the LB namespace's
+//! kernel forwarding, no XDP), client -> our VIP (XDP full NAT), client -> HAProxy in TCP mode
+//! on the LB namespace. Real tools: wrk (keep-alive requests/s; `Connection: close`, i.e. new
+//! connections/s) and iperf3 (one stream, Gbit/s). One origin, so the three paths differ only
+//! in the load balancer.
+
+use std::{
+    net::{SocketAddrV4, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use lb_testbed::{origin_addr, Agent, NetNs, TempFile, Topology, VIP};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub test: String,
+    pub unit: String,
+    pub direct: f64,
+    pub lb: f64,
+    pub haproxy: f64,
+    pub lb_vs_direct: f64,
+    pub lb_vs_haproxy: f64,
+}
+
+/// A process in a namespace, killed on drop.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(ns: &NetNs, cmd: &str, args: &[&str]) -> Result<Self> {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg("--")
+            .arg(cmd)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {cmd} (cargo xtask bench installs it)"))?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(ns: &NetNs, addr: SocketAddrV4) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    ns.run(|| loop {
+        if TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr} after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    })
+}
+
+fn wrk(ns: &NetNs, url: &str, secs: u32, close: bool) -> Result<f64> {
+    let d = format!("{secs}s");
+    let mut args = vec!["-t2", "-c32", "-d", &d];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(url);
+    let out = ns.exec("wrk", &args);
+    out.lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output: {out}"))
+}
+
+fn iperf(ns: &NetNs, host: &str, port: u16, secs: u32) -> Result<f64> {
+    let out = ns.exec(
+        "iperf3",
+        &[
+            "-c",
+            host,
+            "-p",
+            &port.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    v.pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .map(|b| b / 1e9)
+        .context("iperf3: no end.sum_received.bits_per_second")
+}
+
+fn measure(
+    topo: &Topology,
+    host: &str,
+    http_port: u16,
+    iperf_port: u16,
+    secs: u32,
+) -> Result<[f64; 3]> {
+    let url = format!("http://{host}:{http_port}/");
+    Ok([
+        wrk(&topo.client, &url, secs, false)?,
+        wrk(&topo.client, &url, secs, true)?,
+        iperf(&topo.client, host, iperf_port, secs)?,
+    ])
+}
+
+const ORIGIN_HTTP: &str = "global\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\nfrontend f\n  bind 0.0.0.0:8080\n  http-request return status 200 content-type text/plain string ok\n";
+
+fn haproxy_lb(origin: std::net::Ipv4Addr) -> String {
+    format!(
+        "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend web\n  bind {VIP}:80\n  default_backend web\nbackend web\n  server o1 {origin}:8080\n\
+         frontend iperf\n  bind {VIP}:5201\n  default_backend iperf\nbackend iperf\n  server o1 {origin}:5201\n"
+    )
+}
+
+/// Returns the rows and the agent's resident memory (MiB) while it served.
+pub fn run(agent_bin: &Path, secs: u32) -> Result<(Vec<Row>, f64)> {
+    let topo = Topology::build(1);
+    let o = origin_addr(1);
+    let origin_cfg = TempFile::new("origin-haproxy.cfg", ORIGIN_HTTP);
+    let _http = Proc::spawn(
+        &topo.origins[0],
+        "haproxy",
+        &["-f", origin_cfg.path.to_str().context("path")?, "-db"],
+    )?;
+    let _iperf = Proc::spawn(&topo.origins[0], "iperf3", &["-s", "-p", "5201"])?;
+    wait_port(&topo.lb, SocketAddrV4::new(o, 8080))?;
+    wait_port(&topo.lb, SocketAddrV4::new(o, 5201))?;
+
+    let direct = measure(&topo, &o.to_string(), 8080, 5201, secs)?;
+
+    let mut cfg = topo.base_config("");
+    cfg.push_str(&format!(
+        "[[pools]]\nname = \"web\"\norigins = [{{ name = \"o1\", address = \"{o}\", port = 8080 }}]\n\n\
+         [[pools]]\nname = \"iperf\"\norigins = [{{ name = \"o1\", address = \"{o}\", port = 5201 }}]\n\n\
+         [[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = 80\ndefault_pools = [\"web\"]\n\n\
+         [[load_balancers]]\nname = \"iperf\"\naddress = \"{VIP}\"\nport = 5201\ndefault_pools = [\"iperf\"]\n"
+    ));
+    let cfg = TempFile::new("bench-lb.toml", &cfg);
+    let mut agent = Agent::start(agent_bin, &topo.lb, &cfg.path, &[]);
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0);
+    let ours = measure(&topo, &VIP.to_string(), 80, 5201, secs)?;
+    agent.stop();
+    drop(agent);
+    let status = Command::new(agent_bin)
+        .arg("teardown")
+        .arg("--pin-dir")
+        .arg(&topo.pin_dir)
+        .output()?;
+    anyhow::ensure!(
+        status.status.success(),
+        "teardown failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    topo.lb
+        .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    let lb_cfg = TempFile::new("lb-haproxy.cfg", &haproxy_lb(o));
+    let _haproxy = Proc::spawn(
+        &topo.lb,
+        "haproxy",
+        &["-f", lb_cfg.path.to_str().context("path")?, "-db"],
+    )?;
+    wait_port(&topo.client, SocketAddrV4::new(VIP, 80))?;
+    let hap = measure(&topo, &VIP.to_string(), 80, 5201, secs)?;
+
+    let names = [
+        ("HTTP keep-alive (wrk)", "requests/s"),
+        ("new connections (wrk, Connection: close)", "connections/s"),
+        ("bulk TCP, one stream (iperf3)", "Gbit/s"),
+    ];
+    let rows = names
+        .iter()
+        .enumerate()
+        .map(|(i, (test, unit))| Row {
+            test: (*test).into(),
+            unit: (*unit).into(),
+            direct: direct[i],
+            lb: ours[i],
+            haproxy: hap[i],
+            lb_vs_direct: ours[i] / direct[i],
+            lb_vs_haproxy: ours[i] / hap[i],
+        })
+        .collect();
+    Ok((rows, rss))
+}

@@ -1,0 +1,330 @@
+//! The report: `report.json`, `report.md` and SVG bar charts under the output directory.
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use anyhow::Result;
+
+use crate::Report;
+
+pub fn today() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Mean estimates (µs) of a criterion group, keyed by benchmark id.
+pub fn criterion_means(dir: &Path, group: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir.join(group)) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let f = e.path().join("new/estimates.json");
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if let Some(ns) = v
+            .pointer("/mean/point_estimate")
+            .and_then(serde_json::Value::as_f64)
+        {
+            out.insert(e.file_name().to_string_lossy().into_owned(), ns / 1e3);
+        }
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A horizontal grouped bar chart.
+fn bars(title: &str, unit: &str, labels: &[String], series: &[(&str, &str, Vec<f64>)]) -> String {
+    let row_h = 18.0;
+    let group_h = row_h * series.len() as f64 + 14.0;
+    let (left, width) = (300.0, 420.0);
+    let height = 60.0 + group_h * labels.len() as f64 + 20.0 * series.len() as f64;
+    let max = series
+        .iter()
+        .flat_map(|(_, _, v)| v.iter().copied())
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
+        left + width + 120.0,
+        esc(title)
+    );
+    for (gi, label) in labels.iter().enumerate() {
+        let y0 = 40.0 + gi as f64 * group_h;
+        let _ = writeln!(
+            s,
+            "<text x=\"10\" y=\"{}\">{}</text>",
+            y0 + row_h,
+            esc(label)
+        );
+        for (si, (_, color, vals)) in series.iter().enumerate() {
+            let v = vals.get(gi).copied().unwrap_or(0.0);
+            let y = y0 + si as f64 * row_h;
+            let w = (v / max * width).max(1.0);
+            let _ = writeln!(
+                s,
+                "<rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\">{} {}</text>",
+                row_h - 3.0,
+                left + w + 4.0,
+                y + row_h - 6.0,
+                fmt(v),
+                esc(unit)
+            );
+        }
+    }
+    let ly = 40.0 + group_h * labels.len() as f64 + 10.0;
+    for (si, (name, color, _)) in series.iter().enumerate() {
+        let y = ly + si as f64 * 20.0;
+        let _ = writeln!(s, "<rect x=\"10\" y=\"{y}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"28\" y=\"{}\">{}</text>", y + 11.0, esc(name));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+pub fn write(out: &Path, r: &mut Report) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Benchmark report\n\n{} on {} ({} cores, {}), kernel {}.\n",
+        r.date,
+        r.machine.get("cpu").map_or("?", |s| s.as_str()),
+        r.machine.get("cores").map_or("?", |s| s.as_str()),
+        r.machine.get("memory").map_or("?", |s| s.as_str()),
+        r.machine.get("kernel").map_or("?", |s| s.as_str())
+    );
+
+    // Per packet.
+    let _ = writeln!(
+        md,
+        "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n{}\n",
+        r.per_packet_method
+    );
+    let _ = writeln!(md, "| case | median ns | XDP_TX floor ns | × floor | net ns | verdict |\n|---|---:|---:|---:|---:|---:|");
+    for c in &r.per_packet {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {} |",
+            c.case, c.median_ns, c.floor_ns, c.ratio_to_floor, c.net_ns, c.verdict
+        );
+    }
+    let ratio = |prefix: &str| {
+        r.per_packet
+            .iter()
+            .find(|c| c.case.starts_with(prefix))
+            .map_or(f64::NAN, |c| c.ratio_to_floor)
+    };
+    let (est, new) = (ratio("established"), ratio("new flow"));
+    let _ = writeln!(
+        md,
+        "\nTargets: established ≤ 2× floor: {:.2}× ({}); new flow ≤ 3× floor: {:.2}× ({}).\n",
+        est,
+        verdict(est <= 2.0),
+        new,
+        verdict(new <= 3.0)
+    );
+    let labels: Vec<String> = r.per_packet.iter().map(|c| c.case.clone()).collect();
+    std::fs::write(
+        out.join("per_packet.svg"),
+        bars(
+            "Per-packet cost (median ns, BPF_PROG_TEST_RUN)",
+            "ns",
+            &labels,
+            &[
+                (
+                    "lb_xdp",
+                    "#2b6cb0",
+                    r.per_packet.iter().map(|c| c.median_ns).collect(),
+                ),
+                (
+                    "bare XDP_TX floor",
+                    "#a0aec0",
+                    r.per_packet.iter().map(|c| c.floor_ns).collect(),
+                ),
+            ],
+        ),
+    )?;
+    let _ = writeln!(md, "![per-packet](per_packet.svg)\n");
+
+    // Packet rate.
+    let _ = writeln!(md, "## Packet rate (AF_PACKET generator into the LB's veth)\n\nOne sender thread (sendmmsg, qdisc bypass) offers frames of an established flow; `lb_xdp` forwards them by redirect to the origin's veth (which drops them). The floor is the same generator against a bare XDP_TX program. Counts come from the data path's `fwd_redirect` counter and the kernel's BPF run statistics, which also give the programs' mean run time under this live traffic.\n\n| case | offered Mpps | forwarded Mpps | XDP_TX floor Mpps | ratio | target ≥ 0.80 | lb_xdp live ns/pkt | floor live ns/pkt |\n|---|---:|---:|---:|---:|---:|---:|---:|");
+    for p in &r.packet_rate {
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {:.0} | {:.0} |",
+            p.case,
+            p.sent_mpps,
+            p.out_mpps,
+            p.floor_mpps,
+            p.ratio_to_floor,
+            verdict(p.ratio_to_floor >= 0.8),
+            p.live_ns_per_packet,
+            p.floor_live_ns_per_packet
+        );
+    }
+
+    // End to end.
+    let _ = writeln!(md, "\n## End to end (one origin; client, LB and origin namespaces on this machine)\n\n| test | direct | through lb | through HAProxy | lb / direct | lb / HAProxy |\n|---|---:|---:|---:|---:|---:|");
+    for e in &r.e2e {
+        let _ = writeln!(
+            md,
+            "| {} ({}) | {} | {} | {} | {:.2} | {:.2} |",
+            e.test,
+            e.unit,
+            fmt(e.direct),
+            fmt(e.lb),
+            fmt(e.haproxy),
+            e.lb_vs_direct,
+            e.lb_vs_haproxy
+        );
+    }
+    let row = |p: &str| r.e2e.iter().find(|e| e.test.starts_with(p));
+    if let (Some(c), Some(g)) = (row("new connections"), row("bulk")) {
+        let _ = writeln!(
+            md,
+            "\nTargets: new connections/s ≥ 0.95× direct: {:.2} ({}); Gbit/s ≥ 0.95× direct: {:.2} ({}); new connections/s ≥ 3× HAProxy: {:.2} ({}).",
+            c.lb_vs_direct,
+            verdict(c.lb_vs_direct >= 0.95),
+            g.lb_vs_direct,
+            verdict(g.lb_vs_direct >= 0.95),
+            c.lb_vs_haproxy,
+            verdict(c.lb_vs_haproxy >= 3.0)
+        );
+    }
+    let labels: Vec<String> = r
+        .e2e
+        .iter()
+        .map(|e| format!("{} ({})", e.test, e.unit))
+        .collect();
+    let pct = |f: fn(&crate::e2e::Row) -> f64| {
+        r.e2e
+            .iter()
+            .map(|e| f(e) / e.direct * 100.0)
+            .collect::<Vec<f64>>()
+    };
+    std::fs::write(
+        out.join("e2e.svg"),
+        bars(
+            "End to end, % of direct",
+            "%",
+            &labels,
+            &[
+                ("direct", "#a0aec0", pct(|e| e.direct)),
+                ("lb (XDP)", "#2b6cb0", pct(|e| e.lb)),
+                ("HAProxy (TCP mode)", "#dd6b20", pct(|e| e.haproxy)),
+            ],
+        ),
+    )?;
+    let _ = writeln!(md, "\n![end to end](e2e.svg)\n");
+
+    // Control plane.
+    let _ = writeln!(md, "## Control plane\n\n| figure | value |\n|---|---:|");
+    for (k, v) in &r.maglev_build_us {
+        let _ = writeln!(
+            md,
+            "| Maglev build, {k} origins, M = 65537 (criterion mean) | {} µs |",
+            fmt(*v)
+        );
+    }
+    for (k, v) in &r.control {
+        let _ = writeln!(md, "| {} | {} |", k.replace('_', " "), fmt(*v));
+    }
+    if let Some(v) = r.maglev_build_us.get("1000") {
+        let _ = writeln!(
+            md,
+            "\nTargets: Maglev build for 1000 origins ≤ 2 ms: {} µs ({}).",
+            fmt(*v),
+            verdict(*v <= 2000.0)
+        );
+    }
+    if let Some(v) = r.control.get("health_change_to_maps_written_median_ms") {
+        let slots = r
+            .control
+            .get("health_change_slots_written_median")
+            .copied()
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            md,
+            "Health change → maps written ≤ 1 ms: {} ms ({}), {} ring slots written per change.",
+            fmt(*v),
+            verdict(*v <= 1.0),
+            fmt(slots)
+        );
+        if *v > 1.0 {
+            r.notes.push(format!(
+                "Health change → maps written ({} ms) is bounded by one bpf(BPF_MAP_UPDATE_ELEM) syscall per changed ring slot (~{} slots, about {:.1} µs each). Proposed fix: make RINGS a BPF_F_MMAPABLE array and write changed slots through an mmap of it (plain stores, no syscalls), or switch VIPs between two ring buffers with one write.",
+                fmt(*v),
+                fmt(slots),
+                v * 1000.0 / slots.max(1.0)
+            ));
+        }
+    }
+    if !r.maglev_build_us.is_empty() {
+        let labels: Vec<String> = r
+            .maglev_build_us
+            .keys()
+            .map(|k| format!("{k} origins"))
+            .collect();
+        std::fs::write(
+            out.join("maglev.svg"),
+            bars(
+                "Maglev table build, M = 65537 (µs)",
+                "µs",
+                &labels,
+                &[(
+                    "build",
+                    "#2f855a",
+                    r.maglev_build_us.values().copied().collect(),
+                )],
+            ),
+        )?;
+        let _ = writeln!(md, "\n![maglev](maglev.svg)\n");
+    }
+
+    // Failover.
+    let _ = writeln!(
+        md,
+        "## Failover (origin killed → drained from the ring; from the health tests)\n"
+    );
+    for l in &r.failover {
+        let _ = writeln!(md, "- {l}");
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(md, "\n## What bounds the missed targets\n");
+        for n in &r.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(r)?)?;
+    println!("{md}");
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
+}
