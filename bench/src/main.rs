@@ -340,6 +340,8 @@ fn control_plane(object: &std::path::Path, report: &mut Report) -> Result<()> {
         );
         let mut lat = Vec::new();
         let mut slots = Vec::new();
+        let mut compute = Vec::new();
+        let mut writes = Vec::new();
         for (i, t) in targets.keys().cycle().take(20).enumerate() {
             health.record(t, if i % 2 == 0 { &down } else { &ok });
             let t0 = Instant::now();
@@ -347,6 +349,10 @@ fn control_plane(object: &std::path::Path, report: &mut Report) -> Result<()> {
             #[expect(clippy::cast_possible_truncation, reason = "microseconds")]
             lat.push(t0.elapsed().as_micros() as u64);
             slots.push(r.slots_written as u64);
+            #[expect(clippy::cast_possible_truncation, reason = "microseconds")]
+            compute.push(r.compute.as_micros() as u64);
+            #[expect(clippy::cast_possible_truncation, reason = "microseconds")]
+            writes.push(r.ring_writes.as_micros() as u64);
             health.record(t, &ok);
             rec.apply(&cfg, &health)?;
         }
@@ -357,6 +363,14 @@ fn control_plane(object: &std::path::Path, report: &mut Report) -> Result<()> {
         out.insert(
             "health_change_slots_written_median".into(),
             median(&mut slots),
+        );
+        out.insert(
+            "health_change_ring_compute_median_ms".into(),
+            median(&mut compute) / 1e3,
+        );
+        out.insert(
+            "health_change_ring_writes_median_ms".into(),
+            median(&mut writes) / 1e3,
         );
         drop(rec);
         drop(dp);

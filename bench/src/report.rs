@@ -278,11 +278,22 @@ pub fn write(out: &Path, r: &mut Report) -> Result<()> {
             fmt(slots)
         );
         if *v > 1.0 {
+            let compute = r
+                .control
+                .get("health_change_ring_compute_median_ms")
+                .copied()
+                .unwrap_or(f64::NAN);
+            let writes = r
+                .control
+                .get("health_change_ring_writes_median_ms")
+                .copied()
+                .unwrap_or(f64::NAN);
             r.notes.push(format!(
-                "Health change → maps written ({} ms) is bounded by one bpf(BPF_MAP_UPDATE_ELEM) syscall per changed ring slot (~{} slots, about {:.1} µs each). Proposed fix: make RINGS a BPF_F_MMAPABLE array and write changed slots through an mmap of it (plain stores, no syscalls), or switch VIPs between two ring buffers with one write.",
+                "Health change → maps written ({} ms): {} ms computing the new ring (a full Maglev build, 65537 slots) and {} ms writing {} changed slots through the mmapped RINGS array. Proposed fix: rebuild incrementally (keep each backend's permutation position and refill only the slots the changed origin held) or precompute the rings for \"each origin down\" ahead of time.",
                 fmt(*v),
-                fmt(slots),
-                v * 1000.0 / slots.max(1.0)
+                fmt(compute),
+                fmt(writes),
+                fmt(slots)
             ));
         }
     }

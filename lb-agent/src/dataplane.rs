@@ -184,10 +184,16 @@ pub fn check_pins(dir: &Path, flow_table_size: u32) -> Result<()> {
             "Run `lb-agent teardown --pin-dir {}` to remove the old data path (established flows are dropped), or use another pin_dir",
             dir.display()
         );
+        let flags = if name == names::RINGS {
+            lb_common::RINGS_MAP_FLAGS
+        } else {
+            info.map_flags()
+        };
         for (what, pinned, expected) in [
             ("key size", info.key_size(), k),
             ("value size", info.value_size(), v),
             ("max entries", info.max_entries(), n),
+            ("map flags", info.map_flags(), flags),
         ] {
             if pinned != expected {
                 let fix = if what == "max entries"
@@ -210,8 +216,82 @@ pub fn check_pins(dir: &Path, flow_table_size: u32) -> Result<()> {
     Ok(())
 }
 
+/// `RINGS` mapped into this process: slots are read and written with plain (atomic) 32-bit
+/// loads and stores on memory the kernel shares with the data path. The kernel lays array
+/// elements out `round_up(value_size, 8)` bytes apart (kernel/bpf/arraymap.c), so a u32 slot
+/// is the first half of an 8-byte element.
+pub struct RingMemory {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU32>,
+    len: usize,
+}
+
+/// Bytes between two elements of a BPF array of u32.
+const ELEM: usize = 8;
+
+/// Length of the mapping of `entries` elements, whole pages.
+fn mapped_bytes(entries: usize) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    (entries * ELEM).div_ceil(page) * page
+}
+
+// SAFETY: the mapping is plain shared memory accessed through atomics.
+unsafe impl Send for RingMemory {}
+
+impl RingMemory {
+    /// Maps the whole array behind `fd` (a BPF_F_MMAPABLE array of u32).
+    fn map(fd: std::os::fd::BorrowedFd<'_>, entries: usize) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let bytes = mapped_bytes(entries);
+        // SAFETY: a fresh shared mapping of a map fd; checked for MAP_FAILED below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: std::ptr::NonNull::new(p.cast())
+                .ok_or_else(|| std::io::Error::other("mmap returned null"))?,
+            len: entries,
+        })
+    }
+
+    fn slot(&self, i: u32) -> &std::sync::atomic::AtomicU32 {
+        assert!((i as usize) < self.len, "ring slot {i} out of range");
+        // SAFETY: in bounds (checked), 8-byte aligned, and valid while self lives.
+        unsafe { &*self.ptr.as_ptr().add(i as usize * (ELEM / 4)) }
+    }
+
+    pub fn get(&self, i: u32) -> u32 {
+        self.slot(i).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set(&self, i: u32, v: u32) {
+        self.slot(i).store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what map() mapped.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), mapped_bytes(self.len));
+        }
+    }
+}
+
 /// Typed handles on every map. Obtained from a loaded program or from the pins alone.
 pub struct Maps {
+    /// `RINGS` through mmap, when the kernel allows it (else the syscall handle below).
+    pub rings_mem: Option<RingMemory>,
     pub settings: Array<MapData, Settings>,
     pub vips: HashMap<MapData, VipKey, VipMeta>,
     pub rings: Array<MapData, u32>,
@@ -232,10 +312,23 @@ impl Maps {
                 take(name)?.try_into().map_err(map_err(name))?
             }};
         }
+        let rings_map = take(names::RINGS)?;
+        let rings_mem = match &rings_map {
+            Map::Array(data) => RingMemory::map(
+                std::os::fd::AsFd::as_fd(data.fd()),
+                (MAX_RINGS * MAGLEV_M) as usize,
+            )
+            .map_err(|e| {
+                tracing::warn!("RINGS is not mmapable ({e}); ring slots are written by syscall")
+            })
+            .ok(),
+            _ => None,
+        };
         Ok(Self {
+            rings_mem,
             settings: typed!(names::SETTINGS),
             vips: typed!(names::VIPS),
-            rings: typed!(names::RINGS),
+            rings: rings_map.try_into().map_err(map_err(names::RINGS))?,
             origins: typed!(names::ORIGINS),
             flows: typed!(names::FLOWS),
             rev_flows: typed!(names::REV_FLOWS),

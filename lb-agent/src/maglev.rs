@@ -32,63 +32,70 @@ pub fn backend_key(identity: &str) -> u64 {
 /// Builds a table of `m` slots (m prime). Each slot holds an index into `backends`, or
 /// `None` when no backend has a positive weight.
 pub fn build(backends: &[Backend], m: u32) -> Vec<Option<u32>> {
-    let m64 = u64::from(m);
-    let mut table: Vec<Option<u32>> = vec![None; m as usize];
+    const EMPTY: u32 = u32::MAX;
+    let mut table: Vec<u32> = vec![EMPTY; m as usize];
     let max_w = backends
         .iter()
         .map(|b| b.weight)
         .filter(|w| *w > 0.0)
         .fold(0.0f64, f64::max);
     if max_w <= 0.0 {
-        return table;
+        return vec![None; m as usize];
     }
     struct State {
         idx: u32,
-        offset: u64,
-        skip: u64,
-        next: u64,
+        /// Next slot of this backend's permutation: (offset + k * skip) mod m, advanced by
+        /// one addition and a conditional subtraction (no division per probe).
+        pos: u32,
+        skip: u32,
         share: f64,
         credit: f64,
     }
+    let m64 = u64::from(m);
     let mut states: Vec<State> = backends
         .iter()
         .enumerate()
         .filter(|(_, b)| b.weight > 0.0)
         .map(|(i, b)| {
             let h2 = b.key.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+            #[expect(clippy::cast_possible_truncation, reason = "values are below m, a u32")]
             State {
-                #[expect(clippy::cast_possible_truncation, reason = "backends < 2^32")]
                 idx: i as u32,
-                offset: b.key % m64,
-                skip: backend_key_mix(h2) % (m64 - 1) + 1,
-                next: 0,
+                pos: (b.key % m64) as u32,
+                skip: (backend_key_mix(h2) % (m64 - 1) + 1) as u32,
                 share: b.weight / max_w,
                 credit: 0.0,
             }
         })
         .collect();
-    let mut filled: u64 = 0;
-    while filled < m64 {
+    let mut filled: u32 = 0;
+    while filled < m {
         for s in &mut states {
             s.credit += s.share;
-            while s.credit >= 1.0 && filled < m64 {
+            while s.credit >= 1.0 && filled < m {
                 s.credit -= 1.0;
                 loop {
-                    let c = ((s.offset + s.next * s.skip) % m64) as usize;
-                    s.next += 1;
-                    if table[c].is_none() {
-                        table[c] = Some(s.idx);
+                    let c = s.pos as usize;
+                    s.pos += s.skip;
+                    if s.pos >= m {
+                        s.pos -= m;
+                    }
+                    if table[c] == EMPTY {
+                        table[c] = s.idx;
                         filled += 1;
                         break;
                     }
                 }
             }
-            if filled == m64 {
+            if filled == m {
                 break;
             }
         }
     }
     table
+        .into_iter()
+        .map(|v| (v != EMPTY).then_some(v))
+        .collect()
 }
 
 fn backend_key_mix(mut h: u64) -> u64 {

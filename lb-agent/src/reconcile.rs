@@ -263,9 +263,11 @@ pub fn ring_slots(members: &[(OriginKey, f64)], ids: &HashMap<OriginKey, u32>) -
             weight: *w,
         })
         .collect();
+    // One id lookup per member, not per slot (65537 string-keyed lookups cost milliseconds).
+    let member_ids: Vec<u32> = members.iter().map(|(k, _)| ids[k]).collect();
     maglev::build(&backends, MAGLEV_M)
         .into_iter()
-        .map(|s| s.map_or(NO_ORIGIN, |i| ids[&members[i as usize].0]))
+        .map(|s| s.map_or(NO_ORIGIN, |i| member_ids[i as usize]))
         .collect()
 }
 
@@ -284,6 +286,10 @@ pub struct ApplyReport {
     pub origins_removed: usize,
     pub vips_written: usize,
     pub vips_removed: usize,
+    /// Time spent computing rings (Maglev builds) and diffing them.
+    pub compute: Duration,
+    /// Time spent writing ring slots.
+    pub ring_writes: Duration,
     pub elapsed: Duration,
 }
 
@@ -324,9 +330,12 @@ impl Reconciler {
     fn ring(&mut self, id: u32) -> Result<&mut Vec<u32>> {
         if !self.rings.contains_key(&id) {
             let base = id * MAGLEV_M;
-            let slots = (0..MAGLEV_M)
-                .map(|s| self.maps.rings.get(&(base + s), 0).map_err(werr("RINGS")))
-                .collect::<Result<Vec<u32>>>()?;
+            let slots = match &self.maps.rings_mem {
+                Some(mem) => (0..MAGLEV_M).map(|s| mem.get(base + s)).collect(),
+                None => (0..MAGLEV_M)
+                    .map(|s| self.maps.rings.get(&(base + s), 0).map_err(werr("RINGS")))
+                    .collect::<Result<Vec<u32>>>()?,
+            };
             self.rings.insert(id, slots);
         }
         Ok(self.rings.get_mut(&id).expect("inserted above"))
@@ -378,20 +387,25 @@ impl Reconciler {
         // 2. Ring slots that changed.
         for (key, members) in &want.rings {
             let id = a.rings[key];
+            let t = Instant::now();
             let slots = ring_slots(members, &a.origins);
+            r.compute += t.elapsed();
+            let t = Instant::now();
             let base = id * MAGLEV_M;
             let old = self.ring(id)?.clone();
             for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
                 if new != old {
                     #[expect(clippy::cast_possible_truncation, reason = "i < MAGLEV_M")]
-                    self.maps
-                        .rings
-                        .set(base + i as u32, *new, 0)
-                        .map_err(werr("RINGS"))?;
+                    let slot = base + i as u32;
+                    match &self.maps.rings_mem {
+                        Some(mem) => mem.set(slot, *new),
+                        None => self.maps.rings.set(slot, *new, 0).map_err(werr("RINGS"))?,
+                    }
                     r.slots_written += 1;
                 }
             }
             self.rings.insert(id, slots);
+            r.ring_writes += t.elapsed();
         }
 
         // 3. VIPs (and address markers) pointing at their rings.

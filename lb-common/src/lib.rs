@@ -23,6 +23,8 @@ pub const MAX_VIPS: u32 = 512;
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// Entries of the `TX_PORTS` device map (interfaces the agent attached to).
 pub const MAX_INTERFACES: u32 = 64;
+/// `map_flags` of `RINGS`: BPF_F_MMAPABLE, so user space can write slots through mmap.
+pub const RINGS_MAP_FLAGS: u32 = 1024;
 /// A ring slot that holds no origin: packets that land on it are dropped (`NO_ORIGIN`).
 pub const NO_ORIGIN: u32 = u32::MAX;
 /// How many SNAT ports a new flow tries before it is dropped as `SNAT_EXHAUSTED`.

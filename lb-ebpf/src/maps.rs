@@ -2,6 +2,7 @@
 //! values; the agent pins each under its pin directory by name (see `lb_common::map_names`).
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
@@ -21,8 +22,11 @@ pub static SETTINGS: Array<Settings, 1> = Array::new();
 pub static VIPS: HashMap<VipKey, VipMeta, { 2 * MAX_VIPS as usize }> = HashMap::new();
 
 /// `MAX_RINGS` Maglev rings of `MAGLEV_M` slots each; a slot holds an origin id or NO_ORIGIN.
+/// Mmapable: the agent writes changed slots with plain stores into a shared mapping instead
+/// of one bpf() syscall per slot.
 #[btf_map]
-pub static RINGS: Array<u32, { (MAX_RINGS * MAGLEV_M) as usize }> = Array::new();
+pub static RINGS: Array<u32, { (MAX_RINGS * MAGLEV_M) as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
 /// Origin id -> address and port.
 #[btf_map]
