@@ -481,6 +481,10 @@ fn main() -> Result<()> {
         machine: machine(),
         ..Report::default()
     };
+    if std::env::var_os("LB_BENCH_ONLY_E2E").is_some() {
+        println!("{:?}", e2e::run(&a.agent, 2)?);
+        return Ok(());
+    }
     if std::env::var_os("LB_BENCH_ONLY_RATE").is_some() {
         println!("{:?}", packet::rates(&a.object, 1)?);
         return Ok(());

@@ -647,6 +647,23 @@ fn packet_fixtures() {
         ];
         run_cases(prog, phase3, &by_side, &mut expected_events);
 
+        // Phase four: a reload narrows snat_ports away from the ports flows already hold;
+        // their replies must still come back (the reverse table decides, not the range).
+        let text4 = text3.replace("snat_ports = [61000, 61001]", "snat_ports = [62000, 62001]");
+        assert_ne!(text4, text3, "phase-four edit applied");
+        let cfg4 = Config::parse(&text4, Path::new("fixture4.toml")).expect("phase-four config");
+        rec.apply(&cfg4, &lb_agent::health::HealthTable::default()).expect("apply phase four");
+        let prog = dp.program().expect("program");
+        let phase4 = vec![Case {
+            desc: "after the SNAT range moved, a reply on an old port still reaches its client",
+            ingress: "b",
+            input: tcp(MAC_O2, mac_b, O2, SNAT, 64, 8080, p_c4, Flags::SynAck, &[]),
+            verdict: XDP_REDIRECT,
+            output: Some(tcp(mac_a, MAC_C5, VIP, C5, 63, 80, 40000, Flags::SynAck, &[])),
+            event: event::REPLY_NAT,
+        }];
+        run_cases(prog, phase4, &by_side, &mut expected_events);
+
         // Counters: every case counted exactly where the table says.
         let after = rec.maps.event_totals().expect("events");
         for (i, name) in event::NAMES.iter().enumerate() {

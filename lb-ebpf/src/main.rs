@@ -295,12 +295,10 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         return forward(ctx, eth, ip);
     }
 
-    // A reply from an origin to one of our SNAT ports?
-    let dport_host = u16::from_be_bytes(dport);
-    if dst == settings.snat_addr
-        && dport_host >= settings.snat_port_min
-        && dport_host <= settings.snat_port_max
-    {
+    // A reply from an origin to one of our SNAT ports? Only the reverse table decides: a flow
+    // keeps its SNAT port when a reload narrows `snat_ports`, and its replies must still
+    // come back (an earlier range check here broke them).
+    if dst == settings.snat_addr {
         if let Some(rp) = REV_FLOWS.get_ptr_mut(key) {
             if ttl <= 1 {
                 return Err(drop(event::DROP_TTL));
