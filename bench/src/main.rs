@@ -3,6 +3,11 @@
 //! end-to-end throughput against direct and HAProxy, and packet rate, then writes
 //! `report.json`, `report.md` and SVG charts. Figures that come from other tools (criterion's
 //! Maglev build times, the health tests' detection-to-drain) are passed in as files.
+//!
+//! Usage: `lb-bench --object <lb-ebpf object> --agent <lb-agent> [--out DIR] [--criterion DIR]
+//! [--failover FILE] [--quick] [--only per-packet|rate|e2e]` (`--only` runs one part and
+//! prints it without writing a report). Set `LB_BENCH_DEBUG=1` to print the data path's
+//! counters after the packet-rate and end-to-end runs.
 
 mod e2e;
 mod packet;
@@ -436,6 +441,8 @@ struct Args {
     criterion: Option<PathBuf>,
     failover: Option<PathBuf>,
     quick: bool,
+    /// Run one part and print it (no report): per-packet, rate or e2e.
+    only: Option<String>,
 }
 
 fn args() -> Result<Args> {
@@ -446,6 +453,7 @@ fn args() -> Result<Args> {
         criterion: None,
         failover: None,
         quick: false,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -457,6 +465,7 @@ fn args() -> Result<Args> {
             "--criterion" => a.criterion = Some(val()?.into()),
             "--failover" => a.failover = Some(val()?.into()),
             "--quick" => a.quick = true,
+            "--only" => a.only = Some(val()?),
             other => anyhow::bail!("unknown argument {other}; see cargo xtask bench"),
         }
     }
@@ -481,13 +490,22 @@ fn main() -> Result<()> {
         machine: machine(),
         ..Report::default()
     };
-    if std::env::var_os("LB_BENCH_ONLY_E2E").is_some() {
-        println!("{:?}", e2e::run(&a.agent, 2)?);
-        return Ok(());
-    }
-    if std::env::var_os("LB_BENCH_ONLY_RATE").is_some() {
-        println!("{:?}", packet::rates(&a.object, 1)?);
-        return Ok(());
+    match a.only.as_deref() {
+        None => {}
+        Some("per-packet") => {
+            per_packet(&a.object, &mut report)?;
+            println!("{:#?}", report.per_packet);
+            return Ok(());
+        }
+        Some("rate") => {
+            println!("{:#?}", packet::rates(&a.object, 1)?);
+            return Ok(());
+        }
+        Some("e2e") => {
+            println!("{:#?}", e2e::run(&a.agent, 2)?);
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!("--only {other}: use per-packet, rate or e2e"),
     }
     eprintln!("lb-bench: per-packet cost (BPF_PROG_TEST_RUN)");
     per_packet(&a.object, &mut report)?;
@@ -509,7 +527,12 @@ fn main() -> Result<()> {
     eprintln!("lb-bench: end to end (wrk, iperf3; direct, lb, haproxy)");
     let (rows, rss) = e2e::run(&a.agent, if a.quick { 2 } else { 4 })?;
     report.e2e = rows;
-    report.control.insert("agent_rss_mib".into(), rss);
+    report
+        .control
+        .insert("agent_rss_mib_incl_shared_rings_mapping".into(), rss.0);
+    report
+        .control
+        .insert("agent_private_memory_mib".into(), rss.1);
     report::write(&a.out, &mut report)?;
     Ok(())
 }

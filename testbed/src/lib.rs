@@ -651,7 +651,9 @@ fn self_signed_tls() -> Arc<rustls::ServerConfig> {
 
 fn serve(s: TcpStream, name: &str) {
     let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    // Long enough for connections tests hold open across minutes of kills and restarts;
+    // still bounded, so a forgotten client cannot pin a thread forever.
+    let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
     let mut w = s.try_clone().expect("clone");
     let mut r = BufReader::new(s);
     let mut line = String::new();
