@@ -21,7 +21,6 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
-use etherparse::PacketBuilder;
 use lb_agent::{
     config::Config,
     dataplane::Dataplane,
@@ -30,7 +29,7 @@ use lb_agent::{
     steering,
 };
 use lb_common::{v4_mapped, FlowKey, IPPROTO_TCP};
-use lb_testbed::{FibBed, Side};
+use lb_testbed::{FibBed, Flags, Side};
 use serde::Serialize;
 
 pub const CLIENT: [u8; 4] = [10, 0, 1, 2];
@@ -69,6 +68,7 @@ pub struct PacketCost {
     pub verdict: u32,
 }
 
+/// A TCP frame with TTL 64 and no payload: SYN, SYN-ACK or ACK.
 #[expect(clippy::too_many_arguments, reason = "a frame has this many fields")]
 fn tcp_frame(
     smac: [u8; 6],
@@ -80,17 +80,12 @@ fn tcp_frame(
     syn: bool,
     ack: bool,
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1, 64240);
-    let b = match (syn, ack) {
-        (true, true) => b.syn().ack(1),
-        (true, false) => b.syn(),
-        (false, _) => b.ack(1),
+    let flags = match (syn, ack) {
+        (true, true) => Flags::SynAck,
+        (true, false) => Flags::Syn,
+        (false, _) => Flags::Ack,
     };
-    let mut v = Vec::with_capacity(b.size(0));
-    b.write(&mut v, &[]).expect("frame");
-    v
+    lb_testbed::tcp_frame(smac, dmac, src, dst, 64, sport, dport, flags, &[])
 }
 
 fn median(v: &mut [u64]) -> f64 {

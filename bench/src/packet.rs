@@ -247,15 +247,5 @@ pub fn rates(object: &Path, secs: u32) -> Result<Vec<Rate>> {
 }
 
 fn mac(ns: &NetNs, ifname: &str) -> [u8; 6] {
-    let out = ns.ip(&["-o", "link", "show", "dev", ifname]);
-    let m = out
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or("00:00:00:00:00:00");
-    let v: Vec<u8> = m
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).unwrap_or(0))
-        .collect();
-    <[u8; 6]>::try_from(v).unwrap_or([0; 6])
+    ns.link(ifname).1
 }

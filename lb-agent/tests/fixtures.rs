@@ -19,7 +19,7 @@ use lb_agent::{
     reconcile::Reconciler,
 };
 use lb_common::{event, hash, v4_mapped, FlowKey, IPPROTO_TCP};
-use lb_testbed::{require_prerequisites, serial, FibBed, Side};
+use lb_testbed::{require_prerequisites, serial, tcp_frame, FibBed, Flags, Side};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -49,41 +49,6 @@ const MAC_O2: [u8; 6] = [2, 0, 0, 0, 11, 3];
 const MAC_LOCAL: [u8; 6] = [2, 0, 0, 0, 1, 9];
 const SNAT_MIN: u16 = 61000;
 const SNAT_MAX: u16 = 61001;
-
-#[derive(Clone, Copy)]
-enum Flags {
-    Syn,
-    SynAck,
-    Ack,
-    Fin,
-}
-
-/// A TCP/IPv4 frame built by etherparse.
-#[expect(clippy::too_many_arguments, reason = "a frame has this many fields")]
-fn tcp(
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    src: [u8; 4],
-    dst: [u8; 4],
-    ttl: u8,
-    sport: u16,
-    dport: u16,
-    flags: Flags,
-    payload: &[u8],
-) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src, dst, ttl)
-        .tcp(sport, dport, 1000, 64240);
-    let b = match flags {
-        Flags::Syn => b.syn(),
-        Flags::SynAck => b.syn().ack(1001),
-        Flags::Ack => b.ack(2000),
-        Flags::Fin => b.fin().ack(2000),
-    };
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).expect("build frame");
-    v
-}
 
 /// The SNAT port the data path tries first for a client flow (shared hash, see lb_common).
 fn first_snat_port(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> u16 {
@@ -252,15 +217,25 @@ fn packet_fixtures() {
         Case {
             desc: "SYN to VIP: DNAT to o1:8080, SNAT to 10.0.0.1, TTL-1, out of fb by redirect",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, VIP, 64, 40000, 80, Flags::Syn, &[]),
+            input: tcp_frame(MAC_C1, lb_mac, C1, VIP, 64, 40000, 80, Flags::Syn, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(mac_b, MAC_O1, SNAT, O1, 63, p1, 8080, Flags::Syn, &[])),
+            output: Some(tcp_frame(
+                mac_b,
+                MAC_O1,
+                SNAT,
+                O1,
+                63,
+                p1,
+                8080,
+                Flags::Syn,
+                &[],
+            )),
             event: event::FWD_REDIRECT,
         },
         Case {
             desc: "data on the established flow: flow-table hit, same rewrite",
             ingress: "a",
-            input: tcp(
+            input: tcp_frame(
                 MAC_C1,
                 lb_mac,
                 C1,
@@ -272,7 +247,7 @@ fn packet_fixtures() {
                 b"GET / HTTP/1.0\r\n\r\n",
             ),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(
+            output: Some(tcp_frame(
                 mac_b,
                 MAC_O1,
                 SNAT,
@@ -288,9 +263,9 @@ fn packet_fixtures() {
         Case {
             desc: "SYN-ACK from o1 to the SNAT port: reverse NAT to VIP -> client, out of fa",
             ingress: "b",
-            input: tcp(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::SynAck, &[]),
+            input: tcp_frame(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::SynAck, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(
+            output: Some(tcp_frame(
                 mac_a,
                 MAC_C1,
                 VIP,
@@ -306,17 +281,27 @@ fn packet_fixtures() {
         Case {
             desc: "second client, same source port, same origin: gets the other SNAT port",
             ingress: "a",
-            input: tcp(MAC_C2, lb_mac, C2, VIP, 64, 40000, 80, Flags::Syn, &[]),
+            input: tcp_frame(MAC_C2, lb_mac, C2, VIP, 64, 40000, 80, Flags::Syn, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(mac_b, MAC_O1, SNAT, O1, 63, p2, 8080, Flags::Syn, &[])),
+            output: Some(tcp_frame(
+                mac_b,
+                MAC_O1,
+                SNAT,
+                O1,
+                63,
+                p2,
+                8080,
+                Flags::Syn,
+                &[],
+            )),
             event: event::FWD_REDIRECT,
         },
         Case {
             desc: "reply to the second client's SNAT port reaches the second client",
             ingress: "b",
-            input: tcp(MAC_O1, mac_b, O1, SNAT, 64, 8080, p2, Flags::SynAck, &[]),
+            input: tcp_frame(MAC_O1, mac_b, O1, SNAT, 64, 8080, p2, Flags::SynAck, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(
+            output: Some(tcp_frame(
                 mac_a,
                 MAC_C2,
                 VIP,
@@ -332,7 +317,7 @@ fn packet_fixtures() {
         Case {
             desc: "third client while both SNAT ports are held by open flows: dropped",
             ingress: "a",
-            input: tcp(MAC_C3, lb_mac, C3, VIP, 64, 40000, 80, Flags::Syn, &[]),
+            input: tcp_frame(MAC_C3, lb_mac, C3, VIP, 64, 40000, 80, Flags::Syn, &[]),
             verdict: XDP_DROP,
             output: None,
             event: event::DROP_SNAT_EXHAUSTED,
@@ -340,25 +325,45 @@ fn packet_fixtures() {
         Case {
             desc: "FIN from the first client: forwarded, marks its flow closing",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, VIP, 64, 40000, 80, Flags::Fin, &[]),
+            input: tcp_frame(MAC_C1, lb_mac, C1, VIP, 64, 40000, 80, Flags::Fin, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(mac_b, MAC_O1, SNAT, O1, 63, p1, 8080, Flags::Fin, &[])),
+            output: Some(tcp_frame(
+                mac_b,
+                MAC_O1,
+                SNAT,
+                O1,
+                63,
+                p1,
+                8080,
+                Flags::Fin,
+                &[],
+            )),
             event: event::FLOW_HIT,
         },
         Case {
             desc: "third client again: takes over the closed flow's SNAT port",
             ingress: "a",
-            input: tcp(MAC_C3, lb_mac, C3, VIP, 64, 40000, 80, Flags::Syn, &[]),
+            input: tcp_frame(MAC_C3, lb_mac, C3, VIP, 64, 40000, 80, Flags::Syn, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(mac_b, MAC_O1, SNAT, O1, 63, p1, 8080, Flags::Syn, &[])),
+            output: Some(tcp_frame(
+                mac_b,
+                MAC_O1,
+                SNAT,
+                O1,
+                63,
+                p1,
+                8080,
+                Flags::Syn,
+                &[],
+            )),
             event: event::SNAT_RECYCLED,
         },
         Case {
             desc: "reply on the recycled port goes to the third client, not the first",
             ingress: "b",
-            input: tcp(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::SynAck, &[]),
+            input: tcp_frame(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::SynAck, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(
+            output: Some(tcp_frame(
                 mac_a,
                 MAC_C3,
                 VIP,
@@ -374,9 +379,9 @@ fn packet_fixtures() {
         Case {
             desc: "VIP whose origin sits behind the ingress interface: XDP_TX",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, VIP2, 64, 40001, 80, Flags::Syn, &[]),
+            input: tcp_frame(MAC_C1, lb_mac, C1, VIP2, 64, 40001, 80, Flags::Syn, &[]),
             verdict: XDP_TX,
-            output: Some(tcp(
+            output: Some(tcp_frame(
                 mac_a,
                 MAC_LOCAL,
                 SNAT,
@@ -392,7 +397,7 @@ fn packet_fixtures() {
         Case {
             desc: "TCP to an address that is no VIP: passed untouched",
             ingress: "a",
-            input: tcp(
+            input: tcp_frame(
                 MAC_C1,
                 lb_mac,
                 C1,
@@ -410,7 +415,7 @@ fn packet_fixtures() {
         Case {
             desc: "TCP to the VIP address on a port that is no VIP: passed untouched",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, VIP, 64, 40003, 443, Flags::Syn, &[]),
+            input: tcp_frame(MAC_C1, lb_mac, C1, VIP, 64, 40003, 443, Flags::Syn, &[]),
             verdict: XDP_PASS,
             output: None,
             event: event::PASS_NOT_VIP,
@@ -418,7 +423,7 @@ fn packet_fixtures() {
         Case {
             desc: "reply-shaped packet to a SNAT port no flow holds: passed (the stack resets it)",
             ingress: "b",
-            input: tcp(MAC_O1, mac_b, O1, SNAT, 64, 8080, 61500, Flags::Ack, &[]),
+            input: tcp_frame(MAC_O1, mac_b, O1, SNAT, 64, 8080, 61500, Flags::Ack, &[]),
             verdict: XDP_PASS,
             output: None,
             event: event::PASS_NOT_VIP,
@@ -478,7 +483,8 @@ fn packet_fixtures() {
         Case {
             desc: "frame cut inside the IPv4 header: passed, the stack drops it",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, VIP, 64, 40004, 80, Flags::Syn, &[])[..14 + 12].to_vec(),
+            input: tcp_frame(MAC_C1, lb_mac, C1, VIP, 64, 40004, 80, Flags::Syn, &[])[..14 + 12]
+                .to_vec(),
             verdict: XDP_PASS,
             output: None,
             event: event::PASS_MALFORMED,
@@ -486,7 +492,8 @@ fn packet_fixtures() {
         Case {
             desc: "to the VIP with the TCP header cut short: dropped",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, VIP, 64, 40005, 80, Flags::Syn, &[])[..14 + 20 + 10]
+            input: tcp_frame(MAC_C1, lb_mac, C1, VIP, 64, 40005, 80, Flags::Syn, &[])
+                [..14 + 20 + 10]
                 .to_vec(),
             verdict: XDP_DROP,
             output: None,
@@ -496,7 +503,7 @@ fn packet_fixtures() {
             desc: "to the VIP with IPv4 options: dropped",
             ingress: "a",
             input: {
-                let mut v = tcp(MAC_C1, lb_mac, C1, VIP, 64, 40006, 80, Flags::Syn, &[]);
+                let mut v = tcp_frame(MAC_C1, lb_mac, C1, VIP, 64, 40006, 80, Flags::Syn, &[]);
                 v[14] = 0x46; // IHL 6: four bytes of options
                 v.splice(34..34, [1, 1, 1, 0]); // NOP NOP NOP EOL
                 v
@@ -509,7 +516,7 @@ fn packet_fixtures() {
             desc: "to the VIP, a fragment (MF set): dropped",
             ingress: "a",
             input: {
-                let mut v = tcp(MAC_C1, lb_mac, C1, VIP, 64, 40007, 80, Flags::Syn, &[]);
+                let mut v = tcp_frame(MAC_C1, lb_mac, C1, VIP, 64, 40007, 80, Flags::Syn, &[]);
                 v[14 + 6] |= 0x20;
                 v
             },
@@ -520,7 +527,7 @@ fn packet_fixtures() {
         Case {
             desc: "to the VIP with TTL 1: dropped instead of forwarded with TTL 0",
             ingress: "a",
-            input: tcp(MAC_C1, lb_mac, C1, VIP, 1, 40008, 80, Flags::Syn, &[]),
+            input: tcp_frame(MAC_C1, lb_mac, C1, VIP, 1, 40008, 80, Flags::Syn, &[]),
             verdict: XDP_DROP,
             output: None,
             event: event::DROP_TTL,
@@ -571,25 +578,25 @@ fn packet_fixtures() {
             Case {
                 desc: "SYN reusing client 2's tuple after o1 left the ring: rehashed to o2, old SNAT port released",
                 ingress: "a",
-                input: tcp(MAC_C2, lb_mac, C2, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                input: tcp_frame(MAC_C2, lb_mac, C2, VIP, 64, 40000, 80, Flags::Syn, &[]),
                 verdict: XDP_REDIRECT,
-                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c2, 8080, Flags::Syn, &[])),
+                output: Some(tcp_frame(mac_b, MAC_O2, SNAT, O2, 63, p_c2, 8080, Flags::Syn, &[])),
                 event: event::SYN_REHASHED,
             },
             Case {
                 desc: "a retransmitted SYN keeps the new flow (the ring still names o2)",
                 ingress: "a",
-                input: tcp(MAC_C2, lb_mac, C2, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                input: tcp_frame(MAC_C2, lb_mac, C2, VIP, 64, 40000, 80, Flags::Syn, &[]),
                 verdict: XDP_REDIRECT,
-                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c2, 8080, Flags::Syn, &[])),
+                output: Some(tcp_frame(mac_b, MAC_O2, SNAT, O2, 63, p_c2, 8080, Flags::Syn, &[])),
                 event: event::FLOW_HIT,
             },
             Case {
                 desc: "data on client 3's established flow still reaches o1, which left the config",
                 ingress: "a",
-                input: tcp(MAC_C3, lb_mac, C3, VIP, 64, 40000, 80, Flags::Ack, b"more"),
+                input: tcp_frame(MAC_C3, lb_mac, C3, VIP, 64, 40000, 80, Flags::Ack, b"more"),
                 verdict: XDP_REDIRECT,
-                output: Some(tcp(mac_b, MAC_O1, SNAT, O1, 63, p1, 8080, Flags::Ack, b"more")),
+                output: Some(tcp_frame(mac_b, MAC_O1, SNAT, O1, 63, p1, 8080, Flags::Ack, b"more")),
                 event: event::FLOW_HIT,
             },
         ];
@@ -615,31 +622,31 @@ fn packet_fixtures() {
             Case {
                 desc: "client 4 takes o2's free SNAT port",
                 ingress: "a",
-                input: tcp(MAC_C4, lb_mac, C4, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                input: tcp_frame(MAC_C4, lb_mac, C4, VIP, 64, 40000, 80, Flags::Syn, &[]),
                 verdict: XDP_REDIRECT,
-                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Syn, &[])),
+                output: Some(tcp_frame(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Syn, &[])),
                 event: event::FWD_REDIRECT,
             },
             Case {
                 desc: "client 4 closes (FIN): its port is closing, within the grace period",
                 ingress: "a",
-                input: tcp(MAC_C4, lb_mac, C4, VIP, 64, 40000, 80, Flags::Fin, &[]),
+                input: tcp_frame(MAC_C4, lb_mac, C4, VIP, 64, 40000, 80, Flags::Fin, &[]),
                 verdict: XDP_REDIRECT,
-                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Fin, &[])),
+                output: Some(tcp_frame(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Fin, &[])),
                 event: event::FLOW_HIT,
             },
             Case {
                 desc: "client 5 with every port held: takes the closed flow's port early, not the open one",
                 ingress: "a",
-                input: tcp(MAC_C5, lb_mac, C5, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                input: tcp_frame(MAC_C5, lb_mac, C5, VIP, 64, 40000, 80, Flags::Syn, &[]),
                 verdict: XDP_REDIRECT,
-                output: Some(tcp(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Syn, &[])),
+                output: Some(tcp_frame(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Syn, &[])),
                 event: event::SNAT_REUSED_EARLY,
             },
             Case {
                 desc: "client 6 with both ports held by open flows: dropped, open flows are never taken",
                 ingress: "a",
-                input: tcp(MAC_C6, lb_mac, C6, VIP, 64, 40000, 80, Flags::Syn, &[]),
+                input: tcp_frame(MAC_C6, lb_mac, C6, VIP, 64, 40000, 80, Flags::Syn, &[]),
                 verdict: XDP_DROP,
                 output: None,
                 event: event::DROP_SNAT_EXHAUSTED,
@@ -657,9 +664,9 @@ fn packet_fixtures() {
         let phase4 = vec![Case {
             desc: "after the SNAT range moved, a reply on an old port still reaches its client",
             ingress: "b",
-            input: tcp(MAC_O2, mac_b, O2, SNAT, 64, 8080, p_c4, Flags::SynAck, &[]),
+            input: tcp_frame(MAC_O2, mac_b, O2, SNAT, 64, 8080, p_c4, Flags::SynAck, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp(mac_a, MAC_C5, VIP, C5, 63, 80, 40000, Flags::SynAck, &[])),
+            output: Some(tcp_frame(mac_a, MAC_C5, VIP, C5, 63, 80, 40000, Flags::SynAck, &[])),
             event: event::REPLY_NAT,
         }];
         run_cases(prog, phase4, &by_side, &mut expected_events);

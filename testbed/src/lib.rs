@@ -163,6 +163,26 @@ impl NetNs {
         sh("nsenter", &a)
     }
 
+    /// Interface index and MAC address of `dev` in this namespace.
+    pub fn link(&self, dev: &str) -> (u32, [u8; 6]) {
+        let out = self.ip(&["-o", "link", "show", "dev", dev]);
+        let index: u32 = out
+            .split(':')
+            .next()
+            .and_then(|i| i.trim().parse().ok())
+            .expect("ifindex");
+        let mac = out
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("mac");
+        let mac: Vec<u8> = mac
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).expect("hex"))
+            .collect();
+        (index, <[u8; 6]>::try_from(mac).expect("6 bytes"))
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
     }
@@ -200,6 +220,43 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// TCP flags of a test frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flags {
+    Syn,
+    SynAck,
+    Ack,
+    Fin,
+}
+
+/// A TCP/IPv4 frame built by etherparse (checksums computed in full): seq 1000, window
+/// 64240; acks 1001 (SYN-ACK) or 2000 (ACK, FIN).
+#[expect(clippy::too_many_arguments, reason = "a frame has this many fields")]
+pub fn tcp_frame(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, ttl)
+        .tcp(sport, dport, 1000, 64240);
+    let b = match flags {
+        Flags::Syn => b.syn(),
+        Flags::SynAck => b.syn().ack(1001),
+        Flags::Ack => b.ack(2000),
+        Flags::Fin => b.fin().ack(2000),
+    };
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("build frame");
+    v
 }
 
 /// Which end of a `FibBed`'s veth pair.
@@ -261,26 +318,8 @@ impl FibBed {
                 "permanent",
             ]);
         }
-        let link = |dev: &str| {
-            let out = ns.ip(&["-o", "link", "show", "dev", dev]);
-            let index: u32 = out
-                .split(':')
-                .next()
-                .and_then(|i| i.trim().parse().ok())
-                .expect("ifindex");
-            let mac = out
-                .split("link/ether ")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .expect("mac");
-            let mac: Vec<u8> = mac
-                .split(':')
-                .map(|x| u8::from_str_radix(x, 16).expect("hex"))
-                .collect();
-            (index, <[u8; 6]>::try_from(mac).expect("6 bytes"))
-        };
-        let (ifindex_a, mac_a) = link(&a);
-        let (ifindex_b, mac_b) = link(&b);
+        let (ifindex_a, mac_a) = ns.link(&a);
+        let (ifindex_b, mac_b) = ns.link(&b);
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&id);
         Self {
             ns,
