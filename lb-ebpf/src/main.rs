@@ -224,16 +224,15 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     };
     // SAFETY: bounds-checked above.
     let ttl = unsafe { (*ip).ttl };
-    // SAFETY: VIPS is written only by the agent; we copy the value out at once.
-    // Read in place (not copied): the hot path's frame shares the 512-byte stack budget.
+    // SAFETY: a map value only the agent writes; read in place (not copied) because the hot
+    // path's frame shares the 512-byte stack budget with new_flow's.
     if let Some(vip) = unsafe { VIPS.get(vip_key) } {
         // Refused before a flow is created: forwarding would send it out with TTL 0.
         if ttl <= 1 {
             return Err(drop(event::DROP_TTL));
         }
-        // SAFETY: as above, the value is copied out before any other map operation.
-        // The flow is read in place (flow table value, or the scratch entry new_flow filled)
-        // rather than copied: the hot path's stack frame shares 512 bytes with new_flow's.
+        // The flow is read in place too (flow-table value, or the scratch entry new_flow
+        // filled), for the same reason.
         //
         // A pure SYN is always hashed (as in Katran): it keeps its flow-table entry only if
         // the ring still names the same origin. Otherwise a client reusing the tuple of a
