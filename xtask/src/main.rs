@@ -64,6 +64,15 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Is the Debian package installed? (`dpkg -s` also succeeds for a removed package whose
+/// configuration files remain, so the status itself is checked.)
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "install ok installed")
+}
+
 fn ok(cmd: &str, args: &[&str]) -> bool {
     Command::new(cmd)
         .args(args)
@@ -111,7 +120,7 @@ fn setup_with(extra: &[&str]) -> Result<()> {
         .iter()
         .map(|(_, pkg)| *pkg)
         .chain(extra.iter().copied())
-        .filter(|pkg| !ok("dpkg", &["-s", pkg]))
+        .filter(|pkg| !installed(pkg))
         .collect();
     if !missing.is_empty() {
         println!("xtask: installing Debian packages: {}", missing.join(" "));
