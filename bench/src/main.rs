@@ -28,7 +28,7 @@ use lb_agent::{
     reconcile::Reconciler,
     steering,
 };
-use lb_common::{v4_mapped, FlowKey, IPPROTO_TCP};
+use lb_common::FlowKey;
 use lb_testbed::{FibBed, Flags, Side};
 use serde::Serialize;
 
@@ -213,14 +213,7 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                 (syn_t, syn_v, est_t, est_v)
             };
             // The reply frame needs the SNAT port the first flow got.
-            let key = FlowKey {
-                src: v4_mapped(CLIENT),
-                dst: v4_mapped(VIP),
-                sport: 1024u16.to_be(),
-                dport: 80u16.to_be(),
-                proto: IPPROTO_TCP,
-                _pad: [0; 3],
-            };
+            let key = FlowKey::tcp_v4(CLIENT, 1024, VIP, 80);
             let flow = rec
                 .maps
                 .flows

@@ -71,7 +71,7 @@ pub enum DataplaneError {
 
 type Result<T> = std::result::Result<T, DataplaneError>;
 
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |e| DataplaneError::Map {
         name,
         reason: e.to_string(),
@@ -536,10 +536,6 @@ impl Dataplane {
             .info()
             .ok()?
             .verified_instruction_count()
-    }
-
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
     }
 
     /// The loaded XDP program (for `BPF_PROG_TEST_RUN` in tests and benchmarks).

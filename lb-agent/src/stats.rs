@@ -49,12 +49,7 @@ pub struct OriginStats {
 /// Collects counters for every load balancer of `cfg` that the maps know. Works without a
 /// running agent: the pool a VIP uses is read off its ring (the pool whose origins fill it).
 pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
-    let map_err = |name: &'static str| {
-        move |e: aya::maps::MapError| DataplaneError::Map {
-            name,
-            reason: e.to_string(),
-        }
-    };
+    use crate::dataplane::map_err;
     let mut cur = Current::default();
     for item in maps.vips.iter() {
         let (k, v) = item.map_err(map_err("VIPS"))?;

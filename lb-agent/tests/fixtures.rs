@@ -18,7 +18,7 @@ use lb_agent::{
     dataplane::{self, Dataplane, Maps},
     reconcile::Reconciler,
 };
-use lb_common::{event, hash, v4_mapped, FlowKey, IPPROTO_TCP};
+use lb_common::{event, hash, FlowKey};
 use lb_testbed::{require_prerequisites, serial, tcp_frame, FibBed, Flags, Side};
 
 const XDP_DROP: u32 = 1;
@@ -52,14 +52,7 @@ const SNAT_MAX: u16 = 61001;
 
 /// The SNAT port the data path tries first for a client flow (shared hash, see lb_common).
 fn first_snat_port(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> u16 {
-    let key = FlowKey {
-        src: v4_mapped(src),
-        dst: v4_mapped(dst),
-        sport: sport.to_be(),
-        dport: dport.to_be(),
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::tcp_v4(src, sport, dst, dport);
     let range = u32::from(SNAT_MAX - SNAT_MIN) + 1;
     SNAT_MIN + u16::try_from(hash::flow_hash(&key, hash::SEED_SNAT) % range).expect("range")
 }
@@ -601,14 +594,7 @@ fn packet_fixtures() {
             },
         ];
         run_cases(prog, phase2, &by_side, &mut expected_events);
-        let released = FlowKey {
-            src: v4_mapped(O1),
-            dst: v4_mapped(SNAT),
-            sport: 8080u16.to_be(),
-            dport: p2.to_be(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let released = FlowKey::tcp_v4(O1, 8080, SNAT, p2);
         assert!(rec.maps.rev_flows.get(&released, 0).is_err(), "client 2's old SNAT port on o1 was released");
 
         // Phase three: a long grace period for closed flows; o2's two SNAT ports fill up.
@@ -687,14 +673,7 @@ fn packet_fixtures() {
         assert_eq!(c.packets, 6, "o1 forwarded packets: {c:?}");
         assert_eq!(c.reply_packets, 3, "o1 reply packets: {c:?}");
         // Client 1's flow was forgotten when its port was recycled.
-        let gone = FlowKey {
-            src: v4_mapped(C1),
-            dst: v4_mapped(VIP),
-            sport: 40000u16.to_be(),
-            dport: 80u16.to_be(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let gone = FlowKey::tcp_v4(C1, 40000, VIP, 80);
         assert!(
             rec.maps.flows.get(&gone, 0).is_err(),
             "client 1's flow should be gone after recycling"

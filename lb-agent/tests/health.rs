@@ -412,8 +412,23 @@ fn http_and_https_monitors_judge_codes_bodies_and_certificates() {
     // The body check is case-insensitive ("ok" in "Service OK") and o2 recovers when it does.
     answers[1].status.store(204, Ordering::Relaxed);
     wait_state(&topo, "web", "o2", "up", t);
-    let line = std::fs::read_to_string(&topo.status_file).expect("status");
-    assert!(line.contains("\"rtt_ms\""), "RTT recorded");
+    let s = status(&topo).expect("status");
+    let o1 = s
+        .origins
+        .iter()
+        .find(|o| o.pool == "web" && o.origin == "o1")
+        .expect("web/o1");
+    assert!(
+        o1.rtt_ms.is_some_and(|r| r > 0.0),
+        "RTT recorded for web/o1: {:?}",
+        o1.rtt_ms
+    );
+    let web = s.pools.iter().find(|p| p.name == "web").expect("pool web");
+    assert!(
+        web.rtt_ms.is_some_and(|r| r > 0.0),
+        "pool RTT recorded: {:?}",
+        web.rtt_ms
+    );
 }
 
 #[test]

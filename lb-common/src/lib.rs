@@ -127,6 +127,20 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+impl FlowKey {
+    /// The key of an IPv4 TCP tuple; ports in host order (stored NBO).
+    pub const fn tcp_v4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Self {
+        Self {
+            src: v4_mapped(src),
+            dst: v4_mapped(dst),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Value of `FLOWS`: where an established client flow goes and how it is rewritten.
 /// The origin address is copied here (not only its id) so that a flow keeps its origin even
 /// after the agent removes or re-numbers that origin: draining never breaks a connection.
