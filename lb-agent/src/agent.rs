@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, LoadBalancer, SteeringPolicy},
     dataplane::{self, Dataplane, DataplaneError},
     health::{HealthTable, Monitors, OriginHealth, Report, Target},
     neigh::Neighbours,
@@ -80,6 +80,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     let (tx, mut rx) = mpsc::channel::<Report>(4096);
     let mut monitors = Monitors::new(tx, cfg.agent.probe_concurrency);
     let mut health = HealthTable::default();
+    health.set_rtt_smoothing(cfg.agent.rtt_smoothing);
     health.retain(&monitors.sync(&cfg));
 
     // Unknown health counts as down, so writing VIPs before the first checks complete would
@@ -182,6 +183,48 @@ fn first_round_deadline(cfg: &Config) -> Duration {
         + Duration::from_millis(200)
 }
 
+/// Why `lb` uses the pool `choice` describes, in words for the log.
+fn choice_reason(cfg: &Config, health: &HealthTable, lb: &LoadBalancer, choice: &Choice) -> String {
+    let order = steering::pool_order(cfg, health, lb);
+    let list = |n: usize| {
+        order[..n]
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let basis = match lb.steering_policy {
+        SteeringPolicy::Off | SteeringPolicy::Random => "default_pools order".to_owned(),
+        SteeringPolicy::DynamicLatency => {
+            let rtts: Vec<String> = order
+                .iter()
+                .map(|n| {
+                    let rtt = cfg
+                        .pool(n)
+                        .and_then(|p| steering::pool_rtt(cfg, health, p, lb.origin_port));
+                    rtt.map_or_else(|| format!("{n} (no RTT yet)"), |r| format!("{n} {r:.2} ms"))
+                })
+                .collect();
+            format!("fastest first: {}", rtts.join(", "))
+        }
+        SteeringPolicy::Proximity => "nearest first".to_owned(),
+        SteeringPolicy::Geo => match steering::pop_list(cfg, lb) {
+            Some(_) => format!(
+                "pop_pools of this PoP ({})",
+                cfg.agent.pop.as_deref().unwrap_or("-")
+            ),
+            None => "default_pools order, for clients without a country or region list".to_owned(),
+        },
+    };
+    match choice {
+        Choice::Healthy { index: 0 } => format!("first healthy pool by {basis}"),
+        Choice::Healthy { index } => format!("{} down; by {basis}", list(*index)),
+        Choice::Fallback => format!(
+            "every pool of the order is down ({basis}): fallback pool, regardless of its health"
+        ),
+    }
+}
+
 fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
     cfg.pools
         .iter()
@@ -193,6 +236,12 @@ impl Agent {
     fn on_report(&mut self, r: &Report) {
         let Some(t) = self.health.record(&r.target, &r.outcome) else {
             self.status_dirty = true;
+            // dynamic_latency: a new RTT sample may reorder the pools without any health change.
+            if self.latency_choice_changed() {
+                if let Err(e) = self.apply("probe latency changed the fastest pool") {
+                    error!("applying latency change failed: {e}");
+                }
+            }
             return;
         };
         let tg = &r.target;
@@ -213,6 +262,18 @@ impl Agent {
         self.write_status();
     }
 
+    /// Would a `dynamic_latency` load balancer now choose another pool than it uses?
+    fn latency_choice_changed(&self) -> bool {
+        self.cfg
+            .load_balancers
+            .iter()
+            .filter(|l| l.enabled && l.steering_policy == SteeringPolicy::DynamicLatency)
+            .any(|lb| {
+                let now = steering::choose_pool(&self.cfg, &self.health, lb).map(|(p, _)| &p.name);
+                now != self.chosen.get(&lb.name)
+            })
+    }
+
     /// Reconciles the maps with the config and current health; logs pool changes.
     fn apply(&mut self, why: &str) -> Result<(), ReconcileError> {
         let report = self.rec.apply(&self.cfg, &self.health)?;
@@ -229,14 +290,7 @@ impl Agent {
             };
             let before = self.chosen.insert(lb.name.clone(), pool.name.clone());
             if before.as_deref() != Some(pool.name.as_str()) {
-                let why = match choice {
-                    Choice::Healthy { index: 0 } => "first default pool is healthy".to_owned(),
-                    Choice::Healthy { index } => format!("default_pools[0..{index}] are down"),
-                    Choice::Fallback => {
-                        "every default pool is down: fallback pool, regardless of its health"
-                            .to_owned()
-                    }
-                };
+                let why = choice_reason(&self.cfg, &self.health, lb, &choice);
                 info!(
                     "load balancer {} now uses pool {} (was {}): {why}",
                     lb.name,
@@ -263,11 +317,13 @@ impl Agent {
             warn!("{w}");
         }
         self.health.retain(&self.monitors.sync(&next));
+        self.health.set_rtt_smoothing(next.agent.rtt_smoothing);
         let previous = std::mem::replace(&mut self.cfg, next);
         if let Err(e) = self.apply("config reload") {
             // Put the old config back; the maps hold a mix that the next apply repairs.
             self.cfg = previous;
             self.health.retain(&self.monitors.sync(&self.cfg));
+            self.health.set_rtt_smoothing(self.cfg.agent.rtt_smoothing);
             return Err(e.into());
         }
         let dp_cfg = self.cfg.dataplane.clone();
@@ -345,17 +401,13 @@ impl Status {
             let port_of = |o: &crate::config::Origin| {
                 cfg.load_balancers
                     .iter()
-                    .find(|l| l.default_pools.contains(&pool.name) || l.fallback_pool == pool.name)
+                    .find(|l| l.all_pools().any(|p| *p == pool.name))
                     .map_or(o.port.unwrap_or(0), |l| o.port.unwrap_or(l.origin_port))
             };
-            let mut rtts = Vec::new();
             for o in &pool.origins {
                 let ring_port = port_of(o);
                 let t: Option<Target> = steering::target(cfg, pool, o, ring_port);
                 let h: Option<&OriginHealth> = t.as_ref().and_then(|t| health.get(t));
-                if let Some(r) = h.filter(|h| h.state.healthy()).and_then(|h| h.rtt_ms) {
-                    rtts.push(r);
-                }
                 origins.push(OriginStatus {
                     pool: pool.name.clone(),
                     origin: o.name.clone(),
@@ -376,8 +428,7 @@ impl Status {
             }
             let ring_port = pool.origins.first().map_or(0, port_of);
             let ph: PoolHealth = steering::pool_health(cfg, health, pool, ring_port);
-            #[expect(clippy::cast_precision_loss, reason = "few origins")]
-            let rtt_ms = (!rtts.is_empty()).then(|| rtts.iter().sum::<f64>() / rtts.len() as f64);
+            let rtt_ms = steering::pool_rtt(cfg, health, pool, ring_port);
             pools.push(PoolStatus {
                 name: pool.name.clone(),
                 healthy: ph.healthy,

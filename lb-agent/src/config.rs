@@ -6,14 +6,17 @@
 //! load balancers with ordered `default_pools`), so its users feel at home.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use lb_common::{MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS};
+use lb_common::{MAX_INTERFACES, MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS};
 use serde::Deserialize;
+
+use crate::geo::{self, GeoPrefix, Region};
 
 /// Where pinned maps and links live unless the config says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
@@ -69,6 +72,27 @@ pub struct RawConfig {
     pub pools: Vec<RawPool>,
     #[serde(default)]
     pub load_balancers: Vec<RawLoadBalancer>,
+    #[serde(default)]
+    pub geo: RawGeo,
+}
+
+/// Where clients are: a MaxMind-format database and/or prefixes listed here (which win over
+/// the database for the same prefix; a longer prefix always wins).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeo {
+    pub database: Option<PathBuf>,
+    #[serde(default)]
+    pub prefixes: Vec<RawGeoPrefix>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGeoPrefix {
+    #[serde(default)]
+    pub prefix: String,
+    pub country: Option<String>,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +115,13 @@ pub struct RawDataplane {
 pub struct RawAgent {
     pub status_file: Option<PathBuf>,
     pub probe_concurrency: Option<u32>,
+    /// This host's PoP (the key of `pop_pools`).
+    pub pop: Option<String>,
+    /// This host's position, for `proximity` steering.
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    /// Weight of a new probe RTT in each origin's moving average (`dynamic_latency`).
+    pub rtt_smoothing: Option<f64>,
 }
 
 /// A health monitor, with Cloudflare's field names. Durations are seconds (fractions allowed).
@@ -154,6 +185,29 @@ pub struct RawPool {
     pub minimum_origins: u32,
     #[serde(default)]
     pub origins: Vec<RawOrigin>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub origin_steering: Option<RawOriginSteering>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOriginSteering {
+    #[serde(default = "default_origin_steering")]
+    pub policy: String,
+}
+
+fn default_origin_steering() -> String {
+    "random".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRandomSteering {
+    #[serde(default)]
+    pub pool_weights: BTreeMap<String, f64>,
+    #[serde(default = "one")]
+    pub default_weight: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,7 +244,26 @@ pub struct RawLoadBalancer {
     pub steering_policy: String,
     #[serde(default = "yes")]
     pub enabled: bool,
+    pub random_steering: Option<RawRandomSteering>,
+    #[serde(default)]
+    pub region_pools: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub country_pools: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub pop_pools: BTreeMap<String, Vec<String>>,
+    #[serde(default = "default_affinity")]
+    pub session_affinity: String,
+    pub session_affinity_ttl: Option<u32>,
 }
+
+fn default_affinity() -> String {
+    "none".into()
+}
+
+/// Cloudflare's default `session_affinity_ttl` (23 hours).
+pub const DEFAULT_AFFINITY_TTL: u32 = 82_800;
+/// Cloudflare's longest `session_affinity_ttl` (7 days).
+pub const MAX_AFFINITY_TTL: u32 = 604_800;
 
 fn default_steering() -> String {
     "off".into()
@@ -227,6 +300,32 @@ pub struct Config {
     pub monitors: Vec<Monitor>,
     pub pools: Vec<Pool>,
     pub load_balancers: Vec<LoadBalancer>,
+    pub geo: Geo,
+}
+
+/// Client geo data: the database's prefixes (loaded by `Config::load`/`parse`) and the
+/// config's own, which win for the same prefix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Geo {
+    pub database: Option<PathBuf>,
+    /// Loaded from `database`; shared, because a full database has ~400k prefixes.
+    pub database_prefixes: Arc<Vec<GeoPrefix>>,
+    pub prefixes: Vec<GeoPrefix>,
+}
+
+impl Geo {
+    pub fn is_empty(&self) -> bool {
+        self.database.is_none() && self.prefixes.is_empty()
+    }
+
+    /// Every prefix the trie should hold, the config's winning over the database's.
+    pub fn merged(&self) -> BTreeMap<(Ipv4Addr, u8), GeoPrefix> {
+        let mut out = BTreeMap::new();
+        for p in self.database_prefixes.iter().chain(self.prefixes.iter()) {
+            out.insert((p.net, p.len), *p);
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -249,7 +348,14 @@ pub struct Dataplane {
 pub struct Agent {
     pub status_file: PathBuf,
     pub probe_concurrency: u32,
+    pub pop: Option<String>,
+    /// (latitude, longitude) in degrees.
+    pub position: Option<(f64, f64)>,
+    pub rtt_smoothing: f64,
 }
+
+/// Default weight of a new RTT sample in the moving average.
+pub const DEFAULT_RTT_SMOOTHING: f64 = 0.3;
 
 pub const DEFAULT_STATUS_FILE: &str = "/run/lb-agent/status.json";
 pub const DEFAULT_PROBE_CONCURRENCY: u32 = 256;
@@ -350,6 +456,21 @@ pub struct Pool {
     pub monitor: Option<String>,
     pub minimum_origins: u32,
     pub origins: Vec<Origin>,
+    /// (latitude, longitude) in degrees, for `proximity` steering.
+    pub position: Option<(f64, f64)>,
+    pub origin_steering: OriginSteering,
+}
+
+/// How a pool picks an origin for a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OriginSteering {
+    /// Weighted Maglev over the 5-tuple (Cloudflare's weighted `random`).
+    #[default]
+    Random,
+    /// Weighted Maglev over the client address: a client stays on one origin while it is up.
+    Hash,
+    /// Fewest open flows per weight, counted by the data path.
+    LeastConnections,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -375,12 +496,42 @@ pub struct LoadBalancer {
     pub fallback_pool: String,
     pub steering_policy: SteeringPolicy,
     pub enabled: bool,
+    /// `random`: pool name -> weight; pools not listed take `default_weight`.
+    pub pool_weights: BTreeMap<String, f64>,
+    pub default_weight: f64,
+    pub region_pools: BTreeMap<Region, Vec<String>>,
+    /// ISO 3166-1 alpha-2 code -> pools.
+    pub country_pools: BTreeMap<[u8; 2], Vec<String>>,
+    pub pop_pools: BTreeMap<String, Vec<String>>,
+    /// `Some(ttl seconds)`: session affinity by client IP.
+    pub affinity_ttl: Option<u32>,
+}
+
+impl LoadBalancer {
+    /// Every pool this load balancer may send traffic to.
+    pub fn all_pools(&self) -> impl Iterator<Item = &String> {
+        self.default_pools
+            .iter()
+            .chain(std::iter::once(&self.fallback_pool))
+            .chain(self.region_pools.values().flatten())
+            .chain(self.country_pools.values().flatten())
+            .chain(self.pop_pools.values().flatten())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SteeringPolicy {
     /// Standard failover: the first healthy pool of `default_pools`.
     Off,
+    /// New connections spread over the healthy pools by `random_steering` weights.
+    Random,
+    /// The healthy pool with the lowest probe RTT (moving average) first.
+    DynamicLatency,
+    /// `pop_pools` for this host's PoP, else `country_pools` / `region_pools` by the client's
+    /// location (looked up per new flow by the data path), else `default_pools`.
+    Geo,
+    /// The healthy pool nearest to this host (`agent.latitude/longitude`) first.
+    Proximity,
 }
 
 impl Config {
@@ -399,10 +550,26 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        validate(raw).map_err(|errors| ConfigError::Invalid {
+        let mut cfg = validate(raw).map_err(|errors| ConfigError::Invalid {
             path: path.to_owned(),
             errors,
-        })
+        })?;
+        if let Some(db) = &mut cfg.geo.database {
+            // A relative path is relative to the config file, like an include.
+            if db.is_relative() {
+                if let Some(dir) = path.parent() {
+                    *db = dir.join(&*db);
+                }
+            }
+            let prefixes = geo::load_mmdb(db).map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                errors: vec![format!(
+                    "geo.database: {e}; give the path of a MaxMind DB file (GeoLite2-Country.mmdb or one in its format)"
+                )],
+            })?;
+            cfg.geo.database_prefixes = Arc::new(prefixes);
+        }
+        Ok(cfg)
     }
 
     pub fn pool(&self, name: &str) -> Option<&Pool> {
@@ -561,6 +728,24 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             "agent.probe_concurrency: {probe_concurrency} is out of range; use 1-65536"
         ));
     }
+    if let Some(pop) = &raw.agent.pop {
+        pop_ok(pop, "agent.pop", &mut errors);
+    }
+    let host_position = position(
+        raw.agent.latitude,
+        raw.agent.longitude,
+        "agent",
+        &mut errors,
+    );
+    let rtt_smoothing = raw.agent.rtt_smoothing.unwrap_or(DEFAULT_RTT_SMOOTHING);
+    if !(rtt_smoothing > 0.0 && rtt_smoothing <= 1.0) {
+        errors.push(format!(
+            "agent.rtt_smoothing: {rtt_smoothing} is out of range; use a number above 0 and at most 1 (the weight of each new RTT sample; 1 = no smoothing)"
+        ));
+    }
+
+    // --- geo
+    let geo = validate_geo(&raw.geo, &mut errors);
 
     // --- monitors
     let mut monitors = Vec::new();
@@ -641,6 +826,32 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             ));
         }
         origin_count += p.origins.len();
+        let pool_position = position(p.latitude, p.longitude, &f, &mut errors);
+        let origin_steering = match p.origin_steering.as_ref().map(|o| o.policy.as_str()) {
+            None | Some("random" | "") => OriginSteering::Random,
+            Some("hash") => OriginSteering::Hash,
+            Some("least_connections") => {
+                if p.origins.len() > MAX_LC_MEMBERS {
+                    errors.push(format!(
+                        "{f}.origin_steering.policy: least_connections compares every origin per new connection, so a pool may have at most {MAX_LC_MEMBERS}; this one has {}. Split the pool or use \"random\"",
+                        p.origins.len()
+                    ));
+                }
+                OriginSteering::LeastConnections
+            }
+            Some("least_outstanding_requests") => {
+                errors.push(format!(
+                    "{f}.origin_steering.policy: least_outstanding_requests counts HTTP requests, which a layer-4 load balancer cannot see; use \"least_connections\""
+                ));
+                OriginSteering::Random
+            }
+            Some(other) => {
+                errors.push(format!(
+                    "{f}.origin_steering.policy: unknown policy \"{other}\"; use \"random\", \"hash\" or \"least_connections\""
+                ));
+                OriginSteering::Random
+            }
+        };
         pools.push(Pool {
             name: p.name.clone(),
             description: p.description.clone(),
@@ -648,6 +859,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             monitor: p.monitor.clone(),
             minimum_origins: p.minimum_origins,
             origins,
+            position: pool_position,
+            origin_steering,
         });
     }
     if raw.pools.len() > MAX_RINGS as usize {
@@ -716,20 +929,137 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         }
         let steering_policy = match l.steering_policy.as_str() {
             "off" | "" => Some(SteeringPolicy::Off),
-            "random" | "dynamic_latency" | "geo" | "proximity" | "least_connections" => {
+            "random" => Some(SteeringPolicy::Random),
+            "dynamic_latency" => Some(SteeringPolicy::DynamicLatency),
+            "geo" => Some(SteeringPolicy::Geo),
+            "proximity" => Some(SteeringPolicy::Proximity),
+            "least_connections" | "least_outstanding_requests" => {
                 errors.push(format!(
-                    "{f}.steering_policy: \"{}\" is not supported yet; use \"off\" (standard failover)",
+                    "{f}.steering_policy: \"{}\" across pools is not supported; set origin_steering = {{ policy = \"least_connections\" }} on the pools instead",
                     l.steering_policy
                 ));
                 None
             }
             other => {
                 errors.push(format!(
-                    "{f}.steering_policy: unknown policy \"{other}\"; use \"off\" (standard failover)"
+                    "{f}.steering_policy: unknown policy \"{other}\"; use \"off\" (standard failover), \"random\", \"dynamic_latency\", \"geo\" or \"proximity\""
                 ));
                 None
             }
         };
+        let pool_ref = |list: &[String], field: &str, errors: &mut Vec<String>| {
+            if list.is_empty() {
+                errors.push(format!(
+                    "{field}: empty; list at least one pool, in failover order"
+                ));
+            }
+            for (i, name) in list.iter().enumerate() {
+                if !pool_names.contains_key(name) {
+                    errors.push(format!(
+                        "{field}[{i}]: no pool is named \"{name}\"; define it under [[pools]] or fix the name"
+                    ));
+                }
+            }
+        };
+        let mut region_pools = BTreeMap::new();
+        for (code, list) in &l.region_pools {
+            let field = format!("{f}.region_pools.{code}");
+            pool_ref(list, &field, &mut errors);
+            match Region::parse(code) {
+                Some(r) => {
+                    region_pools.insert(r, list.clone());
+                }
+                None => errors.push(format!(
+                    "{field}: unknown region \"{code}\"; use one of Cloudflare's region codes: {}",
+                    Region::ALL.map(Region::code).join(", ")
+                )),
+            }
+        }
+        let mut country_pools = BTreeMap::new();
+        for (code, list) in &l.country_pools {
+            let field = format!("{f}.country_pools.{code}");
+            pool_ref(list, &field, &mut errors);
+            match country_code(code) {
+                Some(c) => {
+                    country_pools.insert(c, list.clone());
+                }
+                None => errors.push(format!(
+                    "{field}: \"{code}\" is not an ISO 3166-1 alpha-2 country code; write it like \"US\" or \"DE\""
+                )),
+            }
+        }
+        for (code, list) in &l.pop_pools {
+            let field = format!("{f}.pop_pools.{code}");
+            pool_ref(list, &field, &mut errors);
+            pop_ok(code, &field, &mut errors);
+        }
+        let rs = l.random_steering.as_ref();
+        let default_weight = rs.map_or(1.0, |r| r.default_weight);
+        if !(default_weight.is_finite() && (0.0..=1.0).contains(&default_weight)) {
+            errors.push(format!(
+                "{f}.random_steering.default_weight: {default_weight} is out of range; use a number between 0 and 1"
+            ));
+        }
+        let pool_weights = rs.map(|r| r.pool_weights.clone()).unwrap_or_default();
+        for (name, w) in &pool_weights {
+            let field = format!("{f}.random_steering.pool_weights.{name}");
+            if !l.default_pools.contains(name) {
+                errors.push(format!(
+                    "{field}: \"{name}\" is not one of this load balancer's default_pools; random steering spreads over default_pools"
+                ));
+            }
+            if !(w.is_finite() && (0.0..=1.0).contains(w)) {
+                errors.push(format!(
+                    "{field}: {w} is out of range; use a number between 0 and 1 (0 sends no new connections there)"
+                ));
+            }
+        }
+        match steering_policy {
+            Some(SteeringPolicy::Proximity) if host_position.is_none() => errors.push(format!(
+                "{f}.steering_policy: \"proximity\" needs this host's position; set agent.latitude and agent.longitude"
+            )),
+            Some(SteeringPolicy::Geo)
+                if geo.is_empty() && (!region_pools.is_empty() || !country_pools.is_empty()) =>
+            {
+                errors.push(format!(
+                    "{f}.region_pools / country_pools: set, but no client location data is configured, so no client would match; add [geo] database = \"/path/GeoLite2-Country.mmdb\" and/or [[geo.prefixes]]"
+                ));
+            }
+            _ => {}
+        }
+        let affinity_ttl = match l.session_affinity.as_str() {
+            "none" | "" => None,
+            "ip" => {
+                let ttl = l.session_affinity_ttl.unwrap_or(DEFAULT_AFFINITY_TTL);
+                if !(1..=MAX_AFFINITY_TTL).contains(&ttl) {
+                    errors.push(format!(
+                        "{f}.session_affinity_ttl: {ttl} is out of range; use 1-{MAX_AFFINITY_TTL} seconds (default {DEFAULT_AFFINITY_TTL})"
+                    ));
+                }
+                Some(ttl)
+            }
+            "cookie" | "ip_cookie" | "header" => {
+                errors.push(format!(
+                    "{f}.session_affinity: \"{}\" needs HTTP, which a layer-4 load balancer does not parse; use \"ip\" (the client address) or \"none\"",
+                    l.session_affinity
+                ));
+                None
+            }
+            other => {
+                errors.push(format!(
+                    "{f}.session_affinity: unknown value \"{other}\"; use \"none\" or \"ip\""
+                ));
+                None
+            }
+        };
+        if l.session_affinity_ttl.is_some()
+            && affinity_ttl.is_none()
+            && l.session_affinity == "none"
+        {
+            errors.push(format!(
+                "{f}.session_affinity_ttl: set, but session_affinity is \"none\"; set session_affinity = \"ip\" or remove the TTL"
+            ));
+        }
         let fallback_pool = l
             .fallback_pool
             .clone()
@@ -748,6 +1078,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 fallback_pool,
                 steering_policy,
                 enabled: l.enabled,
+                pool_weights,
+                default_weight,
+                region_pools,
+                country_pools,
+                pop_pools: l.pop_pools.clone(),
+                affinity_ttl,
             });
         }
     }
@@ -781,11 +1117,149 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         agent: Agent {
             status_file,
             probe_concurrency,
+            pop: raw.agent.pop.clone(),
+            position: host_position,
+            rtt_smoothing,
         },
         monitors,
         pools,
         load_balancers: lbs,
+        geo,
     })
+}
+
+/// A PoP name as Cloudflare writes them: 3 letters (IATA airport code), upper case; longer
+/// names are accepted for sites of your own (letters, digits, '-').
+fn pop_ok(pop: &str, field: &str, errors: &mut Vec<String>) {
+    let ok = !pop.is_empty()
+        && pop.len() <= 32
+        && pop
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        errors.push(format!(
+            "{field}: \"{pop}\" is not a PoP name; use upper-case letters, digits and '-', e.g. \"AMS\""
+        ));
+    }
+}
+
+fn country_code(code: &str) -> Option<[u8; 2]> {
+    match code.as_bytes() {
+        [a, b] if geo::is_country(code) => Some([*a, *b]),
+        _ => None,
+    }
+}
+
+/// Latitude and longitude, both or neither.
+fn position(
+    lat: Option<f64>,
+    lon: Option<f64>,
+    f: &str,
+    errors: &mut Vec<String>,
+) -> Option<(f64, f64)> {
+    match (lat, lon) {
+        (None, None) => None,
+        (Some(lat), Some(lon)) => {
+            let mut ok = true;
+            if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
+                errors.push(format!(
+                    "{f}.latitude: {lat} is out of range; use degrees between -90 and 90"
+                ));
+                ok = false;
+            }
+            if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
+                errors.push(format!(
+                    "{f}.longitude: {lon} is out of range; use degrees between -180 and 180"
+                ));
+                ok = false;
+            }
+            ok.then_some((lat, lon))
+        }
+        (Some(_), None) => {
+            errors.push(format!(
+                "{f}.longitude: missing; latitude and longitude go together"
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(format!(
+                "{f}.latitude: missing; latitude and longitude go together"
+            ));
+            None
+        }
+    }
+}
+
+/// The `[geo]` section; the database itself is read by `Config::parse`.
+fn validate_geo(raw: &RawGeo, errors: &mut Vec<String>) -> Geo {
+    let mut prefixes = Vec::new();
+    let mut seen = HashMap::new();
+    for (i, p) in raw.prefixes.iter().enumerate() {
+        let f = format!("geo.prefixes[{i}]");
+        let net = match p.prefix.split_once('/') {
+            Some((a, l)) => match (a.parse::<Ipv4Addr>(), l.parse::<u8>()) {
+                (Ok(a), Ok(l)) if l <= 32 => Some((a, l)),
+                _ => None,
+            },
+            None => None,
+        };
+        let Some((addr, len)) = net else {
+            errors.push(format!(
+                "{f}.prefix: \"{}\" is not an IPv4 prefix; write it as address/length, e.g. \"198.51.100.0/24\"",
+                p.prefix
+            ));
+            continue;
+        };
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        if u32::from(addr) & !mask != 0 {
+            errors.push(format!(
+                "{f}.prefix: \"{}\" has host bits set; write the network address, \"{}/{len}\"",
+                p.prefix,
+                Ipv4Addr::from(u32::from(addr) & mask)
+            ));
+        }
+        if let Some(first) = seen.insert((addr, len), i) {
+            errors.push(format!(
+                "{f}.prefix: \"{}\" is listed twice (also geo.prefixes[{first}]); list each prefix once",
+                p.prefix
+            ));
+        }
+        let country = p.country.as_deref().and_then(|c| {
+            let cc = country_code(c);
+            if cc.is_none() {
+                errors.push(format!(
+                    "{f}.country: \"{c}\" is not an ISO 3166-1 alpha-2 country code; write it like \"US\" or \"DE\""
+                ));
+            }
+            cc
+        });
+        let region = p.region.as_deref().and_then(|r| {
+            let reg = Region::parse(r);
+            if reg.is_none() {
+                errors.push(format!(
+                    "{f}.region: unknown region \"{r}\"; use one of Cloudflare's region codes: {}",
+                    Region::ALL.map(Region::code).join(", ")
+                ));
+            }
+            reg
+        });
+        if p.country.is_none() && p.region.is_none() {
+            errors.push(format!(
+                "{f}: neither country nor region; give country = \"DE\" (its region follows) or region = \"WEU\" or both"
+            ));
+        }
+        prefixes.push(GeoPrefix {
+            net: addr,
+            len,
+            country,
+            region,
+        });
+    }
+    Geo {
+        database: raw.database.clone(),
+        database_prefixes: Arc::default(),
+        prefixes,
+    }
 }
 
 fn secs(v: f64, field: &str, errors: &mut Vec<String>) -> Option<std::time::Duration> {
@@ -1529,22 +2003,327 @@ default_pools = ["web"]
         assert_eq!(c.load_balancers[0].fallback_pool, "web");
     }
 
+    fn lb_with(extra: &str) -> Vec<String> {
+        errors_with(
+            "default_pools = [\"web\"]",
+            &format!("default_pools = [\"web\"]\n{extra}"),
+        )
+    }
+
+    fn pool_with(extra: &str) -> Vec<String> {
+        errors_with("name = \"web\"\n", &format!("name = \"web\"\n{extra}\n"))
+    }
+
+    fn agent_with(extra: &str) -> Vec<String> {
+        errors_with("[[pools]]", &format!("[agent]\n{extra}\n\n[[pools]]"))
+    }
+
+    fn geo_with(extra: &str) -> Vec<String> {
+        errors_of(&format!("{GOOD}\n[geo]\n{extra}\n"))
+    }
+
+    const GEO_GOOD: &str = r#"
+[agent]
+pop = "AMS"
+latitude = 52.37
+longitude = 4.9
+rtt_smoothing = 0.5
+
+[[pools]]
+name = "eu"
+latitude = 50.1
+longitude = 8.7
+origin_steering = { policy = "least_connections" }
+origins = [{ name = "e1", address = "10.0.4.2" }]
+
+[[pools]]
+name = "us"
+origin_steering = { policy = "hash" }
+origins = [{ name = "u1", address = "10.0.5.2" }]
+
+[[load_balancers]]
+name = "geo"
+address = "10.0.0.11"
+port = 80
+default_pools = ["web", "eu", "us"]
+steering_policy = "geo"
+region_pools = { WEU = ["eu", "web"], ENAM = ["us"] }
+country_pools = { JP = ["us"] }
+pop_pools = { LAX = ["us"] }
+session_affinity = "ip"
+session_affinity_ttl = 600
+random_steering = { pool_weights = { eu = 0.2 }, default_weight = 0.5 }
+
+[geo]
+prefixes = [
+  { prefix = "198.51.100.0/24", country = "DE" },
+  { prefix = "203.0.113.0/25", region = "ENAM" },
+  { prefix = "203.0.113.128/25", country = "US", region = "WNAM" },
+]
+"#;
+
     #[test]
-    fn steering_policy_off_only_for_now() {
+    fn steering_fields_parse_into_typed_values() {
+        // GEO_GOOD's pools and load balancer come first, then GOOD's; [geo] is moved last.
+        let (head, geo) = GEO_GOOD.split_once("[geo]").expect("geo section");
+        let text = format!(
+            "{}\n[geo]{geo}",
+            GOOD.replacen("[[pools]]", &format!("{head}\n[[pools]]"), 1)
+        );
+        let c = Config::parse(&text, Path::new("t.toml")).expect("valid");
+        assert_eq!(c.agent.pop.as_deref(), Some("AMS"));
+        assert_eq!(c.agent.position, Some((52.37, 4.9)));
+        assert_eq!(c.agent.rtt_smoothing, 0.5);
+        let eu = c.pool("eu").expect("eu");
+        assert_eq!(eu.origin_steering, OriginSteering::LeastConnections);
+        assert_eq!(eu.position, Some((50.1, 8.7)));
+        assert_eq!(
+            c.pool("us").expect("us").origin_steering,
+            OriginSteering::Hash
+        );
+        assert_eq!(
+            c.pool("web").expect("web").origin_steering,
+            OriginSteering::Random
+        );
+        let lb = c
+            .load_balancers
+            .iter()
+            .find(|l| l.name == "geo")
+            .expect("geo lb");
+        assert_eq!(lb.steering_policy, SteeringPolicy::Geo);
+        assert_eq!(
+            lb.region_pools[&Region::parse("WEU").expect("WEU")],
+            vec!["eu", "web"]
+        );
+        assert_eq!(lb.country_pools[b"JP"], vec!["us"]);
+        assert_eq!(lb.pop_pools["LAX"], vec!["us"]);
+        assert_eq!(lb.affinity_ttl, Some(600));
+        assert_eq!(lb.pool_weights["eu"], 0.2);
+        assert_eq!(lb.default_weight, 0.5);
+        let www = c
+            .load_balancers
+            .iter()
+            .find(|l| l.name == "www")
+            .expect("www");
+        assert_eq!(www.affinity_ttl, None, "session_affinity defaults to none");
+        assert_eq!(c.geo.prefixes.len(), 3);
+        let us = &c.geo.prefixes[2];
+        assert_eq!(
+            (us.country, us.region),
+            (Some(*b"US"), Region::parse("WNAM"))
+        );
+    }
+
+    #[test]
+    fn steering_policy_must_be_known() {
         assert_one(
-            &errors_with(
-                "default_pools = [\"web\"]",
-                "default_pools = [\"web\"]\nsteering_policy = \"geo\"",
-            ),
+            &lb_with("steering_policy = \"fastest\""),
             "load_balancers[0].steering_policy",
         );
-        assert_one(
-            &errors_with(
+        let e = lb_with("steering_policy = \"least_connections\"");
+        assert_one(&e, "load_balancers[0].steering_policy");
+        assert!(e[0].contains("origin_steering"), "{e:?}");
+        for ok in ["off", "random", "dynamic_latency", "geo"] {
+            let text = GOOD.replacen(
                 "default_pools = [\"web\"]",
-                "default_pools = [\"web\"]\nsteering_policy = \"fastest\"",
-            ),
+                &format!("default_pools = [\"web\"]\nsteering_policy = \"{ok}\""),
+                1,
+            );
+            Config::parse(&text, Path::new("t")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn region_pools_need_known_regions_and_pools() {
+        let mut text = GOOD.replacen("default_pools = [\"web\"]", "default_pools = [\"web\"]\nsteering_policy = \"geo\"\nregion_pools = { MARS = [\"web\"], WEU = [\"nope\"] }", 1);
+        text.push_str("\n[geo]\nprefixes = [{ prefix = \"10.9.0.0/16\", country = \"DE\" }]\n");
+        let e = errors_of(&text);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e[0].starts_with("load_balancers[0].region_pools.MARS: unknown region"),
+            "{e:?}"
+        );
+        assert!(e[0].contains("WNAM, ENAM"), "lists the codes: {e:?}");
+        assert!(
+            e[1].starts_with("load_balancers[0].region_pools.WEU[0]: no pool is named \"nope\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn country_pools_need_iso_codes() {
+        let mut text = GOOD.replacen("default_pools = [\"web\"]", "default_pools = [\"web\"]\nsteering_policy = \"geo\"\ncountry_pools = { XX = [\"web\"], de = [\"web\"] }", 1);
+        text.push_str("\n[geo]\nprefixes = [{ prefix = \"10.9.0.0/16\", country = \"DE\" }]\n");
+        let e = errors_of(&text);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e.iter().all(|e| e.contains("is not an ISO 3166-1 alpha-2")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn geo_lists_need_geo_data() {
+        assert_one(
+            &lb_with("steering_policy = \"geo\"\nregion_pools = { WEU = [\"web\"] }"),
+            "load_balancers[0].region_pools / country_pools",
+        );
+        // pop_pools alone need no client data.
+        let text = GOOD.replacen(
+            "default_pools = [\"web\"]",
+            "default_pools = [\"web\"]\nsteering_policy = \"geo\"\npop_pools = { AMS = [\"web\"] }",
+            1,
+        );
+        Config::parse(&text, Path::new("t")).expect("pop_pools alone are fine");
+    }
+
+    #[test]
+    fn pop_names_are_checked() {
+        assert_one(&agent_with("pop = \"ams 1\""), "agent.pop");
+        assert_one(
+            &lb_with("pop_pools = { ams = [\"web\"] }"),
+            "load_balancers[0].pop_pools.ams",
+        );
+        assert_one(
+            &lb_with("pop_pools = { AMS = [] }"),
+            "load_balancers[0].pop_pools.AMS",
+        );
+    }
+
+    #[test]
+    fn random_steering_weights_in_range_and_on_default_pools() {
+        assert_one(
+            &lb_with("random_steering = { pool_weights = { web = 1.5 } }"),
+            "load_balancers[0].random_steering.pool_weights.web",
+        );
+        assert_one(
+            &lb_with("random_steering = { pool_weights = { other = 0.5 } }"),
+            "load_balancers[0].random_steering.pool_weights.other",
+        );
+        assert_one(
+            &lb_with("random_steering = { default_weight = -0.1 }"),
+            "load_balancers[0].random_steering.default_weight",
+        );
+    }
+
+    #[test]
+    fn proximity_needs_this_hosts_position() {
+        assert_one(
+            &lb_with("steering_policy = \"proximity\""),
             "load_balancers[0].steering_policy",
         );
+        let text = GOOD
+            .replacen(
+                "[[pools]]",
+                "[agent]\nlatitude = 1.0\nlongitude = 2.0\n\n[[pools]]",
+                1,
+            )
+            .replacen(
+                "default_pools = [\"web\"]",
+                "default_pools = [\"web\"]\nsteering_policy = \"proximity\"",
+                1,
+            );
+        Config::parse(&text, Path::new("t")).expect("with a position it is fine");
+    }
+
+    #[test]
+    fn positions_are_pairs_in_range() {
+        assert_one(&agent_with("latitude = 10.0"), "agent.longitude");
+        assert_one(
+            &agent_with("latitude = 91.0\nlongitude = 0.0"),
+            "agent.latitude",
+        );
+        assert_one(
+            &pool_with("latitude = 0.0\nlongitude = 181.0"),
+            "pools[0].longitude",
+        );
+        assert_one(&pool_with("longitude = 1.0"), "pools[0].latitude");
+    }
+
+    #[test]
+    fn origin_steering_policy_is_checked() {
+        assert_one(
+            &pool_with("origin_steering = { policy = \"fastest\" }"),
+            "pools[0].origin_steering.policy",
+        );
+        let e = pool_with("origin_steering = { policy = \"least_outstanding_requests\" }");
+        assert_one(&e, "pools[0].origin_steering.policy");
+        let many: Vec<String> = (0..33)
+            .map(|i| format!("{{ name = \"m{i}\", address = \"10.1.{i}.2\" }}"))
+            .collect();
+        let text = GOOD.replacen(
+            "name = \"web\"\norigins = [",
+            &format!("name = \"web\"\norigin_steering = {{ policy = \"least_connections\" }}\norigins = [{},", many.join(", ")),
+            1,
+        );
+        let e = errors_of(&text);
+        assert_one(&e, "pools[0].origin_steering.policy");
+        assert!(e[0].contains("at most 32"), "{e:?}");
+    }
+
+    #[test]
+    fn session_affinity_is_ip_or_none_with_a_ttl_in_range() {
+        let e = lb_with("session_affinity = \"cookie\"");
+        assert_one(&e, "load_balancers[0].session_affinity");
+        assert!(e[0].contains("\"ip\""), "{e:?}");
+        assert_one(
+            &lb_with("session_affinity = \"sticky\""),
+            "load_balancers[0].session_affinity",
+        );
+        assert_one(
+            &lb_with("session_affinity = \"ip\"\nsession_affinity_ttl = 0"),
+            "load_balancers[0].session_affinity_ttl",
+        );
+        assert_one(
+            &lb_with("session_affinity = \"ip\"\nsession_affinity_ttl = 604801"),
+            "load_balancers[0].session_affinity_ttl",
+        );
+        assert_one(
+            &lb_with("session_affinity_ttl = 60"),
+            "load_balancers[0].session_affinity_ttl",
+        );
+    }
+
+    #[test]
+    fn rtt_smoothing_in_range() {
+        assert_one(&agent_with("rtt_smoothing = 0.0"), "agent.rtt_smoothing");
+        assert_one(&agent_with("rtt_smoothing = 1.5"), "agent.rtt_smoothing");
+    }
+
+    #[test]
+    fn geo_prefixes_are_checked() {
+        let one = |p: &str| geo_with(&format!("prefixes = [{p}]"));
+        assert_one(
+            &one("{ prefix = \"10.0.0.0\", country = \"DE\" }"),
+            "geo.prefixes[0].prefix",
+        );
+        assert_one(
+            &one("{ prefix = \"10.0.0.0/33\", country = \"DE\" }"),
+            "geo.prefixes[0].prefix",
+        );
+        let e = one("{ prefix = \"10.0.0.1/24\", country = \"DE\" }");
+        assert_one(&e, "geo.prefixes[0].prefix");
+        assert!(e[0].contains("10.0.0.0/24"), "suggests the network: {e:?}");
+        assert_one(&one("{ prefix = \"10.0.0.0/24\" }"), "geo.prefixes[0]");
+        assert_one(
+            &one("{ prefix = \"10.0.0.0/24\", country = \"Germany\" }"),
+            "geo.prefixes[0].country",
+        );
+        assert_one(
+            &one("{ prefix = \"10.0.0.0/24\", region = \"EU\" }"),
+            "geo.prefixes[0].region",
+        );
+        assert_one(
+            &one("{ prefix = \"10.0.0.0/24\", country = \"DE\" }, { prefix = \"10.0.0.0/24\", country = \"FR\" }"),
+            "geo.prefixes[1].prefix",
+        );
+    }
+
+    #[test]
+    fn geo_database_must_be_readable() {
+        let e = geo_with("database = \"/nonexistent/lb-test.mmdb\"");
+        assert_one(&e, "geo.database");
+        assert!(e[0].contains("/nonexistent/lb-test.mmdb"), "{e:?}");
     }
 
     #[test]

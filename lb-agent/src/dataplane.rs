@@ -13,7 +13,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, DevMapHash, HashMap, Map, MapData, MapInfo, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, Map, MapData, MapInfo, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -22,8 +22,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    event, map_names as names, Counters, Flow, FlowKey, OriginMeta, RevFlow, Settings, VipKey,
-    VipMeta, MAGLEV_M, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, PROGRAM_NAME,
+    event, map_names as names, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoKey, GeoPlanKey,
+    GeoValue, OriginMeta, RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE,
+    GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAGLEV_M, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS,
+    POOL_SEL_M, PROGRAM_NAME,
 };
 
 use crate::config;
@@ -139,6 +141,20 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
         names::VIP_STATS => (4, s(size_of::<Counters>()), MAX_VIPS),
         names::ORIGIN_STATS => (4, s(size_of::<Counters>()), MAX_ORIGINS),
         names::EVENTS => (4, 8, event::COUNT),
+        names::RING_META => (4, s(size_of::<RingMeta>()), MAX_RINGS),
+        names::POOL_SEL => (4, 4, MAX_VIPS * POOL_SEL_M),
+        names::GEO => (
+            s(size_of::<GeoKey>()),
+            s(size_of::<GeoValue>()),
+            GEO_MAX_PREFIXES,
+        ),
+        names::GEO_PLAN => (s(size_of::<GeoPlanKey>()), 4, GEO_PLAN_SIZE),
+        names::AFFINITY => (
+            s(size_of::<AffinityKey>()),
+            s(size_of::<Affinity>()),
+            AFFINITY_SIZE,
+        ),
+        names::ORIGIN_FLOWS => (4, 8, MAX_ORIGINS),
         other => unreachable!("unknown map {other}"),
     }
 }
@@ -302,6 +318,12 @@ pub struct Maps {
     pub vip_stats: PerCpuArray<MapData, Counters>,
     pub origin_stats: PerCpuArray<MapData, Counters>,
     pub events: PerCpuArray<MapData, u64>,
+    pub ring_meta: Array<MapData, RingMeta>,
+    pub pool_sel: Array<MapData, u32>,
+    pub geo: LpmTrie<MapData, [u8; 16], GeoValue>,
+    pub geo_plan: HashMap<MapData, GeoPlanKey, u32>,
+    pub affinity: HashMap<MapData, AffinityKey, Affinity>,
+    pub origin_flows: Array<MapData, u64>,
 }
 
 impl Maps {
@@ -336,6 +358,12 @@ impl Maps {
             vip_stats: typed!(names::VIP_STATS),
             origin_stats: typed!(names::ORIGIN_STATS),
             events: typed!(names::EVENTS),
+            ring_meta: typed!(names::RING_META),
+            pool_sel: typed!(names::POOL_SEL),
+            geo: typed!(names::GEO),
+            geo_plan: typed!(names::GEO_PLAN),
+            affinity: typed!(names::AFFINITY),
+            origin_flows: typed!(names::ORIGIN_FLOWS),
         })
     }
 

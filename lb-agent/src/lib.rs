@@ -6,6 +6,7 @@
 //! - `maglev`: weighted Maglev tables (pure).
 //! - `health`: hysteresis and health table (pure), probes and their tasks.
 //! - `steering`: origin/pool health and pool choice (pure).
+//! - `geo`: Cloudflare regions and country -> region table (pure), MaxMind DB loader.
 //! - `reconcile`: config -> map entries, the one writer of maps.
 //! - `dataplane`: loading, pinning, attaching; typed map handles.
 //! - `agent`: the lifecycle (`run` with injected shutdown, SIGHUP reload).
@@ -13,6 +14,7 @@
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod geo;
 pub mod health;
 pub mod maglev;
 pub mod neigh;

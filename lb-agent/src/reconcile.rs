@@ -14,11 +14,19 @@ use std::{
 };
 
 use lb_common::{
-    v4_mapped, Counters, OriginMeta, Settings, VipKey, VipMeta, IPPROTO_TCP, MAGLEV_M, MAX_ORIGINS,
-    MAX_RINGS, MAX_VIPS, NO_ORIGIN, ORIGIN_F_PRESENT, SETTINGS_F_READY,
+    v4_mapped, Counters, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta,
+    IPPROTO_TCP, MAGLEV_M, MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, NO_ORIGIN, NO_RING,
+    ORIGIN_F_PRESENT, POOL_SEL_M, RING_STEER_HASH, RING_STEER_LEAST_CONN, RING_STEER_RANDOM,
+    SETTINGS_F_READY, VIP_F_AFFINITY, VIP_F_GEO, VIP_F_RANDOM, WEIGHT_SCALE,
 };
 
-use crate::{config::Config, dataplane::Maps, health::HealthTable, maglev, steering};
+use crate::{
+    config::{Config, Geo, LoadBalancer, OriginSteering, SteeringPolicy},
+    dataplane::Maps,
+    geo::Region,
+    health::HealthTable,
+    maglev, steering,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -56,10 +64,33 @@ pub struct RingKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
     pub settings: Settings,
-    /// Every origin of every ring, with its Maglev weight (0 = drained: no new flows).
-    pub rings: BTreeMap<RingKey, Vec<(OriginKey, f64)>>,
-    /// Enabled load balancers: name, VIP key, ring.
-    pub vips: Vec<(String, VipKey, RingKey)>,
+    pub rings: BTreeMap<RingKey, RingPlan>,
+    /// Enabled load balancers.
+    pub vips: Vec<VipPlan>,
+}
+
+/// One ring: every origin of the pool with its Maglev weight (0 = drained: no new flows),
+/// and how the ring picks among them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RingPlan {
+    pub members: Vec<(OriginKey, f64)>,
+    pub steering: OriginSteering,
+}
+
+/// One VIP: its own ring and how new flows may be sent elsewhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VipPlan {
+    pub name: String,
+    pub key: VipKey,
+    /// The ring for clients nothing else applies to (`steering::choose_pool`).
+    pub ring: RingKey,
+    /// `VIP_F_*`.
+    pub flags: u32,
+    pub affinity_ttl: u32,
+    /// `geo`: client location (`GeoValue::geo_id`) -> ring, where it differs from `ring`.
+    pub geo: BTreeMap<u32, RingKey>,
+    /// `random`: the rings new connections spread over, with weights.
+    pub pool_sel: Vec<(RingKey, f64)>,
 }
 
 pub fn vip_key(addr: Ipv4Addr, port: u16) -> VipKey {
@@ -81,10 +112,33 @@ pub fn vip_addr_marker(addr: [u8; 16]) -> VipKey {
     }
 }
 
-/// What the maps should hold for `cfg` under `health`. Every pool an enabled load balancer
-/// may use (its default pools and its fallback) has a ring, kept current, so failing over is
-/// one write of the VIP's ring id.
-pub fn desired(cfg: &Config, health: &HealthTable) -> Desired {
+/// The client locations the geo trie holds (distinct values), for `desired`.
+pub fn geo_locations(geo: &Geo) -> Vec<GeoValue> {
+    let set: std::collections::BTreeSet<(u32, [u8; 2], u8)> = geo
+        .merged()
+        .values()
+        .map(|p| {
+            let v = p.value();
+            (v.geo_id, v.country, v.region)
+        })
+        .collect();
+    set.into_iter()
+        .map(|(_, country, region)| GeoValue::new(country, region))
+        .collect()
+}
+
+fn ring_key(lb: &LoadBalancer, pool: &str) -> RingKey {
+    RingKey {
+        pool: pool.to_owned(),
+        port: lb.origin_port,
+    }
+}
+
+/// What the maps should hold for `cfg` under `health`, with `locations` the distinct client
+/// locations of the geo trie. Every pool an enabled load balancer may use (default pools,
+/// fallback, geo lists) has a ring, kept current, so failing over is one write of a VIP's
+/// ring id (or of a geo plan entry).
+pub fn desired(cfg: &Config, health: &HealthTable, locations: &[GeoValue]) -> Desired {
     let dp = &cfg.dataplane;
     let settings = Settings {
         snat_addr: v4_mapped(dp.snat_address.octets()),
@@ -97,36 +151,73 @@ pub fn desired(cfg: &Config, health: &HealthTable) -> Desired {
     let mut rings = BTreeMap::new();
     let mut vips = Vec::new();
     for lb in cfg.load_balancers.iter().filter(|l| l.enabled) {
-        for name in lb
-            .default_pools
-            .iter()
-            .chain(std::iter::once(&lb.fallback_pool))
-        {
+        for name in lb.all_pools() {
             if let Some(pool) = cfg.pool(name) {
-                let key = RingKey {
-                    pool: pool.name.clone(),
-                    port: lb.origin_port,
-                };
                 rings
-                    .entry(key)
-                    .or_insert_with(|| steering::ring_members(cfg, health, pool, lb.origin_port));
+                    .entry(ring_key(lb, &pool.name))
+                    .or_insert_with(|| RingPlan {
+                        members: steering::ring_members(cfg, health, pool, lb.origin_port),
+                        steering: pool.origin_steering,
+                    });
             }
         }
         let ring = match steering::choose_pool(cfg, health, lb) {
-            Some((pool, _)) => RingKey {
-                pool: pool.name.clone(),
-                port: lb.origin_port,
-            },
+            Some((pool, _)) => ring_key(lb, &pool.name),
             None => {
                 let key = RingKey {
                     pool: String::new(),
                     port: 0,
                 };
-                rings.entry(key.clone()).or_insert_with(Vec::new);
+                rings.entry(key.clone()).or_insert_with(|| RingPlan {
+                    members: Vec::new(),
+                    steering: OriginSteering::Random,
+                });
                 key
             }
         };
-        vips.push((lb.name.clone(), vip_key(lb.address, lb.port), ring));
+        let mut flags = 0;
+        let mut geo = BTreeMap::new();
+        let mut pool_sel = Vec::new();
+        match lb.steering_policy {
+            SteeringPolicy::Geo if steering::pop_list(cfg, lb).is_none() => {
+                for loc in locations {
+                    let country = (loc.country != [0, 0]).then_some(loc.country);
+                    let region = Region::from_index(loc.region);
+                    let Some(list) = steering::geo_list(lb, country, region) else {
+                        continue;
+                    };
+                    if let Some(pool) = steering::geo_choice(cfg, health, lb, list) {
+                        let r = ring_key(lb, &pool.name);
+                        if r != ring {
+                            geo.insert(loc.geo_id, r);
+                        }
+                    }
+                }
+                if !lb.country_pools.is_empty() || !lb.region_pools.is_empty() {
+                    flags |= VIP_F_GEO;
+                }
+            }
+            SteeringPolicy::Random => {
+                pool_sel = steering::random_pools(cfg, health, lb)
+                    .into_iter()
+                    .map(|(p, w)| (ring_key(lb, &p.name), w))
+                    .collect();
+                flags |= VIP_F_RANDOM;
+            }
+            _ => {}
+        }
+        if lb.affinity_ttl.is_some() {
+            flags |= VIP_F_AFFINITY;
+        }
+        vips.push(VipPlan {
+            name: lb.name.clone(),
+            key: vip_key(lb.address, lb.port),
+            ring,
+            flags,
+            affinity_ttl: lb.affinity_ttl.unwrap_or(0),
+            geo,
+            pool_sel,
+        });
     }
     Desired {
         settings,
@@ -164,14 +255,14 @@ pub fn assign(want: &Desired, cur: &Current, prev: &Assignment) -> Result<Assign
     let mut a = Assignment::default();
     // VIPs: by key.
     let mut taken = HashSet::new();
-    for (_, key, _) in &want.vips {
+    for key in want.vips.iter().map(|v| &v.key) {
         if let Some(m) = cur.vips.get(key) {
             a.vips.insert(*key, m.vip_id);
             taken.insert(m.vip_id);
         }
     }
     let used: HashSet<u32> = HashSet::new();
-    for (_, key, _) in &want.vips {
+    for key in want.vips.iter().map(|v| &v.key) {
         if !a.vips.contains_key(key) {
             let id = free_id(&used, &taken, MAX_VIPS).ok_or(ReconcileError::Capacity {
                 what: "VIP",
@@ -198,12 +289,35 @@ pub fn assign(want: &Desired, cur: &Current, prev: &Assignment) -> Result<Assign
         }
     }
     // Right after start there is no previous assignment: infer it from the VIPs in the maps.
-    for (_, key, ring) in want.vips.iter().filter(|_| prev.rings.is_empty()) {
+    for (key, ring) in want
+        .vips
+        .iter()
+        .filter(|_| prev.rings.is_empty())
+        .map(|v| (&v.key, &v.ring))
+    {
         if let Some(m) = cur.vips.get(key) {
             if !a.rings.contains_key(ring) && !taken.contains(&m.ring_id) {
                 a.rings.insert(ring.clone(), m.ring_id);
                 taken.insert(m.ring_id);
             }
+        }
+    }
+    // Rings no VIP points at directly (geo and random targets): the ring their origins say
+    // they belong to in the maps.
+    for (ring, plan) in want.rings.iter().filter(|_| prev.rings.is_empty()) {
+        if a.rings.contains_key(ring) {
+            continue;
+        }
+        let found = cur.origins.values().find(|m| {
+            plan.members
+                .iter()
+                .any(|(k, _)| m.addr == v4_mapped(k.addr.octets()) && m.port == k.port.to_be())
+                && !taken.contains(&m.ring_id)
+                && m.ring_id < MAX_RINGS
+        });
+        if let Some(m) = found {
+            a.rings.insert(ring.clone(), m.ring_id);
+            taken.insert(m.ring_id);
         }
     }
     for ring in want.rings.keys() {
@@ -226,7 +340,12 @@ pub fn assign(want: &Desired, cur: &Current, prev: &Assignment) -> Result<Assign
     }
     let present: HashSet<u32> = by_addr.values().flatten().copied().collect();
     let mut taken = HashSet::new();
-    let all: Vec<&OriginKey> = want.rings.values().flatten().map(|(k, _)| k).collect();
+    let all: Vec<&OriginKey> = want
+        .rings
+        .values()
+        .flat_map(|r| &r.members)
+        .map(|(k, _)| k)
+        .collect();
     for k in &all {
         let addr_key = (v4_mapped(k.addr.octets()), k.port.to_be());
         if a.origins.contains_key(*k) {
@@ -301,6 +420,14 @@ pub struct Reconciler {
     rings: HashMap<u32, Vec<u32>>,
     settings: Option<Settings>,
     pub assignment: Assignment,
+    ring_meta: HashMap<u32, RingMeta>,
+    geo_plan: HashMap<GeoPlanKey, u32>,
+    /// VIP id -> `POOL_SEL` slots, read on first use.
+    pool_sel: HashMap<u32, Vec<u32>>,
+    /// What the `GEO` trie holds, read on first use.
+    geo_trie: Option<HashMap<(u32, [u8; 16]), GeoValue>>,
+    geo_applied: Option<Geo>,
+    geo_locations: Vec<GeoValue>,
 }
 
 impl Reconciler {
@@ -318,12 +445,27 @@ impl Reconciler {
             }
         }
         let settings = maps.settings.get(&0, 0).ok();
+        let mut ring_meta = HashMap::new();
+        for id in 0..MAX_RINGS {
+            ring_meta.insert(id, maps.ring_meta.get(&id, 0).map_err(werr("RING_META"))?);
+        }
+        let mut geo_plan = HashMap::new();
+        for item in maps.geo_plan.iter() {
+            let (k, v) = item.map_err(werr("GEO_PLAN"))?;
+            geo_plan.insert(k, v);
+        }
         Ok(Self {
             maps,
             current,
             rings: HashMap::new(),
             settings,
             assignment: Assignment::default(),
+            ring_meta,
+            geo_plan,
+            pool_sel: HashMap::new(),
+            geo_trie: None,
+            geo_applied: None,
+            geo_locations: Vec::new(),
         })
     }
 
@@ -345,7 +487,8 @@ impl Reconciler {
     /// differences.
     pub fn apply(&mut self, cfg: &Config, health: &HealthTable) -> Result<ApplyReport> {
         let start = Instant::now();
-        let want = desired(cfg, health);
+        self.sync_geo(&cfg.geo)?;
+        let want = desired(cfg, health, &self.geo_locations);
         let a = assign(&want, &self.current, &self.assignment)?;
         let mut r = ApplyReport::default();
 
@@ -357,23 +500,38 @@ impl Reconciler {
             self.settings = Some(want.settings);
         }
 
-        // 1. Origins (new ones start with zeroed counters).
+        // 1. Origins (new ones start with zeroed counters), with their ring and weight.
+        let mut place: HashMap<&OriginKey, (u32, u32)> = HashMap::new();
+        for (key, plan) in &want.rings {
+            for (k, w) in &plan.members {
+                place.insert(k, (a.rings[key], scaled(*w)));
+            }
+        }
         let mut wanted_origins = HashSet::new();
         for (k, id) in &a.origins {
             wanted_origins.insert(*id);
+            let (ring_id, weight) = place.get(k).copied().unwrap_or((NO_RING, 0));
             let meta = OriginMeta {
                 addr: v4_mapped(k.addr.octets()),
                 port: k.port.to_be(),
                 _pad: 0,
                 flags: ORIGIN_F_PRESENT,
+                ring_id,
+                weight,
             };
-            if self.current.origins.get(id) != Some(&meta) {
-                if !self.current.origins.contains_key(id) {
+            let cur = self.current.origins.get(id);
+            if cur != Some(&meta) {
+                // A new origin, or another one than before under this id: fresh counters.
+                if cur.is_none_or(|c| c.addr != meta.addr || c.port != meta.port) {
                     let zero = zero_counters("ORIGIN_STATS")?;
                     self.maps
                         .origin_stats
                         .set(*id, zero, 0)
                         .map_err(werr("ORIGIN_STATS"))?;
+                    self.maps
+                        .origin_flows
+                        .set(*id, 0, 0)
+                        .map_err(werr("ORIGIN_FLOWS"))?;
                 }
                 self.maps
                     .origins
@@ -384,11 +542,11 @@ impl Reconciler {
             }
         }
 
-        // 2. Ring slots that changed.
-        for (key, members) in &want.rings {
+        // 2. Ring slots that changed, and each ring's steering.
+        for (key, plan) in &want.rings {
             let id = a.rings[key];
             let t = Instant::now();
-            let slots = ring_slots(members, &a.origins);
+            let slots = ring_slots(&plan.members, &a.origins);
             r.compute += t.elapsed();
             let t = Instant::now();
             let base = id * MAGLEV_M;
@@ -406,25 +564,70 @@ impl Reconciler {
             }
             self.rings.insert(id, slots);
             r.ring_writes += t.elapsed();
+            let meta = ring_meta(plan, &a.origins);
+            if self.ring_meta.get(&id) != Some(&meta) {
+                self.maps
+                    .ring_meta
+                    .set(id, meta, 0)
+                    .map_err(werr("RING_META"))?;
+                self.ring_meta.insert(id, meta);
+            }
         }
 
-        // 3. VIPs (and address markers) pointing at their rings.
+        // 3. Geo plans and random pool tables, before the VIPs that use them.
+        let mut wanted_plan: HashMap<GeoPlanKey, u32> = HashMap::new();
+        for v in &want.vips {
+            for (geo_id, ring) in &v.geo {
+                let k = GeoPlanKey {
+                    vip_id: a.vips[&v.key],
+                    geo_id: *geo_id,
+                };
+                wanted_plan.insert(k, a.rings[ring]);
+            }
+        }
+        for (k, ring) in &wanted_plan {
+            if self.geo_plan.get(k) != Some(ring) {
+                self.maps
+                    .geo_plan
+                    .insert(k, ring, 0)
+                    .map_err(werr("GEO_PLAN"))?;
+                self.geo_plan.insert(*k, *ring);
+            }
+        }
+        for v in want.vips.iter().filter(|v| v.flags & VIP_F_RANDOM != 0) {
+            let vip_id = a.vips[&v.key];
+            let slots = pool_sel_slots(&v.pool_sel, &a.rings);
+            let old = self.pool_sel(vip_id)?.clone();
+            for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
+                if new != old {
+                    #[expect(clippy::cast_possible_truncation, reason = "i < POOL_SEL_M")]
+                    let slot = vip_id * POOL_SEL_M + i as u32;
+                    self.maps
+                        .pool_sel
+                        .set(slot, *new, 0)
+                        .map_err(werr("POOL_SEL"))?;
+                }
+            }
+            self.pool_sel.insert(vip_id, slots);
+        }
+
+        // 4. VIPs (and address markers) pointing at their rings.
         let mut wanted_vips: HashMap<VipKey, VipMeta> = HashMap::new();
-        for (_, key, ring) in &want.vips {
+        for v in &want.vips {
             let meta = VipMeta {
-                vip_id: a.vips[key],
-                ring_id: a.rings[ring],
-                flags: 0,
-                _pad: 0,
+                vip_id: a.vips[&v.key],
+                ring_id: a.rings[&v.ring],
+                flags: v.flags,
+                affinity_ttl: v.affinity_ttl,
             };
-            wanted_vips.insert(*key, meta);
+            wanted_vips.insert(v.key, meta);
             wanted_vips
-                .entry(vip_addr_marker(key.addr))
+                .entry(vip_addr_marker(v.key.addr))
                 .or_insert(VipMeta {
                     vip_id: u32::MAX,
                     ring_id: u32::MAX,
                     flags: 0,
-                    _pad: 0,
+                    affinity_ttl: 0,
                 });
         }
         for (key, meta) in &wanted_vips {
@@ -442,7 +645,7 @@ impl Reconciler {
             }
         }
 
-        // 4. Removals: VIPs first (nothing points at stale rings or origins afterwards).
+        // 5. Removals: VIPs first (nothing points at stale plans, rings or origins afterwards).
         let stale: Vec<VipKey> = self
             .current
             .vips
@@ -454,6 +657,16 @@ impl Reconciler {
             self.maps.vips.remove(&k).map_err(werr("VIPS"))?;
             self.current.vips.remove(&k);
             r.vips_removed += 1;
+        }
+        let stale: Vec<GeoPlanKey> = self
+            .geo_plan
+            .keys()
+            .filter(|k| !wanted_plan.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            self.maps.geo_plan.remove(&k).map_err(werr("GEO_PLAN"))?;
+            self.geo_plan.remove(&k);
         }
         let stale: Vec<u32> = self
             .current
@@ -475,6 +688,132 @@ impl Reconciler {
         r.elapsed = start.elapsed();
         Ok(r)
     }
+
+    /// A VIP's `POOL_SEL` slots as last written or read.
+    fn pool_sel(&mut self, vip_id: u32) -> Result<&mut Vec<u32>> {
+        if !self.pool_sel.contains_key(&vip_id) {
+            let base = vip_id * POOL_SEL_M;
+            let slots = (0..POOL_SEL_M)
+                .map(|s| {
+                    self.maps
+                        .pool_sel
+                        .get(&(base + s), 0)
+                        .map_err(werr("POOL_SEL"))
+                })
+                .collect::<Result<Vec<u32>>>()?;
+            self.pool_sel.insert(vip_id, slots);
+        }
+        Ok(self.pool_sel.get_mut(&vip_id).expect("inserted above"))
+    }
+
+    /// Makes the `GEO` trie hold `geo`'s prefixes (only when they changed since the last call:
+    /// a full database has ~400k of them).
+    fn sync_geo(&mut self, geo: &Geo) -> Result<()> {
+        if self.geo_applied.as_ref().is_some_and(|g| same_geo(g, geo)) {
+            return Ok(());
+        }
+        if self.geo_trie.is_none() {
+            let mut cur = HashMap::new();
+            for item in self.maps.geo.iter() {
+                let (k, v) = item.map_err(werr("GEO"))?;
+                cur.insert((k.prefix_len(), k.data()), v);
+            }
+            self.geo_trie = Some(cur);
+        }
+        let cur = self.geo_trie.as_mut().expect("read above");
+        let want: HashMap<(u32, [u8; 16]), GeoValue> = geo
+            .merged()
+            .values()
+            .map(|p| {
+                let k = p.key();
+                ((k.prefixlen, k.addr), p.value())
+            })
+            .collect();
+        for (k, v) in &want {
+            if cur.get(k) != Some(v) {
+                let key = aya::maps::lpm_trie::Key::new(k.0, k.1);
+                self.maps.geo.insert(&key, *v, 0).map_err(werr("GEO"))?;
+                cur.insert(*k, *v);
+            }
+        }
+        let stale: Vec<(u32, [u8; 16])> = cur
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            let key = aya::maps::lpm_trie::Key::new(k.0, k.1);
+            self.maps.geo.remove(&key).map_err(werr("GEO"))?;
+            cur.remove(&k);
+        }
+        self.geo_locations = geo_locations(geo);
+        self.geo_applied = Some(geo.clone());
+        Ok(())
+    }
+}
+
+/// Equal geo data; the database's prefixes compared by identity (they are loaded once per
+/// config load and shared).
+fn same_geo(a: &Geo, b: &Geo) -> bool {
+    a.database == b.database
+        && a.prefixes == b.prefixes
+        && std::sync::Arc::ptr_eq(&a.database_prefixes, &b.database_prefixes)
+}
+
+/// A Maglev weight in the data path's fixed point; a positive weight never rounds to 0.
+fn scaled(w: f64) -> u32 {
+    if w <= 0.0 {
+        return 0;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "0 < w <= 1"
+    )]
+    let v = (w * WEIGHT_SCALE).round() as u32;
+    v.max(1)
+}
+
+/// `RING_META` of a ring: its steering and, for least connections, its usable members.
+pub fn ring_meta(plan: &RingPlan, ids: &HashMap<OriginKey, u32>) -> RingMeta {
+    let mut m = RingMeta {
+        steering: match plan.steering {
+            OriginSteering::Random => RING_STEER_RANDOM,
+            OriginSteering::Hash => RING_STEER_HASH,
+            OriginSteering::LeastConnections => RING_STEER_LEAST_CONN,
+        },
+        ..RingMeta::default()
+    };
+    if plan.steering == OriginSteering::LeastConnections {
+        let mut n = 0;
+        for (k, w) in plan.members.iter().filter(|(_, w)| *w > 0.0) {
+            if n == MAX_LC_MEMBERS {
+                break;
+            }
+            m.ids[n] = ids[k];
+            m.weights[n] = scaled(*w);
+            n += 1;
+        }
+        m.count = u32::try_from(n).expect("at most 32");
+    }
+    m
+}
+
+/// A `random` VIP's `POOL_SEL` slots: weighted Maglev over its healthy pools' rings
+/// (`NO_RING` everywhere when it has none: the VIP's own ring is used).
+pub fn pool_sel_slots(pools: &[(RingKey, f64)], rings: &HashMap<RingKey, u32>) -> Vec<u32> {
+    let backends: Vec<maglev::Backend> = pools
+        .iter()
+        .map(|(k, w)| maglev::Backend {
+            key: maglev::backend_key(&k.pool),
+            weight: *w,
+        })
+        .collect();
+    let ids: Vec<u32> = pools.iter().map(|(k, _)| rings[k]).collect();
+    maglev::build(&backends, POOL_SEL_M)
+        .into_iter()
+        .map(|s| s.map_or(NO_RING, |i| ids[i as usize]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -513,9 +852,9 @@ default_pools = ["b"]
 
     #[test]
     fn desired_uses_first_enabled_pool_and_origin_ports() {
-        let d = desired(&cfg(POOLS, LBS), &HealthTable::default());
+        let d = desired(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
         assert_eq!(d.vips.len(), 2);
-        let (_, _, ring_x) = &d.vips[0];
+        let ring_x = &d.vips[0].ring;
         assert_eq!(
             ring_x,
             &RingKey {
@@ -523,37 +862,37 @@ default_pools = ["b"]
                 port: 80
             }
         );
-        let members = &d.rings[ring_x];
+        let members = &d.rings[ring_x].members;
         assert_eq!(members[0].0.port, 80, "origin without port takes the LB's");
         assert_eq!(members[1].0.port, 8080, "origin port wins");
-        let (_, _, ring_y) = &d.vips[1];
+        let ring_y = &d.vips[1].ring;
         assert_eq!(ring_y.port, 8443);
         // b1 disabled and b2 weight 0: both present with weight 0 (drained).
-        assert!(d.rings[ring_y].iter().all(|(_, w)| *w == 0.0));
+        assert!(d.rings[ring_y].members.iter().all(|(_, w)| *w == 0.0));
     }
 
     #[test]
     fn disabled_pool_is_skipped_and_disabled_lb_is_absent() {
         let pools = POOLS.replacen("name = \"a\"", "name = \"a\"\nenabled = false", 1);
         let lbs = LBS.replacen("port = 443", "port = 443\nenabled = false", 1);
-        let d = desired(&cfg(&pools, &lbs), &HealthTable::default());
+        let d = desired(&cfg(&pools, &lbs), &HealthTable::default(), &[]);
         assert_eq!(d.vips.len(), 1);
-        assert_eq!(d.vips[0].2.pool, "b");
+        assert_eq!(d.vips[0].ring.pool, "b");
     }
 
     #[test]
     fn drained_ring_has_no_origins() {
-        let d = desired(&cfg(POOLS, LBS), &HealthTable::default());
+        let d = desired(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
         let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
-        let ring_y = &d.vips[1].2;
-        assert!(ring_slots(&d.rings[ring_y], &a.origins)
+        let ring_y = &d.vips[1].ring;
+        assert!(ring_slots(&d.rings[ring_y].members, &a.origins)
             .iter()
             .all(|s| *s == NO_ORIGIN));
     }
 
     #[test]
     fn fresh_assignment_is_dense_and_unique() {
-        let d = desired(&cfg(POOLS, LBS), &HealthTable::default());
+        let d = desired(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
         let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         let mut ids: Vec<u32> = a.origins.values().copied().collect();
         ids.sort_unstable();
@@ -567,18 +906,18 @@ default_pools = ["b"]
     #[test]
     fn assignment_is_stable_against_what_maps_hold() {
         let c = cfg(POOLS, LBS);
-        let d = desired(&c, &HealthTable::default());
+        let d = desired(&c, &HealthTable::default(), &[]);
         let first = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         // Simulate the maps after applying `first`.
         let mut cur = Current::default();
-        for (_, key, ring) in &d.vips {
+        for v in &d.vips {
             cur.vips.insert(
-                *key,
+                v.key,
                 VipMeta {
-                    vip_id: first.vips[key],
-                    ring_id: first.rings[ring],
+                    vip_id: first.vips[&v.key],
+                    ring_id: first.rings[&v.ring],
                     flags: 0,
-                    _pad: 0,
+                    affinity_ttl: 0,
                 },
             );
         }
@@ -590,6 +929,8 @@ default_pools = ["b"]
                     port: k.port.to_be(),
                     _pad: 0,
                     flags: ORIGIN_F_PRESENT,
+                    ring_id: 0,
+                    weight: 0,
                 },
             );
         }
@@ -601,7 +942,7 @@ default_pools = ["b"]
     fn new_ring_never_overwrites_a_ring_a_live_vip_uses() {
         // Maps hold VIP x on ring 0; the new config moves x to pool b (a new ring key).
         let c = cfg(POOLS, LBS);
-        let d = desired(&c, &HealthTable::default());
+        let d = desired(&c, &HealthTable::default(), &[]);
         let mut cur = Current::default();
         let other = vip_key(Ipv4Addr::new(10, 9, 9, 9), 80); // a VIP being removed, on ring 1
         cur.vips.insert(
@@ -610,7 +951,7 @@ default_pools = ["b"]
                 vip_id: 7,
                 ring_id: 1,
                 flags: 0,
-                _pad: 0,
+                affinity_ttl: 0,
             },
         );
         let a = assign(&d, &cur, &Assignment::default()).unwrap();
@@ -631,22 +972,22 @@ mod move_tests {
         let base = "[dataplane]\ninterfaces=[\"eth0\"]\nsnat_address=\"10.0.0.1\"\n[[pools]]\nname=\"a\"\norigins=[{name=\"a1\",address=\"10.1.0.1\"}]\n[[pools]]\nname=\"b\"\norigins=[{name=\"b1\",address=\"10.2.0.1\"}]\n[[load_balancers]]\nname=\"x\"\naddress=\"10.0.0.10\"\nport=80\n";
         let c1 = Config::parse(&format!("{base}default_pools=[\"a\"]\n"), Path::new("t")).unwrap();
         let c2 = Config::parse(&format!("{base}default_pools=[\"b\"]\n"), Path::new("t")).unwrap();
-        let d1 = desired(&c1, &HealthTable::default());
+        let d1 = desired(&c1, &HealthTable::default(), &[]);
         let a1 = assign(&d1, &Current::default(), &Assignment::default()).unwrap();
         let mut cur = Current::default();
-        let (_, key, ring) = &d1.vips[0];
+        let (key, ring) = (&d1.vips[0].key, &d1.vips[0].ring);
         cur.vips.insert(
             *key,
             VipMeta {
                 vip_id: a1.vips[key],
                 ring_id: a1.rings[ring],
                 flags: 0,
-                _pad: 0,
+                affinity_ttl: 0,
             },
         );
-        let d2 = desired(&c2, &HealthTable::default());
+        let d2 = desired(&c2, &HealthTable::default(), &[]);
         let a2 = assign(&d2, &cur, &a1).unwrap();
-        let (_, _, ring2) = &d2.vips[0];
+        let ring2 = &d2.vips[0].ring;
         assert_ne!(
             a2.rings[ring2], a1.rings[ring],
             "the live ring of x must not be rewritten in place"

@@ -44,10 +44,12 @@ pub struct OriginStats {
     pub new_flows: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// Flows opened and not yet closed, as the data path counts them (`ORIGIN_FLOWS`).
+    pub open_flows: i64,
 }
 
 /// Collects counters for every load balancer of `cfg` that the maps know. Works without a
-/// running agent: the pool a VIP uses is read off its ring (the pool whose origins fill it).
+/// running agent: the pool a VIP uses is the one whose origins record the VIP's ring.
 pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
     use crate::dataplane::map_err;
     let mut cur = Current::default();
@@ -62,7 +64,7 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
             }
         }
     }
-    let want = reconcile::desired(cfg, &HealthTable::default());
+    let want = reconcile::desired(cfg, &HealthTable::default(), &[]);
     let ids = reconcile::assign(&want, &cur, &reconcile::Assignment::default())
         .map_err(|e| DataplaneError::Host(e.to_string()))?;
     let by_id: HashMap<u32, &reconcile::OriginKey> =
@@ -73,34 +75,40 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
         .map(|l| (l.name.as_str(), l))
         .collect();
     let mut vips = Vec::new();
-    for (name, key, _) in &want.vips {
-        let Some(meta) = cur.vips.get(key) else {
+    for v in &want.vips {
+        let Some(meta) = cur.vips.get(&v.key) else {
             continue;
         };
+        let name = &v.name;
         let lb = lbs[name.as_str()];
-        // Sample the ring to see which pool fills it.
-        let mut votes: HashMap<&str, usize> = HashMap::new();
-        for s in (0..lb_common::MAGLEV_M).step_by(257) {
-            let slot = meta.ring_id * lb_common::MAGLEV_M + s;
-            if let Some(k) = maps.rings.get(&slot, 0).ok().and_then(|id| by_id.get(&id)) {
-                *votes.entry(k.pool.as_str()).or_default() += 1;
-            }
-        }
-        let pool = votes
-            .into_iter()
-            .max_by_key(|(_, n)| *n)
-            .map(|(p, _)| p.to_owned());
+        // The pool of the VIP's own ring: every origin records its ring.
+        let pool = cur
+            .origins
+            .iter()
+            .find(|(_, m)| m.ring_id == meta.ring_id)
+            .and_then(|(id, _)| by_id.get(id))
+            .map(|k| k.pool.clone());
         let c = Maps::counters(&maps.vip_stats, meta.vip_id)?;
         let mut origins = Vec::new();
-        let members = pool.as_deref().and_then(|p| {
-            want.rings.get(&reconcile::RingKey {
-                pool: p.to_owned(),
-                port: lb.origin_port,
+        // Every pool the load balancer may use (geo and random steering use several).
+        let mut seen = std::collections::HashSet::new();
+        let members = lb
+            .all_pools()
+            .filter(|p| seen.insert(p.as_str()))
+            .filter_map(|p| {
+                want.rings.get(&reconcile::RingKey {
+                    pool: p.clone(),
+                    port: lb.origin_port,
+                })
             })
-        });
-        for (ok, _) in members.into_iter().flatten() {
+            .flat_map(|r| &r.members);
+        for (ok, _) in members {
             let id = ids.origins[ok];
             let oc = Maps::counters(&maps.origin_stats, id)?;
+            let open = maps
+                .origin_flows
+                .get(&id, 0)
+                .map_err(map_err("ORIGIN_FLOWS"))?;
             origins.push(OriginStats {
                 pool: ok.pool.clone(),
                 name: ok.name.clone(),
@@ -112,6 +120,8 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
                 new_flows: oc.new_flows,
                 reply_packets: oc.reply_packets,
                 reply_bytes: oc.reply_bytes,
+                #[expect(clippy::cast_possible_wrap, reason = "a count that may dip below 0")]
+                open_flows: (open as i64).max(0),
             });
         }
         vips.push(VipStats {

@@ -9,6 +9,8 @@ use crate::FlowKey;
 pub const SEED_RING: u32 = 0x9747_b28c;
 /// Seed for the first SNAT port a new flow tries.
 pub const SEED_SNAT: u32 = 0x2545_f491;
+/// Seed for the pool a new flow of a `random` VIP takes (`POOL_SEL`).
+pub const SEED_POOL: u32 = 0x6c8e_9cf5;
 
 #[inline(always)]
 const fn round(h: u32, k: u32) -> u32 {
@@ -53,4 +55,16 @@ pub const fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     h = round(h, (key.sport as u32) | ((key.dport as u32) << 16));
     h = round(h, key.proto as u32);
     finish(h, 40)
+}
+
+/// Hash of a client address alone: `hash` origin steering and client-keyed pool choice, so
+/// that every connection of one client lands on the same slot.
+#[inline(always)]
+pub const fn addr_hash(addr: &[u8; 16], seed: u32) -> u32 {
+    let mut h = seed;
+    h = round(h, word(addr, 0));
+    h = round(h, word(addr, 4));
+    h = round(h, word(addr, 8));
+    h = round(h, word(addr, 12));
+    finish(h, 16)
 }

@@ -29,6 +29,19 @@ pub const RINGS_MAP_FLAGS: u32 = 1024;
 pub const NO_ORIGIN: u32 = u32::MAX;
 /// How many SNAT ports a new flow tries before it is dropped as `SNAT_EXHAUSTED`.
 pub const SNAT_PROBES: u32 = 16;
+/// Slots per VIP in `POOL_SEL`, the weighted pool table of `random` steering. Prime, for the
+/// same Maglev construction as the rings; a pool's share is exact to 1/1021.
+pub const POOL_SEL_M: u32 = 1021;
+/// Most origins a `least_connections` pool may have: the data path compares them all.
+pub const MAX_LC_MEMBERS: usize = 32;
+/// Entries of the `GEO` trie (client prefixes); a GeoLite2-Country has about 400k IPv4 ones.
+pub const GEO_MAX_PREFIXES: u32 = 1 << 20;
+/// Entries of `GEO_PLAN`.
+pub const GEO_PLAN_SIZE: u32 = 1 << 16;
+/// Entries of `AFFINITY` (clients remembered by session affinity, LRU).
+pub const AFFINITY_SIZE: u32 = 1 << 18;
+/// A `POOL_SEL` slot without a ring: the VIP's own ring is used.
+pub const NO_RING: u32 = u32::MAX;
 
 /// Map names as they appear in the object file and under the pin directory.
 pub mod map_names {
@@ -42,8 +55,14 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const ORIGIN_STATS: &str = "ORIGIN_STATS";
     pub const EVENTS: &str = "EVENTS";
+    pub const RING_META: &str = "RING_META";
+    pub const POOL_SEL: &str = "POOL_SEL";
+    pub const GEO: &str = "GEO";
+    pub const GEO_PLAN: &str = "GEO_PLAN";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const ORIGIN_FLOWS: &str = "ORIGIN_FLOWS";
     /// Every map, in the order the agent pins and checks them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 16] = [
         SETTINGS,
         VIPS,
         RINGS,
@@ -54,6 +73,12 @@ pub mod map_names {
         VIP_STATS,
         ORIGIN_STATS,
         EVENTS,
+        RING_META,
+        POOL_SEL,
+        GEO,
+        GEO_PLAN,
+        AFFINITY,
+        ORIGIN_FLOWS,
     ];
 }
 
@@ -85,11 +110,21 @@ pub struct VipMeta {
     /// Which ring of `RINGS` new flows use (slot = ring_id * MAGLEV_M + hash % MAGLEV_M), host.
     /// Moving a VIP to another pool is one write of this field.
     pub ring_id: u32,
-    /// Reserved for per-VIP flags, host order; 0 today.
+    /// `VIP_F_*` bits, host order: how new flows pick their ring and origin.
     pub flags: u32,
-    pub _pad: u32,
+    /// With `VIP_F_AFFINITY`: a client keeps its origin while its last new connection is
+    /// younger than this many seconds, host order.
+    pub affinity_ttl: u32,
 }
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+
+/// `VipMeta::flags`: geo steering; the client's prefix (`GEO`) and `GEO_PLAN` pick the ring.
+pub const VIP_F_GEO: u32 = 1;
+/// `VipMeta::flags`: random steering; `POOL_SEL[vip_id * POOL_SEL_M + hash % POOL_SEL_M]`
+/// picks the ring (by client address when `VIP_F_AFFINITY` is set, else by 5-tuple).
+pub const VIP_F_RANDOM: u32 = 2;
+/// `VipMeta::flags`: session affinity by client IP (`AFFINITY`).
+pub const VIP_F_AFFINITY: u32 = 4;
 
 /// Value of `ORIGINS`, indexed by origin id.
 #[repr(C)]
@@ -102,8 +137,73 @@ pub struct OriginMeta {
     pub _pad: u16,
     /// `ORIGIN_F_*` bits, host order.
     pub flags: u32,
+    /// The ring (pool) this origin belongs to, host order.
+    pub ring_id: u32,
+    /// Its weight in that ring in 1/10000, host order; 0 = takes no new flows (drained, down,
+    /// disabled). A SYN or an affinity entry naming this origin keeps it only while
+    /// `ring_id` is the ring the VIP picks for the client and `weight > 0`.
+    pub weight: u32,
 }
-const _: () = assert!(core::mem::size_of::<OriginMeta>() == 24);
+const _: () = assert!(core::mem::size_of::<OriginMeta>() == 32);
+
+/// Scale of `OriginMeta::weight` and `RingMeta::weights`: 1.0 = 10000.
+pub const WEIGHT_SCALE: f64 = 10000.0;
+
+/// Value of `RING_META`, indexed by ring id: how a ring picks an origin for a new flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingMeta {
+    /// `RING_STEER_*`, host order.
+    pub steering: u32,
+    /// Used entries of `ids`/`weights` (`least_connections` rings only), host order.
+    pub count: u32,
+    /// Origin ids with weight > 0, host order.
+    pub ids: [u32; MAX_LC_MEMBERS],
+    /// Their weights in 1/10000, host order.
+    pub weights: [u32; MAX_LC_MEMBERS],
+}
+const _: () = assert!(core::mem::size_of::<RingMeta>() == 264);
+
+impl Default for RingMeta {
+    fn default() -> Self {
+        Self {
+            steering: RING_STEER_RANDOM,
+            count: 0,
+            ids: [0; MAX_LC_MEMBERS],
+            weights: [0; MAX_LC_MEMBERS],
+        }
+    }
+}
+
+/// `RingMeta::steering`: Maglev slot by 5-tuple hash (Cloudflare's weighted `random`).
+pub const RING_STEER_RANDOM: u32 = 0;
+/// `RingMeta::steering`: Maglev slot by client-address hash (`hash`).
+pub const RING_STEER_HASH: u32 = 1;
+/// `RingMeta::steering`: the member with the fewest open flows per weight
+/// (`least_connections`); ties go to the member the 5-tuple hash names first.
+pub const RING_STEER_LEAST_CONN: u32 = 2;
+
+/// Key of `AFFINITY`: a VIP and a client address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Host order.
+    pub vip_id: u32,
+    /// Client address (IPv4-mapped), NBO.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
+
+/// Value of `AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Affinity {
+    /// Origin id the client's last new connection went to, host order.
+    pub origin_id: u32,
+    /// When, in coarse CLOCK_MONOTONIC seconds, host order.
+    pub last_used: u32,
+}
+const _: () = assert!(core::mem::size_of::<Affinity>() == 8);
 
 /// `OriginMeta::flags`: the slot is in use.
 pub const ORIGIN_F_PRESENT: u32 = 1;
@@ -187,6 +287,10 @@ pub struct RevFlow {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<RevFlow>() == 56);
+// The data path sets REV_F_CLOSING with a 64-bit atomic on `flags` and `_pad` together.
+const _: () = assert!(core::mem::offset_of!(RevFlow, flags) % 8 == 0);
+const _: () =
+    assert!(core::mem::offset_of!(RevFlow, _pad) == core::mem::offset_of!(RevFlow, flags) + 4);
 
 /// `RevFlow::flags`: a FIN or RST was seen in either direction; the SNAT port may be
 /// recycled once the flow has been idle `Settings::reuse_closed_secs`.
@@ -291,7 +395,11 @@ pub mod event {
     /// closed flow among them was taken (Linux origins accept a SYN on a TIME_WAIT tuple when
     /// its timestamp is newer, RFC 6191). Open flows are never taken.
     pub const SNAT_REUSED_EARLY: u32 = 22;
-    pub const COUNT: u32 = 23;
+    /// A new flow of a geo VIP found its client's prefix in `GEO`.
+    pub const GEO_MATCH: u32 = 23;
+    /// A new flow went to the origin its client's affinity entry names.
+    pub const AFFINITY_HIT: u32 = 24;
+    pub const COUNT: u32 = 25;
 
     /// Names in index order, for `lb-agent stats` and tests.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -318,8 +426,60 @@ pub mod event {
         "snat_recycled",
         "syn_rehashed",
         "snat_reused_early",
+        "geo_match",
+        "affinity_hit",
     ];
 }
+
+/// Key of `GEO` (LPM trie): a client prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GeoKey {
+    /// Leading bits of `addr` that count, host order; an IPv4 /n is 96 + n (IPv4-mapped).
+    pub prefixlen: u32,
+    /// Prefix, IPv4-mapped or IPv6, NBO; bits past `prefixlen` are zero.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<GeoKey>() == 20);
+
+/// Value of `GEO`: where clients of a prefix are, as Cloudflare's geo steering sees them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GeoValue {
+    /// `region << 16 | country[0] << 8 | country[1]`, host order: the second half of a
+    /// `GEO_PLAN` key. Derived from the two fields below, so it needs no allocation and is
+    /// the same in every agent.
+    pub geo_id: u32,
+    /// ISO 3166-1 alpha-2 country code in ASCII, or zeros when only the region is known.
+    pub country: [u8; 2],
+    /// Cloudflare region, 1..=13 in the order of `lb_agent::geo::Region` (0 = unknown).
+    pub region: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<GeoValue>() == 8);
+
+impl GeoValue {
+    pub const fn new(country: [u8; 2], region: u8) -> Self {
+        Self {
+            geo_id: (region as u32) << 16 | (country[0] as u32) << 8 | country[1] as u32,
+            country,
+            region,
+            _pad: 0,
+        }
+    }
+}
+
+/// Key of `GEO_PLAN`: a geo VIP and a client location (`GeoValue::geo_id`); the value is the
+/// ring new flows of those clients use. Absent = the VIP's own ring (`VipMeta::ring_id`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GeoPlanKey {
+    /// Host order.
+    pub vip_id: u32,
+    /// Host order.
+    pub geo_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<GeoPlanKey>() == 8);
 
 /// Stores an IPv4 address as an IPv4-mapped IPv6 address.
 #[inline(always)]
@@ -331,7 +491,10 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Counters, Flow, FlowKey, OriginMeta, RevFlow, Settings, VipKey, VipMeta};
+    use super::{
+        Affinity, AffinityKey, Counters, Flow, FlowKey, GeoKey, GeoPlanKey, GeoValue, OriginMeta,
+        RevFlow, RingMeta, Settings, VipKey, VipMeta,
+    };
     // SAFETY: all are repr(C), made only of integers and byte arrays, with explicit padding.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}
@@ -341,4 +504,10 @@ mod pod {
     unsafe impl aya::Pod for RevFlow {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for RingMeta {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for Affinity {}
+    unsafe impl aya::Pod for GeoKey {}
+    unsafe impl aya::Pod for GeoValue {}
+    unsafe impl aya::Pod for GeoPlanKey {}
 }

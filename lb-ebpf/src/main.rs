@@ -12,31 +12,40 @@
 //! Nothing is logged per packet: every outcome increments a per-CPU counter.
 #![no_std]
 #![no_main]
+// Atomic add/or on map values: core's atomic types lack read-modify-write operations on the
+// BPF target (no compare-and-swap in its spec), but the instructions exist (BPF_ATOMIC).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod csum;
 mod maps;
 
-use core::mem::{self, size_of};
+use core::{
+    intrinsics::{atomic_or, atomic_xadd, AtomicOrdering},
+    mem::{self, size_of},
+};
 
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_ANY, BPF_FIB_LKUP_RET_FWD_DISABLED,
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
     },
-    btf_maps::PerCpuArray,
+    btf_maps::{lpm_trie::Key, PerCpuArray},
     helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{
     event,
-    hash::{flow_hash, SEED_RING, SEED_SNAT},
-    v4_mapped, Counters, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, IPPROTO_TCP, MAGLEV_M,
-    NO_ORIGIN, ORIGIN_F_PRESENT, REV_F_CLOSING, SETTINGS_F_READY, SNAT_PROBES,
+    hash::{addr_hash, flow_hash, SEED_POOL, SEED_RING, SEED_SNAT},
+    v4_mapped, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, RevFlow, RingMeta,
+    Settings, VipKey, VipMeta, IPPROTO_TCP, MAGLEV_M, MAX_LC_MEMBERS, NO_ORIGIN, NO_RING,
+    ORIGIN_F_PRESENT, POOL_SEL_M, REV_F_CLOSING, RING_STEER_HASH, RING_STEER_LEAST_CONN,
+    SETTINGS_F_READY, SNAT_PROBES, VIP_F_AFFINITY, VIP_F_GEO, VIP_F_RANDOM,
 };
 use maps::{
-    Scratch, EVENTS, FLOWS, ORIGINS, ORIGIN_STATS, REV_FLOWS, RINGS, SCRATCH, SETTINGS, TX_PORTS,
-    VIPS, VIP_STATS,
+    Scratch, AFFINITY, EVENTS, FLOWS, GEO, GEO_PLAN, ORIGINS, ORIGIN_FLOWS, ORIGIN_STATS, POOL_SEL,
+    REV_FLOWS, RINGS, RING_META, SCRATCH, SETTINGS, TX_PORTS, VIPS, VIP_STATS,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
@@ -243,7 +252,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         let existing = FLOWS.get_ptr(key);
         let keep = match existing {
             // SAFETY: map value pointer, read once.
-            Some(f) if syn_only => ring_origin(&key, vip) == Some(unsafe { (*f).origin_id }),
+            Some(f) if syn_only => still_chosen(&key, vip, unsafe { (*f).origin_id }),
             Some(_) => true,
             None => false,
         };
@@ -277,8 +286,9 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
                 _pad: [0; 3],
             };
             if let Some(r) = REV_FLOWS.get_ptr_mut(rkey) {
-                // SAFETY: map value pointer; a racing writer can only set the same bit.
-                unsafe { (*r).flags |= REV_F_CLOSING };
+                if mark_closing(r) {
+                    flows_add(flow.origin_id, DEC);
+                }
             }
         }
         rewrite(
@@ -303,16 +313,16 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
                 return Err(drop(event::DROP_TTL));
             }
             let now = now_secs();
-            // SAFETY: map value pointer; we copy it out and write back two plain words.
+            // SAFETY: map value pointer; we copy it out and write back a plain word.
             let rev: RevFlow = unsafe {
                 if (*rp).last_seen != now {
                     (*rp).last_seen = now;
                 }
-                if closing(tcp) {
-                    (*rp).flags |= REV_F_CLOSING;
-                }
                 *rp
             };
+            if closing(tcp) && mark_closing(rp) {
+                flows_add(rev.origin_id, DEC);
+            }
             rewrite(
                 ip,
                 tcp,
@@ -360,20 +370,21 @@ fn new_flow(
                 proto: IPPROTO_TCP,
                 _pad: [0; 3],
             };
+            if let Some(r) = REV_FLOWS.get_ptr_mut(&(*sc).old_rkey) {
+                if mark_closing(r) {
+                    flows_add((*r).origin_id, DEC);
+                }
+            }
             let _ = REV_FLOWS.remove(&(*sc).old_rkey);
         }
     }
-    let slot = vip.ring_id * MAGLEV_M + flow_hash(key, SEED_RING) % MAGLEV_M;
-    let origin_id = match RINGS.get(slot) {
-        Some(id) if *id != NO_ORIGIN => *id,
-        _ => return Err(drop(event::DROP_NO_ORIGIN)),
-    };
+    // SAFETY: sc points at this CPU's scratch entry; nothing else uses it while we run.
+    let sc = unsafe { &mut *sc };
+    let origin_id = pick(key, vip, sc);
     let origin = match ORIGINS.get(origin_id) {
         Some(o) if o.flags & ORIGIN_F_PRESENT != 0 => o,
         _ => return Err(drop(event::DROP_NO_ORIGIN)),
     };
-    // SAFETY: sc points at this CPU's scratch entry; nothing else uses it while we run.
-    let sc = unsafe { &mut *sc };
     sc.rev = RevFlow {
         client_addr: key.src,
         vip_addr: key.dst,
@@ -446,14 +457,179 @@ fn new_flow(
         let _ = REV_FLOWS.remove(&sc.rkey);
         return Err(drop(event::DROP_FLOW_INSERT));
     }
+    flows_add(origin_id, 1);
+    if vip.flags & VIP_F_AFFINITY != 0 {
+        sc.aff = Affinity {
+            origin_id,
+            last_used: sc.rev.last_seen,
+        };
+        let _ = AFFINITY.insert(&sc.aff_key, &sc.aff, 0);
+    }
     Ok(())
 }
 
-/// The origin the VIP's ring names for `key` now.
+/// -1 for `flows_add`.
+const DEC: u64 = u64::MAX;
+
+/// Adds `delta` (wrapping: `DEC` subtracts one) to origin `id`'s open-flow count.
 #[inline(always)]
-fn ring_origin(key: &FlowKey, vip: &VipMeta) -> Option<u32> {
-    let slot = vip.ring_id * MAGLEV_M + flow_hash(key, SEED_RING) % MAGLEV_M;
-    RINGS.get(slot).copied().filter(|id| *id != NO_ORIGIN)
+fn flows_add(id: u32, delta: u64) {
+    if let Some(p) = ORIGIN_FLOWS.get_ptr_mut(id) {
+        // SAFETY: an array value shared by all CPUs and changed only by atomic adds.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, delta) };
+    }
+}
+
+/// Sets `REV_F_CLOSING`; true for the one caller that set it first (client and origin may
+/// send their FINs on two CPUs at once), so each flow leaves `ORIGIN_FLOWS` once.
+#[inline(always)]
+fn mark_closing(r: *mut RevFlow) -> bool {
+    // SAFETY: a live map value; the flags word is only changed atomically or by whole-entry
+    // replacement.
+    unsafe {
+        if (*r).flags & REV_F_CLOSING != 0 {
+            return false;
+        }
+        // On the 8-byte word `flags` shares with `_pad` (offset 48, 8-aligned; little-endian:
+        // flags is the low half): LLVM lowers a 32-bit fetch-or to an OR without BPF_FETCH.
+        let word = (&raw mut (*r).flags).cast::<u64>();
+        let old =
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, u64::from(REV_F_CLOSING));
+        old & u64::from(REV_F_CLOSING) == 0
+    }
+}
+
+/// The ring new flows of `key` take on `vip`: the geo plan's ring for the client's location,
+/// the `random` pool table's ring, or the VIP's own ring. Deterministic for a client (geo) or
+/// a 5-tuple (random), so a SYN retransmission meets the same choice.
+#[inline(always)]
+fn select_ring(key: &FlowKey, vip: &VipMeta, sc: &mut Scratch) -> u32 {
+    if vip.flags & VIP_F_GEO != 0 {
+        sc.geo_key = Key::new(128, key.src);
+        if let Some(g) = GEO.get(&sc.geo_key) {
+            count(event::GEO_MATCH);
+            sc.plan_key = GeoPlanKey {
+                vip_id: vip.vip_id,
+                geo_id: g.geo_id,
+            };
+            // SAFETY: a map value only the agent writes, copied out.
+            if let Some(r) = unsafe { GEO_PLAN.get(&sc.plan_key) } {
+                return *r;
+            }
+        }
+    } else if vip.flags & VIP_F_RANDOM != 0 {
+        let h = if vip.flags & VIP_F_AFFINITY != 0 {
+            addr_hash(&key.src, SEED_POOL)
+        } else {
+            flow_hash(key, SEED_POOL)
+        };
+        if let Some(r) = POOL_SEL.get(vip.vip_id * POOL_SEL_M + h % POOL_SEL_M) {
+            if *r != NO_RING {
+                return *r;
+            }
+        }
+    }
+    vip.ring_id
+}
+
+/// May `origin_id` take new flows from the ring `ring`? (It belongs to that ring and has
+/// weight there: not down, drained or disabled.)
+#[inline(always)]
+fn usable(origin_id: u32, ring: u32) -> bool {
+    ORIGINS
+        .get(origin_id)
+        .is_some_and(|o| o.flags & ORIGIN_F_PRESENT != 0 && o.ring_id == ring && o.weight > 0)
+}
+
+/// Would a new flow of `key` still go to `origin_id`? Asked for a SYN that meets an existing
+/// flow (a retransmission, or a client reusing a closed connection's tuple): it keeps its
+/// flow while its origin is usable in the ring the VIP now picks for it.
+#[inline(never)]
+fn still_chosen(key: &FlowKey, vip: &VipMeta, origin_id: u32) -> bool {
+    let Some(sc) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch entry; new_flow has not started using it.
+    let sc = unsafe { &mut *sc };
+    usable(origin_id, select_ring(key, vip, sc))
+}
+
+/// The origin for a new flow (NO_ORIGIN when the ring has none): the client's affinity origin
+/// while it is fresh and usable, else the ring's choice by its steering.
+#[inline(never)]
+fn pick(key: &FlowKey, vip: &VipMeta, sc: &mut Scratch) -> u32 {
+    let ring = select_ring(key, vip, sc);
+    if vip.flags & VIP_F_AFFINITY != 0 {
+        sc.aff_key = AffinityKey {
+            vip_id: vip.vip_id,
+            addr: key.src,
+        };
+        if let Some(a) = AFFINITY.get_ptr(&sc.aff_key) {
+            // SAFETY: map value pointer, copied out.
+            let a = unsafe { *a };
+            if now_secs().wrapping_sub(a.last_used) < vip.affinity_ttl && usable(a.origin_id, ring)
+            {
+                count(event::AFFINITY_HIT);
+                return a.origin_id;
+            }
+        }
+    }
+    let Some(meta) = RING_META.get(ring) else {
+        return NO_ORIGIN;
+    };
+    let h = if meta.steering == RING_STEER_HASH {
+        addr_hash(&key.src, SEED_RING)
+    } else {
+        flow_hash(key, SEED_RING)
+    };
+    if meta.steering == RING_STEER_LEAST_CONN {
+        return least_conn(meta, h);
+    }
+    RINGS
+        .get(ring * MAGLEV_M + h % MAGLEV_M)
+        .copied()
+        .unwrap_or(NO_ORIGIN)
+}
+
+/// The member with the fewest open flows per unit of weight, counting the new one
+/// ((flows + 1) / weight); the scan starts at a hash-chosen member so ties spread.
+#[inline(always)]
+fn least_conn(meta: &RingMeta, h: u32) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "32 members")]
+    let n = meta.count.min(MAX_LC_MEMBERS as u32);
+    if n == 0 {
+        return NO_ORIGIN;
+    }
+    let start = h % n;
+    let mut best = NO_ORIGIN;
+    let mut best_load: u64 = 0;
+    let mut best_w: u64 = 1;
+    let mut i: u32 = 0;
+    while i < n {
+        let mut j = start + i;
+        if j >= n {
+            j -= n;
+        }
+        let idx = j as usize & (MAX_LC_MEMBERS - 1);
+        let (id, w) = (meta.ids[idx], u64::from(meta.weights[idx]));
+        // Counts can dip below zero for a moment (an eviction we never saw, then a FIN).
+        #[expect(
+            clippy::cast_possible_wrap,
+            clippy::cast_sign_loss,
+            reason = "clamped at 0"
+        )]
+        let flows = ORIGIN_FLOWS
+            .get(id)
+            .map_or(0, |f| (*f as i64).max(0) as u64);
+        let load = flows + 1;
+        if w > 0 && (best == NO_ORIGIN || load * best_w < best_load * w) {
+            best = id;
+            best_load = load;
+            best_w = w;
+        }
+        i += 1;
+    }
+    best
 }
 
 /// `recycle` took the port over.
@@ -483,6 +659,9 @@ fn recycle(sc: &mut Scratch, settings: &Settings, force: bool) -> u32 {
         } else {
             0
         };
+    }
+    if !closing {
+        flows_add(old.origin_id, DEC);
     }
     sc.old_flow = FlowKey {
         src: old.client_addr,

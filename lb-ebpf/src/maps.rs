@@ -3,12 +3,14 @@
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    event, Counters, Flow, FlowKey, OriginMeta, RevFlow, Settings, VipKey, VipMeta,
-    DEFAULT_FLOW_TABLE_SIZE, MAGLEV_M, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS,
+    event, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, GeoValue, OriginMeta,
+    RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE, DEFAULT_FLOW_TABLE_SIZE,
+    GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAGLEV_M, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS,
+    POOL_SEL_M,
 };
 
 /// `[0]`: SNAT address and port range; the data path passes everything until it is set.
@@ -31,6 +33,35 @@ pub static RINGS: Array<u32, { (MAX_RINGS * MAGLEV_M) as usize }, { BPF_F_MMAPAB
 /// Origin id -> address and port.
 #[btf_map]
 pub static ORIGINS: Array<OriginMeta, { MAX_ORIGINS as usize }> = Array::new();
+
+/// Ring id -> how the ring picks an origin (5-tuple, client address, least connections).
+#[btf_map]
+pub static RING_META: Array<RingMeta, { MAX_RINGS as usize }> = Array::new();
+
+/// `random` steering: per VIP, `POOL_SEL_M` slots of ring ids, filled by weighted Maglev over
+/// the VIP's healthy pools.
+#[btf_map]
+pub static POOL_SEL: Array<u32, { (MAX_VIPS * POOL_SEL_M) as usize }> = Array::new();
+
+/// Client prefix -> country and region (from config lists and a MaxMind database).
+#[btf_map]
+pub static GEO: LpmTrie<[u8; 16], GeoValue, { GEO_MAX_PREFIXES as usize }> = LpmTrie::new();
+
+/// (geo VIP, client location) -> ring, where that differs from the VIP's own ring.
+#[btf_map]
+pub static GEO_PLAN: HashMap<GeoPlanKey, u32, { GEO_PLAN_SIZE as usize }> = HashMap::new();
+
+/// (VIP, client address) -> the origin of the client's last new connection (session affinity).
+#[btf_map]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { AFFINITY_SIZE as usize }> =
+    LruHashMap::new();
+
+/// Origin id -> open flows: +1 when a flow is created, -1 when its first FIN or RST is seen
+/// or its SNAT port is taken over. Shared by all CPUs (atomic adds), read by
+/// `least_connections` and by the agent. Flows the LRU evicts without a FIN are not
+/// subtracted.
+#[btf_map]
+pub static ORIGIN_FLOWS: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
 
 /// Client -> VIP 5-tuple -> origin and SNAT rewrite. LRU: idle flows age out under pressure.
 #[btf_map]
@@ -63,6 +94,10 @@ pub struct Scratch {
     pub old_flow: FlowKey,
     /// Reverse key of a flow a SYN replaces (its SNAT port is released).
     pub old_rkey: FlowKey,
+    pub geo_key: Key<[u8; 16]>,
+    pub plan_key: GeoPlanKey,
+    pub aff_key: AffinityKey,
+    pub aff: Affinity,
 }
 
 #[btf_map]

@@ -11,6 +11,8 @@
 //!  default via 10.0.1.1      snat 10.0.0.1 (lo), VIP 10.0.0.10     default via 10.0.1i.1
 //! ```
 
+pub mod mmdb;
+
 use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},

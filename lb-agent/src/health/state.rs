@@ -122,7 +122,7 @@ pub struct OriginHealth {
     hysteresis: Hysteresis,
 }
 
-/// Weight of a new RTT sample in the moving average.
+/// Default weight of a new RTT sample in the moving average (`agent.rtt_smoothing`).
 pub const RTT_EWMA_ALPHA: f64 = 0.3;
 
 fn unix_now() -> u64 {
@@ -132,12 +132,28 @@ fn unix_now() -> u64 {
 }
 
 /// Every monitored target's health.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HealthTable {
     targets: BTreeMap<Target, OriginHealth>,
+    /// Weight of a new RTT sample: avg = alpha * sample + (1 - alpha) * avg.
+    rtt_alpha: f64,
+}
+
+impl Default for HealthTable {
+    fn default() -> Self {
+        Self {
+            targets: BTreeMap::new(),
+            rtt_alpha: RTT_EWMA_ALPHA,
+        }
+    }
 }
 
 impl HealthTable {
+    /// Sets the weight of new RTT samples (`agent.rtt_smoothing`, validated to (0, 1]).
+    pub fn set_rtt_smoothing(&mut self, alpha: f64) {
+        self.rtt_alpha = alpha;
+    }
+
     /// Keeps the targets in `want` (with their state), adds new ones as Unknown, drops the rest.
     pub fn retain(&mut self, want: &BTreeMap<Target, (u32, u32)>) {
         self.targets.retain(|t, _| want.contains_key(t));
@@ -162,10 +178,8 @@ impl HealthTable {
         h.reason.clone_from(&outcome.reason);
         if let Some(rtt) = outcome.rtt {
             let ms = rtt.as_secs_f64() * 1000.0;
-            h.rtt_ms = Some(
-                h.rtt_ms
-                    .map_or(ms, |old| RTT_EWMA_ALPHA * ms + (1.0 - RTT_EWMA_ALPHA) * old),
-            );
+            let a = self.rtt_alpha;
+            h.rtt_ms = Some(h.rtt_ms.map_or(ms, |old| a * ms + (1.0 - a) * old));
         }
         let t = h.hysteresis.observe(outcome.ok)?;
         h.state = t.to;
