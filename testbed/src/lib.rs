@@ -490,6 +490,24 @@ impl Topology {
         s
     }
 
+    /// Gives the client namespace another address, `addr` (outside 10.0.1.0/24, so it can
+    /// stand for a client in another prefix), routed by the LB namespace back to the client.
+    /// Connect from it with `request(Some(SocketAddrV4::new(addr, 0)), ..)`.
+    pub fn add_client_address(&self, addr: Ipv4Addr) {
+        let a = format!("{addr}/32");
+        self.client
+            .ip(&["addr", "add", &a, "dev", &format!("{}cx", self.id)]);
+        self.lb.ip(&[
+            "route",
+            "add",
+            &a,
+            "via",
+            &CLIENT.to_string(),
+            "dev",
+            &self.lb_ifaces[0],
+        ]);
+    }
+
     /// Starts one server per origin namespace.
     pub fn start_servers(&self) -> Vec<Server> {
         self.origins
@@ -630,6 +648,8 @@ pub struct Http {
     /// Alternate 200 and 500 on successive requests.
     pub alternate: AtomicBool,
     pub requests: AtomicU32,
+    /// Wait this long after reading a request before answering (a slow origin).
+    pub delay_ms: AtomicU32,
 }
 
 impl Http {
@@ -639,6 +659,7 @@ impl Http {
             body: Mutex::new(body.to_owned()),
             alternate: AtomicBool::new(false),
             requests: AtomicU32::new(0),
+            delay_ms: AtomicU32::new(0),
         })
     }
 
@@ -652,6 +673,10 @@ impl Http {
             }
         }
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let delay = self.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(u64::from(delay)));
+        }
         let status = if self.alternate.load(Ordering::Relaxed) {
             if n.is_multiple_of(2) {
                 200
@@ -947,6 +972,13 @@ pub struct TempFile {
 }
 
 impl TempFile {
+    /// Removes `path` (written by someone else) on drop.
+    pub fn adopt(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
     pub fn new(name: &str, text: &str) -> Self {
         let path = std::env::temp_dir().join(format!("{}-{name}", unique_id("f")));
         fs::write(&path, text).expect("write temp file");
