@@ -107,10 +107,7 @@ pub fn pool_rtt(cfg: &Config, health: &HealthTable, pool: &Pool, ring_port: u16)
 
 /// `dynamic_latency`: pools with an RTT, fastest first, then those without data in their
 /// configured order (ties keep the configured order too).
-pub fn latency_order(
-    pools: &[String],
-    rtt: impl Fn(&str) -> Option<f64>,
-) -> Vec<&String> {
+pub fn latency_order(pools: &[String], rtt: impl Fn(&str) -> Option<f64>) -> Vec<&String> {
     let mut known: Vec<(f64, &String)> = pools
         .iter()
         .filter_map(|p| rtt(p).map(|r| (r, p)))
