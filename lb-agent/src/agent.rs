@@ -389,6 +389,9 @@ pub struct PoolStatus {
 pub struct LbStatus {
     pub name: String,
     pub vip: String,
+    /// `steering_policy` as configured ("off", "geo", ...).
+    #[serde(default)]
+    pub steering_policy: String,
     pub active_pool: Option<String>,
     pub fallback: bool,
 }
@@ -449,6 +452,7 @@ impl Status {
                 LbStatus {
                     name: lb.name.clone(),
                     vip: format!("{}:{}", lb.address, lb.port),
+                    steering_policy: lb.steering_policy.as_str().to_owned(),
                     active_pool: c.as_ref().map(|(p, _)| p.name.clone()),
                     fallback: matches!(c, Some((_, Choice::Fallback))),
                 }
@@ -487,15 +491,16 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{:<16} {:<22} {:<12}",
-            "load balancer", "vip", "active pool"
+            "{:<16} {:<22} {:<16} {:<12}",
+            "load balancer", "vip", "steering", "active pool"
         )?;
         for l in &self.load_balancers {
             writeln!(
                 f,
-                "{:<16} {:<22} {:<12} {}",
+                "{:<16} {:<22} {:<16} {:<12} {}",
                 l.name,
                 l.vip,
+                l.steering_policy,
                 l.active_pool.as_deref().unwrap_or("-"),
                 if l.fallback {
                     "(fallback: every default pool is down)"

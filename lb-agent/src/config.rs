@@ -534,6 +534,19 @@ pub enum SteeringPolicy {
     Proximity,
 }
 
+impl SteeringPolicy {
+    /// The name as written in the config (Cloudflare's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Random => "random",
+            Self::DynamicLatency => "dynamic_latency",
+            Self::Geo => "geo",
+            Self::Proximity => "proximity",
+        }
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -963,6 +963,119 @@ default_pools = ["b"]
 }
 
 #[cfg(test)]
+mod steering_tests {
+    use super::*;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+snat_address = "10.0.0.1"
+
+[[pools]]
+name = "a"
+origins = [{ name = "a1", address = "10.1.0.1" }]
+[[pools]]
+name = "b"
+origin_steering = { policy = "least_connections" }
+origins = [{ name = "b1", address = "10.2.0.1" }, { name = "b2", address = "10.2.0.2", weight = 0.5 }, { name = "b3", address = "10.2.0.3", enabled = false }]
+
+[geo]
+prefixes = [{ prefix = "10.9.0.0/16", country = "DE" }, { prefix = "10.8.0.0/16", country = "JP" }]
+"#;
+
+    fn cfg(lb: &str) -> Config {
+        Config::parse(&format!("{BASE}\n[[load_balancers]]\nname = \"x\"\naddress = \"10.0.0.10\"\nport = 80\n{lb}\n"), Path::new("t"))
+            .expect("valid")
+    }
+
+    #[test]
+    fn geo_plan_holds_only_locations_whose_ring_differs() {
+        let c = cfg("default_pools = [\"a\"]\nsteering_policy = \"geo\"\nregion_pools = { WEU = [\"b\"], NEAS = [\"a\"] }");
+        let locs = geo_locations(&c.geo);
+        assert_eq!(locs.len(), 2);
+        let d = desired(&c, &HealthTable::default(), &locs);
+        let v = &d.vips[0];
+        assert_eq!(v.flags, VIP_F_GEO);
+        assert_eq!(v.ring.pool, "a");
+        let de = locs.iter().find(|l| l.country == *b"DE").expect("DE");
+        assert_eq!(
+            v.geo.len(),
+            1,
+            "JP's list names the VIP's own ring: no entry"
+        );
+        assert_eq!(v.geo[&de.geo_id].pool, "b");
+        assert!(
+            d.rings.keys().any(|k| k.pool == "b"),
+            "a ring for every pool a list names"
+        );
+    }
+
+    #[test]
+    fn pop_list_replaces_per_client_geo() {
+        let text = format!(
+            "{BASE}\n[agent]\npop = \"AMS\"\n\n[[load_balancers]]\nname = \"x\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"a\"]\nsteering_policy = \"geo\"\npop_pools = {{ AMS = [\"b\"] }}\nregion_pools = {{ WEU = [\"a\"] }}\n"
+        );
+        let c = Config::parse(&text, Path::new("t")).expect("valid");
+        let d = desired(&c, &HealthTable::default(), &geo_locations(&c.geo));
+        let v = &d.vips[0];
+        assert_eq!(v.ring.pool, "b", "this PoP's list");
+        assert_eq!(
+            v.flags & VIP_F_GEO,
+            0,
+            "no per-client lookup: the PoP list applies to all"
+        );
+        assert!(v.geo.is_empty());
+    }
+
+    #[test]
+    fn random_vip_gets_a_weighted_pool_table() {
+        let c = cfg("default_pools = [\"a\", \"b\"]\nsteering_policy = \"random\"\nrandom_steering = { pool_weights = { a = 0.2, b = 0.8 } }\nsession_affinity = \"ip\"\nsession_affinity_ttl = 30");
+        let d = desired(&c, &HealthTable::default(), &[]);
+        let v = &d.vips[0];
+        assert_eq!(v.flags, VIP_F_RANDOM | VIP_F_AFFINITY);
+        assert_eq!(v.affinity_ttl, 30);
+        let a = assign(&d, &Current::default(), &Assignment::default()).expect("ids");
+        let slots = pool_sel_slots(&v.pool_sel, &a.rings);
+        assert_eq!(slots.len(), POOL_SEL_M as usize);
+        let ra = a.rings[&RingKey {
+            pool: "a".into(),
+            port: 80,
+        }];
+        let share = slots.iter().filter(|s| **s == ra).count();
+        assert!(
+            (200..=210).contains(&share),
+            "pool a holds {share} of 1021 slots (20 %)"
+        );
+        assert!(pool_sel_slots(&[], &a.rings).iter().all(|s| *s == NO_RING));
+    }
+
+    #[test]
+    fn least_connections_ring_lists_usable_members_with_weights() {
+        let c = cfg("default_pools = [\"b\"]");
+        let d = desired(&c, &HealthTable::default(), &[]);
+        let a = assign(&d, &Current::default(), &Assignment::default()).expect("ids");
+        let plan = &d.rings[&RingKey {
+            pool: "b".into(),
+            port: 80,
+        }];
+        let m = ring_meta(plan, &a.origins);
+        assert_eq!(m.steering, RING_STEER_LEAST_CONN);
+        assert_eq!(m.count, 2, "the disabled origin is not a member");
+        assert_eq!(&m.weights[..2], &[10000, 5000]);
+        assert_eq!(scaled(0.00001), 1, "a positive weight never rounds to zero");
+        let ra = ring_meta(
+            &d.rings[&RingKey {
+                pool: "b".into(),
+                port: 80,
+            }],
+            &a.origins,
+        );
+        assert_eq!(ra, m);
+    }
+}
+
+#[cfg(test)]
 mod move_tests {
     use super::*;
     use std::path::Path;

@@ -157,8 +157,8 @@ impl std::fmt::Display for Stats {
             )?;
             writeln!(
                 f,
-                "  {:<20} {:<22} {:>10} {:>7} {:>12} {:>12}",
-                "origin", "address", "new flows", "share", "packets", "bytes"
+                "  {:<20} {:<22} {:>10} {:>7} {:>10} {:>12} {:>12}",
+                "origin", "address", "new flows", "share", "open flows", "packets", "bytes"
             )?;
             let total: u64 = v.origins.iter().map(|o| o.new_flows).sum();
             for o in &v.origins {
@@ -170,11 +170,12 @@ impl std::fmt::Display for Stats {
                 };
                 writeln!(
                     f,
-                    "  {:<20} {:<22} {:>10} {:>6.1}% {:>12} {:>12}",
+                    "  {:<20} {:<22} {:>10} {:>6.1}% {:>10} {:>12} {:>12}",
                     format!("{}/{}", o.pool, o.name),
                     format!("{}:{}", o.address, o.port),
                     o.new_flows,
                     share,
+                    o.open_flows,
                     o.packets,
                     o.bytes
                 )?;
