@@ -36,6 +36,13 @@ pub const CLIENT: [u8; 4] = [10, 0, 1, 2];
 pub const MAC_CLIENT: [u8; 6] = [2, 0, 0, 0, 1, 2];
 pub const VIP: [u8; 4] = [10, 0, 0, 10];
 pub const SNAT: [u8; 4] = [10, 0, 0, 1];
+/// The geo-steered VIP of the per-packet bench; its `DE` clients (`CLIENT`) go to pool "geo".
+const GEO_VIP: [u8; 4] = [10, 0, 0, 11];
+/// Origins (indices for `origin`) of the per-packet bench's pools "web" and "geo".
+const WEB_ORIGINS: std::ops::Range<u8> = 0..3;
+const GEO_ORIGINS: std::ops::Range<u8> = 3..6;
+/// Prefixes of the synthetic MaxMind database: about a GeoLite2-Country's IPv4 networks.
+const BIG_TRIE_PREFIXES: usize = 600_000;
 
 fn origin(i: u8) -> ([u8; 4], [u8; 6]) {
     ([10, 0, 11, 2 + i], [2, 0, 0, 0, 11, 2 + i])
@@ -66,6 +73,10 @@ pub struct PacketCost {
     /// Median minus floor: the program's own work.
     pub net_ns: f64,
     pub verdict: u32,
+    /// Geo rows: this median minus the same path's median on the VIP without geo steering,
+    /// i.e. what the client lookup adds. Absent for the other rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo_overhead_ns: Option<f64>,
 }
 
 /// A TCP frame with TTL 64 and no payload: SYN, SYN-ACK or ACK.
@@ -146,21 +157,209 @@ fn per_packet_config(pin_dir: &std::path::Path, origins: usize, monitor: bool) -
     c
 }
 
+/// `per_packet_config` plus a second pool, "geo" (origins `GEO_ORIGINS`), and a VIP at
+/// `GEO_VIP` under `geo` steering that sends `DE` clients there and everyone else to "web";
+/// `geo` is the body of the `[geo]` section.
+fn per_packet_geo_config(pin_dir: &std::path::Path, geo: &str) -> String {
+    let mut c = per_packet_config(pin_dir, WEB_ORIGINS.len(), false);
+    c.push_str("\n[[pools]]\nname = \"geo\"\norigins = [\n");
+    for i in GEO_ORIGINS {
+        let (a, _) = origin(i);
+        c.push_str(&format!(
+            "  {{ name = \"g{i}\", address = \"{}\", port = 8080 }},\n",
+            std::net::Ipv4Addr::from(a)
+        ));
+    }
+    c.push_str(&format!(
+        "]\n\n[[load_balancers]]\nname = \"geo\"\naddress = \"{}\"\nport = 80\ndefault_pools = [\"web\"]\nsteering_policy = \"geo\"\ncountry_pools = {{ DE = [\"geo\"] }}\n\n[geo]\n{geo}\n",
+        std::net::Ipv4Addr::from(GEO_VIP)
+    ));
+    c
+}
+
+/// A file removed when dropped, also when the bench fails or panics.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    /// A fresh path under the temp directory, unique per process and call.
+    fn new(stem: &str, ext: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self(std::env::temp_dir().join(format!("{stem}-{}-{nanos}.{ext}", std::process::id())))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes a GeoLite2-Country-sized MaxMind database to `path`: `count` IPv4 prefixes of mixed
+/// lengths (mostly /24 to /20, some longer), packed from 1.0.0.0 up, in 16 countries other
+/// than DE, none of them covering `CLIENT`'s /24; plus that /24 as DE. The prefixes run
+/// densely through 10.0.0.0/8 too, so the client's prefix sits as deep in the trie as a real
+/// client's would, not alone in an empty corner. Returns the number of prefixes written.
+fn write_big_geo_db(path: &std::path::Path, count: usize) -> Result<usize> {
+    const COUNTRIES: [&str; 16] = [
+        "US", "CN", "JP", "GB", "FR", "BR", "IN", "RU", "KR", "IT", "CA", "AU", "ES", "NL", "PL",
+        "SE",
+    ];
+    const LENS: [u8; 16] = [
+        24, 24, 24, 24, 24, 24, 24, 23, 23, 22, 22, 21, 20, 25, 26, 28,
+    ];
+    let client = u64::from(u32::from_be_bytes(CLIENT)) & !0xff;
+    let mut entries: Vec<(std::net::Ipv4Addr, u8, Option<&str>)> = Vec::with_capacity(count + 1);
+    let mut cursor: u64 = 1 << 24;
+    // xorshift64: a fixed sequence, so every run builds the same trie.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while entries.len() < count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = LENS[(x % 16) as usize];
+        let size = 1u64 << (32 - len);
+        cursor = cursor.div_ceil(size) * size;
+        anyhow::ensure!(
+            cursor + size <= 224 << 24,
+            "synthetic geo database: address space ran out at {} prefixes",
+            entries.len()
+        );
+        // Neither covering nor inside the client's /24.
+        if cursor < client + 256 && client < cursor + size {
+            cursor += size;
+            continue;
+        }
+        #[expect(clippy::cast_possible_truncation, reason = "below 2^32, checked above")]
+        let net = std::net::Ipv4Addr::from(cursor as u32);
+        entries.push((net, len, Some(COUNTRIES[((x >> 8) % 16) as usize])));
+        cursor += size;
+        // A gap now and then, as between allocations.
+        if x >> 61 == 0 {
+            cursor += size;
+        }
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "an IPv4 address")]
+    entries.push((std::net::Ipv4Addr::from(client as u32), 24, Some("DE")));
+    lb_testbed::mmdb::write_country_db(path, &entries)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(entries.len())
+}
+
+/// Empties `FLOWS` and `REV_FLOWS`, so a new-flow case starts from the tables the first one
+/// met (and its SNAT port probes meet the same occupancy).
+fn clear_flows(maps: &mut lb_agent::dataplane::Maps) -> Result<()> {
+    let keys = maps.flows.keys().collect::<Result<Vec<_>, _>>()?;
+    for k in &keys {
+        maps.flows.remove(k)?;
+    }
+    let keys = maps.rev_flows.keys().collect::<Result<Vec<_>, _>>()?;
+    for k in &keys {
+        maps.rev_flows.remove(k)?;
+    }
+    Ok(())
+}
+
+/// `frames` (distinct SYNs from `CLIENT` to `GEO_VIP`) through `prog` as `run_each` does,
+/// from empty flow tables; then checks that every one matched the geo trie (`GEO_MATCH` grew by
+/// one per frame) and took an origin of pool "geo", and that a further SYN's output frame is
+/// addressed to such an origin.
+fn geo_new_flows(
+    prog: &aya::programs::Xdp,
+    maps: &mut lb_agent::dataplane::Maps,
+    frames: &[Vec<u8>],
+    ctx_of: &dyn Fn(usize) -> Vec<u8>,
+    lb_mac: [u8; 6],
+    case: &str,
+) -> Result<(Vec<u64>, u32)> {
+    use lb_common::event::GEO_MATCH;
+    clear_flows(maps)?;
+    let before = maps.event_totals()?[GEO_MATCH as usize];
+    let (t, v) = run_each(prog, frames, ctx_of)?;
+    let matched = maps.event_totals()?[GEO_MATCH as usize] - before;
+    anyhow::ensure!(
+        matched == frames.len() as u64,
+        "{case}: geo_match grew by {matched} over {} SYNs; the client did not match the trie",
+        frames.len()
+    );
+    let geo_addrs: Vec<[u8; 4]> = GEO_ORIGINS.map(|i| origin(i).0).collect();
+    for i in 0..frames.len() {
+        #[expect(clippy::cast_possible_truncation, reason = "below 65536 - 1024")]
+        let key = FlowKey::tcp_v4(CLIENT, 1024 + i as u16, GEO_VIP, 80);
+        let flow = maps
+            .flows
+            .get(&key, 0)
+            .with_context(|| format!("{case}: no flow for SYN {i}"))?;
+        let o: [u8; 4] = flow.origin_addr[12..16].try_into()?;
+        anyhow::ensure!(
+            geo_addrs.contains(&o),
+            "{case}: SYN {i} went to {o:?}, not to an origin of pool geo"
+        );
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "below 65536 - 1024")]
+    let sport = 1024 + frames.len() as u16;
+    let f = tcp_frame(MAC_CLIENT, lb_mac, CLIENT, GEO_VIP, sport, 80, true, false);
+    let mut out = vec![0u8; 256];
+    let ctx = ctx_of(f.len());
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(&f),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })
+        .context("test_run")?;
+    let (dmac, dst) = (&out[..6], &out[30..34]);
+    anyhow::ensure!(
+        r.return_value == v
+            && GEO_ORIGINS
+                .map(origin)
+                .any(|(a, m)| a[..] == *dst && m[..] == *dmac),
+        "{case}: a SYN's output frame went to {dst:?} ({dmac:02x?}, verdict {}), not to an origin of pool geo",
+        r.return_value
+    );
+    Ok((t, v))
+}
+
 /// Per-packet cost of each path, beside the XDP_TX floor, and control-plane figures that
 /// need the same loaded program.
 fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
     const N: usize = 20_000;
     let neighbours: Vec<([u8; 4], [u8; 6], Side)> = std::iter::once((CLIENT, MAC_CLIENT, Side::A))
-        .chain((0..3).map(|i| {
+        .chain((WEB_ORIGINS.start..GEO_ORIGINS.end).map(|i| {
             let (a, m) = origin(i);
             (a, m, Side::B)
         }))
         .collect();
     let bed = FibBed::new("bp", &neighbours);
     let cfg = Config::parse(
-        &per_packet_config(&bed.pin_dir, 3, false),
+        &per_packet_config(&bed.pin_dir, WEB_ORIGINS.len(), false),
         std::path::Path::new("bench.toml"),
     )?;
+    // Geo steering: the client's /24 as DE in a 2-prefix trie, then in a GeoLite2-sized one.
+    let small_geo = Config::parse(
+        &per_packet_geo_config(
+            &bed.pin_dir,
+            "prefixes = [\n  { prefix = \"10.0.1.0/24\", country = \"DE\" },\n  { prefix = \"192.0.2.0/24\", country = \"FR\" },\n]",
+        ),
+        std::path::Path::new("bench-geo-small.toml"),
+    )?;
+    let db = TempFile::new("lb-bench-geo", "mmdb");
+    let written = write_big_geo_db(&db.0, BIG_TRIE_PREFIXES)?;
+    let t = Instant::now();
+    let big_geo = Config::parse(
+        &per_packet_geo_config(&bed.pin_dir, &format!("database = \"{}\"", db.0.display())),
+        std::path::Path::new("bench-geo-big.toml"),
+    )?;
+    let db_load_ms = t.elapsed().as_secs_f64() * 1e3;
+    // Loaded: the agent holds the prefixes, not the file.
+    drop(db);
+    let (small_n, big_n) = (small_geo.geo.merged().len(), big_geo.geo.merged().len());
+    anyhow::ensure!(
+        big_n == written,
+        "geo database: wrote {written} prefixes, the agent loaded {big_n}"
+    );
     let (costs, control) = bed
         .ns
         .run(|| -> Result<(Vec<PacketCost>, BTreeMap<String, f64>)> {
@@ -261,14 +460,83 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                     ratio_to_floor: m / floor_ns,
                     net_ns: m - floor_ns,
                     verdict,
+                    geo_overhead_ns: None,
                 }
             };
-            let costs = vec![
+            let mut costs = vec![
                 cost("new flow (SYN, distinct 5-tuples)", &mut syn_t, syn_v),
                 cost("established (flow-table hit)", &mut est_t, est_v),
                 cost("reply (reverse NAT)", &mut rep_t, rep_v),
                 cost("not a VIP (pass)", &mut pass_t, pass_v),
             ];
+
+            // The same new flows and established packets on the geo VIP: LPM lookup of the
+            // client in GEO, then GEO_PLAN, per new flow.
+            let geo_syns: Vec<Vec<u8>> = (0..N)
+                .map(|i| {
+                    tcp_frame(
+                        MAC_CLIENT,
+                        bed.mac_a,
+                        CLIENT,
+                        GEO_VIP,
+                        1024 + i as u16,
+                        80,
+                        true,
+                        false,
+                    )
+                })
+                .collect();
+            let small_case = format!("new flow, geo VIP ({small_n}-prefix trie)");
+            let big_trie = format!("{}k-prefix trie", big_n / 1000);
+            let big_case = format!("new flow, geo VIP ({big_trie})");
+            let est_case = format!("established, geo VIP ({big_trie})");
+            rec.apply(&small_geo, &HealthTable::default())?;
+            let (mut small_t, small_v) = geo_new_flows(
+                dp.program()?,
+                &mut rec.maps,
+                &geo_syns,
+                &ctx_a,
+                bed.mac_a,
+                &small_case,
+            )?;
+            let t = Instant::now();
+            rec.apply(&big_geo, &HealthTable::default())?;
+            control.insert(
+                format!("geo_trie_apply_{big_n}_prefixes_ms"),
+                t.elapsed().as_secs_f64() * 1e3,
+            );
+            control.insert(format!("geo_database_load_{big_n}_prefixes_ms"), db_load_ms);
+            let (mut big_t, big_v) = geo_new_flows(
+                dp.program()?,
+                &mut rec.maps,
+                &geo_syns,
+                &ctx_a,
+                bed.mac_a,
+                &big_case,
+            )?;
+            // Packets of the first of those flows: a flow-table hit, no geo lookup.
+            let geo_est =
+                vec![tcp_frame(MAC_CLIENT, bed.mac_a, CLIENT, GEO_VIP, 1024, 80, false, true); N];
+            let (mut gest_t, gest_v) = run_each(dp.program()?, &geo_est, &ctx_a)?;
+            anyhow::ensure!(
+                (small_v, big_v, gest_v) == (syn_v, syn_v, est_v),
+                "geo VIP verdicts {small_v}/{big_v}/{gest_v}, plain VIP {syn_v}/{est_v}"
+            );
+            // The plain VIP's new flows again, from empty tables, right after the geo cases:
+            // the kernel's per-run time drifts by tens of ns over a run, so the geo rows are
+            // compared with this adjacent baseline rather than with the first row.
+            clear_flows(&mut rec.maps)?;
+            let (mut again_t, _) = run_each(dp.program()?, &syns, &ctx_a)?;
+            let (plain_new, plain_est) = (median(&mut again_t), costs[1].median_ns);
+            for (case, t, v, plain) in [
+                (&small_case, &mut small_t, small_v, plain_new),
+                (&big_case, &mut big_t, big_v, plain_new),
+                (&est_case, &mut gest_t, gest_v, plain_est),
+            ] {
+                let mut c = cost(case, t, v);
+                c.geo_overhead_ns = Some(c.median_ns - plain);
+                costs.push(c);
+            }
 
             // Health change -> maps written, on a 10-origin monitored pool.
             drop(rec);
@@ -281,7 +549,17 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
         "BPF_PROG_TEST_RUN with repeat = 1, {N} runs per case, median of the kernel's per-run time; \
          each run is given its frame afresh, so rewritten frames are never re-run. The floor is \
          the bare XDP_TX program on the same frames in the same process; ratios divide by it. The \
-         kernel's timer overhead is inside every figure (and so inside the floor)."
+         kernel's timer overhead is inside every figure (and so inside the floor). Geo rows: a \
+         second VIP with steering_policy = \"geo\" sends the client's country (DE) to its own \
+         pool, so each new flow does the GEO trie lookup and the GEO_PLAN lookup; the trie holds \
+         either 2 prefixes from the config or {big_n} from a synthetic MaxMind database (mixed \
+         /20 to /28, densely packed; the client's /24 among them). The flow tables are emptied \
+         before each geo new-flow case, as they were empty for the first; every run is checked \
+         to have matched (geo_match counter) and gone to the geo pool. \"geo overhead\" is the \
+         difference to the same path's median on the VIP without geo steering (for new flows, \
+         re-measured from empty tables right after the geo cases, since the per-run time drifts \
+         by tens of ns over a run). All runs use one \
+         client address, so the trie walk is cache-warm: a live mix of clients would miss more."
     );
     Ok(())
 }
@@ -483,6 +761,12 @@ fn main() -> Result<()> {
         Some("per-packet") => {
             per_packet(&a.object, &mut report)?;
             println!("{:#?}", report.per_packet);
+            for l in report::geo_overhead_lines(&report.per_packet) {
+                println!("{l}");
+            }
+            for (k, v) in report.control.iter().filter(|(k, _)| k.starts_with("geo_")) {
+                println!("{k}: {v:.1}");
+            }
             return Ok(());
         }
         Some("rate") => {

@@ -100,6 +100,23 @@ fn fmt(v: f64) -> String {
     }
 }
 
+/// One line per geo row: its median and what the geo lookup adds to the plain VIP's.
+pub fn geo_overhead_lines(rows: &[crate::PacketCost]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|c| {
+            c.geo_overhead_ns.map(|d| {
+                format!(
+                    "{}: {:.0} ns, geo overhead {:+.0} ns ({:+.0} %)",
+                    c.case,
+                    c.median_ns,
+                    d,
+                    d / (c.median_ns - d) * 100.0
+                )
+            })
+        })
+        .collect()
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -127,13 +144,29 @@ pub fn write(out: &Path, r: &mut Report) -> Result<()> {
         "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n{}\n",
         r.per_packet_method
     );
-    let _ = writeln!(md, "| case | median ns | XDP_TX floor ns | × floor | net ns | verdict |\n|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "| case | median ns | XDP_TX floor ns | × floor | net ns | verdict | geo overhead ns |\n|---|---:|---:|---:|---:|---:|---:|");
     for c in &r.per_packet {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {} |",
-            c.case, c.median_ns, c.floor_ns, c.ratio_to_floor, c.net_ns, c.verdict
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} |",
+            c.case,
+            c.median_ns,
+            c.floor_ns,
+            c.ratio_to_floor,
+            c.net_ns,
+            c.verdict,
+            c.geo_overhead_ns.map_or("".into(), |d| format!("{d:+.0}"))
         );
+    }
+    let geo = geo_overhead_lines(&r.per_packet);
+    if !geo.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nGeo steering, against the same path on the VIP without it:\n"
+        );
+        for l in &geo {
+            let _ = writeln!(md, "- {l}");
+        }
     }
     let ratio = |prefix: &str| {
         r.per_packet
