@@ -6,6 +6,7 @@ use std::{
     collections::BTreeMap,
     future::Future,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,12 +18,16 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{Config, ConfigError, LoadBalancer, SteeringPolicy},
+    api::{self, Command, EnvCredentials, Sampler, View},
+    config::{Config, ConfigError, LoadBalancer, RawConfig, SteeringPolicy},
     dataplane::{self, Dataplane, DataplaneError},
     health::{HealthTable, Monitors, OriginHealth, Report, Target},
+    metrics::RttHistograms,
     neigh::Neighbours,
+    notify::{Event, Notifier, NotifyOptions},
     reconcile::{ReconcileError, Reconciler},
     steering::{self, Choice, PoolHealth},
+    store::{self, code, Op, Rejection, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +38,12 @@ pub enum AgentError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("installing signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("{0}")]
+    Api(String),
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +52,53 @@ pub struct RunOptions {
     pub bpf_object: Option<PathBuf>,
     /// Detach XDP and remove every pin on exit (default: leave the data path running).
     pub detach_on_exit: bool,
+    /// Overrides `[api] listen` (`address:port` or `off`).
+    pub api_listen: Option<String>,
+}
+
+/// The config in force: the file's host sections with the store's objects (the file's
+/// objects merged in, see `store`), validated; `api_listen` overrides `[api] listen`.
+/// Returns whether merging the file changed the store (it should then be saved).
+pub fn load_effective(
+    path: &Path,
+    api_listen: Option<&str>,
+) -> Result<(RawConfig, Store, Config, bool), AgentError> {
+    let raw = RawConfig::load(path)?;
+    let state_file = raw
+        .api
+        .state_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_STATE_FILE));
+    let mut store = Store::load(&state_file)?.unwrap_or_default();
+    let merged = store.merge_file(&raw, &now());
+    let cfg = build(&store, &raw, path, api_listen, None)?;
+    Ok((raw, store, cfg, merged))
+}
+
+fn now() -> String {
+    store::rfc3339(std::time::SystemTime::now())
+}
+
+/// Validates the store's objects with the file's host sections.
+fn build(
+    store: &Store,
+    raw: &RawConfig,
+    path: &Path,
+    api_listen: Option<&str>,
+    loaded: Option<&crate::config::Geo>,
+) -> Result<Config, AgentError> {
+    let mut cfg = Config::from_raw(store.to_raw(raw), path, loaded)?;
+    if let Some(l) = api_listen {
+        cfg.api.listen = match l {
+            "off" => None,
+            l => Some(l.parse().map_err(|_| {
+                AgentError::Api(format!(
+                    "--api-listen: \"{l}\" is not address:port; write e.g. \"127.0.0.1:8405\", or \"off\""
+                ))
+            })?),
+        };
+    }
+    Ok(cfg)
 }
 
 /// Everything the main loop owns.
@@ -57,13 +113,34 @@ struct Agent {
     /// Pool each load balancer used at the last apply, to log changes.
     chosen: BTreeMap<String, String>,
     status_dirty: bool,
+    /// The config file as read (host sections; its objects are merged into `store`).
+    raw: RawConfig,
+    /// Monitors, pools and load balancers with their ids, as the API sees them.
+    store: Store,
+    rtt: RttHistograms,
+    view: tokio::sync::watch::Sender<Arc<View>>,
+    notifier: Notifier,
+    /// Each pool's health at the last status, to notify changes.
+    pool_healthy: BTreeMap<String, bool>,
 }
 
 /// Runs the agent until `shutdown` completes.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let cfg = Config::load(&opts.config)?;
+    let (raw, store, cfg, merged) = load_effective(&opts.config, opts.api_listen.as_deref())?;
     for w in dataplane::check_host(&cfg.dataplane)? {
         warn!("{w}");
+    }
+    // Bind before touching the data path, so a taken port fails the start cleanly.
+    let listener = match cfg.api.listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            AgentError::Api(format!(
+                "api.listen {addr}: {e}; choose another address with --api-listen or [api] listen, or \"off\""
+            ))
+        })?),
+        None => None,
+    };
+    if merged || !cfg.api.state_file.exists() {
+        store.save(&cfg.api.state_file)?;
     }
     let object = dataplane::find_object(opts.bpf_object.as_deref())?;
     let dp_cfg = cfg.dataplane.clone();
@@ -103,6 +180,14 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         "first health check round done"
     );
 
+    let status = Status::collect(&cfg, &health);
+    let (view, view_rx) = tokio::sync::watch::channel(Arc::new(View {
+        store: store.clone(),
+        status,
+        cfg: Arc::new(cfg.clone()),
+        rtt: RttHistograms::default(),
+        notifications: [0; 4],
+    }));
     let mut agent = Agent {
         opts,
         cfg,
@@ -113,6 +198,12 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         neighbours: Neighbours::default(),
         chosen: BTreeMap::new(),
         status_dirty: true,
+        raw,
+        store,
+        rtt: RttHistograms::default(),
+        view,
+        notifier: Notifier::spawn(NotifyOptions::default()),
+        pool_healthy: BTreeMap::new(),
     };
     for (t, h) in agent.health.iter() {
         info!(
@@ -139,6 +230,23 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         "data path ready"
     );
 
+    let (api_tx, mut api_rx) = mpsc::channel::<Command>(64);
+    let sampler = Sampler::spawn(view_rx.clone());
+    let server = listener.map(|l| {
+        let env = EnvCredentials::from_env();
+        let c = &agent.cfg.api;
+        if c.tokens.is_empty() && c.keys.is_empty() && env.tokens.is_empty() && env.keys.is_empty() {
+            warn!("no API credentials configured: the API refuses every request; set [api] tokens or LB_API_TOKEN");
+        }
+        info!(listen = %l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "API, metrics and dashboard served");
+        let app = api::router(view_rx.clone(), api_tx.clone(), env, sampler.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                error!("API server stopped: {e}");
+            }
+        })
+    });
+
     let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
@@ -153,6 +261,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
                 }
             }
             Some(r) = rx.recv() => agent.on_report(&r),
+            Some(c) = api_rx.recv() => agent.on_command(c),
             _ = status_tick.tick() => {
                 if agent.status_dirty {
                     agent.write_status();
@@ -160,6 +269,10 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
             }
         }
     }
+    if let Some(s) = server {
+        s.abort();
+    }
+    sampler.stop();
     let pin_dir = agent.cfg.dataplane.pin_dir.clone();
     agent.write_status();
     if agent.opts.detach_on_exit {
@@ -234,6 +347,9 @@ fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
 
 impl Agent {
     fn on_report(&mut self, r: &Report) {
+        if let Some(rtt) = r.outcome.rtt {
+            self.rtt.observe(&r.target.pool, &r.target.origin, rtt);
+        }
         let Some(t) = self.health.record(&r.target, &r.outcome) else {
             self.status_dirty = true;
             // dynamic_latency: a new RTT sample may reorder the pools without any health change.
@@ -245,6 +361,19 @@ impl Agent {
             return;
         };
         let tg = &r.target;
+        self.notify(Event {
+            event: "origin_health".into(),
+            timestamp: now(),
+            pool: tg.pool.clone(),
+            pool_id: self.store.pool_id(&tg.pool).unwrap_or_default().to_owned(),
+            origin: Some(tg.origin.clone()),
+            address: Some(format!("{}:{}", tg.address, tg.port)),
+            healthy: t.to.healthy(),
+            previous_healthy: Some(t.from.healthy()),
+            reason: r.outcome.reason.clone(),
+            pop: self.cfg.agent.pop.clone(),
+            load_balancers: Vec::new(),
+        });
         if t.to.healthy() {
             info!(
                 "origin {}/{} ({}:{}) up: {}",
@@ -303,9 +432,117 @@ impl Agent {
         Ok(())
     }
 
-    /// Validates the new config completely before touching anything.
+    /// SIGHUP: re-reads the file, merges its changed objects into the store, validates the
+    /// result completely, saves it, then applies it.
     fn reload(&mut self) -> Result<(), AgentError> {
-        let next = Config::load(&self.opts.config)?;
+        let raw = RawConfig::load(&self.opts.config)?;
+        let mut store = self.store.clone();
+        let changed = store.merge_file(&raw, &now());
+        let next = build(
+            &store,
+            &raw,
+            &self.opts.config,
+            self.opts.api_listen.as_deref(),
+            None,
+        )?;
+        if next.api.listen != self.cfg.api.listen || next.api.state_file != self.cfg.api.state_file
+        {
+            warn!("api.listen and api.state_file take effect at the next start");
+        }
+        if changed {
+            store.save(&self.cfg.api.state_file)?;
+        }
+        if let Err(e) = self.replace(next, "config reload") {
+            if changed {
+                if let Err(e) = self.store.save(&self.cfg.api.state_file) {
+                    error!("restoring the state file: {e}");
+                }
+            }
+            return Err(e);
+        }
+        self.raw = raw;
+        self.store = store;
+        info!("config reloaded");
+        self.write_status();
+        Ok(())
+    }
+
+    /// An API change: applied to a copy of the store, validated as a whole, saved, applied
+    /// to the maps; answered only then. A rejected change leaves everything as it was.
+    fn on_command(&mut self, c: Command) {
+        let kind = c.op.kind();
+        let what = match &c.op {
+            Op::Create(..) => "created",
+            Op::Replace(..) | Op::Patch(..) => "updated",
+            Op::Delete(..) => "deleted",
+        };
+        let result = self.mutate(c.op);
+        match &result {
+            Ok(v) => info!(
+                "API: {} {} {what}",
+                kind.singular(),
+                v.get("name")
+                    .and_then(|n| n.as_str())
+                    .or_else(|| v.get("id").and_then(|n| n.as_str()))
+                    .unwrap_or("-")
+            ),
+            Err(r) => info!(
+                "API: {} change rejected ({}): {}",
+                kind.singular(),
+                r.status,
+                r.errors
+                    .iter()
+                    .map(|(_, m)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }
+        let _ = c.reply.send(result);
+    }
+
+    fn mutate(&mut self, op: Op) -> Result<serde_json::Value, Rejection> {
+        let kind = op.kind();
+        let (store, done) = self.store.mutate(op, &now())?;
+        let next = build(
+            &store,
+            &self.raw,
+            &self.opts.config,
+            self.opts.api_listen.as_deref(),
+            Some(&self.cfg.geo),
+        )
+        .map_err(|e| match e {
+            AgentError::Config(ConfigError::Invalid { errors, .. }) => Rejection {
+                status: 400,
+                errors: store
+                    .api_messages(kind, &done.id, &errors)
+                    .into_iter()
+                    .map(|m| (code::INVALID, m))
+                    .collect(),
+            },
+            other => Rejection::new(400, code::INVALID, other.to_string().replace('\n', " ")),
+        })?;
+        store
+            .save(&self.cfg.api.state_file)
+            .map_err(|e| Rejection::new(500, code::INTERNAL, format!("{e}; nothing changed")))?;
+        let why = format!("API: {} {}", kind.singular(), done.id);
+        if let Err(e) = self.replace(next, &why) {
+            if let Err(e) = self.store.save(&self.cfg.api.state_file) {
+                error!("restoring the state file: {e}");
+            }
+            return Err(Rejection::new(
+                500,
+                code::INTERNAL,
+                format!("{}; nothing changed", e.to_string().replace('\n', " ")),
+            ));
+        }
+        self.store = store;
+        self.write_status();
+        Ok(api::done_result(&self.store, &done))
+    }
+
+    /// Puts `next` in force: probes, maps, links, neighbours. On failure the previous
+    /// config is put back.
+    fn replace(&mut self, next: Config, why: &str) -> Result<(), AgentError> {
         let (a, b) = (&self.cfg.dataplane, &next.dataplane);
         if a.pin_dir != b.pin_dir || a.flow_table_size != b.flow_table_size {
             return Err(DataplaneError::Host(
@@ -319,7 +556,7 @@ impl Agent {
         self.health.retain(&self.monitors.sync(&next));
         self.health.set_rtt_smoothing(next.agent.rtt_smoothing);
         let previous = std::mem::replace(&mut self.cfg, next);
-        if let Err(e) = self.apply("config reload") {
+        if let Err(e) = self.apply(why) {
             // Put the old config back; the maps hold a mix that the next apply repairs.
             self.cfg = previous;
             self.health.retain(&self.monitors.sync(&self.cfg));
@@ -335,22 +572,81 @@ impl Agent {
         for w in self.neighbours.sync(origin_addresses(&self.cfg)) {
             warn!("{w}");
         }
-        info!("config reloaded");
-        self.write_status();
+        let cfg = &self.cfg;
+        self.rtt.retain(|pool, origin| {
+            cfg.pool(pool)
+                .is_some_and(|p| p.origins.iter().any(|o| o.name == origin))
+        });
         Ok(())
+    }
+
+    /// Sends `e` to its pool's webhooks (never blocks; see `notify`).
+    fn notify(&self, mut e: Event) {
+        let Some(pool) = self.cfg.pool(&e.pool) else {
+            return;
+        };
+        if pool.notification_webhooks.is_empty() {
+            return;
+        }
+        e.load_balancers = self
+            .cfg
+            .load_balancers
+            .iter()
+            .filter(|l| l.all_pools().any(|p| *p == e.pool))
+            .map(|l| l.name.clone())
+            .collect();
+        self.notifier.notify(&pool.notification_webhooks, e);
+    }
+
+    /// Notifies pools whose health changed since the last status.
+    fn notify_pools(&mut self, s: &Status) {
+        for p in &s.pools {
+            let before = self.pool_healthy.insert(p.name.clone(), p.healthy);
+            if let Some(before) = before.filter(|b| *b != p.healthy) {
+                self.notify(Event {
+                    event: "pool_health".into(),
+                    timestamp: now(),
+                    pool: p.name.clone(),
+                    pool_id: self.store.pool_id(&p.name).unwrap_or_default().to_owned(),
+                    origin: None,
+                    address: None,
+                    healthy: p.healthy,
+                    previous_healthy: Some(before),
+                    reason: format!(
+                        "{} of {} enabled origins healthy, minimum {}",
+                        p.healthy_origins, p.enabled_origins, p.minimum_origins
+                    ),
+                    pop: self.cfg.agent.pop.clone(),
+                    load_balancers: Vec::new(),
+                });
+            }
+        }
+        self.pool_healthy
+            .retain(|name, _| s.pools.iter().any(|p| &p.name == name));
     }
 
     fn write_status(&mut self) {
         let s = Status::collect(&self.cfg, &self.health);
+        self.notify_pools(&s);
         if let Err(e) = s.write(&self.cfg.agent.status_file) {
             warn!(path = %self.cfg.agent.status_file.display(), "cannot write status file: {e}");
         }
+        self.view.send_replace(Arc::new(View {
+            store: self.store.clone(),
+            status: s,
+            cfg: Arc::new(self.cfg.clone()),
+            rtt: self.rtt.clone(),
+            notifications: {
+                let c = self.notifier.counters();
+                [c.sent, c.failed, c.dropped, c.retries]
+            },
+        }));
         self.status_dirty = false;
     }
 }
 
 /// What `lb-agent status` shows, written by the running agent as JSON.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Status {
     pub updated: u64,
     pub origins: Vec<OriginStatus>,
@@ -358,7 +654,7 @@ pub struct Status {
     pub load_balancers: Vec<LbStatus>,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct OriginStatus {
     pub pool: String,
     pub origin: String,
@@ -374,7 +670,7 @@ pub struct OriginStatus {
     pub since: Option<u64>,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PoolStatus {
     pub name: String,
     pub healthy: bool,
@@ -385,7 +681,7 @@ pub struct PoolStatus {
     pub rtt_ms: Option<f64>,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LbStatus {
     pub name: String,
     pub vip: String,

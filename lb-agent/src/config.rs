@@ -14,7 +14,7 @@ use std::{
 };
 
 use lb_common::{MAX_INTERFACES, MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::geo::{self, GeoPrefix, Region};
 
@@ -60,7 +60,7 @@ impl fmt::Display for Errors<'_> {
 // ---------------------------------------------------------------------------------------------
 // The file as written.
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub dataplane: RawDataplane,
@@ -74,58 +74,99 @@ pub struct RawConfig {
     pub load_balancers: Vec<RawLoadBalancer>,
     #[serde(default)]
     pub geo: RawGeo,
+    #[serde(default)]
+    pub api: RawApi,
+}
+
+/// The HTTP API: where it listens, who may use it, where its changes are kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// `address:port`, or `"off"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Accepted as `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Accepted as `X-Auth-Email` + `X-Auth-Key`.
+    #[serde(default)]
+    pub keys: Vec<RawApiKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub email: String,
+    pub key: String,
 }
 
 /// Where clients are: a MaxMind-format database and/or prefixes listed here (which win over
 /// the database for the same prefix; a longer prefix always wins).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGeo {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<PathBuf>,
     #[serde(default)]
     pub prefixes: Vec<RawGeoPrefix>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGeoPrefix {
     #[serde(default)]
     pub prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDataplane {
     #[serde(default)]
     pub interfaces: Vec<String>,
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_ports: Option<[u32; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_table_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_port_reuse_after_close: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_port_reuse_after_idle: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAgent {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_concurrency: Option<u32>,
     /// This host's PoP (the key of `pop_pools`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pop: Option<String>,
     /// This host's position, for `proximity` steering.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub latitude: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub longitude: Option<f64>,
     /// Weight of a new probe RTT in each origin's moving average (`dynamic_latency`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_smoothing: Option<f64>,
 }
 
 /// A health monitor, with Cloudflare's field names. Durations are seconds (fractions allowed).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMonitor {
     #[serde(default)]
@@ -134,19 +175,23 @@ pub struct RawMonitor {
     pub description: String,
     #[serde(rename = "type", default = "default_monitor_type")]
     pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     #[serde(default)]
     pub port: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default)]
     pub header: std::collections::BTreeMap<String, Vec<String>>,
-    #[serde(default = "default_timeout")]
+    #[serde(default = "default_timeout", serialize_with = "whole_secs")]
     pub timeout: f64,
     #[serde(default = "default_retries")]
     pub retries: u32,
-    #[serde(default = "default_interval")]
+    #[serde(default = "default_interval", serialize_with = "whole_secs")]
     pub interval: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_codes: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_body: Option<String>,
     #[serde(default)]
     pub follow_redirects: bool,
@@ -156,6 +201,28 @@ pub struct RawMonitor {
     pub consecutive_up: u32,
     #[serde(default)]
     pub consecutive_down: u32,
+    /// Cloudflare's; accepted and kept, no effect here (probes run from this host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_zone: Option<String>,
+}
+
+/// Seconds as Cloudflare writes them: an integer when whole (`30`, not `30.0`), so clients
+/// that read them into integers keep working.
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's serialize_with signature"
+)]
+fn whole_secs<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && (0.0..=1e15).contains(v) {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "whole, in range"
+        )]
+        s.serialize_u64(*v as u64)
+    } else {
+        s.serialize_f64(*v)
+    }
 }
 
 fn default_monitor_type() -> String {
@@ -171,7 +238,7 @@ const fn default_interval() -> f64 {
     60.0
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     #[serde(default)]
@@ -180,17 +247,33 @@ pub struct RawPool {
     pub description: String,
     #[serde(default = "yes")]
     pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub monitor: Option<String>,
     #[serde(default = "one_u32")]
     pub minimum_origins: u32,
     #[serde(default)]
     pub origins: Vec<RawOrigin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub latitude: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub longitude: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub origin_steering: Option<RawOriginSteering>,
+    /// URLs that receive a JSON event when an origin or the pool changes health.
+    #[serde(default)]
+    pub notification_webhooks: Vec<String>,
+    /// Cloudflare's; accepted and kept, no effect here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check_regions: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notification_email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notification_filter: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_shedding: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOriginSteering {
     #[serde(default = "default_origin_steering")]
@@ -201,7 +284,7 @@ fn default_origin_steering() -> String {
     "random".into()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRandomSteering {
     #[serde(default)]
@@ -210,21 +293,25 @@ pub struct RawRandomSteering {
     pub default_weight: f64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOrigin {
     #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
     #[serde(default = "one")]
     pub weight: f64,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Cloudflare's per-origin request headers; accepted and kept, no effect at layer 4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLoadBalancer {
     #[serde(default)]
@@ -236,14 +323,17 @@ pub struct RawLoadBalancer {
     #[serde(default)]
     pub port: u32,
     /// Port on the origins when an origin does not name its own; defaults to `port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub origin_port: Option<u32>,
     #[serde(default)]
     pub default_pools: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_pool: Option<String>,
     #[serde(default = "default_steering")]
     pub steering_policy: String,
     #[serde(default = "yes")]
     pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub random_steering: Option<RawRandomSteering>,
     #[serde(default)]
     pub region_pools: BTreeMap<String, Vec<String>>,
@@ -253,7 +343,20 @@ pub struct RawLoadBalancer {
     pub pop_pools: BTreeMap<String, Vec<String>>,
     #[serde(default = "default_affinity")]
     pub session_affinity: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_affinity_ttl: Option<u32>,
+    /// Cloudflare's (DNS and proxy settings, HTTP-level rules); accepted and kept, no effect
+    /// at layer 4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxied: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_affinity_attributes: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive_routing: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location_strategy: Option<serde_json::Value>,
 }
 
 fn default_affinity() -> String {
@@ -281,7 +384,7 @@ const fn one_u32() -> u32 {
 
 /// How XDP is attached: `native` (in the driver, fastest), `generic` (in the stack, works on
 /// any device), `auto` (native where the driver supports it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     #[default]
@@ -301,7 +404,24 @@ pub struct Config {
     pub pools: Vec<Pool>,
     pub load_balancers: Vec<LoadBalancer>,
     pub geo: Geo,
+    pub api: Api,
 }
+
+/// The HTTP API's settings (`[api]`). Credentials from the environment are added by the
+/// agent at start (`LB_API_TOKEN`, `LB_API_EMAIL` + `LB_API_KEY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Api {
+    /// `None`: the API is off.
+    pub listen: Option<std::net::SocketAddr>,
+    pub tokens: Vec<String>,
+    /// (email, key) pairs.
+    pub keys: Vec<(String, String)>,
+    /// Where monitors, pools and load balancers (with the API's changes) are kept.
+    pub state_file: PathBuf,
+}
+
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8405";
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/lb-agent/state.json";
 
 /// Client geo data: the database's prefixes (loaded by `Config::load`/`parse`) and the
 /// config's own, which win for the same prefix.
@@ -459,6 +579,8 @@ pub struct Pool {
     /// (latitude, longitude) in degrees, for `proximity` steering.
     pub position: Option<(f64, f64)>,
     pub origin_steering: OriginSteering,
+    /// URLs notified of this pool's and its origins' health changes.
+    pub notification_webhooks: Vec<String>,
 }
 
 /// How a pool picks an origin for a new connection.
@@ -547,6 +669,25 @@ impl SteeringPolicy {
     }
 }
 
+impl RawConfig {
+    /// Reads and parses a config file, without validating it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text, without validating it; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -559,10 +700,16 @@ impl Config {
 
     /// Parses and validates config text; `path` only labels errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        Self::from_raw(RawConfig::parse(text, path)?, path, None)
+    }
+
+    /// Validates `raw` and reads its geo database, unless `loaded` already holds the same
+    /// database's prefixes (an API change does not re-read a file that did not change).
+    pub fn from_raw(
+        raw: RawConfig,
+        path: &Path,
+        loaded: Option<&Geo>,
+    ) -> Result<Self, ConfigError> {
         let mut cfg = validate(raw).map_err(|errors| ConfigError::Invalid {
             path: path.to_owned(),
             errors,
@@ -574,6 +721,12 @@ impl Config {
                     *db = dir.join(&*db);
                 }
             }
+        }
+        if let Some(g) = loaded.filter(|g| g.database.is_some() && g.database == cfg.geo.database) {
+            cfg.geo.database_prefixes = g.database_prefixes.clone();
+            return Ok(cfg);
+        }
+        if let Some(db) = &mut cfg.geo.database {
             let prefixes = geo::load_mmdb(db).map_err(|e| ConfigError::Invalid {
                 path: path.to_owned(),
                 errors: vec![format!(
@@ -760,6 +913,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     // --- geo
     let geo = validate_geo(&raw.geo, &mut errors);
 
+    // --- api
+    let api = validate_api(&raw.api, &mut errors);
+
     // --- monitors
     let mut monitors = Vec::new();
     let mut monitor_names = HashMap::new();
@@ -865,7 +1021,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 OriginSteering::Random
             }
         };
+        for (i, url) in p.notification_webhooks.iter().enumerate() {
+            if let Err(e) = crate::notify::validate_url(url) {
+                errors.push(format!("{f}.notification_webhooks[{i}]: {e}"));
+            }
+        }
         pools.push(Pool {
+            notification_webhooks: p.notification_webhooks.clone(),
             name: p.name.clone(),
             description: p.description.clone(),
             enabled: p.enabled,
@@ -1138,7 +1300,63 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         pools,
         load_balancers: lbs,
         geo,
+        api,
     })
+}
+
+fn validate_api(raw: &RawApi, errors: &mut Vec<String>) -> Api {
+    let listen = match raw.listen.as_deref().unwrap_or(DEFAULT_API_LISTEN) {
+        "off" => None,
+        s => match s.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!(
+                    "api.listen: \"{s}\" is not address:port; write e.g. \"{DEFAULT_API_LISTEN}\", or \"off\" to turn the API off"
+                ));
+                None
+            }
+        },
+    };
+    for (i, t) in raw.tokens.iter().enumerate() {
+        if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errors.push(format!(
+                "api.tokens[{i}]: too short or contains spaces; use at least 16 printable characters, e.g. from `openssl rand -hex 20`"
+            ));
+        }
+    }
+    for (i, k) in raw.keys.iter().enumerate() {
+        if !k.email.contains('@') {
+            errors.push(format!(
+                "api.keys[{i}].email: \"{}\" is not an email address; it is matched against X-Auth-Email",
+                k.email
+            ));
+        }
+        if k.key.len() < 16 || k.key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errors.push(format!(
+                "api.keys[{i}].key: too short or contains spaces; use at least 16 printable characters"
+            ));
+        }
+    }
+    let state_file = raw
+        .state_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
+    if !state_file.is_absolute() {
+        errors.push(format!(
+            "api.state_file: \"{}\" is relative; use an absolute path such as \"{DEFAULT_STATE_FILE}\"",
+            state_file.display()
+        ));
+    }
+    Api {
+        listen,
+        tokens: raw.tokens.clone(),
+        keys: raw
+            .keys
+            .iter()
+            .map(|k| (k.email.clone(), k.key.clone()))
+            .collect(),
+        state_file,
+    }
 }
 
 /// A PoP name as Cloudflare writes them: 3 letters (IATA airport code), upper case; longer

@@ -11,13 +11,21 @@
 //! - `dataplane`: loading, pinning, attaching; typed map handles.
 //! - `agent`: the lifecycle (`run` with injected shutdown, SIGHUP reload).
 //! - `stats`: counters read back from the pinned maps.
+//! - `store`: monitors, pools and load balancers with ids, the file merged in, persisted.
+//! - `api`: the HTTP API (Cloudflare's v4 shapes), status view, metrics, dashboard.
+//! - `metrics`: Prometheus text exposition of status, counters and probe RTTs (pure).
+//! - `notify`: health-notification webhooks (bounded queue, one task per delivery, retries).
 pub mod agent;
+pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod geo;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod neigh;
+pub mod notify;
 pub mod reconcile;
 pub mod stats;
 pub mod steering;
+pub mod store;

@@ -34,13 +34,18 @@ struct Cli {
     /// On exit, detach XDP and remove every pinned map and link (drops established flows).
     #[arg(long)]
     detach_on_exit: bool,
+    /// Where the HTTP API, /metrics and the dashboard listen (`address:port`, or `off`);
+    /// overrides `[api] listen` (default 127.0.0.1:8405).
+    #[arg(long, value_name = "ADDR:PORT")]
+    api_listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate the config and print a summary; changes nothing.
+    /// Validate the config, with the objects kept in `api.state_file` (made through the
+    /// API), and print a summary; changes nothing.
     Check,
     /// Print the running agent's view: each load balancer's active pool, each pool's health,
     /// each origin's state, last result and RTT (read from `agent.status_file`).
@@ -84,15 +89,17 @@ fn main() -> anyhow::Result<()> {
                     config: cli.config,
                     bpf_object: cli.bpf_object,
                     detach_on_exit: cli.detach_on_exit,
+                    api_listen: cli.api_listen,
                 },
                 shutdown_signal(),
             ))?;
         }
         Some(Command::Check) => {
-            let cfg = Config::load(&cli.config)?;
+            let (_, _, cfg, _) = agent::load_effective(&cli.config, cli.api_listen.as_deref())?;
             println!(
-                "{}: valid; {} load balancer(s), {} pool(s), {} origin(s), interfaces {:?}",
+                "{} (with the objects of {}): valid; {} load balancer(s), {} pool(s), {} origin(s), interfaces {:?}",
                 cli.config.display(),
+                cfg.api.state_file.display(),
                 cfg.load_balancers.len(),
                 cfg.pools.len(),
                 cfg.pools.iter().map(|p| p.origins.len()).sum::<usize>(),
@@ -115,7 +122,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Some(Command::Stats { json }) => {
-            let cfg = Config::load(&cli.config)?;
+            let (_, _, cfg, _) = agent::load_effective(&cli.config, None)?;
             let maps = Maps::open_pinned(&cfg.dataplane.pin_dir)?;
             let s = stats::collect(&cfg, &maps)?;
             if json {

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod mmdb;
+pub mod prom;
 
 use std::{
     fs,
@@ -375,7 +376,12 @@ pub struct Topology {
     pub pin_dir: PathBuf,
     /// The agent's status file for this topology (removed on drop).
     pub status_file: PathBuf,
+    /// The agent's API state file for this topology (removed on drop).
+    pub state_file: PathBuf,
 }
+
+/// The API token every test bed config accepts (`Authorization: Bearer ...`).
+pub const API_TOKEN: &str = "test-token-0123456789abcdef";
 
 impl Topology {
     pub fn build(n_origins: usize) -> Self {
@@ -446,7 +452,9 @@ impl Topology {
         }
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&id);
         let status_file = std::env::temp_dir().join(format!("{id}-status.json"));
+        let state_file = std::env::temp_dir().join(format!("{id}-state.json"));
         Self {
+            state_file,
             id,
             client,
             lb,
@@ -461,10 +469,11 @@ impl Topology {
     pub fn base_config(&self, extra_dataplane: &str) -> String {
         let ifaces: Vec<String> = self.lb_ifaces.iter().map(|i| format!("\"{i}\"")).collect();
         format!(
-            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[agent]\nstatus_file = \"{}\"\n\n",
+            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[agent]\nstatus_file = \"{}\"\n\n[api]\nstate_file = \"{}\"\ntokens = [\"{API_TOKEN}\"]\n\n",
             ifaces.join(", "),
             self.pin_dir.display(),
-            self.status_file.display()
+            self.status_file.display(),
+            self.state_file.display()
         )
     }
 
@@ -528,6 +537,7 @@ impl Drop for Topology {
         }
         let _ = fs::remove_dir(&self.pin_dir);
         let _ = fs::remove_file(&self.status_file);
+        let _ = fs::remove_file(&self.state_file);
     }
 }
 
@@ -990,4 +1000,132 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
     }
+}
+
+/// Debian's Chromium, for rendering the agent's dashboard in tests.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Loads `url` in headless Chromium and returns the DOM as serialized after `budget` of
+/// virtual time (`--dump-dom`); with `screenshot`, a second run writes a 1280x900 PNG there.
+/// With `ns`, Chromium runs in that network namespace (`nsenter --net`), so `127.0.0.1` is
+/// the namespace's loopback, where the agent's API listens.
+///
+/// `--virtual-time-budget` fast-forwards timers but pauses virtual time while a network
+/// fetch is pending, so `fetch()` to a live server completes and a page that polls every
+/// second gets about `budget / 1 s` polls. Wall time is mostly Chromium's start-up (under
+/// a second against a local server), plus the real time the requests take. A request that
+/// never finishes stalls virtual time: each run is killed (its whole process group) at
+/// `budget` + 30 s, which panics. Each run gets a fresh profile directory, removed
+/// afterwards, so nothing (sessionStorage included) carries over between calls.
+pub fn chromium_render(
+    ns: Option<&NetNs>,
+    url: &str,
+    screenshot: Option<&Path>,
+    budget: Duration,
+) -> String {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "Chromium is missing: apt-get install chromium (cargo xtask setup installs it)"
+    );
+    let dom = chromium_run(ns, url, budget, &["--dump-dom"]);
+    assert!(
+        dom.contains("<html"),
+        "Chromium dumped no DOM for {url}: {dom:?}"
+    );
+    if let Some(png) = screenshot {
+        let _ = fs::remove_file(png);
+        let shot = format!("--screenshot={}", png.display());
+        chromium_run(ns, url, budget, &[&shot, "--window-size=1280,900"]);
+        assert!(
+            png.exists(),
+            "Chromium wrote no screenshot to {}",
+            png.display()
+        );
+    }
+    dom
+}
+
+/// One Chromium run: its stdout, or a panic with its stderr when it fails or times out.
+fn chromium_run(ns: Option<&NetNs>, url: &str, budget: Duration, extra: &[&str]) -> String {
+    use std::os::unix::process::CommandExt as _;
+
+    let profile = std::env::temp_dir().join(unique_id("chromium"));
+    // Chromium's own temporary files (its singleton socket directory, left behind when it is
+    // killed) go under the profile too, so removing the profile removes everything.
+    let tmp = profile.join("tmp");
+    fs::create_dir_all(&tmp).expect("chromium profile dir");
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.path().display()))
+                .arg("--")
+                .arg(CHROMIUM);
+            c
+        }
+        None => Command::new(CHROMIUM),
+    };
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("--virtual-time-budget={}", budget.as_millis()))
+    .args(extra)
+    .arg(url)
+    .env("TMPDIR", &tmp)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    // Its own process group, so a timeout kills the renderer and GPU helpers too.
+    .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {CHROMIUM}: {e}"));
+    let out = read_in_background(child.stdout.take());
+    let err = read_in_background(child.stderr.take());
+    let deadline = Instant::now() + budget + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            #[expect(clippy::cast_possible_wrap, reason = "pids fit in i32")]
+            // SAFETY: kill has no memory-safety preconditions; the group is the child's own.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    let _ = fs::remove_dir_all(&profile);
+    match status {
+        None => panic!(
+            "Chromium did not finish {url} within {budget:?} of virtual time + 30 s; its stderr:\n{err}"
+        ),
+        Some(st) if !st.success() => {
+            panic!("Chromium failed on {url} ({st}); its stderr:\n{err}")
+        }
+        Some(_) => out,
+    }
+}
+
+/// Reads a pipe to its end on a thread (so a chatty child never blocks on a full pipe).
+fn read_in_background<R: Read + Send + 'static>(r: Option<R>) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
 }

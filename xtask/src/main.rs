@@ -20,8 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install prerequisites: Debian packages (iproute2, bpftool, ethtool, ping), the nightly
-    /// rust-src component and bpf-linker 0.10.0; mount bpffs if needed. Idempotent.
+    /// Install prerequisites: Debian packages (iproute2, bpftool, ethtool, ping, chromium),
+    /// the nightly rust-src component and bpf-linker 0.10.0; mount bpffs if needed. Idempotent.
     Setup,
     /// Build the XDP object (nightly, build-std, bpf-linker) into
     /// lb-ebpf/target/bpfel-unknown-none/release/lb-ebpf.
@@ -102,13 +102,15 @@ fn cargo(toolchain: Option<&str>) -> Command {
 
 const BENCH_PACKAGES: [&str; 3] = ["wrk", "iperf3", "haproxy"];
 
-const DEB_PACKAGES: [(&str, &str); 6] = [
+const DEB_PACKAGES: [(&str, &str); 7] = [
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
     ("nsenter", "util-linux"),
     ("mount", "mount"),
+    // Headless, to render the agent's dashboard in the end-to-end tests.
+    ("chromium", "chromium"),
 ];
 
 fn setup() -> Result<()> {

@@ -1,0 +1,569 @@
+//! The HTTP API: Cloudflare's v4 load-balancing paths, objects and envelope, a live status
+//! view, Prometheus metrics and the dashboard. Reads come from the `View` the agent's main
+//! loop publishes; every change goes to the main loop as a `Command` (the reconciler stays
+//! the one writer of maps) and is answered once it is validated, saved and applied.
+
+mod traffic;
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    body::Bytes,
+    extract::{Path, Query, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    middleware::Next,
+    response::{Html, IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use traffic::{Sample, Sampler};
+
+use crate::{
+    agent::Status,
+    config::Config,
+    metrics::RttHistograms,
+    store::{code, Done, Kind, Op, Rejection, Store},
+};
+
+/// What the API reads: published by the main loop after every change and status update.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub store: Store,
+    pub status: Status,
+    pub cfg: Arc<Config>,
+    pub rtt: RttHistograms,
+    /// Webhook delivery counters: sent, failed, dropped, retried.
+    pub notifications: [u64; 4],
+}
+
+/// A change for the main loop, answered with the object as stored (or `{"id"}` for a
+/// delete) once it is saved and in the maps.
+#[derive(Debug)]
+pub struct Command {
+    pub op: Op,
+    pub reply: oneshot::Sender<Result<Value, Rejection>>,
+}
+
+/// Credentials that the environment adds to the config's (`LB_API_TOKEN`, comma-separated,
+/// and `LB_API_EMAIL` + `LB_API_KEY`).
+#[derive(Debug, Clone, Default)]
+pub struct EnvCredentials {
+    pub tokens: Vec<String>,
+    pub keys: Vec<(String, String)>,
+}
+
+impl EnvCredentials {
+    pub fn from_env() -> Self {
+        let tokens = std::env::var("LB_API_TOKEN")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let keys = match (std::env::var("LB_API_EMAIL"), std::env::var("LB_API_KEY")) {
+            (Ok(e), Ok(k)) if !e.is_empty() && !k.is_empty() => vec![(e, k)],
+            _ => Vec::new(),
+        };
+        Self { tokens, keys }
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    view: watch::Receiver<Arc<View>>,
+    tx: mpsc::Sender<Command>,
+    env: Arc<EnvCredentials>,
+    traffic: Sampler,
+}
+
+/// The router, ready for `axum::serve`.
+pub fn router(
+    view: watch::Receiver<Arc<View>>,
+    tx: mpsc::Sender<Command>,
+    env: EnvCredentials,
+    traffic: Sampler,
+) -> Router {
+    let api = Api {
+        view,
+        tx,
+        env: Arc::new(env),
+        traffic,
+    };
+    let mut r = Router::new();
+    for prefix in [
+        "/client/v4/accounts/{scope}/load_balancers",
+        "/client/v4/organizations/{scope}/load_balancers",
+        "/client/v4/user/load_balancers",
+    ] {
+        r = objects(r, &format!("{prefix}/monitors"), Kind::Monitor);
+        r = objects(r, &format!("{prefix}/pools"), Kind::Pool);
+        r = r.route(&format!("{prefix}/pools/{{id}}/health"), get(pool_health));
+    }
+    r = objects(
+        r,
+        "/client/v4/zones/{scope}/load_balancers",
+        Kind::LoadBalancer,
+    );
+    r = r.route("/lb-agent/v1/status", get(status));
+    let authed = r.layer(axum::middleware::from_fn_with_state(api.clone(), auth));
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics))
+        .merge(authed)
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .with_state(api)
+}
+
+/// The five routes of one kind of object under `base`.
+fn objects(r: Router<Api>, base: &str, kind: Kind) -> Router<Api> {
+    r.route(
+        base,
+        get(move |s: State<Api>, q: Query<Page>| list(s, kind, q)).post(
+            move |s: State<Api>, b: Bytes| async move {
+                mutate(&s, body(b).map(|v| Op::Create(kind, v))).await
+            },
+        ),
+    )
+    .route(
+        &format!("{base}/{{id}}"),
+        get(move |s: State<Api>, p: Path<HashMap<String, String>>| one(s, kind, p))
+            .put(
+                move |s: State<Api>, p: Path<HashMap<String, String>>, b: Bytes| async move {
+                    let id = id_of(&p);
+                    mutate(&s, body(b).map(|v| Op::Replace(kind, id, v))).await
+                },
+            )
+            .patch(
+                move |s: State<Api>, p: Path<HashMap<String, String>>, b: Bytes| async move {
+                    let id = id_of(&p);
+                    mutate(&s, body(b).map(|v| Op::Patch(kind, id, v))).await
+                },
+            )
+            .delete(
+                move |s: State<Api>, p: Path<HashMap<String, String>>| async move {
+                    mutate(&s, Ok(Op::Delete(kind, id_of(&p)))).await
+                },
+            ),
+    )
+}
+
+fn id_of(p: &HashMap<String, String>) -> String {
+    p.get("id").cloned().unwrap_or_default()
+}
+
+fn body(b: Bytes) -> Result<Value, Rejection> {
+    if b.is_empty() {
+        return Err(Rejection::new(
+            400,
+            code::BAD_BODY,
+            "body: empty; send the object as JSON",
+        ));
+    }
+    serde_json::from_slice(&b).map_err(|e| {
+        Rejection::new(
+            400,
+            code::BAD_BODY,
+            format!("body: not valid JSON ({e}); send the object as JSON"),
+        )
+    })
+}
+
+// --- envelope
+
+fn envelope(status: StatusCode, v: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn success(result: Value, info: Option<Value>) -> Response {
+    let mut v = json!({"success": true, "errors": [], "messages": [], "result": result});
+    if let Some(i) = info {
+        v["result_info"] = i;
+    }
+    envelope(StatusCode::OK, v)
+}
+
+fn failure(r: &Rejection) -> Response {
+    let errors: Vec<Value> = r
+        .errors
+        .iter()
+        .map(|(c, m)| json!({"code": c, "message": m}))
+        .collect();
+    envelope(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+        json!({"success": false, "errors": errors, "messages": [], "result": null}),
+    )
+}
+
+async fn no_route(req: Request) -> Response {
+    failure(&Rejection::new(
+        404,
+        code::NO_ROUTE,
+        format!(
+            "Could not route to {}, perhaps your object identifier is invalid?",
+            req.uri().path()
+        ),
+    ))
+}
+
+async fn no_method(req: Request) -> Response {
+    failure(&Rejection::new(
+        405,
+        code::NO_METHOD,
+        format!("No route for {} {}", req.method(), req.uri().path()),
+    ))
+}
+
+// --- auth
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte from timing.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Checks the request's credentials against the config's and the environment's.
+fn check_auth(headers: &HeaderMap, cfg: &Config, env: &EnvCredentials) -> Result<(), Rejection> {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let bearer = h("authorization").and_then(|a| {
+        a.strip_prefix("Bearer ")
+            .or_else(|| a.strip_prefix("bearer "))
+            .map(str::trim)
+    });
+    let (email, key) = (h("x-auth-email"), h("x-auth-key"));
+    let configured = !(cfg.api.tokens.is_empty()
+        && cfg.api.keys.is_empty()
+        && env.tokens.is_empty()
+        && env.keys.is_empty());
+    if bearer.is_none() && key.is_none() {
+        return Err(Rejection::new(
+            401,
+            code::AUTH_MISSING,
+            "Authentication error: send Authorization: Bearer <token>, or X-Auth-Email and X-Auth-Key",
+        ));
+    }
+    if !configured {
+        return Err(Rejection::new(
+            403,
+            code::AUTH_INVALID,
+            "no API credentials are configured, so every request is refused; set [api] tokens in the config or LB_API_TOKEN in the agent's environment",
+        ));
+    }
+    let token_ok =
+        bearer.is_some_and(|t| cfg.api.tokens.iter().chain(&env.tokens).any(|x| same(x, t)));
+    let key_ok = match (email, key) {
+        (Some(e), Some(k)) => cfg
+            .api
+            .keys
+            .iter()
+            .chain(&env.keys)
+            .any(|(xe, xk)| xe.eq_ignore_ascii_case(e) && same(xk, k)),
+        _ => false,
+    };
+    if token_ok || key_ok {
+        Ok(())
+    } else if key.is_some() && email.is_none() {
+        Err(Rejection::new(
+            401,
+            code::AUTH_MISSING,
+            "Authentication error: X-Auth-Key needs X-Auth-Email",
+        ))
+    } else {
+        Err(Rejection::new(
+            403,
+            code::AUTH_INVALID,
+            "Invalid access token or key",
+        ))
+    }
+}
+
+async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let cfg = api.view.borrow().cfg.clone();
+    match check_auth(req.headers(), &cfg, &api.env) {
+        Ok(()) => next.run(req).await,
+        Err(r) => failure(&r),
+    }
+}
+
+// --- objects
+
+#[derive(Debug, serde::Deserialize)]
+struct Page {
+    page: Option<String>,
+    per_page: Option<String>,
+}
+
+pub const DEFAULT_PER_PAGE: usize = 20;
+pub const MAX_PER_PAGE: usize = 1000;
+
+/// One page of `items` and Cloudflare's `result_info`.
+fn paginate(items: Vec<Value>, page: &Page) -> Result<(Vec<Value>, Value), Rejection> {
+    let num = |s: &Option<String>, field: &str, default: usize, max: usize| match s {
+        None => Ok(default),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Rejection::new(
+                400,
+                code::BAD_BODY,
+                format!("{field}: \"{s}\" is not a whole number between 1 and {max}"),
+            )),
+        },
+    };
+    let p = num(&page.page, "page", 1, usize::MAX)?;
+    let per = num(&page.per_page, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
+    let total = items.len();
+    let out: Vec<Value> = items
+        .into_iter()
+        .skip((p - 1).saturating_mul(per))
+        .take(per)
+        .collect();
+    let info = json!({
+        "page": p,
+        "per_page": per,
+        "count": out.len(),
+        "total_count": total,
+        "total_pages": total.div_ceil(per),
+    });
+    Ok((out, info))
+}
+
+async fn list(State(api): State<Api>, kind: Kind, Query(q): Query<Page>) -> Response {
+    let items = api.view.borrow().store.list(kind);
+    match paginate(items, &q) {
+        Ok((items, info)) => success(Value::Array(items), Some(info)),
+        Err(r) => failure(&r),
+    }
+}
+
+async fn one(
+    State(api): State<Api>,
+    kind: Kind,
+    Path(p): Path<HashMap<String, String>>,
+) -> Response {
+    let id = id_of(&p);
+    match api.view.borrow().store.get(kind, &id) {
+        Some(v) => success(v, None),
+        None => failure(&Rejection::new(
+            404,
+            code::NOT_FOUND,
+            format!("no {} has id \"{id}\"", kind.singular()),
+        )),
+    }
+}
+
+async fn mutate(api: &Api, op: Result<Op, Rejection>) -> Response {
+    let op = match op {
+        Ok(op) => op,
+        Err(r) => return failure(&r),
+    };
+    let (reply, rx) = oneshot::channel();
+    if api.tx.send(Command { op, reply }).await.is_err() {
+        return failure(&Rejection::new(
+            503,
+            code::INTERNAL,
+            "the agent is shutting down; nothing changed",
+        ));
+    }
+    match rx.await {
+        Ok(Ok(v)) => success(v, None),
+        Ok(Err(r)) => failure(&r),
+        Err(_) => failure(&Rejection::new(
+            503,
+            code::INTERNAL,
+            "the agent is shutting down; nothing changed",
+        )),
+    }
+}
+
+/// The answer to a successful mutation, read from the store it produced.
+pub fn done_result(store: &Store, done: &Done) -> Value {
+    if done.deleted {
+        json!({"id": done.id})
+    } else {
+        store.get(done.kind, &done.id).unwrap_or(Value::Null)
+    }
+}
+
+/// `GET .../pools/{id}/health`, in Cloudflare's shape: health per PoP (this host is one),
+/// per origin address.
+async fn pool_health(State(api): State<Api>, Path(p): Path<HashMap<String, String>>) -> Response {
+    let id = id_of(&p);
+    let view = api.view.borrow().clone();
+    let Some(pool) = view.store.pool(&id) else {
+        return failure(&Rejection::new(
+            404,
+            code::NOT_FOUND,
+            format!("no pool has id \"{id}\""),
+        ));
+    };
+    let name = &pool.object.name;
+    let healthy = view
+        .status
+        .pools
+        .iter()
+        .find(|p| &p.name == name)
+        .is_some_and(|p| p.healthy);
+    let origins: Vec<Value> = view
+        .status
+        .origins
+        .iter()
+        .filter(|o| &o.pool == name)
+        .map(|o| {
+            let up = o.enabled && (o.state == "up" || o.state == "unmonitored");
+            let mut m = serde_json::Map::new();
+            m.insert(
+                o.address.clone(),
+                json!({
+                    "healthy": up,
+                    "rtt": o.rtt_ms.map(|r| format!("{r:.1}ms")),
+                    "failure_reason": if o.last_ok == Some(false) || o.state == "down" { o.reason.clone() } else { "No failures".to_owned() },
+                    "response_code": o.reason.strip_prefix("HTTP ").and_then(|c| c.get(..3)).and_then(|c| c.parse::<u16>().ok()),
+                    "name": o.origin,
+                    "port": o.port,
+                    "state": o.state,
+                }),
+            );
+            Value::Object(m)
+        })
+        .collect();
+    let pop = pop_name(&view.cfg);
+    success(
+        json!({
+            "pool_id": id,
+            "pop_health": { pop: { "healthy": healthy, "origins": origins } },
+        }),
+        None,
+    )
+}
+
+/// This host's name among PoPs: `agent.pop`, else the host name.
+fn pop_name(cfg: &Config) -> String {
+    cfg.agent.pop.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "local".into())
+    })
+}
+
+/// `GET /lb-agent/v1/status`: health and traffic, per load balancer, pool and origin.
+async fn status(State(api): State<Api>) -> Response {
+    let view = api.view.borrow().clone();
+    let sample = api.traffic.latest();
+    success(status_json(&view, sample.as_deref()), None)
+}
+
+pub fn status_json(view: &View, sample: Option<&Sample>) -> Value {
+    let store = &view.store;
+    let lbs: Vec<Value> = view
+        .status
+        .load_balancers
+        .iter()
+        .map(|l| {
+            let t = sample.and_then(|s| s.vips.get(&l.name));
+            let enabled = view
+                .cfg
+                .load_balancers
+                .iter()
+                .find(|x| x.name == l.name)
+                .is_some_and(|x| x.enabled);
+            json!({
+                "id": store.load_balancer_id(&l.name),
+                "name": l.name,
+                "vip": l.vip,
+                "steering_policy": l.steering_policy,
+                "active_pool": l.active_pool,
+                "active_pool_id": l.active_pool.as_deref().and_then(|p| store.pool_id(p)),
+                "fallback": l.fallback,
+                "enabled": enabled,
+                "packets": t.map_or(0, |t| t.packets),
+                "bytes": t.map_or(0, |t| t.bytes),
+                "new_flows": t.map_or(0, |t| t.new_flows),
+                "packets_per_sec": t.map_or(0.0, |t| t.packets_per_sec),
+                "bytes_per_sec": t.map_or(0.0, |t| t.bytes_per_sec),
+                "new_flows_per_sec": t.map_or(0.0, |t| t.new_flows_per_sec),
+            })
+        })
+        .collect();
+    let pools: Vec<Value> = view
+        .status
+        .pools
+        .iter()
+        .map(|p| {
+            json!({
+                "id": store.pool_id(&p.name),
+                "name": p.name,
+                "healthy": p.healthy,
+                "healthy_origins": p.healthy_origins,
+                "enabled_origins": p.enabled_origins,
+                "minimum_origins": p.minimum_origins,
+                "rtt_ms": p.rtt_ms,
+            })
+        })
+        .collect();
+    let origins: Vec<Value> = view
+        .status
+        .origins
+        .iter()
+        .map(|o| {
+            let t = sample.and_then(|s| s.origins.get(&(o.pool.clone(), o.origin.clone())));
+            json!({
+                "pool": o.pool,
+                "pool_id": store.pool_id(&o.pool),
+                "origin": o.origin,
+                "address": o.address,
+                "port": o.port,
+                "state": o.state,
+                "enabled": o.enabled,
+                "weight": o.weight,
+                "reason": o.reason,
+                "rtt_ms": o.rtt_ms,
+                "since": o.since,
+                "open_flows": t.map_or(0, |t| t.open_flows),
+                "packets": t.map_or(0, |t| t.packets),
+                "bytes": t.map_or(0, |t| t.bytes),
+                "new_flows": t.map_or(0, |t| t.new_flows),
+                "packets_per_sec": t.map_or(0.0, |t| t.packets_per_sec),
+                "bytes_per_sec": t.map_or(0.0, |t| t.bytes_per_sec),
+                "new_flows_per_sec": t.map_or(0.0, |t| t.new_flows_per_sec),
+            })
+        })
+        .collect();
+    json!({
+        "updated": view.status.updated,
+        "pop": view.cfg.agent.pop,
+        "load_balancers": lbs,
+        "pools": pools,
+        "origins": origins,
+    })
+}
+
+// --- metrics and dashboard
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let view = api.view.borrow().clone();
+    let sample = api.traffic.latest();
+    let text = crate::metrics::render(&crate::metrics::MetricsInput {
+        status: &view.status,
+        stats: sample.as_ref().map(|s| &s.stats),
+        rtt: &view.rtt,
+        flow_table: sample.as_ref().and_then(|s| s.flow_table),
+        notifications: Some(view.notifications),
+    });
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}

@@ -1,0 +1,859 @@
+//! The object store: monitors, pools and load balancers as the API shows them (32-hex ids,
+//! timestamps, references by id), with the TOML file's objects merged in, persisted
+//! atomically to `api.state_file`. Everything here is pure except `Store::load`/`save`.
+//!
+//! How the file and the API share the store: an object defined in the TOML file is applied
+//! when its definition there changes (including the first start, and objects added to the
+//! file); a change made through the API to such an object stands until then. Objects created
+//! through the API are never touched by the file. An object removed from the file is
+//! removed from the store; one deleted through the API stays deleted until its definition in
+//! the file changes.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{RawConfig, RawLoadBalancer, RawMonitor, RawOriginSteering, RawPool};
+
+/// Error codes in the API's `errors[].code`, in Cloudflare's envelope.
+pub mod code {
+    /// The body is not JSON, not an object, has a value of the wrong type or an unknown field.
+    pub const BAD_BODY: u32 = 1000;
+    /// A value is out of range or inconsistent (the config validation's rules).
+    pub const INVALID: u32 = 1001;
+    /// The object refers to a monitor or pool id that does not exist.
+    pub const MISSING_REFERENCE: u32 = 1002;
+    /// The object is still used by another (a monitor by a pool, a pool by a load balancer).
+    pub const IN_USE: u32 = 1003;
+    /// No object has this id.
+    pub const NOT_FOUND: u32 = 1004;
+    /// The change was valid but could not be saved or applied; nothing changed.
+    pub const INTERNAL: u32 = 1100;
+    /// No such route (Cloudflare's 7003) or method (7000).
+    pub const NO_ROUTE: u32 = 7003;
+    pub const NO_METHOD: u32 = 7000;
+    /// No credentials (Cloudflare's 10000, "Authentication error").
+    pub const AUTH_MISSING: u32 = 10_000;
+    /// Credentials that no configured token or key matches (Cloudflare's 9109).
+    pub const AUTH_INVALID: u32 = 9109;
+}
+
+/// A refused request: the HTTP status and the envelope's errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub errors: Vec<(u32, String)>,
+}
+
+impl Rejection {
+    pub fn new(status: u16, code: u32, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            errors: vec![(code, message.into())],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("api.state_file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("api.state_file {path} is not a state file of this agent ({message}); move it away to start from the config file alone")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Monitor,
+    Pool,
+    LoadBalancer,
+}
+
+impl Kind {
+    pub fn singular(self) -> &'static str {
+        match self {
+            Self::Monitor => "monitor",
+            Self::Pool => "pool",
+            Self::LoadBalancer => "load balancer",
+        }
+    }
+
+    /// The config's list field (`pools[3].origins`), which validation errors name.
+    pub fn list(self) -> &'static str {
+        match self {
+            Self::Monitor => "monitors",
+            Self::Pool => "pools",
+            Self::LoadBalancer => "load_balancers",
+        }
+    }
+
+    fn key(self, name: &str) -> String {
+        format!("{}:{name}", self.list())
+    }
+}
+
+/// Where a stored object came from, when it came from the TOML file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSource {
+    /// Its name in the file.
+    pub name: String,
+    /// Digest of its definition in the file when it was last applied.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry<T> {
+    pub id: String,
+    pub created_on: String,
+    pub modified_on: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSource>,
+    pub object: T,
+}
+
+impl<T: Serialize> Entry<T> {
+    /// The object as the API shows it: its fields plus `id`, `created_on`, `modified_on`.
+    pub fn to_api(&self) -> Value {
+        let mut v = serde_json::to_value(&self.object).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert("id".into(), Value::String(self.id.clone()));
+            m.insert("created_on".into(), Value::String(self.created_on.clone()));
+            m.insert(
+                "modified_on".into(),
+                Value::String(self.modified_on.clone()),
+            );
+        }
+        v
+    }
+}
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Store {
+    pub version: u32,
+    pub monitors: Vec<Entry<RawMonitor>>,
+    pub pools: Vec<Entry<RawPool>>,
+    pub load_balancers: Vec<Entry<RawLoadBalancer>>,
+    /// `kind:name` -> digest of file objects deleted through the API: they stay deleted
+    /// until their definition in the file changes.
+    #[serde(default)]
+    pub deleted_file_objects: BTreeMap<String, String>,
+}
+
+pub use crate::notify::rfc3339;
+
+fn fnv(data: &[u8], mut h: u64) -> u64 {
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A new random id: 32 lower-case hex characters, like Cloudflare's.
+pub fn new_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// The id of a file object: derived from its kind and name, so that it is the same on
+/// every host and after the state file is lost.
+fn file_id(kind: Kind, name: &str) -> String {
+    let key = kind.key(name);
+    let a = fnv(key.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    let b = fnv(key.as_bytes(), 0x6c62_272e_07bb_0142);
+    format!("{a:016x}{b:016x}")
+}
+
+fn digest<T: Serialize>(v: &T) -> String {
+    let text = serde_json::to_string(v).unwrap_or_default();
+    format!("{:016x}", fnv(text.as_bytes(), 0xcbf2_9ce4_8422_2325))
+}
+
+/// Whether `s` has the shape of an id (32 hex characters).
+pub fn is_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+// --- defaults filled in, so the API returns what is in force
+
+fn normalize_monitor(m: &mut RawMonitor) {
+    let http = m.kind != "tcp";
+    if m.method.is_none() {
+        m.method = Some(
+            if http {
+                "GET"
+            } else {
+                "connection_established"
+            }
+            .into(),
+        );
+    }
+    if http {
+        m.path.get_or_insert_with(|| "/".into());
+        m.expected_codes.get_or_insert_with(|| "200".into());
+        m.expected_body.get_or_insert_with(String::new);
+    }
+}
+
+fn normalize_pool(p: &mut RawPool) {
+    p.origin_steering.get_or_insert_with(|| RawOriginSteering {
+        policy: "random".into(),
+    });
+}
+
+fn normalize_lb(l: &mut RawLoadBalancer) {
+    if l.origin_port.is_none() {
+        l.origin_port = Some(l.port);
+    }
+    if l.fallback_pool.is_none() {
+        l.fallback_pool = l.default_pools.last().cloned();
+    }
+    if l.session_affinity == "ip" && l.session_affinity_ttl.is_none() {
+        l.session_affinity_ttl = Some(crate::config::DEFAULT_AFFINITY_TTL);
+    }
+}
+
+/// The name the validated config uses for a monitor: its `name`, else its id (monitors
+/// have no name in Cloudflare's API).
+fn monitor_name(e: &Entry<RawMonitor>) -> String {
+    if e.object.name.is_empty() {
+        e.id.clone()
+    } else {
+        e.object.name.clone()
+    }
+}
+
+/// Maps every pool reference of a load balancer through `f` (names to ids or back).
+fn map_lb_pools(l: &mut RawLoadBalancer, f: &dyn Fn(&str) -> String) {
+    for p in l.default_pools.iter_mut() {
+        *p = f(p);
+    }
+    if let Some(p) = &mut l.fallback_pool {
+        *p = f(p);
+    }
+    for list in l
+        .region_pools
+        .values_mut()
+        .chain(l.country_pools.values_mut())
+        .chain(l.pop_pools.values_mut())
+    {
+        for p in list.iter_mut() {
+            *p = f(p);
+        }
+    }
+    if let Some(rs) = &mut l.random_steering {
+        rs.pool_weights = std::mem::take(&mut rs.pool_weights)
+            .into_iter()
+            .map(|(k, w)| (f(&k), w))
+            .collect();
+    }
+}
+
+fn lb_pool_refs(l: &RawLoadBalancer) -> impl Iterator<Item = &String> {
+    l.default_pools
+        .iter()
+        .chain(l.fallback_pool.iter())
+        .chain(l.region_pools.values().flatten())
+        .chain(l.country_pools.values().flatten())
+        .chain(l.pop_pools.values().flatten())
+        .chain(l.random_steering.iter().flat_map(|r| r.pool_weights.keys()))
+}
+
+impl Store {
+    /// Reads the state file; `None` if there is none yet.
+    pub fn load(path: &Path) -> Result<Option<Self>, StoreError> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        let s: Self = serde_json::from_slice(&text).map_err(|e| StoreError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if s.version != STATE_VERSION {
+            return Err(StoreError::Parse {
+                path: path.to_owned(),
+                message: format!("version {}, this agent writes {STATE_VERSION}", s.version),
+            });
+        }
+        Ok(Some(s))
+    }
+
+    /// Writes atomically and durably: a temporary file in the same directory, fsync, rename,
+    /// fsync of the directory. A crash leaves the old state or the new one, never a mix.
+    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut s = self.clone();
+        s.version = STATE_VERSION;
+        let text = serde_json::to_vec_pretty(&s).map_err(|e| io(std::io::Error::other(e)))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e)
+        })
+    }
+
+    pub fn monitor(&self, id: &str) -> Option<&Entry<RawMonitor>> {
+        self.monitors.iter().find(|e| e.id == id)
+    }
+
+    pub fn pool(&self, id: &str) -> Option<&Entry<RawPool>> {
+        self.pools.iter().find(|e| e.id == id)
+    }
+
+    pub fn load_balancer(&self, id: &str) -> Option<&Entry<RawLoadBalancer>> {
+        self.load_balancers.iter().find(|e| e.id == id)
+    }
+
+    /// Id of the pool the validated config calls `name`.
+    pub fn pool_id(&self, name: &str) -> Option<&str> {
+        self.pools
+            .iter()
+            .find(|e| e.object.name == name)
+            .map(|e| e.id.as_str())
+    }
+
+    /// Id of the load balancer the validated config calls `name`.
+    pub fn load_balancer_id(&self, name: &str) -> Option<&str> {
+        self.load_balancers
+            .iter()
+            .find(|e| e.object.name == name)
+            .map(|e| e.id.as_str())
+    }
+
+    /// The objects as one kind's API values, in store order.
+    pub fn list(&self, kind: Kind) -> Vec<Value> {
+        match kind {
+            Kind::Monitor => self.monitors.iter().map(Entry::to_api).collect(),
+            Kind::Pool => self.pools.iter().map(Entry::to_api).collect(),
+            Kind::LoadBalancer => self.load_balancers.iter().map(Entry::to_api).collect(),
+        }
+    }
+
+    pub fn get(&self, kind: Kind, id: &str) -> Option<Value> {
+        match kind {
+            Kind::Monitor => self.monitor(id).map(Entry::to_api),
+            Kind::Pool => self.pool(id).map(Entry::to_api),
+            Kind::LoadBalancer => self.load_balancer(id).map(Entry::to_api),
+        }
+    }
+
+    /// Applies the file's objects whose definition changed since they were last applied
+    /// (see the module docs). Returns whether the store changed.
+    pub fn merge_file(&mut self, file: &RawConfig, now: &str) -> bool {
+        let before = self.clone();
+        // Monitors first, then pools (which name monitors), then load balancers.
+        let names: Vec<String> = file.monitors.iter().map(|m| m.name.clone()).collect();
+        self.retain_file_objects(Kind::Monitor, &names);
+        for m in &file.monitors {
+            let d = digest(m);
+            let mut obj = m.clone();
+            normalize_monitor(&mut obj);
+            merge_one(
+                &mut self.monitors,
+                &mut self.deleted_file_objects,
+                Kind::Monitor,
+                &m.name,
+                d,
+                obj,
+                now,
+            );
+        }
+        let monitor_ids: HashMap<String, String> = self
+            .monitors
+            .iter()
+            .map(|e| (monitor_name(e), e.id.clone()))
+            .collect();
+        let names: Vec<String> = file.pools.iter().map(|p| p.name.clone()).collect();
+        self.retain_file_objects(Kind::Pool, &names);
+        for p in &file.pools {
+            let d = digest(p);
+            let mut obj = p.clone();
+            if let Some(m) = &mut obj.monitor {
+                if let Some(id) = monitor_ids.get(m) {
+                    m.clone_from(id);
+                }
+            }
+            normalize_pool(&mut obj);
+            merge_one(
+                &mut self.pools,
+                &mut self.deleted_file_objects,
+                Kind::Pool,
+                &p.name,
+                d,
+                obj,
+                now,
+            );
+        }
+        let pool_ids: HashMap<String, String> = self
+            .pools
+            .iter()
+            .map(|e| (e.object.name.clone(), e.id.clone()))
+            .collect();
+        let names: Vec<String> = file.load_balancers.iter().map(|l| l.name.clone()).collect();
+        self.retain_file_objects(Kind::LoadBalancer, &names);
+        for l in &file.load_balancers {
+            let d = digest(l);
+            let mut obj = l.clone();
+            normalize_lb(&mut obj);
+            map_lb_pools(&mut obj, &|n| {
+                pool_ids.get(n).cloned().unwrap_or_else(|| n.to_owned())
+            });
+            merge_one(
+                &mut self.load_balancers,
+                &mut self.deleted_file_objects,
+                Kind::LoadBalancer,
+                &l.name,
+                d,
+                obj,
+                now,
+            );
+        }
+        *self != before
+    }
+
+    /// Removes file objects of `kind` that the file no longer defines (and forgets the
+    /// deletions of names it no longer has).
+    fn retain_file_objects(&mut self, kind: Kind, names: &[String]) {
+        let keep = |f: &Option<FileSource>| f.as_ref().is_none_or(|f| names.contains(&f.name));
+        match kind {
+            Kind::Monitor => self.monitors.retain(|e| keep(&e.file)),
+            Kind::Pool => self.pools.retain(|e| keep(&e.file)),
+            Kind::LoadBalancer => self.load_balancers.retain(|e| keep(&e.file)),
+        }
+        let prefix = format!("{}:", kind.list());
+        self.deleted_file_objects.retain(|k, _| {
+            k.strip_prefix(&prefix)
+                .is_none_or(|n| names.iter().any(|x| x == n))
+        });
+    }
+
+    /// The config the validator sees: the file's host sections (`[dataplane]`, `[agent]`,
+    /// `[geo]`, `[api]`) with the store's objects, references turned from ids into names.
+    /// Object `i` of a kind here is object `i` of the store.
+    pub fn to_raw(&self, file: &RawConfig) -> RawConfig {
+        let monitor_names: HashMap<&str, String> = self
+            .monitors
+            .iter()
+            .map(|e| (e.id.as_str(), monitor_name(e)))
+            .collect();
+        let pool_names: HashMap<&str, &str> = self
+            .pools
+            .iter()
+            .map(|e| (e.id.as_str(), e.object.name.as_str()))
+            .collect();
+        let mut raw = file.clone();
+        raw.monitors = self
+            .monitors
+            .iter()
+            .map(|e| {
+                let mut m = e.object.clone();
+                m.name = monitor_name(e);
+                m
+            })
+            .collect();
+        raw.pools = self
+            .pools
+            .iter()
+            .map(|e| {
+                let mut p = e.object.clone();
+                if let Some(m) = &mut p.monitor {
+                    if let Some(n) = monitor_names.get(m.as_str()) {
+                        m.clone_from(n);
+                    }
+                }
+                p
+            })
+            .collect();
+        raw.load_balancers = self
+            .load_balancers
+            .iter()
+            .map(|e| {
+                let mut l = e.object.clone();
+                map_lb_pools(&mut l, &|id| {
+                    pool_names
+                        .get(id)
+                        .map_or_else(|| id.to_owned(), |n| (*n).to_owned())
+                });
+                l
+            })
+            .collect();
+        raw
+    }
+
+    /// Index of object `id` of `kind`, for naming validation errors.
+    pub fn index(&self, kind: Kind, id: &str) -> Option<usize> {
+        match kind {
+            Kind::Monitor => self.monitors.iter().position(|e| e.id == id),
+            Kind::Pool => self.pools.iter().position(|e| e.id == id),
+            Kind::LoadBalancer => self.load_balancers.iter().position(|e| e.id == id),
+        }
+    }
+
+    /// Display name of object `i` of `kind`, for error messages.
+    fn label(&self, kind: Kind, i: usize) -> Option<String> {
+        let (name, id) = match kind {
+            Kind::Monitor => self
+                .monitors
+                .get(i)
+                .map(|e| (e.object.name.as_str(), e.id.as_str()))?,
+            Kind::Pool => self
+                .pools
+                .get(i)
+                .map(|e| (e.object.name.as_str(), e.id.as_str()))?,
+            Kind::LoadBalancer => self
+                .load_balancers
+                .get(i)
+                .map(|e| (e.object.name.as_str(), e.id.as_str()))?,
+        };
+        Some(if name.is_empty() {
+            format!("{} {id}", kind.singular())
+        } else {
+            format!("{} \"{name}\" ({id})", kind.singular())
+        })
+    }
+
+    /// Rewrites the validator's messages for an API caller who sent object `id` of `kind`:
+    /// its own fields lose the `pools[3].` prefix (they are fields of the body), other
+    /// objects are named instead of numbered.
+    pub fn api_messages(&self, kind: Kind, id: &str, errors: &[String]) -> Vec<String> {
+        let own = self
+            .index(kind, id)
+            .map(|i| format!("{}[{i}]", kind.list()));
+        errors
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                if let Some(own) = &own {
+                    if let Some(rest) = e.strip_prefix(own.as_str()) {
+                        e = rest
+                            .strip_prefix('.')
+                            .or_else(|| rest.strip_prefix(": "))
+                            .unwrap_or(rest)
+                            .to_owned();
+                    }
+                }
+                for k in [Kind::Monitor, Kind::Pool, Kind::LoadBalancer] {
+                    let n = match k {
+                        Kind::Monitor => self.monitors.len(),
+                        Kind::Pool => self.pools.len(),
+                        Kind::LoadBalancer => self.load_balancers.len(),
+                    };
+                    // Longest index first, so that pools[1] does not match inside pools[12].
+                    for i in (0..n).rev() {
+                        let pat = format!("{}[{i}]", k.list());
+                        if e.contains(&pat) {
+                            if let Some(l) = self.label(k, i) {
+                                e = e.replace(&pat, &l);
+                            }
+                        }
+                    }
+                }
+                e
+            })
+            .collect()
+    }
+}
+
+fn merge_one<T>(
+    list: &mut Vec<Entry<T>>,
+    deleted: &mut BTreeMap<String, String>,
+    kind: Kind,
+    name: &str,
+    digest: String,
+    object: T,
+    now: &str,
+) {
+    let key = kind.key(name);
+    if let Some(e) = list
+        .iter_mut()
+        .find(|e| e.file.as_ref().is_some_and(|f| f.name == name))
+    {
+        if e.file.as_ref().is_some_and(|f| f.digest == digest) {
+            return; // unchanged in the file: API changes stand
+        }
+        e.object = object;
+        e.modified_on = now.to_owned();
+        e.file = Some(FileSource {
+            name: name.to_owned(),
+            digest,
+        });
+        return;
+    }
+    if deleted.get(&key) == Some(&digest) {
+        return; // deleted through the API, unchanged in the file since
+    }
+    deleted.remove(&key);
+    let mut id = file_id(kind, name);
+    if list.iter().any(|e| e.id == id) {
+        id = new_id();
+    }
+    list.push(Entry {
+        id,
+        created_on: now.to_owned(),
+        modified_on: now.to_owned(),
+        file: Some(FileSource {
+            name: name.to_owned(),
+            digest,
+        }),
+        object,
+    });
+}
+
+// --- API mutations (pure)
+
+/// A change the API asks for. Bodies are JSON values as received.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Create(Kind, Value),
+    /// PUT: the whole object.
+    Replace(Kind, String, Value),
+    /// PATCH: the given top-level fields.
+    Patch(Kind, String, Value),
+    Delete(Kind, String),
+}
+
+impl Op {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Create(k, _)
+            | Self::Replace(k, _, _)
+            | Self::Patch(k, _, _)
+            | Self::Delete(k, _) => *k,
+        }
+    }
+}
+
+/// What a successful mutation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    pub kind: Kind,
+    pub id: String,
+    pub deleted: bool,
+}
+
+fn bad_body(msg: impl Into<String>) -> Rejection {
+    Rejection::new(400, code::BAD_BODY, msg)
+}
+
+/// The body as an object, without the read-only fields a client may send back (`id` must
+/// match the path's, if given).
+fn body_object(v: Value, id: Option<&str>) -> Result<serde_json::Map<String, Value>, Rejection> {
+    let Value::Object(mut m) = v else {
+        return Err(bad_body("body: expected a JSON object"));
+    };
+    if let Some(given) = m.remove("id") {
+        if let (Some(id), Some(given)) = (id, given.as_str()) {
+            if given != id {
+                return Err(bad_body(format!(
+                    "id: \"{given}\" differs from the id in the path, \"{id}\"; leave it out or send the same"
+                )));
+            }
+        }
+    }
+    for ro in ["created_on", "modified_on"] {
+        m.remove(ro);
+    }
+    Ok(m)
+}
+
+/// Deserializes with the path of the offending field in the message.
+fn typed<T: serde::de::DeserializeOwned>(
+    m: serde_json::Map<String, Value>,
+) -> Result<T, Rejection> {
+    serde_path_to_error::deserialize(Value::Object(m)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            bad_body(format!("body: {inner}"))
+        } else {
+            bad_body(format!("{path}: {inner}"))
+        }
+    })
+}
+
+fn not_found(kind: Kind, id: &str) -> Rejection {
+    Rejection::new(
+        404,
+        code::NOT_FOUND,
+        format!("no {} has id \"{id}\"", kind.singular()),
+    )
+}
+
+fn missing_ref(field: &str, kind: Kind, id: &str) -> Rejection {
+    Rejection::new(
+        400,
+        code::MISSING_REFERENCE,
+        format!(
+            "{field}: no {} has id \"{id}\"; create it first or use the id of an existing one",
+            kind.singular()
+        ),
+    )
+}
+
+impl Store {
+    /// Applies `op` to a copy of the store. Checks the body's shape and its references; the
+    /// caller validates the resulting config as a whole (`to_raw` + `config::validate`).
+    pub fn mutate(&self, op: Op, now: &str) -> Result<(Self, Done), Rejection> {
+        let mut next = self.clone();
+        let kind = op.kind();
+        let (id, body) = match op {
+            Op::Delete(_, id) => {
+                next.delete(kind, &id)?;
+                return Ok((
+                    next,
+                    Done {
+                        kind,
+                        id,
+                        deleted: true,
+                    },
+                ));
+            }
+            Op::Create(_, v) => (new_id(), body_object(v, None)?),
+            Op::Replace(_, id, v) => {
+                if self.get(kind, &id).is_none() {
+                    return Err(not_found(kind, &id));
+                }
+                let b = body_object(v, Some(&id))?;
+                (id, b)
+            }
+            Op::Patch(_, id, v) => {
+                let Some(Value::Object(mut cur)) = self.get(kind, &id) else {
+                    return Err(not_found(kind, &id));
+                };
+                let patch = body_object(v, Some(&id))?;
+                for ro in ["id", "created_on", "modified_on"] {
+                    cur.remove(ro);
+                }
+                cur.extend(patch);
+                (id, cur)
+            }
+        };
+        match kind {
+            Kind::Monitor => {
+                let mut m: RawMonitor = typed(body)?;
+                normalize_monitor(&mut m);
+                upsert(&mut next.monitors, &id, m, now);
+            }
+            Kind::Pool => {
+                let mut p: RawPool = typed(body)?;
+                if let Some(m) = &p.monitor {
+                    if self.monitor(m).is_none() {
+                        return Err(missing_ref("monitor", Kind::Monitor, m));
+                    }
+                }
+                normalize_pool(&mut p);
+                upsert(&mut next.pools, &id, p, now);
+            }
+            Kind::LoadBalancer => {
+                let mut l: RawLoadBalancer = typed(body)?;
+                normalize_lb(&mut l);
+                if let Some(r) = lb_pool_refs(&l).find(|r| self.pool(r).is_none()) {
+                    return Err(missing_ref("pools", Kind::Pool, r));
+                }
+                upsert(&mut next.load_balancers, &id, l, now);
+            }
+        }
+        Ok((
+            next,
+            Done {
+                kind,
+                id,
+                deleted: false,
+            },
+        ))
+    }
+
+    fn delete(&mut self, kind: Kind, id: &str) -> Result<(), Rejection> {
+        let in_use = |users: Vec<String>, what: &str| {
+            if users.is_empty() {
+                Ok(())
+            } else {
+                Err(Rejection::new(
+                    400,
+                    code::IN_USE,
+                    format!(
+                        "{} \"{id}\" is in use by {}; {what} first",
+                        kind.singular(),
+                        users.join(", ")
+                    ),
+                ))
+            }
+        };
+        let file = match kind {
+            Kind::Monitor => {
+                let i = self.index(kind, id).ok_or_else(|| not_found(kind, id))?;
+                let users = self
+                    .pools
+                    .iter()
+                    .filter(|p| p.object.monitor.as_deref() == Some(id))
+                    .map(|p| format!("pool \"{}\" ({})", p.object.name, p.id))
+                    .collect();
+                in_use(users, "remove it from those pools")?;
+                self.monitors.remove(i).file
+            }
+            Kind::Pool => {
+                let i = self.index(kind, id).ok_or_else(|| not_found(kind, id))?;
+                let users = self
+                    .load_balancers
+                    .iter()
+                    .filter(|l| lb_pool_refs(&l.object).any(|r| r == id))
+                    .map(|l| format!("load balancer \"{}\" ({})", l.object.name, l.id))
+                    .collect();
+                in_use(users, "remove it from those load balancers")?;
+                self.pools.remove(i).file
+            }
+            Kind::LoadBalancer => {
+                let i = self.index(kind, id).ok_or_else(|| not_found(kind, id))?;
+                self.load_balancers.remove(i).file
+            }
+        };
+        if let Some(f) = file {
+            self.deleted_file_objects
+                .insert(kind.key(&f.name), f.digest);
+        }
+        Ok(())
+    }
+}
+
+fn upsert<T>(list: &mut Vec<Entry<T>>, id: &str, object: T, now: &str) {
+    if let Some(e) = list.iter_mut().find(|e| e.id == id) {
+        e.object = object;
+        e.modified_on = now.to_owned();
+    } else {
+        list.push(Entry {
+            id: id.to_owned(),
+            created_on: now.to_owned(),
+            modified_on: now.to_owned(),
+            file: None,
+            object,
+        });
+    }
+}

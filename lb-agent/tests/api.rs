@@ -1,0 +1,696 @@
+//! The HTTP API end to end: the real agent in the LB namespace, its API on that namespace's
+//! loopback, requests from a thread inside the namespace. Conformance (routes, methods,
+//! errors, pagination, auth, persistence across a restart), a change that moves real
+//! traffic, `/metrics` against traffic the test sent, webhooks, the dashboard in headless
+//! Chromium, and `lbctl`.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use lb_testbed::{
+    chromium_render, origin_addr, prom, request, require_prerequisites, serial, vip, Agent, NetNs,
+    Server, TempFile, Topology, API_TOKEN, ORIGIN_PORT,
+};
+use serde_json::{json, Value};
+
+fn agent_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lb-agent"))
+}
+
+const BASE: &str = "http://127.0.0.1:8405";
+const ACCOUNT: &str = "/client/v4/accounts/023e105f4ecef8ad9ca31a8372d0c353/load_balancers";
+const ORG: &str = "/client/v4/organizations/0a1b2c3d4e5f60718293a4b5c6d7e8f9/load_balancers";
+const USER: &str = "/client/v4/user/load_balancers";
+const ZONE: &str = "/client/v4/zones/699d98642c564d2e855e9661899b7252/load_balancers";
+const EMAIL: &str = "ops@example.com";
+const KEY: &str = "global-key-0123456789abcdef";
+
+#[derive(Clone, Copy)]
+enum Auth {
+    None,
+    Token(&'static str),
+    Key(&'static str, &'static str),
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, at most `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One request to the agent's API from inside `ns`: (status, body as JSON, or the text
+/// wrapped in a JSON string when it is not JSON).
+fn call(ns: &NetNs, auth: Auth, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    ns.run(|| {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build();
+        let mut req = agent.request(method, &format!("{BASE}{path}"));
+        match auth {
+            Auth::None => {}
+            Auth::Token(t) => req = req.set("Authorization", &format!("Bearer {t}")),
+            Auth::Key(e, k) => req = req.set("X-Auth-Email", e).set("X-Auth-Key", k),
+        }
+        let res = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let text = resp.into_string().expect("body");
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    })
+}
+
+fn ok(ns: &NetNs, method: &str, path: &str, body: Option<&str>) -> Value {
+    let (st, v) = call(ns, Auth::Token(API_TOKEN), method, path, body);
+    assert_eq!(st, 200, "{method} {path}: {v}");
+    assert_eq!(v["success"], true, "{method} {path}: {v}");
+    assert_eq!(v["errors"], json!([]), "{v}");
+    assert_eq!(v["messages"], json!([]), "{v}");
+    v["result"].clone()
+}
+
+/// Asserts a refusal: status, the first error's code, and words its message must contain.
+fn refused(
+    ns: &NetNs,
+    auth: Auth,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    status: u16,
+    code: u64,
+    words: &[&str],
+) -> String {
+    let (st, v) = call(ns, auth, method, path, body);
+    assert_eq!(st, status, "{method} {path} {body:?}: {v}");
+    assert_eq!(v["success"], false, "{v}");
+    assert_eq!(v["result"], Value::Null, "{v}");
+    assert_eq!(
+        v["errors"][0]["code"], code,
+        "{method} {path} {body:?}: {v}"
+    );
+    let msg = v["errors"][0]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    for w in words {
+        assert!(
+            msg.contains(w),
+            "{method} {path}: message {msg:?} lacks {w:?}"
+        );
+    }
+    msg
+}
+
+fn is_id(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
+}
+
+fn is_timestamp(v: &Value) -> bool {
+    // 2026-11-25T20:01:02.123456Z
+    v.as_str().is_some_and(|s| {
+        s.len() == 27
+            && s.as_bytes()[4] == b'-'
+            && s.as_bytes()[10] == b'T'
+            && s.as_bytes()[19] == b'.'
+            && s.ends_with('Z')
+    })
+}
+
+/// A config with one pool `web` of the topology's origins (no monitor) and VIP `www`.
+fn config(topo: &Topology, n: usize, extra_pool: &str) -> String {
+    let mut s = topo.base_config("");
+    s.push_str(&format!(
+        "[[api.keys]]\nemail = \"{EMAIL}\"\nkey = \"{KEY}\"\n\n[[pools]]\nname = \"web\"\n{extra_pool}\norigins = [\n"
+    ));
+    for i in 1..=n {
+        s.push_str(&format!(
+            "  {{ name = \"o{i}\", address = \"{}\", port = {ORIGIN_PORT} }},\n",
+            origin_addr(i)
+        ));
+    }
+    s.push_str("]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n");
+    s
+}
+
+/// Every object of every kind, for "nothing changed" checks.
+fn everything(ns: &NetNs) -> Value {
+    json!({
+        "monitors": ok(ns, "GET", &format!("{USER}/monitors?per_page=1000"), None),
+        "pools": ok(ns, "GET", &format!("{USER}/pools?per_page=1000"), None),
+        "lbs": ok(ns, "GET", &format!("{ZONE}?per_page=1000"), None),
+    })
+}
+
+#[test]
+fn api_conformance_routes_errors_pagination_auth_and_restart() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(2);
+    let _servers = topo.start_servers();
+    let cfg = TempFile::new("api.toml", &config(&topo, 2, ""));
+    let mut agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let ns = &topo.lb;
+
+    // --- auth
+    let mon_path = format!("{ACCOUNT}/monitors");
+    refused(
+        ns,
+        Auth::None,
+        "GET",
+        &mon_path,
+        None,
+        401,
+        10_000,
+        &["Authorization"],
+    );
+    refused(
+        ns,
+        Auth::Token("wrong-token-0123456789"),
+        "GET",
+        &mon_path,
+        None,
+        403,
+        9109,
+        &["Invalid"],
+    );
+    refused(
+        ns,
+        Auth::Key(EMAIL, "wrong-key-0123456789"),
+        "GET",
+        &mon_path,
+        None,
+        403,
+        9109,
+        &[],
+    );
+    refused(
+        ns,
+        Auth::None,
+        "POST",
+        &mon_path,
+        Some("{\"type\":\"tcp\"}"),
+        401,
+        10_000,
+        &[],
+    );
+    refused(
+        ns,
+        Auth::Token("wrong-token-0123456789"),
+        "DELETE",
+        &format!("{ZONE}/00000000000000000000000000000000"),
+        None,
+        403,
+        9109,
+        &[],
+    );
+    let (st, v) = call(ns, Auth::Key(EMAIL, KEY), "GET", &mon_path, None);
+    assert_eq!(
+        (st, &v["success"]),
+        (200, &json!(true)),
+        "X-Auth-Email + X-Auth-Key: {v}"
+    );
+
+    // --- the file's objects are there, with ids derived from their names
+    let pools = ok(ns, "GET", &format!("{ACCOUNT}/pools"), None);
+    assert_eq!(pools.as_array().map(Vec::len), Some(1), "{pools}");
+    let web = pools[0].clone();
+    assert_eq!(web["name"], "web");
+    assert!(
+        is_id(&web["id"]) && is_timestamp(&web["created_on"]),
+        "{web}"
+    );
+    let web_id = web["id"].as_str().expect("id").to_owned();
+    let lbs = ok(ns, "GET", ZONE, None);
+    assert_eq!(
+        lbs[0]["default_pools"],
+        json!([web_id]),
+        "pools are referenced by id: {lbs}"
+    );
+    assert_eq!(
+        lbs[0]["fallback_pool"],
+        json!(web_id),
+        "fallback filled in: {lbs}"
+    );
+
+    // --- the seed's request, verbatim
+    let seed = r#"{"description":"Spectrum Health Check","type":"tcp","port":2048,"interval":30,"retries":2,"timeout":5,"method":"connection_established"}"#;
+    let m = ok(ns, "POST", &mon_path, Some(seed));
+    assert!(is_id(&m["id"]), "{m}");
+    assert!(
+        is_timestamp(&m["created_on"]) && m["created_on"] == m["modified_on"],
+        "{m}"
+    );
+    for (k, want) in [
+        ("description", json!("Spectrum Health Check")),
+        ("type", json!("tcp")),
+        ("port", json!(2048)),
+        ("interval", json!(30)),
+        ("retries", json!(2)),
+        ("timeout", json!(5)),
+        ("method", json!("connection_established")),
+        ("consecutive_up", json!(0)),
+        ("consecutive_down", json!(0)),
+        ("follow_redirects", json!(false)),
+        ("allow_insecure", json!(false)),
+        ("header", json!({})),
+    ] {
+        assert_eq!(m[k], want, "created monitor's {k}: {m}");
+    }
+    let mid = m["id"].as_str().expect("id").to_owned();
+    // The same object under all three prefixes.
+    for prefix in [ACCOUNT, ORG, USER] {
+        let got = ok(ns, "GET", &format!("{prefix}/monitors/{mid}"), None);
+        assert_eq!(got, m, "GET under {prefix}");
+    }
+    // An HTTP monitor gets Cloudflare's HTTP defaults.
+    let h = ok(
+        ns,
+        "POST",
+        &format!("{ORG}/monitors"),
+        Some(r#"{"type":"http","description":"web"}"#),
+    );
+    for (k, want) in [
+        ("method", json!("GET")),
+        ("path", json!("/")),
+        ("expected_codes", json!("200")),
+        ("interval", json!(60)),
+        ("timeout", json!(5)),
+        ("retries", json!(2)),
+        ("port", json!(0)),
+    ] {
+        assert_eq!(h[k], want, "http monitor's {k}: {h}");
+    }
+    let hid = h["id"].as_str().expect("id").to_owned();
+
+    // --- PUT replaces, PATCH merges; modified_on moves, created_on stays
+    std::thread::sleep(Duration::from_millis(5));
+    let put = ok(
+        ns,
+        "PUT",
+        &format!("{USER}/monitors/{mid}"),
+        Some(r#"{"type":"tcp","port":2049,"description":"replaced"}"#),
+    );
+    assert_eq!(
+        (&put["port"], &put["description"], &put["interval"]),
+        (&json!(2049), &json!("replaced"), &json!(60)),
+        "PUT is a whole replacement: {put}"
+    );
+    assert_eq!(put["created_on"], m["created_on"]);
+    assert_ne!(put["modified_on"], m["modified_on"]);
+    let patched = ok(
+        ns,
+        "PATCH",
+        &format!("{ACCOUNT}/monitors/{mid}"),
+        Some(r#"{"interval":15}"#),
+    );
+    assert_eq!(
+        (
+            &patched["interval"],
+            &patched["port"],
+            &patched["description"]
+        ),
+        (&json!(15), &json!(2049), &json!("replaced")),
+        "PATCH keeps other fields: {patched}"
+    );
+    // A client may send the object back whole, read-only fields included.
+    let back = ok(
+        ns,
+        "PUT",
+        &format!("{USER}/monitors/{mid}"),
+        Some(&patched.to_string()),
+    );
+    assert_eq!(back["interval"], 15);
+
+    // --- pools and load balancers by id
+    let pool_body = json!({
+        "name": "api-pool",
+        "description": "made by the API",
+        "monitor": mid,
+        "origins": [{"name": "a", "address": origin_addr(1).to_string(), "port": ORIGIN_PORT, "weight": 0.5}],
+        "check_regions": ["WEU"],
+        "notification_email": "",
+    });
+    let p = ok(
+        ns,
+        "POST",
+        &format!("{USER}/pools"),
+        Some(&pool_body.to_string()),
+    );
+    let pid = p["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        (
+            &p["monitor"],
+            &p["enabled"],
+            &p["minimum_origins"],
+            &p["origins"][0]["enabled"],
+            &p["origin_steering"]["policy"]
+        ),
+        (
+            &json!(mid),
+            &json!(true),
+            &json!(1),
+            &json!(true),
+            &json!("random")
+        ),
+        "{p}"
+    );
+    assert_eq!(
+        p["check_regions"],
+        json!(["WEU"]),
+        "Cloudflare fields are kept: {p}"
+    );
+    let health = ok(ns, "GET", &format!("{ACCOUNT}/pools/{pid}/health"), None);
+    assert_eq!(health["pool_id"], json!(pid), "{health}");
+    let pops = health["pop_health"].as_object().expect("pop_health");
+    assert_eq!(pops.len(), 1, "{health}");
+    let ph = pops.values().next().expect("one pop");
+    assert!(
+        ph["origins"][0].get(origin_addr(1).to_string()).is_some(),
+        "{health}"
+    );
+    let lb_body = json!({
+        "name": "api-lb", "address": "10.0.0.20", "port": 8080,
+        "default_pools": [pid, web_id], "fallback_pool": web_id,
+        "steering_policy": "off", "ttl": 30, "proxied": false,
+    });
+    let l = ok(ns, "POST", ZONE, Some(&lb_body.to_string()));
+    let lid = l["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        (&l["origin_port"], &l["session_affinity"], &l["ttl"]),
+        (&json!(8080), &json!("none"), &json!(30)),
+        "{l}"
+    );
+    assert_eq!(ok(ns, "GET", &format!("{ZONE}/{lid}"), None), l);
+
+    // --- pagination
+    for i in 0..5 {
+        ok(
+            ns,
+            "POST",
+            &format!("{USER}/monitors"),
+            Some(&format!(r#"{{"type":"tcp","description":"page {i}"}}"#)),
+        );
+    }
+    let all = ok(ns, "GET", &format!("{USER}/monitors?per_page=1000"), None);
+    let n = all.as_array().map_or(0, Vec::len);
+    assert_eq!(n, 7, "{all}");
+    let mut seen = Vec::new();
+    for page in 1..=4 {
+        let (st, v) = call(
+            ns,
+            Auth::Token(API_TOKEN),
+            "GET",
+            &format!("{USER}/monitors?page={page}&per_page=2"),
+            None,
+        );
+        assert_eq!(st, 200);
+        let info = &v["result_info"];
+        let count = v["result"].as_array().map_or(0, Vec::len);
+        assert_eq!(
+            (
+                info["page"].as_u64(),
+                info["per_page"].as_u64(),
+                info["total_count"].as_u64(),
+                info["total_pages"].as_u64(),
+                info["count"].as_u64()
+            ),
+            (Some(page), Some(2), Some(7), Some(4), Some(count as u64)),
+            "{v}"
+        );
+        assert_eq!(count, if page < 4 { 2 } else { 1 });
+        seen.extend(
+            v["result"]
+                .as_array()
+                .expect("list")
+                .iter()
+                .map(|x| x["id"].clone()),
+        );
+    }
+    let ids: Vec<Value> = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|x| x["id"].clone())
+        .collect();
+    assert_eq!(seen, ids, "pages cover the list once, in order");
+    let (_, v) = call(
+        ns,
+        Auth::Token(API_TOKEN),
+        "GET",
+        &format!("{USER}/monitors"),
+        None,
+    );
+    assert_eq!(v["result_info"]["per_page"], 20, "default page size");
+    refused(
+        ns,
+        Auth::Token(API_TOKEN),
+        "GET",
+        &format!("{USER}/monitors?per_page=0"),
+        None,
+        400,
+        1000,
+        &["per_page"],
+    );
+
+    // --- every error class leaves everything as it was
+    let state_before = std::fs::read(&topo.state_file).expect("state file");
+    let before = everything(ns);
+    let t = Auth::Token(API_TOKEN);
+    let pools_path = format!("{USER}/pools");
+    refused(
+        ns,
+        t,
+        "POST",
+        &pools_path,
+        Some("{\"name\": \"x\", "),
+        400,
+        1000,
+        &["body", "JSON"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        &pools_path,
+        Some("[1, 2]"),
+        400,
+        1000,
+        &["object"],
+    );
+    refused(ns, t, "POST", &pools_path, Some(""), 400, 1000, &["empty"]);
+    refused(
+        ns,
+        t,
+        "POST",
+        &pools_path,
+        Some(r#"{"name":"x","origins":[{"name":"a","address":"10.0.11.2"}],"colour":"red"}"#),
+        400,
+        1000,
+        &["colour"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        &pools_path,
+        Some(r#"{"name":"x","origins":[{"name":"a","address":"10.0.11.2","weight":"heavy"}]}"#),
+        400,
+        1000,
+        &["origins[0].weight", "invalid type"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        &pools_path,
+        Some(r#"{"name":"x","origins":[{"name":"a","address":"10.0.11.2","weight":2}]}"#),
+        400,
+        1001,
+        &["origins[0].weight", "between 0 and 1"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        &pools_path,
+        Some(r#"{"name":"x","origins":[{"name":"a","address":"not-an-ip"}]}"#),
+        400,
+        1001,
+        &["origins[0].address"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        &pools_path,
+        Some(r#"{"name":"web","origins":[{"name":"a","address":"10.0.11.2"}]}"#),
+        400,
+        1001,
+        &["name", "already"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        &pools_path,
+        Some(
+            r#"{"name":"x","monitor":"ffffffffffffffffffffffffffffffff","origins":[{"name":"a","address":"10.0.11.2"}]}"#,
+        ),
+        400,
+        1002,
+        &["monitor", "ffffffffffffffffffffffffffffffff"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        ZONE,
+        Some(
+            r#"{"name":"y","address":"10.0.0.30","port":80,"default_pools":["eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"]}"#,
+        ),
+        400,
+        1002,
+        &["pools", "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        ZONE,
+        Some(
+            &json!({"name":"y","address":"10.0.0.10","port":80,"default_pools":[pid]}).to_string(),
+        ),
+        400,
+        1001,
+        &["10.0.0.10:80", "www"],
+    );
+    refused(ns, t, "POST", ZONE, Some(&json!({"name":"y","address":"10.0.0.31","port":80,"default_pools":[pid],"steering_policy":"fastest"}).to_string()), 400, 1001, &["steering_policy", "fastest"]);
+    refused(
+        ns,
+        t,
+        "PATCH",
+        &format!("{USER}/monitors/{mid}"),
+        Some(r#"{"timeout":0}"#),
+        400,
+        1001,
+        &["timeout"],
+    );
+    refused(
+        ns,
+        t,
+        "PATCH",
+        &format!("{USER}/monitors/{mid}"),
+        Some(r#"{"id":"00000000000000000000000000000000"}"#),
+        400,
+        1000,
+        &["id"],
+    );
+    refused(
+        ns,
+        t,
+        "DELETE",
+        &format!("{USER}/monitors/{mid}"),
+        None,
+        400,
+        1003,
+        &["api-pool"],
+    );
+    refused(
+        ns,
+        t,
+        "DELETE",
+        &format!("{USER}/pools/{web_id}"),
+        None,
+        400,
+        1003,
+        &["www", "api-lb"],
+    );
+    refused(
+        ns,
+        t,
+        "GET",
+        &format!("{USER}/pools/ffffffffffffffffffffffffffffffff"),
+        None,
+        404,
+        1004,
+        &["no pool"],
+    );
+    refused(
+        ns,
+        t,
+        "PUT",
+        &format!("{ZONE}/ffffffffffffffffffffffffffffffff"),
+        Some("{}"),
+        404,
+        1004,
+        &[],
+    );
+    refused(
+        ns,
+        t,
+        "GET",
+        "/client/v4/user/load_balancers/nothing",
+        None,
+        404,
+        7003,
+        &["Could not route"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        &format!("{USER}/pools/{pid}/health"),
+        Some("{}"),
+        405,
+        7000,
+        &[],
+    );
+    assert_eq!(everything(ns), before, "rejected requests changed nothing");
+    assert_eq!(
+        std::fs::read(&topo.state_file).expect("state file"),
+        state_before,
+        "nor the state file"
+    );
+
+    // --- DELETE
+    let d = ok(ns, "DELETE", &format!("{ZONE}/{lid}"), None);
+    assert_eq!(d, json!({"id": lid}));
+    ok(ns, "DELETE", &format!("{ACCOUNT}/monitors/{hid}"), None);
+    refused(ns, t, "GET", &format!("{ZONE}/{lid}"), None, 404, 1004, &[]);
+
+    // --- a restart comes back with every change
+    let before = everything(ns);
+    assert!(agent.stop(), "clean exit");
+    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    assert_eq!(
+        everything(ns),
+        before,
+        "same objects, ids and timestamps after a restart"
+    );
+}
