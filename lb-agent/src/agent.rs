@@ -452,7 +452,7 @@ impl Agent {
         if changed {
             store.save(&self.cfg.api.state_file)?;
         }
-        if let Err(e) = self.replace(next, "config reload") {
+        if let Err(e) = self.replace(next, "config reload", true) {
             if changed {
                 if let Err(e) = self.store.save(&self.cfg.api.state_file) {
                     error!("restoring the state file: {e}");
@@ -525,7 +525,7 @@ impl Agent {
             .save(&self.cfg.api.state_file)
             .map_err(|e| Rejection::new(500, code::INTERNAL, format!("{e}; nothing changed")))?;
         let why = format!("API: {} {}", kind.singular(), done.id);
-        if let Err(e) = self.replace(next, &why) {
+        if let Err(e) = self.replace(next, &why, false) {
             if let Err(e) = self.store.save(&self.cfg.api.state_file) {
                 error!("restoring the state file: {e}");
             }
@@ -541,8 +541,12 @@ impl Agent {
     }
 
     /// Puts `next` in force: probes, maps, links, neighbours. On failure the previous
-    /// config is put back.
-    fn replace(&mut self, next: Config, why: &str) -> Result<(), AgentError> {
+    /// config is put back. `full` (SIGHUP) re-checks the host, re-attaches and re-resolves
+    /// every neighbour; otherwise (API changes) only what the change touches, so that an
+    /// API call is answered within milliseconds.
+    fn replace(&mut self, next: Config, why: &str, full: bool) -> Result<(), AgentError> {
+        let dp_changed = full || self.cfg.dataplane != next.dataplane;
+        let hops_changed = dp_changed || origin_addresses(&self.cfg) != origin_addresses(&next);
         let (a, b) = (&self.cfg.dataplane, &next.dataplane);
         if a.pin_dir != b.pin_dir || a.flow_table_size != b.flow_table_size {
             return Err(DataplaneError::Host(
@@ -550,8 +554,10 @@ impl Agent {
             )
             .into());
         }
-        for w in dataplane::check_host(b)? {
-            warn!("{w}");
+        if dp_changed {
+            for w in dataplane::check_host(b)? {
+                warn!("{w}");
+            }
         }
         self.health.retain(&self.monitors.sync(&next));
         self.health.set_rtt_smoothing(next.agent.rtt_smoothing);
@@ -563,14 +569,18 @@ impl Agent {
             self.health.set_rtt_smoothing(self.cfg.agent.rtt_smoothing);
             return Err(e.into());
         }
-        let dp_cfg = self.cfg.dataplane.clone();
-        self.dp.attach(
-            &dp_cfg.interfaces,
-            dp_cfg.xdp_mode,
-            &mut self.rec.maps.tx_ports,
-        )?;
-        for w in self.neighbours.sync(origin_addresses(&self.cfg)) {
-            warn!("{w}");
+        if dp_changed {
+            let dp_cfg = self.cfg.dataplane.clone();
+            self.dp.attach(
+                &dp_cfg.interfaces,
+                dp_cfg.xdp_mode,
+                &mut self.rec.maps.tx_ports,
+            )?;
+        }
+        if hops_changed {
+            for w in self.neighbours.sync(origin_addresses(&self.cfg)) {
+                warn!("{w}");
+            }
         }
         let cfg = &self.cfg;
         self.rtt.retain(|pool, origin| {

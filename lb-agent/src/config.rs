@@ -1705,6 +1705,82 @@ default_pools = ["web"]
         );
     }
 
+    /// GOOD with `section` appended (an `[api]` table, say).
+    fn errors_plus(section: &str) -> Vec<String> {
+        errors_of(&format!("{GOOD}\n{section}\n"))
+    }
+
+    #[test]
+    fn api_defaults() {
+        let c = Config::parse(GOOD, Path::new("t.toml")).expect("valid");
+        assert_eq!(
+            c.api.listen,
+            Some(DEFAULT_API_LISTEN.parse().expect("addr"))
+        );
+        assert_eq!(c.api.state_file, PathBuf::from(DEFAULT_STATE_FILE));
+        assert!(c.api.tokens.is_empty() && c.api.keys.is_empty());
+        let c = Config::parse(
+            &format!("{GOOD}\n[api]\nlisten = \"off\"\n"),
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.api.listen, None, "off turns the API off");
+    }
+
+    #[test]
+    fn api_listen_must_be_address_and_port() {
+        assert_one(&errors_plus("[api]\nlisten = \"localhost\""), "api.listen");
+    }
+
+    #[test]
+    fn api_tokens_must_be_long_and_printable() {
+        assert_one(&errors_plus("[api]\ntokens = [\"short\"]"), "api.tokens[0]");
+        assert_one(
+            &errors_plus("[api]\ntokens = [\"has a space in it, 12345678\"]"),
+            "api.tokens[0]",
+        );
+    }
+
+    #[test]
+    fn api_keys_need_an_email_and_a_long_key() {
+        assert_one(
+            &errors_plus("[[api.keys]]\nemail = \"ops\"\nkey = \"0123456789abcdef0\""),
+            "api.keys[0].email",
+        );
+        assert_one(
+            &errors_plus("[[api.keys]]\nemail = \"ops@example.com\"\nkey = \"short\""),
+            "api.keys[0].key",
+        );
+    }
+
+    #[test]
+    fn api_state_file_must_be_absolute() {
+        assert_one(
+            &errors_plus("[api]\nstate_file = \"state.json\""),
+            "api.state_file",
+        );
+    }
+
+    #[test]
+    fn pool_webhooks_must_be_http_urls() {
+        assert_one(
+            &errors_with(
+                "name = \"web\"\n",
+                "name = \"web\"\nnotification_webhooks = [\"ftp://hooks.example.com/x\"]\n",
+            ),
+            "pools[0].notification_webhooks[0]",
+        );
+    }
+
+    #[test]
+    fn monitor_seconds_serialize_as_integers_when_whole() {
+        let m: RawMonitor =
+            toml::from_str("name = \"m\"\ninterval = 30\ntimeout = 0.5").expect("monitor");
+        let v = serde_json::to_value(&m).expect("json");
+        assert_eq!(v["interval"], serde_json::json!(30), "{v}");
+        assert_eq!(v["timeout"], serde_json::json!(0.5), "{v}");
+    }
+
     #[test]
     fn good_config_parses_with_defaults() {
         let c = Config::parse(GOOD, Path::new("t.toml")).expect("valid");

@@ -857,3 +857,336 @@ fn upsert<T>(list: &mut Vec<Entry<T>>, id: &str, object: T, now: &str) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const T0: &str = "2026-11-25T20:00:00.000000Z";
+    const T1: &str = "2026-11-25T20:00:01.000000Z";
+
+    const FILE: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+snat_address = "10.0.0.1"
+
+[[monitors]]
+name = "tcp"
+type = "tcp"
+
+[[pools]]
+name = "web"
+monitor = "tcp"
+origins = [{ name = "a", address = "10.0.2.2" }, { name = "b", address = "10.0.3.2" }]
+
+[[pools]]
+name = "spare"
+origins = [{ name = "c", address = "10.0.4.2" }]
+
+[[load_balancers]]
+name = "www"
+address = "10.0.0.10"
+port = 80
+default_pools = ["web", "spare"]
+"#;
+
+    fn file(text: &str) -> RawConfig {
+        RawConfig::parse(text, Path::new("t.toml")).expect("file parses")
+    }
+
+    fn seeded() -> Store {
+        let mut s = Store::default();
+        assert!(
+            s.merge_file(&file(FILE), T0),
+            "the first merge adds the file's objects"
+        );
+        s
+    }
+
+    fn valid(s: &Store, text: &str) -> crate::config::Config {
+        crate::config::Config::from_raw(s.to_raw(&file(text)), Path::new("t.toml"), None)
+            .expect("store + file validate")
+    }
+
+    fn rejection(r: Result<(Store, Done), Rejection>) -> Rejection {
+        match r {
+            Err(r) => r,
+            Ok((_, d)) => panic!("expected a rejection, got {d:?}"),
+        }
+    }
+
+    #[test]
+    fn file_objects_get_ids_from_their_names_and_refer_by_id() {
+        let s = seeded();
+        let web = &s.pools[0];
+        assert!(is_id(&web.id) && web.id == file_id(Kind::Pool, "web"));
+        assert_eq!(
+            web.object.monitor.as_deref(),
+            Some(s.monitors[0].id.as_str())
+        );
+        let lb = &s.load_balancers[0].object;
+        assert_eq!(
+            lb.default_pools,
+            vec![s.pools[0].id.clone(), s.pools[1].id.clone()]
+        );
+        assert_eq!(
+            lb.fallback_pool.as_deref(),
+            Some(s.pools[1].id.as_str()),
+            "defaults filled"
+        );
+        assert_eq!(
+            s.monitors[0].object.method.as_deref(),
+            Some("connection_established")
+        );
+        // Back to names for validation.
+        let c = valid(&s, FILE);
+        assert_eq!(c.pools[0].monitor.as_deref(), Some("tcp"));
+        assert_eq!(c.load_balancers[0].default_pools, vec!["web", "spare"]);
+    }
+
+    #[test]
+    fn an_unchanged_file_leaves_api_changes_standing() {
+        let s = seeded();
+        let id = s.pools[0].id.clone();
+        let (s, _) = s
+            .mutate(
+                Op::Patch(Kind::Pool, id.clone(), json!({"minimum_origins": 2})),
+                T1,
+            )
+            .expect("patch");
+        let mut again = s.clone();
+        assert!(
+            !again.merge_file(&file(FILE), T1),
+            "nothing changed in the file"
+        );
+        assert_eq!(again.pool(&id).map(|p| p.object.minimum_origins), Some(2));
+    }
+
+    #[test]
+    fn a_changed_definition_in_the_file_wins_and_keeps_the_id() {
+        let s = seeded();
+        let id = s.pools[0].id.clone();
+        let (mut s, _) = s
+            .mutate(
+                Op::Patch(Kind::Pool, id.clone(), json!({"minimum_origins": 2})),
+                T1,
+            )
+            .expect("patch");
+        let changed = FILE.replace(
+            "name = \"web\"\n",
+            "name = \"web\"\ndescription = \"edited\"\n",
+        );
+        assert!(s.merge_file(&file(&changed), T1));
+        let p = s.pool(&id).expect("same id");
+        assert_eq!(
+            (p.object.minimum_origins, p.object.description.as_str()),
+            (1, "edited")
+        );
+        assert_eq!((p.created_on.as_str(), p.modified_on.as_str()), (T0, T1));
+    }
+
+    #[test]
+    fn objects_removed_from_the_file_go_and_api_objects_stay() {
+        let s = seeded();
+        let (mut s, made) = s
+            .mutate(
+                Op::Create(
+                    Kind::Pool,
+                    json!({"name": "api", "origins": [{"name": "x", "address": "10.0.5.2"}]}),
+                ),
+                T1,
+            )
+            .expect("create");
+        let without_spare = FILE
+            .replace("[[pools]]\nname = \"spare\"\norigins = [{ name = \"c\", address = \"10.0.4.2\" }]\n", "")
+            .replace("[\"web\", \"spare\"]", "[\"web\"]");
+        assert!(s.merge_file(&file(&without_spare), T1));
+        let names: Vec<&str> = s.pools.iter().map(|p| p.object.name.as_str()).collect();
+        assert_eq!(names, ["web", "api"]);
+        assert!(s.pool(&made.id).is_some());
+        valid(&s, &without_spare);
+    }
+
+    #[test]
+    fn an_api_deletion_of_a_file_object_holds_until_the_file_changes_it() {
+        let s = seeded();
+        let lb = s.load_balancers[0].id.clone();
+        let (mut s, d) = s
+            .mutate(Op::Delete(Kind::LoadBalancer, lb.clone()), T1)
+            .expect("delete");
+        assert!(d.deleted);
+        assert!(!s.merge_file(&file(FILE), T1), "stays deleted");
+        assert!(s.load_balancers.is_empty());
+        let changed = FILE.replace("port = 80\n", "port = 81\n");
+        assert!(
+            s.merge_file(&file(&changed), T1),
+            "a new definition brings it back"
+        );
+        assert_eq!(s.load_balancers[0].id, lb);
+        assert_eq!(s.load_balancers[0].object.port, 81);
+    }
+
+    #[test]
+    fn create_fills_defaults_and_patch_merges_put_replaces() {
+        let s = seeded();
+        let (s, d) = s
+            .mutate(
+                Op::Create(Kind::Monitor, json!({"type": "http", "description": "x"})),
+                T0,
+            )
+            .expect("create");
+        let m = s.get(Kind::Monitor, &d.id).expect("stored");
+        assert!(is_id(&d.id));
+        assert_eq!(
+            (
+                &m["method"],
+                &m["path"],
+                &m["expected_codes"],
+                &m["interval"]
+            ),
+            (&json!("GET"), &json!("/"), &json!("200"), &json!(60))
+        );
+        assert_eq!(
+            (&m["created_on"], &m["modified_on"]),
+            (&json!(T0), &json!(T0))
+        );
+        let (s, _) = s
+            .mutate(
+                Op::Patch(Kind::Monitor, d.id.clone(), json!({"interval": 10})),
+                T1,
+            )
+            .expect("patch");
+        let m = s.get(Kind::Monitor, &d.id).expect("stored");
+        assert_eq!(
+            (&m["interval"], &m["description"], &m["modified_on"]),
+            (&json!(10), &json!("x"), &json!(T1))
+        );
+        let (s, _) = s
+            .mutate(
+                Op::Replace(Kind::Monitor, d.id.clone(), json!({"type": "tcp"})),
+                T1,
+            )
+            .expect("put");
+        let m = s.get(Kind::Monitor, &d.id).expect("stored");
+        assert_eq!(
+            (&m["interval"], &m["description"], &m["created_on"]),
+            (&json!(60), &json!(""), &json!(T0))
+        );
+    }
+
+    #[test]
+    fn bodies_are_checked_with_the_field_named() {
+        let s = seeded();
+        let pid = s.pools[0].id.clone();
+        let r = rejection(s.mutate(Op::Create(Kind::Pool, json!([1])), T0));
+        assert_eq!((r.status, r.errors[0].0), (400, code::BAD_BODY));
+        let r = rejection(s.mutate(
+            Op::Create(Kind::Pool, json!({"name": "x", "origins": [], "colour": 1})),
+            T0,
+        ));
+        assert!(r.errors[0].1.contains("colour"), "{r:?}");
+        let r = rejection(s.mutate(Op::Create(Kind::Pool, json!({"name": "x", "origins": [{"name": "a", "address": "10.0.0.2", "weight": "x"}]})), T0));
+        assert!(r.errors[0].1.starts_with("origins[0].weight: "), "{r:?}");
+        let r = rejection(s.mutate(
+            Op::Patch(Kind::Pool, pid.clone(), json!({"id": "0".repeat(32)})),
+            T0,
+        ));
+        assert_eq!(r.errors[0].0, code::BAD_BODY);
+        assert!(
+            s.mutate(
+                Op::Patch(
+                    Kind::Pool,
+                    pid.clone(),
+                    json!({"id": pid, "created_on": "x"})
+                ),
+                T0
+            )
+            .is_ok(),
+            "read-only fields sent back are ignored"
+        );
+        let r = rejection(s.mutate(Op::Patch(Kind::Pool, "f".repeat(32), json!({})), T0));
+        assert_eq!((r.status, r.errors[0].0), (404, code::NOT_FOUND));
+    }
+
+    #[test]
+    fn references_must_exist_and_objects_in_use_cannot_go() {
+        let s = seeded();
+        let r = rejection(s.mutate(Op::Create(Kind::Pool, json!({"name": "x", "monitor": "a".repeat(32), "origins": [{"name": "a", "address": "10.0.0.2"}]})), T0));
+        assert_eq!(r.errors[0].0, code::MISSING_REFERENCE);
+        let r = rejection(s.mutate(Op::Create(Kind::LoadBalancer, json!({"name": "y", "address": "10.0.0.11", "port": 80, "default_pools": ["b".repeat(32)]})), T0));
+        assert_eq!(r.errors[0].0, code::MISSING_REFERENCE);
+        let r = rejection(s.mutate(Op::Delete(Kind::Monitor, s.monitors[0].id.clone()), T0));
+        assert_eq!(r.errors[0].0, code::IN_USE);
+        assert!(r.errors[0].1.contains("\"web\""), "{r:?}");
+        let r = rejection(s.mutate(Op::Delete(Kind::Pool, s.pools[1].id.clone()), T0));
+        assert!(
+            r.errors[0].0 == code::IN_USE && r.errors[0].1.contains("www"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn validation_messages_name_fields_of_the_body_and_other_objects_by_name() {
+        let s = seeded();
+        let web = s.pools[0].id.clone();
+        let msgs = s.api_messages(
+            Kind::Pool,
+            &web,
+            &[
+                "pools[0].origins[1].weight: 2 is out of range".into(),
+                "load_balancers[0]: 10.0.0.10:80 is already the VIP of load_balancers[0]".into(),
+            ],
+        );
+        assert_eq!(msgs[0], "origins[1].weight: 2 is out of range");
+        assert!(
+            msgs[1].starts_with("load balancer \"www\" ("),
+            "{}",
+            msgs[1]
+        );
+    }
+
+    #[test]
+    fn monitors_without_a_name_are_called_by_their_id() {
+        let s = seeded();
+        let (s, d) = s
+            .mutate(Op::Create(Kind::Monitor, json!({"type": "tcp"})), T0)
+            .expect("create");
+        let raw = s.to_raw(&file(FILE));
+        assert_eq!(raw.monitors[1].name, d.id);
+    }
+
+    #[test]
+    fn save_and_load_round_trip_atomically() {
+        let dir =
+            std::env::temp_dir().join(format!("lb-store-{}-{}", std::process::id(), new_id()));
+        let path = dir.join("state.json");
+        let s = seeded();
+        assert_eq!(Store::load(&path).expect("no file is fine"), None);
+        s.save(&path).expect("save");
+        let back = Store::load(&path).expect("load").expect("there");
+        assert_eq!(back.pools, s.pools);
+        assert_eq!(back.version, STATE_VERSION);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+        std::fs::write(
+            &path,
+            b"{\"version\": 99, \"monitors\": [], \"pools\": [], \"load_balancers\": []}",
+        )
+        .expect("write");
+        assert!(matches!(Store::load(&path), Err(StoreError::Parse { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        let t = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_micros(1_764_100_862_123_456);
+        assert_eq!(rfc3339(t), "2025-11-25T20:01:02.123456Z");
+    }
+}

@@ -92,6 +92,7 @@ fn ok(ns: &NetNs, method: &str, path: &str, body: Option<&str>) -> Value {
 }
 
 /// Asserts a refusal: status, the first error's code, and words its message must contain.
+#[expect(clippy::too_many_arguments, reason = "a request and what its answer must hold")]
 fn refused(
     ns: &NetNs,
     auth: Auth,
@@ -693,4 +694,443 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         before,
         "same objects, ids and timestamps after a restart"
     );
+}
+
+/// Which origins answer `n` new connections through the VIP (name -> count).
+fn answers(topo: &Topology, n: usize) -> BTreeMap<String, usize> {
+    topo.client.run(|| {
+        let mut m = BTreeMap::new();
+        for _ in 0..n {
+            let k = request(None, vip(), "NAME")
+                .map_or_else(|e| format!("failed: {e}"), |r| r.trim().to_owned());
+            *m.entry(k).or_insert(0) += 1;
+        }
+        m
+    })
+}
+
+/// An HTTP endpoint on the LB namespace's loopback that records each POST body and answers
+/// 204. Stops (with its thread) when dropped.
+struct Webhook {
+    port: u16,
+    bodies: mpsc::Receiver<Value>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Webhook {
+    fn start(ns: &NetNs) -> Self {
+        let (tx, bodies) = mpsc::channel();
+        let (port_tx, port_rx) = mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let path = ns.path();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("netns");
+            // SAFETY: f is an open namespace file; setns affects only this thread.
+            let rc = unsafe { libc_setns(&f) };
+            assert_eq!(rc, 0, "setns");
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.set_nonblocking(true).expect("nonblocking");
+            port_tx
+                .send(l.local_addr().expect("addr").port())
+                .expect("port");
+            // Bounded: at most 10 minutes, at most 1000 requests.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let mut served = 0;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed)
+                && Instant::now() < deadline
+                && served < 1000
+            {
+                let Ok((s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                served += 1;
+                s.set_nonblocking(false).expect("blocking");
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut r = BufReader::new(s);
+                let mut len = 0usize;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                if r.read_exact(&mut body).is_ok() {
+                    let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                }
+                let _ = r.get_mut().write_all(
+                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("webhook port");
+        Self { port, bodies, stop }
+    }
+
+    /// The next event that `want` accepts, within `timeout` (others are skipped).
+    fn next(&self, timeout: Duration, want: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.bodies.recv_timeout(left) {
+                Ok(v) if want(&v) => return v,
+                Ok(_) => {}
+                Err(_) => panic!("no matching webhook event within {timeout:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `setns(fd, CLONE_NEWNET)` for the calling thread.
+unsafe fn libc_setns(f: &std::fs::File) -> i32 {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the caller passes an open namespace file.
+    unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }
+}
+
+/// Scrapes `/metrics` (no credentials) and parses it strictly.
+fn scrape(ns: &NetNs) -> prom::Parsed {
+    let (st, v) = call(ns, Auth::None, "GET", "/metrics", None);
+    assert_eq!(st, 200, "{v}");
+    let text = v.as_str().expect("text");
+    prom::parse(text).unwrap_or_else(|e| panic!("/metrics is not valid text format: {e}\n{text}"))
+}
+
+fn sample(p: &prom::Parsed, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    p.samples
+        .iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+        .map(|s| s.value)
+}
+
+fn sum(p: &prom::Parsed, name: &str) -> f64 {
+    p.samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
+#[test]
+fn api_changes_move_traffic_metrics_count_it_and_webhooks_report_health() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(2);
+    let mut servers: Vec<Option<Server>> = topo.start_servers().into_iter().map(Some).collect();
+    let hook = Webhook::start(&topo.lb);
+    let monitor = "[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\ninterval = 0.2\ntimeout = 0.2\nretries = 0\n\n";
+    let text = config(
+        &topo,
+        2,
+        &format!(
+            "monitor = \"tcp\"\nnotification_webhooks = [\"http://127.0.0.1:{}/hook?token=x\"]",
+            hook.port
+        ),
+    )
+    .replace("[[pools]]", &format!("{monitor}[[pools]]"));
+    let cfg = TempFile::new("api-traffic.toml", &text);
+    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let ns = &topo.lb;
+
+    // Traffic, then the counters in /metrics.
+    let n = 300;
+    let got = answers(&topo, n);
+    assert_eq!(got.values().sum::<usize>(), n, "{got:?}");
+    assert!(got.keys().all(|k| k == "o1" || k == "o2"), "{got:?}");
+    let m = wait_for(
+        "/metrics to count the connections",
+        Duration::from_secs(10),
+        || {
+            let m = scrape(ns);
+            (sample(&m, "lb_vip_new_flows_total", &[("load_balancer", "www")]) == Some(n as f64))
+                .then_some(m)
+        },
+    );
+    for (o, count) in &got {
+        let addr = origin_addr(o[1..].parse().expect("o<n>")).to_string();
+        let labels = [
+            ("load_balancer", "www"),
+            ("pool", "web"),
+            ("origin", o.as_str()),
+            ("address", addr.as_str()),
+        ];
+        assert_eq!(
+            sample(&m, "lb_origin_new_flows_total", &labels),
+            Some(*count as f64),
+            "{o}"
+        );
+        assert!(
+            sample(&m, "lb_origin_packets_total", &labels).unwrap_or(0.0) >= 3.0 * *count as f64,
+            "{o}: SYN, ACK, data, FIN per connection"
+        );
+        assert_eq!(
+            sample(
+                &m,
+                "lb_origin_healthy",
+                &[("pool", "web"), ("origin", o.as_str())]
+            ),
+            Some(1.0)
+        );
+        assert!(
+            sample(
+                &m,
+                "lb_origin_probe_rtt_seconds_count",
+                &[("pool", "web"), ("origin", o.as_str())]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "{o}: probe RTTs"
+        );
+    }
+    assert_eq!(sum(&m, "lb_origin_new_flows_total"), n as f64);
+    assert!(
+        sample(&m, "lb_vip_packets_total", &[("load_balancer", "www")]).unwrap_or(0.0)
+            >= 3.0 * n as f64
+    );
+    assert!(
+        sample(&m, "lb_vip_reply_bytes_total", &[("load_balancer", "www")]).unwrap_or(0.0) > 0.0
+    );
+    assert_eq!(sample(&m, "lb_pool_healthy", &[("pool", "web")]), Some(1.0));
+    assert_eq!(
+        sample(
+            &m,
+            "lb_load_balancer_active_pool",
+            &[("load_balancer", "www"), ("pool", "web")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "lb_flow_table_capacity", &[]), Some(65536.0));
+    assert!(sample(&m, "lb_flow_table_entries", &[]).is_some());
+    assert!(
+        sample(
+            &m,
+            "lb_dataplane_events_total",
+            &[("event", "fwd_redirect")]
+        )
+        .unwrap_or(0.0)
+            > 0.0
+            || sample(&m, "lb_dataplane_events_total", &[("event", "fwd_tx")]).unwrap_or(0.0) > 0.0,
+        "forwarding events counted"
+    );
+
+    // Disable o1 through the API: no new connection reaches it afterwards.
+    let web = ok(ns, "GET", &format!("{USER}/pools"), None)[0].clone();
+    let pid = web["id"].as_str().expect("id").to_owned();
+    let mut origins = web["origins"].clone();
+    origins[0]["enabled"] = json!(false);
+    let t = Instant::now();
+    let p = ok(
+        ns,
+        "PATCH",
+        &format!("{ACCOUNT}/pools/{pid}"),
+        Some(&json!({"origins": origins}).to_string()),
+    );
+    let took = t.elapsed();
+    println!(
+        "API change applied (PATCH answered after the maps were written) in {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert_eq!(p["origins"][0]["enabled"], false);
+    let got = answers(&topo, 200);
+    assert_eq!(
+        got,
+        BTreeMap::from([("o2".to_owned(), 200)]),
+        "no new connection reaches the disabled origin"
+    );
+    let st = ok(ns, "GET", "/lb-agent/v1/status", None);
+    let o1 = st["origins"]
+        .as_array()
+        .expect("origins")
+        .iter()
+        .find(|o| o["origin"] == "o1")
+        .expect("o1")
+        .clone();
+    assert_eq!(
+        (&o1["enabled"], &o1["pool_id"]),
+        (&json!(false), &json!(pid)),
+        "{o1}"
+    );
+    // And back.
+    origins[0]["enabled"] = json!(true);
+    ok(
+        ns,
+        "PATCH",
+        &format!("{ACCOUNT}/pools/{pid}"),
+        Some(&json!({"origins": origins}).to_string()),
+    );
+    let got = answers(&topo, 200);
+    assert!(
+        got.get("o1").copied().unwrap_or(0) > 50,
+        "o1 takes connections again: {got:?}"
+    );
+
+    // Health changes reach the pool's webhook.
+    servers[1] = None; // o2's server stops: connections are refused
+    let e = hook.next(Duration::from_secs(10), |e| {
+        e["event"] == "origin_health" && e["origin"] == "o2"
+    });
+    assert_eq!(
+        (
+            &e["healthy"],
+            &e["previous_healthy"],
+            &e["pool"],
+            &e["pool_id"]
+        ),
+        (&json!(false), &json!(true), &json!("web"), &json!(pid)),
+        "{e}"
+    );
+    assert_eq!(
+        e["address"],
+        json!(format!("{}:{ORIGIN_PORT}", origin_addr(2))),
+        "{e}"
+    );
+    assert_eq!(e["load_balancers"], json!(["www"]), "{e}");
+    assert!(is_timestamp(&e["timestamp"]), "{e}");
+    servers[0] = None;
+    let e = hook.next(Duration::from_secs(10), |e| e["event"] == "pool_health");
+    assert_eq!(
+        (&e["healthy"], &e["previous_healthy"], &e["pool"]),
+        (&json!(false), &json!(true), &json!("web")),
+        "{e}"
+    );
+    let m = wait_for(
+        "metrics to show the pool down",
+        Duration::from_secs(5),
+        || {
+            let m = scrape(ns);
+            (sample(&m, "lb_pool_healthy", &[("pool", "web")]) == Some(0.0)).then_some(m)
+        },
+    );
+    assert!(sample(&m, "lb_notifications_total", &[("result", "sent")]).unwrap_or(0.0) >= 2.0);
+}
+
+/// `data-state` of the dashboard row of `origin` ("pool/name") in a DOM dump.
+fn row_state(dom: &str, origin: &str) -> Option<String> {
+    let at = dom.find(&format!("data-origin=\"{origin}\""))?;
+    let tag_start = dom[..at].rfind('<')?;
+    let tag = &dom[tag_start..tag_start + dom[tag_start..].find('>')?];
+    let s = tag.split("data-state=\"").nth(1)?;
+    Some(s[..s.find('"')?].to_owned())
+}
+
+fn lbctl(ns: &NetNs, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["--token", API_TOKEN])
+        .args(args)
+        .env_remove("LB_API")
+        .output()
+        .expect("run lbctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(2);
+    let mut servers: Vec<Option<Server>> = topo.start_servers().into_iter().map(Some).collect();
+    let monitor = "[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\ninterval = 0.25\ntimeout = 0.2\nretries = 0\n\n";
+    let text =
+        config(&topo, 2, "monitor = \"tcp\"").replace("[[pools]]", &format!("{monitor}[[pools]]"));
+    let cfg = TempFile::new("api-dash.toml", &text);
+    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let ns = &topo.lb;
+    let got = answers(&topo, 50);
+    assert_eq!(got.values().sum::<usize>(), 50, "{got:?}");
+
+    // The dashboard, with the token in the URL fragment (never sent to the server).
+    let url = format!("{BASE}/#token={API_TOKEN}");
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let dom = chromium_render(Some(ns), &url, None, Duration::from_millis(3000));
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the page loaded its data:\n{dom}"
+    );
+    assert!(dom.contains("data-lb=\"www\""), "{dom}");
+    assert_eq!(row_state(&dom, "web/o1").as_deref(), Some("up"), "{dom}");
+    assert_eq!(row_state(&dom, "web/o2").as_deref(), Some("up"), "{dom}");
+
+    // Kill o1: the dashboard shows it down.
+    servers[0] = None;
+    wait_for("o1 down in the status", Duration::from_secs(10), || {
+        let st = ok(ns, "GET", "/lb-agent/v1/status", None);
+        st["origins"]
+            .as_array()?
+            .iter()
+            .any(|o| o["origin"] == "o1" && o["state"] == "down")
+            .then_some(())
+    });
+    let shot = artifacts.join("dashboard.png");
+    let dom = chromium_render(Some(ns), &url, Some(&shot), Duration::from_millis(3000));
+    assert_eq!(row_state(&dom, "web/o1").as_deref(), Some("down"), "{dom}");
+    assert_eq!(row_state(&dom, "web/o2").as_deref(), Some("up"), "{dom}");
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
+    println!("dashboard screenshot: {}", shot.display());
+    // Without a token, the page asks for one instead of showing data.
+    let dom = chromium_render(Some(ns), BASE, None, Duration::from_millis(1500));
+    assert!(
+        dom.contains("data-auth=\"required\"") && row_state(&dom, "web/o2").is_none(),
+        "{dom}"
+    );
+
+    // lbctl: the status tree, then changes over the API.
+    let (okk, out, err) = lbctl(ns, &["status"]);
+    assert!(okk, "{err}");
+    for w in ["www", "10.0.0.10:80", "web", "o1", "o2", "down", "up"] {
+        assert!(out.contains(w), "lbctl status lacks {w:?}:\n{out}");
+    }
+    let (okk, out, err) = lbctl(
+        ns,
+        &[
+            "--json",
+            "monitors",
+            "create",
+            "--data",
+            r#"{"type":"tcp","port":2048,"description":"from lbctl"}"#,
+        ],
+    );
+    assert!(okk, "{err}");
+    let m: Value = serde_json::from_str(&out).expect("JSON");
+    assert!(is_id(&m["id"]) && m["description"] == "from lbctl", "{m}");
+    let (okk, out, _) = lbctl(ns, &["monitors", "list"]);
+    assert!(okk && out.contains("from lbctl"), "{out}");
+    let (okk, out, err) = lbctl(ns, &["origin", "disable", "web", "o2"]);
+    assert!(okk, "{err}");
+    assert!(out.contains("o2"), "{out}");
+    let web = ok(ns, "GET", &format!("{USER}/pools"), None)[0].clone();
+    assert_eq!(web["origins"][1]["enabled"], false, "{web}");
+    let (okk, _, err) = lbctl(ns, &["pools", "delete", "web"]);
+    assert!(
+        !okk && err.contains("1003") && err.contains("www"),
+        "a pool in use is refused: {err}"
+    );
+    let (okk, _, err) = lbctl(ns, &["--api", "http://127.0.0.1:1", "status"]);
+    assert!(!okk && err.contains("cannot reach"), "{err}");
 }

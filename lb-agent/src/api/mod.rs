@@ -57,15 +57,21 @@ pub struct EnvCredentials {
 
 impl EnvCredentials {
     pub fn from_env() -> Self {
-        let tokens = std::env::var("LB_API_TOKEN")
+        let var = |k| std::env::var(k).ok();
+        Self::parse(var("LB_API_TOKEN"), var("LB_API_EMAIL"), var("LB_API_KEY"))
+    }
+
+    /// `token`: one or more tokens, comma-separated; `email` and `key` count only together.
+    pub fn parse(token: Option<String>, email: Option<String>, key: Option<String>) -> Self {
+        let tokens = token
             .unwrap_or_default()
             .split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(str::to_owned)
             .collect();
-        let keys = match (std::env::var("LB_API_EMAIL"), std::env::var("LB_API_KEY")) {
-            (Ok(e), Ok(k)) if !e.is_empty() && !k.is_empty() => vec![(e, k)],
+        let keys = match (email, key) {
+            (Some(e), Some(k)) if !e.is_empty() && !k.is_empty() => vec![(e, k)],
             _ => Vec::new(),
         };
         Self { tokens, keys }
@@ -566,4 +572,139 @@ async fn metrics(State(api): State<Api>) -> Response {
 
 async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn cfg(tokens: &[&str], keys: &[(&str, &str)]) -> Config {
+        let mut c = Config::parse(
+            "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("valid");
+        c.api.tokens = tokens.iter().map(|t| (*t).to_owned()).collect();
+        c.api.keys = keys
+            .iter()
+            .map(|(e, k)| ((*e).to_owned(), (*k).to_owned()))
+            .collect();
+        c
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("header"));
+        }
+        h
+    }
+
+    fn status(r: Result<(), Rejection>) -> u16 {
+        r.map_or_else(|r| r.status, |()| 200)
+    }
+
+    #[test]
+    fn bearer_tokens_and_email_keys_from_config_or_environment() {
+        let c = cfg(
+            &["config-token-0123456789"],
+            &[("ops@example.com", "config-key-0123456789")],
+        );
+        let env = EnvCredentials::parse(
+            Some("env-token-0123456789, second-token-0123456789".into()),
+            Some("env@example.com".into()),
+            Some("env-key-0123456789".into()),
+        );
+        let none = EnvCredentials::default();
+        for (h, want) in [
+            (vec![], 401),
+            (
+                vec![("authorization", "Bearer config-token-0123456789")],
+                200,
+            ),
+            (vec![("authorization", "Bearer env-token-0123456789")], 200),
+            (
+                vec![("authorization", "Bearer second-token-0123456789")],
+                200,
+            ),
+            (
+                vec![("authorization", "Bearer wrong-token-0123456789")],
+                403,
+            ),
+            (vec![("authorization", "Basic abc")], 401),
+            (
+                vec![
+                    ("x-auth-email", "OPS@example.com"),
+                    ("x-auth-key", "config-key-0123456789"),
+                ],
+                200,
+            ),
+            (
+                vec![
+                    ("x-auth-email", "env@example.com"),
+                    ("x-auth-key", "env-key-0123456789"),
+                ],
+                200,
+            ),
+            (
+                vec![
+                    ("x-auth-email", "ops@example.com"),
+                    ("x-auth-key", "env-key-0123456789"),
+                ],
+                403,
+            ),
+            (vec![("x-auth-key", "config-key-0123456789")], 401),
+        ] {
+            assert_eq!(status(check_auth(&headers(&h), &c, &env)), want, "{h:?}");
+        }
+        // Environment credentials only count when given.
+        let h = headers(&[("authorization", "Bearer env-token-0123456789")]);
+        assert_eq!(status(check_auth(&h, &c, &none)), 403);
+        // Nothing configured: refused, with the fix named.
+        let r = check_auth(&h, &cfg(&[], &[]), &none).expect_err("refused");
+        assert!(
+            r.status == 403 && r.errors[0].1.contains("LB_API_TOKEN"),
+            "{r:?}"
+        );
+        // An email without a key, or a key without an email, is no credential.
+        assert!(EnvCredentials::parse(None, Some("a@b".into()), None)
+            .keys
+            .is_empty());
+    }
+
+    #[test]
+    fn pages_cover_the_list_with_cloudflare_result_info() {
+        let items: Vec<Value> = (0..7).map(|i| json!(i)).collect();
+        let page = |p: Option<&str>, per: Option<&str>| Page {
+            page: p.map(str::to_owned),
+            per_page: per.map(str::to_owned),
+        };
+        let (out, info) = paginate(items.clone(), &page(Some("3"), Some("3"))).expect("page");
+        assert_eq!(out, vec![json!(6)]);
+        assert_eq!(
+            info,
+            json!({"page": 3, "per_page": 3, "count": 1, "total_count": 7, "total_pages": 3})
+        );
+        let (out, info) = paginate(items.clone(), &page(None, None)).expect("defaults");
+        assert_eq!(
+            (out.len(), &info["per_page"]),
+            (7, &json!(DEFAULT_PER_PAGE))
+        );
+        let (out, _) = paginate(items.clone(), &page(Some("9"), None)).expect("past the end");
+        assert!(out.is_empty());
+        for bad in [
+            page(Some("0"), None),
+            page(None, Some("1001")),
+            page(Some("x"), None),
+        ] {
+            assert_eq!(
+                paginate(items.clone(), &bad)
+                    .map(|_| ())
+                    .map_err(|r| r.errors[0].0),
+                Err(code::BAD_BODY)
+            );
+        }
+    }
 }
