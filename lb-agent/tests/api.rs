@@ -92,7 +92,10 @@ fn ok(ns: &NetNs, method: &str, path: &str, body: Option<&str>) -> Value {
 }
 
 /// Asserts a refusal: status, the first error's code, and words its message must contain.
-#[expect(clippy::too_many_arguments, reason = "a request and what its answer must hold")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a request and what its answer must hold"
+)]
 fn refused(
     ns: &NetNs,
     auth: Auth,
@@ -1019,6 +1022,52 @@ fn api_changes_move_traffic_metrics_count_it_and_webhooks_report_health() {
     assert!(sample(&m, "lb_notifications_total", &[("result", "sent")]).unwrap_or(0.0) >= 2.0);
 }
 
+/// New connections through the VIP from a thread in `ns`, 8 of them held open, until
+/// dropped (at most 60 s, at most 100k connections).
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(ns: &NetNs) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let path = ns.path();
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("netns");
+            // SAFETY: f is an open namespace file.
+            assert_eq!(unsafe { libc_setns(&f) }, 0, "setns");
+            let held: Vec<_> = (0..8)
+                .filter_map(|_| lb_testbed::connect(None, vip(), Duration::from_secs(2)).ok())
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut n = 0;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed)
+                && Instant::now() < deadline
+                && n < 100_000
+            {
+                let _ = request(None, vip(), "NAME");
+                n += 1;
+            }
+            drop(held);
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// `data-state` of the dashboard row of `origin` ("pool/name") in a DOM dump.
 fn row_state(dom: &str, origin: &str) -> Option<String> {
     let at = dom.find(&format!("data-origin=\"{origin}\""))?;
@@ -1084,7 +1133,10 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
             .then_some(())
     });
     let shot = artifacts.join("dashboard.png");
+    // Traffic while the page renders, so that its rates and open flows show something.
+    let traffic = Traffic::start(&topo.client);
     let dom = chromium_render(Some(ns), &url, Some(&shot), Duration::from_millis(3000));
+    drop(traffic);
     assert_eq!(row_state(&dom, "web/o1").as_deref(), Some("down"), "{dom}");
     assert_eq!(row_state(&dom, "web/o2").as_deref(), Some("up"), "{dom}");
     let png = std::fs::read(&shot).expect("screenshot written");
