@@ -126,8 +126,49 @@ fn haproxy_lb(origin: std::net::Ipv4Addr) -> String {
     )
 }
 
-/// Returns the rows and the agent's memory (RSS, private) in MiB while it served.
-pub fn run(agent_bin: &Path, secs: u32) -> Result<(Vec<Row>, (f64, f64))> {
+/// API changes timed from request to answer: the agent answers after the change is
+/// validated, saved to the state file (fsync) and written to the maps. `n` PATCHes of pool
+/// `web` alternate one origin's weight between 0.5 and 1 (it ends where it began). Returns
+/// the median and the largest, in ms.
+fn api_latency(ns: &NetNs, n: usize) -> Result<(f64, f64)> {
+    ns.run(|| -> Result<(f64, f64)> {
+        let http = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build();
+        let auth = format!("Bearer {}", lb_testbed::API_TOKEN);
+        let base = "http://127.0.0.1:8405/client/v4/user/load_balancers/pools";
+        let list: serde_json::Value = http
+            .get(base)
+            .set("Authorization", &auth)
+            .call()?
+            .into_json()?;
+        let pool = list["result"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["name"] == "web"))
+            .context("pool web over the API")?;
+        let id = pool["id"].as_str().context("pool id")?;
+        let mut origins = pool["origins"].clone();
+        let mut ms = Vec::with_capacity(n);
+        for i in 0..n {
+            origins[0]["weight"] = serde_json::json!(if i % 2 == 0 { 0.5 } else { 1.0 });
+            let body = serde_json::json!({ "origins": origins });
+            let t = Instant::now();
+            let r: serde_json::Value = http
+                .request("PATCH", &format!("{base}/{id}"))
+                .set("Authorization", &auth)
+                .send_json(body)?
+                .into_json()?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(r["success"] == true, "PATCH refused: {r}");
+        }
+        ms.sort_by(f64::total_cmp);
+        Ok((ms[ms.len() / 2], ms[ms.len() - 1]))
+    })
+}
+
+/// The end-to-end rows, the agent's memory (RSS, private) in MiB while it served, and the
+/// API change latency (median, max) in ms.
+pub fn run(agent_bin: &Path, secs: u32) -> Result<(Vec<Row>, (f64, f64), (f64, f64))> {
     let topo = Topology::build(1);
     let o = origin_addr(1);
     let origin_cfg = TempFile::new("origin-haproxy.cfg", ORIGIN_HTTP);
@@ -168,6 +209,7 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<(Vec<Row>, (f64, f64))> {
     // RSS counts the 32 MiB RINGS mapping the agent shares with the kernel; RssAnon is the
     // agent's own memory.
     let rss = (field("VmRSS:"), field("RssAnon:"));
+    let api = api_latency(&topo.lb, 50)?;
     let ours = measure(&topo, &VIP.to_string(), 80, 5201, secs)?;
     // The default range, on a fresh data path (no flows left from the wide range).
     agent.stop();
@@ -238,5 +280,5 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<(Vec<Row>, (f64, f64))> {
         ours_default_range,
         hap[1],
     ));
-    Ok((rows, rss))
+    Ok((rows, rss, api))
 }

@@ -797,8 +797,14 @@ fn main() -> Result<()> {
     eprintln!("lb-bench: packet rate (AF_PACKET generator)");
     report.packet_rate = packet::rates(&a.object, if a.quick { 1 } else { 3 })?;
     eprintln!("lb-bench: end to end (wrk, iperf3; direct, lb, haproxy)");
-    let (rows, rss) = e2e::run(&a.agent, if a.quick { 2 } else { 4 })?;
+    let (rows, rss, api) = e2e::run(&a.agent, if a.quick { 2 } else { 4 })?;
     report.e2e = rows;
+    report
+        .control
+        .insert("api_change_to_maps_written_median_ms".into(), api.0);
+    report
+        .control
+        .insert("api_change_to_maps_written_max_ms".into(), api.1);
     report
         .control
         .insert("agent_rss_mib_incl_shared_rings_mapping".into(), rss.0);

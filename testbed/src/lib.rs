@@ -465,15 +465,16 @@ impl Topology {
         }
     }
 
-    /// The `[dataplane]` and `[agent]` sections for this topology.
+    /// The `[dataplane]`, `[api]` and `[agent]` sections for this topology (`[agent]` last,
+    /// so that callers may append to it).
     pub fn base_config(&self, extra_dataplane: &str) -> String {
         let ifaces: Vec<String> = self.lb_ifaces.iter().map(|i| format!("\"{i}\"")).collect();
         format!(
-            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[agent]\nstatus_file = \"{}\"\n\n[api]\nstate_file = \"{}\"\ntokens = [\"{API_TOKEN}\"]\n\n",
+            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[api]\nstate_file = \"{}\"\ntokens = [\"{API_TOKEN}\"]\n\n[agent]\nstatus_file = \"{}\"\n\n",
             ifaces.join(", "),
             self.pin_dir.display(),
-            self.status_file.display(),
-            self.state_file.display()
+            self.state_file.display(),
+            self.status_file.display()
         )
     }
 
