@@ -682,11 +682,57 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         "nor the state file"
     );
 
-    // --- DELETE
+    // --- PUT and PATCH of a load balancer
+    let l2 = ok(
+        ns,
+        "PATCH",
+        &format!("{ZONE}/{lid}"),
+        Some(r#"{"steering_policy":"random","description":"patched"}"#),
+    );
+    assert_eq!(
+        (
+            &l2["steering_policy"],
+            &l2["description"],
+            &l2["default_pools"]
+        ),
+        (&json!("random"), &json!("patched"), &json!([pid, web_id])),
+        "{l2}"
+    );
+    let mut whole = l2.clone();
+    whole["default_pools"] = json!([pid]);
+    let l3 = ok(
+        ns,
+        "PUT",
+        &format!("{ZONE}/{lid}"),
+        Some(&whole.to_string()),
+    );
+    assert_eq!(
+        (
+            &l3["default_pools"],
+            &l3["fallback_pool"],
+            &l3["created_on"]
+        ),
+        (&json!([pid]), &json!(web_id), &l["created_on"]),
+        "{l3}"
+    );
+
+    // --- DELETE, of every kind
     let d = ok(ns, "DELETE", &format!("{ZONE}/{lid}"), None);
     assert_eq!(d, json!({"id": lid}));
     ok(ns, "DELETE", &format!("{ACCOUNT}/monitors/{hid}"), None);
     refused(ns, t, "GET", &format!("{ZONE}/{lid}"), None, 404, 1004, &[]);
+    ok(ns, "DELETE", &format!("{ORG}/pools/{pid}"), None);
+    ok(ns, "DELETE", &format!("{USER}/monitors/{mid}"), None);
+    refused(
+        ns,
+        t,
+        "GET",
+        &format!("{ACCOUNT}/pools/{pid}"),
+        None,
+        404,
+        1004,
+        &[],
+    );
 
     // --- a restart comes back with every change
     let before = everything(ns);
