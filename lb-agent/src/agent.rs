@@ -570,12 +570,16 @@ impl Agent {
             return Err(e.into());
         }
         if dp_changed {
+            // The maps already hold the new config, so it is in force either way: a failed
+            // attach is reported, not rolled back (the interfaces attached so far forward).
             let dp_cfg = self.cfg.dataplane.clone();
-            self.dp.attach(
+            if let Err(e) = self.dp.attach(
                 &dp_cfg.interfaces,
                 dp_cfg.xdp_mode,
                 &mut self.rec.maps.tx_ports,
-            )?;
+            ) {
+                error!("config applied to the maps, but attaching XDP failed: {e}");
+            }
         }
         if hops_changed {
             for w in self.neighbours.sync(origin_addresses(&self.cfg)) {

@@ -1,5 +1,5 @@
 //! Traffic figures for the API: the data path's counters sampled once a second from the
-//! pinned maps (read-only), with rates, and the flow table's fill every ten seconds.
+//! pinned maps (read-only), with rates, and the flow table's fill every 30 seconds.
 
 use std::{
     collections::HashMap,
@@ -52,7 +52,8 @@ pub struct Sampler {
 }
 
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-const FLOW_COUNT_EVERY: Duration = Duration::from_secs(10);
+/// Counting walks every key of the flow table (one syscall each), so it runs seldom.
+const FLOW_COUNT_EVERY: Duration = Duration::from_secs(30);
 
 impl Sampler {
     pub fn latest(&self) -> Option<Arc<Sample>> {
