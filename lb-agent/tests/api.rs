@@ -737,12 +737,31 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
     // --- a restart comes back with every change
     let before = everything(ns);
     assert!(agent.stop(), "clean exit");
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let mut agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
     assert_eq!(
         everything(ns),
         before,
         "same objects, ids and timestamps after a restart"
     );
+
+    // --api-listen moves the API.
+    assert!(agent.stop(), "clean exit");
+    let _agent = Agent::start(
+        agent_bin(),
+        &topo.lb,
+        &cfg.path,
+        &["--api-listen", "127.0.0.1:8406"],
+    );
+    let (moved, old) = ns.run(|| {
+        let get = |port: u16| {
+            ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+                .call()
+                .map(|r| r.status())
+        };
+        (get(8406), get(8405).is_err())
+    });
+    assert_eq!(moved.ok(), Some(200), "the API answers on the new address");
+    assert!(old, "and no longer on the default one");
 }
 
 /// Which origins answer `n` new connections through the VIP (name -> count).
