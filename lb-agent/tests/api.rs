@@ -756,12 +756,12 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         let get = |port: u16| {
             ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
                 .call()
-                .map(|r| r.status())
+                .map_or(0, |r| r.status())
         };
-        (get(8406), get(8405).is_err())
+        (get(8406), get(8405))
     });
-    assert_eq!(moved.ok(), Some(200), "the API answers on the new address");
-    assert!(old, "and no longer on the default one");
+    assert_eq!(moved, 200, "the API answers on the new address");
+    assert_eq!(old, 0, "and no longer on the default one");
 }
 
 /// Which origins answer `n` new connections through the VIP (name -> count).
