@@ -166,9 +166,12 @@ fn api_latency(ns: &NetNs, n: usize) -> Result<(f64, f64)> {
     })
 }
 
-/// The end-to-end rows, the agent's memory (RSS, private) in MiB while it served, and the
-/// API change latency (median, max) in ms.
-pub fn run(agent_bin: &Path, secs: u32) -> Result<(Vec<Row>, (f64, f64), (f64, f64))> {
+/// What `run` measures: the end-to-end rows, the agent's memory (RSS, private) in MiB
+/// while it served, and the API change latency (median, max) in ms.
+pub type Measured = (Vec<Row>, (f64, f64), (f64, f64));
+
+/// Runs the end-to-end part; see `Measured`.
+pub fn run(agent_bin: &Path, secs: u32) -> Result<Measured> {
     let topo = Topology::build(1);
     let o = origin_addr(1);
     let origin_cfg = TempFile::new("origin-haproxy.cfg", ORIGIN_HTTP);
