@@ -18,6 +18,10 @@ use lb_agent::{
 /// configured interfaces and serves until SIGINT/SIGTERM. SIGHUP reloads the config; a
 /// config that fails validation is rejected and the running one stays in force.
 ///
+/// It serves Cloudflare's v4 load-balancing API (monitors, pools, load balancers; changes
+/// are live and kept in `api.state_file`), Prometheus metrics at /metrics and a dashboard
+/// at / on 127.0.0.1:8405 (`--api-listen`). `lbctl` is the API's command-line client.
+///
 /// On exit the XDP program stays attached and keeps forwarding with the last state (a
 /// restarted agent adopts it without dropping connections); `lb-agent teardown` or
 /// `--detach-on-exit` removes it.
