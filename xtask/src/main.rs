@@ -37,7 +37,8 @@ enum Cmd {
         quick: bool,
     },
     /// Build everything, create a demo topology in namespaces, run the agent, drive client
-    /// traffic through the VIP, print the per-origin split from the BPF counters, clean up.
+    /// traffic through the VIP, print the per-origin split from the BPF counters, fail over,
+    /// drain an origin through the HTTP API with lbctl, clean up.
     Demo {
         /// Connections the demo client opens.
         #[arg(long, default_value_t = 3000)]
@@ -348,6 +349,36 @@ fn demo(connections: usize) -> Result<()> {
         .arg("--config")
         .arg(&cfg.path)
         .arg("status"))?;
+
+    // The API, as an operator would use it on the LB host (its loopback is in the LB
+    // namespace here).
+    let lbctl = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", topo.lb.path().display()))
+            .arg("--")
+            .arg(r.join("target/release/lbctl"))
+            .args(["--token", lb_testbed::API_TOKEN])
+            .args(args)
+            .env_remove("LB_API")
+            .status()
+            .map(|s| s.success())
+    };
+    println!(
+        "\n== the HTTP API: draining o1 with `lbctl origin disable web o1` (a PATCH of the pool)"
+    );
+    let drained_by_api = lbctl(&["origin", "disable", "web", "o1"])?;
+    let after_api = topo.client.run(|| {
+        let mut answers = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..300 {
+            let k = request(None, vip(), "NAME")
+                .map_or_else(|_| "failed".to_owned(), |r| r.trim().to_owned());
+            *answers.entry(k).or_default() += 1;
+        }
+        answers
+    });
+    println!("   next 300 connections answered by: {after_api:?}");
+    println!("\n== `lbctl status` (GET /lb-agent/v1/status):");
+    let status_ok = lbctl(&["status"])?;
     drop(agent);
     println!("\n== cleaning up: agent stopped, namespaces and pins removed");
     drop(topo);
@@ -357,6 +388,9 @@ fn demo(connections: usize) -> Result<()> {
         || drained.is_none()
         || after.contains_key("o3")
         || after.contains_key("failed")
+        || !drained_by_api
+        || !status_ok
+        || after_api.keys().any(|k| k != "o2")
     {
         bail!("demo traffic had failures");
     }
