@@ -1075,7 +1075,7 @@ fn origin_row(o: &Value, updated: u64) -> Vec<String> {
         fmt_si(f64_field(o, "packets_per_sec").unwrap_or(0.0)),
         fmt_si(f64_field(o, "bytes_per_sec").unwrap_or(0.0)),
         fmt_si(f64_field(o, "new_flows_per_sec").unwrap_or(0.0)),
-        f64_field(o, "weight").map_or_else(|| "-".to_owned(), |w| format!("{w}")),
+        f64_field(o, "weight").map_or_else(|| "-".to_owned(), fmt_weight),
         str_field(o, "reason").to_owned(),
     ]
 }
@@ -1572,6 +1572,12 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// A weight with at most 3 decimals and no trailing zeros: `1`, `0.5`, `0.333`.
+fn fmt_weight(w: f64) -> String {
+    let s = format!("{w:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 #[cfg(test)]
@@ -2183,5 +2189,13 @@ pool {WEB_A}
             parse(&["--token", "t", "--email", "e@x", "--key", "k"]).expect("token wins"),
             Auth::Bearer("t".into())
         );
+    }
+
+    #[test]
+    fn weights_are_short() {
+        assert_eq!(fmt_weight(1.0), "1");
+        assert_eq!(fmt_weight(0.5), "0.5");
+        assert_eq!(fmt_weight(1.0 / 3.0), "0.333");
+        assert_eq!(fmt_weight(0.0), "0");
     }
 }
