@@ -14,8 +14,8 @@ use std::{
 };
 
 use lb_testbed::{
-    chromium_render, origin_addr, prom, request, require_prerequisites, serial, vip, Agent, NetNs,
-    Server, TempFile, Topology, API_TOKEN, ORIGIN_PORT,
+    chromium_render, enter_netns, origin_addr, prom, request, require_prerequisites, serial, vip,
+    Agent, NetNs, Server, TempFile, Topology, API_TOKEN, ORIGIN_PORT,
 };
 use serde_json::{json, Value};
 
@@ -793,10 +793,7 @@ impl Webhook {
         let stop2 = stop.clone();
         let path = ns.path();
         std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).expect("netns");
-            // SAFETY: f is an open namespace file; setns affects only this thread.
-            let rc = unsafe { libc_setns(&f) };
-            assert_eq!(rc, 0, "setns");
+            enter_netns(&path);
             let l = TcpListener::bind("127.0.0.1:0").expect("bind");
             l.set_nonblocking(true).expect("nonblocking");
             port_tx
@@ -862,13 +859,6 @@ impl Drop for Webhook {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// `setns(fd, CLONE_NEWNET)` for the calling thread.
-unsafe fn libc_setns(f: &std::fs::File) -> i32 {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: the caller passes an open namespace file.
-    unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }
 }
 
 /// Scrapes `/metrics` (no credentials) and parses it strictly.
@@ -1100,9 +1090,7 @@ impl Traffic {
         let stop2 = stop.clone();
         let path = ns.path();
         let thread = std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).expect("netns");
-            // SAFETY: f is an open namespace file.
-            assert_eq!(unsafe { libc_setns(&f) }, 0, "setns");
+            enter_netns(&path);
             let held: Vec<_> = (0..8)
                 .filter_map(|_| lb_testbed::connect(None, vip(), Duration::from_secs(2)).ok())
                 .collect();

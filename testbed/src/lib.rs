@@ -204,17 +204,23 @@ impl NetNs {
 
     /// Moves the calling thread into this namespace, for good.
     pub fn enter(&self) {
-        let f = fs::File::open(self.path()).expect("open netns");
-        // SAFETY: f is an open namespace file; setns affects only this thread.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "setns({}): {}",
-            self.name,
-            std::io::Error::last_os_error()
-        );
+        enter_netns(&self.path());
     }
+}
+
+/// Moves the calling thread into the network namespace at `path`, for good (for a thread
+/// that outlives a borrow of its `NetNs`).
+pub fn enter_netns(path: &Path) {
+    let f = fs::File::open(path).expect("open netns");
+    // SAFETY: f is an open namespace file; setns affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "setns({}): {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 impl Drop for NetNs {
