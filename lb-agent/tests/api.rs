@@ -38,19 +38,9 @@ enum Auth {
     Key(&'static str, &'static str),
 }
 
-/// Polls `f` every 20 ms until it returns `Some`, at most `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// `lb_testbed::wait_for`, polling every 20 ms.
+fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    lb_testbed::wait_for(what, timeout, Duration::from_millis(20), f)
 }
 
 /// One request to the agent's API from inside `ns`: (status, body as JSON, or the text

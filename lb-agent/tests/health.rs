@@ -20,19 +20,9 @@ fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lb-agent"))
 }
 
-/// Polls `f` every millisecond until it returns `Some`, at most `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// `lb_testbed::wait_for`, polling every 1 ms.
+fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    lb_testbed::wait_for(what, timeout, Duration::from_millis(1), f)
 }
 
 fn status(topo: &Topology) -> Option<Status> {

@@ -21,19 +21,9 @@ fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lb-agent"))
 }
 
-/// Polls `f` every 10 ms until it returns `Some`, at most `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// `lb_testbed::wait_for`, polling every 10 ms.
+fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    lb_testbed::wait_for(what, timeout, Duration::from_millis(10), f)
 }
 
 /// Which origins answer `n` new connections from `from` to `to` (name -> count).

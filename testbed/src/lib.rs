@@ -983,6 +983,26 @@ impl Drop for Agent {
     }
 }
 
+/// Calls `f` every `every` until it returns `Some`; panics naming `what` after `timeout`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(every);
+    }
+}
+
 /// Writes `text` to a unique temporary file that is removed on drop.
 pub struct TempFile {
     pub path: PathBuf,
