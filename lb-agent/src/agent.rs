@@ -684,6 +684,14 @@ pub struct OriginStatus {
     pub since: Option<u64>,
 }
 
+impl OriginStatus {
+    /// Whether the status says the origin takes new connections: enabled, and up or without
+    /// a monitor (weight is shown on its own).
+    pub fn takes_new_connections(&self) -> bool {
+        self.enabled && matches!(self.state.as_str(), "up" | "unmonitored")
+    }
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PoolStatus {
     pub name: String,

@@ -141,12 +141,6 @@ pub fn render(input: &MetricsInput<'_>) -> String {
     out
 }
 
-/// Whether the status says the origin takes new connections: enabled, and up or without a
-/// monitor. Weight is left to `lb_origin_weight`, as `lb_pool_healthy_origins` does.
-fn takes_new_connections(o: &OriginStatus) -> bool {
-    o.enabled && matches!(o.state.as_str(), "up" | "unmonitored")
-}
-
 #[derive(Clone, Copy)]
 enum Kind {
     Counter,
@@ -382,7 +376,7 @@ fn write_all(out: &mut String, input: &MetricsInput<'_>) -> fmt::Result {
         status
             .origins
             .iter()
-            .map(|o| (health_labels(o), takes_new_connections(o).into())),
+            .map(|o| (health_labels(o), o.takes_new_connections().into())),
     )?;
     family(
         out,
@@ -1090,7 +1084,7 @@ mod tests {
                 enabled,
                 ..origin("p", "o", "10.0.0.1", state, 1.0)
             };
-            assert_eq!(takes_new_connections(&o), want, "{state} enabled={enabled}");
+            assert_eq!(o.takes_new_connections(), want, "{state} enabled={enabled}");
         }
     }
 

@@ -427,7 +427,7 @@ async fn pool_health(State(api): State<Api>, Path(p): Path<HashMap<String, Strin
         .iter()
         .filter(|o| &o.pool == name)
         .map(|o| {
-            let up = o.enabled && (o.state == "up" || o.state == "unmonitored");
+            let up = o.takes_new_connections();
             let mut m = serde_json::Map::new();
             m.insert(
                 o.address.clone(),
@@ -470,6 +470,17 @@ async fn status(State(api): State<Api>) -> Response {
     success(status_json(&view, sample.as_deref()), None)
 }
 
+/// `v` (an object) with the traffic fields of `t`: totals, open flows and per-second rates,
+/// zero before the first sample.
+fn with_traffic(mut v: Value, t: Option<&traffic::Rates>) -> Value {
+    if let (Value::Object(m), Ok(Value::Object(t))) =
+        (&mut v, serde_json::to_value(t.copied().unwrap_or_default()))
+    {
+        m.extend(t);
+    }
+    v
+}
+
 pub fn status_json(view: &View, sample: Option<&Sample>) -> Value {
     let store = &view.store;
     let lbs: Vec<Value> = view
@@ -484,22 +495,19 @@ pub fn status_json(view: &View, sample: Option<&Sample>) -> Value {
                 .iter()
                 .find(|x| x.name == l.name)
                 .is_some_and(|x| x.enabled);
-            json!({
-                "id": store.load_balancer_id(&l.name),
-                "name": l.name,
-                "vip": l.vip,
-                "steering_policy": l.steering_policy,
-                "active_pool": l.active_pool,
-                "active_pool_id": l.active_pool.as_deref().and_then(|p| store.pool_id(p)),
-                "fallback": l.fallback,
-                "enabled": enabled,
-                "packets": t.map_or(0, |t| t.packets),
-                "bytes": t.map_or(0, |t| t.bytes),
-                "new_flows": t.map_or(0, |t| t.new_flows),
-                "packets_per_sec": t.map_or(0.0, |t| t.packets_per_sec),
-                "bytes_per_sec": t.map_or(0.0, |t| t.bytes_per_sec),
-                "new_flows_per_sec": t.map_or(0.0, |t| t.new_flows_per_sec),
-            })
+            with_traffic(
+                json!({
+                    "id": store.load_balancer_id(&l.name),
+                    "name": l.name,
+                    "vip": l.vip,
+                    "steering_policy": l.steering_policy,
+                    "active_pool": l.active_pool,
+                    "active_pool_id": l.active_pool.as_deref().and_then(|p| store.pool_id(p)),
+                    "fallback": l.fallback,
+                    "enabled": enabled,
+                }),
+                t,
+            )
         })
         .collect();
     let pools: Vec<Value> = view
@@ -524,26 +532,22 @@ pub fn status_json(view: &View, sample: Option<&Sample>) -> Value {
         .iter()
         .map(|o| {
             let t = sample.and_then(|s| s.origins.get(&(o.pool.clone(), o.origin.clone())));
-            json!({
-                "pool": o.pool,
-                "pool_id": store.pool_id(&o.pool),
-                "origin": o.origin,
-                "address": o.address,
-                "port": o.port,
-                "state": o.state,
-                "enabled": o.enabled,
-                "weight": o.weight,
-                "reason": o.reason,
-                "rtt_ms": o.rtt_ms,
-                "since": o.since,
-                "open_flows": t.map_or(0, |t| t.open_flows),
-                "packets": t.map_or(0, |t| t.packets),
-                "bytes": t.map_or(0, |t| t.bytes),
-                "new_flows": t.map_or(0, |t| t.new_flows),
-                "packets_per_sec": t.map_or(0.0, |t| t.packets_per_sec),
-                "bytes_per_sec": t.map_or(0.0, |t| t.bytes_per_sec),
-                "new_flows_per_sec": t.map_or(0.0, |t| t.new_flows_per_sec),
-            })
+            with_traffic(
+                json!({
+                    "pool": o.pool,
+                    "pool_id": store.pool_id(&o.pool),
+                    "origin": o.origin,
+                    "address": o.address,
+                    "port": o.port,
+                    "state": o.state,
+                    "enabled": o.enabled,
+                    "weight": o.weight,
+                    "reason": o.reason,
+                    "rtt_ms": o.rtt_ms,
+                    "since": o.since,
+                }),
+                t,
+            )
         })
         .collect();
     json!({

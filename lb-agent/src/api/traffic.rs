@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Totals and per-second rates of one VIP or origin.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Rates {
     pub packets: u64,
     pub bytes: u64,
