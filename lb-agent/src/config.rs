@@ -29,6 +29,19 @@ pub const MIN_FLOW_TABLE: u32 = 1024;
 pub const DEFAULT_REUSE_AFTER_CLOSE: u32 = 120;
 /// One day, as generous as conntrack towards idle connections without keepalives.
 pub const DEFAULT_REUSE_AFTER_IDLE: u32 = 86_400;
+/// Idle seconds before an unfinished handshake is dead: covers a client's first three SYN
+/// retransmissions (1, 3 and 7 s into the attempt with Linux's backoff); a later
+/// retransmission simply starts a new flow. Short, because a flood of SYNs that are never
+/// completed holds SNAT ports for exactly this long.
+pub const DEFAULT_SYN_TIMEOUT: u32 = 10;
+/// Idle seconds before a half-closed flow (a FIN from one side only) is dead: longer than
+/// conntrack's FIN_WAIT (120 s), so an idle half-close (a server still computing its answer
+/// after the client's FIN) survives; any packet restarts the clock.
+pub const DEFAULT_HALF_CLOSED_TIMEOUT: u32 = 300;
+/// Handshakes in flight (over the SYN timeout) before SYNs are answered with cookies: far
+/// above what legitimate clients keep in flight (connections/s times the handshake's round
+/// trip), far below the SNAT ports a flood could otherwise hold.
+pub const DEFAULT_SYN_BUDGET: u32 = 1024;
 pub const MAX_FLOW_TABLE: u32 = 1 << 26;
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +156,28 @@ pub struct RawDataplane {
     pub snat_port_reuse_after_close: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_port_reuse_after_idle: Option<u32>,
+    #[serde(default, skip_serializing_if = "RawTcpTimeouts::is_empty")]
+    pub tcp_timeouts: RawTcpTimeouts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn_budget: Option<u32>,
+}
+
+/// `[dataplane.tcp_timeouts]`: idle seconds per TCP state before a flow is dead.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpTimeouts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_closed: Option<u32>,
+}
+
+impl RawTcpTimeouts {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -459,8 +494,15 @@ pub struct Dataplane {
     pub flow_table_size: u32,
     /// Seconds a closed (FIN/RST) flow must be idle before a new flow may take its SNAT port.
     pub snat_port_reuse_after_close: u32,
-    /// Seconds any flow must be idle before its SNAT port counts as abandoned.
+    /// Idle seconds before an established flow is dead (`tcp_timeouts.established`, or its
+    /// older name `snat_port_reuse_after_idle`).
     pub snat_port_reuse_after_idle: u32,
+    /// Idle seconds before an unfinished handshake is dead (`tcp_timeouts.syn`).
+    pub syn_timeout: u32,
+    /// Idle seconds before a half-closed flow is dead (`tcp_timeouts.half_closed`).
+    pub half_closed_timeout: u32,
+    /// Handshakes in flight before SYNs are answered with cookies (0 = always).
+    pub syn_budget: u32,
 }
 
 /// Where the agent publishes health and steering state, and how hard it may probe.
@@ -864,14 +906,40 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let reuse_close = dp
         .snat_port_reuse_after_close
         .unwrap_or(DEFAULT_REUSE_AFTER_CLOSE);
-    let reuse_idle = dp
-        .snat_port_reuse_after_idle
-        .unwrap_or(DEFAULT_REUSE_AFTER_IDLE);
+    let tt = &dp.tcp_timeouts;
+    if tt.established.is_some() && dp.snat_port_reuse_after_idle.is_some() {
+        errors.push(
+            "dataplane.snat_port_reuse_after_idle: set together with tcp_timeouts.established, which replaces it; keep only tcp_timeouts.established"
+                .to_owned(),
+        );
+    }
+    let (reuse_idle, idle_field) = match (tt.established, dp.snat_port_reuse_after_idle) {
+        (Some(v), _) => (v, "dataplane.tcp_timeouts.established"),
+        (None, Some(v)) => (v, "dataplane.snat_port_reuse_after_idle"),
+        (None, None) => (
+            DEFAULT_REUSE_AFTER_IDLE,
+            "dataplane.tcp_timeouts.established",
+        ),
+    };
     if reuse_idle < reuse_close {
         errors.push(format!(
-            "dataplane.snat_port_reuse_after_idle: {reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
+            "{idle_field}: {reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
         ));
     }
+    let syn_timeout = tt.syn.unwrap_or(DEFAULT_SYN_TIMEOUT);
+    let max_syn = lb_common::HANDSHAKE_BUCKETS - 1;
+    if !(1..=max_syn).contains(&syn_timeout) {
+        errors.push(format!(
+            "dataplane.tcp_timeouts.syn: {syn_timeout} s is out of range; use 1-{max_syn} (a handshake that takes longer is retried by the client's next SYN)"
+        ));
+    }
+    let half_closed_timeout = tt.half_closed.unwrap_or(DEFAULT_HALF_CLOSED_TIMEOUT);
+    if half_closed_timeout < syn_timeout || half_closed_timeout > reuse_idle {
+        errors.push(format!(
+            "dataplane.tcp_timeouts.half_closed: {half_closed_timeout} s must lie between tcp_timeouts.syn ({syn_timeout} s) and the established timeout ({reuse_idle} s)"
+        ));
+    }
+    let syn_budget = dp.syn_budget.unwrap_or(DEFAULT_SYN_BUDGET);
 
     // --- agent
     let status_file = raw
@@ -1288,6 +1356,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             flow_table_size,
             snat_port_reuse_after_close: reuse_close,
             snat_port_reuse_after_idle: reuse_idle,
+            syn_timeout,
+            half_closed_timeout,
+            syn_budget,
         },
         agent: Agent {
             status_file,
@@ -1913,6 +1984,29 @@ default_pools = ["web"]
                 "snat_port_reuse_after_close = 300\nsnat_port_reuse_after_idle = 60\npin_dir",
             ),
             "dataplane.snat_port_reuse_after_idle",
+        );
+    }
+
+    #[test]
+    fn tcp_timeouts_in_range() {
+        assert_one(
+            &errors_with("pin_dir", "tcp_timeouts = { syn = 60 }\npin_dir"),
+            "dataplane.tcp_timeouts.syn",
+        );
+        assert_one(
+            &errors_with("pin_dir", "tcp_timeouts = { half_closed = 5 }\npin_dir"),
+            "dataplane.tcp_timeouts.half_closed",
+        );
+        assert_one(
+            &errors_with(
+                "pin_dir",
+                "tcp_timeouts = { established = 3600 }\nsnat_port_reuse_after_idle = 3600\npin_dir",
+            ),
+            "dataplane.snat_port_reuse_after_idle",
+        );
+        assert_one(
+            &errors_with("pin_dir", "tcp_timeouts = { establish = 3600 }\npin_dir"),
+            "establish",
         );
     }
 

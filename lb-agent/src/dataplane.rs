@@ -155,6 +155,7 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
             AFFINITY_SIZE,
         ),
         names::ORIGIN_FLOWS => (4, 8, MAX_ORIGINS),
+        names::HANDSHAKES => (4, s(size_of::<lb_common::Handshakes>()), 1),
         other => unreachable!("unknown map {other}"),
     }
 }
@@ -324,6 +325,7 @@ pub struct Maps {
     pub geo_plan: HashMap<MapData, GeoPlanKey, u32>,
     pub affinity: HashMap<MapData, AffinityKey, Affinity>,
     pub origin_flows: Array<MapData, u64>,
+    pub handshakes: Array<MapData, lb_common::Handshakes>,
 }
 
 impl Maps {
@@ -364,6 +366,7 @@ impl Maps {
             geo_plan: typed!(names::GEO_PLAN),
             affinity: typed!(names::AFFINITY),
             origin_flows: typed!(names::ORIGIN_FLOWS),
+            handshakes: typed!(names::HANDSHAKES),
         })
     }
 

@@ -268,6 +268,52 @@ pub fn tcp_frame(
     v
 }
 
+/// TCP flag bits, for `tcp_segment`.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A TCP/IPv4 frame with any flags, sequence and acknowledgement numbers (window 64240;
+/// checksums computed in full by etherparse). `ack` is written only with the ACK flag.
+#[expect(clippy::too_many_arguments, reason = "a frame has this many fields")]
+pub fn tcp_segment(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    (sport, dport): (u16, u16),
+    flags: u8,
+    (seq, ack): (u32, u32),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, ttl)
+        .tcp(sport, dport, seq, 64240);
+    if flags & tcp_flags::FIN != 0 {
+        b = b.fin();
+    }
+    if flags & tcp_flags::SYN != 0 {
+        b = b.syn();
+    }
+    if flags & tcp_flags::RST != 0 {
+        b = b.rst();
+    }
+    if flags & tcp_flags::PSH != 0 {
+        b = b.psh();
+    }
+    if flags & tcp_flags::ACK != 0 {
+        b = b.ack(ack);
+    }
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("build frame");
+    v
+}
+
 /// Which end of a `FibBed`'s veth pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
