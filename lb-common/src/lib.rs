@@ -361,9 +361,10 @@ pub const CT_FIN_CLIENT: u32 = 8;
 pub const CT_FIN_ORIGIN: u32 = 16;
 /// `RevFlow::flags`: an in-window RST from either side.
 pub const CT_RST: u32 = 32;
-/// `RevFlow::flags`: opened through a SYN cookie; sequence numbers are translated.
+/// `RevFlow::flags`: opened through a SYN cookie; sequence numbers are translated by
+/// `seq_delta`. Reserved: SYN-cookie admission is not built yet, nothing sets it.
 pub const CT_COOKIE: u32 = 64;
-/// `RevFlow::flags`: a cookie flow whose SYN to the origin is not answered yet.
+/// `RevFlow::flags`: a cookie flow whose SYN to the origin is not answered yet (reserved).
 pub const CT_COOKIE_PENDING: u32 = 128;
 /// `RevFlow::client_wscale` / `origin_wscale`: no window-scale option was offered.
 pub const WSCALE_NONE: u8 = 0xff;
@@ -527,20 +528,13 @@ pub mod event {
     /// A SYN from the origin side that does not acknowledge the client's SYN, or arrives
     /// after the handshake: XDP_DROP.
     pub const DROP_SYNACK_INVALID: u32 = 33;
-    /// A SYN answered with a SYN cookie (handshakes over budget): XDP_TX of a SYN-ACK.
-    pub const SYN_COOKIE_SENT: u32 = 34;
-    /// An ACK carried a valid SYN cookie: a flow was made and its SYN sent to the origin.
-    pub const SYN_COOKIE_OK: u32 = 35;
-    /// An ACK that matches no flow and carries no valid cookie while cookies are in use:
-    /// XDP_DROP.
-    pub const DROP_COOKIE_INVALID: u32 = 36;
-    /// The origin's SYN-ACK of a cookie flow, turned into the ACK that completes the origin
-    /// side's handshake: XDP_TX back to the origin.
-    pub const COOKIE_ORIGIN_ACK: u32 = 37;
-    /// A client segment of a cookie flow that arrived before the origin answered: XDP_DROP
-    /// (the client retransmits it).
-    pub const DROP_COOKIE_PENDING: u32 = 38;
-    pub const COUNT: u32 = 39;
+    /// An origin segment during the handshake that acknowledges something other than the
+    /// client's SYN (the origin still holds the SNAT port's previous connection, in
+    /// TIME_WAIT or half-open, and answered for that one): answered with a RST to the origin
+    /// (XDP_TX), as the client's TCP would (RFC 793 §3.4), so the client's next SYN
+    /// retransmission gets through.
+    pub const RST_TO_ORIGIN: u32 = 34;
+    pub const COUNT: u32 = 35;
 
     /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
     pub const fn is_verdict(e: u32) -> bool {
@@ -555,7 +549,6 @@ pub mod event {
                 | AFFINITY_HIT
                 | SYN_ON_ESTABLISHED
                 | PAIR_RESTORED
-                | SYN_COOKIE_OK
         )
     }
 
@@ -595,11 +588,7 @@ pub mod event {
         "drop_pair_broken",
         "drop_expired",
         "drop_synack_invalid",
-        "syn_cookie_sent",
-        "syn_cookie_ok",
-        "drop_cookie_invalid",
-        "cookie_origin_ack",
-        "drop_cookie_pending",
+        "rst_to_origin",
     ];
 }
 

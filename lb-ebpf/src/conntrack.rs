@@ -22,6 +22,10 @@ use crate::{
     stats::{drop, flows_add, handshake, DEC},
 };
 
+/// `track`'s answer for a segment that must be answered with a RST to its sender
+/// (`reply::rst_back`); not a verdict, and not yet counted.
+pub const RST_BACK: u32 = u32::MAX;
+
 /// Has the flow been idle past its state's timeout at `now`?
 #[inline(always)]
 pub fn expired(r: *const RevFlow, now: u32, s: &Settings) -> bool {
@@ -95,8 +99,14 @@ pub fn track(r: *mut RevFlow, seg: &Seg, from_client: bool, now: u32) -> Result<
     let flags = rv.flags;
     if !from_client && seg.flags & SYN != 0 {
         // The origin's SYN-ACK: it must acknowledge the client's SYN, during the handshake.
-        if seg.flags & ACK == 0 || seg.ack != rv.client_end || flags & CT_ESTABLISHED != 0 {
+        if seg.flags & ACK == 0 || flags & CT_ESTABLISHED != 0 {
             return Err(drop(event::DROP_SYNACK_INVALID));
+        }
+        if seg.ack != rv.client_end {
+            // It acknowledges an older SYN on this port: the origin still holds a half-open
+            // connection of the port's previous (expired) flow. Reset it, as the client's
+            // TCP would, so the client's next SYN gets through.
+            return Err(RST_BACK);
         }
         rv.origin_end = seg.seq.wrapping_add(seg.len);
         rv.origin_win = u32::from(seg.win);
@@ -111,6 +121,13 @@ pub fn track(r: *mut RevFlow, seg: &Seg, from_client: bool, now: u32) -> Result<
         if seg.flags & RST != 0 && seg.flags & ACK != 0 && seg.ack == rv.client_end {
             close(r, CT_RST, flags, now);
             return Ok(());
+        }
+        if seg.flags & (RST | ACK) == ACK {
+            // An ACK that does not answer our SYN: the origin still holds the port's
+            // previous connection (TIME_WAIT or a half-open one) and answered the new SYN
+            // for that one. The client's TCP would reset it (RFC 793 §3.4, SYN-SENT); so do
+            // we, and the client's next SYN retransmission opens the new connection.
+            return Err(RST_BACK);
         }
         return Err(drop(event::DROP_SYNACK_INVALID));
     }

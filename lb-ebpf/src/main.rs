@@ -27,6 +27,7 @@ mod forward;
 mod maps;
 mod nat;
 mod parse;
+mod reply;
 mod select;
 mod snat;
 mod stats;
@@ -352,7 +353,13 @@ fn origin_packet(
         let _ = REV_FLOWS.remove(key);
         return Err(drop(event::DROP_PAIR_BROKEN));
     }
-    track(r, s, false, now)?;
+    if let Err(v) = track(r, s, false, now) {
+        if v == conntrack::RST_BACK {
+            count(event::RST_TO_ORIGIN);
+            return Ok(reply::rst_back(ctx));
+        }
+        return Err(v);
+    }
     // SAFETY: a live map value; copied out field by field.
     let (client_addr, client_port, vip_addr, vip_port, vip_id, origin_id, flags, delta) = unsafe {
         (

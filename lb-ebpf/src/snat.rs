@@ -89,7 +89,12 @@ pub fn new_flow(
             if let Some(r) = REV_FLOWS.get_ptr_mut(&(*sc).old_rkey) {
                 if names_client(r, key) {
                     mark_closing(r);
-                    let _ = REV_FLOWS.remove(&(*sc).old_rkey);
+                    // A closed flow keeps its port until it has been idle past the grace
+                    // period (the origin's TIME_WAIT on that tuple); only its client half
+                    // moves on (overwritten below). Anything else is removed now.
+                    if !RevFlow::closed((*r).flags) || expired(r, init.now, settings) {
+                        let _ = REV_FLOWS.remove(&(*sc).old_rkey);
+                    }
                 }
             }
         }

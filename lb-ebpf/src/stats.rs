@@ -111,26 +111,3 @@ pub fn handshake(now: u32, done: bool) {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1);
     }
 }
-
-/// Handshakes started and not finished over the last `window` seconds (at most
-/// `HANDSHAKE_BUCKETS`): the load SYN cookies protect against.
-#[inline(never)]
-pub fn handshakes_in_flight(now: u32, window: u32) -> u64 {
-    let Some(h) = HANDSHAKES.get_ptr(0) else {
-        return 0;
-    };
-    let mut started: u64 = 0;
-    let mut done: u64 = 0;
-    let mut i = 0;
-    while i < HANDSHAKE_BUCKETS as usize {
-        // SAFETY: a shared array value, read word by word.
-        if let Some(b) = unsafe { (*h).buckets.get(i) } {
-            if now.wrapping_sub(b.sec) < window {
-                started += b.started;
-                done += b.done;
-            }
-        }
-        i += 1;
-    }
-    started.saturating_sub(done)
-}

@@ -314,6 +314,71 @@ pub fn tcp_segment(
     v
 }
 
+/// Sends hand-made IPv4/TCP packets (any source address, flags and sequence numbers)
+/// through a raw socket of the calling thread's network namespace: the forged packets of
+/// attack tests. Open it inside `NetNs::run`.
+pub struct RawSender {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RawSender {
+    pub fn new() -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2); the descriptor is owned from here on.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor.
+        Ok(Self {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Sends one segment from `src` to `dst` (TTL 64, window 64240).
+    pub fn send(
+        &self,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        flags: u8,
+        (seq, ack): (u32, u32),
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let frame = tcp_segment(
+            [0; 6],
+            [0; 6],
+            src.ip().octets(),
+            dst.ip().octets(),
+            64,
+            (src.port(), dst.port()),
+            flags,
+            (seq, ack),
+            payload,
+        );
+        let packet = &frame[14..];
+        // SAFETY: an all-zero sockaddr_in is valid; fields set below.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
+        // SAFETY: packet and sa outlive the call; sizes passed match.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const sa).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// Which end of a `FibBed`'s veth pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

@@ -1,0 +1,360 @@
+//! Connection tracking under attack and on odd but legal traffic, end to end: the real
+//! agent in a namespace topology, real clients and servers, and forged packets sent from a
+//! raw socket inside the test's own namespaces (spoofed sources are from 198.18.0.0/15,
+//! which no namespace routes anywhere).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lb_agent::dataplane::Maps;
+use lb_common::{event, FlowKey, RevFlow, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_RST};
+use lb_testbed::{
+    connect, origin_addr, request, require_prerequisites, serial,
+    tcp_flags::{ACK, FIN, RST, SYN},
+    vip, Agent, RawSender, Server, TempFile, Topology, CLIENT,
+};
+
+fn agent_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lb-agent"))
+}
+
+/// A running topology: the agent (dropped first), servers, config, namespaces (last).
+struct Bed {
+    _agent: Agent,
+    _servers: Vec<Server>,
+    _cfg: TempFile,
+    topo: Topology,
+}
+
+fn bed(
+    origins: usize,
+    extra_dataplane: &str,
+    extra_objects: &str,
+    servers: impl FnOnce(&Topology) -> Vec<Server>,
+) -> Bed {
+    require_prerequisites();
+    let topo = Topology::build(origins);
+    let servers = servers(&topo);
+    let weights = vec![1.0; origins];
+    let cfg = TempFile::new(
+        "lb.toml",
+        &format!(
+            "{}\n{extra_objects}",
+            topo.config(&weights, extra_dataplane)
+        ),
+    );
+    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    Bed {
+        _agent: agent,
+        _servers: servers,
+        _cfg: cfg,
+        topo,
+    }
+}
+
+fn events(maps: &Maps) -> Vec<u64> {
+    maps.event_totals().expect("events")
+}
+
+fn delta(before: &[u64], after: &[u64], e: u32) -> u64 {
+    after[e as usize] - before[e as usize]
+}
+
+/// A spoofed source: 198.18.x.y, port 1024 + i.
+fn spoofed(i: u32) -> SocketAddrV4 {
+    let [_, _, a, b] = i.to_be_bytes();
+    SocketAddrV4::new(Ipv4Addr::new(198, 18, a, b), 1024 + (i % 60000) as u16)
+}
+
+#[test]
+fn half_open_syns_free_their_ports_within_the_syn_timeout() {
+    let _serial = serial();
+    let b = bed(
+        1,
+        "snat_ports = [61000, 61031]\ntcp_timeouts = { syn = 2 }",
+        "",
+        |t| t.start_servers(),
+    );
+    let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
+    let before = events(&maps);
+    // 200 SYNs from spoofed clients that never answer: more than the 32 SNAT ports.
+    b.topo.client.run(|| {
+        let raw = RawSender::new().expect("raw socket");
+        for i in 0..200 {
+            raw.send(spoofed(i), vip(), SYN, (1000 + i, 0), &[])
+                .expect("send SYN");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let flooded = events(&maps);
+    assert!(
+        delta(&before, &flooded, event::DROP_SNAT_EXHAUSTED) > 0,
+        "the half-open SYNs should have held every port"
+    );
+    let refused = b
+        .topo
+        .client
+        .run(|| connect(None, vip(), Duration::from_millis(500)).is_err());
+    assert!(
+        refused,
+        "with every port held by half-open flows a new connection cannot get one"
+    );
+    // Within the SYN timeout (2 s) plus a second of clock granularity, ports are free again.
+    std::thread::sleep(Duration::from_millis(3100));
+    let t0 = Instant::now();
+    let answers = b.topo.client.run(|| {
+        (0..50)
+            .map(|_| request(None, vip(), "NAME").map(|n| n.trim().to_owned()))
+            .collect::<Vec<_>>()
+    });
+    let ok = answers
+        .iter()
+        .filter(|a| matches!(a.as_deref(), Ok("o1")))
+        .count();
+    println!(
+        "after the SYN timeout: {ok}/50 connections succeeded in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        ok, 50,
+        "every connection after the SYN timeout: {answers:?}"
+    );
+    let after = events(&maps);
+    assert!(
+        delta(&flooded, &after, event::SNAT_RECYCLED) >= 50,
+        "ports of expired handshakes were taken over"
+    );
+}
+
+#[test]
+fn forged_segments_without_a_flow_make_no_state() {
+    let _serial = serial();
+    let b = bed(1, "", "", |t| t.start_servers());
+    let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
+    let before = events(&maps);
+    const N: u32 = 4000;
+    // From the client's real address, one segment per source port: no flags, ACK only,
+    // FIN+ACK and RST.
+    b.topo.client.run(|| {
+        let raw = RawSender::new().expect("raw socket");
+        for i in 0..N {
+            let src = SocketAddrV4::new(CLIENT, 20000 + (i as u16));
+            let flags = [0, ACK, FIN | ACK, RST][(i % 4) as usize];
+            raw.send(src, vip(), flags, (i, i), b"x").expect("send");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let after = events(&maps);
+    let bad = delta(&before, &after, event::DROP_BAD_FLAGS);
+    let no_flow = delta(&before, &after, event::DROP_NO_FLOW);
+    println!("forged: {bad} without flags dropped, {no_flow} without a flow dropped");
+    assert!(
+        bad >= u64::from(N / 4) * 95 / 100,
+        "flag-less segments counted: {bad}"
+    );
+    assert!(
+        no_flow >= u64::from(N / 2) * 95 / 100,
+        "ACK/FIN/RST without a flow counted: {no_flow}"
+    );
+    assert_eq!(maps.flows.keys().count(), 0, "no flow was created");
+    assert_eq!(maps.rev_flows.keys().count(), 0, "no SNAT port was taken");
+    let ok = b.topo.client.run(|| {
+        (0..100)
+            .filter(|_| request(None, vip(), "NAME").is_ok_and(|n| n.trim() == "o1"))
+            .count()
+    });
+    assert_eq!(ok, 100, "real clients are unaffected");
+}
+
+/// The tracking entry of the one open flow.
+fn only_flow(maps: &Maps) -> (FlowKey, RevFlow) {
+    let mut all: Vec<(FlowKey, RevFlow)> = maps
+        .rev_flows
+        .iter()
+        .map(|e| e.expect("entry"))
+        .filter(|(_, r)| !RevFlow::closed(r.flags))
+        .collect();
+    assert_eq!(all.len(), 1, "one open flow: {all:?}");
+    all.remove(0)
+}
+
+#[test]
+fn spoofed_rsts_and_fins_do_not_close_a_live_connection() {
+    let _serial = serial();
+    let b = bed(1, "", "", |t| t.start_servers());
+    let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
+    let conn = b
+        .topo
+        .client
+        .run(|| connect(None, vip(), Duration::from_secs(5)).expect("connect"));
+    let mut w = conn.try_clone().expect("clone");
+    let mut r = BufReader::new(conn.try_clone().expect("clone"));
+    w.write_all(b"ECHO\n").expect("echo");
+    let mut line = String::new();
+    r.read_line(&mut line).expect("name");
+    assert_eq!(line.trim(), "o1");
+    let lport = conn.local_addr().expect("local").port();
+    let client = SocketAddrV4::new(CLIENT, lport);
+    let (rkey, rev) = only_flow(&maps);
+    assert!(rev.flags & CT_ESTABLISHED != 0, "established: {rev:?}");
+    let before = events(&maps);
+    // Blind RSTs and FINs from the client's address and port, at sequence numbers outside
+    // the window the tracker knows (the attacker does not know it; the test reads it so
+    // that no forged packet lands inside by chance).
+    let win = rev.origin_win.max(65535);
+    let outside: Vec<u32> = (1..=400u32)
+        .map(|i| rev.client_end.wrapping_add(win + 1 + i * 9_000_000))
+        .filter(|s| (s.wrapping_sub(rev.client_end) as i32).unsigned_abs() > win)
+        .collect();
+    b.topo.client.run(|| {
+        let raw = RawSender::new().expect("raw socket");
+        for (i, seq) in outside.iter().enumerate() {
+            let flags = if i % 2 == 0 { RST | ACK } else { FIN | ACK };
+            raw.send(client, vip(), flags, (*seq, rev.origin_end), &[])
+                .expect("send");
+        }
+    });
+    // The right sequence number, but from the wrong side: sent from the origin's namespace.
+    let origin_side = b.topo.origins[0].run(|| {
+        let raw = RawSender::new().expect("raw socket");
+        let mut sent = 0;
+        for _ in 0..50 {
+            raw.send(
+                client,
+                vip(),
+                RST | ACK,
+                (rev.client_end, rev.origin_end),
+                &[],
+            )
+            .expect("send");
+            sent += 1;
+        }
+        // And RSTs claiming to be the origin, outside its window.
+        let origin = SocketAddrV4::new(origin_addr(1), u16::from_be(rkey.sport));
+        let snat = SocketAddrV4::new(
+            Ipv4Addr::from(<[u8; 4]>::try_from(&rkey.dst[12..]).expect("v4")),
+            u16::from_be(rkey.dport),
+        );
+        for i in 0..50u32 {
+            raw.send(
+                origin,
+                snat,
+                RST | ACK,
+                (
+                    rev.origin_end.wrapping_add(win + 1 + i * 50_000_000),
+                    rev.client_end,
+                ),
+                &[],
+            )
+            .expect("send");
+            sent += 1;
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let after = events(&maps);
+    let refused = delta(&before, &after, event::DROP_RST_INVALID)
+        + delta(&before, &after, event::DROP_FIN_INVALID);
+    let forged = outside.len() as u64 + origin_side;
+    println!("forged closes: {forged} sent, {refused} refused");
+    assert!(
+        refused >= forged * 95 / 100,
+        "forged closes refused: {refused} of {forged}"
+    );
+    let (_, now) = only_flow(&maps);
+    assert_eq!(
+        now.flags & (CT_RST | CT_FIN_CLIENT | CT_FIN_ORIGIN),
+        0,
+        "the flow is not closing: {now:?}"
+    );
+    // The connection still carries data both ways.
+    for i in 0..20 {
+        let msg = format!("still here {i}\n");
+        w.write_all(msg.as_bytes()).expect("write");
+        let mut back = String::new();
+        r.read_line(&mut back)
+            .expect("echo after the forged closes");
+        assert_eq!(back, msg);
+    }
+}
+
+#[test]
+fn a_client_reuses_its_port_and_a_half_closed_flow_outlives_the_timeout() {
+    let _serial = serial();
+    // The origin answers only after the client's FIN (half-close), slowly: 8 chunks 400 ms
+    // apart, 3.2 s in all, past the 1 s half-closed timeout.
+    let slow_lb = format!(
+        "[[pools]]\nname = \"slow\"\norigins = [{{ name = \"s1\", address = \"{}\", port = 8081 }}]\n\n[[load_balancers]]\nname = \"slow\"\naddress = \"{}\"\nport = 8081\ndefault_pools = [\"slow\"]\n",
+        origin_addr(1),
+        vip().ip()
+    );
+    let b = bed(
+        1,
+        "tcp_timeouts = { syn = 1, half_closed = 1 }",
+        &slow_lb,
+        |t| {
+            let slow = Arc::new(|mut s: std::net::TcpStream| {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = [0u8; 1024];
+                let mut got = 0;
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                }
+                for i in 0..8u8 {
+                    std::thread::sleep(Duration::from_millis(400));
+                    if s.write_all(&[b'a' + i; 1000]).is_err() {
+                        return;
+                    }
+                }
+                let _ = writeln!(s, " after {got} bytes");
+            });
+            let mut v = t.start_servers();
+            v.push(Server::with_handler(&t.origins[0], 8081, slow));
+            v
+        },
+    );
+    let _ = &b;
+    b.topo.client.run(|| {
+        // The same source port three times in a row: each connection is new to the LB.
+        let from = SocketAddrV4::new(CLIENT, 45000);
+        for i in 0..3 {
+            let name = request(Some(from), vip(), "NAME")
+                .unwrap_or_else(|e| panic!("connection {i} from port 45000: {e}"));
+            assert_eq!(name.trim(), "o1");
+        }
+    });
+    let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
+    let e = events(&maps);
+    assert!(
+        e[event::SYN_REHASHED as usize] >= 2,
+        "the reused tuple made new flows"
+    );
+    // Half-close through a second VIP port mapped to the slow server.
+    let _ = maps;
+    b.topo.client.run(|| {
+        let mut s = connect(
+            None,
+            SocketAddrV4::new(*vip().ip(), 8081),
+            Duration::from_secs(10),
+        )
+        .expect("connect");
+        s.write_all(b"upload then wait").expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).expect("read after half-close");
+        assert!(
+            body.len() >= 8000,
+            "all chunks arrived after the half-close: {} bytes",
+            body.len()
+        );
+        assert!(String::from_utf8_lossy(&body).ends_with("after 16 bytes\n"));
+    });
+}
