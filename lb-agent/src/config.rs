@@ -1262,6 +1262,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             });
         }
     }
+    vip_is_not_an_origin(&raw, &vips, &mut errors);
     if raw.load_balancers.len() > MAX_VIPS as usize {
         errors.push(format!(
             "load_balancers: {} load balancers; at most {MAX_VIPS} are supported",
@@ -1302,6 +1303,65 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         geo,
         api,
     })
+}
+
+/// A VIP that is also an origin's address and port would send the load balancer's own
+/// forwarded packets back into itself. An origin without a `port` is reached on the
+/// `origin_port` of each load balancer that uses its pool.
+fn vip_is_not_an_origin(
+    raw: &RawConfig,
+    vips: &HashMap<(Ipv4Addr, u16), usize>,
+    errors: &mut Vec<String>,
+) {
+    let mut ports_of_pool: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for l in &raw.load_balancers {
+        let origin_port = l.origin_port.unwrap_or(l.port);
+        let used = l
+            .default_pools
+            .iter()
+            .chain(l.fallback_pool.iter())
+            .chain(l.region_pools.values().flatten())
+            .chain(l.country_pools.values().flatten())
+            .chain(l.pop_pools.values().flatten());
+        for name in used {
+            ports_of_pool
+                .entry(name.as_str())
+                .or_default()
+                .insert(origin_port);
+        }
+    }
+    let mut found: Vec<(usize, String)> = Vec::new();
+    for (pi, p) in raw.pools.iter().enumerate() {
+        for (oi, o) in p.origins.iter().enumerate() {
+            let Ok(address) = o.address.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let ports: Vec<u32> = match o.port {
+                Some(port) => vec![port],
+                None => ports_of_pool
+                    .get(p.name.as_str())
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default(),
+            };
+            for port in ports {
+                let Ok(port) = u16::try_from(port) else {
+                    continue;
+                };
+                if let Some(&li) = vips.get(&(address, port)) {
+                    found.push((
+                        li,
+                        format!(
+                            "load_balancers[{li}].address: {address} with port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\"); a VIP cannot be one of the origins it forwards to: give the load balancer another address or port, or fix the origin",
+                            o.name, p.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    errors.extend(found.into_iter().map(|(_, e)| e));
 }
 
 fn validate_api(raw: &RawApi, errors: &mut Vec<String>) -> Api {
@@ -2029,6 +2089,34 @@ default_pools = ["web"]
     fn vip_address_port_unique() {
         let text = format!("{GOOD}\n[[load_balancers]]\nname = \"two\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n");
         assert_one(&errors_of(&text), "load_balancers[1]");
+    }
+
+    #[test]
+    fn vip_is_not_an_origin_with_its_own_port() {
+        let e = errors_with(
+            "address = \"10.0.2.2\", port = 8080",
+            "address = \"10.0.0.10\", port = 80",
+        );
+        assert_one(&e, "load_balancers[0].address");
+        assert!(
+            e[0].contains("pools[0].origins[0]") && e[0].contains("\"a\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn vip_is_not_an_origin_on_the_origin_port() {
+        // Origin b has no port, so it is reached on www's origin_port (80, its VIP port).
+        let e = errors_with("\"10.0.3.2\"", "\"10.0.0.10\"");
+        assert_one(&e, "load_balancers[0].address");
+        assert!(e[0].contains("pools[0].origins[1]"), "{e:?}");
+        // The same address on another port is fine.
+        let text = GOOD.replacen("\"10.0.3.2\"", "\"10.0.0.10\"", 1).replacen(
+            "port = 80\n",
+            "port = 80\norigin_port = 8080\n",
+            1,
+        );
+        Config::parse(&text, Path::new("t.toml")).expect("another port is another socket");
     }
 
     #[test]
