@@ -100,6 +100,10 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Check) => {
             let (_, _, cfg, _) = agent::load_effective(&cli.config, cli.api_listen.as_deref())?;
+            // The same host checks as a start: interfaces exist, forwarding is on.
+            for w in dataplane::check_host(&cfg.dataplane)? {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{} (with the objects of {}): valid; {} load balancer(s), {} pool(s), {} origin(s), interfaces {:?}",
                 cli.config.display(),
