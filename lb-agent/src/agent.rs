@@ -70,9 +70,24 @@ pub fn load_effective(
         .clone()
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_STATE_FILE));
     let mut store = Store::load(&state_file)?.unwrap_or_default();
+    file_names_unique(&raw, path)?;
     let merged = store.merge_file(&raw, &now());
     let cfg = build(&store, &raw, path, api_listen, None)?;
     Ok((raw, store, cfg, merged))
+}
+
+/// The store merges the file's objects by name and would keep only the last of two with
+/// the same name, so duplicates are refused on the file as written, before the merge.
+fn file_names_unique(raw: &RawConfig, path: &Path) -> Result<(), ConfigError> {
+    let errors = crate::config::file_name_errors(raw);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            errors,
+        })
+    }
 }
 
 fn now() -> String {
@@ -436,6 +451,7 @@ impl Agent {
     /// result completely, saves it, then applies it.
     fn reload(&mut self) -> Result<(), AgentError> {
         let raw = RawConfig::load(&self.opts.config)?;
+        file_names_unique(&raw, &self.opts.config)?;
         let mut store = self.store.clone();
         let changed = store.merge_file(&raw, &now());
         let next = build(

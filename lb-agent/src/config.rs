@@ -787,6 +787,40 @@ fn name_ok(name: &str, field: &str, errors: &mut Vec<String>) {
     }
 }
 
+/// Duplicate names in the file as written. The store merges the file's objects by name, so
+/// a second `[[pools]]` named like the first would silently replace it: this runs on the file
+/// before the merge (on start, reload and `lb-agent check`).
+pub fn file_name_errors(raw: &RawConfig) -> Vec<String> {
+    fn dups<'a>(list: &str, names: impl Iterator<Item = &'a String>, errors: &mut Vec<String>) {
+        let mut first = HashMap::new();
+        for (i, n) in names.enumerate() {
+            if n.is_empty() {
+                continue;
+            }
+            if let Some(f) = first.get(n) {
+                errors.push(format!(
+                    "{list}[{i}].name: \"{n}\" is already the name of {list}[{f}]; names must be unique: rename or remove one of them"
+                ));
+            } else {
+                first.insert(n, i);
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    dups(
+        "monitors",
+        raw.monitors.iter().map(|m| &m.name),
+        &mut errors,
+    );
+    dups("pools", raw.pools.iter().map(|p| &p.name), &mut errors);
+    dups(
+        "load_balancers",
+        raw.load_balancers.iter().map(|l| &l.name),
+        &mut errors,
+    );
+    errors
+}
+
 /// Validates a parsed config. Every rule adds to the list; nothing stops at the first error.
 pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let mut errors = Vec::new();
@@ -1988,6 +2022,24 @@ default_pools = ["web"]
     fn pool_names_unique() {
         let text = format!("{GOOD}\n[[pools]]\nname = \"web\"\norigins = [{{ name = \"c\", address = \"10.0.4.2\" }}]\n");
         assert_one(&errors_of(&text), "pools[1].name");
+    }
+
+    #[test]
+    fn file_names_unique_before_merging() {
+        let text = format!(
+            "{GOOD}\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n\n[[pools]]\nname = \"spare\"\norigins = [{{ name = \"c\", address = \"10.0.4.2\" }}]\n\n[[pools]]\nname = \"web\"\norigins = [{{ name = \"d\", address = \"10.0.5.2\" }}]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.11\"\nport = 80\ndefault_pools = [\"web\"]\n"
+        );
+        let raw = RawConfig::parse(&text, Path::new("t.toml")).expect("parses");
+        assert_eq!(
+            file_name_errors(&raw),
+            [
+                "monitors[1].name: \"m\" is already the name of monitors[0]; names must be unique: rename or remove one of them",
+                "pools[2].name: \"web\" is already the name of pools[0]; names must be unique: rename or remove one of them",
+                "load_balancers[1].name: \"www\" is already the name of load_balancers[0]; names must be unique: rename or remove one of them",
+            ]
+        );
+        let good = RawConfig::parse(GOOD, Path::new("t.toml")).expect("parses");
+        assert!(file_name_errors(&good).is_empty());
     }
 
     #[test]
