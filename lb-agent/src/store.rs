@@ -760,10 +760,28 @@ impl Store {
                 _ => self.pool(r).map(|e| e.object.name.clone()),
             }
         };
+        // Whether the file's own definition of a file object refers to `name` (if not, the
+        // reference came from a change made through the API, which stands over the file).
+        let file_refers = |kind: Kind, i: usize, name: &str| -> bool {
+            match kind {
+                Kind::Pool => merged.pools[i].file.as_ref().is_some_and(|f| {
+                    file.pools
+                        .iter()
+                        .any(|p| p.name == f.name && p.monitor.as_deref() == Some(name))
+                }),
+                Kind::LoadBalancer => merged.load_balancers[i].file.as_ref().is_some_and(|f| {
+                    file.load_balancers
+                        .iter()
+                        .any(|l| l.name == f.name && lb_pool_refs(l).any(|r| r == name))
+                }),
+                Kind::Monitor => false,
+            }
+        };
         let mut missing = |kind: Kind, i: usize, fields: &str, target: Kind, name: &str| {
             let Some((label, api)) = merged.file_label(file, kind, i, false) else {
                 return;
             };
+            let by_api = !api && !file_refers(kind, i, name);
             let id = match kind {
                 Kind::Monitor => &merged.monitors[i].id,
                 Kind::Pool => &merged.pools[i].id,
@@ -773,6 +791,17 @@ impl Store {
             if api {
                 out.errors.push(format!(
                     "{t} \"{name}\" is no longer defined in the file, but {label} uses it ({fields}); put [[{l}]] \"{name}\" back in the file, or first take it out of that {k} through the API (`lbctl {c} patch {id}`)",
+                    l = target.list(),
+                    k = kind.singular(),
+                    c = lbctl_kind(kind),
+                ));
+                out.conflict = true;
+            } else if by_api {
+                let (label, _) = merged
+                    .file_label(file, kind, i, true)
+                    .unwrap_or((label, false));
+                out.errors.push(format!(
+                    "{t} \"{name}\" is no longer defined in the file, but {label} uses it ({fields}) since a change made through the API; put [[{l}]] \"{name}\" back in the file, or first take it out of that {k} through the API (`lbctl {c} patch {id}`)",
                     l = target.list(),
                     k = kind.singular(),
                     c = lbctl_kind(kind),
@@ -1490,6 +1519,56 @@ default_pools = ["web", "spare"]
         let before = alone.clone();
         alone.merge_file(&raw, T1);
         assert_eq!(before.file_conflicts(&alone, &raw), FileRefusal::default());
+    }
+
+    #[test]
+    fn a_removed_pool_that_an_api_change_added_to_a_file_load_balancer_is_a_conflict() {
+        let s = seeded();
+        let spare = s.pools[1].id.clone();
+        let lb = s.load_balancers[0].id.clone();
+        // The file says default_pools = ["web", "spare"]; make it ["web"] in the file
+        // and keep "spare" only through the API (as the fallback).
+        let in_file = FILE.replace("[\"web\", \"spare\"]", "[\"web\"]");
+        let mut s = s;
+        s.merge_file(&file(&in_file), T1);
+        let (s, _) = s
+            .mutate(
+                Op::Patch(
+                    Kind::LoadBalancer,
+                    lb.clone(),
+                    json!({"fallback_pool": spare}),
+                ),
+                T1,
+            )
+            .expect("patch");
+        let without_spare = in_file.replace(
+            "[[pools]]\nname = \"spare\"\norigins = [{ name = \"c\", address = \"10.0.4.2\" }]\n",
+            "",
+        );
+        let raw = file(&without_spare);
+        let mut merged = s.clone();
+        merged.merge_file(&raw, T1);
+        let r = s.file_conflicts(&merged, &raw);
+        assert!(r.conflict, "{r:?}");
+        assert_eq!(
+            r.errors,
+            [format!("pool \"spare\" is no longer defined in the file, but load_balancers[0] \"www\" uses it (fallback_pool) since a change made through the API; put [[pools]] \"spare\" back in the file, or first take it out of that load balancer through the API (`lbctl lbs patch {lb}`)")]
+        );
+        // Where the file's own definition still names it, it is a mistake in the file.
+        let stale = FILE.replace(
+            "[[pools]]\nname = \"spare\"\norigins = [{ name = \"c\", address = \"10.0.4.2\" }]\n",
+            "",
+        );
+        let s = seeded();
+        let raw = file(&stale);
+        let mut merged = s.clone();
+        merged.merge_file(&raw, T1);
+        let r = s.file_conflicts(&merged, &raw);
+        assert!(!r.conflict, "{r:?}");
+        assert_eq!(
+            r.errors,
+            ["load_balancers[0]: uses pool \"spare\" (default_pools[1], fallback_pool), which is no longer defined in the file; define it under [[pools]] or remove it from this load balancer"]
+        );
     }
 
     #[test]
