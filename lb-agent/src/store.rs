@@ -7,7 +7,8 @@
 //! file); a change made through the API to such an object stands until then. Objects created
 //! through the API are never touched by the file. An object removed from the file is
 //! removed from the store; one deleted through the API stays deleted until its definition in
-//! the file changes.
+//! the file changes. A file that conflicts with objects made through the API (a name they
+//! already have, a removed object they use) is refused whole (`file_conflicts`).
 
 use std::{
     collections::{BTreeMap, HashMap},
