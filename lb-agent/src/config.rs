@@ -821,6 +821,40 @@ fn name_ok(name: &str, field: &str, errors: &mut Vec<String>) {
     }
 }
 
+/// Duplicate names in the file as written. The store merges the file's objects by name, so
+/// a second `[[pools]]` named like the first would silently replace it: this runs on the file
+/// before the merge (on start, reload and `lb-agent check`).
+pub fn file_name_errors(raw: &RawConfig) -> Vec<String> {
+    fn dups<'a>(list: &str, names: impl Iterator<Item = &'a String>, errors: &mut Vec<String>) {
+        let mut first = HashMap::new();
+        for (i, n) in names.enumerate() {
+            if n.is_empty() {
+                continue;
+            }
+            if let Some(f) = first.get(n) {
+                errors.push(format!(
+                    "{list}[{i}].name: \"{n}\" is already the name of {list}[{f}]; names must be unique: rename or remove one of them"
+                ));
+            } else {
+                first.insert(n, i);
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    dups(
+        "monitors",
+        raw.monitors.iter().map(|m| &m.name),
+        &mut errors,
+    );
+    dups("pools", raw.pools.iter().map(|p| &p.name), &mut errors);
+    dups(
+        "load_balancers",
+        raw.load_balancers.iter().map(|l| &l.name),
+        &mut errors,
+    );
+    errors
+}
+
 /// Validates a parsed config. Every rule adds to the list; nothing stops at the first error.
 pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let mut errors = Vec::new();
@@ -1323,6 +1357,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             });
         }
     }
+    vip_is_not_an_origin(&raw, &vips, &mut errors);
     if raw.load_balancers.len() > MAX_VIPS as usize {
         errors.push(format!(
             "load_balancers: {} load balancers; at most {MAX_VIPS} are supported",
@@ -1365,6 +1400,65 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         geo,
         api,
     })
+}
+
+/// A VIP that is also an origin's address and port would send the load balancer's own
+/// forwarded packets back into itself. An origin without a `port` is reached on the
+/// `origin_port` of each load balancer that uses its pool.
+fn vip_is_not_an_origin(
+    raw: &RawConfig,
+    vips: &HashMap<(Ipv4Addr, u16), usize>,
+    errors: &mut Vec<String>,
+) {
+    let mut ports_of_pool: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for l in &raw.load_balancers {
+        let origin_port = l.origin_port.unwrap_or(l.port);
+        let used = l
+            .default_pools
+            .iter()
+            .chain(l.fallback_pool.iter())
+            .chain(l.region_pools.values().flatten())
+            .chain(l.country_pools.values().flatten())
+            .chain(l.pop_pools.values().flatten());
+        for name in used {
+            ports_of_pool
+                .entry(name.as_str())
+                .or_default()
+                .insert(origin_port);
+        }
+    }
+    let mut found: Vec<(usize, String)> = Vec::new();
+    for (pi, p) in raw.pools.iter().enumerate() {
+        for (oi, o) in p.origins.iter().enumerate() {
+            let Ok(address) = o.address.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let ports: Vec<u32> = match o.port {
+                Some(port) => vec![port],
+                None => ports_of_pool
+                    .get(p.name.as_str())
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default(),
+            };
+            for port in ports {
+                let Ok(port) = u16::try_from(port) else {
+                    continue;
+                };
+                if let Some(&li) = vips.get(&(address, port)) {
+                    found.push((
+                        li,
+                        format!(
+                            "load_balancers[{li}].address: {address} with port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\"); a VIP cannot be one of the origins it forwards to: give the load balancer another address or port, or fix the origin",
+                            o.name, p.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    errors.extend(found.into_iter().map(|(_, e)| e));
 }
 
 fn validate_api(raw: &RawApi, errors: &mut Vec<String>) -> Api {
@@ -2013,6 +2107,24 @@ default_pools = ["web"]
     }
 
     #[test]
+    fn file_names_unique_before_merging() {
+        let text = format!(
+            "{GOOD}\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n\n[[pools]]\nname = \"spare\"\norigins = [{{ name = \"c\", address = \"10.0.4.2\" }}]\n\n[[pools]]\nname = \"web\"\norigins = [{{ name = \"d\", address = \"10.0.5.2\" }}]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.11\"\nport = 80\ndefault_pools = [\"web\"]\n"
+        );
+        let raw = RawConfig::parse(&text, Path::new("t.toml")).expect("parses");
+        assert_eq!(
+            file_name_errors(&raw),
+            [
+                "monitors[1].name: \"m\" is already the name of monitors[0]; names must be unique: rename or remove one of them",
+                "pools[2].name: \"web\" is already the name of pools[0]; names must be unique: rename or remove one of them",
+                "load_balancers[1].name: \"www\" is already the name of load_balancers[0]; names must be unique: rename or remove one of them",
+            ]
+        );
+        let good = RawConfig::parse(GOOD, Path::new("t.toml")).expect("parses");
+        assert!(file_name_errors(&good).is_empty());
+    }
+
+    #[test]
     fn pool_needs_origins() {
         let text = format!("{GOOD}\n[[pools]]\nname = \"empty\"\n");
         assert_one(&errors_of(&text), "pools[1].origins");
@@ -2111,6 +2223,34 @@ default_pools = ["web"]
     fn vip_address_port_unique() {
         let text = format!("{GOOD}\n[[load_balancers]]\nname = \"two\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n");
         assert_one(&errors_of(&text), "load_balancers[1]");
+    }
+
+    #[test]
+    fn vip_is_not_an_origin_with_its_own_port() {
+        let e = errors_with(
+            "address = \"10.0.2.2\", port = 8080",
+            "address = \"10.0.0.10\", port = 80",
+        );
+        assert_one(&e, "load_balancers[0].address");
+        assert!(
+            e[0].contains("pools[0].origins[0]") && e[0].contains("\"a\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn vip_is_not_an_origin_on_the_origin_port() {
+        // Origin b has no port, so it is reached on www's origin_port (80, its VIP port).
+        let e = errors_with("\"10.0.3.2\"", "\"10.0.0.10\"");
+        assert_one(&e, "load_balancers[0].address");
+        assert!(e[0].contains("pools[0].origins[1]"), "{e:?}");
+        // The same address on another port is fine.
+        let text = GOOD.replacen("\"10.0.3.2\"", "\"10.0.0.10\"", 1).replacen(
+            "port = 80\n",
+            "port = 80\norigin_port = 8080\n",
+            1,
+        );
+        Config::parse(&text, Path::new("t.toml")).expect("another port is another socket");
     }
 
     #[test]

@@ -665,7 +665,7 @@ pub fn teardown(dir: &Path) -> Result<Vec<String>> {
 /// an error for hard ones.
 pub fn check_host(dp: &config::Dataplane) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
-    for iface in &dp.interfaces {
+    for (i, iface) in dp.interfaces.iter().enumerate() {
         let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
         match fs::read_to_string(&path) {
             Ok(v) if v.trim() == "1" => {}
@@ -676,7 +676,7 @@ pub fn check_host(dp: &config::Dataplane) -> Result<Vec<String>> {
             }
             Err(_) => {
                 return Err(DataplaneError::Host(format!(
-                    "interface {iface} not found in this network namespace (no {path})"
+                    "dataplane.interfaces[{i}]: interface \"{iface}\" does not exist in this network namespace (no {path}); list interfaces that `ip link` shows here, or create it first"
                 )))
             }
         }
