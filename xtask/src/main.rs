@@ -200,7 +200,22 @@ fn test() -> Result<()> {
     run(Command::new("rustfmt")
         .env_remove("RUSTUP_TOOLCHAIN")
         .args(["--edition", "2021", "--check"])
-        .args(["main.rs", "maps.rs", "csum.rs"].map(|f| r.join("lb-ebpf/src").join(f))))?;
+        .args(
+            [
+                "main.rs",
+                "maps.rs",
+                "csum.rs",
+                "conntrack.rs",
+                "forward.rs",
+                "nat.rs",
+                "parse.rs",
+                "reply.rs",
+                "select.rs",
+                "snat.rs",
+                "stats.rs",
+            ]
+            .map(|f| r.join("lb-ebpf/src").join(f)),
+        ))?;
     run(cargo(None).current_dir(&r).args([
         "clippy",
         "--workspace",
