@@ -302,3 +302,74 @@ fn a_client_reuses_its_source_port_right_after_a_close() {
         "the reused tuple made new flows"
     );
 }
+
+#[test]
+fn a_half_closed_flow_outlives_the_half_closed_timeout() {
+    let _serial = serial();
+    let slow_lb = format!(
+        "[[pools]]\nname = \"slow\"\norigins = [{{ name = \"s1\", address = \"{}\", port = 8081 }}]\n\n[[load_balancers]]\nname = \"slow\"\naddress = \"{}\"\nport = 8081\ndefault_pools = [\"slow\"]\n",
+        origin_addr(1),
+        vip().ip()
+    );
+    // The origin answers only after the client's FIN (half-close), slowly: 8 chunks 400 ms
+    // apart, 3.2 s in all, past the 1 s half-closed timeout.
+    let b = bed(
+        1,
+        "tcp_timeouts = { syn = 1, half_closed = 1 }",
+        &slow_lb,
+        |t| {
+            let slow = std::sync::Arc::new(|mut s: std::net::TcpStream| {
+                use std::io::Read as _;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = [0u8; 1024];
+                let mut got = 0;
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                }
+                for i in 0..8u8 {
+                    std::thread::sleep(Duration::from_millis(400));
+                    if s.write_all(&[b'a' + i; 1000]).is_err() {
+                        return;
+                    }
+                }
+                let _ = writeln!(s, " after {got} bytes");
+            });
+            let mut v = t.start_servers();
+            v.push(Server::with_handler(&t.origins[0], 8081, slow));
+            v
+        },
+    );
+    let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
+    let before = events(&maps);
+    let got = b.topo.client.run(|| {
+        use std::io::Read as _;
+        let mut s = connect(
+            None,
+            SocketAddrV4::new(*vip().ip(), 8081),
+            Duration::from_secs(10),
+        )
+        .expect("connect");
+        s.write_all(b"upload then wait").expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("half-close");
+        let mut body = Vec::new();
+        let r = s.read_to_end(&mut body);
+        (r.map_err(|e| e.to_string()), body)
+    });
+    let after = events(&maps);
+    for (i, name) in event::NAMES.iter().enumerate() {
+        if after[i] != before[i] {
+            println!("event {name}: +{}", after[i] - before[i]);
+        }
+    }
+    assert!(got.0.is_ok(), "read after the half-close: {:?}", got.0);
+    let body = got.1;
+    assert!(
+        body.len() >= 8000,
+        "all chunks arrived after the half-close: {} bytes",
+        body.len()
+    );
+    assert!(String::from_utf8_lossy(&body).ends_with("after 16 bytes\n"));
+}

@@ -31,7 +31,11 @@ pub const RST_BACK: u32 = u32::MAX;
 pub fn expired(r: *const RevFlow, now: u32, s: &Settings) -> bool {
     // SAFETY: a live map value, read field by field.
     let (last, flags) = unsafe { ((*r).last_seen, (*r).flags) };
-    now.wrapping_sub(last) >= RevFlow::timeout(flags, s)
+    // Strictly more whole seconds than the timeout: the clock ticks in whole seconds, so
+    // this means at least `timeout` seconds idle (at most one more), never fewer. A
+    // timeout of 0 means at once.
+    let t = RevFlow::timeout(flags, s);
+    t == 0 || now.wrapping_sub(last) > t
 }
 
 /// Sets `bits` in the flags word; returns the bits that were set before (so exactly one of
@@ -93,10 +97,12 @@ pub fn track(r: *mut RevFlow, seg: &Seg, from_client: bool, now: u32) -> Result<
     // SAFETY: a live map value; fields are read and written one at a time (the other
     // direction may update its own fields on another CPU; flags change atomically).
     let rv = unsafe { &mut *r };
-    if rv.last_seen != now {
+    let flags = rv.flags;
+    // Only the client keeps a handshake alive: an origin retransmitting its SYN-ACK to a
+    // spoofed client that never answers must not hold the SNAT port past the SYN timeout.
+    if rv.last_seen != now && (from_client || flags & CT_ESTABLISHED != 0) {
         rv.last_seen = now;
     }
-    let flags = rv.flags;
     if !from_client && seg.flags & SYN != 0 {
         // The origin's SYN-ACK: it must acknowledge the client's SYN, during the handshake.
         if seg.flags & ACK == 0 || flags & CT_ESTABLISHED != 0 {

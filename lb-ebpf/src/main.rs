@@ -345,6 +345,14 @@ fn origin_packet(
 ) -> Result<u32, u32> {
     let now = now_secs();
     if expired(r, now, settings) {
+        // SAFETY: a live map value.
+        let handshake = unsafe { (*r).flags } & CT_ESTABLISHED == 0;
+        if handshake && s.flags & (SYN | ACK | RST) == SYN | ACK {
+            // The origin still retransmits its SYN-ACK to a client that never answered:
+            // reset its half-open connection, so the port's next flow starts clean.
+            count(event::RST_TO_ORIGIN);
+            return Ok(reply::rst_back(ctx));
+        }
         return Err(drop(event::DROP_EXPIRED));
     }
     if !check_client_half(key, r) {
