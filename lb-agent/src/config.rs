@@ -38,6 +38,11 @@ pub const DEFAULT_SYN_TIMEOUT: u32 = 10;
 /// conntrack's FIN_WAIT (120 s), so an idle half-close (a server still computing its answer
 /// after the client's FIN) survives; any packet restarts the clock.
 pub const DEFAULT_HALF_CLOSED_TIMEOUT: u32 = 300;
+/// Handshakes in flight (over the SYN timeout) before SYNs are answered with cookies: far
+/// above what legitimate clients keep in flight (connections per second times the
+/// handshake's round trip: 12k/s at 1 ms is 12), and a small share of the SNAT ports a
+/// flood of spoofed SYNs could otherwise hold for the SYN timeout.
+pub const DEFAULT_SYN_BUDGET: u32 = 1024;
 pub const MAX_FLOW_TABLE: u32 = 1 << 26;
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +159,23 @@ pub struct RawDataplane {
     pub snat_port_reuse_after_idle: Option<u32>,
     #[serde(default, skip_serializing_if = "RawTcpTimeouts::is_empty")]
     pub tcp_timeouts: RawTcpTimeouts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn_cookies: Option<SynCookies>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn_budget: Option<u32>,
+}
+
+/// `dataplane.syn_cookies`: when SYNs without a flow are answered with SYN cookies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynCookies {
+    /// When more than `syn_budget` handshakes are in flight.
+    #[default]
+    Auto,
+    /// Always (no handshake state before the client proves its address).
+    Always,
+    /// Never.
+    Off,
 }
 
 /// `[dataplane.tcp_timeouts]`: idle seconds per TCP state before a flow is dead.
@@ -495,6 +517,9 @@ pub struct Dataplane {
     pub syn_timeout: u32,
     /// Idle seconds before a half-closed flow is dead (`tcp_timeouts.half_closed`).
     pub half_closed_timeout: u32,
+    /// `Settings::syn_budget`: handshakes in flight before SYN cookies; 0 = always,
+    /// `u32::MAX` = never.
+    pub syn_budget: u32,
 }
 
 /// Where the agent publishes health and steering state, and how hard it may probe.
@@ -968,6 +993,27 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         ));
     }
 
+    let syn_budget = match (dp.syn_cookies.unwrap_or_default(), dp.syn_budget) {
+        (SynCookies::Auto, b) => {
+            let b = b.unwrap_or(DEFAULT_SYN_BUDGET);
+            if b == 0 || b == u32::MAX {
+                errors.push(format!(
+                    "dataplane.syn_budget: {b} is out of range; use 1-4294967294 (or syn_cookies = \"always\" / \"off\")"
+                ));
+            }
+            b
+        }
+        (SynCookies::Always, None) => 0,
+        (SynCookies::Off, None) => u32::MAX,
+        (c, Some(_)) => {
+            errors.push(format!(
+                "dataplane.syn_budget: only applies with syn_cookies = \"auto\" (it is \"{}\"); remove one of them",
+                if c == SynCookies::Always { "always" } else { "off" }
+            ));
+            0
+        }
+    };
+
     // --- agent
     let status_file = raw
         .agent
@@ -1386,6 +1432,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             snat_port_reuse_after_idle: reuse_idle,
             syn_timeout,
             half_closed_timeout,
+            syn_budget,
         },
         agent: Agent {
             status_file,
@@ -2090,6 +2137,24 @@ default_pools = ["web"]
             ),
             "dataplane.snat_port_reuse_after_idle",
         );
+    }
+
+    #[test]
+    fn syn_cookie_settings() {
+        assert_one(
+            &errors_with("pin_dir", "syn_budget = 0\npin_dir"),
+            "dataplane.syn_budget",
+        );
+        assert_one(
+            &errors_with("pin_dir", "syn_cookies = \"off\"\nsyn_budget = 10\npin_dir"),
+            "dataplane.syn_budget",
+        );
+        let c = Config::parse(
+            &GOOD.replace("pin_dir", "syn_cookies = \"always\"\npin_dir"),
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.dataplane.syn_budget, 0);
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub fn desired(cfg: &Config, health: &HealthTable, locations: &[GeoValue]) -> De
         established_secs: dp.snat_port_reuse_after_idle,
         syn_secs: dp.syn_timeout,
         half_closed_secs: dp.half_closed_timeout,
-        syn_budget: 0,
+        syn_budget: dp.syn_budget,
         _pad: 0,
     };
     let mut rings = BTreeMap::new();

@@ -839,7 +839,85 @@ fn packet_fixtures() {
                 && rec.maps.rev_flows.get(&FlowKey::tcp_v4(O2, 8080, SNAT, p_c4), 0).is_err(),
             "client 5's expired pair is removed"
         );
-        let last = rec.maps.event_totals().expect("events");
+        // Phase seven: SYN cookies for every SYN without a flow (syn_cookies = "always").
+        let text7 = text6.replace("flow_table_size = 4096", "flow_table_size = 4096\nsyn_cookies = \"always\"");
+        assert_ne!(text7, text6, "phase-seven edit applied");
+        let cfg7 = Config::parse(&text7, Path::new("fixture7.toml")).expect("phase-seven config");
+        rec.apply(&cfg7, &lb_agent::health::HealthTable::default()).expect("apply phase seven");
+        let before7 = rec.maps.event_totals().expect("events");
+        let prog = dp.program().expect("program");
+        let run1 = |prog: &mut aya::programs::Xdp, side: &str, input: &[u8]| -> (u32, Vec<u8>) {
+            let len = u32::try_from(input.len()).expect("len");
+            let ctx: Vec<u8> = [0u32, len, 0, by_side(side), 0, 0]
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect();
+            let mut out = vec![0u8; input.len() + 64];
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..TestRunOptions::default()
+                })
+                .expect("test_run");
+            out.truncate(r.data_size_out as usize);
+            (r.return_value, out)
+        };
+        let tcp_of = |frame: &[u8]| -> etherparse::TcpHeader {
+            assert_checksums("cookie case", frame);
+            let p = SlicedPacket::from_ethernet(frame).expect("parses");
+            match p.transport {
+                Some(TransportSlice::Tcp(t)) => t.to_header(),
+                other => panic!("not TCP: {other:?}"),
+            }
+        };
+        // The SYN is answered in place with a cookie SYN-ACK; no flow is made.
+        let syn6 = tcp_segment(MAC_C6, lb_mac, C6, VIP, 64, (40000, 80), SYN, (7000, 0), &[]);
+        let (v, out) = run1(prog, "a", &syn6);
+        assert_eq!(v, XDP_TX, "cookie SYN-ACK: verdict");
+        let synack = tcp_of(&out);
+        assert!(synack.syn && synack.ack && synack.acknowledgment_number == 7001, "cookie SYN-ACK: {synack:?}");
+        assert_eq!((synack.source_port, synack.destination_port), (80, 40000));
+        assert_eq!(&out[0..6], &MAC_C6, "back to the client's MAC");
+        assert!(rec.maps.flows.get(&FlowKey::tcp_v4(C6, 40000, VIP, 80), 0).is_err(), "no state for a cookie SYN");
+        let cookie = synack.sequence_number;
+        // A forged ACK with a wrong cookie: dropped.
+        let (v, _) = run1(prog, "a", &from_c(MAC_C5, C5, ACK, 7001, cookie.wrapping_add(77), &[]));
+        assert_eq!(v, XDP_DROP, "ACK with a wrong cookie");
+        // The client's ACK returns the cookie: a flow, and the ACK becomes the SYN to o2.
+        let (v, out) = run1(prog, "a", &from_c(MAC_C6, C6, ACK, 7001, cookie.wrapping_add(1), &[]));
+        assert_eq!(v, XDP_REDIRECT, "cookie ACK becomes the SYN to the origin");
+        let syn_o = tcp_of(&out);
+        assert!(syn_o.syn && !syn_o.ack && syn_o.sequence_number == 7000, "SYN to the origin: {syn_o:?}");
+        assert_eq!(syn_o.destination_port, 8080);
+        let p7 = syn_o.source_port;
+        // Data from the client before o2 has answered: dropped, the client retransmits.
+        let (v, _) = run1(prog, "a", &from_c(MAC_C6, C6, ACK | PSH, 7001, cookie.wrapping_add(1), b"hi"));
+        assert_eq!(v, XDP_DROP, "client data while the origin has not answered");
+        // o2's SYN-ACK becomes our ACK back to o2.
+        let (v, out) = run1(prog, "b", &tcp_segment(MAC_O2, mac_b, O2, SNAT, 64, (8080, p7), SYN | ACK, (9000, 7001), &[]));
+        assert_eq!(v, XDP_TX, "origin SYN-ACK: answered with our ACK");
+        assert_eq!(out, tcp_segment(mac_b, MAC_O2, SNAT, O2, 64, (p7, 8080), ACK, (7001, 9001), &[]), "ACK to the origin");
+        // From now on sequence numbers are translated between the cookie and o2's ISN.
+        let (v, out) = run1(prog, "a", &from_c(MAC_C6, C6, ACK | PSH, 7001, cookie.wrapping_add(1), b"hi"));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(out, tcp_segment(mac_b, MAC_O2, SNAT, O2, 63, (p7, 8080), ACK | PSH, (7001, 9001), b"hi"), "client data, ack translated");
+        let (v, out) = run1(prog, "b", &tcp_segment(MAC_O2, mac_b, O2, SNAT, 64, (8080, p7), ACK | PSH, (9001, 7003), b"yo"));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(out, tcp_segment(mac_a, MAC_C6, VIP, C6, 63, (80, 40000), ACK | PSH, (cookie.wrapping_add(1), 7003), b"yo"), "origin data, seq translated");
+        let after7 = rec.maps.event_totals().expect("events");
+        for (e, n) in [
+            (event::SYN_COOKIE_SENT, 1),
+            (event::DROP_COOKIE_INVALID, 1),
+            (event::SYN_COOKIE_OK, 1),
+            (event::DROP_COOKIE_PENDING, 1),
+            (event::COOKIE_ORIGIN_ACK, 1),
+        ] {
+            assert_eq!(after7[e as usize] - before7[e as usize], n, "{}", event::NAMES[e as usize]);
+        }
+
+        let last = before7;
         for (e, n) in [
             (event::PAIR_RESTORED, 1),
             (event::REPLY_NAT, 1),

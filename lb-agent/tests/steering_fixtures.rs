@@ -34,6 +34,7 @@ interfaces = ["lo"]
 snat_address = "10.0.0.1"
 pin_dir = "@PIN@"
 flow_table_size = 65536
+syn_cookies = "off"
 
 [[pools]]
 name = "eu"

@@ -66,8 +66,16 @@ const _: () = assert!(core::mem::size_of::<HandshakeBucket>() == 24);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Handshakes {
     pub buckets: [HandshakeBucket; HANDSHAKE_BUCKETS as usize],
+    /// The last second a SYN cookie was sent: ACKs without a flow are checked for cookies
+    /// only within `COOKIE_LIFETIME` of it.
+    pub last_cookie: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Handshakes>() == 24 * HANDSHAKE_BUCKETS as usize);
+const _: () = assert!(core::mem::size_of::<Handshakes>() == 24 * HANDSHAKE_BUCKETS as usize + 8);
+
+/// Seconds a SYN cookie stays valid in the kernel's check (its counter advances every 64 s
+/// and two steps are accepted): past this, no ACK can carry a valid one.
+pub const COOKIE_LIFETIME: u32 = 130;
 
 /// Map names as they appear in the object file and under the pin directory.
 pub mod map_names {
@@ -362,10 +370,8 @@ pub const CT_FIN_ORIGIN: u32 = 16;
 /// `RevFlow::flags`: an in-window RST from either side.
 pub const CT_RST: u32 = 32;
 /// `RevFlow::flags`: opened through a SYN cookie; sequence numbers are translated by
-/// `seq_delta`. Reserved: SYN-cookie admission is not built yet, nothing sets it.
+/// `seq_delta`. Until the origin answers (`CT_SYNACK`), `seq_delta` holds the cookie.
 pub const CT_COOKIE: u32 = 64;
-/// `RevFlow::flags`: a cookie flow whose SYN to the origin is not answered yet (reserved).
-pub const CT_COOKIE_PENDING: u32 = 128;
 /// `RevFlow::client_wscale` / `origin_wscale`: no window-scale option was offered.
 pub const WSCALE_NONE: u8 = 0xff;
 
@@ -534,7 +540,24 @@ pub mod event {
     /// (XDP_TX), as the client's TCP would (RFC 793 §3.4), so the client's next SYN
     /// retransmission gets through.
     pub const RST_TO_ORIGIN: u32 = 34;
-    pub const COUNT: u32 = 35;
+    /// A SYN with no flow while more handshakes are in flight than `Settings::syn_budget`:
+    /// answered with a SYN cookie (XDP_TX of a SYN-ACK); nothing is stored.
+    pub const SYN_COOKIE_SENT: u32 = 35;
+    /// An ACK with no flow carried a valid SYN cookie: a flow was made and the ACK became
+    /// the SYN to the origin (counted with its forwarding verdict).
+    pub const SYN_COOKIE_OK: u32 = 36;
+    /// An ACK with no flow while cookies are in use, whose cookie is not valid: XDP_DROP.
+    pub const DROP_COOKIE_INVALID: u32 = 37;
+    /// The origin's SYN-ACK of a cookie flow, turned into the ACK that completes the origin
+    /// side's handshake: XDP_TX back to the origin.
+    pub const COOKIE_ORIGIN_ACK: u32 = 38;
+    /// A client segment of a cookie flow that arrived before the origin answered: XDP_DROP
+    /// (the client retransmits it).
+    pub const DROP_COOKIE_PENDING: u32 = 39;
+    /// The origin refused a cookie flow's SYN with a RST: the client gets a RST in its own
+    /// sequence space (forwarded).
+    pub const COOKIE_REFUSED: u32 = 40;
+    pub const COUNT: u32 = 41;
 
     /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
     pub const fn is_verdict(e: u32) -> bool {
@@ -549,6 +572,8 @@ pub mod event {
                 | AFFINITY_HIT
                 | SYN_ON_ESTABLISHED
                 | PAIR_RESTORED
+                | SYN_COOKIE_OK
+                | COOKIE_REFUSED
         )
     }
 
@@ -589,6 +614,12 @@ pub mod event {
         "drop_expired",
         "drop_synack_invalid",
         "rst_to_origin",
+        "syn_cookie_sent",
+        "syn_cookie_ok",
+        "drop_cookie_invalid",
+        "cookie_origin_ack",
+        "drop_cookie_pending",
+        "cookie_refused",
     ];
 }
 

@@ -22,6 +22,7 @@
 #![allow(internal_features)]
 
 mod conntrack;
+mod cookie;
 mod csum;
 mod forward;
 mod maps;
@@ -35,7 +36,7 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     event, v4_mapped, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, CT_COOKIE, CT_ESTABLISHED,
-    IPPROTO_TCP, SETTINGS_F_READY,
+    CT_SYNACK, IPPROTO_TCP, SETTINGS_F_READY,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
@@ -47,7 +48,7 @@ use crate::{
     parse::{ptr_at, seg, Seg, ACK, FIN, RST, SYN, TCP_OFF},
     select::usable,
     snat::{check_client_half, names_client, new_flow, remove_pair, rev_key, CtInit},
-    stats::{add, count, drop, now_secs, pass},
+    stats::{add, cookies_recent, count, drop, now_secs, pass},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -236,6 +237,10 @@ fn client_packet(
                 // SAFETY: a live map value, read field by field.
                 let (flags, origin_id, delta) =
                     unsafe { ((*r).flags, (*r).origin_id, (*r).seq_delta) };
+                if flags & (CT_COOKIE | CT_SYNACK) == CT_COOKIE && !expired(r, now, settings) {
+                    // A cookie flow whose origin has not answered yet.
+                    return Err(drop(event::DROP_COOKIE_PENDING));
+                }
                 if expired(r, now, settings) {
                     if !syn {
                         remove_pair(key, &rkey, r);
@@ -272,24 +277,52 @@ fn client_packet(
             }
         }
     } else if !syn {
+        if s.flags & (ACK | RST | FIN) == ACK && cookies_recent(now) {
+            if !cookie::valid(ip, tcp) {
+                return Err(drop(event::DROP_COOKIE_INVALID));
+            }
+            let sc = SCRATCH.get_ptr_mut(0).ok_or(xdp_action::XDP_DROP)?;
+            // SAFETY: this CPU's scratch entry; `init` is a field new_flow only reads.
+            let init = unsafe {
+                (*sc).init = cookie::init(s, now);
+                &(*sc).init
+            };
+            new_flow(key, vip, init, core::ptr::null())?;
+            count(event::SYN_COOKIE_OK);
+            // SAFETY: the flow new_flow left in the scratch entry.
+            let (vip_id, origin_id) = unsafe { ((*sc).flow.vip_id, (*sc).flow.origin_id) };
+            let len = (ctx.data_end() - ctx.data()) as u64;
+            add(&VIP_STATS, vip_id, len, false, true);
+            add(&ORIGIN_STATS, origin_id, len, false, true);
+            cookie::syn_to_origin(ctx, s)?;
+            return forward_rebuilt(ctx);
+        }
         return Err(drop(event::DROP_NO_FLOW));
+    } else if cookie::admit_by_cookie(settings, now) {
+        if let Some(v) = cookie::send_cookie(ctx, s) {
+            return Ok(v);
+        }
     }
     let is_new = flow.is_null();
     if is_new {
         if !replaces.is_null() {
             count(event::SYN_REHASHED);
         }
-        let init = CtInit {
-            replaces,
-            flags: 0,
-            client_end: s.seq.wrapping_add(s.len),
-            client_win: u32::from(s.win),
-            client_wscale: s.wscale,
-            client_if: s.ifindex,
-            seq_delta: 0,
-            now,
+        let sc = SCRATCH.get_ptr_mut(0).ok_or(xdp_action::XDP_DROP)?;
+        // SAFETY: this CPU's scratch entry; `init` is a field new_flow only reads.
+        let init = unsafe {
+            (*sc).init = CtInit {
+                flags: 0,
+                client_end: s.seq.wrapping_add(s.len),
+                client_win: u32::from(s.win),
+                client_wscale: s.wscale,
+                client_if: s.ifindex,
+                seq_delta: 0,
+                now,
+            };
+            &(*sc).init
         };
-        new_flow(key, vip, settings, &init)?;
+        new_flow(key, vip, init, replaces)?;
         match SCRATCH.get_ptr(0) {
             // SAFETY: offset computation inside the scratch entry, no read.
             Some(sc) => flow = unsafe { &raw const (*sc).flow },
@@ -315,6 +348,18 @@ fn client_packet(
     add(&VIP_STATS, flow.vip_id, len, false, is_new);
     add(&ORIGIN_STATS, flow.origin_id, len, false, is_new);
     forward(ctx, eth, ip)
+}
+
+/// Forwards a frame `reply` rebuilt in place (its header pointers are new).
+#[inline(always)]
+fn forward_rebuilt(ctx: &XdpContext) -> Result<u32, u32> {
+    match (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
+    ) {
+        (Some(eth), Some(ip)) => forward(ctx, eth, ip),
+        _ => Err(drop(event::DROP_MALFORMED_TCP)),
+    }
 }
 
 /// The ring a new flow of `key` would take now (for a retransmitted SYN's check).
@@ -360,6 +405,13 @@ fn origin_packet(
         conntrack::mark_closing(r);
         let _ = REV_FLOWS.remove(key);
         return Err(drop(event::DROP_PAIR_BROKEN));
+    }
+    // SAFETY: a live map value.
+    if unsafe { (*r).flags } & (CT_COOKIE | CT_SYNACK) == CT_COOKIE {
+        return match cookie::origin_answer(ctx, r, s)? {
+            cookie::Pending::AckToOrigin => Ok(xdp_action::XDP_TX),
+            cookie::Pending::RstToClient => forward_rebuilt(ctx),
+        };
     }
     if let Err(v) = track(r, s, false, now) {
         if v == conntrack::RST_BACK {

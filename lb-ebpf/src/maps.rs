@@ -98,6 +98,14 @@ pub static ORIGIN_STATS: PerCpuArray<Counters, { MAX_ORIGINS as usize }> = PerCp
 pub struct Scratch {
     /// The TCP fields of the frame being handled.
     pub seg: crate::parse::Seg,
+    /// Copies of a SYN's IPv4 and TCP headers (with options) for the cookie helper, which
+    /// wants the TCP header's whole length readable.
+    pub ck_ip: [u8; 20],
+    pub ck_th: [u8; 60],
+    /// How the flow `snat::new_flow` is about to make starts.
+    pub init: crate::snat::CtInit,
+    /// A segment `reply::write_segment` is about to write over the frame.
+    pub out: crate::reply::Segment,
     pub rev: RevFlow,
     /// Client key of a flow being checked or restored from its reverse half.
     pub ckey: FlowKey,

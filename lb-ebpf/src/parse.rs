@@ -38,6 +38,8 @@ pub struct Seg {
     pub len: u32,
     /// Interface the frame arrived on.
     pub ifindex: u32,
+    /// TCP header length in bytes (data offset * 4).
+    pub hlen: u32,
 }
 
 /// Reads the segment's fields; `ip` and `tcp` are bounds-checked by the caller.
@@ -78,6 +80,7 @@ pub fn seg(ctx: &XdpContext, ip: *const Ipv4Hdr, tcp: *const TcpHdr) -> Seg {
         ack,
         len,
         ifindex,
+        hlen: u32::from(doff & 0x0f) * 4,
     }
 }
 

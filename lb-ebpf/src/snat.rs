@@ -12,7 +12,7 @@ use lb_common::{
 
 use crate::{
     conntrack::{expired, mark_closing},
-    maps::{Scratch, AFFINITY, FLOWS, ORIGINS, REV_FLOWS, SCRATCH},
+    maps::{Scratch, AFFINITY, FLOWS, ORIGINS, REV_FLOWS, SCRATCH, SETTINGS},
     select::pick,
     stats::{count, drop, flows_add, handshake, DEC},
 };
@@ -20,8 +20,6 @@ use crate::{
 /// The connection-tracking fields a new flow starts with (from the client's SYN, or from a
 /// cookie-validated ACK).
 pub struct CtInit {
-    /// The flow-table entry of a closed or expired flow this one replaces (null = none).
-    pub replaces: *const Flow,
     pub flags: u32,
     pub client_end: u32,
     pub client_win: u32,
@@ -65,7 +63,7 @@ pub fn remove_pair(key: &FlowKey, rkey: &FlowKey, r: *mut RevFlow) {
 }
 
 /// Picks an origin for a SYN (or a cookie-validated ACK) of `key`, reserves a SNAT port and
-/// records both halves; the new flow is left in `SCRATCH.flow`. `init.replaces` (null = none) is
+/// records both halves; the new flow is left in `SCRATCH.flow`. `replaces` (null = none) is
 /// the flow-table entry of a closed or expired flow on the same tuple: its pair is removed
 /// first, and counted out of `ORIGIN_FLOWS` if it was still open.
 ///
@@ -75,10 +73,13 @@ pub fn remove_pair(key: &FlowKey, rkey: &FlowKey, r: *mut RevFlow) {
 pub fn new_flow(
     key: &FlowKey,
     vip: &VipMeta,
-    settings: &Settings,
     init: &CtInit,
+    replaces: *const Flow,
 ) -> Result<(), u32> {
-    let replaces = init.replaces;
+    // Read here, not passed: a BPF call takes at most five arguments (the result is one).
+    let Some(settings) = SETTINGS.get(0) else {
+        return Err(drop(event::DROP_FLOW_INSERT));
+    };
     let Some(sc) = SCRATCH.get_ptr_mut(0) else {
         return Err(drop(event::DROP_FLOW_INSERT));
     };

@@ -111,3 +111,50 @@ pub fn handshake(now: u32, done: bool) {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1);
     }
 }
+
+/// Handshakes started and not finished over the last `window` seconds (at most
+/// `HANDSHAKE_BUCKETS`): the load SYN cookies protect against.
+#[inline(never)]
+pub fn handshakes_in_flight(now: u32, window: u32) -> u64 {
+    let Some(h) = HANDSHAKES.get_ptr(0) else {
+        return 0;
+    };
+    let mut started: u64 = 0;
+    let mut done: u64 = 0;
+    let mut i = 0;
+    while i < HANDSHAKE_BUCKETS as usize {
+        // SAFETY: a shared array value, read word by word.
+        if let Some(b) = unsafe { (*h).buckets.get(i) } {
+            if now.wrapping_sub(b.sec) < window {
+                started += b.started;
+                done += b.done;
+            }
+        }
+        i += 1;
+    }
+    started.saturating_sub(done)
+}
+
+/// Notes that a SYN cookie was sent at `now`.
+#[inline(always)]
+pub fn cookie_sent(now: u32) {
+    if let Some(h) = HANDSHAKES.get_ptr_mut(0) {
+        // SAFETY: a shared array value; a plain store of one word.
+        unsafe {
+            if (*h).last_cookie != now {
+                (*h).last_cookie = now;
+            }
+        }
+    }
+}
+
+/// Could an ACK without a flow carry a valid cookie now? (One was sent within the cookie
+/// lifetime.)
+#[inline(always)]
+pub fn cookies_recent(now: u32) -> bool {
+    HANDSHAKES.get_ptr(0).is_some_and(|h| {
+        // SAFETY: a shared array value, one word read.
+        let last = unsafe { (*h).last_cookie };
+        last != 0 && now.wrapping_sub(last) <= lb_common::COOKIE_LIFETIME
+    })
+}
