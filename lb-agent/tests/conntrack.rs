@@ -373,3 +373,180 @@ fn a_half_closed_flow_outlives_the_half_closed_timeout() {
     );
     assert!(String::from_utf8_lossy(&body).ends_with("after 16 bytes\n"));
 }
+
+/// Connect-and-request latencies in ms, and failures, of `n` requests (or until `until`).
+fn probe_clients(until: Instant, max: usize) -> (Vec<f64>, usize) {
+    let mut lat = Vec::new();
+    let mut failed = 0;
+    while Instant::now() < until && lat.len() + failed < max {
+        let t = Instant::now();
+        match request(None, vip(), "NAME") {
+            Ok(n) if n.trim() == "o1" => lat.push(t.elapsed().as_secs_f64() * 1e3),
+            other => {
+                if failed < 5 {
+                    println!("request failed after {:?}: {other:?}", t.elapsed());
+                }
+                failed += 1;
+            }
+        }
+    }
+    (lat, failed)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "an index"
+    )]
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
+#[test]
+fn a_spoofed_syn_flood_leaves_real_clients_and_downloads_working() {
+    let _serial = serial();
+    let b = bed(1, "", "", |t| t.start_servers());
+    let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
+    // Before the flood: latency of 200 plain requests.
+    let (mut calm, calm_failed) = b
+        .topo
+        .client
+        .run(|| probe_clients(Instant::now() + Duration::from_secs(20), 200));
+    assert_eq!(calm_failed, 0, "requests before the flood");
+    // 20 long downloads, read slowly so that they span the flood.
+    const DL: usize = 4_000_000;
+    let client_path = b.topo.client.path();
+    let downloads: Vec<_> = (0..20)
+        .map(|_| {
+            let path = client_path.clone();
+            std::thread::spawn(move || {
+                lb_testbed::enter_netns(&path);
+                let mut s =
+                    connect(None, vip(), Duration::from_secs(60)).map_err(|e| e.to_string())?;
+                s.write_all(format!("SEND {DL}\n").as_bytes())
+                    .map_err(|e| e.to_string())?;
+                let mut r = BufReader::new(s);
+                let mut name = String::new();
+                r.read_line(&mut name).map_err(|e| e.to_string())?;
+                let mut body = Vec::with_capacity(DL);
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    use std::io::Read as _;
+                    match r.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => body.extend_from_slice(&buf[..n]),
+                        Err(e) => return Err(format!("after {} bytes: {e}", body.len())),
+                    }
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+                Ok::<bool, String>(body == lb_testbed::pattern(DL))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = events(&maps);
+    // The flood: hping3, SYNs from random source addresses at the highest rate it reaches,
+    // for 20 s, from the client namespace (its replies go nowhere: nothing routes them).
+    let flood_secs = 20;
+    let mut hping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &b.topo.client.name,
+            "hping3",
+            "-q",
+            "-S",
+            "--flood",
+            "--rand-source",
+            "-p",
+            "80",
+        ])
+        .arg(vip().ip().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("hping3 (apt-get install hping3)");
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut during, failed) = b
+        .topo
+        .client
+        .run(|| probe_clients(t0 + Duration::from_secs(flood_secs - 1), 100_000));
+    let _ = hping.kill();
+    let _ = hping.wait();
+    let secs = t0.elapsed().as_secs_f64();
+    let after = events(&maps);
+    let syns = delta(&before, &after, event::SYN_COOKIE_SENT)
+        + delta(&before, &after, event::FWD_REDIRECT)
+        + delta(&before, &after, event::DROP_SNAT_EXHAUSTED);
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    let rate = syns as f64 / secs;
+    let ok = during.len();
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    let success = ok as f64 / (ok + failed) as f64 * 100.0;
+    println!(
+        "flood: {rate:.0} SYN/s for {secs:.1} s ({} cookies sent, {} cookie flows); real clients: {ok} ok, {failed} failed ({success:.2} %); request latency p50/p99: {:.2}/{:.2} ms during, {:.2}/{:.2} ms before",
+        delta(&before, &after, event::SYN_COOKIE_SENT),
+        delta(&before, &after, event::SYN_COOKIE_OK),
+        pct(&mut during, 0.5),
+        pct(&mut during, 0.99),
+        pct(&mut calm, 0.5),
+        pct(&mut calm, 0.99),
+    );
+    assert!(
+        delta(&before, &after, event::SYN_COOKIE_SENT) > 0,
+        "the flood met SYN cookies"
+    );
+    assert!(
+        success >= 99.0,
+        "real clients during the flood: {success:.2} % ({failed} failed)"
+    );
+    for (i, d) in downloads.into_iter().enumerate() {
+        let r = d.join().expect("download thread");
+        assert_eq!(r, Ok(true), "download {i} complete and byte-identical");
+    }
+    // After the flood: new connections work at once.
+    let (mut after_lat, after_failed) = b
+        .topo
+        .client
+        .run(|| probe_clients(Instant::now() + Duration::from_secs(20), 200));
+    println!(
+        "after the flood: 200 requests, {after_failed} failed, p50/p99 {:.2}/{:.2} ms",
+        pct(&mut after_lat, 0.5),
+        pct(&mut after_lat, 0.99)
+    );
+    assert_eq!(after_failed, 0, "requests right after the flood");
+}
+
+#[test]
+fn real_clients_connect_through_syn_cookies() {
+    let _serial = serial();
+    let b = bed(1, "syn_cookies = \"always\"", "", |t| t.start_servers());
+    let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
+    let before = events(&maps);
+    let (mut lat, failed) = b
+        .topo
+        .client
+        .run(|| probe_clients(Instant::now() + Duration::from_secs(60), 100));
+    let after = events(&maps);
+    for (i, name) in event::NAMES.iter().enumerate() {
+        if after[i] != before[i] {
+            println!("event {name}: +{}", after[i] - before[i]);
+        }
+    }
+    println!(
+        "cookie flows: {} ok, {failed} failed, p50/p99 {:.2}/{:.2} ms",
+        lat.len(),
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99)
+    );
+    assert_eq!(failed, 0, "every request through a cookie flow");
+    assert_eq!(
+        delta(&before, &after, event::SYN_COOKIE_OK),
+        100,
+        "each connection was a cookie flow"
+    );
+}

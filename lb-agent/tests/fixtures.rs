@@ -875,7 +875,7 @@ fn packet_fixtures() {
         // The SYN is answered in place with a cookie SYN-ACK; no flow is made.
         let syn6 = tcp_segment(MAC_C6, lb_mac, C6, VIP, 64, (40000, 80), SYN, (7000, 0), &[]);
         let (v, out) = run1(prog, "a", &syn6);
-        assert_eq!(v, XDP_TX, "cookie SYN-ACK: verdict");
+        assert_eq!(v, XDP_REDIRECT, "cookie SYN-ACK: verdict (a redirect back out of the ingress)");
         let synack = tcp_of(&out);
         assert!(synack.syn && synack.ack && synack.acknowledgment_number == 7001, "cookie SYN-ACK: {synack:?}");
         assert_eq!((synack.source_port, synack.destination_port), (80, 40000));
@@ -892,12 +892,15 @@ fn packet_fixtures() {
         assert!(syn_o.syn && !syn_o.ack && syn_o.sequence_number == 7000, "SYN to the origin: {syn_o:?}");
         assert_eq!(syn_o.destination_port, 8080);
         let p7 = syn_o.source_port;
-        // Data from the client before o2 has answered: dropped, the client retransmits.
-        let (v, _) = run1(prog, "a", &from_c(MAC_C6, C6, ACK | PSH, 7001, cookie.wrapping_add(1), b"hi"));
-        assert_eq!(v, XDP_DROP, "client data while the origin has not answered");
+        // Data from the client before o2 has answered: becomes the SYN again (the first
+        // may have been lost); the client retransmits its data.
+        let (v, out) = run1(prog, "a", &from_c(MAC_C6, C6, ACK | PSH, 7001, cookie.wrapping_add(1), b"hi"));
+        assert_eq!(v, XDP_REDIRECT, "client data while the origin has not answered");
+        let again = tcp_of(&out);
+        assert!(again.syn && !again.ack && again.sequence_number == 7000 && again.source_port == p7, "SYN sent again: {again:?}");
         // o2's SYN-ACK becomes our ACK back to o2.
         let (v, out) = run1(prog, "b", &tcp_segment(MAC_O2, mac_b, O2, SNAT, 64, (8080, p7), SYN | ACK, (9000, 7001), &[]));
-        assert_eq!(v, XDP_TX, "origin SYN-ACK: answered with our ACK");
+        assert_eq!(v, XDP_REDIRECT, "origin SYN-ACK: answered with our ACK (back out of the ingress)");
         assert_eq!(out, tcp_segment(mac_b, MAC_O2, SNAT, O2, 64, (p7, 8080), ACK, (7001, 9001), &[]), "ACK to the origin");
         // From now on sequence numbers are translated between the cookie and o2's ISN.
         let (v, out) = run1(prog, "a", &from_c(MAC_C6, C6, ACK | PSH, 7001, cookie.wrapping_add(1), b"hi"));
@@ -911,7 +914,7 @@ fn packet_fixtures() {
             (event::SYN_COOKIE_SENT, 1),
             (event::DROP_COOKIE_INVALID, 1),
             (event::SYN_COOKIE_OK, 1),
-            (event::DROP_COOKIE_PENDING, 1),
+            (event::COOKIE_SYN_RESENT, 1),
             (event::COOKIE_ORIGIN_ACK, 1),
         ] {
             assert_eq!(after7[e as usize] - before7[e as usize], n, "{}", event::NAMES[e as usize]);

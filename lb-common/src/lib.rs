@@ -537,11 +537,12 @@ pub mod event {
     /// An origin segment during the handshake that acknowledges something other than the
     /// client's SYN (the origin still holds the SNAT port's previous connection, in
     /// TIME_WAIT or half-open, and answered for that one): answered with a RST to the origin
-    /// (XDP_TX), as the client's TCP would (RFC 793 §3.4), so the client's next SYN
+    /// (redirected back out of the ingress), as the client's TCP would (RFC 793 §3.4), so the client's next SYN
     /// retransmission gets through.
     pub const RST_TO_ORIGIN: u32 = 34;
     /// A SYN with no flow while more handshakes are in flight than `Settings::syn_budget`:
-    /// answered with a SYN cookie (XDP_TX of a SYN-ACK); nothing is stored.
+    /// answered with a SYN cookie (a SYN-ACK redirected back out of the ingress interface);
+    /// nothing is stored.
     pub const SYN_COOKIE_SENT: u32 = 35;
     /// An ACK with no flow carried a valid SYN cookie: a flow was made and the ACK became
     /// the SYN to the origin (counted with its forwarding verdict).
@@ -549,11 +550,12 @@ pub mod event {
     /// An ACK with no flow while cookies are in use, whose cookie is not valid: XDP_DROP.
     pub const DROP_COOKIE_INVALID: u32 = 37;
     /// The origin's SYN-ACK of a cookie flow, turned into the ACK that completes the origin
-    /// side's handshake: XDP_TX back to the origin.
+    /// side's handshake, redirected back out of the ingress interface.
     pub const COOKIE_ORIGIN_ACK: u32 = 38;
-    /// A client segment of a cookie flow that arrived before the origin answered: XDP_DROP
-    /// (the client retransmits it).
-    pub const DROP_COOKIE_PENDING: u32 = 39;
+    /// A client segment of a cookie flow that arrived before the origin answered: it
+    /// becomes the SYN to the origin again (the first may have been lost; the client
+    /// retransmits its data), counted with its forwarding verdict.
+    pub const COOKIE_SYN_RESENT: u32 = 39;
     /// The origin refused a cookie flow's SYN with a RST: the client gets a RST in its own
     /// sequence space (forwarded).
     pub const COOKIE_REFUSED: u32 = 40;
@@ -574,6 +576,7 @@ pub mod event {
                 | PAIR_RESTORED
                 | SYN_COOKIE_OK
                 | COOKIE_REFUSED
+                | COOKIE_SYN_RESENT
         )
     }
 
@@ -618,7 +621,7 @@ pub mod event {
         "syn_cookie_ok",
         "drop_cookie_invalid",
         "cookie_origin_ack",
-        "drop_cookie_pending",
+        "cookie_syn_resent",
         "cookie_refused",
     ];
 }

@@ -7,8 +7,9 @@
 //! numbers are translated (`RevFlow::seq_delta`) between the cookie and the origin's ISN.
 //!
 //! What a cookie cannot carry is left out on both sides: no window scaling, SACK or
-//! timestamps; the origin is told an MSS of `COOKIE_MSS`. Client data that arrives before
-//! the origin has answered is dropped and retransmitted by the client.
+//! timestamps; the origin is told an MSS of `COOKIE_MSS`. A client segment that arrives
+//! before the origin has answered becomes the SYN again (so a lost SYN is retried at the
+//! client's pace); its data is retransmitted by the client.
 
 use aya_ebpf::{
     bindings::{iphdr, tcphdr, xdp_action},
@@ -17,7 +18,9 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use lb_common::{event, RevFlow, Settings, CT_COOKIE, CT_ESTABLISHED, CT_SYNACK, WSCALE_NONE};
+use lb_common::{
+    event, Flow, RevFlow, Settings, CT_COOKIE, CT_ESTABLISHED, CT_SYNACK, WSCALE_NONE,
+};
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
 
 use crate::{
@@ -110,14 +113,13 @@ pub fn init(s: &Seg, now: u32) -> CtInit {
     }
 }
 
-/// Turns the cookie-validated ACK `s` into the SYN to the origin of the flow new_flow just
-/// made (`SCRATCH.flow`), addressed and checksummed; the caller forwards it.
-#[inline(always)]
-pub fn syn_to_origin(ctx: &XdpContext, s: &Seg) -> Result<(), u32> {
+/// Turns the frame, a client segment of cookie flow `f` whose client ISN is `isn`, into the
+/// SYN to the origin, addressed and checksummed; the caller forwards it.
+#[inline(never)]
+pub fn syn_to_origin(ctx: &XdpContext, f: &Flow, isn: u32, win: u16) -> Result<(), u32> {
     let sc = SCRATCH.get_ptr_mut(0).ok_or(xdp_action::XDP_DROP)?;
-    // SAFETY: this CPU's scratch entry: the flow new_flow left, and the segment to write.
+    // SAFETY: this CPU's scratch entry: the segment to write.
     let seg = unsafe {
-        let f = &(*sc).flow;
         (*sc).out = Segment {
             src: [
                 f.snat_addr[12],
@@ -133,10 +135,10 @@ pub fn syn_to_origin(ctx: &XdpContext, s: &Seg) -> Result<(), u32> {
             ],
             sport: f.snat_port.to_ne_bytes(),
             dport: f.origin_port.to_ne_bytes(),
-            seq: s.seq.wrapping_sub(1),
+            seq: isn,
             ack: 0,
             flags: SYN,
-            win: s.win,
+            win,
             mss: COOKIE_MSS,
             back: false,
         };
@@ -155,6 +157,8 @@ pub enum Pending {
     AckToOrigin,
     /// The frame is now a RST to the client (the origin refused): forward it.
     RstToClient,
+    /// Answer the frame with a RST to the origin (`reply::rst_back`).
+    ResetOrigin,
 }
 
 /// The origin's answer to a cookie flow's SYN: a SYN-ACK completes the flow (and becomes
@@ -164,8 +168,16 @@ pub fn origin_answer(ctx: &XdpContext, r: *mut RevFlow, s: &Seg) -> Result<Pendi
     // SAFETY: a live map value, fields read one by one.
     let (client_end, cookie, client_win) =
         unsafe { ((*r).client_end, (*r).seq_delta, (*r).client_win) };
-    if s.flags & ACK == 0 || s.ack != client_end {
+    if s.flags & ACK == 0 {
         return Err(drop(event::DROP_SYNACK_INVALID));
+    }
+    if s.ack != client_end {
+        if s.flags & RST != 0 {
+            return Err(drop(event::DROP_SYNACK_INVALID));
+        }
+        // The origin answered for the SNAT port's previous connection (TIME_WAIT): reset
+        // it, as for any flow; the client's next segment sends the SYN again.
+        return Ok(Pending::ResetOrigin);
     }
     let (Some(ip), Some(tcp)) = (ptr_at::<Ipv4Hdr>(ctx, 14), ptr_at::<TcpHdr>(ctx, TCP_OFF)) else {
         return Err(drop(event::DROP_MALFORMED_TCP));

@@ -238,8 +238,14 @@ fn client_packet(
                 let (flags, origin_id, delta) =
                     unsafe { ((*r).flags, (*r).origin_id, (*r).seq_delta) };
                 if flags & (CT_COOKIE | CT_SYNACK) == CT_COOKIE && !expired(r, now, settings) {
-                    // A cookie flow whose origin has not answered yet.
-                    return Err(drop(event::DROP_COOKIE_PENDING));
+                    // A cookie flow whose origin has not answered yet: send the SYN again.
+                    // SAFETY: a live map value.
+                    let (isn, win) = unsafe { ((*r).client_end.wrapping_sub(1), (*r).client_win) };
+                    #[expect(clippy::cast_possible_truncation, reason = "unscaled window")]
+                    // SAFETY: a live map value (the flow-table half).
+                    cookie::syn_to_origin(ctx, unsafe { &*f }, isn, win.min(65535) as u16)?;
+                    count(event::COOKIE_SYN_RESENT);
+                    return forward_rebuilt(ctx);
                 }
                 if expired(r, now, settings) {
                     if !syn {
@@ -294,7 +300,9 @@ fn client_packet(
             let len = (ctx.data_end() - ctx.data()) as u64;
             add(&VIP_STATS, vip_id, len, false, true);
             add(&ORIGIN_STATS, origin_id, len, false, true);
-            cookie::syn_to_origin(ctx, s)?;
+            // SAFETY: the flow new_flow left in the scratch entry.
+            let f = unsafe { &(*sc).flow };
+            cookie::syn_to_origin(ctx, f, s.seq.wrapping_sub(1), s.win)?;
             return forward_rebuilt(ctx);
         }
         return Err(drop(event::DROP_NO_FLOW));
@@ -409,8 +417,12 @@ fn origin_packet(
     // SAFETY: a live map value.
     if unsafe { (*r).flags } & (CT_COOKIE | CT_SYNACK) == CT_COOKIE {
         return match cookie::origin_answer(ctx, r, s)? {
-            cookie::Pending::AckToOrigin => Ok(xdp_action::XDP_TX),
+            cookie::Pending::AckToOrigin => Ok(reply::bounce(ctx)),
             cookie::Pending::RstToClient => forward_rebuilt(ctx),
+            cookie::Pending::ResetOrigin => {
+                count(event::RST_TO_ORIGIN);
+                Ok(reply::rst_back(ctx))
+            }
         };
     }
     if let Err(v) = track(r, s, false, now) {

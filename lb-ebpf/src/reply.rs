@@ -1,5 +1,5 @@
 //! Segments built in place from the frame that caused them: RSTs and SYN-cookie answers sent
-//! back out of the interface the frame came in on (XDP_TX), and the SYN a cookie-validated
+//! back out of the interface the frame came in on (`bounce`), and the SYN a cookie-validated
 //! ACK becomes on its way to the origin.
 
 use aya_ebpf::{
@@ -151,7 +151,7 @@ unsafe fn checksums(ip: *mut Ipv4Hdr, tcp: *mut TcpHdr, opt: *const u8, tcp_len:
 }
 
 /// Answers a SYN with a SYN-ACK carrying `cookie` as its sequence number and an MSS option;
-/// no window scaling, SACK or timestamps (the cookie cannot carry them). XDP_TX.
+/// no window scaling, SACK or timestamps (the cookie cannot carry them), sent back (`bounce`).
 #[inline(always)]
 pub fn cookie_syn_ack(
     ctx: &XdpContext,
@@ -182,10 +182,22 @@ pub fn cookie_syn_ack(
         &(*sc).out
     };
     if write_segment(ctx, seg) {
-        xdp_action::XDP_TX
+        bounce(ctx)
     } else {
         xdp_action::XDP_DROP
     }
+}
+
+/// Sends the rebuilt frame back out of the interface it came in on: a `TX_PORTS` redirect
+/// to the ingress interface. (A plain XDP_TX from a veth is dropped by its peer unless the
+/// peer runs an XDP program of its own; the redirect is delivered like forwarded frames.)
+#[inline(always)]
+pub fn bounce(ctx: &XdpContext) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "ifindex fits in u32")]
+    let ingress = ctx.ingress_ifindex() as u32;
+    crate::maps::TX_PORTS
+        .redirect(ingress, 0)
+        .unwrap_or(xdp_action::XDP_TX)
 }
 
 /// One's-complement sum of `N` 16-bit words at `p` (as they sit in memory).
@@ -211,8 +223,8 @@ fn fold(mut s: u32) -> u16 {
 
 /// Turns the frame, a TCP segment with the ACK flag, into the RST its receiver would send
 /// for an unacceptable ACK (RFC 793 §3.4: sequence number = the segment's ACK, no ACK
-/// flag), addressed back to its sender. Returns XDP_TX, or XDP_DROP if the frame cannot be
-/// reshaped.
+/// flag), addressed back to its sender. Returns the verdict that sends it back (`bounce`),
+/// or XDP_DROP if the frame cannot be reshaped.
 #[inline(never)]
 pub fn rst_back(ctx: &XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
@@ -272,5 +284,5 @@ pub fn rst_back(ctx: &XdpContext) -> u32 {
         s = sum_words::<10>(tcp.cast(), s);
         (*tcp).check = fold(s).to_ne_bytes();
     }
-    xdp_action::XDP_TX
+    bounce(ctx)
 }

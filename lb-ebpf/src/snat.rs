@@ -257,7 +257,11 @@ fn recycle(sc: &mut Scratch, settings: &Settings, force: bool) -> u32 {
     // flow by now).
     if let Some(f) = FLOWS.get_ptr(&sc.old_flow) {
         // SAFETY: a live map value.
-        if unsafe { (*f).snat_port == sc.rkey.dport && (*f).origin_addr == sc.rkey.src } {
+        if unsafe {
+            (*f).snat_port == sc.rkey.dport
+                && (*f).origin_port == sc.rkey.sport
+                && (*f).origin_addr == sc.rkey.src
+        } {
             let _ = FLOWS.remove(&sc.old_flow);
         }
     }

@@ -103,13 +103,15 @@ fn cargo(toolchain: Option<&str>) -> Command {
 
 const BENCH_PACKAGES: [&str; 3] = ["wrk", "iperf3", "haproxy"];
 
-const DEB_PACKAGES: [(&str, &str); 7] = [
+const DEB_PACKAGES: [(&str, &str); 8] = [
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
     ("nsenter", "util-linux"),
     ("mount", "mount"),
+    // The SYN-flood test's attacker.
+    ("hping3", "hping3"),
     // Headless, to render the agent's dashboard in the end-to-end tests.
     ("chromium", "chromium"),
 ];
