@@ -33,23 +33,19 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    #[expect(clippy::cast_possible_truncation, reason = "the high half")]
     pub fn u32(&mut self) -> u32 {
         (self.next_u64() >> 32) as u32
     }
 
-    #[expect(clippy::cast_possible_truncation, reason = "the high bits")]
     pub fn u16(&mut self) -> u16 {
         (self.next_u64() >> 48) as u16
     }
 
-    #[expect(clippy::cast_possible_truncation, reason = "the high bits")]
     pub fn u8(&mut self) -> u8 {
         (self.next_u64() >> 56) as u8
     }
 
     /// Uniform in `0..n` (`n` > 0; the modulo bias is irrelevant here).
-    #[expect(clippy::cast_possible_truncation, reason = "below n")]
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
@@ -84,9 +80,7 @@ fn fold(mut s: u64) -> u16 {
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
-    #[expect(clippy::cast_possible_truncation, reason = "folded")]
-    let v = s as u16;
-    v
+    s as u16
 }
 
 /// The IPv4 and TCP checksums of an IPv4/TCP frame, as a receiver checks them.
@@ -169,7 +163,7 @@ pub struct Seg {
 impl Seg {
     pub fn build(&self) -> Vec<u8> {
         let mut opts = self.options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         opts.truncate(40);
@@ -189,7 +183,6 @@ impl Seg {
         f.extend_from_slice(&self.seq.to_be_bytes());
         let ack = if self.flags & ACK != 0 { self.ack } else { 0 };
         f.extend_from_slice(&ack.to_be_bytes());
-        #[expect(clippy::cast_possible_truncation, reason = "at most 15 words")]
         let doff = ((20 + opts.len()) / 4) as u8;
         f.extend_from_slice(&[doff << 4, self.flags]);
         f.extend_from_slice(&self.win.to_be_bytes());
@@ -403,7 +396,6 @@ pub fn mutate(rng: &mut Rng, f: &mut Vec<u8>, addrs: &[[u8; 4]]) -> String {
             };
             opts.truncate(words * 4);
             f.splice(TCP..TCP, opts);
-            #[expect(clippy::cast_possible_truncation, reason = "at most 15")]
             let ihl = (5 + words) as u8;
             f[IP] = 0x40 | ihl;
             let tot = u16::from_be_bytes([f[IP + 2], f[IP + 3]]).wrapping_add((words * 4) as u16);
@@ -422,13 +414,12 @@ pub fn mutate(rng: &mut Rng, f: &mut Vec<u8>, addrs: &[[u8; 4]]) -> String {
             let mut o = random_options(rng);
             let pad = rng.chance(80);
             if pad {
-                while o.len() % 4 != 0 {
+                while !o.len().is_multiple_of(4) {
                     o.push(rng.pick(&[0, 1]));
                 }
             }
             let olen = o.len();
             f.splice(TCP + 20..TCP + old, o);
-            #[expect(clippy::cast_possible_truncation, reason = "at most 15 words")]
             let doff = ((20 + olen.next_multiple_of(4)) / 4).min(15) as u8;
             f[TCP + 12] = (doff << 4) | (f[TCP + 12] & 0x0f);
             let tot = u16::try_from(f.len() - IP).unwrap_or(u16::MAX);

@@ -73,12 +73,13 @@ const O4: [u8; 4] = [10, 0, 11, 4];
 /// The one-armed VIP's origin, behind the client side (XDP_TX).
 const LOCAL: [u8; 4] = [10, 0, 1, 9];
 /// (address, port, side) of every origin in `CONFIG`.
-const ORIGINS: [([u8; 4], u16, Side); 6] = [
+const ORIGINS: [([u8; 4], u16, Side); 7] = [
     (O1, 8080, Side::B),
     (O2, 8080, Side::B),
     (O1, 8081, Side::B),
     (O4, 8443, Side::B),
     (O1, 8443, Side::B),
+    (O1, 8444, Side::B),
     (LOCAL, 8080, Side::A),
 ];
 /// (VIP, port) pairs of `CONFIG`.
@@ -91,7 +92,8 @@ const ESTABLISHED_SECS: u32 = 3;
 const REUSE_CLOSED_SECS: u32 = 1;
 
 /// Two VIP addresses, three VIPs; pool `web` has two origins on one address (o1:8080 and
-/// o1:8081: same address, other port), pool `lc` uses least connections, pool `local` sits
+/// o1:8081: same address, other port), pool `lc` uses least connections (o5 and o6 share an
+/// address too, and one client tuple may meet either), pool `local` sits
 /// behind the client-side interface. Sixteen SNAT ports, so ports run out and are recycled.
 const CONFIG: &str = r#"
 [dataplane]
@@ -117,6 +119,7 @@ origin_steering = { policy = "least_connections" }
 origins = [
   { name = "o4", address = "10.0.11.4", port = 8443 },
   { name = "o5", address = "10.0.11.2", port = 8443 },
+  { name = "o6", address = "10.0.11.2", port = 8444 },
 ]
 
 [[pools]]
@@ -153,6 +156,8 @@ pub struct Options {
     pub object: Option<PathBuf>,
     /// Print progress lines.
     pub progress: bool,
+    /// Print each of the first `trace` frames' description and outcome.
+    pub trace: u64,
 }
 
 impl Default for Options {
@@ -163,6 +168,7 @@ impl Default for Options {
             check_every: 1000,
             object: None,
             progress: false,
+            trace: 0,
         }
     }
 }
@@ -248,7 +254,6 @@ pub struct Report {
 }
 
 impl Report {
-    #[expect(clippy::cast_precision_loss, reason = "a rate")]
     pub fn frames_per_sec(&self) -> f64 {
         self.frames as f64 / self.secs.max(1e-9)
     }
@@ -382,6 +387,9 @@ impl Events {
         maps.event_totals().expect("events")
     }
 }
+
+/// Both flow tables' entries.
+type Tables = (Vec<(FlowKey, Flow)>, Vec<(FlowKey, RevFlow)>);
 
 /// The flow tables as they were at a check that found nothing new.
 struct Snapshot {
@@ -554,6 +562,7 @@ impl Fuzzer<'_> {
         self.window.push((input.to_vec(), side, idx));
         let totals = self.events.totals(&self.rec.maps);
         let mut verdict_events = Vec::new();
+        let mut notes = Vec::new();
         for (e, (now, before)) in totals.iter().zip(&self.last).enumerate() {
             let d = now - before;
             let e = u32::try_from(e).expect("few events");
@@ -567,6 +576,8 @@ impl Fuzzer<'_> {
                     for _ in 0..d {
                         verdict_events.push(e);
                     }
+                } else {
+                    notes.push(event::NAMES[e as usize]);
                 }
             }
         }
@@ -605,6 +616,14 @@ impl Fuzzer<'_> {
             }
         };
         let name = event::NAMES[ev as usize];
+        if idx < self.opts.trace {
+            println!(
+                "fuzz: frame {idx}: {what} -> {} ({name}{}{})",
+                VERDICT_NAMES[verdict as usize],
+                if notes.is_empty() { "" } else { ", " },
+                notes.join(", ")
+            );
+        }
         let agrees = match verdict {
             XDP_DROP => name.starts_with("drop_") || ev == event::RST_TO_ORIGIN,
             XDP_PASS => name.starts_with("pass_"),
@@ -889,7 +908,7 @@ impl Fuzzer<'_> {
     fn generate(&mut self) -> (Vec<u8>, Side, String) {
         let r = self.rng.below(100);
         let (mut f, mut side, mut what) = match r {
-            0..=24 | 25..=44 if !self.known.is_empty() => {
+            0..=44 if !self.known.is_empty() => {
                 let k = self.known[self.rng.below(self.known.len())].clone();
                 let from_client = r < 25;
                 let flags = self.rng.pick(&[
@@ -924,6 +943,15 @@ impl Fuzzer<'_> {
                     side,
                     format!("{dir} segment of a known flow, flags {flags:02x}"),
                 )
+            }
+            45..=47 if !self.known.is_empty() => {
+                // A SYN on a known tuple: a retransmission, a reused closed tuple, a SYN on
+                // an established flow.
+                let k = self.known[self.rng.below(self.known.len())].clone();
+                let (mut s, side) = self.known_seg(&k, true, SYN, Vec::new());
+                s.seq = self.rng.u32();
+                s.options = frame::syn_options(&mut self.rng);
+                (s.build(), side, "SYN on a known tuple".to_string())
             }
             0..=59 => {
                 let vip = self.rng.pick(&VIPS);
@@ -1114,7 +1142,7 @@ impl Fuzzer<'_> {
         }
     }
 
-    fn dump(&self) -> (Vec<(FlowKey, Flow)>, Vec<(FlowKey, RevFlow)>) {
+    fn dump(&self) -> Tables {
         let flows = self.rec.maps.flows.iter().filter_map(Result::ok).collect();
         let revs = self
             .rec
@@ -1391,7 +1419,7 @@ pub fn run(opts: &Options) -> Report {
         let mut since_flow = 0;
         while fz.index < opts.frames {
             since_flow += 1;
-            if since_flow >= 500 {
+            if since_flow >= 200 {
                 since_flow = 0;
                 let c = fz.rng.pick(&CLIENTS);
                 let p = fz.fresh_cport();
@@ -1407,7 +1435,6 @@ pub fn run(opts: &Options) -> Report {
             }
             if opts.progress && fz.index >= next_progress {
                 next_progress += 100_000;
-                #[expect(clippy::cast_precision_loss, reason = "a rate")]
                 let rate = fz.index as f64 / start.elapsed().as_secs_f64();
                 println!(
                     "fuzz: {} frames, {rate:.0} frames/s, {} violations",

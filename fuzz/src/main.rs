@@ -17,6 +17,9 @@ struct Cli {
     /// Frames between checks of the flow tables.
     #[arg(long, default_value_t = 1000)]
     check_every: u64,
+    /// Print the description and outcome of each of the first N frames.
+    #[arg(long, default_value_t = 0)]
+    trace: u64,
     /// The XDP object (default: the workspace build output).
     #[arg(long)]
     object: Option<PathBuf>,
@@ -30,6 +33,7 @@ fn main() {
         check_every: cli.check_every.max(1),
         object: cli.object,
         progress: true,
+        trace: cli.trace,
     });
     println!("{report}");
     if !report.violations.is_empty() {
