@@ -246,6 +246,8 @@ pub struct Report {
     pub events: BTreeMap<&'static str, u64>,
     /// Table checks done.
     pub table_checks: u64,
+    /// Most `FLOWS` and `REV_FLOWS` entries a check saw.
+    pub max_entries: (usize, usize),
     /// Rewritten frames whose input TCP checksum was wrong (forwarded with the error kept).
     pub forwarded_bad_checksum: u64,
     /// Rewritten frames whose IPv4 total length disagrees with the frame's length.
@@ -263,12 +265,14 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "fuzz: seed {}: {} frames in {:.1} s ({:.0} frames/s), {} table checks, {} violations",
+            "fuzz: seed {}: {} frames in {:.1} s ({:.0} frames/s), {} table checks (up to {} FLOWS and {} REV_FLOWS entries), {} violations",
             self.seed,
             self.frames,
             self.secs,
             self.frames_per_sec(),
             self.table_checks,
+            self.max_entries.0,
+            self.max_entries.1,
             self.violations.len()
         )?;
         let v: Vec<String> = (1..5)
@@ -422,6 +426,7 @@ struct Fuzzer<'a> {
     origin_ids: Vec<u32>,
     out: Vec<u8>,
     next_cport: u16,
+    seen: std::cell::Cell<(usize, usize)>,
 }
 
 fn now_coarse() -> u32 {
@@ -1165,6 +1170,10 @@ impl Fuzzer<'_> {
     /// Returns one line per problem.
     fn check_tables(&self) -> Vec<String> {
         let (flows, revs) = self.dump();
+        self.seen.set((
+            self.seen.get().0.max(flows.len()),
+            self.seen.get().1.max(revs.len()),
+        ));
         let now = now_coarse();
         let expired = |r: &RevFlow| {
             now.wrapping_sub(r.last_seen) >= RevFlow::timeout(r.flags, &self.settings)
@@ -1402,6 +1411,7 @@ pub fn run(opts: &Options) -> Report {
             origin_ids,
             out: Vec::new(),
             next_cport: 32768,
+            seen: std::cell::Cell::new((0, 0)),
         };
         let start = Instant::now();
         // Real state first: flows in every state, on every VIP.
@@ -1446,6 +1456,7 @@ pub fn run(opts: &Options) -> Report {
         fz.check();
         let mut report = std::mem::take(&mut fz.report);
         report.frames = fz.index;
+        report.max_entries = fz.seen.get();
         report.secs = start.elapsed().as_secs_f64();
         report
     })
