@@ -36,6 +36,16 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz the data path: the real XDP program through BPF_PROG_TEST_RUN with mutated
+    /// frames, every frame checked against the data path's invariants (needs root).
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// PRNG seed; the same seed generates the same frames.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Build everything, create a demo topology in namespaces, run the agent, drive client
     /// traffic through the VIP, print the per-origin split from the BPF counters, fail over,
     /// drain an origin through the HTTP API with lbctl, clean up.
@@ -414,6 +424,19 @@ fn demo(connections: usize) -> Result<()> {
     Ok(())
 }
 
+fn fuzz(frames: u64, seed: u64) -> Result<()> {
+    setup()?;
+    let obj = build_ebpf()?;
+    let r = root();
+    run(cargo(None)
+        .current_dir(&r)
+        .args(["build", "--release", "-p", "lb-fuzz"]))?;
+    run(Command::new(r.join("target/release/lb-fuzz"))
+        .args(["--frames", &frames.to_string(), "--seed", &seed.to_string()])
+        .arg("--object")
+        .arg(&obj))
+}
+
 fn bench(quick: bool) -> Result<()> {
     let started = Instant::now();
     setup_with(&BENCH_PACKAGES)?;
@@ -488,6 +511,7 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => build_ebpf().map(|_| ()),
         Cmd::Test => test(),
         Cmd::Bench { quick } => bench(quick),
+        Cmd::Fuzz { frames, seed } => fuzz(frames, seed),
         Cmd::Demo { connections } => demo(connections),
     }
 }
