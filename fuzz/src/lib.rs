@@ -102,6 +102,8 @@ snat_address = "10.0.0.1"
 snat_ports = [61000, 61015]
 snat_port_reuse_after_close = 1
 tcp_timeouts = { syn = 1, half_closed = 2, established = 3 }
+# Few handshakes in flight before SYN cookies, so the cookie paths are fuzzed too.
+syn_budget = 8
 pin_dir = "@PIN@"
 flow_table_size = 4096
 
@@ -629,11 +631,18 @@ impl Fuzzer<'_> {
                 notes.join(", ")
             );
         }
+        // Segments built in place (RSTs, cookie answers) leave by a redirect to the ingress
+        // interface (XDP_TX if that interface is not in TX_PORTS), or are dropped when the
+        // frame cannot be reshaped.
+        let built = matches!(
+            ev,
+            event::RST_TO_ORIGIN | event::SYN_COOKIE_SENT | event::COOKIE_ORIGIN_ACK
+        );
         let agrees = match verdict {
-            XDP_DROP => name.starts_with("drop_") || ev == event::RST_TO_ORIGIN,
+            XDP_DROP => name.starts_with("drop_") || built,
             XDP_PASS => name.starts_with("pass_"),
-            XDP_TX => ev == event::FWD_TX || ev == event::RST_TO_ORIGIN,
-            _ => ev == event::FWD_REDIRECT,
+            XDP_TX => ev == event::FWD_TX || built,
+            _ => ev == event::FWD_REDIRECT || built,
         };
         if !agrees {
             self.violation(
@@ -698,9 +707,24 @@ impl Fuzzer<'_> {
         let Some(after) = frame::verify(out) else {
             return Some("output is not IPv4".into());
         };
-        if ev == event::RST_TO_ORIGIN {
-            if out.len() != TCP + 20 || out[TCP + 13] != RST {
-                return Some("a RST to the origin is a bare RST".into());
+        if ev == event::RST_TO_ORIGIN
+            || ev == event::SYN_COOKIE_SENT
+            || ev == event::COOKIE_ORIGIN_ACK
+            || out.len() != input.len()
+        {
+            // A segment built in place: a bare RST or ACK, a SYN-ACK or SYN with one MSS
+            // option (a cookie answer, or the SYN a cookie ACK becomes), full checksums.
+            let flags = out.get(TCP + 13).copied().unwrap_or(0);
+            let ok_shape = match out.len() {
+                l if l == TCP + 20 => flags == RST || flags == 0x10,
+                l if l == TCP + 24 => flags == 0x02 || flags == 0x12,
+                _ => false,
+            };
+            if !ok_shape {
+                return Some(format!(
+                    "a segment built in place ({} bytes, flags {flags:#04x}) is a bare RST/ACK or a SYN/SYN-ACK with an MSS option",
+                    out.len()
+                ));
             }
             if after
                 != (frame::Sums {
