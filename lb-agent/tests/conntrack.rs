@@ -550,3 +550,83 @@ fn real_clients_connect_through_syn_cookies() {
         "each connection was a cookie flow"
     );
 }
+
+#[test]
+fn a_recovered_origin_gets_its_share_at_once_under_tuple_reuse() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(3);
+    let mut servers: Vec<Option<Server>> = topo.start_servers().into_iter().map(Some).collect();
+    let pool = "[[pools]]\nname = \"web\"\n";
+    let text = topo.config(&[1.0, 1.0, 1.0], "").replacen(
+        pool,
+        &format!("[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\ninterval = 1\nretries = 0\ntimeout = 0.5\n\n{pool}monitor = \"tcp\"\n"),
+        1,
+    );
+    let cfg = TempFile::new("reentry.toml", &text);
+    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let state = |o: &str| {
+        lb_agent::agent::Status::read(&topo.status_file)
+            .ok()
+            .and_then(|s| {
+                s.origins
+                    .iter()
+                    .find(|x| x.origin == o)
+                    .map(|x| x.state.clone())
+            })
+    };
+    let wait = |o: &str, want: &str| {
+        lb_testbed::wait_for(
+            &format!("o{o} {want}"),
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+            || (state(o).as_deref() == Some(want)).then_some(()),
+        );
+    };
+    wait("o3", "up");
+    // Clients that reuse a small set of source ports (the server closes first, so a port is
+    // free again at once), with Connection-close style requests: each SYN meets the closed
+    // flow its tuple had before.
+    let ports: Vec<u16> = (47000..47060).collect();
+    let round = |n: usize| -> std::collections::BTreeMap<String, usize> {
+        topo.client.run(|| {
+            let mut m = std::collections::BTreeMap::new();
+            for i in 0..n {
+                let from = SocketAddrV4::new(CLIENT, ports[i % ports.len()]);
+                let k = request(Some(from), vip(), "NAME")
+                    .map_or_else(|e| format!("failed: {e}"), |r| r.trim().to_owned());
+                *m.entry(k).or_default() += 1;
+            }
+            m
+        })
+    };
+    let before = round(600);
+    println!("all up: {before:?}");
+    servers[2] = None;
+    wait("o3", "down");
+    let down = round(600);
+    println!("o3 down: {down:?}");
+    assert!(
+        !down.contains_key("o3"),
+        "no new connection to a down origin: {down:?}"
+    );
+    servers[2] = Some(Server::start(
+        &topo.origins[2],
+        "o3",
+        lb_testbed::ORIGIN_PORT,
+    ));
+    wait("o3", "up");
+    // Within one probe interval (1 s) of being marked up, o3 takes its third.
+    let t = Instant::now();
+    let back = round(600);
+    println!(
+        "o3 up again ({:?} for 600 connections): {back:?}",
+        t.elapsed()
+    );
+    let o3 = back.get("o3").copied().unwrap_or(0);
+    assert!(
+        (160..=240).contains(&o3),
+        "o3 should take about a third (200) of 600 new connections at once: {back:?}"
+    );
+    assert!(back.keys().all(|k| !k.starts_with("failed")), "{back:?}");
+}
