@@ -214,6 +214,14 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<Measured> {
     let rss = (field("VmRSS:"), field("RssAnon:"));
     let api = api_latency(&topo.lb, 50)?;
     let ours = measure(&topo, &VIP.to_string(), 80, 5201, secs)?;
+    if std::env::var_os("LB_BENCH_DEBUG").is_some() {
+        let out = Command::new(agent_bin)
+            .arg("--config")
+            .arg(&cfg.path)
+            .arg("stats")
+            .output()?;
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    }
     // The default range, on a fresh data path (no flows left from the wide range).
     agent.stop();
     drop(agent);
