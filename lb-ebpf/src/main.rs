@@ -2,12 +2,15 @@
 //! a flow table for established ones, reverse NAT for replies.
 //!
 //! ```text
-//! frame -> eth -> IPv4 -> TCP  (anything else: XDP_PASS, counted)
+//! frame -> eth -> IPv4 -> TCP  (anything else: edge.rs — ICMP for our flows in icmp.rs,
+//!                               other traffic to VIPs dropped, transit dropped)
 //!   dst is a VIP:  flow hit? -> rewrite.  miss: RINGS[ring][hash % M] -> origin, take a SNAT
 //!                  port (REV_FLOWS insert, NOEXIST), insert FLOWS -> rewrite
 //!   dst is our SNAT address and port range: REV_FLOWS hit -> rewrite back to client
 //!   rewrite = DNAT + SNAT + TTL-1 with incremental checksums, then FIB lookup ->
-//!             XDP_TX (same interface) or redirect through TX_PORTS
+//!             XDP_TX (same interface) or redirect through TX_PORTS; too big for the egress
+//!             MTU: ICMP "fragmentation needed" back to the sender (icmp.rs)
+//!   neither: not_ours (edge.rs): for the host, XDP_PASS; would be routed on, XDP_DROP
 //! ```
 //! Nothing is logged per packet: every outcome increments a per-CPU counter.
 #![no_std]
@@ -18,6 +21,8 @@
 #![allow(internal_features)]
 
 mod csum;
+mod edge;
+mod icmp;
 mod maps;
 
 use core::{
@@ -27,8 +32,9 @@ use core::{
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, xdp_action, BPF_ANY, BPF_FIB_LKUP_RET_FWD_DISABLED,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
+        bpf_fib_lookup as FibParams, xdp_action, BPF_ANY, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_NOEXIST,
     },
     btf_maps::{lpm_trie::Key, PerCpuArray},
     helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
@@ -58,9 +64,11 @@ const IP_OFFSET_HI: u8 = 0x1f;
 /// early verdict, so every path ends in exactly one verdict and one counter.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    match try_lb(&ctx) {
+    let v = match try_lb(&ctx) {
         Ok(v) | Err(v) => v,
-    }
+    };
+    // Work requested from deep in the call chain (ICMP), run here for the stack's sake.
+    edge::finish(&ctx, v)
 }
 
 /// Passes everything. Tests and the demo attach it to the far ends of veth pairs: native XDP
@@ -185,7 +193,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(pass(event::PASS_MALFORMED));
     }
     if proto != IPPROTO_TCP {
-        return Err(pass(event::PASS_NOT_TCP));
+        return Err(edge::not_tcp(ctx));
     }
     let settings: &Settings = match SETTINGS.get(0) {
         Some(s) if s.flags & SETTINGS_F_READY != 0 => s,
@@ -194,7 +202,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     let dst = v4_mapped(dst4);
     if vihl & 0x0f != 5 || frags[0] & (IP_MF | IP_OFFSET_HI) != 0 || frags[1] != 0 {
         if !is_vip_addr(dst) {
-            return Err(pass(event::PASS_NOT_VIP));
+            return Err(edge::not_ours(ctx, event::PASS_NOT_VIP));
         }
         return Err(drop(if vihl & 0x0f != 5 {
             event::DROP_IP_OPTIONS
@@ -337,7 +345,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
             return forward(ctx, eth, ip);
         }
     }
-    Err(pass(event::PASS_NOT_VIP))
+    Err(edge::not_ours(ctx, event::PASS_NOT_VIP))
 }
 
 /// Picks an origin for a flow the table does not know, reserves a SNAT port for it and
@@ -754,6 +762,10 @@ fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<u32, 
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Ok(pass(event::PASS_NO_NEIGH)),
+        // SAFETY: the helper wrote the egress MTU into the union for this return code.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            return Err(edge::DO_TOO_BIG | u32::from(unsafe { p.__bindgen_anon_1.mtu_result }))
+        }
         BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(drop(event::DROP_FWD_DISABLED)),
         _ => return Err(drop(event::DROP_NO_ROUTE)),
     }
