@@ -200,7 +200,10 @@ fn test() -> Result<()> {
     run(Command::new("rustfmt")
         .env_remove("RUSTUP_TOOLCHAIN")
         .args(["--edition", "2021", "--check"])
-        .args(["main.rs", "maps.rs", "csum.rs"].map(|f| r.join("lb-ebpf/src").join(f))))?;
+        .args(
+            ["main.rs", "maps.rs", "csum.rs", "edge.rs", "icmp.rs"]
+                .map(|f| r.join("lb-ebpf/src").join(f)),
+        ))?;
     run(cargo(None).current_dir(&r).args([
         "clippy",
         "--workspace",
