@@ -200,7 +200,6 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
         let Some(f) = (unsafe { FLOWS.get(key) }) else {
             return drop(event::DROP_ICMP_UNKNOWN_FLOW);
         };
-        count(event::ICMP_FROM_CLIENT);
         (
             v4(&f.origin_addr),
             f.origin_port,
@@ -213,7 +212,6 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
         let Some(r) = (unsafe { REV_FLOWS.get(key) }) else {
             return pass(event::PASS_NOT_TCP);
         };
-        count(event::ICMP_FROM_ORIGIN);
         (
             v4(&r.client_addr),
             r.client_port,
@@ -224,6 +222,11 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
     if ttl <= 1 {
         return drop(event::DROP_TTL);
     }
+    count(if to_vip {
+        event::ICMP_FROM_CLIENT
+    } else {
+        event::ICMP_FROM_ORIGIN
+    });
     let (osrc, odst) = (nidst, nisrc);
 
     // SAFETY: every pointer bounds-checked above; the quoted TCP checksum is checked below.
