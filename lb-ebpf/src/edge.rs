@@ -9,6 +9,7 @@
 //! not_ours -> route_other, broadcast/multicast, SNAT address: XDP_PASS
 //!             bpf_fib_lookup: local (NOT_FWDED), forwarding off, no route: XDP_PASS
 //!                             the kernel would forward it: XDP_DROP (DROP_TRANSIT)
+//! finish   -> runs what deeper code asked for (DO_*): translate, forward, answer too-big
 //! ```
 
 use core::mem::{self, size_of};
@@ -30,9 +31,10 @@ use crate::{
     drop, forward, icmp, is_vip_addr, maps::SETTINGS, pass, ptr_at, AF_INET, IP_MF, IP_OFFSET_HI,
 };
 
-/// Verdicts are 0..=4; values with these bits are requests to `finish`, which runs the
-/// work at the top of the call chain: BPF stacks are 512 bytes for the whole chain, and
-/// `forward` (or `too_big`) three calls below the hot path's frame would not fit.
+// Requests. Verdicts are 0..=4; values with these bits ask `finish`, called by `lb_xdp`, to
+// run the work at the top of the call chain: BPF stacks are 512 bytes for the whole chain,
+// and `forward` or `too_big` three calls below the hot path's frame would not fit.
+
 /// Forward the (rewritten) packet in the context.
 pub const DO_FORWARD: u32 = 0x4000_0000;
 /// Pass or drop a packet that is not ours (`not_ours` with `PASS_NOT_TCP`).
