@@ -135,7 +135,7 @@ fn run_each(
 
 fn per_packet_config(pin_dir: &std::path::Path, origins: usize, monitor: bool) -> String {
     let mut c = format!(
-        "[dataplane]\ninterfaces = [\"lo\"]\nsnat_address = \"10.0.0.1\"\nsnat_ports = [1024, 65535]\npin_dir = \"{}\"\n\n",
+        "[dataplane]\ninterfaces = [\"lo\"]\nsnat_address = \"10.0.0.1\"\nsnat_ports = [1024, 65535]\nsyn_cookies = \"off\"\npin_dir = \"{}\"\n\n",
         pin_dir.display()
     );
     if monitor {
@@ -448,6 +448,29 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                 let (pass_t, pass_v) = run_each(prog, &pass, &ctx_a)?;
                 (rep_t, rep_v, pass_t, pass_v)
             };
+            // The same SYNs (new tuples) answered with SYN cookies instead of flows.
+            let always = Config::parse(
+                &per_packet_config(&bed.pin_dir, 3, false)
+                    .replace("syn_cookies = \"off\"", "syn_cookies = \"always\""),
+                std::path::Path::new("bench-cookies.toml"),
+            )?;
+            rec.apply(&always, &HealthTable::default())?;
+            let cookie_syns: Vec<Vec<u8>> = (0..N)
+                .map(|i| {
+                    tcp_frame(
+                        MAC_CLIENT,
+                        bed.mac_a,
+                        [10, 0, 1, 3],
+                        VIP,
+                        1024 + i as u16,
+                        80,
+                        true,
+                        false,
+                    )
+                })
+                .collect();
+            let (mut cookie_t, cookie_v) = run_each(dp.program()?, &cookie_syns, &ctx_a)?;
+            rec.apply(&cfg, &HealthTable::default())?;
             let floor = dp.aux_program("xdp_tx_floor")?;
             let (mut floor_t, _) = run_each(floor, &est, &ctx_a)?;
             let floor_ns = median(&mut floor_t);
@@ -468,6 +491,7 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                 cost("established (flow-table hit)", &mut est_t, est_v),
                 cost("reply (reverse NAT)", &mut rep_t, rep_v),
                 cost("not a VIP (pass)", &mut pass_t, pass_v),
+                cost("SYN answered with a SYN cookie", &mut cookie_t, cookie_v),
             ];
 
             // The same new flows and established packets on the geo VIP: LPM lookup of the

@@ -44,6 +44,8 @@ pub enum AgentError {
     Signal(std::io::Error),
     #[error("{0}")]
     Api(String),
+    #[error("config {path}: its monitors, pools and load balancers conflict with objects made through the API (kept in api.state_file), so the file's changes to them are refused; change the file or those objects:\n{}", .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Conflict { path: PathBuf, errors: Vec<String> },
 }
 
 #[derive(Debug, Clone)]
@@ -56,23 +58,104 @@ pub struct RunOptions {
     pub api_listen: Option<String>,
 }
 
+/// The config to start with, from the file and `api.state_file`.
+#[derive(Debug)]
+pub struct Effective {
+    /// The file as read (its host sections are in force).
+    pub raw: RawConfig,
+    /// Monitors, pools and load balancers in force.
+    pub store: Store,
+    pub cfg: Config,
+    /// Merging the file changed the store (it should be saved).
+    pub merged: bool,
+    /// Set when the file's objects conflict with objects made through the API: as on a
+    /// reload, the file's changes to objects are refused and the state file's objects are
+    /// in force, with the file's host sections.
+    pub refused: Option<AgentError>,
+}
+
 /// The config in force: the file's host sections with the store's objects (the file's
 /// objects merged in, see `store`), validated; `api_listen` overrides `[api] listen`.
-/// Returns whether merging the file changed the store (it should then be saved).
-pub fn load_effective(
-    path: &Path,
-    api_listen: Option<&str>,
-) -> Result<(RawConfig, Store, Config, bool), AgentError> {
+pub fn load_effective(path: &Path, api_listen: Option<&str>) -> Result<Effective, AgentError> {
     let raw = RawConfig::load(path)?;
     let state_file = raw
         .api
         .state_file
         .clone()
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_STATE_FILE));
-    let mut store = Store::load(&state_file)?.unwrap_or_default();
-    let merged = store.merge_file(&raw, &now());
-    let cfg = build(&store, &raw, path, api_listen, None)?;
-    Ok((raw, store, cfg, merged))
+    let stored = Store::load(&state_file)?.unwrap_or_default();
+    match merge_file(&stored, &raw, path, api_listen, None) {
+        Ok((store, cfg, merged)) => Ok(Effective {
+            raw,
+            store,
+            cfg,
+            merged,
+            refused: None,
+        }),
+        // Only objects made through the API can conflict, so the stored objects were in
+        // force before: run with them, as a reload would, rather than not at all (nothing
+        // would check health meanwhile). If they do not validate with the file's host
+        // sections either, the conflict is what to fix first.
+        Err(e @ AgentError::Conflict { .. }) => {
+            match build(&stored, &raw, path, api_listen, None) {
+                Ok(cfg) => Ok(Effective {
+                    raw,
+                    store: stored,
+                    cfg,
+                    merged: false,
+                    refused: Some(e),
+                }),
+                Err(_) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Merges the file into a copy of `stored` and validates the result (see `store`): the
+/// store and config to put in force, and whether the store changed. Duplicate names in the
+/// file are refused before the merge (which matches objects by name and would keep only
+/// the last), and errors name the file's objects by their index in the file and name, and
+/// objects made through the API by name and id (`AgentError::Conflict` when any is involved).
+fn merge_file(
+    stored: &Store,
+    raw: &RawConfig,
+    path: &Path,
+    api_listen: Option<&str>,
+    loaded: Option<&crate::config::Geo>,
+) -> Result<(Store, Config, bool), AgentError> {
+    let dups = crate::config::file_name_errors(raw);
+    if !dups.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            errors: dups,
+        }
+        .into());
+    }
+    let mut store = stored.clone();
+    let changed = store.merge_file(raw, &now());
+    let mut found = stored.file_conflicts(&store, raw);
+    let errors = match build(&store, raw, path, api_listen, loaded) {
+        Ok(cfg) if found.errors.is_empty() => return Ok((store, cfg, changed)),
+        Ok(_) => Vec::new(),
+        Err(AgentError::Config(ConfigError::Invalid { errors, .. })) => errors,
+        Err(e) => return Err(e),
+    };
+    let rest = store.file_messages(raw, &errors, &found);
+    found.errors.extend(rest.errors);
+    let path = path.to_owned();
+    Err(if found.conflict || rest.conflict {
+        AgentError::Conflict {
+            path,
+            errors: found.errors,
+        }
+    } else {
+        ConfigError::Invalid {
+            path,
+            errors: found.errors,
+        }
+        .into()
+    })
 }
 
 fn now() -> String {
@@ -126,7 +209,18 @@ struct Agent {
 
 /// Runs the agent until `shutdown` completes.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let (raw, store, cfg, merged) = load_effective(&opts.config, opts.api_listen.as_deref())?;
+    let Effective {
+        raw,
+        store,
+        cfg,
+        merged,
+        refused,
+    } = load_effective(&opts.config, opts.api_listen.as_deref())?;
+    if let Some(e) = refused {
+        // One line, like a rejected reload, so that every error stays together.
+        let e = e.to_string().replace('\n', " ");
+        error!("config rejected at start, the objects of api.state_file stay in force: {e}");
+    }
     for w in dataplane::check_host(&cfg.dataplane)? {
         warn!("{w}");
     }
@@ -436,10 +530,8 @@ impl Agent {
     /// result completely, saves it, then applies it.
     fn reload(&mut self) -> Result<(), AgentError> {
         let raw = RawConfig::load(&self.opts.config)?;
-        let mut store = self.store.clone();
-        let changed = store.merge_file(&raw, &now());
-        let next = build(
-            &store,
+        let (store, next, changed) = merge_file(
+            &self.store,
             &raw,
             &self.opts.config,
             self.opts.api_listen.as_deref(),
@@ -867,5 +959,221 @@ impl std::fmt::Display for Status {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A config file and its state file in a fresh directory (removed on drop).
+    struct Files {
+        dir: PathBuf,
+        config: PathBuf,
+    }
+
+    impl Files {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("lb-agent-merge-{}", store::new_id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let config = dir.join("lb.toml");
+            Self { dir, config }
+        }
+
+        fn state_file(&self) -> PathBuf {
+            self.dir.join("state.json")
+        }
+
+        /// Writes the config: host sections pointing at this directory's state file, then
+        /// `objects`.
+        fn write(&self, objects: &str) {
+            let text = format!(
+                "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n\n[api]\nstate_file = \"{}\"\n\n{objects}",
+                self.state_file().display()
+            );
+            std::fs::write(&self.config, text).expect("write config");
+        }
+
+        /// Starts from `objects`, then applies `ops` as the API would and saves the state.
+        fn seed(&self, objects: &str, ops: impl FnOnce(&Store) -> Store) -> Store {
+            self.write(objects);
+            let eff = load_effective(&self.config, None).expect("seed config valid");
+            assert!(eff.refused.is_none());
+            let s = ops(&eff.store);
+            build(&s, &eff.raw, &self.config, None, None).expect("API changes valid");
+            s.save(&self.state_file()).expect("save state");
+            Store::load(&self.state_file())
+                .expect("load state")
+                .expect("saved")
+        }
+    }
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    const WEB: &str = "[[pools]]\nname = \"web\"\norigins = [{ name = \"a\", address = \"10.0.2.2\", port = 8080 }]\n\n";
+    const SPARE: &str = "[[pools]]\nname = \"spare\"\norigins = [{ name = \"c\", address = \"10.0.4.2\", port = 8080 }]\n\n";
+    const WWW: &str = "[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n\n";
+
+    fn create(s: &Store, kind: store::Kind, body: serde_json::Value) -> Store {
+        s.mutate(Op::Create(kind, body), "2026-11-25T20:00:00.000000Z")
+            .expect("API change")
+            .0
+    }
+
+    fn refused(eff: &Effective) -> String {
+        match &eff.refused {
+            Some(e @ AgentError::Conflict { .. }) => e.to_string(),
+            other => panic!("expected a refused conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_names_in_the_file_are_refused_before_merging() {
+        let f = Files::new();
+        let second = WEB.replace("10.0.2.2", "10.0.3.2");
+        f.write(&format!("{WEB}{SPARE}{second}{WWW}"));
+        let e = load_effective(&f.config, None).expect_err("two pools named web");
+        let AgentError::Config(ConfigError::Invalid { errors, .. }) = &e else {
+            panic!("expected validation errors, got {e:?}");
+        };
+        assert_eq!(
+            errors,
+            &["pools[2].name: \"web\" is already the name of pools[0]; names must be unique: rename or remove one of them"]
+        );
+        // The same check on reload, where the store already holds the file's objects.
+        f.write(&format!("{WEB}{SPARE}{WWW}"));
+        let eff = load_effective(&f.config, None).expect("valid");
+        f.write(&format!("{WEB}{SPARE}{WWW}{WWW}"));
+        let raw = RawConfig::load(&f.config).expect("parses");
+        let e = merge_file(&eff.store, &raw, &f.config, None, None).expect_err("two www");
+        assert!(
+            e.to_string().contains(
+                "load_balancers[1].name: \"www\" is already the name of load_balancers[0]"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_removed_file_pool_that_an_api_load_balancer_uses_is_refused_and_the_state_stays() {
+        let f = Files::new();
+        let seeded = f.seed(&format!("{WEB}{SPARE}{WWW}"), |s| {
+            let spare = s.pool_id("spare").expect("spare").to_owned();
+            create(
+                s,
+                store::Kind::LoadBalancer,
+                json!({"name": "api-lb", "address": "10.0.0.11", "port": 80, "default_pools": [spare]}),
+            )
+        });
+        let api_id = seeded
+            .load_balancer_id("api-lb")
+            .expect("api-lb")
+            .to_owned();
+        // Remove spare from the file, and change web (a change that must not apply either).
+        f.write(&format!("{}{WWW}", WEB.replace("8080", "8081")));
+        let eff = load_effective(&f.config, None).expect("runs with the stored objects");
+        let msg = refused(&eff);
+        assert!(
+            msg.contains(&format!("pool \"spare\" is no longer defined in the file, but load balancer \"api-lb\" (id {api_id}, made through the API) uses it (default_pools[0], fallback_pool); put [[pools]] \"spare\" back in the file")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!("`lbctl lbs patch {api_id}`")),
+            "{msg}"
+        );
+        assert_eq!(msg.matches("spare").count(), 2, "one error: {msg}");
+        assert!(!msg.contains("load_balancers[1]"), "no store index: {msg}");
+        assert_eq!(eff.store, seeded, "the stored objects are in force");
+        assert!(!eff.merged);
+        let names: Vec<&str> = eff.cfg.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["web", "spare"]);
+        assert_eq!(eff.cfg.pools[0].origins[0].port, Some(8080), "old web");
+    }
+
+    #[test]
+    fn a_file_pool_named_like_an_api_pool_is_refused_naming_both() {
+        let f = Files::new();
+        let seeded = f.seed(&format!("{WEB}{WWW}"), |s| {
+            create(
+                s,
+                store::Kind::Pool,
+                json!({"name": "spare", "origins": [{"name": "x", "address": "10.0.5.2"}]}),
+            )
+        });
+        let api_id = seeded.pool_id("spare").expect("spare").to_owned();
+        f.write(&format!("{WEB}{SPARE}{WWW}"));
+        let eff = load_effective(&f.config, None).expect("runs with the stored objects");
+        let msg = refused(&eff);
+        assert!(
+            msg.contains(&format!("pools[1] \"spare\" in the file: a pool named \"spare\" (id {api_id}) was made through the API")),
+            "{msg}"
+        );
+        assert_eq!(
+            msg.matches("is already the name").count(),
+            0,
+            "said once: {msg}"
+        );
+        assert_eq!(eff.store, seeded);
+    }
+
+    #[test]
+    fn a_file_vip_that_an_api_load_balancer_has_names_the_api_object() {
+        let f = Files::new();
+        let seeded = f.seed(&format!("{WEB}{WWW}"), |s| {
+            let web = s.pool_id("web").expect("web").to_owned();
+            create(
+                s,
+                store::Kind::LoadBalancer,
+                json!({"name": "api-lb", "address": "10.0.0.11", "port": 80, "default_pools": [web]}),
+            )
+        });
+        let api_id = seeded
+            .load_balancer_id("api-lb")
+            .expect("api-lb")
+            .to_owned();
+        f.write(&format!("{WEB}{}", WWW.replace("10.0.0.10", "10.0.0.11")));
+        let eff = load_effective(&f.config, None).expect("runs with the stored objects");
+        let msg = refused(&eff);
+        assert!(
+            msg.contains("the VIP of load_balancers[0] \"www\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&format!(
+                "load balancer \"api-lb\" (id {api_id}, made through the API)"
+            )),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_mistake_in_the_file_alone_still_stops_the_start_with_file_indexes() {
+        let f = Files::new();
+        f.seed(&format!("{WEB}{WWW}"), |s| {
+            create(
+                s,
+                store::Kind::Pool,
+                json!({"name": "api-pool", "origins": [{"name": "x", "address": "10.0.5.2"}]}),
+            )
+        });
+        // web is pools[0] in the file but pools[0] in the store too; add a pool after the
+        // API's so that store and file indexes differ.
+        let bad = SPARE.replace("port = 8080", "port = 8080, weight = 2");
+        f.write(&format!("{WEB}{bad}{WWW}"));
+        let e = load_effective(&f.config, None).expect_err("weight 2");
+        let AgentError::Config(ConfigError::Invalid { errors, .. }) = &e else {
+            panic!("expected validation errors, got {e:?}");
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("pools[1].origins[0].weight: "),
+            "the file's index, not the store's (2): {errors:?}"
+        );
     }
 }

@@ -29,6 +29,20 @@ pub const MIN_FLOW_TABLE: u32 = 1024;
 pub const DEFAULT_REUSE_AFTER_CLOSE: u32 = 120;
 /// One day, as generous as conntrack towards idle connections without keepalives.
 pub const DEFAULT_REUSE_AFTER_IDLE: u32 = 86_400;
+/// Idle seconds before an unfinished handshake is dead: covers a client's first three SYN
+/// retransmissions (1, 3 and 7 s into the attempt with Linux's backoff); a later
+/// retransmission simply starts a new flow. Short, because a flood of SYNs that are never
+/// completed holds SNAT ports for exactly this long.
+pub const DEFAULT_SYN_TIMEOUT: u32 = 10;
+/// Idle seconds before a half-closed flow (a FIN from one side only) is dead: longer than
+/// conntrack's FIN_WAIT (120 s), so an idle half-close (a server still computing its answer
+/// after the client's FIN) survives; any packet restarts the clock.
+pub const DEFAULT_HALF_CLOSED_TIMEOUT: u32 = 300;
+/// Handshakes in flight (over the SYN timeout) before SYNs are answered with cookies: far
+/// above what legitimate clients keep in flight (connections per second times the
+/// handshake's round trip: 12k/s at 1 ms is 12), and a small share of the SNAT ports a
+/// flood of spoofed SYNs could otherwise hold for the SYN timeout.
+pub const DEFAULT_SYN_BUDGET: u32 = 1024;
 pub const MAX_FLOW_TABLE: u32 = 1 << 26;
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +164,43 @@ pub struct RawDataplane {
     /// routes it (default false: the data path drops it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route_other: Option<bool>,
+    #[serde(default, skip_serializing_if = "RawTcpTimeouts::is_empty")]
+    pub tcp_timeouts: RawTcpTimeouts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn_cookies: Option<SynCookies>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn_budget: Option<u32>,
+}
+
+/// `dataplane.syn_cookies`: when SYNs without a flow are answered with SYN cookies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynCookies {
+    /// When more than `syn_budget` handshakes are in flight.
+    #[default]
+    Auto,
+    /// Always (no handshake state before the client proves its address).
+    Always,
+    /// Never.
+    Off,
+}
+
+/// `[dataplane.tcp_timeouts]`: idle seconds per TCP state before a flow is dead.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpTimeouts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_closed: Option<u32>,
+}
+
+impl RawTcpTimeouts {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -466,13 +517,21 @@ pub struct Dataplane {
     pub flow_table_size: u32,
     /// Seconds a closed (FIN/RST) flow must be idle before a new flow may take its SNAT port.
     pub snat_port_reuse_after_close: u32,
-    /// Seconds any flow must be idle before its SNAT port counts as abandoned.
+    /// Idle seconds before an established flow is dead (`tcp_timeouts.established`, or its
+    /// older name `snat_port_reuse_after_idle`).
     pub snat_port_reuse_after_idle: u32,
     /// Echo requests to VIP addresses are answered by XDP (else dropped).
     pub answer_ping: bool,
     /// Transit traffic (not ours, not the host's) is passed to the stack to be routed
     /// (else dropped in XDP: no open router).
     pub route_other: bool,
+    /// Idle seconds before an unfinished handshake is dead (`tcp_timeouts.syn`).
+    pub syn_timeout: u32,
+    /// Idle seconds before a half-closed flow is dead (`tcp_timeouts.half_closed`).
+    pub half_closed_timeout: u32,
+    /// `Settings::syn_budget`: handshakes in flight before SYN cookies; 0 = always,
+    /// `u32::MAX` = never.
+    pub syn_budget: u32,
 }
 
 /// Where the agent publishes health and steering state, and how hard it may probe.
@@ -799,6 +858,40 @@ fn name_ok(name: &str, field: &str, errors: &mut Vec<String>) {
     }
 }
 
+/// Duplicate names in the file as written. The store merges the file's objects by name, so
+/// a second `[[pools]]` named like the first would silently replace it: this runs on the file
+/// before the merge (on start, reload and `lb-agent check`).
+pub fn file_name_errors(raw: &RawConfig) -> Vec<String> {
+    fn dups<'a>(list: &str, names: impl Iterator<Item = &'a String>, errors: &mut Vec<String>) {
+        let mut first = HashMap::new();
+        for (i, n) in names.enumerate() {
+            if n.is_empty() {
+                continue;
+            }
+            if let Some(f) = first.get(n) {
+                errors.push(format!(
+                    "{list}[{i}].name: \"{n}\" is already the name of {list}[{f}]; names must be unique: rename or remove one of them"
+                ));
+            } else {
+                first.insert(n, i);
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    dups(
+        "monitors",
+        raw.monitors.iter().map(|m| &m.name),
+        &mut errors,
+    );
+    dups("pools", raw.pools.iter().map(|p| &p.name), &mut errors);
+    dups(
+        "load_balancers",
+        raw.load_balancers.iter().map(|l| &l.name),
+        &mut errors,
+    );
+    errors
+}
+
 /// Validates a parsed config. Every rule adds to the list; nothing stops at the first error.
 pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let mut errors = Vec::new();
@@ -876,14 +969,62 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let reuse_close = dp
         .snat_port_reuse_after_close
         .unwrap_or(DEFAULT_REUSE_AFTER_CLOSE);
-    let reuse_idle = dp
-        .snat_port_reuse_after_idle
-        .unwrap_or(DEFAULT_REUSE_AFTER_IDLE);
+    let tt = &dp.tcp_timeouts;
+    if tt.established.is_some() && dp.snat_port_reuse_after_idle.is_some() {
+        errors.push(
+            "dataplane.snat_port_reuse_after_idle: set together with tcp_timeouts.established, which replaces it; keep only tcp_timeouts.established"
+                .to_owned(),
+        );
+    }
+    let (reuse_idle, idle_field) = match (tt.established, dp.snat_port_reuse_after_idle) {
+        (Some(v), _) => (v, "dataplane.tcp_timeouts.established"),
+        (None, Some(v)) => (v, "dataplane.snat_port_reuse_after_idle"),
+        (None, None) => (
+            DEFAULT_REUSE_AFTER_IDLE,
+            "dataplane.tcp_timeouts.established",
+        ),
+    };
     if reuse_idle < reuse_close {
         errors.push(format!(
-            "dataplane.snat_port_reuse_after_idle: {reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
+            "{idle_field}: {reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
         ));
     }
+    let syn_timeout = tt.syn.unwrap_or(DEFAULT_SYN_TIMEOUT);
+    let max_syn = lb_common::HANDSHAKE_BUCKETS - 1;
+    if !(1..=max_syn).contains(&syn_timeout) {
+        errors.push(format!(
+            "dataplane.tcp_timeouts.syn: {syn_timeout} s is out of range; use 1-{max_syn} (a handshake that takes longer is retried by the client's next SYN)"
+        ));
+    }
+    let half_closed_timeout = tt
+        .half_closed
+        .unwrap_or(DEFAULT_HALF_CLOSED_TIMEOUT.min(reuse_idle));
+    if half_closed_timeout < syn_timeout || half_closed_timeout > reuse_idle {
+        errors.push(format!(
+            "dataplane.tcp_timeouts.half_closed: {half_closed_timeout} s must lie between tcp_timeouts.syn ({syn_timeout} s) and the established timeout ({reuse_idle} s)"
+        ));
+    }
+
+    let syn_budget = match (dp.syn_cookies.unwrap_or_default(), dp.syn_budget) {
+        (SynCookies::Auto, b) => {
+            let b = b.unwrap_or(DEFAULT_SYN_BUDGET);
+            if b == 0 || b == u32::MAX {
+                errors.push(format!(
+                    "dataplane.syn_budget: {b} is out of range; use 1-4294967294 (or syn_cookies = \"always\" / \"off\")"
+                ));
+            }
+            b
+        }
+        (SynCookies::Always, None) => 0,
+        (SynCookies::Off, None) => u32::MAX,
+        (c, Some(_)) => {
+            errors.push(format!(
+                "dataplane.syn_budget: only applies with syn_cookies = \"auto\" (it is \"{}\"); remove one of them",
+                if c == SynCookies::Always { "always" } else { "off" }
+            ));
+            0
+        }
+    };
 
     // --- agent
     let status_file = raw
@@ -1274,6 +1415,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             });
         }
     }
+    vip_is_not_an_origin(&raw, &vips, &mut errors);
     if raw.load_balancers.len() > MAX_VIPS as usize {
         errors.push(format!(
             "load_balancers: {} load balancers; at most {MAX_VIPS} are supported",
@@ -1302,6 +1444,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             snat_port_reuse_after_idle: reuse_idle,
             answer_ping: dp.answer_ping.unwrap_or(true),
             route_other: dp.route_other.unwrap_or(false),
+            syn_timeout,
+            half_closed_timeout,
+            syn_budget,
         },
         agent: Agent {
             status_file,
@@ -1316,6 +1461,65 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         geo,
         api,
     })
+}
+
+/// A VIP that is also an origin's address and port would send the load balancer's own
+/// forwarded packets back into itself. An origin without a `port` is reached on the
+/// `origin_port` of each load balancer that uses its pool.
+fn vip_is_not_an_origin(
+    raw: &RawConfig,
+    vips: &HashMap<(Ipv4Addr, u16), usize>,
+    errors: &mut Vec<String>,
+) {
+    let mut ports_of_pool: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for l in &raw.load_balancers {
+        let origin_port = l.origin_port.unwrap_or(l.port);
+        let used = l
+            .default_pools
+            .iter()
+            .chain(l.fallback_pool.iter())
+            .chain(l.region_pools.values().flatten())
+            .chain(l.country_pools.values().flatten())
+            .chain(l.pop_pools.values().flatten());
+        for name in used {
+            ports_of_pool
+                .entry(name.as_str())
+                .or_default()
+                .insert(origin_port);
+        }
+    }
+    let mut found: Vec<(usize, String)> = Vec::new();
+    for (pi, p) in raw.pools.iter().enumerate() {
+        for (oi, o) in p.origins.iter().enumerate() {
+            let Ok(address) = o.address.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let ports: Vec<u32> = match o.port {
+                Some(port) => vec![port],
+                None => ports_of_pool
+                    .get(p.name.as_str())
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default(),
+            };
+            for port in ports {
+                let Ok(port) = u16::try_from(port) else {
+                    continue;
+                };
+                if let Some(&li) = vips.get(&(address, port)) {
+                    found.push((
+                        li,
+                        format!(
+                            "load_balancers[{li}].address: {address} with port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\"); a VIP cannot be one of the origins it forwards to: give the load balancer another address or port, or fix the origin",
+                            o.name, p.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    errors.extend(found.into_iter().map(|(_, e)| e));
 }
 
 fn validate_api(raw: &RawApi, errors: &mut Vec<String>) -> Api {
@@ -1933,6 +2137,43 @@ default_pools = ["web"]
     }
 
     #[test]
+    fn tcp_timeouts_in_range() {
+        assert_one(
+            &errors_with("pin_dir", "tcp_timeouts = { syn = 60 }\npin_dir"),
+            "dataplane.tcp_timeouts.syn",
+        );
+        assert_one(
+            &errors_with("pin_dir", "tcp_timeouts = { half_closed = 5 }\npin_dir"),
+            "dataplane.tcp_timeouts.half_closed",
+        );
+        assert_one(
+            &errors_with(
+                "pin_dir",
+                "tcp_timeouts = { established = 3600 }\nsnat_port_reuse_after_idle = 3600\npin_dir",
+            ),
+            "dataplane.snat_port_reuse_after_idle",
+        );
+    }
+
+    #[test]
+    fn syn_cookie_settings() {
+        assert_one(
+            &errors_with("pin_dir", "syn_budget = 0\npin_dir"),
+            "dataplane.syn_budget",
+        );
+        assert_one(
+            &errors_with("pin_dir", "syn_cookies = \"off\"\nsyn_budget = 10\npin_dir"),
+            "dataplane.syn_budget",
+        );
+        let c = Config::parse(
+            &GOOD.replace("pin_dir", "syn_cookies = \"always\"\npin_dir"),
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.dataplane.syn_budget, 0);
+    }
+
+    #[test]
     fn pool_name_required() {
         // Renaming the pool away also leaves default_pools pointing at nothing: two errors.
         let e = errors_with("name = \"web\"", "name = \"\"");
@@ -1944,6 +2185,24 @@ default_pools = ["web"]
     fn pool_names_unique() {
         let text = format!("{GOOD}\n[[pools]]\nname = \"web\"\norigins = [{{ name = \"c\", address = \"10.0.4.2\" }}]\n");
         assert_one(&errors_of(&text), "pools[1].name");
+    }
+
+    #[test]
+    fn file_names_unique_before_merging() {
+        let text = format!(
+            "{GOOD}\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n\n[[pools]]\nname = \"spare\"\norigins = [{{ name = \"c\", address = \"10.0.4.2\" }}]\n\n[[pools]]\nname = \"web\"\norigins = [{{ name = \"d\", address = \"10.0.5.2\" }}]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.11\"\nport = 80\ndefault_pools = [\"web\"]\n"
+        );
+        let raw = RawConfig::parse(&text, Path::new("t.toml")).expect("parses");
+        assert_eq!(
+            file_name_errors(&raw),
+            [
+                "monitors[1].name: \"m\" is already the name of monitors[0]; names must be unique: rename or remove one of them",
+                "pools[2].name: \"web\" is already the name of pools[0]; names must be unique: rename or remove one of them",
+                "load_balancers[1].name: \"www\" is already the name of load_balancers[0]; names must be unique: rename or remove one of them",
+            ]
+        );
+        let good = RawConfig::parse(GOOD, Path::new("t.toml")).expect("parses");
+        assert!(file_name_errors(&good).is_empty());
     }
 
     #[test]
@@ -2045,6 +2304,34 @@ default_pools = ["web"]
     fn vip_address_port_unique() {
         let text = format!("{GOOD}\n[[load_balancers]]\nname = \"two\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n");
         assert_one(&errors_of(&text), "load_balancers[1]");
+    }
+
+    #[test]
+    fn vip_is_not_an_origin_with_its_own_port() {
+        let e = errors_with(
+            "address = \"10.0.2.2\", port = 8080",
+            "address = \"10.0.0.10\", port = 80",
+        );
+        assert_one(&e, "load_balancers[0].address");
+        assert!(
+            e[0].contains("pools[0].origins[0]") && e[0].contains("\"a\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn vip_is_not_an_origin_on_the_origin_port() {
+        // Origin b has no port, so it is reached on www's origin_port (80, its VIP port).
+        let e = errors_with("\"10.0.3.2\"", "\"10.0.0.10\"");
+        assert_one(&e, "load_balancers[0].address");
+        assert!(e[0].contains("pools[0].origins[1]"), "{e:?}");
+        // The same address on another port is fine.
+        let text = GOOD.replacen("\"10.0.3.2\"", "\"10.0.0.10\"", 1).replacen(
+            "port = 80\n",
+            "port = 80\norigin_port = 8080\n",
+            1,
+        );
+        Config::parse(&text, Path::new("t.toml")).expect("another port is another socket");
     }
 
     #[test]

@@ -155,6 +155,7 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
             AFFINITY_SIZE,
         ),
         names::ORIGIN_FLOWS => (4, 8, MAX_ORIGINS),
+        names::HANDSHAKES => (4, s(size_of::<lb_common::Handshakes>()), 1),
         other => unreachable!("unknown map {other}"),
     }
 }
@@ -324,6 +325,7 @@ pub struct Maps {
     pub geo_plan: HashMap<MapData, GeoPlanKey, u32>,
     pub affinity: HashMap<MapData, AffinityKey, Affinity>,
     pub origin_flows: Array<MapData, u64>,
+    pub handshakes: Array<MapData, lb_common::Handshakes>,
 }
 
 impl Maps {
@@ -364,6 +366,7 @@ impl Maps {
             geo_plan: typed!(names::GEO_PLAN),
             affinity: typed!(names::AFFINITY),
             origin_flows: typed!(names::ORIGIN_FLOWS),
+            handshakes: typed!(names::HANDSHAKES),
         })
     }
 
@@ -662,7 +665,7 @@ pub fn teardown(dir: &Path) -> Result<Vec<String>> {
 /// an error for hard ones.
 pub fn check_host(dp: &config::Dataplane) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
-    for iface in &dp.interfaces {
+    for (i, iface) in dp.interfaces.iter().enumerate() {
         let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
         match fs::read_to_string(&path) {
             Ok(v) if v.trim() == "1" => {}
@@ -673,7 +676,7 @@ pub fn check_host(dp: &config::Dataplane) -> Result<Vec<String>> {
             }
             Err(_) => {
                 return Err(DataplaneError::Host(format!(
-                    "interface {iface} not found in this network namespace (no {path})"
+                    "dataplane.interfaces[{i}]: interface \"{iface}\" does not exist in this network namespace (no {path}); list interfaces that `ip link` shows here, or create it first"
                 )))
             }
         }

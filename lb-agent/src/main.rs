@@ -99,7 +99,19 @@ fn main() -> anyhow::Result<()> {
             ))?;
         }
         Some(Command::Check) => {
-            let (_, _, cfg, _) = agent::load_effective(&cli.config, cli.api_listen.as_deref())?;
+            let eff = agent::load_effective(&cli.config, cli.api_listen.as_deref())?;
+            if let Some(e) = eff.refused {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "a start with {} would refuse its changes to monitors, pools and load balancers and run with the objects of {}",
+                    cli.config.display(),
+                    eff.cfg.api.state_file.display()
+                )));
+            }
+            let cfg = eff.cfg;
+            // The same host checks as a start: interfaces exist, forwarding is on.
+            for w in dataplane::check_host(&cfg.dataplane)? {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{} (with the objects of {}): valid; {} load balancer(s), {} pool(s), {} origin(s), interfaces {:?}",
                 cli.config.display(),
@@ -126,7 +138,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Some(Command::Stats { json }) => {
-            let (_, _, cfg, _) = agent::load_effective(&cli.config, None)?;
+            let cfg = agent::load_effective(&cli.config, None)?.cfg;
             let maps = Maps::open_pinned(&cfg.dataplane.pin_dir)?;
             let s = stats::collect(&cfg, &maps)?;
             if json {

@@ -16,6 +16,7 @@
 //! | `lb_origin_probe_rtt_seconds` | histogram | pool, origin | [`RttHistograms`] |
 //! | `lb_dataplane_events_total` | counter | event | `Stats::events` |
 //! | `lb_flow_table_entries`, `lb_flow_table_capacity` | gauge | - | [`FlowTableFill`] |
+//! | `lb_handshakes_in_flight`, `lb_syn_cookies_active`, `lb_syn_budget` | gauge | - | `Stats::syn_flood` |
 //! | `lb_notifications_total` | counter | result (sent, failed, dropped, retried) | notifier |
 //!
 //! Choices worth knowing when writing queries:
@@ -447,6 +448,32 @@ fn write_all(out: &mut String, input: &MetricsInput<'_>) -> fmt::Result {
                 .map(|(e, n)| (labels(&[("event", e)]), Val::U(*n))),
         )?;
     }
+    if let Some(stats) = input.stats {
+        let sf = &stats.syn_flood;
+        family(
+            out,
+            "lb_handshakes_in_flight",
+            Kind::Gauge,
+            "TCP handshakes started and not finished over the SYN timeout (the SYN-cookie trigger).",
+            [(String::new(), Val::U(sf.handshakes_in_flight))],
+        )?;
+        family(
+            out,
+            "lb_syn_cookies_active",
+            Kind::Gauge,
+            "1 while SYNs are being answered with SYN cookies (one sent in the last 2 s).",
+            [(String::new(), Val::U(u64::from(sf.cookies_active)))],
+        )?;
+        if let Some(b) = sf.syn_budget {
+            family(
+                out,
+                "lb_syn_budget",
+                Kind::Gauge,
+                "Handshakes in flight at which SYNs get cookies (0: always).",
+                [(String::new(), Val::U(u64::from(b)))],
+            )?;
+        }
+    }
     if let Some(f) = input.flow_table {
         family(
             out,
@@ -663,6 +690,11 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+            syn_flood: crate::stats::SynFlood {
+                handshakes_in_flight: 1500,
+                syn_budget: Some(1024),
+                cookies_active: true,
+            },
         }
     }
 
@@ -740,6 +772,9 @@ mod tests {
             "lb_pool_minimum_origins",
             "lb_origin_probe_rtt_seconds",
             "lb_dataplane_events_total",
+            "lb_handshakes_in_flight",
+            "lb_syn_cookies_active",
+            "lb_syn_budget",
             "lb_flow_table_entries",
             "lb_flow_table_capacity",
             "lb_notifications_total",
@@ -883,6 +918,9 @@ mod tests {
         assert_eq!(ev("fwd_tx"), 1050.0);
         assert_eq!(ev("drop_ttl"), 0.0, "zero counters are shown too");
         assert_eq!(value(&p, "lb_flow_table_entries", &[]), 1234.0);
+        assert_eq!(value(&p, "lb_handshakes_in_flight", &[]), 1500.0);
+        assert_eq!(value(&p, "lb_syn_cookies_active", &[]), 1.0);
+        assert_eq!(value(&p, "lb_syn_budget", &[]), 1024.0);
         assert_eq!(value(&p, "lb_flow_table_capacity", &[]), 65536.0);
         let n = |r| value(&p, "lb_notifications_total", &[("result", r)]);
         assert_eq!(

@@ -157,7 +157,11 @@ pub fn desired(cfg: &Config, health: &HealthTable, locations: &[GeoValue]) -> De
                 0
             },
         reuse_closed_secs: dp.snat_port_reuse_after_close,
-        reuse_idle_secs: dp.snat_port_reuse_after_idle,
+        established_secs: dp.snat_port_reuse_after_idle,
+        syn_secs: dp.syn_timeout,
+        half_closed_secs: dp.half_closed_timeout,
+        syn_budget: dp.syn_budget,
+        _pad: 0,
     };
     let mut rings = BTreeMap::new();
     let mut vips = Vec::new();

@@ -15,6 +15,53 @@ use crate::{
 pub struct Stats {
     pub vips: Vec<VipStats>,
     pub events: std::collections::BTreeMap<String, u64>,
+    pub syn_flood: SynFlood,
+}
+
+/// The SYN-flood defence as the data path sees it (`HANDSHAKES`, `SETTINGS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SynFlood {
+    /// Handshakes started and not finished over the SYN timeout.
+    pub handshakes_in_flight: u64,
+    /// In flight at which SYNs get cookies (`None`: cookies off; 0: always).
+    pub syn_budget: Option<u32>,
+    /// A SYN cookie was sent within the last two seconds.
+    pub cookies_active: bool,
+}
+
+impl SynFlood {
+    /// Reads `h` at coarse monotonic second `now`, as the data path would.
+    pub fn from_maps(h: &lb_common::Handshakes, settings: &lb_common::Settings, now: u32) -> Self {
+        let window = settings.syn_secs + 1;
+        let (started, done) = h
+            .buckets
+            .iter()
+            .filter(|b| now.wrapping_sub(b.sec) < window)
+            .fold((0u64, 0u64), |(s, d), b| (s + b.started, d + b.done));
+        Self {
+            handshakes_in_flight: started.saturating_sub(done),
+            syn_budget: (settings.syn_budget != u32::MAX).then_some(settings.syn_budget),
+            cookies_active: h.last_cookie != 0 && now.wrapping_sub(h.last_cookie) <= 1,
+        }
+    }
+}
+
+/// Whole seconds of CLOCK_MONOTONIC_COARSE: the clock the data path stamps with
+/// (`bpf_ktime_get_coarse_ns`).
+fn coarse_now() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "seconds since boot"
+    )]
+    let s = ts.tv_sec as u32;
+    s
 }
 
 #[derive(Debug, Serialize)]
@@ -144,7 +191,15 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
         .zip(totals)
         .map(|(n, v)| ((*n).to_owned(), v))
         .collect();
-    Ok(Stats { vips, events })
+    let syn_flood = match (maps.handshakes.get(&0, 0), maps.settings.get(&0, 0)) {
+        (Ok(h), Ok(s)) => SynFlood::from_maps(&h, &s, coarse_now()),
+        _ => SynFlood::default(),
+    };
+    Ok(Stats {
+        vips,
+        events,
+        syn_flood,
+    })
 }
 
 impl std::fmt::Display for Stats {
@@ -181,10 +236,72 @@ impl std::fmt::Display for Stats {
                 )?;
             }
         }
+        let sf = &self.syn_flood;
+        writeln!(
+            f,
+            "handshakes in flight: {} (SYN cookies {}){}",
+            sf.handshakes_in_flight,
+            match sf.syn_budget {
+                None => "off".to_owned(),
+                Some(0) => "always".to_owned(),
+                Some(b) => format!("from {b}"),
+            },
+            if sf.cookies_active {
+                ": answering SYNs with cookies now"
+            } else {
+                ""
+            }
+        )?;
         writeln!(f, "data path events:")?;
         for (k, v) in self.events.iter().filter(|(_, v)| **v > 0) {
             writeln!(f, "  {k:<22} {v}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SynFlood;
+    use lb_common::{HandshakeBucket, Handshakes, Settings};
+
+    #[test]
+    fn handshakes_in_flight_count_only_the_syn_window() {
+        let mut h = Handshakes::default();
+        h.buckets[0] = HandshakeBucket {
+            sec: 100,
+            _pad: 0,
+            started: 50,
+            done: 10,
+        };
+        h.buckets[1] = HandshakeBucket {
+            sec: 89,
+            _pad: 0,
+            started: 1000,
+            done: 0,
+        };
+        h.last_cookie = 99;
+        let s = Settings {
+            syn_secs: 10,
+            syn_budget: 20,
+            ..Settings::default()
+        };
+        let f = SynFlood::from_maps(&h, &s, 100);
+        assert_eq!(
+            f.handshakes_in_flight, 40,
+            "second 89 is outside the 11 s window"
+        );
+        assert_eq!(f.syn_budget, Some(20));
+        assert!(f.cookies_active);
+        let off = SynFlood::from_maps(
+            &h,
+            &Settings {
+                syn_budget: u32::MAX,
+                ..s
+            },
+            105,
+        );
+        assert_eq!(off.syn_budget, None);
+        assert!(!off.cookies_active, "no cookie for 6 s");
     }
 }

@@ -7,7 +7,8 @@
 //! file); a change made through the API to such an object stands until then. Objects created
 //! through the API are never touched by the file. An object removed from the file is
 //! removed from the store; one deleted through the API stays deleted until its definition in
-//! the file changes.
+//! the file changes. A file that conflicts with objects made through the API (a name they
+//! already have, a removed object they use) is refused whole (`file_conflicts`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -582,6 +583,336 @@ impl Store {
     }
 }
 
+/// `lbctl`'s word for a kind.
+fn lbctl_kind(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Monitor => "monitors",
+        Kind::Pool => "pools",
+        Kind::LoadBalancer => "lbs",
+    }
+}
+
+/// Every pool reference of a load balancer with the field that holds it.
+fn lb_pool_fields(l: &RawLoadBalancer) -> Vec<(String, &String)> {
+    let mut out: Vec<(String, &String)> = l
+        .default_pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("default_pools[{i}]"), p))
+        .collect();
+    out.extend(
+        l.fallback_pool
+            .iter()
+            .map(|p| ("fallback_pool".to_owned(), p)),
+    );
+    for (field, map) in [
+        ("region_pools", &l.region_pools),
+        ("country_pools", &l.country_pools),
+        ("pop_pools", &l.pop_pools),
+    ] {
+        for (k, list) in map {
+            out.extend(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, p)| (format!("{field}.{k}[{i}]"), p)),
+            );
+        }
+    }
+    if let Some(rs) = &l.random_steering {
+        out.extend(
+            rs.pool_weights
+                .keys()
+                .map(|p| (format!("random_steering.pool_weights.{p}"), p)),
+        );
+    }
+    out
+}
+
+/// What the merge of the file found wrong, as refusals to show the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileRefusal {
+    /// Messages, each naming the field and the fix.
+    pub errors: Vec<String>,
+    /// Whether any error involves an object made through the API (a conflict between the
+    /// file and the API, as opposed to a mistake in the file alone).
+    pub conflict: bool,
+}
+
+impl Store {
+    /// Name and origin of entry `i` of `kind` for messages about the file: a file object by
+    /// its index in the file as written (`pools[2] "web"`), an API object by name and id.
+    /// `None` if there is no such entry; the bool says whether it was made through the API.
+    /// Without `with_name`, a file object is its index alone (before a field: `pools[2].x`).
+    fn file_label(
+        &self,
+        file: &RawConfig,
+        kind: Kind,
+        i: usize,
+        with_name: bool,
+    ) -> Option<(String, bool)> {
+        let (name, id, src) = match kind {
+            Kind::Monitor => self
+                .monitors
+                .get(i)
+                .map(|e| (monitor_name(e), e.id.as_str(), e.file.as_ref()))?,
+            Kind::Pool => self
+                .pools
+                .get(i)
+                .map(|e| (e.object.name.clone(), e.id.as_str(), e.file.as_ref()))?,
+            Kind::LoadBalancer => self
+                .load_balancers
+                .get(i)
+                .map(|e| (e.object.name.clone(), e.id.as_str(), e.file.as_ref()))?,
+        };
+        Some(match src {
+            Some(f) => {
+                let names: Vec<&String> = match kind {
+                    Kind::Monitor => file.monitors.iter().map(|m| &m.name).collect(),
+                    Kind::Pool => file.pools.iter().map(|p| &p.name).collect(),
+                    Kind::LoadBalancer => file.load_balancers.iter().map(|l| &l.name).collect(),
+                };
+                match names.iter().position(|n| **n == f.name) {
+                    Some(j) if with_name => (format!("{}[{j}] \"{}\"", kind.list(), f.name), false),
+                    Some(j) => (format!("{}[{j}]", kind.list()), false),
+                    None => (
+                        format!("{} \"{}\" of the file", kind.singular(), f.name),
+                        false,
+                    ),
+                }
+            }
+            None => (
+                format!(
+                    "{} \"{name}\" (id {id}, made through the API)",
+                    kind.singular()
+                ),
+                true,
+            ),
+        })
+    }
+
+    /// File changes that conflict with the store, found by comparing `self` (before the
+    /// merge) with `merged` (after it): a file object named like an object made through the
+    /// API, and objects that refer (by id) to a file object the file no longer defines.
+    /// Each message names the file's object by its name and the other object by name and
+    /// origin, and says how to resolve it.
+    pub fn file_conflicts(&self, merged: &Self, file: &RawConfig) -> FileRefusal {
+        let mut out = FileRefusal::default();
+        // Same name as an API object of the same kind.
+        let clash = |kind: Kind, names: Vec<(String, &str, bool)>, out: &mut FileRefusal| {
+            for (i, (name, _, from_file)) in names.iter().enumerate() {
+                if !from_file || name.is_empty() {
+                    continue;
+                }
+                for (j, (other, other_id, other_from_file)) in names.iter().enumerate() {
+                    if i == j || *other_from_file || other != name {
+                        continue;
+                    }
+                    let (label, _) = merged
+                        .file_label(file, kind, i, true)
+                        .unwrap_or_else(|| (format!("{} \"{name}\"", kind.singular()), false));
+                    out.errors.push(format!(
+                        "{label} in the file: a {k} named \"{name}\" (id {other_id}) was made through the API, and names must be unique; rename the {k} in the file, or rename or delete the API's (`lbctl {c} patch {other_id}` / `lbctl {c} delete {other_id}`)",
+                        k = kind.singular(),
+                        c = lbctl_kind(kind),
+                    ));
+                    out.conflict = true;
+                }
+            }
+        };
+        clash(
+            Kind::Monitor,
+            merged
+                .monitors
+                .iter()
+                .map(|e| (monitor_name(e), e.id.as_str(), e.file.is_some()))
+                .collect(),
+            &mut out,
+        );
+        clash(
+            Kind::Pool,
+            merged
+                .pools
+                .iter()
+                .map(|e| (e.object.name.clone(), e.id.as_str(), e.file.is_some()))
+                .collect(),
+            &mut out,
+        );
+        clash(
+            Kind::LoadBalancer,
+            merged
+                .load_balancers
+                .iter()
+                .map(|e| (e.object.name.clone(), e.id.as_str(), e.file.is_some()))
+                .collect(),
+            &mut out,
+        );
+
+        // References to objects the merge removed (they were file objects).
+        let removed = |kind: Kind, r: &str| -> Option<String> {
+            let gone = match kind {
+                Kind::Monitor => merged.monitor(r).is_none(),
+                _ => merged.pool(r).is_none(),
+            };
+            if !gone {
+                return None;
+            }
+            match kind {
+                Kind::Monitor => self.monitor(r).map(monitor_name),
+                _ => self.pool(r).map(|e| e.object.name.clone()),
+            }
+        };
+        // Whether the file's own definition of a file object refers to `name` (if not, the
+        // reference came from a change made through the API, which stands over the file).
+        let file_refers = |kind: Kind, i: usize, name: &str| -> bool {
+            match kind {
+                Kind::Pool => merged.pools[i].file.as_ref().is_some_and(|f| {
+                    file.pools
+                        .iter()
+                        .any(|p| p.name == f.name && p.monitor.as_deref() == Some(name))
+                }),
+                Kind::LoadBalancer => merged.load_balancers[i].file.as_ref().is_some_and(|f| {
+                    file.load_balancers
+                        .iter()
+                        .any(|l| l.name == f.name && lb_pool_refs(l).any(|r| r == name))
+                }),
+                Kind::Monitor => false,
+            }
+        };
+        let mut missing = |kind: Kind, i: usize, fields: &str, target: Kind, name: &str| {
+            let Some((label, api)) = merged.file_label(file, kind, i, false) else {
+                return;
+            };
+            let by_api = !api && !file_refers(kind, i, name);
+            let id = match kind {
+                Kind::Monitor => &merged.monitors[i].id,
+                Kind::Pool => &merged.pools[i].id,
+                Kind::LoadBalancer => &merged.load_balancers[i].id,
+            };
+            let t = target.singular();
+            if api {
+                out.errors.push(format!(
+                    "{t} \"{name}\" is no longer defined in the file, but {label} uses it ({fields}); put [[{l}]] \"{name}\" back in the file, or first take it out of that {k} through the API (`lbctl {c} patch {id}`)",
+                    l = target.list(),
+                    k = kind.singular(),
+                    c = lbctl_kind(kind),
+                ));
+                out.conflict = true;
+            } else if by_api {
+                let (label, _) = merged
+                    .file_label(file, kind, i, true)
+                    .unwrap_or((label, false));
+                out.errors.push(format!(
+                    "{t} \"{name}\" is no longer defined in the file, but {label} uses it ({fields}) since a change made through the API; put [[{l}]] \"{name}\" back in the file, or first take it out of that {k} through the API (`lbctl {c} patch {id}`)",
+                    l = target.list(),
+                    k = kind.singular(),
+                    c = lbctl_kind(kind),
+                ));
+                out.conflict = true;
+            } else {
+                out.errors.push(format!(
+                    "{label}: uses {t} \"{name}\" ({fields}), which is no longer defined in the file; define it under [[{l}]] or remove it from this {k}",
+                    l = target.list(),
+                    k = kind.singular(),
+                ));
+            }
+        };
+        for (i, e) in merged.pools.iter().enumerate() {
+            if let Some(m) = &e.object.monitor {
+                if let Some(name) = removed(Kind::Monitor, m) {
+                    missing(Kind::Pool, i, "monitor", Kind::Monitor, &name);
+                }
+            }
+        }
+        for (i, e) in merged.load_balancers.iter().enumerate() {
+            let mut gone: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (field, r) in lb_pool_fields(&e.object) {
+                if let Some(name) = removed(Kind::Pool, r) {
+                    gone.entry(name).or_default().push(field);
+                }
+            }
+            for (name, fields) in gone {
+                missing(Kind::LoadBalancer, i, &fields.join(", "), Kind::Pool, &name);
+            }
+        }
+        out
+    }
+
+    /// The validator's messages about the merged store, rewritten for someone who edits the
+    /// file: `pools[3]` (an index into the store) becomes the object's index in the file as
+    /// written and its name, or, for an object made through the API, its name and id and
+    /// that it was made through the API. Messages already covered by `covered` (the result
+    /// of `file_conflicts`) are left out.
+    pub fn file_messages(
+        &self,
+        file: &RawConfig,
+        errors: &[String],
+        covered: &FileRefusal,
+    ) -> FileRefusal {
+        let mut out = FileRefusal::default();
+        for e in errors {
+            // A reference to a removed object (by id) or a duplicate name: file_conflicts
+            // said it better.
+            let dup_name = e.contains("is already the name of") && covered.conflict;
+            let by_id = e
+                .split('"')
+                .nth(1)
+                .is_some_and(|q| is_id(q) && e.contains(" is named \""));
+            if (dup_name || by_id) && !covered.errors.is_empty() {
+                continue;
+            }
+            let mut api = false;
+            let text = relabel(e, |kind, i, before_field| {
+                let (l, a) = self.file_label(file, kind, i, !before_field)?;
+                api |= a;
+                Some(l)
+            });
+            out.conflict |= api;
+            out.errors.push(text);
+        }
+        out
+    }
+}
+
+/// Replaces every `monitors[i]`, `pools[i]` and `load_balancers[i]` in `msg` that starts a
+/// word (so not the `pools[0]` of `default_pools[0]`) by `f(kind, i, followed by a field)`,
+/// when that is `Some`.
+fn relabel(msg: &str, mut f: impl FnMut(Kind, usize, bool) -> Option<String>) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    'scan: while !rest.is_empty() {
+        let at_word = out
+            .chars()
+            .last()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        if at_word {
+            for kind in [Kind::Monitor, Kind::Pool, Kind::LoadBalancer] {
+                let Some(after) = rest
+                    .strip_prefix(kind.list())
+                    .and_then(|r| r.strip_prefix('['))
+                else {
+                    continue;
+                };
+                let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+                let Some(tail) = after[digits..].strip_prefix(']') else {
+                    continue;
+                };
+                let Ok(i) = after[..digits].parse::<usize>() else {
+                    continue;
+                };
+                if let Some(l) = f(kind, i, tail.starts_with('.')) {
+                    out.push_str(&l);
+                    rest = tail;
+                    continue 'scan;
+                }
+            }
+        }
+        let c = rest.chars().next().unwrap_or_default();
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 fn merge_one<T>(
     list: &mut Vec<Entry<T>>,
     deleted: &mut BTreeMap<String, String>,
@@ -1144,6 +1475,100 @@ default_pools = ["web", "spare"]
             msgs[1].starts_with("load balancer \"www\" ("),
             "{}",
             msgs[1]
+        );
+    }
+
+    #[test]
+    fn relabel_replaces_whole_list_indexes_only() {
+        let out = relabel(
+            "load_balancers[1].default_pools[0]: no pool; see pools[12] and monitors[0]",
+            |k, i, field| Some(format!("<{}{i}{}>", k.list(), if field { "." } else { "" })),
+        );
+        assert_eq!(
+            out,
+            "<load_balancers1.>.default_pools[0]: no pool; see <pools12> and <monitors0>"
+        );
+    }
+
+    #[test]
+    fn a_monitor_removed_from_the_file_that_an_api_pool_uses_is_a_conflict() {
+        let s = seeded();
+        let tcp = s.monitors[0].id.clone();
+        let (s, made) = s
+            .mutate(
+                Op::Create(
+                    Kind::Pool,
+                    json!({"name": "api", "monitor": tcp, "origins": [{"name": "x", "address": "10.0.5.2"}]}),
+                ),
+                T1,
+            )
+            .expect("create");
+        let without_tcp = FILE
+            .replace("[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\n", "")
+            .replace("monitor = \"tcp\"\n", "");
+        let raw = file(&without_tcp);
+        let mut merged = s.clone();
+        merged.merge_file(&raw, T1);
+        let r = s.file_conflicts(&merged, &raw);
+        assert!(r.conflict, "{r:?}");
+        assert_eq!(
+            r.errors,
+            [format!("monitor \"tcp\" is no longer defined in the file, but pool \"api\" (id {}, made through the API) uses it (monitor); put [[monitors]] \"tcp\" back in the file, or first take it out of that pool through the API (`lbctl pools patch {}`)", made.id, made.id)]
+        );
+        // Without the API pool, the same file merges cleanly.
+        let mut alone = seeded();
+        let before = alone.clone();
+        alone.merge_file(&raw, T1);
+        assert_eq!(before.file_conflicts(&alone, &raw), FileRefusal::default());
+    }
+
+    #[test]
+    fn a_removed_pool_that_an_api_change_added_to_a_file_load_balancer_is_a_conflict() {
+        let s = seeded();
+        let spare = s.pools[1].id.clone();
+        let lb = s.load_balancers[0].id.clone();
+        // The file says default_pools = ["web", "spare"]; make it ["web"] in the file
+        // and keep "spare" only through the API (as the fallback).
+        let in_file = FILE.replace("[\"web\", \"spare\"]", "[\"web\"]");
+        let mut s = s;
+        s.merge_file(&file(&in_file), T1);
+        let (s, _) = s
+            .mutate(
+                Op::Patch(
+                    Kind::LoadBalancer,
+                    lb.clone(),
+                    json!({"fallback_pool": spare}),
+                ),
+                T1,
+            )
+            .expect("patch");
+        let without_spare = in_file.replace(
+            "[[pools]]\nname = \"spare\"\norigins = [{ name = \"c\", address = \"10.0.4.2\" }]\n",
+            "",
+        );
+        let raw = file(&without_spare);
+        let mut merged = s.clone();
+        merged.merge_file(&raw, T1);
+        let r = s.file_conflicts(&merged, &raw);
+        assert!(r.conflict, "{r:?}");
+        assert_eq!(
+            r.errors,
+            [format!("pool \"spare\" is no longer defined in the file, but load_balancers[0] \"www\" uses it (fallback_pool) since a change made through the API; put [[pools]] \"spare\" back in the file, or first take it out of that load balancer through the API (`lbctl lbs patch {lb}`)")]
+        );
+        // Where the file's own definition still names it, it is a mistake in the file.
+        let stale = FILE.replace(
+            "[[pools]]\nname = \"spare\"\norigins = [{ name = \"c\", address = \"10.0.4.2\" }]\n",
+            "",
+        );
+        let s = seeded();
+        let raw = file(&stale);
+        let mut merged = s.clone();
+        merged.merge_file(&raw, T1);
+        let r = s.file_conflicts(&merged, &raw);
+        assert!(!r.conflict, "{r:?}");
+        assert_eq!(
+            r.errors,
+            ["load_balancers[0]: uses pool \"spare\" (default_pools[1], fallback_pool), which is no longer defined in the file; define it under [[pools]] or remove it from this load balancer"]
         );
     }
 

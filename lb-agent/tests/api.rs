@@ -1229,3 +1229,157 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
     let (okk, _, err) = lbctl(ns, &["--api", "http://127.0.0.1:1", "status"]);
     assert!(!okk && err.contains("cannot reach"), "{err}");
 }
+
+/// `lb-agent --config <cfg> check` in `ns`: (success, stdout, stderr).
+fn check(ns: &NetNs, cfg: &Path) -> (bool, String, String) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg("--")
+        .arg(agent_bin())
+        .arg("--config")
+        .arg(cfg)
+        .arg("check")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run lb-agent check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_start_with_a_file_that_conflicts_with_api_objects_runs_the_stored_state() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(2);
+    let _servers = topo.start_servers();
+    let spare = format!(
+        "\n[[pools]]\nname = \"spare\"\norigins = [{{ name = \"s2\", address = \"{}\", port = {ORIGIN_PORT} }}]\n",
+        origin_addr(2)
+    );
+    let text = format!("{}{spare}", config(&topo, 2, ""));
+    let cfg = TempFile::new("api.toml", &text);
+    let mut agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let ns = &topo.lb;
+
+    // Through the API: a load balancer on the file's pool "spare", and a pool "extra".
+    let pools = ok(ns, "GET", &format!("{USER}/pools"), None);
+    let id_of = |name: &str| {
+        pools
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["id"].as_str())
+            .unwrap_or_else(|| panic!("no pool {name}: {pools}"))
+            .to_owned()
+    };
+    let (web_id, spare_id) = (id_of("web"), id_of("spare"));
+    let lb = ok(
+        ns,
+        "POST",
+        ZONE,
+        Some(
+            &json!({"name": "api-lb", "address": "10.0.0.11", "port": 80, "default_pools": [spare_id]})
+                .to_string(),
+        ),
+    );
+    let lb_id = lb["id"].as_str().expect("id").to_owned();
+    let extra = ok(
+        ns,
+        "POST",
+        &format!("{USER}/pools"),
+        Some(
+            &json!({"name": "extra", "origins": [{"name": "e1", "address": origin_addr(1).to_string(), "port": ORIGIN_PORT}]})
+                .to_string(),
+        ),
+    );
+    let extra_id = extra["id"].as_str().expect("id").to_owned();
+    let before = everything(ns);
+    assert!(agent.stop(), "clean exit");
+
+    // The file now drops "spare" (which api-lb uses), defines a pool named "extra" (an API
+    // pool's name) and drains o1: none of it may apply.
+    let o1 = format!(
+        "{{ name = \"o1\", address = \"{}\", port = {ORIGIN_PORT} }}",
+        origin_addr(1)
+    );
+    let conflicting = config(&topo, 2, "")
+        .replace(&o1, &o1.replace(" }", ", weight = 0 }"))
+        .replace(
+            "[[load_balancers]]",
+            &format!(
+                "[[pools]]\nname = \"extra\"\norigins = [{{ name = \"x\", address = \"{}\", port = {ORIGIN_PORT} }}]\n\n[[load_balancers]]",
+                origin_addr(2)
+            ),
+        );
+    assert!(conflicting.contains("weight = 0") && !conflicting.contains("spare"));
+    std::fs::write(&cfg.path, &conflicting).expect("write config");
+
+    // check reports the conflict as a start would meet it.
+    let (passed, out, err) = check(ns, &cfg.path);
+    assert!(!passed, "check fails: {out}");
+    let lb_words = format!(
+        "pool \"spare\" is no longer defined in the file, but load balancer \"api-lb\" (id {lb_id}, made through the API) uses it"
+    );
+    let pool_words = format!(
+        "pools[1] \"extra\" in the file: a pool named \"extra\" (id {extra_id}) was made through the API"
+    );
+    for w in [&lb_words, &pool_words] {
+        assert!(err.contains(w.as_str()), "check names both objects: {err}");
+    }
+    assert!(
+        err.contains("would refuse its changes") && !err.contains("load_balancers[1]"),
+        "{err}"
+    );
+
+    // The start runs, with the stored objects, and logs the refusal.
+    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let line = agent
+        .wait_log(0, "config rejected at start", Duration::from_secs(1))
+        .unwrap_or_else(|| panic!("refusal logged: {}", agent.log_text()));
+    for w in [&lb_words, &pool_words] {
+        assert!(
+            line.contains(w.as_str()),
+            "the log names both objects: {line}"
+        );
+    }
+    assert_eq!(everything(ns), before, "the API serves the stored objects");
+    let a = answers(&topo, 60);
+    assert!(
+        a.get("o1").is_some_and(|n| *n > 0) && !a.contains_key("failed"),
+        "the stored web pool (o1 not drained) forwards: {a:?}"
+    );
+    let status = lb_agent::agent::Status::read(&topo.status_file).expect("status file");
+    let pools: Vec<&str> = status.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        pools,
+        ["web", "spare", "extra"],
+        "health covers the stored pools"
+    );
+
+    // Resolving the conflicts through the API lets the next reload apply the file.
+    ok(
+        ns,
+        "PATCH",
+        &format!("{ZONE}/{lb_id}"),
+        Some(&json!({"default_pools": [web_id], "fallback_pool": web_id}).to_string()),
+    );
+    ok(ns, "DELETE", &format!("{USER}/pools/{extra_id}"), None);
+    agent
+        .reload()
+        .expect("reload accepted once the conflicts are gone");
+    let a = answers(&topo, 60);
+    assert_eq!(a.get("o1"), None, "the file's drain applies now: {a:?}");
+    let names: Vec<Value> = ok(ns, "GET", &format!("{USER}/pools"), None)
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [json!("web"), json!("extra")],
+        "spare gone, the file's extra in"
+    );
+}

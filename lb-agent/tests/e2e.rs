@@ -15,8 +15,8 @@ use std::{
 
 use lb_agent::{config::Config, dataplane::Maps, stats};
 use lb_testbed::{
-    connect, download, fnv64, pattern, request, require_prerequisites, serial, upload, vip, Agent,
-    TempFile, Topology, CLIENT, CLIENT2, FNV_INIT,
+    connect, download, fnv64, pattern, request, require_prerequisites, serial, unique_id, upload,
+    vip, Agent, NetNs, TempFile, Topology, CLIENT, CLIENT2, FNV_INIT,
 };
 
 fn agent_bin() -> &'static Path {
@@ -289,4 +289,59 @@ fn host_traffic_passes_with_xdp_attached() {
         "ICMP was passed: {:?}",
         s.events
     );
+}
+
+/// `lb-agent --config <cfg> check` inside `ns`: (success, stdout, stderr).
+fn check(ns: &NetNs, cfg: &Path) -> (bool, String, String) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg("--")
+        .arg(agent_bin())
+        .arg("--config")
+        .arg(cfg)
+        .arg("check")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run lb-agent check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_verifies_the_interfaces_like_a_start() {
+    let _serial = serial();
+    require_prerequisites();
+    let ns = NetNs::new(&unique_id("chk"));
+    ns.ip(&[
+        "link", "add", "lbchk0", "type", "veth", "peer", "name", "lbchk1",
+    ]);
+    ns.sysctl("net.ipv4.conf.all.forwarding", "1");
+    let state = TempFile::adopt(&std::env::temp_dir().join(format!("{}-state.json", ns.name)));
+    let config = |interfaces: &str| {
+        format!(
+            "[dataplane]\ninterfaces = [{interfaces}]\nsnat_address = \"10.0.0.1\"\n\n[api]\nstate_file = \"{}\"\n\n\
+             [[pools]]\nname = \"web\"\norigins = [{{ name = \"a\", address = \"10.0.2.2\" }}]\n\n\
+             [[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n",
+            state.path.display()
+        )
+    };
+    let cfg = TempFile::new("lb.toml", &config("\"lbchk0\", \"lbchk1\""));
+    let (ok, out, err) = check(&ns, &cfg.path);
+    assert!(
+        ok && out.contains("valid"),
+        "existing interfaces pass: {out} {err}"
+    );
+
+    std::fs::write(&cfg.path, config("\"lbchk0\", \"lbnosuch0\"")).expect("write config");
+    let (ok, out, err) = check(&ns, &cfg.path);
+    assert!(!ok, "a missing interface fails the check: {out}");
+    assert!(
+        err.contains("dataplane.interfaces[1]: interface \"lbnosuch0\" does not exist in this network namespace")
+            && err.contains("`ip link`"),
+        "names the field and the fix: {err}"
+    );
+    assert!(!state.path.exists(), "check writes no state file");
 }

@@ -19,7 +19,11 @@ use lb_agent::{
     reconcile::Reconciler,
 };
 use lb_common::{event, hash, FlowKey};
-use lb_testbed::{require_prerequisites, serial, tcp_frame, FibBed, Flags, Side};
+use lb_testbed::{
+    require_prerequisites, serial,
+    tcp_flags::{ACK, FIN, PSH, RST, SYN},
+    tcp_frame, tcp_segment, FibBed, Flags, Side,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -206,6 +210,41 @@ fn packet_fixtures() {
     let lb_mac = mac_a; // clients send to the LB's client-side MAC
     let p1 = first_snat_port(C1, 40000, VIP, 80);
     let p2 = other_port(p1);
+    // Frames of the conntrack cases: client -> VIP, LB -> o1, o1 -> LB, LB -> client.
+    let from_c = |mac: [u8; 6], src: [u8; 4], fl: u8, seq: u32, ack: u32, data: &[u8]| {
+        tcp_segment(mac, lb_mac, src, VIP, 64, (40000, 80), fl, (seq, ack), data)
+    };
+    let to_o1 = |port: u16, fl: u8, seq: u32, ack: u32, data: &[u8]| {
+        tcp_segment(
+            mac_b,
+            MAC_O1,
+            SNAT,
+            O1,
+            63,
+            (port, 8080),
+            fl,
+            (seq, ack),
+            data,
+        )
+    };
+    let from_o1 = |port: u16, fl: u8, seq: u32, ack: u32, data: &[u8]| {
+        tcp_segment(
+            MAC_O1,
+            mac_b,
+            O1,
+            SNAT,
+            64,
+            (8080, port),
+            fl,
+            (seq, ack),
+            data,
+        )
+    };
+    let to_c = |mac: [u8; 6], dst: [u8; 4], fl: u8, seq: u32, ack: u32, data: &[u8]| {
+        tcp_segment(mac_a, mac, VIP, dst, 63, (80, 40000), fl, (seq, ack), data)
+    };
+    const GET: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+    // Client ISN 1000, origin ISN 5000; GET is 18 bytes, so the client's FIN is at 1019.
     let mut cases = vec![
         Case {
             desc: "SYN to VIP: DNAT to o1:8080, SNAT to 10.0.0.1, TTL-1, out of fb by redirect",
@@ -226,50 +265,20 @@ fn packet_fixtures() {
             event: event::FWD_REDIRECT,
         },
         Case {
-            desc: "data on the established flow: flow-table hit, same rewrite",
-            ingress: "a",
-            input: tcp_frame(
-                MAC_C1,
-                lb_mac,
-                C1,
-                VIP,
-                64,
-                40000,
-                80,
-                Flags::Ack,
-                b"GET / HTTP/1.0\r\n\r\n",
-            ),
-            verdict: XDP_REDIRECT,
-            output: Some(tcp_frame(
-                mac_b,
-                MAC_O1,
-                SNAT,
-                O1,
-                63,
-                p1,
-                8080,
-                Flags::Ack,
-                b"GET / HTTP/1.0\r\n\r\n",
-            )),
-            event: event::FLOW_HIT,
-        },
-        Case {
             desc: "SYN-ACK from o1 to the SNAT port: reverse NAT to VIP -> client, out of fa",
             ingress: "b",
-            input: tcp_frame(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::SynAck, &[]),
+            input: from_o1(p1, SYN | ACK, 5000, 1001, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp_frame(
-                mac_a,
-                MAC_C1,
-                VIP,
-                C1,
-                63,
-                80,
-                40000,
-                Flags::SynAck,
-                &[],
-            )),
+            output: Some(to_c(MAC_C1, C1, SYN | ACK, 5000, 1001, &[])),
             event: event::REPLY_NAT,
+        },
+        Case {
+            desc: "the client's ACK with data: flow-table hit, same rewrite, establishes the flow",
+            ingress: "a",
+            input: from_c(MAC_C1, C1, ACK | PSH, 1001, 5001, GET),
+            verdict: XDP_REDIRECT,
+            output: Some(to_o1(p1, ACK | PSH, 1001, 5001, GET)),
+            event: event::FLOW_HIT,
         },
         Case {
             desc: "second client, same source port, same origin: gets the other SNAT port",
@@ -316,22 +325,60 @@ fn packet_fixtures() {
             event: event::DROP_SNAT_EXHAUSTED,
         },
         Case {
-            desc: "FIN from the first client: forwarded, marks its flow closing",
+            desc: "RST from the client far outside its sequence window: dropped, flow unchanged",
             ingress: "a",
-            input: tcp_frame(MAC_C1, lb_mac, C1, VIP, 64, 40000, 80, Flags::Fin, &[]),
+            input: from_c(MAC_C1, C1, RST | ACK, 1019 + 10_000_000, 5001, &[]),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_RST_INVALID,
+        },
+        Case {
+            desc: "RST in the client's window but arriving from the origin side: dropped",
+            ingress: "b",
+            input: from_c(MAC_C1, C1, RST | ACK, 1019, 5001, &[]),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_RST_INVALID,
+        },
+        Case {
+            desc: "RST from the origin's address outside its window: dropped",
+            ingress: "b",
+            input: from_o1(p1, RST | ACK, 5001 + 3_000_000, 1019, &[]),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_RST_INVALID,
+        },
+        Case {
+            desc: "FIN from the origin's address outside its window: dropped",
+            ingress: "b",
+            input: from_o1(p1, FIN | ACK, 5001 + 3_000_000, 1019, &[]),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_FIN_INVALID,
+        },
+        Case {
+            desc: "FIN from the first client: forwarded; the flow is half-closed, not closed",
+            ingress: "a",
+            input: from_c(MAC_C1, C1, FIN | ACK, 1019, 5001, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp_frame(
-                mac_b,
-                MAC_O1,
-                SNAT,
-                O1,
-                63,
-                p1,
-                8080,
-                Flags::Fin,
-                &[],
-            )),
+            output: Some(to_o1(p1, FIN | ACK, 1019, 5001, &[])),
             event: event::FLOW_HIT,
+        },
+        Case {
+            desc: "third client again: a half-closed flow keeps its port, still exhausted",
+            ingress: "a",
+            input: tcp_frame(MAC_C3, lb_mac, C3, VIP, 64, 40000, 80, Flags::Syn, &[]),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_SNAT_EXHAUSTED,
+        },
+        Case {
+            desc: "the origin's answer and FIN after the client's half-close: reaches the client, closes the flow",
+            ingress: "b",
+            input: from_o1(p1, FIN | ACK | PSH, 5001, 1020, b"hello"),
+            verdict: XDP_REDIRECT,
+            output: Some(to_c(MAC_C1, C1, FIN | ACK | PSH, 5001, 1020, b"hello")),
+            event: event::REPLY_NAT,
         },
         Case {
             desc: "third client again: takes over the closed flow's SNAT port",
@@ -354,20 +401,66 @@ fn packet_fixtures() {
         Case {
             desc: "reply on the recycled port goes to the third client, not the first",
             ingress: "b",
-            input: tcp_frame(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::SynAck, &[]),
+            input: from_o1(p1, SYN | ACK, 5000, 1001, &[]),
             verdict: XDP_REDIRECT,
-            output: Some(tcp_frame(
-                mac_a,
-                MAC_C3,
-                VIP,
-                C3,
-                63,
-                80,
-                40000,
-                Flags::SynAck,
-                &[],
-            )),
+            output: Some(to_c(MAC_C3, C3, SYN | ACK, 5000, 1001, &[])),
             event: event::REPLY_NAT,
+        },
+        Case {
+            desc: "the first client's last ACK after its flow is gone: dropped, nothing created",
+            ingress: "a",
+            input: from_c(MAC_C1, C1, ACK, 1020, 5007, &[]),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_NO_FLOW,
+        },
+        Case {
+            desc: "the third client's ACK establishes its flow",
+            ingress: "a",
+            input: from_c(MAC_C3, C3, ACK, 1001, 5001, &[]),
+            verdict: XDP_REDIRECT,
+            output: Some(to_o1(p1, ACK, 1001, 5001, &[])),
+            event: event::FLOW_HIT,
+        },
+        Case {
+            desc: "a SYN on the third client's established flow: to its origin (challenge ACK), flow kept",
+            ingress: "a",
+            input: from_c(MAC_C3, C3, SYN, 777_000, 0, &[]),
+            verdict: XDP_REDIRECT,
+            output: Some(to_o1(p1, SYN, 777_000, 0, &[])),
+            event: event::SYN_ON_ESTABLISHED,
+        },
+        Case {
+            desc: "a segment without flags: dropped",
+            ingress: "a",
+            input: from_c(MAC_C4, C4, 0, 1, 0, b"x"),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_BAD_FLAGS,
+        },
+        Case {
+            desc: "SYN with FIN: dropped",
+            ingress: "a",
+            input: from_c(MAC_C4, C4, SYN | FIN, 1, 0, &[]),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_BAD_FLAGS,
+        },
+        Case {
+            desc: "an ACK of no known flow: dropped, no state (no SNAT port) is taken",
+            ingress: "a",
+            input: from_c(MAC_C4, C4, ACK, 1, 1, b"x"),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_NO_FLOW,
+        },
+        Case {
+            desc: "a FIN of no known flow: dropped",
+            ingress: "a",
+            input: from_c(MAC_C4, C4, FIN | ACK, 1, 1, &[]),
+            verdict: XDP_DROP,
+            output: None,
+            event: event::DROP_NO_FLOW,
         },
         Case {
             desc: "VIP whose origin sits behind the ingress interface: XDP_TX",
@@ -614,12 +707,28 @@ fn packet_fixtures() {
                 event: event::FWD_REDIRECT,
             },
             Case {
-                desc: "client 4 closes (FIN): its port is closing, within the grace period",
+                desc: "o2 answers client 4",
+                ingress: "b",
+                input: tcp_frame(MAC_O2, mac_b, O2, SNAT, 64, 8080, p_c4, Flags::SynAck, &[]),
+                verdict: XDP_REDIRECT,
+                output: Some(tcp_frame(mac_a, MAC_C4, VIP, C4, 63, 80, 40000, Flags::SynAck, &[])),
+                event: event::REPLY_NAT,
+            },
+            Case {
+                desc: "client 4 closes (FIN)",
                 ingress: "a",
                 input: tcp_frame(MAC_C4, lb_mac, C4, VIP, 64, 40000, 80, Flags::Fin, &[]),
                 verdict: XDP_REDIRECT,
                 output: Some(tcp_frame(mac_b, MAC_O2, SNAT, O2, 63, p_c4, 8080, Flags::Fin, &[])),
                 event: event::FLOW_HIT,
+            },
+            Case {
+                desc: "o2 closes too: the flow is closed, within the grace period",
+                ingress: "b",
+                input: tcp_frame(MAC_O2, mac_b, O2, SNAT, 64, 8080, p_c4, Flags::Fin, &[]),
+                verdict: XDP_REDIRECT,
+                output: Some(tcp_frame(mac_a, MAC_C4, VIP, C4, 63, 80, 40000, Flags::Fin, &[])),
+                event: event::REPLY_NAT,
             },
             Case {
                 desc: "client 5 with every port held: takes the closed flow's port early, not the open one",
@@ -670,13 +779,155 @@ fn packet_fixtures() {
         let c = Maps::counters(&rec.maps.origin_stats, o1).expect("origin counters");
         // New flows on o1: clients 1, 2 and 3 (on the recycled port); the TTL-1 packet made none.
         assert_eq!(c.new_flows, 3, "o1 new flows: {c:?}");
-        assert_eq!(c.packets, 6, "o1 forwarded packets: {c:?}");
-        assert_eq!(c.reply_packets, 3, "o1 reply packets: {c:?}");
-        // Client 1's flow was forgotten when its port was recycled.
-        let gone = FlowKey::tcp_v4(C1, 40000, VIP, 80);
-        assert!(
-            rec.maps.flows.get(&gone, 0).is_err(),
-            "client 1's flow should be gone after recycling"
+        // C1: SYN, ACK+GET, FIN; C2: SYN; C3: SYN, ACK, SYN on established, data in phase 2.
+        assert_eq!(c.packets, 8, "o1 forwarded packets: {c:?}");
+        // SYN-ACKs to C1, C2 and C3, and o1's FIN to C1.
+        assert_eq!(c.reply_packets, 4, "o1 reply packets: {c:?}");
+        // Client 1's flow was forgotten when its port was recycled, and C4's never existed.
+        for (gone, who) in [(C1, "client 1"), (C4, "client 4's forged segments")] {
+            assert!(
+                rec.maps.flows.get(&FlowKey::tcp_v4(gone, 40000, VIP, 80), 0).is_err(),
+                "{who}: no flow should exist"
+            );
+        }
+
+        // Phase five: half a pair. Client 3's flow-table half is lost; o1's next reply
+        // restores it from the reverse half and still reaches client 3.
+        let c3 = FlowKey::tcp_v4(C3, 40000, VIP, 80);
+        rec.maps.flows.remove(&c3).expect("remove client 3's half");
+        let prog = dp.program().expect("program");
+        let mut restored = BTreeMap::new();
+        run_cases(
+            prog,
+            vec![Case {
+                desc: "a reply whose flow-table half is missing: restored, reaches client 3",
+                ingress: "b",
+                input: tcp_frame(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::Ack, b"data"),
+                verdict: XDP_REDIRECT,
+                output: Some(tcp_frame(mac_a, MAC_C3, VIP, C3, 63, 80, 40000, Flags::Ack, b"data")),
+                event: event::REPLY_NAT,
+            }],
+            &by_side,
+            &mut restored,
         );
+        let f = rec.maps.flows.get(&c3, 0).expect("client 3's half restored");
+        assert_eq!((f.snat_port, f.origin_port), (p1.to_be(), 8080u16.to_be()), "restored half: {f:?}");
+
+        // Phase six: timeouts. With a 1 s SYN timeout, client 5's unfinished handshake
+        // (SYN and SYN-ACK, no ACK) expires: its next segment is dropped and the pair removed.
+        let text6 = text4.replace("flow_table_size = 4096", "flow_table_size = 4096\ntcp_timeouts = { syn = 1, half_closed = 1 }");
+        assert_ne!(text6, text4, "phase-six edit applied");
+        let cfg6 = Config::parse(&text6, Path::new("fixture6.toml")).expect("phase-six config");
+        rec.apply(&cfg6, &lb_agent::health::HealthTable::default()).expect("apply phase six");
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let prog = dp.program().expect("program");
+        run_cases(
+            prog,
+            vec![Case {
+                desc: "an ACK on a handshake idle past the SYN timeout: dropped, pair removed",
+                ingress: "a",
+                input: tcp_frame(MAC_C5, lb_mac, C5, VIP, 64, 40000, 80, Flags::Ack, &[]),
+                verdict: XDP_DROP,
+                output: None,
+                event: event::DROP_EXPIRED,
+            }],
+            &by_side,
+            &mut restored,
+        );
+        assert!(
+            rec.maps.flows.get(&FlowKey::tcp_v4(C5, 40000, VIP, 80), 0).is_err()
+                && rec.maps.rev_flows.get(&FlowKey::tcp_v4(O2, 8080, SNAT, p_c4), 0).is_err(),
+            "client 5's expired pair is removed"
+        );
+        // Phase seven: SYN cookies for every SYN without a flow (syn_cookies = "always").
+        let text7 = text6.replace("flow_table_size = 4096", "flow_table_size = 4096\nsyn_cookies = \"always\"");
+        assert_ne!(text7, text6, "phase-seven edit applied");
+        let cfg7 = Config::parse(&text7, Path::new("fixture7.toml")).expect("phase-seven config");
+        rec.apply(&cfg7, &lb_agent::health::HealthTable::default()).expect("apply phase seven");
+        let before7 = rec.maps.event_totals().expect("events");
+        let prog = dp.program().expect("program");
+        let run1 = |prog: &mut aya::programs::Xdp, side: &str, input: &[u8]| -> (u32, Vec<u8>) {
+            let len = u32::try_from(input.len()).expect("len");
+            let ctx: Vec<u8> = [0u32, len, 0, by_side(side), 0, 0]
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect();
+            let mut out = vec![0u8; input.len() + 64];
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..TestRunOptions::default()
+                })
+                .expect("test_run");
+            out.truncate(r.data_size_out as usize);
+            (r.return_value, out)
+        };
+        let tcp_of = |frame: &[u8]| -> etherparse::TcpHeader {
+            assert_checksums("cookie case", frame);
+            let p = SlicedPacket::from_ethernet(frame).expect("parses");
+            match p.transport {
+                Some(TransportSlice::Tcp(t)) => t.to_header(),
+                other => panic!("not TCP: {other:?}"),
+            }
+        };
+        // The SYN is answered in place with a cookie SYN-ACK; no flow is made.
+        let syn6 = tcp_segment(MAC_C6, lb_mac, C6, VIP, 64, (40000, 80), SYN, (7000, 0), &[]);
+        let (v, out) = run1(prog, "a", &syn6);
+        assert_eq!(v, XDP_REDIRECT, "cookie SYN-ACK: verdict (a redirect back out of the ingress)");
+        let synack = tcp_of(&out);
+        assert!(synack.syn && synack.ack && synack.acknowledgment_number == 7001, "cookie SYN-ACK: {synack:?}");
+        assert_eq!((synack.source_port, synack.destination_port), (80, 40000));
+        assert_eq!(&out[0..6], &MAC_C6, "back to the client's MAC");
+        assert!(rec.maps.flows.get(&FlowKey::tcp_v4(C6, 40000, VIP, 80), 0).is_err(), "no state for a cookie SYN");
+        let cookie = synack.sequence_number;
+        // A forged ACK with a wrong cookie: dropped.
+        let (v, _) = run1(prog, "a", &from_c(MAC_C5, C5, ACK, 7001, cookie.wrapping_add(77), &[]));
+        assert_eq!(v, XDP_DROP, "ACK with a wrong cookie");
+        // The client's ACK returns the cookie: a flow, and the ACK becomes the SYN to o2.
+        let (v, out) = run1(prog, "a", &from_c(MAC_C6, C6, ACK, 7001, cookie.wrapping_add(1), &[]));
+        assert_eq!(v, XDP_REDIRECT, "cookie ACK becomes the SYN to the origin");
+        let syn_o = tcp_of(&out);
+        assert!(syn_o.syn && !syn_o.ack && syn_o.sequence_number == 7000, "SYN to the origin: {syn_o:?}");
+        assert_eq!(syn_o.destination_port, 8080);
+        let p7 = syn_o.source_port;
+        // Data from the client before o2 has answered: becomes the SYN again (the first
+        // may have been lost); the client retransmits its data.
+        let (v, out) = run1(prog, "a", &from_c(MAC_C6, C6, ACK | PSH, 7001, cookie.wrapping_add(1), b"hi"));
+        assert_eq!(v, XDP_REDIRECT, "client data while the origin has not answered");
+        let again = tcp_of(&out);
+        assert!(again.syn && !again.ack && again.sequence_number == 7000 && again.source_port == p7, "SYN sent again: {again:?}");
+        // o2's SYN-ACK becomes our ACK back to o2.
+        let (v, out) = run1(prog, "b", &tcp_segment(MAC_O2, mac_b, O2, SNAT, 64, (8080, p7), SYN | ACK, (9000, 7001), &[]));
+        assert_eq!(v, XDP_REDIRECT, "origin SYN-ACK: answered with our ACK (back out of the ingress)");
+        assert_eq!(out, tcp_segment(mac_b, MAC_O2, SNAT, O2, 64, (p7, 8080), ACK, (7001, 9001), &[]), "ACK to the origin");
+        // From now on sequence numbers are translated between the cookie and o2's ISN.
+        let (v, out) = run1(prog, "a", &from_c(MAC_C6, C6, ACK | PSH, 7001, cookie.wrapping_add(1), b"hi"));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(out, tcp_segment(mac_b, MAC_O2, SNAT, O2, 63, (p7, 8080), ACK | PSH, (7001, 9001), b"hi"), "client data, ack translated");
+        let (v, out) = run1(prog, "b", &tcp_segment(MAC_O2, mac_b, O2, SNAT, 64, (8080, p7), ACK | PSH, (9001, 7003), b"yo"));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(out, tcp_segment(mac_a, MAC_C6, VIP, C6, 63, (80, 40000), ACK | PSH, (cookie.wrapping_add(1), 7003), b"yo"), "origin data, seq translated");
+        let after7 = rec.maps.event_totals().expect("events");
+        for (e, n) in [
+            (event::SYN_COOKIE_SENT, 1),
+            (event::DROP_COOKIE_INVALID, 1),
+            (event::SYN_COOKIE_OK, 1),
+            (event::COOKIE_SYN_RESENT, 1),
+            (event::COOKIE_ORIGIN_ACK, 1),
+        ] {
+            assert_eq!(after7[e as usize] - before7[e as usize], n, "{}", event::NAMES[e as usize]);
+        }
+
+        let last = before7;
+        for (e, n) in [
+            (event::PAIR_RESTORED, 1),
+            (event::REPLY_NAT, 1),
+            (event::FWD_REDIRECT, 1),
+            (event::DROP_EXPIRED, 1),
+        ] {
+            assert_eq!(last[e as usize] - after[e as usize], n, "{}", event::NAMES[e as usize]);
+        }
     });
 }

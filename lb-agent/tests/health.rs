@@ -13,7 +13,7 @@ use lb_agent::{agent::Status, dataplane::Maps, reconcile::vip_key};
 use lb_common::{v4_mapped, MAGLEV_M, MAX_ORIGINS, ORIGIN_F_PRESENT};
 use lb_testbed::{
     connect, origin_addr, request, require_prerequisites, serial, vip, Agent, Http, Server,
-    TempFile, Topology, ORIGIN_PORT, VIP, VIP_PORT,
+    TempFile, Topology, API_TOKEN, ORIGIN_PORT, VIP, VIP_PORT,
 };
 
 fn agent_bin() -> &'static Path {
@@ -547,4 +547,102 @@ fn reload_drains_a_disabled_origin_and_rejects_a_bad_config() {
     let a = answers(&topo, 100);
     assert_eq!(a.get("o2"), None, "still drained: {a:?}");
     assert_eq!(a.get("failed"), None, "{a:?}");
+}
+
+/// One authorized request to the agent's API in the LB namespace; the envelope's `result`.
+fn api(
+    topo: &Topology,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    topo.lb.run(|| {
+        let req = ureq::request(
+            method,
+            &format!("http://127.0.0.1:8405/client/v4/user/load_balancers{path}"),
+        )
+        .timeout(Duration::from_secs(10))
+        .set("Authorization", &format!("Bearer {API_TOKEN}"));
+        let resp = match body {
+            Some(b) => req.send_json(b.clone()),
+            None => req.call(),
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let v: serde_json::Value = resp.into_json().expect("JSON");
+        assert_eq!(v["success"], true, "{method} {path}: {v}");
+        v["result"].clone()
+    })
+}
+
+#[test]
+fn changed_thresholds_reach_tracked_origins_by_reload_and_by_api() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(1);
+    let _apps = topo.start_servers();
+    let mut health_port = Some(Server::tcp_port(&topo.origins[0], 9000));
+    let config = |up: u32, down: u32| {
+        let mut c = topo.base_config("");
+        c.push_str(&format!(
+            "[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\nport = 9000\ninterval = 0.1\ntimeout = 0.08\nretries = 0\nconsecutive_up = {up}\nconsecutive_down = {down}\n\n\
+             [[pools]]\nname = \"web\"\nmonitor = \"tcp\"\norigins = [{{ name = \"o1\", address = \"{}\", port = {ORIGIN_PORT} }}]\n\n\
+             [[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\ndefault_pools = [\"web\"]\n",
+            origin_addr(1)
+        ));
+        c
+    };
+    let cfg = TempFile::new("lb.toml", &config(1, 100));
+    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let t = Duration::from_secs(5);
+    wait_state(&topo, "web", "o1", "up", t);
+
+    // By reload: failing checks pile up under consecutive_down = 100 (10 s at 0.1 s)...
+    drop(health_port.take());
+    wait_for("failed checks while up", t, || {
+        let s = status(&topo)?;
+        let o = s.origins.iter().find(|o| o.origin == "o1")?;
+        (o.last_ok == Some(false)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        origin_state(&status(&topo).expect("status"), "web", "o1").0,
+        "up",
+        "a few failures are below consecutive_down = 100"
+    );
+    // ... and consecutive_down = 2 applies to the tracked origin at once, counting them.
+    std::fs::write(&cfg.path, config(1, 2)).expect("write config");
+    let reloaded = Instant::now();
+    agent.reload().expect("reload accepted");
+    wait_state(&topo, "web", "o1", "down", Duration::from_millis(1500));
+    println!("down {:?} after the reload", reloaded.elapsed());
+
+    // By the API: consecutive_up = 100 holds a recovered origin down...
+    let monitors = api(&topo, "GET", "/monitors", None);
+    let id = monitors[0]["id"].as_str().expect("monitor id").to_owned();
+    api(
+        &topo,
+        "PATCH",
+        &format!("/monitors/{id}"),
+        Some(&serde_json::json!({"consecutive_up": 100})),
+    );
+    let _health_port = Server::tcp_port(&topo.origins[0], 9000);
+    wait_for("successful checks while down", t, || {
+        let s = status(&topo)?;
+        let o = s.origins.iter().find(|o| o.origin == "o1")?;
+        (o.last_ok == Some(true)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        origin_state(&status(&topo).expect("status"), "web", "o1").0,
+        "down",
+        "a few successes are below consecutive_up = 100"
+    );
+    // ... and consecutive_up = 2 brings it up at once.
+    api(
+        &topo,
+        "PATCH",
+        &format!("/monitors/{id}"),
+        Some(&serde_json::json!({"consecutive_up": 2})),
+    );
+    wait_state(&topo, "web", "o1", "up", Duration::from_millis(1500));
 }

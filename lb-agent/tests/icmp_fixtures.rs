@@ -282,24 +282,44 @@ fn icmp_and_edge_fixtures() {
             icmp_frame(mac_b, MAC_O1, SNAT, O1, 63, kind, code, rest, want),
         )
     };
-    let mut cases = vec![Case {
-        desc: "SYN from client 1 to the VIP: the flow the ICMP errors below are about",
-        ingress: Side::A,
-        input: tcp_frame(MAC_C1, mac_a, C1, VIP, 64, 40000, 80, Flags::Syn, &[]),
-        verdict: XDP_REDIRECT,
-        output: Some(tcp_frame(
-            mac_b,
-            MAC_O1,
-            SNAT,
-            O1,
-            63,
-            p1,
-            8080,
-            Flags::Syn,
-            &[],
-        )),
-        events: &[event::FWD_REDIRECT],
-    }];
+    let mut cases = vec![
+        Case {
+            desc: "SYN from client 1 to the VIP: the flow the ICMP errors below are about",
+            ingress: Side::A,
+            input: tcp_frame(MAC_C1, mac_a, C1, VIP, 64, 40000, 80, Flags::Syn, &[]),
+            verdict: XDP_REDIRECT,
+            output: Some(tcp_frame(
+                mac_b,
+                MAC_O1,
+                SNAT,
+                O1,
+                63,
+                p1,
+                8080,
+                Flags::Syn,
+                &[],
+            )),
+            events: &[event::FWD_REDIRECT],
+        },
+        Case {
+            desc: "o1's SYN-ACK: the handshake is answered (origin data is tracked from here)",
+            ingress: Side::B,
+            input: tcp_frame(MAC_O1, mac_b, O1, SNAT, 64, 8080, p1, Flags::SynAck, &[]),
+            verdict: XDP_REDIRECT,
+            output: Some(tcp_frame(
+                mac_a,
+                MAC_C1,
+                VIP,
+                C1,
+                63,
+                80,
+                40000,
+                Flags::SynAck,
+                &[],
+            )),
+            events: &[event::REPLY_NAT, event::FWD_REDIRECT],
+        },
+    ];
     for (desc, kind, code, rest, full) in [
         (
             "origin side: fragmentation needed (3/4, MTU 1400), whole segment quoted: to the client from the VIP",

@@ -34,6 +34,7 @@ interfaces = ["lo"]
 snat_address = "10.0.0.1"
 pin_dir = "@PIN@"
 flow_table_size = 65536
+syn_cookies = "off"
 
 [[pools]]
 name = "eu"
@@ -294,11 +295,22 @@ fn least_connections_counts_open_flows_and_picks_the_least_loaded() {
             [10, 10, 10],
             "open flows counted"
         );
-        // o1's clients close (FIN): its count drops, so it takes the next 10 flows.
+        // o1's clients give up (RST at their next sequence number, before any answer): its
+        // count drops, so it takes the next 10 flows.
         for (p, _) in to.iter().filter(|(_, o)| *o == O1) {
-            let f = tcp_frame(MAC_C, [0; 6], C1, vip, 64, *p, 80, Flags::Fin, &[]);
+            let f = lb_testbed::tcp_segment(
+                MAC_C,
+                [0; 6],
+                C1,
+                vip,
+                64,
+                (*p, 80),
+                lb_testbed::tcp_flags::RST,
+                (1001, 0),
+                &[],
+            );
             assert_eq!(send(prog, &bed, &f), O1);
-            // A second FIN (retransmission, or the origin's) does not count again.
+            // A second RST (a retransmission) does not count again.
             assert_eq!(send(prog, &bed, &f), O1);
         }
         assert_eq!(

@@ -42,6 +42,40 @@ pub const GEO_PLAN_SIZE: u32 = 1 << 16;
 pub const AFFINITY_SIZE: u32 = 1 << 18;
 /// A `POOL_SEL` slot without a ring: the VIP's own ring is used.
 pub const NO_RING: u32 = u32::MAX;
+/// One-second buckets of `HANDSHAKES`; `dataplane.tcp_timeouts.syn` may not exceed it.
+pub const HANDSHAKE_BUCKETS: u32 = 16;
+
+/// One second of `Handshakes`. Host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeBucket {
+    /// The second (coarse CLOCK_MONOTONIC) the counts belong to.
+    pub sec: u32,
+    pub _pad: u32,
+    /// Flows created by a SYN (not by a cookie) in that second.
+    pub started: u64,
+    /// Handshakes that finished (established, or reset) in that second.
+    pub done: u64,
+}
+const _: () = assert!(core::mem::size_of::<HandshakeBucket>() == 24);
+
+/// Value of `HANDSHAKES[0]`, shared by all CPUs: handshakes started and finished per second
+/// over the last `HANDSHAKE_BUCKETS` seconds. Started minus finished over the SYN timeout is
+/// the number in flight; above `Settings::syn_budget` new SYNs get SYN cookies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handshakes {
+    pub buckets: [HandshakeBucket; HANDSHAKE_BUCKETS as usize],
+    /// The last second a SYN cookie was sent: ACKs without a flow are checked for cookies
+    /// only within `COOKIE_LIFETIME` of it.
+    pub last_cookie: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Handshakes>() == 24 * HANDSHAKE_BUCKETS as usize + 8);
+
+/// Seconds a SYN cookie stays valid in the kernel's check (its counter advances every 64 s
+/// and two steps are accepted): past this, no ACK can carry a valid one.
+pub const COOKIE_LIFETIME: u32 = 130;
 
 /// Map names as they appear in the object file and under the pin directory.
 pub mod map_names {
@@ -61,8 +95,9 @@ pub mod map_names {
     pub const GEO_PLAN: &str = "GEO_PLAN";
     pub const AFFINITY: &str = "AFFINITY";
     pub const ORIGIN_FLOWS: &str = "ORIGIN_FLOWS";
+    pub const HANDSHAKES: &str = "HANDSHAKES";
     /// Every map, in the order the agent pins and checks them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         SETTINGS,
         VIPS,
         RINGS,
@@ -79,6 +114,7 @@ pub mod map_names {
         GEO_PLAN,
         AFFINITY,
         ORIGIN_FLOWS,
+        HANDSHAKES,
     ];
 }
 
@@ -264,7 +300,11 @@ pub struct Flow {
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 48);
 
-/// Value of `REV_FLOWS`: how a reply from an origin is rewritten back to the client.
+/// Value of `REV_FLOWS`: the connection-tracking entry of a flow. It owns the flow's SNAT
+/// port (the key), says how a reply is rewritten back to the client, and holds the TCP state
+/// both directions update: state bits, last activity and each side's sequence window.
+/// Its client tuple is the back-reference to the `FLOWS` entry; the data path checks it
+/// before it rewrites, marks or frees anything (a half pair is never trusted).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevFlow {
@@ -280,24 +320,84 @@ pub struct RevFlow {
     pub vip_id: u32,
     /// Host order.
     pub origin_id: u32,
-    /// When the origin last sent on this flow, in whole seconds of CLOCK_MONOTONIC (coarse),
-    /// host order. Written by the reply path only when the second changes.
+    /// When either side last sent a packet that belongs to the flow, in whole seconds of
+    /// CLOCK_MONOTONIC (coarse), host order. Written only when the second changes.
     pub last_seen: u32,
-    /// `REV_F_*` bits, host order.
+    /// `CT_*` state bits, host order. Bits are only ever added (atomic OR), except when a SYN
+    /// replaces the whole entry.
     pub flags: u32,
     pub _pad: u32,
+    /// One past the highest sequence number seen from the client (SYN and FIN count one),
+    /// host order. Advanced only by in-window packets.
+    pub client_end: u32,
+    /// The same for the origin (in the origin's sequence space), host order.
+    pub origin_end: u32,
+    /// Largest receive window the client advertised, in bytes (scaled), host order.
+    pub client_win: u32,
+    /// Largest receive window the origin advertised, in bytes (scaled), host order.
+    pub origin_win: u32,
+    /// SYN-cookie flows (`CT_COOKIE`): origin ISN minus the cookie ISN the client got, host
+    /// order. Added to the client's acknowledgement numbers, subtracted from the origin's
+    /// sequence numbers.
+    pub seq_delta: u32,
+    /// Window scale the client offered in its SYN (`WSCALE_NONE` = none), host order.
+    pub client_wscale: u8,
+    /// Window scale the origin offered in its SYN-ACK (`WSCALE_NONE` = none).
+    pub origin_wscale: u8,
+    pub _pad2: [u8; 2],
+    /// Interface the client's SYN arrived on, host order: FINs and RSTs from the client
+    /// side are honoured only from there.
+    pub client_if: u32,
+    /// Interface the origin's SYN-ACK arrived on (0 until then), host order.
+    pub origin_if: u32,
 }
-const _: () = assert!(core::mem::size_of::<RevFlow>() == 56);
-// The data path sets REV_F_CLOSING with a 64-bit atomic on `flags` and `_pad` together.
+const _: () = assert!(core::mem::size_of::<RevFlow>() == 88);
+// The data path sets state bits with a 64-bit atomic on `flags` and `_pad` together.
 const _: () = assert!(core::mem::offset_of!(RevFlow, flags) % 8 == 0);
 const _: () =
     assert!(core::mem::offset_of!(RevFlow, _pad) == core::mem::offset_of!(RevFlow, flags) + 4);
 
-/// `RevFlow::flags`: a FIN or RST was seen in either direction; the SNAT port may be
-/// recycled once the flow has been idle `Settings::reuse_closed_secs`.
+/// `RevFlow::flags`: the flow has left `ORIGIN_FLOWS` (closed, or replaced). Set once, by
+/// whichever CPU saw the closing packet first.
 pub const REV_F_CLOSING: u32 = 1;
+/// `RevFlow::flags`: the origin answered the client's SYN with a SYN-ACK that acknowledges it.
+pub const CT_SYNACK: u32 = 2;
+/// `RevFlow::flags`: the client acknowledged the SYN-ACK; the flow is established.
+pub const CT_ESTABLISHED: u32 = 4;
+/// `RevFlow::flags`: an in-window FIN from the client.
+pub const CT_FIN_CLIENT: u32 = 8;
+/// `RevFlow::flags`: an in-window FIN from the origin.
+pub const CT_FIN_ORIGIN: u32 = 16;
+/// `RevFlow::flags`: an in-window RST from either side.
+pub const CT_RST: u32 = 32;
+/// `RevFlow::flags`: opened through a SYN cookie; sequence numbers are translated by
+/// `seq_delta`. Until the origin answers (`CT_SYNACK`), `seq_delta` holds the cookie.
+pub const CT_COOKIE: u32 = 64;
+/// `RevFlow::client_wscale` / `origin_wscale`: no window-scale option was offered.
+pub const WSCALE_NONE: u8 = 0xff;
 
-/// Value of `SETTINGS[0]`: data-path settings the agent writes once at start.
+impl RevFlow {
+    /// Closed: a valid RST, or FINs from both sides.
+    pub const fn closed(flags: u32) -> bool {
+        flags & CT_RST != 0
+            || flags & (CT_FIN_CLIENT | CT_FIN_ORIGIN) == CT_FIN_CLIENT | CT_FIN_ORIGIN
+    }
+
+    /// The idle timeout of a flow in state `flags`, in seconds.
+    pub const fn timeout(flags: u32, s: &Settings) -> u32 {
+        if Self::closed(flags) {
+            s.reuse_closed_secs
+        } else if flags & CT_ESTABLISHED == 0 {
+            s.syn_secs
+        } else if flags & (CT_FIN_CLIENT | CT_FIN_ORIGIN) != 0 {
+            s.half_closed_secs
+        } else {
+            s.established_secs
+        }
+    }
+}
+
+/// Value of `SETTINGS[0]`: data-path settings the agent writes at start and on reload.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -309,13 +409,24 @@ pub struct Settings {
     pub snat_port_max: u16,
     /// `SETTINGS_F_*` bits, host order. Bit 0 set = settings valid (agent has configured us).
     pub flags: u32,
-    /// A closing flow's SNAT port may be taken by a new flow after this many idle seconds
-    /// (keep it above the origins' TIME_WAIT, 60 s on Linux), host order.
+    /// A closed flow is kept this many idle seconds (retransmitted FINs and ACKs still pass),
+    /// then its SNAT port may be taken by a new flow (keep it above the origins' TIME_WAIT,
+    /// 60 s on Linux), host order.
     pub reuse_closed_secs: u32,
-    /// Any flow's SNAT port may be taken after this many idle seconds (abandoned), host order.
-    pub reuse_idle_secs: u32,
+    /// An established flow idle this long is dead; its SNAT port may be taken, host order.
+    pub established_secs: u32,
+    /// A flow whose handshake has not completed (SYN seen, no ACK of the SYN-ACK yet) idle
+    /// this long is dead, host order.
+    pub syn_secs: u32,
+    /// A flow with a FIN from one side only (half-closed) idle this long is dead, host order.
+    pub half_closed_secs: u32,
+    /// Handshakes (flows not yet established) allowed in flight, counted over the last
+    /// `syn_secs`; above it new SYNs are answered with SYN cookies. 0 = always cookies.
+    /// Host order.
+    pub syn_budget: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+const _: () = assert!(core::mem::size_of::<Settings>() == 48);
 
 pub const SETTINGS_F_READY: u32 = 1;
 /// `Settings::flags`: answer ICMP echo requests to a VIP address (`[dataplane] answer_ping`);
@@ -396,10 +507,9 @@ pub mod event {
     /// The FIB refuses to forward because IPv4 forwarding is off on the ingress interface
     /// (`net.ipv4.conf.<if>.forwarding = 0`): XDP_DROP. The agent checks this at start.
     pub const DROP_FWD_DISABLED: u32 = 19;
-    /// A SYN for a 5-tuple the flow table knows, whose ring slot now names another origin:
-    /// the old flow (a closed connection whose tuple the client reuses, or a handshake to an
-    /// origin that has since left the ring) is replaced by a new one. SYNs are always hashed;
-    /// only established flows stay pinned.
+    /// A SYN for a 5-tuple the flow table knows whose flow is closed, expired, or a
+    /// handshake to an origin that has since left the ring: the old pair is removed and the
+    /// SYN makes a new flow by the ring, counted like any new flow.
     pub const SYN_REHASHED: u32 = 21;
     /// Every probed SNAT port was held, none past its grace period: the port of the oldest
     /// closed flow among them was taken (Linux origins accept a SYN on a TIME_WAIT tuple when
@@ -409,42 +519,113 @@ pub mod event {
     pub const GEO_MATCH: u32 = 23;
     /// A new flow went to the origin its client's affinity entry names.
     pub const AFFINITY_HIT: u32 = 24;
+    /// A packet to a VIP that is not a SYN and matches no flow (an ACK, FIN, RST or data
+    /// segment of a connection we do not know, or a forged one): XDP_DROP. No state is made.
+    pub const DROP_NO_FLOW: u32 = 25;
+    /// TCP flags no valid segment carries (no ACK outside SYN and RST; SYN with FIN or RST;
+    /// none at all): XDP_DROP.
+    pub const DROP_BAD_FLAGS: u32 = 26;
+    /// A RST outside the flow's sequence window, or from an interface that side of the flow
+    /// does not use: XDP_DROP, the flow is unchanged (RFC 5961 §3).
+    pub const DROP_RST_INVALID: u32 = 27;
+    /// A FIN outside the flow's sequence window, or from the wrong interface: XDP_DROP.
+    pub const DROP_FIN_INVALID: u32 = 28;
+    /// A SYN on an established, open flow: forwarded to its origin, which answers with a
+    /// challenge ACK (RFC 5961 §4); the flow is unchanged.
+    pub const SYN_ON_ESTABLISHED: u32 = 29;
+    /// A reply found its `FLOWS` half missing; it was restored from the `REV_FLOWS` entry.
+    pub const PAIR_RESTORED: u32 = 30;
+    /// A flow half whose other half names a different flow: the stale half is removed and
+    /// the packet dropped (XDP_DROP); never rewritten with another client's state.
+    pub const DROP_PAIR_BROKEN: u32 = 31;
+    /// A packet of a flow idle past its state's timeout: both halves are removed, XDP_DROP
+    /// (a SYN instead starts a new flow).
+    pub const DROP_EXPIRED: u32 = 32;
+    /// A SYN from the origin side that does not acknowledge the client's SYN, or arrives
+    /// after the handshake: XDP_DROP.
+    pub const DROP_SYNACK_INVALID: u32 = 33;
+    /// An origin segment during the handshake that acknowledges something other than the
+    /// client's SYN (the origin still holds the SNAT port's previous connection, in
+    /// TIME_WAIT or half-open, and answered for that one): answered with a RST to the origin
+    /// (redirected back out of the ingress), as the client's TCP would (RFC 793 §3.4), so the client's next SYN
+    /// retransmission gets through.
+    pub const RST_TO_ORIGIN: u32 = 34;
+    /// A SYN with no flow while more handshakes are in flight than `Settings::syn_budget`:
+    /// answered with a SYN cookie (a SYN-ACK redirected back out of the ingress interface);
+    /// nothing is stored.
+    pub const SYN_COOKIE_SENT: u32 = 35;
+    /// An ACK with no flow carried a valid SYN cookie: a flow was made and the ACK became
+    /// the SYN to the origin (counted with its forwarding verdict).
+    pub const SYN_COOKIE_OK: u32 = 36;
+    /// An ACK with no flow while cookies are in use, whose cookie is not valid: XDP_DROP.
+    pub const DROP_COOKIE_INVALID: u32 = 37;
+    /// The origin's SYN-ACK of a cookie flow, turned into the ACK that completes the origin
+    /// side's handshake, redirected back out of the ingress interface.
+    pub const COOKIE_ORIGIN_ACK: u32 = 38;
+    /// A client segment of a cookie flow that arrived before the origin answered: it
+    /// becomes the SYN to the origin again (the first may have been lost; the client
+    /// retransmits its data), counted with its forwarding verdict.
+    pub const COOKIE_SYN_RESENT: u32 = 39;
+    /// The origin refused a cookie flow's SYN with a RST: the client gets a RST in its own
+    /// sequence space (forwarded).
+    pub const COOKIE_REFUSED: u32 = 40;
     /// An ICMP error (unreachable, fragmentation needed, time exceeded) to the SNAT address
     /// quoting one of our origin-bound packets (`REV_FLOWS` hit): translated to VIP -> client,
     /// inner packet client -> VIP, and forwarded (the forwarding outcome is counted too).
-    pub const ICMP_FROM_ORIGIN: u32 = 25;
+    pub const ICMP_FROM_ORIGIN: u32 = 41;
     /// An ICMP error to a VIP address quoting one of our client-bound packets (`FLOWS` hit):
     /// translated to SNAT address -> origin, inner packet origin -> SNAT, and forwarded.
-    pub const ICMP_FROM_CLIENT: u32 = 26;
+    pub const ICMP_FROM_CLIENT: u32 = 42;
     /// An ICMP error to a VIP address about a flow we do not know: XDP_DROP. (To any other
     /// address, such errors are the host's: XDP_PASS, `PASS_NOT_TCP`.)
-    pub const DROP_ICMP_UNKNOWN_FLOW: u32 = 27;
+    pub const DROP_ICMP_UNKNOWN_FLOW: u32 = 43;
     /// An ICMP error to a VIP address whose quoted packet is truncated, carries IPv4 options
     /// or is not TCP: XDP_DROP.
-    pub const DROP_ICMP_MALFORMED: u32 = 28;
+    pub const DROP_ICMP_MALFORMED: u32 = 44;
     /// A rewritten TCP packet with DF set is larger than the egress MTU: answered with ICMP
     /// "fragmentation needed" (type 3 code 4, next-hop MTU) built from the original headers,
     /// back to its sender from the address it was sent to: XDP_TX.
-    pub const ICMP_FRAG_NEEDED_SENT: u32 = 29;
+    pub const ICMP_FRAG_NEEDED_SENT: u32 = 45;
     /// A rewritten TCP packet without DF is larger than the egress MTU: handed to the stack,
     /// which fragments and forwards it (XDP_PASS; needs forwarding on, and a SNAT address
     /// that is the host's own is dropped there as a martian, as for `PASS_NO_NEIGH`).
-    pub const PASS_TOO_BIG_NO_DF: u32 = 30;
+    pub const PASS_TOO_BIG_NO_DF: u32 = 46;
     /// A translated ICMP error is larger than the egress MTU: XDP_DROP (no ICMP about ICMP
     /// errors, RFC 1122 §3.2.2).
-    pub const DROP_TOO_BIG: u32 = 31;
+    pub const DROP_TOO_BIG: u32 = 47;
     /// An ICMP echo request to a VIP address answered in place: XDP_TX.
-    pub const ICMP_ECHO_REPLY: u32 = 32;
+    pub const ICMP_ECHO_REPLY: u32 = 48;
     /// An ICMP echo request to a VIP address with `answer_ping = false`: XDP_DROP.
-    pub const DROP_PING: u32 = 33;
+    pub const DROP_PING: u32 = 49;
     /// Anything but TCP and the ICMP handled above to a VIP address (UDP, other ICMP types,
     /// other protocols, non-TCP fragments): XDP_DROP instead of the host's stack.
-    pub const DROP_VIP_OTHER_PROTO: u32 = 34;
+    pub const DROP_VIP_OTHER_PROTO: u32 = 50;
     /// No open router: an IPv4 unicast packet for neither a VIP, a SNAT flow nor the host
     /// itself, that the kernel would forward (`bpf_fib_lookup` says SUCCESS, NO_NEIGH or
     /// FRAG_NEEDED): XDP_DROP. With `route_other = true` it is passed instead.
-    pub const DROP_TRANSIT: u32 = 35;
-    pub const COUNT: u32 = 36;
+    pub const DROP_TRANSIT: u32 = 51;
+    pub const COUNT: u32 = 52;
+
+    /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
+    pub const fn is_verdict(e: u32) -> bool {
+        !matches!(
+            e,
+            FLOW_HIT
+                | REPLY_NAT
+                | SNAT_RECYCLED
+                | SYN_REHASHED
+                | SNAT_REUSED_EARLY
+                | GEO_MATCH
+                | AFFINITY_HIT
+                | SYN_ON_ESTABLISHED
+                | PAIR_RESTORED
+                | SYN_COOKIE_OK
+                | COOKIE_REFUSED
+                | COOKIE_SYN_RESENT
+                | ICMP_FROM_ORIGIN
+                | ICMP_FROM_CLIENT
+        )
+    }
 
     /// Names in index order, for `lb-agent stats` and tests.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -473,6 +654,22 @@ pub mod event {
         "snat_reused_early",
         "geo_match",
         "affinity_hit",
+        "drop_no_flow",
+        "drop_bad_flags",
+        "drop_rst_invalid",
+        "drop_fin_invalid",
+        "syn_on_established",
+        "pair_restored",
+        "drop_pair_broken",
+        "drop_expired",
+        "drop_synack_invalid",
+        "rst_to_origin",
+        "syn_cookie_sent",
+        "syn_cookie_ok",
+        "drop_cookie_invalid",
+        "cookie_origin_ack",
+        "cookie_syn_resent",
+        "cookie_refused",
         "icmp_from_origin",
         "icmp_from_client",
         "drop_icmp_unknown_flow",
@@ -548,8 +745,8 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Affinity, AffinityKey, Counters, Flow, FlowKey, GeoKey, GeoPlanKey, GeoValue, OriginMeta,
-        RevFlow, RingMeta, Settings, VipKey, VipMeta,
+        Affinity, AffinityKey, Counters, Flow, FlowKey, GeoKey, GeoPlanKey, GeoValue, Handshakes,
+        OriginMeta, RevFlow, RingMeta, Settings, VipKey, VipMeta,
     };
     // SAFETY: all are repr(C), made only of integers and byte arrays, with explicit padding.
     unsafe impl aya::Pod for VipKey {}
@@ -566,4 +763,5 @@ mod pod {
     unsafe impl aya::Pod for GeoKey {}
     unsafe impl aya::Pod for GeoValue {}
     unsafe impl aya::Pod for GeoPlanKey {}
+    unsafe impl aya::Pod for Handshakes {}
 }

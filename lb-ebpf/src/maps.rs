@@ -7,10 +7,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    event, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, GeoValue, OriginMeta,
-    RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE, DEFAULT_FLOW_TABLE_SIZE,
-    GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAGLEV_M, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS,
-    POOL_SEL_M,
+    event, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, GeoValue, Handshakes,
+    OriginMeta, RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE,
+    DEFAULT_FLOW_TABLE_SIZE, GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAGLEV_M, MAX_INTERFACES,
+    MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M,
 };
 
 /// `[0]`: SNAT address and port range; the data path passes everything until it is set.
@@ -56,23 +56,31 @@ pub static GEO_PLAN: HashMap<GeoPlanKey, u32, { GEO_PLAN_SIZE as usize }> = Hash
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { AFFINITY_SIZE as usize }> =
     LruHashMap::new();
 
-/// Origin id -> open flows: +1 when a flow is created, -1 when its first FIN or RST is seen
-/// or its SNAT port is taken over. Shared by all CPUs (atomic adds), read by
-/// `least_connections` and by the agent. Flows the LRU evicts without a FIN are not
-/// subtracted.
+/// Origin id -> open flows: +1 when a flow is created, -1 once when it closes (valid FIN
+/// from both sides, or a valid RST) or is removed while open (expired and its SNAT port
+/// taken, or replaced by a SYN). Shared by all CPUs (atomic adds), read by
+/// `least_connections` and by the agent.
 #[btf_map]
 pub static ORIGIN_FLOWS: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
 
-/// Client -> VIP 5-tuple -> origin and SNAT rewrite. LRU: idle flows age out under pressure.
+/// Client -> VIP 5-tuple -> origin and SNAT rewrite: the index half of a flow pair; its
+/// state lives in the `REV_FLOWS` entry it names. A plain hash, not an LRU: the kernel
+/// never evicts half a pair. Entries leave only with their pair: when a SYN replaces the
+/// flow, when an expired flow's packet or SNAT port is met, or by the agent's sweep.
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, Flow, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
-    LruHashMap::new();
+pub static FLOWS: HashMap<FlowKey, Flow, { DEFAULT_FLOW_TABLE_SIZE as usize }> = HashMap::new();
 
-/// Origin -> SNAT 5-tuple (as a reply carries it) -> client and VIP to rewrite back to.
-/// Doubles as the SNAT port allocator: a port is taken while its entry exists.
+/// Origin -> SNAT 5-tuple (as a reply carries it) -> the flow's tracking entry: client and
+/// VIP to rewrite back to, TCP state, sequence windows. Doubles as the SNAT port allocator:
+/// a port is taken while its entry exists and has not expired. A plain hash, as `FLOWS`.
 #[btf_map]
-pub static REV_FLOWS: LruHashMap<FlowKey, RevFlow, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
-    LruHashMap::new();
+pub static REV_FLOWS: HashMap<FlowKey, RevFlow, { DEFAULT_FLOW_TABLE_SIZE as usize }> =
+    HashMap::new();
+
+/// `[0]`: handshakes started and finished per second, shared by all CPUs; decides when
+/// SYNs are answered with cookies.
+#[btf_map]
+pub static HANDSHAKES: Array<Handshakes, 1> = Array::new();
 
 /// Interfaces we may redirect to, keyed by ifindex.
 #[btf_map]
@@ -88,7 +96,19 @@ pub static ORIGIN_STATS: PerCpuArray<Counters, { MAX_ORIGINS as usize }> = PerCp
 /// too small to hold these next to the hot path's own locals. One entry per CPU.
 #[repr(C)]
 pub struct Scratch {
+    /// The TCP fields of the frame being handled.
+    pub seg: crate::parse::Seg,
+    /// Copies of a SYN's IPv4 and TCP headers (with options) for the cookie helper, which
+    /// wants the TCP header's whole length readable.
+    pub ck_ip: [u8; 20],
+    pub ck_th: [u8; 60],
+    /// How the flow `snat::new_flow` is about to make starts.
+    pub init: crate::snat::CtInit,
+    /// A segment `reply::write_segment` is about to write over the frame.
+    pub out: crate::reply::Segment,
     pub rev: RevFlow,
+    /// Client key of a flow being checked or restored from its reverse half.
+    pub ckey: FlowKey,
     pub rkey: FlowKey,
     pub flow: Flow,
     pub old_flow: FlowKey,

@@ -268,6 +268,117 @@ pub fn tcp_frame(
     v
 }
 
+/// TCP flag bits, for `tcp_segment`.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A TCP/IPv4 frame with any flags, sequence and acknowledgement numbers (window 64240;
+/// checksums computed in full by etherparse). `ack` is written only with the ACK flag.
+#[expect(clippy::too_many_arguments, reason = "a frame has this many fields")]
+pub fn tcp_segment(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    (sport, dport): (u16, u16),
+    flags: u8,
+    (seq, ack): (u32, u32),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, ttl)
+        .tcp(sport, dport, seq, 64240);
+    if flags & tcp_flags::FIN != 0 {
+        b = b.fin();
+    }
+    if flags & tcp_flags::SYN != 0 {
+        b = b.syn();
+    }
+    if flags & tcp_flags::RST != 0 {
+        b = b.rst();
+    }
+    if flags & tcp_flags::PSH != 0 {
+        b = b.psh();
+    }
+    if flags & tcp_flags::ACK != 0 {
+        b = b.ack(ack);
+    }
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("build frame");
+    v
+}
+
+/// Sends hand-made IPv4/TCP packets (any source address, flags and sequence numbers)
+/// through a raw socket of the calling thread's network namespace: the forged packets of
+/// attack tests. Open it inside `NetNs::run`.
+pub struct RawSender {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RawSender {
+    pub fn new() -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain socket(2); the descriptor is owned from here on.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor.
+        Ok(Self {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Sends one segment from `src` to `dst` (TTL 64, window 64240).
+    pub fn send(
+        &self,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        flags: u8,
+        (seq, ack): (u32, u32),
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let frame = tcp_segment(
+            [0; 6],
+            [0; 6],
+            src.ip().octets(),
+            dst.ip().octets(),
+            64,
+            (src.port(), dst.port()),
+            flags,
+            (seq, ack),
+            payload,
+        );
+        let packet = &frame[14..];
+        // SAFETY: an all-zero sockaddr_in is valid; fields set below.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
+        // SAFETY: packet and sa outlive the call; sizes passed match.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const sa).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// Which end of a `FibBed`'s veth pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

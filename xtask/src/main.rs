@@ -36,6 +36,16 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz the data path: the real XDP program through BPF_PROG_TEST_RUN with mutated
+    /// frames, every frame checked against the data path's invariants (needs root).
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// PRNG seed; the same seed generates the same frames.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Build everything, create a demo topology in namespaces, run the agent, drive client
     /// traffic through the VIP, print the per-origin split from the BPF counters, fail over,
     /// drain an origin through the HTTP API with lbctl, clean up.
@@ -103,13 +113,15 @@ fn cargo(toolchain: Option<&str>) -> Command {
 
 const BENCH_PACKAGES: [&str; 3] = ["wrk", "iperf3", "haproxy"];
 
-const DEB_PACKAGES: [(&str, &str); 7] = [
+const DEB_PACKAGES: [(&str, &str); 8] = [
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
     ("nsenter", "util-linux"),
     ("mount", "mount"),
+    // The SYN-flood test's attacker.
+    ("hping3", "hping3"),
     // Headless, to render the agent's dashboard in the end-to-end tests.
     ("chromium", "chromium"),
 ];
@@ -201,8 +213,23 @@ fn test() -> Result<()> {
         .env_remove("RUSTUP_TOOLCHAIN")
         .args(["--edition", "2021", "--check"])
         .args(
-            ["main.rs", "maps.rs", "csum.rs", "edge.rs", "icmp.rs"]
-                .map(|f| r.join("lb-ebpf/src").join(f)),
+            [
+                "main.rs",
+                "maps.rs",
+                "csum.rs",
+                "conntrack.rs",
+                "forward.rs",
+                "nat.rs",
+                "parse.rs",
+                "reply.rs",
+                "select.rs",
+                "snat.rs",
+                "stats.rs",
+                "cookie.rs",
+                "edge.rs",
+                "icmp.rs",
+            ]
+            .map(|f| r.join("lb-ebpf/src").join(f)),
         ))?;
     run(cargo(None).current_dir(&r).args([
         "clippy",
@@ -400,6 +427,19 @@ fn demo(connections: usize) -> Result<()> {
     Ok(())
 }
 
+fn fuzz(frames: u64, seed: u64) -> Result<()> {
+    setup()?;
+    let obj = build_ebpf()?;
+    let r = root();
+    run(cargo(None)
+        .current_dir(&r)
+        .args(["build", "--release", "-p", "lb-fuzz"]))?;
+    run(Command::new(r.join("target/release/lb-fuzz"))
+        .args(["--frames", &frames.to_string(), "--seed", &seed.to_string()])
+        .arg("--object")
+        .arg(&obj))
+}
+
 fn bench(quick: bool) -> Result<()> {
     let started = Instant::now();
     setup_with(&BENCH_PACKAGES)?;
@@ -474,6 +514,7 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => build_ebpf().map(|_| ()),
         Cmd::Test => test(),
         Cmd::Bench { quick } => bench(quick),
+        Cmd::Fuzz { frames, seed } => fuzz(frames, seed),
         Cmd::Demo { connections } => demo(connections),
     }
 }

@@ -69,6 +69,13 @@ impl Hysteresis {
         self.state
     }
 
+    /// Changes the thresholds (a monitor edited by reload or through the API), keeping the
+    /// state and the current run of results: the next result is judged by the new ones.
+    pub fn set_thresholds(&mut self, consecutive_up: u32, consecutive_down: u32) {
+        self.need_up = consecutive_up.max(1);
+        self.need_down = consecutive_down.max(1);
+    }
+
     /// Feeds one check result; returns the transition it caused, if any.
     pub fn observe(&mut self, ok: bool) -> Option<Transition> {
         let next = if ok {
@@ -154,12 +161,14 @@ impl HealthTable {
         self.rtt_alpha = alpha;
     }
 
-    /// Keeps the targets in `want` (with their state), adds new ones as Unknown, drops the rest.
+    /// Keeps the targets in `want` (with their state, under the thresholds given there),
+    /// adds new ones as Unknown, drops the rest.
     pub fn retain(&mut self, want: &BTreeMap<Target, (u32, u32)>) {
         self.targets.retain(|t, _| want.contains_key(t));
         for (t, (up, down)) in want {
             self.targets
                 .entry(t.clone())
+                .and_modify(|h| h.hysteresis.set_thresholds(*up, *down))
                 .or_insert_with(|| OriginHealth {
                     state: State::Unknown,
                     last_ok: None,
@@ -264,6 +273,43 @@ mod tests {
             assert_eq!(h.observe(i % 2 == 0), None, "step {i}");
         }
         assert_eq!(h.state(), State::Up);
+    }
+
+    #[test]
+    fn changed_thresholds_apply_to_tracked_targets_and_keep_their_state() {
+        let t = Target {
+            pool: "p".into(),
+            origin: "o".into(),
+            address: Ipv4Addr::LOCALHOST,
+            port: 80,
+        };
+        let fail = Outcome {
+            ok: false,
+            reason: "refused".into(),
+            rtt: None,
+        };
+        let mut tab = HealthTable::default();
+        tab.retain(&BTreeMap::from([(t.clone(), (1, 5))]));
+        let ok = Outcome {
+            ok: true,
+            reason: "ok".into(),
+            rtt: None,
+        };
+        assert_eq!(tab.record(&t, &ok).map(|x| x.to), Some(State::Up));
+        assert_eq!(tab.record(&t, &fail), None, "1 of 5 failures");
+        // consecutive_down 5 -> 2: the state stays, the failure run counts, and the next
+        // failure reaches the new threshold.
+        tab.retain(&BTreeMap::from([(t.clone(), (1, 2))]));
+        assert_eq!(tab.get(&t).map(|h| h.state), Some(State::Up), "state kept");
+        assert_eq!(
+            tab.record(&t, &fail).map(|x| (x.from, x.to)),
+            Some((State::Up, State::Down))
+        );
+        // consecutive_up 1 -> 3: one success no longer brings it up.
+        tab.retain(&BTreeMap::from([(t.clone(), (3, 2))]));
+        assert_eq!(tab.record(&t, &ok), None);
+        assert_eq!(tab.record(&t, &ok), None);
+        assert_eq!(tab.record(&t, &ok).map(|x| x.to), Some(State::Up));
     }
 
     #[test]

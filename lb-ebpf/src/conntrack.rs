@@ -1,0 +1,225 @@
+//! TCP connection tracking, in the spirit of Linux conntrack's `tcp_in_window` and Cilium's
+//! CT: the state of each flow (handshake, established, FIN from one side or both, RST)
+//! lives in its `REV_FLOWS` entry and is advanced by the packets of both directions.
+//!
+//! - Only a SYN makes a flow (see `main.rs`); here flows only advance.
+//! - FIN and RST count only from the interface their side uses and inside the flow's
+//!   sequence window (RFC 5961 §3 is the model; a middlebox sees packets before the
+//!   endpoint, so "inside the window" rather than "exactly the next sequence number").
+//! - Each side's window edge (`*_end`) and largest advertised window (`*_win`) advance only
+//!   with in-window packets, so a blind spoofer cannot widen the window it must hit.
+//! - Each state has an idle timeout (`RevFlow::timeout`); expiry is lazy, checked on use.
+
+use core::intrinsics::{atomic_or, AtomicOrdering};
+
+use lb_common::{
+    event, RevFlow, Settings, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_RST, CT_SYNACK,
+    REV_F_CLOSING, WSCALE_NONE,
+};
+
+use crate::{
+    parse::{Seg, ACK, FIN, RST, SYN},
+    stats::{drop, flows_add, handshake, DEC},
+};
+
+/// `track`'s answer for a segment that must be answered with a RST to its sender
+/// (`reply::rst_back`); not a verdict, and not yet counted.
+pub const RST_BACK: u32 = u32::MAX;
+
+/// Has the flow been idle past its state's timeout at `now`?
+#[inline(always)]
+pub fn expired(r: *const RevFlow, now: u32, s: &Settings) -> bool {
+    // SAFETY: a live map value, read field by field.
+    let (last, flags) = unsafe { ((*r).last_seen, (*r).flags) };
+    // Strictly more whole seconds than the timeout: the clock ticks in whole seconds, so
+    // this means at least `timeout` seconds idle (at most one more), never fewer. A
+    // timeout of 0 means at once.
+    let t = RevFlow::timeout(flags, s);
+    t == 0 || now.wrapping_sub(last) > t
+}
+
+/// Sets `bits` in the flags word; returns the bits that were set before (so exactly one of
+/// two CPUs racing to set a bit sees it clear).
+#[inline(always)]
+pub fn set_flags(r: *mut RevFlow, bits: u32) -> u32 {
+    // SAFETY: a live map value; flags shares an 8-byte-aligned word with `_pad` (asserted in
+    // lb_common), little-endian so flags is the low half. LLVM lowers a 32-bit fetch-or to an
+    // OR without BPF_FETCH, hence the 64-bit operation.
+    unsafe {
+        let word = (&raw mut (*r).flags).cast::<u64>();
+        #[expect(clippy::cast_possible_truncation, reason = "flags is the low half")]
+        let old = atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, u64::from(bits)) as u32;
+        old
+    }
+}
+
+/// Marks the flow as gone from `ORIGIN_FLOWS` and subtracts it there, once.
+#[inline(always)]
+pub fn mark_closing(r: *mut RevFlow) {
+    // SAFETY: a live map value.
+    if unsafe { (*r).flags } & REV_F_CLOSING != 0 {
+        return;
+    }
+    if set_flags(r, REV_F_CLOSING) & REV_F_CLOSING == 0 {
+        // SAFETY: as above.
+        flows_add(unsafe { (*r).origin_id }, DEC);
+    }
+}
+
+/// Is `seq` within `win` bytes of `end`, either way, modulo 2^32?
+#[inline(always)]
+fn in_window(seq: u32, end: u32, win: u32) -> bool {
+    #[expect(
+        clippy::cast_possible_wrap,
+        reason = "sequence arithmetic is modulo 2^32"
+    )]
+    let d = seq.wrapping_sub(end) as i32;
+    d.unsigned_abs() <= win
+}
+
+/// A window field in bytes: scaled when both sides offered window scaling (RFC 7323 §2.2;
+/// never in SYN segments).
+#[inline(always)]
+fn scaled(win: u16, own: u8, peer: u8, syn: bool) -> u32 {
+    if syn || own == WSCALE_NONE || peer == WSCALE_NONE {
+        u32::from(win)
+    } else {
+        u32::from(win) << (own & 0x0f)
+    }
+}
+
+/// Advances the flow `r` with a non-SYN segment from the client, or any segment from the
+/// origin (`from_client` false). `Err` carries the drop verdict
+/// for a segment the flow refuses (its state is then unchanged).
+#[inline(never)]
+pub fn track(r: *mut RevFlow, seg: &Seg, from_client: bool, now: u32) -> Result<(), u32> {
+    let ifindex = seg.ifindex;
+    // SAFETY: a live map value; fields are read and written one at a time (the other
+    // direction may update its own fields on another CPU; flags change atomically).
+    let rv = unsafe { &mut *r };
+    let flags = rv.flags;
+    // Only the client keeps a handshake alive: an origin retransmitting its SYN-ACK to a
+    // spoofed client that never answers must not hold the SNAT port past the SYN timeout.
+    if rv.last_seen != now && (from_client || flags & CT_ESTABLISHED != 0) {
+        rv.last_seen = now;
+    }
+    if !from_client && seg.flags & SYN != 0 {
+        // The origin's SYN-ACK: it must acknowledge the client's SYN, during the handshake.
+        if seg.flags & ACK == 0 || flags & CT_ESTABLISHED != 0 {
+            return Err(drop(event::DROP_SYNACK_INVALID));
+        }
+        if seg.ack != rv.client_end {
+            // It acknowledges an older SYN on this port: the origin still holds a half-open
+            // connection of the port's previous (expired) flow. Reset it, as the client's
+            // TCP would, so the client's next SYN gets through.
+            return Err(RST_BACK);
+        }
+        rv.origin_end = seg.seq.wrapping_add(seg.len);
+        rv.origin_win = u32::from(seg.win);
+        rv.origin_wscale = seg.wscale;
+        rv.origin_if = ifindex;
+        set_flags(r, CT_SYNACK);
+        return Ok(());
+    }
+    if !from_client && flags & CT_SYNACK == 0 {
+        // Before its SYN-ACK the origin may only refuse the SYN: a RST that acknowledges it
+        // (RFC 793, SYN-SENT).
+        if seg.flags & RST != 0 && seg.flags & ACK != 0 && seg.ack == rv.client_end {
+            close(r, CT_RST, flags, now);
+            return Ok(());
+        }
+        if seg.flags & (RST | ACK) == ACK {
+            // An ACK that does not answer our SYN: the origin still holds the port's
+            // previous connection (TIME_WAIT or a half-open one) and answered the new SYN
+            // for that one. The client's TCP would reset it (RFC 793 §3.4, SYN-SENT); so do
+            // we, and the client's next SYN retransmission opens the new connection.
+            return Err(RST_BACK);
+        }
+        return Err(drop(event::DROP_SYNACK_INVALID));
+    }
+    let (end, peer_win, own_ws, peer_ws, expected_if) = if from_client {
+        (
+            rv.client_end,
+            rv.origin_win,
+            rv.client_wscale,
+            rv.origin_wscale,
+            rv.client_if,
+        )
+    } else {
+        (
+            rv.origin_end,
+            rv.client_win,
+            rv.origin_wscale,
+            rv.client_wscale,
+            rv.origin_if,
+        )
+    };
+    let inside = in_window(seg.seq, end, peer_win);
+    if seg.flags & RST != 0 {
+        if !inside || ifindex != expected_if {
+            return Err(drop(event::DROP_RST_INVALID));
+        }
+        close(r, CT_RST, flags, now);
+        return Ok(());
+    }
+    if seg.flags & FIN != 0 {
+        if !inside || ifindex != expected_if {
+            return Err(drop(event::DROP_FIN_INVALID));
+        }
+        let bit = if from_client {
+            CT_FIN_CLIENT
+        } else {
+            CT_FIN_ORIGIN
+        };
+        if flags & bit == 0 {
+            close(r, bit, flags, now);
+        }
+    }
+    if inside {
+        let new_end = seg.seq.wrapping_add(seg.len);
+        #[expect(
+            clippy::cast_possible_wrap,
+            reason = "sequence arithmetic is modulo 2^32"
+        )]
+        let ahead = new_end.wrapping_sub(end) as i32 > 0;
+        let win = scaled(seg.win, own_ws, peer_ws, false);
+        if from_client {
+            if ahead {
+                rv.client_end = new_end;
+            }
+            if win > rv.client_win {
+                rv.client_win = win;
+            }
+        } else {
+            if ahead {
+                rv.origin_end = new_end;
+            }
+            if win > rv.origin_win {
+                rv.origin_win = win;
+            }
+        }
+    }
+    // The client's ACK of the SYN-ACK completes the handshake.
+    if from_client
+        && flags & (CT_SYNACK | CT_ESTABLISHED) == CT_SYNACK
+        && seg.flags & ACK != 0
+        && seg.ack == rv.origin_end
+        && set_flags(r, CT_ESTABLISHED) & CT_ESTABLISHED == 0
+    {
+        handshake(now, true);
+    }
+    Ok(())
+}
+
+/// Records a FIN (`CT_FIN_*`) or RST: a flow closed by it leaves `ORIGIN_FLOWS`, and a
+/// handshake reset before it completed counts as finished.
+#[inline(always)]
+fn close(r: *mut RevFlow, bit: u32, flags: u32, now: u32) {
+    let before = set_flags(r, bit) | flags;
+    if RevFlow::closed(before | bit) {
+        mark_closing(r);
+    }
+    if bit == CT_RST && before & (CT_ESTABLISHED | CT_RST) == 0 {
+        handshake(now, true);
+    }
+}
