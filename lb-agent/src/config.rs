@@ -157,6 +157,13 @@ pub struct RawDataplane {
     pub snat_port_reuse_after_close: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_port_reuse_after_idle: Option<u32>,
+    /// Answer ICMP echo requests to VIP addresses in the data path (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_ping: Option<bool>,
+    /// Pass traffic that is neither for a VIP, a SNAT flow nor the host to the stack, which
+    /// routes it (default false: the data path drops it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_other: Option<bool>,
     #[serde(default, skip_serializing_if = "RawTcpTimeouts::is_empty")]
     pub tcp_timeouts: RawTcpTimeouts,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -513,6 +520,11 @@ pub struct Dataplane {
     /// Idle seconds before an established flow is dead (`tcp_timeouts.established`, or its
     /// older name `snat_port_reuse_after_idle`).
     pub snat_port_reuse_after_idle: u32,
+    /// Echo requests to VIP addresses are answered by XDP (else dropped).
+    pub answer_ping: bool,
+    /// Transit traffic (not ours, not the host's) is passed to the stack to be routed
+    /// (else dropped in XDP: no open router).
+    pub route_other: bool,
     /// Idle seconds before an unfinished handshake is dead (`tcp_timeouts.syn`).
     pub syn_timeout: u32,
     /// Idle seconds before a half-closed flow is dead (`tcp_timeouts.half_closed`).
@@ -1430,6 +1442,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             flow_table_size,
             snat_port_reuse_after_close: reuse_close,
             snat_port_reuse_after_idle: reuse_idle,
+            answer_ping: dp.answer_ping.unwrap_or(true),
+            route_other: dp.route_other.unwrap_or(false),
             syn_timeout,
             half_closed_timeout,
             syn_budget,
@@ -1996,6 +2010,8 @@ default_pools = ["web"]
         assert_eq!(c.dataplane.xdp_mode, XdpMode::Native);
         assert_eq!(c.dataplane.snat_port_reuse_after_close, 120);
         assert_eq!(c.dataplane.snat_port_reuse_after_idle, 86_400);
+        assert!(c.dataplane.answer_ping, "pings are answered by default");
+        assert!(!c.dataplane.route_other, "no open router by default");
         let b = &c.pools[0].origins[1];
         assert_eq!((b.weight, b.enabled, b.port), (1.0, true, None));
         assert_eq!(c.load_balancers[0].origin_port, 80);
@@ -2342,6 +2358,35 @@ default_pools = ["web"]
         );
         assert_one(&e, "load_balancers[0].default_pools[1]");
         assert!(e[0].contains("gone"), "{e:?}");
+    }
+
+    #[test]
+    fn answer_ping_and_route_other_are_read() {
+        let c = Config::parse(
+            &GOOD.replace(
+                "pin_dir",
+                "answer_ping = false\nroute_other = true\npin_dir",
+            ),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert!(!c.dataplane.answer_ping);
+        assert!(c.dataplane.route_other);
+    }
+
+    #[test]
+    fn answer_ping_and_route_other_must_be_booleans() {
+        for field in ["answer_ping", "route_other"] {
+            match Config::parse(
+                &GOOD.replace("pin_dir", &format!("{field} = \"yes\"\npin_dir")),
+                Path::new("t"),
+            ) {
+                Err(ConfigError::Parse { message, .. }) => {
+                    assert!(message.contains(field), "{message}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 
     #[test]

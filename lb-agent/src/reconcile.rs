@@ -17,7 +17,8 @@ use lb_common::{
     v4_mapped, Counters, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta,
     IPPROTO_TCP, MAGLEV_M, MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, NO_ORIGIN, NO_RING,
     ORIGIN_F_PRESENT, POOL_SEL_M, RING_STEER_HASH, RING_STEER_LEAST_CONN, RING_STEER_RANDOM,
-    SETTINGS_F_READY, VIP_F_AFFINITY, VIP_F_GEO, VIP_F_RANDOM, WEIGHT_SCALE,
+    SETTINGS_F_ANSWER_PING, SETTINGS_F_READY, SETTINGS_F_ROUTE_OTHER, VIP_F_AFFINITY, VIP_F_GEO,
+    VIP_F_RANDOM, WEIGHT_SCALE,
 };
 
 use crate::{
@@ -144,7 +145,17 @@ pub fn desired(cfg: &Config, health: &HealthTable, locations: &[GeoValue]) -> De
         snat_addr: v4_mapped(dp.snat_address.octets()),
         snat_port_min: dp.snat_port_min,
         snat_port_max: dp.snat_port_max,
-        flags: SETTINGS_F_READY,
+        flags: SETTINGS_F_READY
+            | if dp.answer_ping {
+                SETTINGS_F_ANSWER_PING
+            } else {
+                0
+            }
+            | if dp.route_other {
+                SETTINGS_F_ROUTE_OTHER
+            } else {
+                0
+            },
         reuse_closed_secs: dp.snat_port_reuse_after_close,
         established_secs: dp.snat_port_reuse_after_idle,
         syn_secs: dp.syn_timeout,

@@ -515,7 +515,7 @@ fn packet_fixtures() {
             event: event::PASS_NOT_VIP,
         },
         Case {
-            desc: "UDP to the VIP: passed untouched",
+            desc: "UDP to the VIP: dropped, a VIP address serves TCP only",
             ingress: "a",
             input: {
                 let b = PacketBuilder::ethernet2(MAC_C1, lb_mac)
@@ -525,9 +525,9 @@ fn packet_fixtures() {
                 b.write(&mut v, b"x").expect("udp");
                 v
             },
-            verdict: XDP_PASS,
+            verdict: XDP_DROP,
             output: None,
-            event: event::PASS_NOT_TCP,
+            event: event::DROP_VIP_OTHER_PROTO,
         },
         Case {
             desc: "ARP request: passed untouched",

@@ -122,6 +122,7 @@ pub mod map_names {
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_ICMP: u8 = 1;
 
 /// Key of `VIPS`: which (address, port, protocol) is a virtual IP.
 #[repr(C)]
@@ -428,6 +429,12 @@ pub struct Settings {
 const _: () = assert!(core::mem::size_of::<Settings>() == 48);
 
 pub const SETTINGS_F_READY: u32 = 1;
+/// `Settings::flags`: answer ICMP echo requests to a VIP address (`[dataplane] answer_ping`);
+/// clear: they are dropped (`DROP_PING`).
+pub const SETTINGS_F_ANSWER_PING: u32 = 2;
+/// `Settings::flags`: pass traffic that is neither ours nor the host's to the stack, which
+/// routes it (`[dataplane] route_other`); clear: the data path drops it (`DROP_TRANSIT`).
+pub const SETTINGS_F_ROUTE_OTHER: u32 = 4;
 
 /// Per-CPU counters of one VIP or one origin (`VIP_STATS`, `ORIGIN_STATS`). All host order.
 #[repr(C)]
@@ -453,9 +460,12 @@ const _: () = assert!(core::mem::size_of::<Counters>() == 48);
 pub mod event {
     /// Not IPv4 (ARP, IPv6, VLAN-tagged, LLDP ...): XDP_PASS.
     pub const PASS_NOT_IPV4: u32 = 0;
-    /// IPv4 but not TCP (UDP, ICMP ...): XDP_PASS.
+    /// IPv4 but not TCP (UDP, ICMP ...), not addressed to a VIP address and not an ICMP
+    /// error about one of our flows, for the host itself (or routed, see `DROP_TRANSIT`):
+    /// XDP_PASS.
     pub const PASS_NOT_TCP: u32 = 1;
-    /// TCP neither to a VIP nor a reply to one of our SNAT flows: XDP_PASS.
+    /// TCP neither to a VIP nor a reply to one of our SNAT flows, for the host itself (or
+    /// routed, see `DROP_TRANSIT`): XDP_PASS.
     pub const PASS_NOT_VIP: u32 = 2;
     /// Frame too short for an Ethernet or IPv4 header, or IPv4 header invalid
     /// (IHL < 5, version != 4): XDP_PASS, the stack counts and drops it as it would anyway.
@@ -559,7 +569,42 @@ pub mod event {
     /// The origin refused a cookie flow's SYN with a RST: the client gets a RST in its own
     /// sequence space (forwarded).
     pub const COOKIE_REFUSED: u32 = 40;
-    pub const COUNT: u32 = 41;
+    /// An ICMP error (unreachable, fragmentation needed, time exceeded) to the SNAT address
+    /// quoting one of our origin-bound packets (`REV_FLOWS` hit): translated to VIP -> client,
+    /// inner packet client -> VIP, and forwarded (the forwarding outcome is counted too).
+    pub const ICMP_FROM_ORIGIN: u32 = 41;
+    /// An ICMP error to a VIP address quoting one of our client-bound packets (`FLOWS` hit):
+    /// translated to SNAT address -> origin, inner packet origin -> SNAT, and forwarded.
+    pub const ICMP_FROM_CLIENT: u32 = 42;
+    /// An ICMP error to a VIP address about a flow we do not know: XDP_DROP. (To any other
+    /// address, such errors are the host's: XDP_PASS, `PASS_NOT_TCP`.)
+    pub const DROP_ICMP_UNKNOWN_FLOW: u32 = 43;
+    /// An ICMP error to a VIP address whose quoted packet is truncated, carries IPv4 options
+    /// or is not TCP: XDP_DROP.
+    pub const DROP_ICMP_MALFORMED: u32 = 44;
+    /// A rewritten TCP packet with DF set is larger than the egress MTU: answered with ICMP
+    /// "fragmentation needed" (type 3 code 4, next-hop MTU) built from the original headers,
+    /// back to its sender from the address it was sent to: XDP_TX.
+    pub const ICMP_FRAG_NEEDED_SENT: u32 = 45;
+    /// A rewritten TCP packet without DF is larger than the egress MTU: handed to the stack,
+    /// which fragments and forwards it (XDP_PASS; needs forwarding on, and a SNAT address
+    /// that is the host's own is dropped there as a martian, as for `PASS_NO_NEIGH`).
+    pub const PASS_TOO_BIG_NO_DF: u32 = 46;
+    /// A translated ICMP error is larger than the egress MTU: XDP_DROP (no ICMP about ICMP
+    /// errors, RFC 1122 §3.2.2).
+    pub const DROP_TOO_BIG: u32 = 47;
+    /// An ICMP echo request to a VIP address answered in place: XDP_TX.
+    pub const ICMP_ECHO_REPLY: u32 = 48;
+    /// An ICMP echo request to a VIP address with `answer_ping = false`: XDP_DROP.
+    pub const DROP_PING: u32 = 49;
+    /// Anything but TCP and the ICMP handled above to a VIP address (UDP, other ICMP types,
+    /// other protocols, non-TCP fragments): XDP_DROP instead of the host's stack.
+    pub const DROP_VIP_OTHER_PROTO: u32 = 50;
+    /// No open router: an IPv4 unicast packet for neither a VIP, a SNAT flow nor the host
+    /// itself, that the kernel would forward (`bpf_fib_lookup` says SUCCESS, NO_NEIGH or
+    /// FRAG_NEEDED): XDP_DROP. With `route_other = true` it is passed instead.
+    pub const DROP_TRANSIT: u32 = 51;
+    pub const COUNT: u32 = 52;
 
     /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
     pub const fn is_verdict(e: u32) -> bool {
@@ -577,6 +622,8 @@ pub mod event {
                 | SYN_COOKIE_OK
                 | COOKIE_REFUSED
                 | COOKIE_SYN_RESENT
+                | ICMP_FROM_ORIGIN
+                | ICMP_FROM_CLIENT
         )
     }
 
@@ -623,6 +670,17 @@ pub mod event {
         "cookie_origin_ack",
         "cookie_syn_resent",
         "cookie_refused",
+        "icmp_from_origin",
+        "icmp_from_client",
+        "drop_icmp_unknown_flow",
+        "drop_icmp_malformed",
+        "icmp_frag_needed_sent",
+        "pass_too_big_no_df",
+        "drop_too_big",
+        "icmp_echo_reply",
+        "drop_ping",
+        "drop_vip_other_proto",
+        "drop_transit",
     ];
 }
 

@@ -5,8 +5,8 @@ use core::mem::{self, size_of};
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FWD_DISABLED,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
@@ -19,7 +19,7 @@ use crate::{
     stats::{drop, pass, verdict},
 };
 
-const AF_INET: u8 = 2;
+use crate::AF_INET;
 
 /// Sends a rewritten frame on: next hop and MACs from the kernel FIB, then XDP_TX when it
 /// leaves where it came in, a TX_PORTS redirect otherwise. Its own subprogram (stack frame).
@@ -49,6 +49,12 @@ pub fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<u
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Ok(pass(event::PASS_NO_NEIGH)),
+        // SAFETY: the helper wrote the egress MTU into the union for this return code.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            return Err(
+                crate::edge::DO_TOO_BIG | u32::from(unsafe { p.__bindgen_anon_1.mtu_result })
+            )
+        }
         BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(drop(event::DROP_FWD_DISABLED)),
         _ => return Err(drop(event::DROP_NO_ROUTE)),
     }

@@ -2,17 +2,22 @@
 //! connection tracking for established ones, reverse NAT for replies.
 //!
 //! ```text
-//! frame -> parse: eth -> IPv4 -> TCP   (anything else: XDP_PASS, counted)
+//! frame -> parse: eth -> IPv4 -> TCP   (anything else: edge.rs: ICMP for our flows in
+//!                                       icmp.rs, other traffic to VIPs dropped, transit
+//!                                       dropped, the host's own traffic passed)
 //!   dst is a VIP:   flags sane? -> FLOWS hit -> its REV_FLOWS half names us? -> conntrack
 //!                   (expiry, window-checked FIN/RST, handshake) -> NAT -> forward
 //!                   miss: only a SYN makes a flow: select (ring, origin) -> SNAT port
 //!                   (REV_FLOWS NOEXIST) -> FLOWS -> NAT -> forward; anything else: drop
 //!   dst is our SNAT address: REV_FLOWS hit -> FLOWS half names us (restored if missing)?
 //!                   -> conntrack -> NAT back to the client -> forward
+//!   forward: too big for the egress MTU -> ICMP "fragmentation needed" back (icmp.rs)
+//!   neither: edge::not_ours: for the host, XDP_PASS; would be routed on, XDP_DROP
 //! ```
 //! One module per stage, as Katran keeps one header per concern: `parse`, `conntrack`,
 //! `select`, `snat` (pairs and ports), `nat` (rewrite), `forward` (FIB and redirect),
-//! `stats` (counters), `csum`. Nothing is logged per packet: every outcome increments a
+//! `cookie` (SYN cookies), `reply` (segments built in place), `edge` (not TCP for us,
+//! transit), `icmp` (errors, too-big answers, ping), `stats` (counters), `csum`. Nothing is logged per packet: every outcome increments a
 //! per-CPU counter (`lb_common::event`), exactly one verdict per frame.
 #![no_std]
 #![no_main]
@@ -24,7 +29,9 @@
 mod conntrack;
 mod cookie;
 mod csum;
+mod edge;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -48,10 +55,11 @@ use crate::{
     parse::{ptr_at, seg, Seg, ACK, FIN, RST, SYN, TCP_OFF},
     select::usable,
     snat::{check_client_half, names_client, new_flow, remove_pair, rev_key, CtInit},
-    stats::{add, cookies_recent, count, drop, now_secs, pass},
+    stats::{add, cookies_recent, count, drop, now_secs, pass, verdict},
 };
 
 const ETH_P_IP: u16 = 0x0800;
+const AF_INET: u8 = 2;
 const IP_MF: u8 = 0x20;
 const IP_OFFSET_HI: u8 = 0x1f;
 
@@ -59,9 +67,11 @@ const IP_OFFSET_HI: u8 = 0x1f;
 /// early verdict, so every path ends in exactly one verdict and one counter.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    match try_lb(&ctx) {
+    let v = match try_lb(&ctx) {
         Ok(v) | Err(v) => v,
-    }
+    };
+    // Work requested from deep in the call chain (ICMP), run here for the stack's sake.
+    edge::finish(&ctx, v)
 }
 
 /// Passes everything. Tests and the demo attach it to the far ends of veth pairs: native XDP
@@ -109,7 +119,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(pass(event::PASS_MALFORMED));
     }
     if proto != IPPROTO_TCP {
-        return Err(pass(event::PASS_NOT_TCP));
+        return Err(edge::not_tcp(ctx));
     }
     let settings: &Settings = match SETTINGS.get(0) {
         Some(s) if s.flags & SETTINGS_F_READY != 0 => s,
@@ -118,7 +128,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     let dst = v4_mapped(dst4);
     if vihl & 0x0f != 5 || frags[0] & (IP_MF | IP_OFFSET_HI) != 0 || frags[1] != 0 {
         if !is_vip_addr(dst) {
-            return Err(pass(event::PASS_NOT_VIP));
+            return Err(edge::not_ours(ctx, event::PASS_NOT_VIP));
         }
         return Err(drop(if vihl & 0x0f != 5 {
             event::DROP_IP_OPTIONS
@@ -177,7 +187,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         None => None,
     };
     if vip.is_none() && rev.is_none() {
-        return Err(pass(event::PASS_NOT_VIP));
+        return Err(edge::not_ours(ctx, event::PASS_NOT_VIP));
     }
     // Refused before anything changes: forwarding would send it out with TTL 0.
     if ttl <= 1 {

@@ -635,6 +635,111 @@ impl Topology {
         ]);
     }
 
+    /// A host namespace behind `router` (the client namespace or an origin namespace),
+    /// reached from it over a narrow hop: a new veth pair on `net`.0/24 (router `.1`, host
+    /// `.2`, default route via the router), whose route in the router has MTU `mtu`, locked.
+    /// Both interfaces stay at 1500, so neither end's MSS shows the narrow hop: the router
+    /// forwards what fits and answers bigger DF packets with ICMP "fragmentation needed"
+    /// (path-MTU discovery across the load balancer). The LB namespace routes `net` via
+    /// `router_addr` on `lb_dev`. The namespace (and its veth) goes when the guard drops.
+    pub fn add_host_behind(
+        &self,
+        router: &NetNs,
+        router_addr: Ipv4Addr,
+        lb_dev: &str,
+        net: [u8; 3],
+        mtu: u32,
+    ) -> NetNs {
+        let [a, b, c] = net;
+        let host = NetNs::new(&format!("{}-h{c}", self.id));
+        let (near, far) = (format!("{}h{c}", self.id), format!("{}h{c}x", self.id));
+        sh(
+            "ip",
+            &["link", "add", &near, "type", "veth", "peer", "name", &far],
+        );
+        sh("ip", &["link", "set", &near, "netns", &router.name]);
+        sh("ip", &["link", "set", &far, "netns", &host.name]);
+        let (gw, addr, prefix) = (
+            format!("{a}.{b}.{c}.1"),
+            format!("{a}.{b}.{c}.2"),
+            format!("{a}.{b}.{c}.0/24"),
+        );
+        router.ip(&["addr", "add", &format!("{gw}/24"), "dev", &near]);
+        router.ip(&["link", "set", &near, "up"]);
+        host.ip(&["addr", "add", &format!("{addr}/24"), "dev", &far]);
+        host.ip(&["link", "set", &far, "up"]);
+        host.ip(&["route", "add", "default", "via", &gw]);
+        router.ip(&[
+            "route",
+            "replace",
+            &prefix,
+            "dev",
+            &near,
+            "proto",
+            "kernel",
+            "scope",
+            "link",
+            "src",
+            &gw,
+            "mtu",
+            "lock",
+            &mtu.to_string(),
+        ]);
+        router.sysctl("net.ipv4.conf.all.forwarding", "1");
+        // Full checksums from the host (the router forwards its frames to an XDP veth).
+        host.exec("ethtool", &["-K", &far, "tx", "off"]);
+        self.lb.ip(&[
+            "route",
+            "add",
+            &prefix,
+            "via",
+            &router_addr.to_string(),
+            "dev",
+            lb_dev,
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !host
+            .ip(&["-o", "link", "show", "dev", &far])
+            .contains("LOWER_UP")
+        {
+            assert!(Instant::now() < deadline, "veth {far} did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        host
+    }
+
+    /// Narrows the LB's own route to the subnet of its interface `lb_ifaces[i]` (client side
+    /// 0, origin i) to `mtu`, locked, leaving the interface at 1500: the XDP FIB lookup then
+    /// says FRAG_NEEDED for bigger rewritten packets, while frames of any size still arrive.
+    /// (A lower MTU on the veth itself would make the kernel drop bigger frames arriving on
+    /// it before XDP sees them.)
+    pub fn narrow_lb_route(&self, i: usize, mtu: u32) {
+        let (net, gw) = if i == 0 {
+            ("10.0.1.0/24".to_owned(), LB_CLIENT_SIDE.to_string())
+        } else {
+            let [a, b, c, _] = origin_addr(i).octets();
+            (format!("{a}.{b}.{c}.0/24"), format!("{a}.{b}.{c}.1"))
+        };
+        let mut args = vec![
+            "route",
+            "replace",
+            &net,
+            "dev",
+            &self.lb_ifaces[i],
+            "proto",
+            "kernel",
+            "scope",
+            "link",
+            "src",
+            &gw,
+        ];
+        let m = mtu.to_string();
+        if mtu > 0 {
+            args.extend(["mtu", "lock", &m]);
+        }
+        self.lb.ip(&args);
+    }
+
     /// Starts one server per origin namespace.
     pub fn start_servers(&self) -> Vec<Server> {
         self.origins

@@ -225,6 +225,9 @@ fn test() -> Result<()> {
                 "select.rs",
                 "snat.rs",
                 "stats.rs",
+                "cookie.rs",
+                "edge.rs",
+                "icmp.rs",
             ]
             .map(|f| r.join("lb-ebpf/src").join(f)),
         ))?;
