@@ -370,6 +370,9 @@ pub const CT_FIN_CLIENT: u32 = 8;
 pub const CT_FIN_ORIGIN: u32 = 16;
 /// `RevFlow::flags`: an in-window RST from either side.
 pub const CT_RST: u32 = 32;
+/// `RevFlow::flags`: during the handshake, the origin answered for the SNAT port's previous
+/// connection; `origin_end` holds that answer's ACK, the sequence number of the client's RST.
+pub const CT_STALE: u32 = 128;
 /// `RevFlow::flags`: opened through a SYN cookie; sequence numbers are translated by
 /// `seq_delta`. Until the origin answers (`CT_SYNACK`), `seq_delta` holds the cookie.
 pub const CT_COOKIE: u32 = 64;
@@ -604,7 +607,11 @@ pub mod event {
     /// itself, that the kernel would forward (`bpf_fib_lookup` says SUCCESS, NO_NEIGH or
     /// FRAG_NEEDED): XDP_DROP. With `route_other = true` it is passed instead.
     pub const DROP_TRANSIT: u32 = 51;
-    pub const COUNT: u32 = 52;
+    /// During a handshake the origin answered for the SNAT port's previous connection
+    /// (TIME_WAIT, or half-open): forwarded to the client, whose TCP resets it and retries
+    /// its SYN at once (RFC 793 §3.4); counted with the forwarding verdict.
+    pub const ORIGIN_STALE_ANSWER: u32 = 52;
+    pub const COUNT: u32 = 53;
 
     /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
     pub const fn is_verdict(e: u32) -> bool {
@@ -624,6 +631,7 @@ pub mod event {
                 | COOKIE_SYN_RESENT
                 | ICMP_FROM_ORIGIN
                 | ICMP_FROM_CLIENT
+                | ORIGIN_STALE_ANSWER
         )
     }
 
@@ -681,6 +689,7 @@ pub mod event {
         "drop_ping",
         "drop_vip_other_proto",
         "drop_transit",
+        "origin_stale_answer",
     ];
 }
 

@@ -13,18 +13,14 @@
 use core::intrinsics::{atomic_or, AtomicOrdering};
 
 use lb_common::{
-    event, RevFlow, Settings, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_RST, CT_SYNACK,
-    REV_F_CLOSING, WSCALE_NONE,
+    event, RevFlow, Settings, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_RST, CT_STALE,
+    CT_SYNACK, REV_F_CLOSING, WSCALE_NONE,
 };
 
 use crate::{
     parse::{Seg, ACK, FIN, RST, SYN},
-    stats::{drop, flows_add, handshake, DEC},
+    stats::{count, drop, flows_add, handshake, DEC},
 };
-
-/// `track`'s answer for a segment that must be answered with a RST to its sender
-/// (`reply::rst_back`); not a verdict, and not yet counted.
-pub const RST_BACK: u32 = u32::MAX;
 
 /// Has the flow been idle past its state's timeout at `now`?
 #[inline(always)]
@@ -109,10 +105,13 @@ pub fn track(r: *mut RevFlow, seg: &Seg, from_client: bool, now: u32) -> Result<
             return Err(drop(event::DROP_SYNACK_INVALID));
         }
         if seg.ack != rv.client_end {
+            if flags & CT_SYNACK != 0 {
+                return Err(drop(event::DROP_SYNACK_INVALID));
+            }
             // It acknowledges an older SYN on this port: the origin still holds a half-open
-            // connection of the port's previous (expired) flow. Reset it, as the client's
-            // TCP would, so the client's next SYN gets through.
-            return Err(RST_BACK);
+            // connection of the port's previous (expired) flow.
+            stale_answer(r, seg);
+            return Ok(());
         }
         rv.origin_end = seg.seq.wrapping_add(seg.len);
         rv.origin_win = u32::from(seg.win);
@@ -130,10 +129,9 @@ pub fn track(r: *mut RevFlow, seg: &Seg, from_client: bool, now: u32) -> Result<
         }
         if seg.flags & (RST | ACK) == ACK {
             // An ACK that does not answer our SYN: the origin still holds the port's
-            // previous connection (TIME_WAIT or a half-open one) and answered the new SYN
-            // for that one. The client's TCP would reset it (RFC 793 §3.4, SYN-SENT); so do
-            // we, and the client's next SYN retransmission opens the new connection.
-            return Err(RST_BACK);
+            // previous connection (TIME_WAIT) and answered the new SYN for that one.
+            stale_answer(r, seg);
+            return Ok(());
         }
         return Err(drop(event::DROP_SYNACK_INVALID));
     }
@@ -154,6 +152,16 @@ pub fn track(r: *mut RevFlow, seg: &Seg, from_client: bool, now: u32) -> Result<
             rv.origin_if,
         )
     };
+    if from_client
+        && seg.flags & RST != 0
+        && flags & (CT_STALE | CT_SYNACK) == CT_STALE
+        && seg.seq == rv.origin_end
+        && ifindex == expected_if
+    {
+        // The client resets the origin's stale connection (its own SYN is still pending):
+        // forwarded, the flow is unchanged.
+        return Ok(());
+    }
     let inside = in_window(seg.seq, end, peer_win);
     if seg.flags & RST != 0 {
         if !inside || ifindex != expected_if {
@@ -209,6 +217,20 @@ pub fn track(r: *mut RevFlow, seg: &Seg, from_client: bool, now: u32) -> Result<
         handshake(now, true);
     }
     Ok(())
+}
+
+/// The origin answered the client's SYN for the SNAT port's previous connection (TIME_WAIT,
+/// or half-open after an expired handshake): the answer goes on to the client, whose TCP
+/// resets it (RFC 793 §3.4, SYN-SENT: the reset takes its sequence number from the
+/// answer's ACK) and retries its SYN at once (Linux re-arms the SYN timer at its minimum
+/// for this case). The ACK is kept (`origin_end`, free until the SYN-ACK) so that this one
+/// RST from the client is let through.
+#[inline(always)]
+fn stale_answer(r: *mut RevFlow, seg: &Seg) {
+    // SAFETY: a live map value.
+    unsafe { (*r).origin_end = seg.ack };
+    set_flags(r, CT_STALE);
+    count(event::ORIGIN_STALE_ANSWER);
 }
 
 /// Records a FIN (`CT_FIN_*`) or RST: a flow closed by it leaves `ORIGIN_FLOWS`, and a

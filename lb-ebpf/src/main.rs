@@ -435,13 +435,7 @@ fn origin_packet(
             }
         };
     }
-    if let Err(v) = track(r, s, false, now) {
-        if v == conntrack::RST_BACK {
-            count(event::RST_TO_ORIGIN);
-            return Ok(reply::rst_back(ctx));
-        }
-        return Err(v);
-    }
+    track(r, s, false, now)?;
     // SAFETY: a live map value; copied out field by field.
     let (client_addr, client_port, vip_addr, vip_port, vip_id, origin_id, flags, delta) = unsafe {
         (

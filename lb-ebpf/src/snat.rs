@@ -90,12 +90,14 @@ pub fn new_flow(
             if let Some(r) = REV_FLOWS.get_ptr_mut(&(*sc).old_rkey) {
                 if names_client(r, key) {
                     mark_closing(r);
-                    // A closed flow keeps its port until it has been idle past the grace
-                    // period (the origin's TIME_WAIT on that tuple); only its client half
-                    // moves on (overwritten below). Anything else is removed now.
-                    if !RevFlow::closed((*r).flags) || expired(r, init.now, settings) {
-                        let _ = REV_FLOWS.remove(&(*sc).old_rkey);
-                    }
+                    // The port goes with the tuple: the new flow's first probe is the same
+                    // port (the same hash), so a client reusing its source port usually
+                    // keeps its SNAT port too, and the origin sees the client's own tuple
+                    // reused, as without a load balancer. It accepts the SYN on its
+                    // TIME_WAIT entry by the client's newer sequence number or timestamp
+                    // (RFC 6191). Holding the port instead made the new flow take another
+                    // port whose TIME_WAIT belongs to a stranger, refused half the time.
+                    let _ = REV_FLOWS.remove(&(*sc).old_rkey);
                 }
             }
         }
