@@ -117,6 +117,26 @@ pub fn verify(frame: &[u8]) -> Option<Sums> {
     Some(Sums { ip: ip_ok, tcp })
 }
 
+/// What is wrong with an ICMP frame the data path sent (`None`: nothing): its IPv4 header
+/// checksum, its length, and the ICMP checksum over everything the IPv4 length covers.
+pub fn icmp_problem(frame: &[u8]) -> Option<String> {
+    let ihl = usize::from(frame[IP] & 0x0f) * 4;
+    if fold(sum(&frame[IP..IP + ihl], 0)) != 0xffff {
+        return Some("ICMP frame: IPv4 header checksum".into());
+    }
+    let tot = usize::from(u16::from_be_bytes([frame[IP + 2], frame[IP + 3]]));
+    if tot < ihl + 8 || IP + tot > frame.len() {
+        return Some(format!(
+            "ICMP frame: IPv4 length {tot} for a {}-byte frame",
+            frame.len()
+        ));
+    }
+    if fold(sum(&frame[IP + ihl..IP + tot], 0)) != 0xffff {
+        return Some("ICMP frame: ICMP checksum".into());
+    }
+    None
+}
+
 /// Recomputes both checksums of a frame in place (after a mutation), where the frame's own
 /// lengths allow it. Frames that are not IPv4/TCP are left alone.
 pub fn fix_checksums(frame: &mut [u8]) {

@@ -636,7 +636,11 @@ impl Fuzzer<'_> {
         // frame cannot be reshaped.
         let built = matches!(
             ev,
-            event::RST_TO_ORIGIN | event::SYN_COOKIE_SENT | event::COOKIE_ORIGIN_ACK
+            event::RST_TO_ORIGIN
+                | event::SYN_COOKIE_SENT
+                | event::COOKIE_ORIGIN_ACK
+                | event::ICMP_ECHO_REPLY
+                | event::ICMP_FRAG_NEEDED_SENT
         );
         let agrees = match verdict {
             XDP_DROP => name.starts_with("drop_") || built,
@@ -654,7 +658,10 @@ impl Fuzzer<'_> {
                 &output,
             );
         }
-        if !addressed_to_us(input) && (verdict != XDP_PASS || output != input) {
+        // No open router: traffic for neither a VIP nor the SNAT address passes unchanged,
+        // or is dropped as transit (the kernel would have routed it on).
+        let transit_drop = verdict == XDP_DROP && ev == event::DROP_TRANSIT;
+        if !addressed_to_us(input) && !transit_drop && (verdict != XDP_PASS || output != input) {
             self.violation(
                 "a frame for neither a VIP address nor the SNAT address passes unchanged",
                 format!("{what}; event {name}"),
@@ -678,9 +685,9 @@ impl Fuzzer<'_> {
             }
             return Some((verdict, output));
         }
-        if verdict == XDP_PASS && ev != event::PASS_NO_NEIGH {
+        if verdict == XDP_PASS && ev != event::PASS_NO_NEIGH && ev != event::PASS_TOO_BIG_NO_DF {
             self.violation(
-                "a passed frame is unchanged (unless handed to the stack rewritten, pass_no_neigh)",
+                "a passed frame is unchanged (unless handed to the stack rewritten: pass_no_neigh, pass_too_big_no_df)",
                 format!("{what}; event {name}"),
                 input,
                 side,
@@ -707,6 +714,21 @@ impl Fuzzer<'_> {
         let Some(after) = frame::verify(out) else {
             return Some("output is not IPv4".into());
         };
+        if out.get(IP + 9) == Some(&1) {
+            // ICMP out (an error translated, a too-big answer, an echo reply): correct IPv4
+            // and ICMP checksums whenever the input's were correct (checksums are updated
+            // incrementally, so a wrong one stays wrong, as for TCP).
+            let input_ok = if input.get(IP + 9) == Some(&1) {
+                frame::icmp_problem(input).is_none()
+            } else {
+                frame::verify(input).is_some_and(|v| v.ip && v.tcp == Some(true))
+            };
+            return if input_ok {
+                frame::icmp_problem(out)
+            } else {
+                None
+            };
+        }
         if ev == event::RST_TO_ORIGIN
             || ev == event::SYN_COOKIE_SENT
             || ev == event::COOKIE_ORIGIN_ACK
