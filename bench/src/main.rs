@@ -471,7 +471,12 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                 .collect();
             let (mut cookie_t, cookie_v) = run_each(dp.program()?, &cookie_syns, &ctx_a)?;
             rec.apply(&cfg, &HealthTable::default())?;
-            let floor = dp.aux_program("xdp_tx_floor")?;
+            let mut aux = aya::Ebpf::load_file(lb_agent::dataplane::test_object(object))?;
+            let floor: &mut aya::programs::Xdp = aux
+                .program_mut("xdp_tx_floor")
+                .context("xdp_tx_floor")?
+                .try_into()?;
+            floor.load()?;
             let (mut floor_t, _) = run_each(floor, &est, &ctx_a)?;
             let floor_ns = median(&mut floor_t);
             let cost = |case: &str, t: &mut Vec<u64>, verdict: u32| {

@@ -120,14 +120,13 @@ fn generate(ns: &NetNs, ifname: &str, frame: &[u8], secs: f64) -> Result<u64> {
     })
 }
 
-/// Attaches `name` from the object to `ifname` in `ns` (not pinned: it goes with the returned
-/// handle). Small flow tables: these programs do not use them.
+/// Attaches `name` from the test-only object next to `object` to `ifname` in `ns` (not
+/// pinned: it goes with the returned handle).
 fn attach_aux(ns: &NetNs, object: &Path, name: &str, ifname: &str) -> Result<aya::Ebpf> {
+    let test_object = lb_agent::dataplane::test_object(object);
     ns.run(|| -> Result<aya::Ebpf> {
-        let mut ebpf = aya::EbpfLoader::new()
-            .map_max_entries(lb_common::map_names::FLOWS, 1024)
-            .map_max_entries(lb_common::map_names::REV_FLOWS, 1024)
-            .load_file(object)?;
+        let mut ebpf = aya::Ebpf::load_file(&test_object)
+            .with_context(|| format!("{}", test_object.display()))?;
         let p: &mut Xdp = ebpf.program_mut(name).context("program")?.try_into()?;
         p.load()?;
         p.attach(ifname, XdpMode::Driver)?;

@@ -82,6 +82,12 @@ pub(crate) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Dat
 
 /// Finds the BPF object: the explicit path, else `lb-ebpf.o` next to the agent binary, else
 /// the workspace build output.
+/// The object of test-only programs (`xdp_pass`, `xdp_drop`, `xdp_tx_floor`), built next to
+/// the load balancer's object `main` by `cargo xtask build-ebpf`, and kept out of it.
+pub fn test_object(main: &Path) -> PathBuf {
+    main.with_file_name("lb-test-progs")
+}
+
 pub fn find_object(explicit: Option<&Path>) -> Result<PathBuf> {
     let mut tried = Vec::new();
     let mut candidates = Vec::new();
@@ -572,18 +578,6 @@ impl Dataplane {
     /// The loaded XDP program (for `BPF_PROG_TEST_RUN` in tests and benchmarks).
     pub fn program(&mut self) -> Result<&mut Xdp> {
         program(&mut self.ebpf, PROGRAM_NAME)
-    }
-
-    /// Another program of the same object (`xdp_pass`, `xdp_tx_floor`), loaded on demand.
-    pub fn aux_program(&mut self, name: &str) -> Result<&mut Xdp> {
-        let p = program(&mut self.ebpf, name)?;
-        if p.fd().is_err() {
-            p.load().map_err(|e| DataplaneError::Program {
-                name: name.into(),
-                source: Box::new(e),
-            })?;
-        }
-        Ok(p)
     }
 }
 

@@ -30,13 +30,12 @@ fn events(cfg: &Path) -> std::collections::BTreeMap<String, u64> {
 /// (drivers/net/veth.c), unlike redirects, which are flushed regardless. The LB's ICMP
 /// answers (echo replies, fragmentation needed) leave by XDP_TX.
 fn xdp_pass_on(ns: &NetNs, dev: &str) -> aya::Ebpf {
-    let object = lb_agent::dataplane::find_object(None).expect("BPF object");
+    let object = lb_agent::dataplane::test_object(
+        &lb_agent::dataplane::find_object(None).expect("BPF object"),
+    );
     ns.run(|| {
-        let mut ebpf = aya::EbpfLoader::new()
-            .map_max_entries(lb_common::map_names::FLOWS, 1024)
-            .map_max_entries(lb_common::map_names::REV_FLOWS, 1024)
-            .load_file(&object)
-            .expect("load object");
+        let mut ebpf = aya::Ebpf::load_file(&object)
+            .unwrap_or_else(|e| panic!("load {}: {e} (cargo xtask build-ebpf)", object.display()));
         let p: &mut aya::programs::Xdp = ebpf
             .program_mut("xdp_pass")
             .expect("xdp_pass")

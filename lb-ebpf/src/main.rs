@@ -74,25 +74,6 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     edge::finish(&ctx, v)
 }
 
-/// Passes everything. Tests and the demo attach it to the far ends of veth pairs: native XDP
-/// on a veth needs a program on the peer before XDP_TX/XDP_REDIRECT frames are delivered.
-#[xdp]
-pub fn xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// Drops every frame: a sink for packet-rate benchmarks (the origin side must not answer).
-#[xdp]
-pub fn xdp_drop(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_DROP
-}
-
-/// Bounces every frame unchanged: the floor the benchmarks compare `lb_xdp` against.
-#[xdp]
-pub fn xdp_tx_floor(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_TX
-}
-
 /// Is `addr` (IPv4-mapped) the address of some VIP? Uses the port-0 marker entries.
 #[inline(always)]
 fn is_vip_addr(addr: [u8; 16]) -> bool {

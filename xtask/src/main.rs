@@ -228,6 +228,7 @@ fn test() -> Result<()> {
                 "cookie.rs",
                 "edge.rs",
                 "icmp.rs",
+                "test_progs.rs",
             ]
             .map(|f| r.join("lb-ebpf/src").join(f)),
         ))?;
