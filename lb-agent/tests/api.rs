@@ -1232,21 +1232,7 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
 
 /// `lb-agent --config <cfg> check` in `ns`: (success, stdout, stderr).
 fn check(ns: &NetNs, cfg: &Path) -> (bool, String, String) {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .arg("--")
-        .arg(agent_bin())
-        .arg("--config")
-        .arg(cfg)
-        .arg("check")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run lb-agent check");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    lb_testbed::agent_check(agent_bin(), ns, cfg)
 }
 
 #[test]

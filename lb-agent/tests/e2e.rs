@@ -291,23 +291,9 @@ fn host_traffic_passes_with_xdp_attached() {
     );
 }
 
-/// `lb-agent --config <cfg> check` inside `ns`: (success, stdout, stderr).
+/// `lb-agent --config <cfg> check` in `ns`: (success, stdout, stderr).
 fn check(ns: &NetNs, cfg: &Path) -> (bool, String, String) {
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .arg("--")
-        .arg(agent_bin())
-        .arg("--config")
-        .arg(cfg)
-        .arg("check")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run lb-agent check");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    lb_testbed::agent_check(agent_bin(), ns, cfg)
 }
 
 #[test]

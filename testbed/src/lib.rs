@@ -1063,6 +1063,25 @@ pub fn vip() -> SocketAddrV4 {
     SocketAddrV4::new(VIP, VIP_PORT)
 }
 
+/// Runs `<bin> --config <cfg> check` inside `ns`: (success, stdout, stderr).
+pub fn agent_check(bin: &Path, ns: &NetNs, cfg: &Path) -> (bool, String, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .arg("--")
+        .arg(bin)
+        .arg("--config")
+        .arg(cfg)
+        .arg("check")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run lb-agent check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// An `lb-agent` process in the LB namespace, stopped (SIGTERM) on drop.
 pub struct Agent {
     child: Child,
