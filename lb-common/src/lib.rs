@@ -96,8 +96,9 @@ pub mod map_names {
     pub const AFFINITY: &str = "AFFINITY";
     pub const ORIGIN_FLOWS: &str = "ORIGIN_FLOWS";
     pub const HANDSHAKES: &str = "HANDSHAKES";
+    pub const ORIGIN_NH: &str = "ORIGIN_NH";
     /// Every map, in the order the agent pins and checks them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         SETTINGS,
         VIPS,
         RINGS,
@@ -115,6 +116,7 @@ pub mod map_names {
         AFFINITY,
         ORIGIN_FLOWS,
         HANDSHAKES,
+        ORIGIN_NH,
     ];
 }
 
@@ -300,6 +302,52 @@ pub struct Flow {
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 48);
 
+/// A flow direction's next hop, as the last `bpf_fib_lookup` for it found it: kept in the
+/// flow entry so that a flow's packets skip the FIB lookup (about 150 ns each) while the
+/// entry is fresh. Fresh means: filled under the current `Settings::nh_gen` (the agent bumps
+/// it when the kernel's links, routes or neighbours change) and within `NH_MAX_AGE` seconds,
+/// and the packet is no longer than one the lookup already passed (`ok_len`: the lookup is
+/// also the MTU check). Anything else takes the FIB lookup and refills the entry, so
+/// correctness never depends on the cache. Written by the data path only; all zero = empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Egress interface, host order; 0 = empty.
+    pub ifindex: u32,
+    /// Coarse monotonic second of the fill, host order.
+    pub filled: u32,
+    /// `Settings::nh_gen` at the fill, host order.
+    pub gen: u32,
+    /// Largest IPv4 total length the lookup passed for this egress (its MTU check), host
+    /// order.
+    pub ok_len: u16,
+    pub _pad: u16,
+    /// Source MAC (the egress interface's).
+    pub smac: [u8; 6],
+    /// Destination MAC (the next hop's).
+    pub dmac: [u8; 6],
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<NextHop>() == 32);
+
+/// Value of `ORIGIN_NH` (array, by origin id): the next hop towards an origin, shared by
+/// every flow to it (their packets differ only in ports: the same source, the SNAT
+/// address, and the same destination), so a new flow's first packet already skips the FIB.
+/// `addr` is the destination the entry was filled for: a flow whose origin id now names
+/// another origin (the agent reassigned it) does not match and looks up its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginNextHop {
+    /// Destination address (IPv4-mapped), NBO.
+    pub addr: [u8; 16],
+    pub nh: NextHop,
+}
+const _: () = assert!(core::mem::size_of::<OriginNextHop>() == 48);
+
+/// A cached next hop older than this many whole seconds is looked up again, even without a
+/// generation bump: the bound on staleness if a change notification is missed.
+pub const NH_MAX_AGE: u32 = 1;
+
 /// Value of `REV_FLOWS`: the connection-tracking entry of a flow. It owns the flow's SNAT
 /// port (the key), says how a reply is rewritten back to the client, and holds the TCP state
 /// both directions update: state bits, last activity and each side's sequence window.
@@ -350,8 +398,10 @@ pub struct RevFlow {
     pub client_if: u32,
     /// Interface the origin's SYN-ACK arrived on (0 until then), host order.
     pub origin_if: u32,
+    /// Next hop towards the client (replies).
+    pub nh: NextHop,
 }
-const _: () = assert!(core::mem::size_of::<RevFlow>() == 88);
+const _: () = assert!(core::mem::size_of::<RevFlow>() == 120);
 // The data path sets state bits with a 64-bit atomic on `flags` and `_pad` together.
 const _: () = assert!(core::mem::offset_of!(RevFlow, flags) % 8 == 0);
 const _: () =
@@ -427,7 +477,10 @@ pub struct Settings {
     /// `syn_secs`; above it new SYNs are answered with SYN cookies. 0 = always cookies.
     /// Host order.
     pub syn_budget: u32,
-    pub _pad: u32,
+    /// Next-hop generation: cached next hops (`NextHop`) filled under another value are
+    /// looked up again. The agent bumps it when links, routes or neighbours change. Host
+    /// order.
+    pub nh_gen: u32,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 48);
 
@@ -611,7 +664,12 @@ pub mod event {
     /// (TIME_WAIT, or half-open): forwarded to the client, whose TCP resets it and retries
     /// its SYN at once (RFC 793 §3.4); counted with the forwarding verdict.
     pub const ORIGIN_STALE_ANSWER: u32 = 52;
-    pub const COUNT: u32 = 53;
+    /// A frame's next hop came from `bpf_fib_lookup`: its flow direction had no cached one
+    /// (`NextHop`: a new flow, a frame built in place), or it was stale, or it had passed
+    /// only shorter packets. A note, counted with the verdict; a high rate against
+    /// `fwd_tx` + `fwd_redirect` means the cache is not working (generation bumps?).
+    pub const FIB_LOOKUP: u32 = 53;
+    pub const COUNT: u32 = 54;
 
     /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
     pub const fn is_verdict(e: u32) -> bool {
@@ -632,6 +690,7 @@ pub mod event {
                 | ICMP_FROM_ORIGIN
                 | ICMP_FROM_CLIENT
                 | ORIGIN_STALE_ANSWER
+                | FIB_LOOKUP
         )
     }
 
@@ -690,6 +749,7 @@ pub mod event {
         "drop_vip_other_proto",
         "drop_transit",
         "origin_stale_answer",
+        "fib_lookup",
     ];
 }
 
@@ -755,7 +815,7 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 mod pod {
     use super::{
         Affinity, AffinityKey, Counters, Flow, FlowKey, GeoKey, GeoPlanKey, GeoValue, Handshakes,
-        OriginMeta, RevFlow, RingMeta, Settings, VipKey, VipMeta,
+        NextHop, OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipKey, VipMeta,
     };
     // SAFETY: all are repr(C), made only of integers and byte arrays, with explicit padding.
     unsafe impl aya::Pod for VipKey {}
@@ -773,4 +833,6 @@ mod pod {
     unsafe impl aya::Pod for GeoValue {}
     unsafe impl aya::Pod for GeoPlanKey {}
     unsafe impl aya::Pod for Handshakes {}
+    unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for OriginNextHop {}
 }

@@ -74,14 +74,11 @@ pub fn finish(ctx: &XdpContext, mut v: u32) -> u32 {
 /// `forward` for a packet rewritten further down the call chain.
 #[inline(never)]
 fn forward_again(ctx: &XdpContext) -> u32 {
-    match (
-        ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
-    ) {
-        (Some(eth), Some(ip)) => match forward(ctx, eth, ip) {
+    match ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) {
+        Some(ip) => match forward(ctx, ip, core::ptr::null_mut(), 0) {
             Ok(v) | Err(v) => v,
         },
-        _ => drop(event::DROP_ICMP_MALFORMED),
+        None => drop(event::DROP_ICMP_MALFORMED),
     }
 }
 

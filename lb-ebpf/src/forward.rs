@@ -11,29 +11,58 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{event, IPPROTO_TCP};
+use lb_common::{event, NextHop, IPPROTO_TCP, NH_MAX_AGE};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    maps::TX_PORTS,
-    stats::{drop, pass, verdict},
+    maps::{SETTINGS, TX_PORTS},
+    parse::ptr_at,
+    stats::{count, drop, pass, verdict},
 };
 
 use crate::AF_INET;
 
-/// Sends a rewritten frame on: next hop and MACs from the kernel FIB, then XDP_TX when it
-/// leaves where it came in, a TX_PORTS redirect otherwise. Its own subprogram (stack frame).
+/// Sends a rewritten frame on: next hop and MACs from `nh` when it is fresh (see
+/// `lb_common::NextHop`), else from the kernel FIB, whose answer then refills `nh`; then
+/// XDP_TX when it leaves where it came in, a TX_PORTS redirect otherwise. `nh` is the flow
+/// direction's cache in its map entry, or null (frames built in place, first packets).
+/// Its own subprogram (stack frame).
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<u32, u32> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-    let mut p: FibParams = unsafe { mem::zeroed() };
+pub fn forward(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: *mut NextHop, now: u32) -> Result<u32, u32> {
+    // Found again here rather than passed: a BPF call takes at most five arguments, the
+    // verdict's return slot included.
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or_else(|| drop(event::DROP_MALFORMED_TCP))?;
     #[expect(clippy::cast_possible_truncation, reason = "ifindex fits in u32")]
     let ingress = ctx.ingress_ifindex() as u32;
+    let gen = SETTINGS.get(0).map_or(0, |s| s.nh_gen);
+    // SAFETY: bounds-checked by the caller.
+    let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+    if !nh.is_null() {
+        // SAFETY: a live map value (or this CPU's scratch entry), read field by field; another
+        // CPU may refill it meanwhile, with the same values unless the next hop changed.
+        let (ifindex, filled, cached_gen, ok_len) =
+            unsafe { ((*nh).ifindex, (*nh).filled, (*nh).gen, (*nh).ok_len) };
+        if ifindex != 0
+            && cached_gen == gen
+            && now.wrapping_sub(filled) <= NH_MAX_AGE
+            && tot_len <= ok_len
+        {
+            // SAFETY: as above; eth bounds-checked by the caller.
+            unsafe {
+                (*eth).dst_addr = (*nh).dmac;
+                (*eth).src_addr = (*nh).smac;
+            }
+            return send(ifindex, ingress);
+        }
+    }
+    count(event::FIB_LOOKUP);
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut p: FibParams = unsafe { mem::zeroed() };
     // SAFETY: headers bounds-checked by the caller.
     unsafe {
         p.family = AF_INET;
         p.l4_protocol = IPPROTO_TCP;
-        p.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).tot_len);
+        p.__bindgen_anon_1.tot_len = tot_len;
         p.ifindex = ingress;
         p.__bindgen_anon_2.tos = (*ip).tos;
         p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
@@ -63,10 +92,34 @@ pub fn forward(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr) -> Result<u
         (*eth).dst_addr = p.dmac;
         (*eth).src_addr = p.smac;
     }
-    if p.ifindex == ingress {
+    if !nh.is_null() {
+        // SAFETY: as above. The same next hop under the same generation keeps the largest
+        // length it has passed; a different one starts again from this packet's.
+        unsafe {
+            let same = (*nh).ifindex == p.ifindex
+                && (*nh).gen == gen
+                && (*nh).dmac == p.dmac
+                && (*nh).smac == p.smac;
+            if !same || (*nh).ok_len < tot_len {
+                (*nh).ok_len = tot_len;
+            }
+            (*nh).ifindex = p.ifindex;
+            (*nh).smac = p.smac;
+            (*nh).dmac = p.dmac;
+            (*nh).gen = gen;
+            (*nh).filled = now;
+        }
+    }
+    send(p.ifindex, ingress)
+}
+
+/// The verdict for a frame whose MACs are set, leaving on `ifindex`.
+#[inline(always)]
+fn send(ifindex: u32, ingress: u32) -> Result<u32, u32> {
+    if ifindex == ingress {
         return Ok(verdict(event::FWD_TX, xdp_action::XDP_TX));
     }
-    match TX_PORTS.redirect(p.ifindex, 0) {
+    match TX_PORTS.redirect(ifindex, 0) {
         Ok(v) => Ok(verdict(event::FWD_REDIRECT, v)),
         Err(_) => Err(drop(event::DROP_NO_TX_PORT)),
     }

@@ -42,15 +42,15 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    event, v4_mapped, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, CT_COOKIE, CT_ESTABLISHED,
-    CT_SYNACK, IPPROTO_TCP, SETTINGS_F_READY,
+    event, v4_mapped, Flow, FlowKey, NextHop, RevFlow, Settings, VipKey, VipMeta, CT_COOKIE,
+    CT_ESTABLISHED, CT_SYNACK, IPPROTO_TCP, SETTINGS_F_READY,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
 use crate::{
     conntrack::{expired, track},
     forward::forward,
-    maps::{FLOWS, ORIGIN_STATS, REV_FLOWS, SCRATCH, SETTINGS, VIPS, VIP_STATS},
+    maps::{FLOWS, ORIGIN_NH, ORIGIN_STATS, REV_FLOWS, SCRATCH, SETTINGS, VIPS, VIP_STATS},
     nat::{rewrite, SeqShift, NO_SHIFT},
     parse::{ptr_at, seg, Seg, ACK, FIN, RST, SYN, TCP_OFF},
     select::usable,
@@ -175,8 +175,8 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(drop(event::DROP_TTL));
     }
     match (vip, rev) {
-        (Some(vip), _) => client_packet(ctx, eth, ip, tcp, &key, vip, settings, s),
-        (None, Some(r)) => origin_packet(ctx, eth, ip, tcp, &key, r, settings, s),
+        (Some(vip), _) => client_packet(ctx, ip, tcp, &key, vip, settings, s),
+        (None, Some(r)) => origin_packet(ctx, ip, tcp, &key, r, settings, s),
         (None, None) => Err(pass(event::PASS_NOT_VIP)),
     }
 }
@@ -201,7 +201,6 @@ fn bad_client_flags(f: u8) -> bool {
 #[inline(always)]
 fn client_packet(
     ctx: &XdpContext,
-    eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
     tcp: *mut TcpHdr,
     key: &FlowKey,
@@ -334,6 +333,7 @@ fn client_packet(
     }
     // SAFETY: a map value pointer (or this CPU's scratch entry), valid for this program run.
     let flow = unsafe { &*flow };
+    let nh = origin_next_hop(flow);
     rewrite(
         ip,
         tcp,
@@ -346,18 +346,33 @@ fn client_packet(
     let len = (ctx.data_end() - ctx.data()) as u64;
     add(&VIP_STATS, flow.vip_id, len, false, is_new);
     add(&ORIGIN_STATS, flow.origin_id, len, false, is_new);
-    forward(ctx, eth, ip)
+    forward(ctx, ip, nh, now)
+}
+
+/// The cached next hop towards `flow`'s origin (`ORIGIN_NH`), claimed for its address if it
+/// was filled for another (an origin id the agent reassigned while flows of the old origin
+/// live on): emptied, so that `forward` looks it up and fills it.
+#[inline(always)]
+fn origin_next_hop(flow: &Flow) -> *mut NextHop {
+    let Some(o) = ORIGIN_NH.get_ptr_mut(flow.origin_id) else {
+        return core::ptr::null_mut();
+    };
+    // SAFETY: a live map value shared by all CPUs, read and written field by field.
+    unsafe {
+        if (*o).addr != flow.origin_addr {
+            (*o).nh.ifindex = 0;
+            (*o).addr = flow.origin_addr;
+        }
+        &raw mut (*o).nh
+    }
 }
 
 /// Forwards a frame `reply` rebuilt in place (its header pointers are new).
 #[inline(always)]
 fn forward_rebuilt(ctx: &XdpContext) -> Result<u32, u32> {
-    match (
-        ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
-    ) {
-        (Some(eth), Some(ip)) => forward(ctx, eth, ip),
-        _ => Err(drop(event::DROP_MALFORMED_TCP)),
+    match ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) {
+        Some(ip) => forward(ctx, ip, core::ptr::null_mut(), 0),
+        None => Err(drop(event::DROP_MALFORMED_TCP)),
     }
 }
 
@@ -379,7 +394,6 @@ fn vip_ring(key: &FlowKey, vip: &VipMeta) -> u32 {
 #[inline(always)]
 fn origin_packet(
     ctx: &XdpContext,
-    eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
     tcp: *mut TcpHdr,
     key: &FlowKey,
@@ -443,7 +457,8 @@ fn origin_packet(
     let len = (ctx.data_end() - ctx.data()) as u64;
     add(&VIP_STATS, vip_id, len, true, false);
     add(&ORIGIN_STATS, origin_id, len, true, false);
-    forward(ctx, eth, ip)
+    // SAFETY: a live map value; the field's address, no read.
+    forward(ctx, ip, unsafe { &raw mut (*r).nh }, now)
 }
 
 #[cfg(not(test))]

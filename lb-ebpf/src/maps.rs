@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     event, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, GeoValue, Handshakes,
-    OriginMeta, RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE,
+    OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE,
     DEFAULT_FLOW_TABLE_SIZE, GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAGLEV_M, MAX_INTERFACES,
     MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M,
 };
@@ -62,6 +62,11 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { AFFINITY_SIZE as usize 
 /// `least_connections` and by the agent.
 #[btf_map]
 pub static ORIGIN_FLOWS: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
+
+/// Origin id -> the next hop towards it, as the FIB last said (`OriginNextHop`). Shared by
+/// all CPUs: written about once a second per origin, read by every packet to it.
+#[btf_map]
+pub static ORIGIN_NH: Array<OriginNextHop, { MAX_ORIGINS as usize }> = Array::new();
 
 /// Client -> VIP 5-tuple -> origin and SNAT rewrite: the index half of a flow pair; its
 /// state lives in the `REV_FLOWS` entry it names. A plain hash, not an LRU: the kernel

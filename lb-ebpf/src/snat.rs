@@ -6,7 +6,7 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     event,
     hash::{flow_hash, SEED_SNAT},
-    Affinity, Flow, FlowKey, RevFlow, Settings, VipMeta, IPPROTO_TCP, ORIGIN_F_PRESENT,
+    Affinity, Flow, FlowKey, NextHop, RevFlow, Settings, VipMeta, IPPROTO_TCP, ORIGIN_F_PRESENT,
     REV_F_CLOSING, SNAT_PROBES, VIP_F_AFFINITY,
 };
 
@@ -134,6 +134,7 @@ pub fn new_flow(
         _pad2: [0; 2],
         client_if: init.client_if,
         origin_if: 0,
+        nh: NextHop::default(),
     };
     sc.rkey = FlowKey {
         src: origin.addr,
