@@ -24,6 +24,7 @@ use crate::{
     health::{HealthTable, Monitors, OriginHealth, Report, Target},
     metrics::RttHistograms,
     neigh::Neighbours,
+    netwatch::NetWatch,
     notify::{Event, Notifier, NotifyOptions},
     reconcile::{ReconcileError, Reconciler},
     steering::{self, Choice, PoolHealth},
@@ -341,6 +342,13 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         })
     });
 
+    let mut netwatch = match NetWatch::open() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!("cannot watch links, routes and neighbours ({e}): cached next hops are refreshed every {} s instead", lb_common::NH_MAX_AGE);
+            None
+        }
+    };
     let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
@@ -356,6 +364,15 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
             }
             Some(r) = rx.recv() => agent.on_report(&r),
             Some(c) = api_rx.recv() => agent.on_command(c),
+            changed = next_hop_change(netwatch.as_mut()) => {
+                if let Err(e) = changed {
+                    warn!("watching links, routes and neighbours stopped ({e}): cached next hops are refreshed every {} s instead", lb_common::NH_MAX_AGE);
+                    netwatch = None;
+                }
+                if let Err(e) = agent.rec.next_hops_changed() {
+                    error!("{e}");
+                }
+            }
             _ = status_tick.tick() => {
                 if agent.status_dirty {
                     agent.write_status();
@@ -378,6 +395,14 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         info!(pin_dir = %pin_dir.display(), "exiting; XDP stays attached and keeps forwarding (run `lb-agent teardown` to stop it)");
     }
     Ok(())
+}
+
+/// Resolves when the kernel's links, routes or neighbours changed; never without a watch.
+async fn next_hop_change(w: Option<&mut NetWatch>) -> std::io::Result<usize> {
+    match w {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Longest first check among the configured monitors (all attempts), plus the start jitter.

@@ -24,6 +24,7 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod neigh;
+pub mod netwatch;
 pub mod notify;
 pub mod reconcile;
 pub mod stats;

@@ -161,7 +161,8 @@ pub fn desired(cfg: &Config, health: &HealthTable, locations: &[GeoValue]) -> De
         syn_secs: dp.syn_timeout,
         half_closed_secs: dp.half_closed_timeout,
         syn_budget: dp.syn_budget,
-        _pad: 0,
+        // The reconciler's own counter (Reconciler::next_hops_changed); not config.
+        nh_gen: 0,
     };
     let mut rings = BTreeMap::new();
     let mut vips = Vec::new();
@@ -434,6 +435,8 @@ pub struct Reconciler {
     /// Ring id -> slots as last written or read.
     rings: HashMap<u32, Vec<u32>>,
     settings: Option<Settings>,
+    /// `Settings::nh_gen` to write: bumped when links, routes or neighbours change.
+    nh_gen: u32,
     pub assignment: Assignment,
     ring_meta: HashMap<u32, RingMeta>,
     geo_plan: HashMap<GeoPlanKey, u32>,
@@ -460,6 +463,9 @@ impl Reconciler {
             }
         }
         let settings = maps.settings.get(&0, 0).ok();
+        // Changes may have happened while no agent watched: the next hops the data path
+        // cached under the old generation are looked up again.
+        let nh_gen = settings.map_or(0, |s| s.nh_gen.wrapping_add(1));
         let mut ring_meta = HashMap::new();
         for id in 0..MAX_RINGS {
             ring_meta.insert(id, maps.ring_meta.get(&id, 0).map_err(werr("RING_META"))?);
@@ -474,6 +480,7 @@ impl Reconciler {
             current,
             rings: HashMap::new(),
             settings,
+            nh_gen,
             assignment: Assignment::default(),
             ring_meta,
             geo_plan,
@@ -498,12 +505,34 @@ impl Reconciler {
         Ok(self.rings.get_mut(&id).expect("inserted above"))
     }
 
+    /// The kernel's links, routes or neighbours changed: next hops the data path cached in
+    /// its flow entries are looked up again (one `bpf_fib_lookup` per flow direction).
+    /// Before the first apply there are no settings yet; the new generation goes out with
+    /// them.
+    pub fn next_hops_changed(&mut self) -> Result<()> {
+        self.nh_gen = self.nh_gen.wrapping_add(1);
+        if let Some(mut s) = self.settings {
+            s.nh_gen = self.nh_gen;
+            self.maps.settings.set(0, s, 0).map_err(werr("SETTINGS"))?;
+            self.settings = Some(s);
+        }
+        Ok(())
+    }
+
     /// Makes the maps hold exactly what `cfg` asks for under `health`, writing only
     /// differences.
     pub fn apply(&mut self, cfg: &Config, health: &HealthTable) -> Result<ApplyReport> {
         let start = Instant::now();
         self.sync_geo(&cfg.geo)?;
-        let want = desired(cfg, health, &self.geo_locations);
+        let mut want = desired(cfg, health, &self.geo_locations);
+        // New settings (a SNAT address, say) may route differently: cached next hops go.
+        if self
+            .settings
+            .is_some_and(|s| Settings { nh_gen: 0, ..s } != want.settings)
+        {
+            self.nh_gen = self.nh_gen.wrapping_add(1);
+        }
+        want.settings.nh_gen = self.nh_gen;
         let a = assign(&want, &self.current, &self.assignment)?;
         let mut r = ApplyReport::default();
 
