@@ -9,11 +9,7 @@ pub const IP: usize = 14;
 /// Where the TCP header starts when the IPv4 header has no options.
 pub const TCP: usize = 34;
 
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
+pub use lb_testbed::tcp_flags::{ACK, FIN, PSH, RST, SYN};
 
 /// SplitMix64 (Steele, Lea, Flood 2014): small, fast, and the same sequence on every
 /// platform, so a seed reproduces a run.

@@ -35,44 +35,31 @@ use aya::{
     maps::MapData,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use lb_agent::{
-    config::Config,
-    dataplane::{self, Dataplane},
-    health::HealthTable,
-    reconcile::Reconciler,
-};
+use lb_agent::{dataplane, reconcile::Reconciler};
 use lb_common::{event, Flow, FlowKey, RevFlow, Settings, REV_F_CLOSING};
-use lb_testbed::{FibBed, Side};
+use lb_testbed::{
+    fixture::{
+        self, mac_of, C1, C2, C3, C4, C5, C6, LB_ONE_ARMED, LB_WWW, LOCAL_ORIGIN, O1, O2, O3,
+        POOL_LOCAL, SNAT, VIP, VIP2,
+    },
+    FibBed, Side,
+};
 
 use crate::frame::{hex, mutate, Rng, Seg, ACK, FIN, IP, PSH, RST, SYN, TCP};
 
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
+pub use lb_testbed::fixture::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 const VERDICT_NAMES: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
 
-const VIP: [u8; 4] = [10, 0, 0, 10];
-const VIP2: [u8; 4] = [10, 0, 0, 11];
-const SNAT: [u8; 4] = [10, 0, 0, 1];
+/// Addresses and MACs are the packet fixtures' (`lb_testbed::fixture`); this run has
+/// sixteen SNAT ports.
 const SNAT_MIN: u16 = 61000;
 const SNAT_MAX: u16 = 61015;
 /// Clients (side A, permanent neighbours).
-const CLIENTS: [[u8; 4]; 6] = [
-    [10, 0, 1, 2],
-    [10, 0, 1, 3],
-    [10, 0, 1, 4],
-    [10, 0, 1, 5],
-    [10, 0, 1, 6],
-    [10, 0, 1, 7],
-];
-const O1: [u8; 4] = [10, 0, 11, 2];
-const O2: [u8; 4] = [10, 0, 11, 3];
-const O4: [u8; 4] = [10, 0, 11, 4];
+const CLIENTS: [[u8; 4]; 6] = [C1, C2, C3, C4, C5, C6];
+const O4: [u8; 4] = O3;
 /// The one-armed VIP's origin, behind the client side (XDP_TX).
-const LOCAL: [u8; 4] = [10, 0, 1, 9];
-/// (address, port, side) of every origin in `CONFIG`.
+const LOCAL: [u8; 4] = LOCAL_ORIGIN;
+/// (address, port, side) of every origin in `config()`.
 const ORIGINS: [([u8; 4], u16, Side); 7] = [
     (O1, 8080, Side::B),
     (O2, 8080, Side::B),
@@ -82,7 +69,7 @@ const ORIGINS: [([u8; 4], u16, Side); 7] = [
     (O1, 8444, Side::B),
     (LOCAL, 8080, Side::A),
 ];
-/// (VIP, port) pairs of `CONFIG`.
+/// (VIP, port) pairs of `config()`.
 const VIPS: [([u8; 4], u16); 3] = [(VIP, 80), (VIP, 443), (VIP2, 80)];
 
 /// Timeouts short enough that flows expire, close and give up their ports during a run.
@@ -95,18 +82,18 @@ const REUSE_CLOSED_SECS: u32 = 1;
 /// o1:8081: same address, other port), pool `lc` uses least connections (o5 and o6 share an
 /// address too, and one client tuple may meet either), pool `local` sits
 /// behind the client-side interface. Sixteen SNAT ports, so ports run out and are recycled.
-const CONFIG: &str = r#"
-[dataplane]
-interfaces = ["lo"]
-snat_address = "10.0.0.1"
-snat_ports = [61000, 61015]
-snat_port_reuse_after_close = 1
+fn config() -> String {
+    let dataplane = fixture::dataplane(
+        (SNAT_MIN, SNAT_MAX),
+        "snat_port_reuse_after_close = 1
 tcp_timeouts = { syn = 1, half_closed = 2, established = 3 }
 # Few handshakes in flight before SYN cookies, so the cookie paths are fuzzed too.
-syn_budget = 8
-pin_dir = "@PIN@"
-flow_table_size = 4096
+syn_budget = 8",
+    );
+    format!("{dataplane}{POOLS}{POOL_LOCAL}{LB_WWW}{LB_TLS}{LB_ONE_ARMED}")
+}
 
+const POOLS: &str = r#"
 [[pools]]
 name = "web"
 origins = [
@@ -123,28 +110,14 @@ origins = [
   { name = "o5", address = "10.0.11.2", port = 8443 },
   { name = "o6", address = "10.0.11.2", port = 8444 },
 ]
+"#;
 
-[[pools]]
-name = "local"
-origins = [{ name = "l1", address = "10.0.1.9", port = 8080 }]
-
-[[load_balancers]]
-name = "www"
-address = "10.0.0.10"
-port = 80
-default_pools = ["web"]
-
+const LB_TLS: &str = r#"
 [[load_balancers]]
 name = "tls"
 address = "10.0.0.10"
 port = 443
 default_pools = ["lc"]
-
-[[load_balancers]]
-name = "one-armed"
-address = "10.0.0.11"
-port = 80
-default_pools = ["local"]
 "#;
 
 /// What to run.
@@ -310,10 +283,6 @@ struct Known {
     /// Next sequence number of the client and of the origin.
     cseq: u32,
     oseq: u32,
-}
-
-fn mac_of(addr: [u8; 4]) -> [u8; 6] {
-    [2, 0, 0, addr[1], addr[2], addr[3]]
 }
 
 /// Reads the per-CPU `EVENTS` totals with one `BPF_MAP_LOOKUP_BATCH` (Linux 5.6), falling
@@ -1392,46 +1361,30 @@ impl Fuzzer<'_> {
 /// flows, then drives `opts.frames` frames (set-up included). Needs root.
 pub fn run(opts: &Options) -> Report {
     lb_testbed::require_prerequisites();
-    let mut neighbours: Vec<([u8; 4], [u8; 6], Side)> =
-        CLIENTS.iter().map(|c| (*c, mac_of(*c), Side::A)).collect();
-    neighbours.push((LOCAL, mac_of(LOCAL), Side::A));
-    for o in [O1, O2, O4] {
-        neighbours.push((o, mac_of(o), Side::B));
-    }
+    let neighbours = fixture::neighbours(&[C1, C2, C3, C4, C5, C6, LOCAL], &[O1, O2, O4]);
     let bed = FibBed::new("fz", &neighbours);
     let pin_dir = bed.pin_dir.clone();
-    let cfg = Config::parse(
-        &CONFIG.replace("@PIN@", pin_dir.to_str().expect("utf8")),
-        Path::new("fuzz.toml"),
-    )
-    .expect("fuzz config");
     let (ifindex_a, ifindex_b, mac_a, mac_b) = (
         bed.ifindex(Side::A),
         bed.ifindex(Side::B),
         bed.mac_a,
         bed.mac_b,
     );
-    bed.ns.run(|| {
-        let object = match &opts.object {
-            Some(o) => o.clone(),
-            None => dataplane::find_object(None).expect("BPF object (cargo xtask build-ebpf)"),
-        };
-        let mut dp =
-            Dataplane::load(&object, &pin_dir, cfg.dataplane.flow_table_size).expect("load");
-        let mut rec = Reconciler::adopt(dp.take_maps().expect("maps")).expect("adopt");
-        rec.apply(&cfg, &HealthTable::default()).expect("apply");
-        for i in [ifindex_a, ifindex_b] {
-            rec.maps.tx_ports.insert(i, i, None, 0).expect("tx port");
-        }
+    let object = opts
+        .object
+        .clone()
+        .unwrap_or_else(|| lb_testbed::ebpf_object().to_path_buf());
+    fixture::with_loaded_in(&bed, &object, &config(), |loaded| {
+        let rec = &mut loaded.rec;
+        let prog = loaded.dp.program().expect("program");
         let origin_ids = rec.assignment.origins.values().copied().collect();
         let mut events = Events::open(&pin_dir);
         let last = events.totals(&rec.maps);
-        let prog = dp.program().expect("program");
         let mut fz = Fuzzer {
             opts,
             rng: Rng::new(opts.seed),
             prog,
-            rec: &mut rec,
+            rec,
             events,
             last,
             ifindex_a,

@@ -201,9 +201,16 @@ fn build_ebpf() -> Result<PathBuf> {
     Ok(obj)
 }
 
+/// Passes the binaries under test to the integration tests (see `lb_testbed::built`).
+fn with_built<'c>(cmd: &'c mut Command, bin_dir: &Path, obj: &Path) -> &'c mut Command {
+    cmd.env("LB_AGENT_BIN", bin_dir.join("lb-agent"))
+        .env("LB_LBCTL_BIN", bin_dir.join("lbctl"))
+        .env("LB_EBPF_OBJ", obj)
+}
+
 fn test() -> Result<()> {
     setup()?;
-    build_ebpf()?;
+    let obj = build_ebpf()?;
     let r = root();
     run(cargo(None)
         .current_dir(&r)
@@ -240,10 +247,18 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // Kernel-touching tests serialise themselves (lb_testbed::serial) and clean up on drop.
+    // The integration tests get the binaries under test from here, not by guessing paths.
     run(cargo(None)
         .current_dir(&r)
-        .args(["test", "--workspace", "--", "--nocapture"]))?;
+        .args(["build", "-p", "lb-agent", "--bins"]))?;
+    // Kernel-touching tests serialise themselves (lb_testbed::serial) and clean up on drop.
+    run(with_built(
+        cargo(None)
+            .current_dir(&r)
+            .args(["test", "--workspace", "--", "--nocapture"]),
+        &r.join("target/debug"),
+        &obj,
+    ))?;
     println!("xtask: all tests passed");
     Ok(())
 }
@@ -465,21 +480,25 @@ fn bench(quick: bool) -> Result<()> {
     }
     run(&mut crit)?;
     println!("xtask: detection-to-drain (the health tests' 20-kill measurements)");
-    let failover = Command::new("cargo")
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .current_dir(&r)
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "lb-agent",
-            "--test",
-            "health",
-            "killed_origin",
-            "--",
-            "--nocapture",
-        ])
-        .output()?;
+    let failover = with_built(
+        Command::new("cargo")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .current_dir(&r)
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "lb-tests",
+                "--test",
+                "integration",
+                "health::killed_origin",
+                "--",
+                "--nocapture",
+            ]),
+        &r.join("target/release"),
+        &obj,
+    )
+    .output()?;
     let text = String::from_utf8_lossy(&failover.stdout).into_owned();
     anyhow::ensure!(
         failover.status.success(),

@@ -4,7 +4,6 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4},
-    path::Path,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -12,13 +11,9 @@ use std::{
 use lb_agent::{agent::Status, dataplane::Maps, reconcile::vip_key};
 use lb_common::{v4_mapped, MAGLEV_M, MAX_ORIGINS, ORIGIN_F_PRESENT};
 use lb_testbed::{
-    connect, origin_addr, request, require_prerequisites, serial, vip, Agent, Http, Server,
-    TempFile, Topology, API_TOKEN, ORIGIN_PORT, VIP, VIP_PORT,
+    connect, origin_addr, request, require_prerequisites, serial, vip, Http, Server, TempFile,
+    Topology, API_TOKEN, ORIGIN_PORT, VIP, VIP_PORT,
 };
-
-fn agent_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lb-agent"))
-}
 
 /// `lb_testbed::wait_for`, polling every 1 ms.
 fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
@@ -156,7 +151,7 @@ fn measure_drains(interval: f64, retries: u32, timeout: f64, kills: usize) -> Ve
         "lb.toml",
         &tcp_monitor_config(&topo, interval, retries, timeout),
     );
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let bound = Duration::from_secs_f64(interval + timeout * f64::from(retries + 1));
     let watch = RingWatch::open(&topo);
     let o2 = watch.origin_id(origin_addr(2), ORIGIN_PORT);
@@ -288,7 +283,7 @@ fn pools_fail_over_in_order_and_back_then_to_fallback() {
         "[[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\ndefault_pools = [\"a\", \"b\"]\nfallback_pool = \"f\"\n"
     ));
     let cfg = TempFile::new("lb.toml", &c);
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let t = Duration::from_secs(5);
     let only = |name: &str| {
         let a = answers(&topo, 20);
@@ -383,7 +378,7 @@ fn http_and_https_monitors_judge_codes_bodies_and_certificates() {
     }
     c.push_str(&format!("[[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\ndefault_pools = [\"web\"]\n"));
     let cfg = TempFile::new("lb.toml", &c);
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let t = Duration::from_secs(5);
 
     let r = wait_state(&topo, "web", "o1", "up", t);
@@ -441,7 +436,7 @@ fn tcp_monitor_port_override_and_hysteresis_against_flapping() {
         origin_addr(2)
     ));
     let cfg = TempFile::new("lb.toml", &c);
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let t = Duration::from_secs(5);
 
     wait_state(&topo, "p1", "o1", "up", t);
@@ -493,7 +488,7 @@ fn reload_drains_a_disabled_origin_and_rejects_a_bad_config() {
     let topo = Topology::build(3);
     let _servers = topo.start_servers();
     let cfg = TempFile::new("lb.toml", &topo.config(&[1.0, 1.0, 1.0], ""));
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
 
     // A connection on o2 (bounded tries).
     let (mut w, mut r) = topo.client.run(|| {
@@ -592,7 +587,7 @@ fn changed_thresholds_reach_tracked_origins_by_reload_and_by_api() {
         c
     };
     let cfg = TempFile::new("lb.toml", &config(1, 100));
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let t = Duration::from_secs(5);
     wait_state(&topo, "web", "o1", "up", t);
 

@@ -11,8 +11,13 @@
 //!  default via 10.0.1.1      snat 10.0.0.1 (lo), VIP 10.0.0.10     default via 10.0.1i.1
 //! ```
 
+pub mod built;
+#[cfg(feature = "dataplane")]
+pub mod fixture;
 pub mod mmdb;
 pub mod prom;
+
+pub use built::{agent_bin, ebpf_object, lbctl_bin};
 
 use std::{
     fs,
@@ -1080,6 +1085,58 @@ pub fn agent_check(bin: &Path, ns: &NetNs, cfg: &Path) -> (bool, String, String)
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Starts the agent under test (`agent_bin()`) with the XDP object under test in `ns`: see
+/// `Agent::start`.
+pub fn start_agent(ns: &NetNs, config: &Path, extra: &[&str]) -> Agent {
+    let object = ebpf_object().to_str().expect("UTF-8 object path");
+    let args: Vec<&str> = ["--bpf-object", object]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    Agent::start(agent_bin(), ns, config, &args)
+}
+
+/// A running topology: the agent under test (dropped first), servers, config, namespaces
+/// (last).
+pub struct Running {
+    pub agent: Agent,
+    pub servers: Vec<Server>,
+    pub cfg: TempFile,
+    pub topo: Topology,
+}
+
+impl Running {
+    /// `weights.len()` origins, each serving `Server::start` on :8080, in one pool `web`
+    /// at `weights`; `extra_dataplane` lines in `[dataplane]`; the agent running.
+    pub fn start(weights: &[f64], extra_dataplane: &str) -> Self {
+        Self::start_with(weights, extra_dataplane, "", Topology::start_servers)
+    }
+
+    /// `start` with `extra_objects` appended to the config and the caller's servers.
+    pub fn start_with(
+        weights: &[f64],
+        extra_dataplane: &str,
+        extra_objects: &str,
+        servers: impl FnOnce(&Topology) -> Vec<Server>,
+    ) -> Self {
+        require_prerequisites();
+        let topo = Topology::build(weights.len());
+        let servers = servers(&topo);
+        let mut config = topo.config(weights, extra_dataplane);
+        if !extra_objects.is_empty() {
+            config = format!("{config}\n{extra_objects}");
+        }
+        let cfg = TempFile::new("lb.toml", &config);
+        let agent = start_agent(&topo.lb, &cfg.path, &[]);
+        Self {
+            agent,
+            servers,
+            cfg,
+            topo,
+        }
+    }
 }
 
 /// An `lb-agent` process in the LB namespace, stopped (SIGTERM) on drop.

@@ -15,13 +15,9 @@ use std::{
 
 use lb_testbed::{
     chromium_render, enter_netns, origin_addr, prom, request, require_prerequisites, serial, vip,
-    Agent, NetNs, Server, TempFile, Topology, API_TOKEN, ORIGIN_PORT,
+    NetNs, Server, TempFile, Topology, API_TOKEN, ORIGIN_PORT,
 };
 use serde_json::{json, Value};
-
-fn agent_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lb-agent"))
-}
 
 const BASE: &str = "http://127.0.0.1:8405";
 const ACCOUNT: &str = "/client/v4/accounts/023e105f4ecef8ad9ca31a8372d0c353/load_balancers";
@@ -168,7 +164,7 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
     let topo = Topology::build(2);
     let _servers = topo.start_servers();
     let cfg = TempFile::new("api.toml", &config(&topo, 2, ""));
-    let mut agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let mut agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let ns = &topo.lb;
 
     // --- auth
@@ -727,7 +723,7 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
     // --- a restart comes back with every change
     let before = everything(ns);
     assert!(agent.stop(), "clean exit");
-    let mut agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let mut agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     assert_eq!(
         everything(ns),
         before,
@@ -736,12 +732,7 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
 
     // --api-listen moves the API.
     assert!(agent.stop(), "clean exit");
-    let _agent = Agent::start(
-        agent_bin(),
-        &topo.lb,
-        &cfg.path,
-        &["--api-listen", "127.0.0.1:8406"],
-    );
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &["--api-listen", "127.0.0.1:8406"]);
     let (moved, old) = ns.run(|| {
         let get = |port: u16| {
             ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
@@ -892,7 +883,7 @@ fn api_changes_move_traffic_metrics_count_it_and_webhooks_report_health() {
     )
     .replace("[[pools]]", &format!("{monitor}[[pools]]"));
     let cfg = TempFile::new("api-traffic.toml", &text);
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let ns = &topo.lb;
 
     // Traffic, then the counters in /metrics.
@@ -1124,7 +1115,7 @@ fn lbctl(ns: &NetNs, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net={}", ns.path().display()))
         .arg("--")
-        .arg(env!("CARGO_BIN_EXE_lbctl"))
+        .arg(lb_testbed::lbctl_bin())
         .args(["--token", API_TOKEN])
         .args(args)
         .env_remove("LB_API")
@@ -1147,7 +1138,7 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
     let text =
         config(&topo, 2, "monitor = \"tcp\"").replace("[[pools]]", &format!("{monitor}[[pools]]"));
     let cfg = TempFile::new("api-dash.toml", &text);
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let ns = &topo.lb;
     let got = answers(&topo, 50);
     assert_eq!(got.values().sum::<usize>(), 50, "{got:?}");
@@ -1232,7 +1223,7 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
 
 /// `lb-agent --config <cfg> check` in `ns`: (success, stdout, stderr).
 fn check(ns: &NetNs, cfg: &Path) -> (bool, String, String) {
-    lb_testbed::agent_check(agent_bin(), ns, cfg)
+    lb_testbed::agent_check(lb_testbed::agent_bin(), ns, cfg)
 }
 
 #[test]
@@ -1247,7 +1238,7 @@ fn a_start_with_a_file_that_conflicts_with_api_objects_runs_the_stored_state() {
     );
     let text = format!("{}{spare}", config(&topo, 2, ""));
     let cfg = TempFile::new("api.toml", &text);
-    let mut agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let mut agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let ns = &topo.lb;
 
     // Through the API: a load balancer on the file's pool "spare", and a pool "extra".
@@ -1320,7 +1311,7 @@ fn a_start_with_a_file_that_conflicts_with_api_objects_runs_the_stored_state() {
     );
 
     // The start runs, with the stored objects, and logs the refusal.
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let line = agent
         .wait_log(0, "config rejected at start", Duration::from_secs(1))
         .unwrap_or_else(|| panic!("refusal logged: {}", agent.log_text()));

@@ -6,7 +6,6 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{Ipv4Addr, SocketAddrV4},
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -15,46 +14,8 @@ use lb_common::{event, FlowKey, RevFlow, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_O
 use lb_testbed::{
     connect, origin_addr, request, require_prerequisites, serial,
     tcp_flags::{ACK, FIN, RST, SYN},
-    vip, Agent, RawSender, Server, TempFile, Topology, CLIENT,
+    vip, RawSender, Running, Server, TempFile, Topology, CLIENT,
 };
-
-fn agent_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lb-agent"))
-}
-
-/// A running topology: the agent (dropped first), servers, config, namespaces (last).
-struct Bed {
-    _agent: Agent,
-    _servers: Vec<Server>,
-    _cfg: TempFile,
-    topo: Topology,
-}
-
-fn bed(
-    origins: usize,
-    extra_dataplane: &str,
-    extra_objects: &str,
-    servers: impl FnOnce(&Topology) -> Vec<Server>,
-) -> Bed {
-    require_prerequisites();
-    let topo = Topology::build(origins);
-    let servers = servers(&topo);
-    let weights = vec![1.0; origins];
-    let cfg = TempFile::new(
-        "lb.toml",
-        &format!(
-            "{}\n{extra_objects}",
-            topo.config(&weights, extra_dataplane)
-        ),
-    );
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
-    Bed {
-        _agent: agent,
-        _servers: servers,
-        _cfg: cfg,
-        topo,
-    }
-}
 
 fn events(maps: &Maps) -> Vec<u64> {
     maps.event_totals().expect("events")
@@ -73,8 +34,8 @@ fn spoofed(i: u32) -> SocketAddrV4 {
 #[test]
 fn half_open_syns_free_their_ports_within_the_syn_timeout() {
     let _serial = serial();
-    let b = bed(
-        1,
+    let b = Running::start_with(
+        &[1.0],
         "snat_ports = [61000, 61031]\ntcp_timeouts = { syn = 2 }",
         "",
         |t| t.start_servers(),
@@ -133,7 +94,7 @@ fn half_open_syns_free_their_ports_within_the_syn_timeout() {
 #[test]
 fn forged_segments_without_a_flow_make_no_state() {
     let _serial = serial();
-    let b = bed(1, "", "", |t| t.start_servers());
+    let b = Running::start(&[1.0], "");
     let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
     let before = events(&maps);
     const N: u32 = 4000;
@@ -185,7 +146,7 @@ fn only_flow(maps: &Maps) -> (FlowKey, RevFlow) {
 #[test]
 fn spoofed_rsts_and_fins_do_not_close_a_live_connection() {
     let _serial = serial();
-    let b = bed(1, "", "", |t| t.start_servers());
+    let b = Running::start(&[1.0], "");
     let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
     let conn = b
         .topo
@@ -285,7 +246,7 @@ fn spoofed_rsts_and_fins_do_not_close_a_live_connection() {
 #[test]
 fn a_client_reuses_its_source_port_right_after_a_close() {
     let _serial = serial();
-    let b = bed(1, "", "", |t| t.start_servers());
+    let b = Running::start(&[1.0], "");
     b.topo.client.run(|| {
         // The same source port three times in a row: each connection is new to the LB.
         let from = SocketAddrV4::new(CLIENT, 45000);
@@ -313,8 +274,8 @@ fn a_half_closed_flow_outlives_the_half_closed_timeout() {
     );
     // The origin answers only after the client's FIN (half-close), slowly: 8 chunks 400 ms
     // apart, 3.2 s in all, past the 1 s half-closed timeout.
-    let b = bed(
-        1,
+    let b = Running::start_with(
+        &[1.0],
         "tcp_timeouts = { syn = 1, half_closed = 1 }",
         &slow_lb,
         |t| {
@@ -408,7 +369,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 #[test]
 fn a_spoofed_syn_flood_leaves_real_clients_and_downloads_working() {
     let _serial = serial();
-    let b = bed(1, "", "", |t| t.start_servers());
+    let b = Running::start(&[1.0], "");
     let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
     // Before the flood: latency of 200 plain requests.
     let (mut calm, calm_failed) = b
@@ -524,7 +485,7 @@ fn a_spoofed_syn_flood_leaves_real_clients_and_downloads_working() {
 #[test]
 fn real_clients_connect_through_syn_cookies() {
     let _serial = serial();
-    let b = bed(1, "syn_cookies = \"always\"", "", |t| t.start_servers());
+    let b = Running::start(&[1.0], "syn_cookies = \"always\"");
     let maps = Maps::open_pinned(&b.topo.pin_dir).expect("maps");
     let before = events(&maps);
     let (mut lat, failed) = b
@@ -564,7 +525,7 @@ fn a_recovered_origin_gets_its_share_at_once_under_tuple_reuse() {
         1,
     );
     let cfg = TempFile::new("reentry.toml", &text);
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let state = |o: &str| {
         lb_agent::agent::Status::read(&topo.status_file)
             .ok()

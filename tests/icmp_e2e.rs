@@ -9,14 +9,10 @@ use std::{net::SocketAddrV4, path::Path, time::Duration};
 use lb_agent::{config::Config, dataplane::Maps, stats};
 use lb_testbed::{
     connect, download, fnv64, origin_addr, pattern, require_prerequisites, serial, upload, vip,
-    Agent, NetNs, Server, TempFile, Topology, CLIENT, FNV_INIT, ORIGIN_PORT, VIP, VIP_PORT,
+    NetNs, Server, TempFile, Topology, CLIENT, FNV_INIT, ORIGIN_PORT, VIP, VIP_PORT,
 };
 
 const LEN: usize = 10_000_000;
-
-fn agent_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lb-agent"))
-}
 
 fn events(cfg: &Path) -> std::collections::BTreeMap<String, u64> {
     let cfg = Config::load(cfg).expect("config");
@@ -30,9 +26,7 @@ fn events(cfg: &Path) -> std::collections::BTreeMap<String, u64> {
 /// (drivers/net/veth.c), unlike redirects, which are flushed regardless. The LB's ICMP
 /// answers (echo replies, fragmentation needed) leave by XDP_TX.
 fn xdp_pass_on(ns: &NetNs, dev: &str) -> aya::Ebpf {
-    let object = lb_agent::dataplane::test_object(
-        &lb_agent::dataplane::find_object(None).expect("BPF object"),
-    );
+    let object = lb_agent::dataplane::test_object(lb_testbed::ebpf_object());
     ns.run(|| {
         let mut ebpf = aya::Ebpf::load_file(&object)
             .unwrap_or_else(|e| panic!("load {}: {e} (cargo xtask build-ebpf)", object.display()));
@@ -88,7 +82,7 @@ fn pmtu_narrow_link_behind_the_lb_both_directions() {
     let topo = Topology::build(1);
     let _servers = topo.start_servers();
     let cfg = TempFile::new("lb.toml", &topo.config(&[1.0], ""));
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let _pass = [
         xdp_pass_on(&topo.client, &format!("{}cx", topo.id)),
         xdp_pass_on(&topo.origins[0], &format!("{}1x", topo.id)),
@@ -161,7 +155,7 @@ fn pmtu_icmp_from_routers_is_translated_both_directions() {
         .replace(&format!("\"{}\"", origin_addr(1)), "\"10.0.21.2\"");
     assert!(text.contains("10.0.21.2"), "origin moved behind its router");
     let cfg = TempFile::new("lb.toml", &text);
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
 
     transfer_both_ways(
         "routers with 1280 beyond both sides",
@@ -196,7 +190,7 @@ fn ping_answered_and_no_open_router() {
     let topo = Topology::build(1);
     let _servers = topo.start_servers();
     let cfg = TempFile::new("lb.toml", &topo.config(&[1.0], ""));
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let _pass = xdp_pass_on(&topo.client, &format!("{}cx", topo.id));
 
     topo.client.exec(

@@ -10,23 +10,14 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use etherparse::SlicedPacket;
-use lb_agent::{
-    config::Config,
-    dataplane::{self, Dataplane},
-    health::HealthTable,
-    reconcile::Reconciler,
-};
+use lb_agent::{config::Config, health::HealthTable, reconcile::Reconciler};
 use lb_common::{event, Affinity, AffinityKey};
-use lb_testbed::{require_prerequisites, serial, tcp_frame, FibBed, Flags, Side};
+use lb_testbed::{
+    fixture::{self, C1, C2, C3, O1, O2, O3, XDP_REDIRECT},
+    require_prerequisites, serial, tcp_frame, FibBed, Flags, Side,
+};
 
-const XDP_REDIRECT: u32 = 4;
-const C1: [u8; 4] = [10, 0, 1, 2];
-const C2: [u8; 4] = [10, 0, 1, 3];
-const C3: [u8; 4] = [10, 0, 1, 4];
-const O1: [u8; 4] = [10, 0, 11, 2];
-const O2: [u8; 4] = [10, 0, 11, 3];
-const O3: [u8; 4] = [10, 0, 11, 4];
-const MAC_C: [u8; 6] = [2, 0, 0, 0, 1, 2];
+const MAC_C: [u8; 6] = fixture::mac_of(C1);
 
 const CONFIG: &str = r#"
 [dataplane]
@@ -148,32 +139,22 @@ fn events(rec: &Reconciler) -> Vec<u64> {
 }
 
 fn bed() -> FibBed {
-    let mac = |a: [u8; 4]| [2, 0, 0, 0, a[2], a[3]];
-    FibBed::new(
-        "sf",
-        &[
-            (C1, mac(C1), Side::A),
-            (C2, mac(C2), Side::A),
-            (C3, mac(C3), Side::A),
-            (O1, mac(O1), Side::B),
-            (O2, mac(O2), Side::B),
-            (O3, mac(O3), Side::B),
-        ],
-    )
+    FibBed::new("sf", &fixture::neighbours(&[C1, C2, C3], &[O1, O2, O3]))
 }
 
-/// Loads the program in `bed` with `cfg` applied; runs `f` with the program and reconciler.
-fn with_dataplane(bed: &FibBed, cfg: &Config, f: impl FnOnce(&mut Xdp, &mut Reconciler) + Send) {
-    bed.ns.run(|| {
-        let object = dataplane::find_object(None).expect("BPF object (cargo xtask build-ebpf)");
-        let mut dp =
-            Dataplane::load(&object, &bed.pin_dir, cfg.dataplane.flow_table_size).expect("load");
-        let mut rec = Reconciler::adopt(dp.take_maps().expect("maps")).expect("adopt");
-        rec.apply(cfg, &HealthTable::default()).expect("apply");
-        for i in [bed.ifindex(Side::A), bed.ifindex(Side::B)] {
-            rec.maps.tx_ports.insert(i, i, None, 0).expect("tx port");
-        }
-        f(dp.program().expect("program"), &mut rec);
+/// Loads the program in `bed` with the config of `pair` and `affinity` applied (the shared
+/// fixture loader); runs `f` with the program and reconciler.
+fn with_dataplane(
+    bed: &FibBed,
+    (pair, affinity): (&str, &str),
+    f: impl FnOnce(&mut Xdp, &mut Reconciler) + Send,
+) {
+    let text = CONFIG
+        .replace("@PAIR@", pair)
+        .replace("@AFFINITY@", affinity);
+    fixture::with_loaded_in(bed, lb_testbed::ebpf_object(), &text, |fx| {
+        let prog = fx.dp.program().expect("program");
+        f(prog, &mut fx.rec);
     });
 }
 
@@ -183,7 +164,7 @@ fn geo_and_random_pool_steering() {
     require_prerequisites();
     let bed = bed();
     let cfg = config(&bed.pin_dir, "random", "");
-    with_dataplane(&bed, &cfg, |prog, rec| {
+    with_dataplane(&bed, ("random", ""), |prog, rec| {
         let vip = [10, 0, 0, 10];
         let before = events(rec);
         // A German client: country_pools.DE -> eu (o1), on every connection.
@@ -241,8 +222,7 @@ fn hash_origin_steering_keeps_a_client_on_one_origin() {
     let _serial = serial();
     require_prerequisites();
     let bed = bed();
-    let cfg = config(&bed.pin_dir, "hash", "");
-    with_dataplane(&bed, &cfg, |prog, _rec| {
+    with_dataplane(&bed, ("hash", ""), |prog, _rec| {
         let vip = [10, 0, 0, 12];
         let mut seen = BTreeMap::new();
         for c in [C1, C2, C3] {
@@ -257,8 +237,7 @@ fn hash_origin_steering_keeps_a_client_on_one_origin() {
     });
     // The same 3 clients with 5-tuple hashing: each spreads over the pool.
     let bed = self::bed();
-    let cfg = config(&bed.pin_dir, "random", "");
-    with_dataplane(&bed, &cfg, |prog, _rec| {
+    with_dataplane(&bed, ("random", ""), |prog, _rec| {
         let s = spread(prog, &bed, C1, 30000..30050, [10, 0, 0, 12]);
         assert_eq!(s.len(), 3, "5-tuple hashing spreads one client: {s:?}");
     });
@@ -269,8 +248,7 @@ fn least_connections_counts_open_flows_and_picks_the_least_loaded() {
     let _serial = serial();
     require_prerequisites();
     let bed = bed();
-    let cfg = config(&bed.pin_dir, "least_connections", "");
-    with_dataplane(&bed, &cfg, |prog, rec| {
+    with_dataplane(&bed, ("least_connections", ""), |prog, rec| {
         let vip = [10, 0, 0, 12];
         let ids = [
             origin_id(rec, "pair", "p1"),
@@ -355,79 +333,82 @@ fn session_affinity_keeps_the_origin_until_the_ttl() {
     let _serial = serial();
     require_prerequisites();
     let bed = bed();
-    let cfg = config(
-        &bed.pin_dir,
-        "random",
-        "session_affinity = \"ip\"\nsession_affinity_ttl = 60",
-    );
-    with_dataplane(&bed, &cfg, |prog, rec| {
-        let vip = [10, 0, 0, 12];
-        let before = events(rec);
-        let s = spread(prog, &bed, C1, 45000..45040, vip);
-        assert_eq!(
-            s.len(),
-            1,
-            "every connection of the client on one origin: {s:?}"
-        );
-        let hits = events(rec)[event::AFFINITY_HIT as usize] - before[event::AFFINITY_HIT as usize];
-        assert_eq!(
-            hits, 39,
-            "all but the first connection came from the affinity entry"
-        );
-        // Age the entry past its TTL: the client is balanced again (5-tuple hashing).
-        let meta = rec
-            .maps
-            .vips
-            .get(
-                &lb_agent::reconcile::vip_key(std::net::Ipv4Addr::from(vip), 80),
-                0,
-            )
-            .expect("VIP entry");
-        let key = AffinityKey {
-            vip_id: meta.vip_id,
-            addr: lb_common::v4_mapped(C1),
-        };
-        let a = rec.maps.affinity.get(&key, 0).expect("affinity entry");
-        let aged = Affinity {
-            origin_id: a.origin_id,
-            last_used: a.last_used.wrapping_sub(61),
-        };
-        rec.maps.affinity.insert(key, aged, 0).expect("age entry");
-        let first = send(prog, &bed, &syn(C1, 46000, vip));
-        let s = spread(prog, &bed, C1, 46001..46041, vip);
-        assert_eq!(
-            s,
-            BTreeMap::from([(first, 40)]),
-            "a new affinity entry after expiry"
-        );
-        // An origin that leaves the ring ends the affinity at once.
-        let drained = CONFIG
-            .replace("@PIN@", bed.pin_dir.to_str().expect("utf8"))
-            .replace("@PAIR@", "random")
-            .replace(
-                "@AFFINITY@",
-                "session_affinity = \"ip\"\nsession_affinity_ttl = 60",
+    with_dataplane(
+        &bed,
+        (
+            "random",
+            "session_affinity = \"ip\"\nsession_affinity_ttl = 60",
+        ),
+        |prog, rec| {
+            let vip = [10, 0, 0, 12];
+            let before = events(rec);
+            let s = spread(prog, &bed, C1, 45000..45040, vip);
+            assert_eq!(
+                s.len(),
+                1,
+                "every connection of the client on one origin: {s:?}"
             );
-        let addr = format!("address = \"{}\"", std::net::Ipv4Addr::from(first));
-        let pair_line = drained
-            .lines()
-            .find(|l| l.contains("name = \"p") && l.contains(&addr))
-            .expect("the origin's line")
-            .to_owned();
-        let drained = drained.replace(
-            &pair_line,
-            &pair_line.replace("port = 8080", "port = 8080, weight = 0.0"),
-        );
-        rec.apply(
-            &Config::parse(&drained, Path::new("t")).expect("cfg"),
-            &HealthTable::default(),
-        )
-        .expect("apply");
-        let s = spread(prog, &bed, C1, 47000..47020, vip);
-        assert!(
-            !s.contains_key(&first),
-            "drained origin gets no affinity traffic: {s:?}"
-        );
-        assert_eq!(s.len(), 1, "and the client sticks to its new origin: {s:?}");
-    });
+            let hits =
+                events(rec)[event::AFFINITY_HIT as usize] - before[event::AFFINITY_HIT as usize];
+            assert_eq!(
+                hits, 39,
+                "all but the first connection came from the affinity entry"
+            );
+            // Age the entry past its TTL: the client is balanced again (5-tuple hashing).
+            let meta = rec
+                .maps
+                .vips
+                .get(
+                    &lb_agent::reconcile::vip_key(std::net::Ipv4Addr::from(vip), 80),
+                    0,
+                )
+                .expect("VIP entry");
+            let key = AffinityKey {
+                vip_id: meta.vip_id,
+                addr: lb_common::v4_mapped(C1),
+            };
+            let a = rec.maps.affinity.get(&key, 0).expect("affinity entry");
+            let aged = Affinity {
+                origin_id: a.origin_id,
+                last_used: a.last_used.wrapping_sub(61),
+            };
+            rec.maps.affinity.insert(key, aged, 0).expect("age entry");
+            let first = send(prog, &bed, &syn(C1, 46000, vip));
+            let s = spread(prog, &bed, C1, 46001..46041, vip);
+            assert_eq!(
+                s,
+                BTreeMap::from([(first, 40)]),
+                "a new affinity entry after expiry"
+            );
+            // An origin that leaves the ring ends the affinity at once.
+            let drained = CONFIG
+                .replace("@PIN@", bed.pin_dir.to_str().expect("utf8"))
+                .replace("@PAIR@", "random")
+                .replace(
+                    "@AFFINITY@",
+                    "session_affinity = \"ip\"\nsession_affinity_ttl = 60",
+                );
+            let addr = format!("address = \"{}\"", std::net::Ipv4Addr::from(first));
+            let pair_line = drained
+                .lines()
+                .find(|l| l.contains("name = \"p") && l.contains(&addr))
+                .expect("the origin's line")
+                .to_owned();
+            let drained = drained.replace(
+                &pair_line,
+                &pair_line.replace("port = 8080", "port = 8080, weight = 0.0"),
+            );
+            rec.apply(
+                &Config::parse(&drained, Path::new("t")).expect("cfg"),
+                &HealthTable::default(),
+            )
+            .expect("apply");
+            let s = spread(prog, &bed, C1, 47000..47020, vip);
+            assert!(
+                !s.contains_key(&first),
+                "drained origin gets no affinity traffic: {s:?}"
+            );
+            assert_eq!(s.len(), 1, "and the client sticks to its new origin: {s:?}");
+        },
+    );
 }

@@ -16,34 +16,8 @@ use std::{
 use lb_agent::{config::Config, dataplane::Maps, stats};
 use lb_testbed::{
     connect, download, fnv64, pattern, request, require_prerequisites, serial, unique_id, upload,
-    vip, Agent, NetNs, TempFile, Topology, CLIENT, CLIENT2, FNV_INIT,
+    vip, NetNs, Running, TempFile, CLIENT, CLIENT2, FNV_INIT,
 };
-
-fn agent_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lb-agent"))
-}
-
-/// A running topology: the agent (dropped first), servers, config, namespaces (last).
-struct Bed {
-    agent: Agent,
-    _servers: Vec<lb_testbed::Server>,
-    cfg: TempFile,
-    topo: Topology,
-}
-
-fn bed(origins: usize, weights: &[f64], extra_dataplane: &str) -> Bed {
-    require_prerequisites();
-    let topo = Topology::build(origins);
-    let servers = topo.start_servers();
-    let cfg = TempFile::new("lb.toml", &topo.config(weights, extra_dataplane));
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
-    Bed {
-        agent,
-        _servers: servers,
-        cfg,
-        topo,
-    }
-}
 
 fn read_stats(cfg: &Path) -> stats::Stats {
     let cfg = Config::load(cfg).expect("config");
@@ -54,7 +28,7 @@ fn read_stats(cfg: &Path) -> stats::Stats {
 #[test]
 fn three_thousand_connections_split_by_weight() {
     let _serial = serial();
-    let b = bed(3, &[1.0 / 3.0, 2.0 / 3.0, 1.0], "");
+    let b = Running::start(&[1.0 / 3.0, 2.0 / 3.0, 1.0], "");
     let (topo, cfg) = (&b.topo, &b.cfg);
 
     const N: usize = 3000;
@@ -121,7 +95,7 @@ fn three_thousand_connections_split_by_weight() {
 #[test]
 fn ten_megabytes_arrive_byte_identical_both_ways() {
     let _serial = serial();
-    let b = bed(3, &[1.0, 1.0, 1.0], "");
+    let b = Running::start(&[1.0, 1.0, 1.0], "");
     let topo = &b.topo;
     const LEN: usize = 10_000_000;
     let want = fnv64(&pattern(LEN), FNV_INIT);
@@ -139,7 +113,7 @@ fn ten_megabytes_arrive_byte_identical_both_ways() {
 fn two_clients_with_the_same_source_port_both_work() {
     let _serial = serial();
     // One origin and two SNAT ports: the second client must get the other port.
-    let b = bed(1, &[1.0], "snat_ports = [61000, 61001]");
+    let b = Running::start(&[1.0], "snat_ports = [61000, 61001]");
     let topo = &b.topo;
     topo.client.run(|| {
         let mut conns = Vec::new();
@@ -181,7 +155,7 @@ fn two_clients_with_the_same_source_port_both_work() {
 #[test]
 fn agent_restart_keeps_connections_and_forwarding() {
     let _serial = serial();
-    let mut b = bed(3, &[1.0, 1.0, 1.0], "");
+    let mut b = Running::start(&[1.0, 1.0, 1.0], "");
     let (topo, cfg) = (&b.topo, &b.cfg);
 
     // A long-lived connection, and clients connecting all through the restart.
@@ -237,7 +211,7 @@ fn agent_restart_keeps_connections_and_forwarding() {
     );
     echo("while no agent runs");
     std::thread::sleep(Duration::from_millis(300));
-    let second = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let second = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let log = second.log_text();
     assert!(
         log.contains("adopted_pins=true"),
@@ -260,7 +234,7 @@ fn agent_restart_keeps_connections_and_forwarding() {
 #[test]
 fn host_traffic_passes_with_xdp_attached() {
     let _serial = serial();
-    let b = bed(1, &[1.0], "");
+    let b = Running::start(&[1.0], "");
     let (topo, cfg) = (&b.topo, &b.cfg);
     // The LB host's own TCP connection to an origin (as a health probe makes), and ICMP.
     let reply = topo.lb.run(|| {
@@ -293,7 +267,7 @@ fn host_traffic_passes_with_xdp_attached() {
 
 /// `lb-agent --config <cfg> check` in `ns`: (success, stdout, stderr).
 fn check(ns: &NetNs, cfg: &Path) -> (bool, String, String) {
-    lb_testbed::agent_check(agent_bin(), ns, cfg)
+    lb_testbed::agent_check(lb_testbed::agent_bin(), ns, cfg)
 }
 
 #[test]

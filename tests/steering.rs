@@ -5,7 +5,6 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
-    path::Path,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -13,13 +12,9 @@ use std::{
 use lb_agent::{agent::Status, dataplane::Maps};
 use lb_common::event;
 use lb_testbed::{
-    mmdb, origin_addr, request, require_prerequisites, serial, unique_id, vip, Agent, Http, Server,
+    mmdb, origin_addr, request, require_prerequisites, serial, unique_id, vip, Http, Server,
     TempFile, Topology, CLIENT, ORIGIN_PORT,
 };
-
-fn agent_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_lb-agent"))
-}
 
 /// `lb_testbed::wait_for`, polling every 10 ms.
 fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
@@ -128,7 +123,7 @@ fn geo_steering_by_client_country_and_region_from_a_maxmind_database() {
             db.display()
         ),
     );
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     wait_checked(&topo);
     wait_active(&topo, "www", "other", Duration::from_secs(10));
 
@@ -218,7 +213,7 @@ fn dynamic_latency_prefers_the_faster_pool_and_follows_a_swap() {
             lb("default_pools = [\"b\", \"a\"]\nsteering_policy = \"dynamic_latency\""),
         ),
     );
-    let agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     wait_active(&topo, "www", "a", Duration::from_secs(10));
     assert_eq!(
         answers(&topo, CLIENT, 20),
@@ -276,7 +271,7 @@ fn proximity_orders_pools_by_distance_and_skips_the_nearest_when_down() {
             lb("default_pools = [\"tyo\", \"nyc\", \"fra\"]\nsteering_policy = \"proximity\""),
         ),
     );
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     wait_active(&topo, "www", "fra", Duration::from_secs(10));
     assert_eq!(
         answers(&topo, CLIENT, 20),
@@ -312,7 +307,7 @@ fn random_steering_splits_by_pool_weights() {
             lb("default_pools = [\"a\", \"b\"]\nsteering_policy = \"random\"\nrandom_steering = { pool_weights = { a = 0.3 }, default_weight = 0.7 }"),
         ),
     );
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     wait_checked(&topo);
     let n = 3000;
     let got = answers(&topo, CLIENT, n);
@@ -366,7 +361,7 @@ fn hash_steering_and_session_affinity_keep_clients_on_one_origin() {
             lb("default_pools = [\"h\"]"),
         ),
     );
-    let _agent = Agent::start(agent_bin(), &topo.lb, &cfg.path, &[]);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     wait_active(&topo, "www", "h", Duration::from_secs(10));
 
     // hash: each client reaches one origin on every connection; clients differ.

@@ -1,0 +1,24 @@
+//! The integration tests, one binary with a module per area. Kernel-touching tests take
+//! `lb_testbed::serial()` (one at a time in this process) and clean up on drop, also when
+//! they panic. Run one by name: `cargo test -p lb-tests fixtures::` or
+//! `cargo test -p lb-tests -- --exact api::pools_are_listed_and_paginated`.
+//!
+//! The binaries under test come from `cargo xtask test` (`LB_AGENT_BIN`, `LB_LBCTL_BIN`,
+//! `LB_EBPF_OBJ`); plain cargo falls back to the default build outputs (`lb_testbed::built`: `agent_bin`, `lbctl_bin`, `ebpf_object`).
+//!
+//! - `fixtures`, `icmp_fixtures`, `next_hop`, `steering_fixtures`: packet fixtures through
+//!   `BPF_PROG_TEST_RUN` (`lb_testbed::fixture`).
+//! - `e2e`, `icmp_e2e`, `conntrack`, `health`, `steering`: the real agent in network
+//!   namespace topologies, real clients and servers.
+//! - `api`: the HTTP API, `/metrics`, webhooks, the dashboard in headless Chromium, `lbctl`.
+
+mod api;
+mod conntrack;
+mod e2e;
+mod fixtures;
+mod health;
+mod icmp_e2e;
+mod icmp_fixtures;
+mod next_hop;
+mod steering;
+mod steering_fixtures;
