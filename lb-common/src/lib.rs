@@ -18,8 +18,8 @@ pub const MAX_RINGS: u32 = 64;
 pub const MAX_ORIGINS: u32 = 4096;
 /// Entries of `VIPS` and `VIP_STATS`.
 pub const MAX_VIPS: u32 = 512;
-/// Default size of `FLOWS` and `REV_FLOWS` (LRU). The agent may change it when it creates
-/// the maps (`dataplane.flow_table_size`).
+/// Default size of `FLOWS` and `REV_FLOWS` (plain hashes). The agent may change it when it
+/// creates the maps (`dataplane.flow_table_size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// Entries of the `TX_PORTS` device map (interfaces the agent attached to).
 pub const MAX_INTERFACES: u32 = 64;
