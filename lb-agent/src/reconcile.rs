@@ -8,7 +8,7 @@
 //! or reload rewrites nothing that did not change.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -437,6 +437,8 @@ pub struct Reconciler {
     settings: Option<Settings>,
     /// `Settings::nh_gen` to write: bumped when links, routes or neighbours change.
     nh_gen: u32,
+    /// What `LOCAL_ADDRS` holds, read on first use.
+    local_addrs: Option<BTreeSet<[u8; 16]>>,
     pub assignment: Assignment,
     ring_meta: HashMap<u32, RingMeta>,
     geo_plan: HashMap<GeoPlanKey, u32>,
@@ -481,6 +483,7 @@ impl Reconciler {
             rings: HashMap::new(),
             settings,
             nh_gen,
+            local_addrs: None,
             assignment: Assignment::default(),
             ring_meta,
             geo_plan,
@@ -516,6 +519,35 @@ impl Reconciler {
             self.maps.settings.set(0, s, 0).map_err(werr("SETTINGS"))?;
             self.settings = Some(s);
         }
+        Ok(())
+    }
+
+    /// Makes `LOCAL_ADDRS` hold `want` (the host's own addresses), writing only
+    /// differences. A full map leaves some out: their traffic only costs a FIB lookup.
+    pub fn sync_local_addrs(&mut self, want: &BTreeSet<[u8; 16]>) -> Result<()> {
+        let have = match self.local_addrs.take() {
+            Some(h) => h,
+            None => self
+                .maps
+                .local_addrs
+                .keys()
+                .collect::<std::result::Result<BTreeSet<_>, _>>()
+                .map_err(werr("LOCAL_ADDRS"))?,
+        };
+        let mut now = have.clone();
+        for gone in have.difference(want) {
+            self.maps
+                .local_addrs
+                .remove(gone)
+                .map_err(werr("LOCAL_ADDRS"))?;
+            now.remove(gone);
+        }
+        for new in want.difference(&have) {
+            if self.maps.local_addrs.insert(new, 1, 0).is_ok() {
+                now.insert(*new);
+            }
+        }
+        self.local_addrs = Some(now);
         Ok(())
     }
 
