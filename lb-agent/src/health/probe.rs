@@ -120,11 +120,14 @@ async fn attempt_path(
             return Box::pin(attempt_path(m, addr, client, &next, hop + 1)).await;
         }
     }
-    // hyper reads no body for HEAD.
-    let body = exchange
-        .body_prefix(BODY_WINDOW)
-        .await
-        .map_err(|e| format!("reading response: {e}"))?;
+    let body = if m.method == HttpMethod::Head {
+        Vec::new()
+    } else {
+        exchange
+            .body_prefix(BODY_WINDOW)
+            .await
+            .map_err(|e| format!("reading response: {e}"))?
+    };
     judge(m, code, &body)
 }
 
@@ -224,6 +227,33 @@ mod tests {
             let o = check(&m, fixed_server(answer).await, &tls).await;
             assert!(!o.ok, "{answer:?}: {o:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_stray_body_after_204_is_still_judged() {
+        let mut m = monitor(false);
+        m.path = "/".into();
+        let o = check(
+            &m,
+            fixed_server(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfine",
+            )
+            .await,
+            &HttpClient::new(),
+        )
+        .await;
+        m.expected_codes = crate::config::CodePattern::parse("2xx").expect("codes");
+        let o2 = check(
+            &m,
+            fixed_server(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfine",
+            )
+            .await,
+            &HttpClient::new(),
+        )
+        .await;
+        assert!(!o.ok, "204 is not the expected 200: {o:?}");
+        assert!(o2.ok, "{o2:?}");
     }
 
     #[tokio::test]
