@@ -976,6 +976,21 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_spelled_as_the_format_expects() {
+        let text = full_text();
+        for want in [
+            "lb_origin_probe_rtt_seconds_bucket{pool=\"web\",origin=\"a\",le=\"0.0001\"} 0\n",
+            "lb_origin_probe_rtt_seconds_bucket{pool=\"web\",origin=\"a\",le=\"10\"} 4\n",
+            "lb_origin_probe_rtt_seconds_bucket{pool=\"web\",origin=\"a\",le=\"+Inf\"} 4\n",
+            "lb_origin_weight{pool=\"web\",origin=\"b\",address=\"10.0.0.2\"} 0.5\n",
+            "lb_vip_packets_total{load_balancer=\"www\",vip=\"192.0.2.1:80\"} 1000\n",
+            "# TYPE lb_vip_packets_total counter\n",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn retain_drops_removed_origins() {
         let mut h = rtts();
         assert_eq!(h.len(), 3);

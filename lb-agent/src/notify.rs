@@ -877,6 +877,28 @@ mod tests {
         bad("http://höst/", "percent-encode");
     }
 
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_garbage_is_retried() {
+        let (addr, count, _reqs) = server(|_| {
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+        })
+        .await;
+        let n = Notifier::spawn(fast(3));
+        n.notify(&[format!("http://{addr}/")], event());
+        wait_until("sent = 1", || n.counters().sent == 1).await;
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+
+        let (addr, count, _reqs) = server(|_| "SSH-2.0-OpenSSH\r\n").await;
+        let n = Notifier::spawn(fast(2));
+        n.notify(&[format!("http://{addr}/")], event());
+        wait_until("failed = 1", || n.counters().failed == 1).await;
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            2,
+            "a malformed answer is retried"
+        );
+    }
+
     #[test]
     fn retryable_answers() {
         for (code, retry) in [(500, true), (503, true), (408, true), (429, true)] {
