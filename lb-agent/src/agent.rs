@@ -319,6 +319,9 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         warn!("{w}");
     }
     agent.write_status();
+    // Before "data path ready": until the handler is installed SIGHUP keeps its default
+    // action and ends the process, and whoever waits for that line may reload at once.
+    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     info!(
         load_balancers = agent.cfg.load_balancers.len(),
         pools = agent.cfg.pools.len(),
@@ -350,7 +353,6 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
             None
         }
     };
-    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {

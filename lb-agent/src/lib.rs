@@ -15,12 +15,14 @@
 //! - `api`: the HTTP API (Cloudflare's v4 shapes), status view, metrics, dashboard.
 //! - `metrics`: Prometheus text exposition of status, counters and probe RTTs (pure).
 //! - `notify`: health-notification webhooks (bounded queue, one task per delivery, retries).
+//! - `http_client`: the one outbound HTTP(S) client (hyper + rustls) of probes and webhooks.
 pub mod agent;
 pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod geo;
 pub mod health;
+pub mod http_client;
 pub mod maglev;
 pub mod metrics;
 pub mod neigh;

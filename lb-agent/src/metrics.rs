@@ -1,6 +1,8 @@
 //! Prometheus text exposition (format 0.0.4) of the agent's status, counters and probe RTTs,
 //! for `GET /metrics`. Pure: the API layer gathers a [`MetricsInput`] and serves [`render`]'s
-//! text with [`CONTENT_TYPE`].
+//! text with [`CONTENT_TYPE`]. The text (HELP/TYPE lines, escaping, `le` spelling, float
+//! formatting) is written by the `prometheus-client` crate's encoder; this module decides
+//! which families and samples there are.
 //!
 //! Families (all prefixed `lb_`; counters end in `_total`):
 //!
@@ -35,8 +37,15 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    fmt::{self, Write as _},
+    fmt,
     time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
 };
 
 use crate::{
@@ -45,7 +54,7 @@ use crate::{
 };
 
 /// `Content-Type` of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds (seconds, inclusive, as Prometheus's `le`) of the probe RTT buckets: the
 /// 1-2.5-5 series from 0.1 ms to 10 s, the range of a TCP connect or an HTTP(S) check from
@@ -134,45 +143,25 @@ pub struct MetricsInput<'a> {
     pub notifications: Option<[u64; 4]>,
 }
 
-/// Renders `input` in the Prometheus text format 0.0.4.
+/// Renders `input` in the Prometheus text format 0.0.4, with `prometheus-client`'s encoder.
 pub fn render(input: &MetricsInput<'_>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(families(input)));
     let mut out = String::new();
     // Writing to a String cannot fail.
-    let _ = write_all(&mut out, input);
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
     out
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-}
+/// A label set in the order it is written.
+type Labels = Vec<(&'static str, String)>;
 
-impl Kind {
-    const fn as_str(self) -> &'static str {
-        match self {
-            Self::Counter => "counter",
-            Self::Gauge => "gauge",
-        }
-    }
-}
-
-/// A sample value, integers kept exact (an `f64` would round counters past 2^53).
-#[derive(Clone, Copy)]
+/// A gauge value, integers kept exact (an `f64` would round past 2^53).
+#[derive(Debug, Clone, Copy)]
 enum Val {
     U(u64),
     I(i64),
     F(f64),
-}
-
-impl fmt::Display for Val {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::U(v) => write!(f, "{v}"),
-            Self::I(v) => write!(f, "{v}"),
-            Self::F(v) => f.write_str(&float(v)),
-        }
-    }
 }
 
 impl From<bool> for Val {
@@ -181,75 +170,112 @@ impl From<bool> for Val {
     }
 }
 
-/// Go's `ParseFloat` spelling, which the format uses: `+Inf`, `-Inf`, `NaN`; Rust's `Display`
-/// gives the rest in plain decimal, which it accepts.
-fn float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v.is_sign_positive() { "+Inf" } else { "-Inf" }.into()
-    } else {
-        format!("{v}")
-    }
+#[derive(Debug)]
+enum Samples {
+    Counter(Vec<(Labels, u64)>),
+    Gauge(Vec<(Labels, Val)>),
+    Histogram(Vec<(Labels, Histogram)>),
 }
 
-/// A label value as the format quotes it: backslash, double quote and line feed escaped.
-fn escape_label(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
+/// One family: its name (without `_total` for a counter: the encoder adds it), HELP text
+/// and samples.
+#[derive(Debug)]
+struct Family {
+    name: String,
+    help: String,
+    samples: Samples,
 }
 
-/// HELP text: backslash and line feed escaped (quotes are not).
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
+/// One scrape's families, in the order they are written; the [`Collector`] the encoder
+/// reads. Built from a [`MetricsInput`] per scrape: every value is a snapshot, so the
+/// crate's const metrics fit and its live (atomic) metric types are not needed.
+#[derive(Debug, Default)]
+struct Families(Vec<Family>);
 
-/// `{a="x",b="y"}`, or nothing without labels.
-fn labels(pairs: &[(&str, &str)]) -> String {
-    if pairs.is_empty() {
-        return String::new();
-    }
-    let inner: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
-        .collect();
-    format!("{{{}}}", inner.join(","))
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) -> fmt::Result {
-    writeln!(out, "# HELP {name} {}", escape_help(help))?;
-    writeln!(out, "# TYPE {name} {kind}")
-}
-
-/// One counter or gauge family; `samples` yields (rendered labels, value).
-fn family(
-    out: &mut String,
-    name: &str,
-    kind: Kind,
-    help: &str,
-    samples: impl IntoIterator<Item = (String, Val)>,
-) -> fmt::Result {
+/// The samples in input order, a repeated label set keeping its first value.
+fn first_wins<V>(samples: impl IntoIterator<Item = (Labels, V)>) -> Vec<(Labels, V)> {
     let mut seen = HashSet::new();
-    let samples: Vec<(String, Val)> = samples
+    samples
         .into_iter()
         .filter(|(l, _)| seen.insert(l.clone()))
-        .collect();
-    if samples.is_empty() {
-        return Ok(());
+        .collect()
+}
+
+impl Families {
+    /// Adds a family unless it has no samples: a family without samples is left out,
+    /// HELP and TYPE included.
+    fn push(&mut self, name: &str, help: &str, samples: Samples) {
+        let empty = match &samples {
+            Samples::Counter(s) => s.is_empty(),
+            Samples::Gauge(s) => s.is_empty(),
+            Samples::Histogram(s) => s.is_empty(),
+        };
+        if !empty {
+            self.0.push(Family {
+                name: name.to_owned(),
+                help: help.to_owned(),
+                samples,
+            });
+        }
     }
-    header(out, name, kind.as_str(), help)?;
-    for (l, v) in samples {
-        writeln!(out, "{name}{l} {v}")?;
+
+    /// A counter family; `stem` is the name without `_total`.
+    fn counter(&mut self, stem: &str, help: &str, s: impl IntoIterator<Item = (Labels, u64)>) {
+        self.push(stem, help, Samples::Counter(first_wins(s)));
     }
-    Ok(())
+
+    fn gauge(&mut self, name: &str, help: &str, s: impl IntoIterator<Item = (Labels, Val)>) {
+        self.push(name, help, Samples::Gauge(first_wins(s)));
+    }
+}
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        for f in &self.0 {
+            let kind = match f.samples {
+                Samples::Counter(_) => MetricType::Counter,
+                Samples::Gauge(_) => MetricType::Gauge,
+                Samples::Histogram(_) => MetricType::Histogram,
+            };
+            let mut metric = encoder.encode_descriptor(&f.name, &f.help, None, kind)?;
+            match &f.samples {
+                Samples::Counter(samples) => {
+                    for (l, v) in samples {
+                        ConstCounter::new(*v).encode(metric.encode_family(l)?)?;
+                    }
+                }
+                Samples::Gauge(samples) => {
+                    for (l, v) in samples {
+                        let m = metric.encode_family(l)?;
+                        match *v {
+                            Val::U(v) => ConstGauge::new(v).encode(m)?,
+                            Val::I(v) => ConstGauge::new(v).encode(m)?,
+                            Val::F(v) => ConstGauge::new(v).encode(m)?,
+                        }
+                    }
+                }
+                Samples::Histogram(samples) => {
+                    for (l, h) in samples {
+                        // Per-bucket (not cumulative) counts; the encoder sums them up.
+                        let buckets: Vec<(f64, u64)> = RTT_BUCKETS
+                            .iter()
+                            .copied()
+                            .chain([f64::INFINITY])
+                            .zip(h.counts)
+                            .collect();
+                        metric
+                            .encode_family(l)?
+                            .encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn l<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
 }
 
 /// The five data path counters of a VIP or an origin, with their family name stems and help.
@@ -270,15 +296,14 @@ const COUNTERS: [(&str, &str); 5] = [
     ),
 ];
 
-fn write_all(out: &mut String, input: &MetricsInput<'_>) -> fmt::Result {
+fn families(input: &MetricsInput<'_>) -> Families {
+    let mut out = Families::default();
     let status = input.status;
     let vips = input.stats.map_or(&[][..], |s| s.vips.as_slice());
 
     for (i, (stem, help)) in COUNTERS.iter().enumerate() {
-        family(
-            out,
-            &format!("lb_vip_{stem}_total"),
-            Kind::Counter,
+        out.counter(
+            &format!("lb_vip_{stem}"),
             &format!("{help}, per load balancer."),
             vips.iter().map(|v| {
                 let vip = format!("{}:{}", v.address, v.port);
@@ -289,39 +314,29 @@ fn write_all(out: &mut String, input: &MetricsInput<'_>) -> fmt::Result {
                     v.reply_packets,
                     v.reply_bytes,
                 ];
-                (
-                    labels(&[("load_balancer", &v.name), ("vip", &vip)]),
-                    Val::U(c[i]),
-                )
+                (l([("load_balancer", &v.name), ("vip", &vip)]), c[i])
             }),
-        )?;
+        );
     }
-    family(
-        out,
+    out.gauge(
         "lb_load_balancer_active_pool",
-        Kind::Gauge,
         "1 for the pool a load balancer sends new connections to (absent while disabled or without a usable pool).",
-        status.load_balancers.iter().filter_map(|l| {
-            let pool = l.active_pool.as_deref()?;
-            Some((
-                labels(&[("load_balancer", &l.name), ("pool", pool)]),
-                Val::U(1),
-            ))
+        status.load_balancers.iter().filter_map(|lb| {
+            let pool = lb.active_pool.as_deref()?;
+            Some((l([("load_balancer", &lb.name), ("pool", pool)]), Val::U(1)))
         }),
-    )?;
-    family(
-        out,
+    );
+    out.gauge(
         "lb_load_balancer_fallback",
-        Kind::Gauge,
         "1 while a load balancer uses its fallback pool because no pool of its order is healthy.",
         status
             .load_balancers
             .iter()
-            .map(|l| (labels(&[("load_balancer", &l.name)]), l.fallback.into())),
-    )?;
+            .map(|lb| (l([("load_balancer", &lb.name)]), lb.fallback.into())),
+    );
 
     let origin_labels = |lb: &str, o: &crate::stats::OriginStats| {
-        labels(&[
+        l([
             ("load_balancer", lb),
             ("pool", &o.pool),
             ("origin", &o.name),
@@ -329,10 +344,8 @@ fn write_all(out: &mut String, input: &MetricsInput<'_>) -> fmt::Result {
         ])
     };
     for (i, (stem, help)) in COUNTERS.iter().enumerate() {
-        family(
-            out,
-            &format!("lb_origin_{stem}_total"),
-            Kind::Counter,
+        out.counter(
+            &format!("lb_origin_{stem}"),
             &format!(
                 "{help}, per origin; load balancers with the same origin port share the numbers."
             ),
@@ -345,156 +358,137 @@ fn write_all(out: &mut String, input: &MetricsInput<'_>) -> fmt::Result {
                         o.reply_packets,
                         o.reply_bytes,
                     ];
-                    (origin_labels(&v.name, o), Val::U(c[i]))
+                    (origin_labels(&v.name, o), c[i])
                 })
             }),
-        )?;
+        );
     }
-    family(
-        out,
+    out.gauge(
         "lb_origin_open_flows",
-        Kind::Gauge,
         "Flows to the origin opened and not yet closed, as the data path counts them.",
         vips.iter().flat_map(|v| {
             v.origins
                 .iter()
                 .map(|o| (origin_labels(&v.name, o), Val::I(o.open_flows)))
         }),
-    )?;
+    );
 
     let health_labels = |o: &OriginStatus| {
-        labels(&[
+        l([
             ("pool", &o.pool),
             ("origin", &o.origin),
             ("address", &o.address),
         ])
     };
-    family(
-        out,
+    out.gauge(
         "lb_origin_healthy",
-        Kind::Gauge,
         "1 when the origin is enabled and up, or enabled in a pool without a monitor.",
         status
             .origins
             .iter()
             .map(|o| (health_labels(o), o.takes_new_connections().into())),
-    )?;
-    family(
-        out,
+    );
+    out.gauge(
         "lb_origin_enabled",
-        Kind::Gauge,
         "1 when the origin is enabled in the config.",
         status
             .origins
             .iter()
             .map(|o| (health_labels(o), o.enabled.into())),
-    )?;
-    family(
-        out,
+    );
+    out.gauge(
         "lb_origin_weight",
-        Kind::Gauge,
         "The origin's configured weight (0 to 1).",
         status
             .origins
             .iter()
             .map(|o| (health_labels(o), Val::F(o.weight))),
-    )?;
-    family(
-        out,
+    );
+    let pool_labels = |p: &crate::agent::PoolStatus| l([("pool", &p.name)]);
+    out.gauge(
         "lb_pool_healthy",
-        Kind::Gauge,
         "1 while the pool is enabled and has at least minimum_origins healthy origins.",
         status
             .pools
             .iter()
-            .map(|p| (labels(&[("pool", &p.name)]), p.healthy.into())),
-    )?;
-    family(
-        out,
+            .map(|p| (pool_labels(p), p.healthy.into())),
+    );
+    out.gauge(
         "lb_pool_healthy_origins",
-        Kind::Gauge,
         "Enabled origins of the pool that are healthy.",
         status.pools.iter().map(|p| {
             (
-                labels(&[("pool", &p.name)]),
+                pool_labels(p),
                 Val::U(u64::try_from(p.healthy_origins).unwrap_or(u64::MAX)),
             )
         }),
-    )?;
-    family(
-        out,
+    );
+    out.gauge(
         "lb_pool_minimum_origins",
-        Kind::Gauge,
         "Healthy origins the pool needs to be healthy.",
-        status.pools.iter().map(|p| {
-            (
-                labels(&[("pool", &p.name)]),
-                Val::U(u64::from(p.minimum_origins)),
-            )
-        }),
-    )?;
+        status
+            .pools
+            .iter()
+            .map(|p| (pool_labels(p), Val::U(u64::from(p.minimum_origins)))),
+    );
 
-    rtt_family(out, input.rtt)?;
-
-    if let Some(stats) = input.stats {
-        family(
-            out,
-            "lb_dataplane_events_total",
-            Kind::Counter,
-            "Data path events by reason (drops, passes, forwards, ...), from the EVENTS map.",
-            stats
-                .events
+    out.push(
+        "lb_origin_probe_rtt_seconds",
+        "Round trip time of successful health probes, per origin.",
+        Samples::Histogram(
+            input
+                .rtt
+                .series
                 .iter()
-                .map(|(e, n)| (labels(&[("event", e)]), Val::U(*n))),
-        )?;
-    }
+                .flat_map(|(pool, origins)| {
+                    origins.iter().map(move |(origin, h)| {
+                        (l([("pool", pool), ("origin", origin)]), h.clone())
+                    })
+                })
+                .collect(),
+        ),
+    );
+
     if let Some(stats) = input.stats {
+        out.counter(
+            "lb_dataplane_events",
+            "Data path events by reason (drops, passes, forwards, ...), from the EVENTS map.",
+            stats.events.iter().map(|(e, n)| (l([("event", e)]), *n)),
+        );
         let sf = &stats.syn_flood;
-        family(
-            out,
+        out.gauge(
             "lb_handshakes_in_flight",
-            Kind::Gauge,
             "TCP handshakes started and not finished over the SYN timeout (the SYN-cookie trigger).",
-            [(String::new(), Val::U(sf.handshakes_in_flight))],
-        )?;
-        family(
-            out,
+            [(vec![], Val::U(sf.handshakes_in_flight))],
+        );
+        out.gauge(
             "lb_syn_cookies_active",
-            Kind::Gauge,
             "1 while SYNs are being answered with SYN cookies (one sent in the last 2 s).",
-            [(String::new(), Val::U(u64::from(sf.cookies_active)))],
-        )?;
+            [(vec![], sf.cookies_active.into())],
+        );
         if let Some(b) = sf.syn_budget {
-            family(
-                out,
+            out.gauge(
                 "lb_syn_budget",
-                Kind::Gauge,
                 "Handshakes in flight at which SYNs get cookies (0: always).",
-                [(String::new(), Val::U(u64::from(b)))],
-            )?;
+                [(vec![], Val::U(u64::from(b)))],
+            );
         }
     }
     if let Some(f) = input.flow_table {
-        family(
-            out,
+        out.gauge(
             "lb_flow_table_entries",
-            Kind::Gauge,
             "Entries in the flow table.",
-            [(String::new(), Val::U(f.entries))],
-        )?;
-        family(
-            out,
+            [(vec![], Val::U(f.entries))],
+        );
+        out.gauge(
             "lb_flow_table_capacity",
-            Kind::Gauge,
             "Entries the flow table can hold.",
-            [(String::new(), Val::U(f.capacity))],
-        )?;
+            [(vec![], Val::U(f.capacity))],
+        );
     }
     if let Some([sent, failed, dropped, retried]) = input.notifications {
-        family(
-            out,
-            "lb_notifications_total",
-            Kind::Counter,
+        out.counter(
+            "lb_notifications",
             "Health notifications by result: sent, failed (gave up), dropped (queue full), retried (attempts after the first).",
             [
                 ("sent", sent),
@@ -502,42 +496,10 @@ fn write_all(out: &mut String, input: &MetricsInput<'_>) -> fmt::Result {
                 ("dropped", dropped),
                 ("retried", retried),
             ]
-            .map(|(r, n)| (labels(&[("result", r)]), Val::U(n))),
-        )?;
+            .map(|(r, n)| (l([("result", r)]), n)),
+        );
     }
-    Ok(())
-}
-
-fn rtt_family(out: &mut String, rtt: &RttHistograms) -> fmt::Result {
-    const NAME: &str = "lb_origin_probe_rtt_seconds";
-    if rtt.is_empty() {
-        return Ok(());
-    }
-    header(
-        out,
-        NAME,
-        "histogram",
-        "Round trip time of successful health probes, per origin.",
-    )?;
-    let les: Vec<String> = RTT_BUCKETS
-        .iter()
-        .map(|b| float(*b))
-        .chain(["+Inf".to_owned()])
-        .collect();
-    for (pool, origins) in &rtt.series {
-        for (origin, h) in origins {
-            let mut cumulative = 0u64;
-            for (le, n) in les.iter().zip(h.counts) {
-                cumulative += n;
-                let l = labels(&[("pool", pool), ("origin", origin), ("le", le)]);
-                writeln!(out, "{NAME}_bucket{l} {cumulative}")?;
-            }
-            let l = labels(&[("pool", pool), ("origin", origin)]);
-            writeln!(out, "{NAME}_sum{l} {}", float(h.sum))?;
-            writeln!(out, "{NAME}_count{l} {}", h.count)?;
-        }
-    }
-    Ok(())
+    out
 }
 
 #[cfg(test)]
@@ -938,7 +900,6 @@ mod tests {
             ),
             "{text}"
         );
-        assert_eq!(escape_label("a\nb\\c\"d"), "a\\nb\\\\c\\\"d");
         // And a newline survives the round trip through the parser.
         let status = Status {
             origins: vec![origin("p\nq", "o", "10.0.0.9", "up", 1.0)],
@@ -1012,6 +973,21 @@ mod tests {
         let sum = value(&p, &format!("{name}_sum"), &a);
         assert!((sum - 7.0043).abs() < 1e-9, "{sum}");
         assert_eq!(value(&p, &format!("{name}_count"), &a), 4.0);
+    }
+
+    #[test]
+    fn numbers_are_spelled_as_the_format_expects() {
+        let text = full_text();
+        for want in [
+            "lb_origin_probe_rtt_seconds_bucket{pool=\"web\",origin=\"a\",le=\"0.0001\"} 0\n",
+            "lb_origin_probe_rtt_seconds_bucket{pool=\"web\",origin=\"a\",le=\"10\"} 4\n",
+            "lb_origin_probe_rtt_seconds_bucket{pool=\"web\",origin=\"a\",le=\"+Inf\"} 4\n",
+            "lb_origin_weight{pool=\"web\",origin=\"b\",address=\"10.0.0.2\"} 0.5\n",
+            "lb_vip_packets_total{load_balancer=\"www\",vip=\"192.0.2.1:80\"} 1000\n",
+            "# TYPE lb_vip_packets_total counter\n",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
     }
 
     #[test]
@@ -1124,15 +1100,5 @@ mod tests {
             };
             assert_eq!(o.takes_new_connections(), want, "{state} enabled={enabled}");
         }
-    }
-
-    #[test]
-    fn floats_use_go_spelling() {
-        assert_eq!(float(f64::INFINITY), "+Inf");
-        assert_eq!(float(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(float(f64::NAN), "NaN");
-        assert_eq!(float(0.0001), "0.0001");
-        assert_eq!(float(1.0), "1");
-        assert_eq!(float(2.5), "2.5");
     }
 }

@@ -20,12 +20,12 @@
 //! - The dispatcher ends when every `Notifier` clone is dropped; deliveries already started
 //!   run to completion (bounded by `attempts` x (`timeout` + backoff)).
 //!
-//! The HTTP client is deliberately minimal: HTTP/1.1, `Connection: close`, only the status
-//! line of the answer is read. `https://` verifies the server certificate against the
-//! webpki root store, as the health probes do for monitors without `allow_insecure`.
+//! Requests go through the agent's one outbound client ([`crate::http_client`], hyper):
+//! HTTP/1.1, `Connection: close`, only the status of the answer is read (interim 1xx answers
+//! are skipped). `https://` verifies the server certificate against the webpki root store,
+//! as the health probes do for monitors without `allow_insecure`.
 
 use std::{
-    fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -34,20 +34,24 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use rustls::{pki_types::ServerName, ClientConfig};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    header::{ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT},
+    Method, Request,
+};
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::{mpsc, Semaphore},
 };
-use tokio_rustls::TlsConnector;
+
+use crate::http_client::{ClientError, HttpClient, Verify};
 
 /// Backoff between attempts doubles up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How much of an answer is read while looking for its status line.
-const MAX_STATUS_BYTES: usize = 8 * 1024;
-const USER_AGENT: &str = concat!("lb-agent/", env!("CARGO_PKG_VERSION"));
+const USER_AGENT_VALUE: &str = concat!("lb-agent/", env!("CARGO_PKG_VERSION"));
 
 /// One health change, as POSTed (`Content-Type: application/json`) to a pool's webhooks.
 ///
@@ -169,16 +173,9 @@ impl Notifier {
         let queue = opts.queue.clamp(1, Semaphore::MAX_PERMITS);
         let (tx, rx) = mpsc::channel(queue);
         let counters = Arc::new(Counters::default());
-        let tls = match tls_config() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "webhooks: no TLS client, https:// URLs will fail");
-                None
-            }
-        };
         let shared = Arc::new(Shared {
             opts,
-            tls,
+            client: HttpClient::new(),
             counters: counters.clone(),
         });
         tokio::spawn(dispatch(rx, shared, Arc::new(Semaphore::new(queue))));
@@ -216,18 +213,8 @@ impl Notifier {
 
 struct Shared {
     opts: NotifyOptions,
-    tls: Option<Arc<ClientConfig>>,
+    client: HttpClient,
     counters: Arc<Counters>,
-}
-
-fn tls_config() -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
 }
 
 async fn dispatch(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>, slots: Arc<Semaphore>) {
@@ -315,21 +302,15 @@ enum DeliveryError {
         port: u16,
         source: std::io::Error,
     },
-    #[error("no TLS client configuration")]
-    NoTls,
     #[error("TLS handshake with {host}: {source}")]
     Tls {
         host: String,
         source: std::io::Error,
     },
-    #[error("sending request: {0}")]
-    Write(std::io::Error),
-    #[error("reading response: {0}")]
-    Read(std::io::Error),
-    #[error("connection closed before a status line")]
-    NoResponse,
-    #[error("malformed status line {0:?}")]
-    BadStatus(String),
+    #[error("building the request: {0}")]
+    Request(hyper::http::Error),
+    #[error("exchanging with {host}: {source}")]
+    Http { host: String, source: hyper::Error },
     #[error("HTTP status {0}")]
     Status(u16),
     #[error("no answer within {0:?}")]
@@ -342,14 +323,15 @@ impl DeliveryError {
     fn retryable(&self) -> bool {
         match self {
             DeliveryError::Status(code) => *code >= 500 || *code == 408 || *code == 429,
-            DeliveryError::NoTls => false,
+            DeliveryError::Request(_) => false,
             _ => true,
         }
     }
 }
 
-/// One attempt: connect, (TLS), POST, read the status line.
+/// One attempt: connect, (TLS), POST, read the status.
 async fn post(shared: &Shared, t: &Url, body: &[u8]) -> Result<(), DeliveryError> {
+    let req = request(t, body).map_err(DeliveryError::Request)?;
     let stream = TcpStream::connect((t.host.as_str(), t.port))
         .await
         .map_err(|source| DeliveryError::Connect {
@@ -359,8 +341,7 @@ async fn post(shared: &Shared, t: &Url, body: &[u8]) -> Result<(), DeliveryError
         })?;
     // Webhook events are small and sent once; no need to wait for Nagle.
     let _ = stream.set_nodelay(true);
-    let code = if t.tls {
-        let cfg = shared.tls.clone().ok_or(DeliveryError::NoTls)?;
+    let tls = if t.tls {
         let name = match t.host.parse::<Ipv4Addr>() {
             Ok(ip) => ServerName::IpAddress(IpAddr::V4(ip).into()),
             Err(_) => ServerName::try_from(t.host.clone()).map_err(|e| DeliveryError::Tls {
@@ -368,17 +349,25 @@ async fn post(shared: &Shared, t: &Url, body: &[u8]) -> Result<(), DeliveryError
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?,
         };
-        let s = TlsConnector::from(cfg)
-            .connect(name, stream)
-            .await
-            .map_err(|source| DeliveryError::Tls {
+        Some((name, Verify::Certificates))
+    } else {
+        None
+    };
+    let exchange = shared
+        .client
+        .send(stream, tls, req)
+        .await
+        .map_err(|e| match e {
+            ClientError::Tls(source) => DeliveryError::Tls {
                 host: t.host.clone(),
                 source,
-            })?;
-        exchange(s, t, body).await?
-    } else {
-        exchange(stream, t, body).await?
-    };
+            },
+            ClientError::Http(source) => DeliveryError::Http {
+                host: t.host.clone(),
+                source,
+            },
+        })?;
+    let code = exchange.response.status().as_u16();
     if (200..300).contains(&code) {
         Ok(())
     } else {
@@ -386,77 +375,23 @@ async fn post(shared: &Shared, t: &Url, body: &[u8]) -> Result<(), DeliveryError
     }
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    t: &Url,
-    body: &[u8],
-) -> Result<u16, DeliveryError> {
-    let mut req = Vec::with_capacity(256 + body.len());
-    req.extend_from_slice(request_head(t, body.len()).as_bytes());
-    req.extend_from_slice(body);
-    s.write_all(&req).await.map_err(DeliveryError::Write)?;
-    s.flush().await.map_err(DeliveryError::Write)?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(status) = parse_status(&buf) {
-            return status;
-        }
-        if buf.len() >= MAX_STATUS_BYTES {
-            return Err(DeliveryError::BadStatus(
-                String::from_utf8_lossy(&buf[..80]).into_owned(),
-            ));
-        }
-        let n = match s.read(&mut chunk).await {
-            Ok(n) => n,
-            // Servers often close without TLS close_notify; with a status line already read
-            // that was handled above, so this is a plain early close.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err(DeliveryError::Read(e)),
-        };
-        if n == 0 {
-            return Err(DeliveryError::NoResponse);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn request_head(t: &Url, len: usize) -> String {
-    let mut head = format!("POST {} HTTP/1.1\r\nHost: {}", t.path, t.host);
-    if t.port != t.default_port() {
-        let _ = write!(head, ":{}", t.port);
-    }
-    let _ = write!(
-        head,
-        "\r\nUser-Agent: {USER_AGENT}\r\nContent-Type: application/json\r\n\
-         Content-Length: {len}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    head
-}
-
-/// The final status code in `buf`, or `None` when more bytes are needed. Interim 1xx answers
-/// (whole header blocks) are skipped, as RFC 9110 section 15.2 asks of clients.
-fn parse_status(buf: &[u8]) -> Option<Result<u16, DeliveryError>> {
-    let mut rest = buf;
-    loop {
-        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
-        let line = String::from_utf8_lossy(&rest[..eol]);
-        let mut parts = line.split(' ');
-        let version = parts.next().unwrap_or_default();
-        let code = parts
-            .next()
-            .filter(|c| c.len() == 3)
-            .and_then(|c| c.parse::<u16>().ok())
-            .filter(|_| version.starts_with("HTTP/1."));
-        let Some(code) = code else {
-            return Some(Err(DeliveryError::BadStatus(line.into_owned())));
-        };
-        if !(100..200).contains(&code) {
-            return Some(Ok(code));
-        }
-        let end = rest.windows(4).position(|w| w == b"\r\n\r\n")?;
-        rest = &rest[end + 4..];
-    }
+/// The POST of `body` to `t`; `Host` carries the port when it is not the scheme's default.
+fn request(t: &Url, body: &[u8]) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
+    let host = if t.port == t.default_port() {
+        t.host.clone()
+    } else {
+        format!("{}:{}", t.host, t.port)
+    };
+    Request::builder()
+        .method(Method::POST)
+        .uri(t.path.as_str())
+        .header(HOST, host)
+        .header(USER_AGENT, USER_AGENT_VALUE)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, body.len())
+        .header(ACCEPT, "*/*")
+        .header(CONNECTION, "close")
+        .body(Full::new(Bytes::copy_from_slice(body)))
 }
 
 /// A parsed webhook URL.
@@ -599,7 +534,10 @@ fn civil_from_days(z: i128) -> (i128, i128, i128) {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use tokio::net::TcpListener;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
 
     use super::*;
 
@@ -939,20 +877,26 @@ mod tests {
         bad("http://höst/", "percent-encode");
     }
 
-    #[test]
-    fn status_lines() {
-        let code = |b: &[u8]| parse_status(b).map(|r| r.map_err(|e| e.to_string()));
-        assert_eq!(code(b""), None);
-        assert_eq!(code(b"HTTP/1.1 204 No Con"), None);
-        assert_eq!(code(b"HTTP/1.1 204 No Content\r\n"), Some(Ok(204)));
-        assert_eq!(code(b"HTTP/1.0 500\r\n"), Some(Ok(500)));
-        assert_eq!(code(b"HTTP/1.1 100 Continue\r\n"), None);
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_garbage_is_retried() {
+        let (addr, count, _reqs) = server(|_| {
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+        })
+        .await;
+        let n = Notifier::spawn(fast(3));
+        n.notify(&[format!("http://{addr}/")], event());
+        wait_until("sent = 1", || n.counters().sent == 1).await;
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+
+        let (addr, count, _reqs) = server(|_| "SSH-2.0-OpenSSH\r\n").await;
+        let n = Notifier::spawn(fast(2));
+        n.notify(&[format!("http://{addr}/")], event());
+        wait_until("failed = 1", || n.counters().failed == 1).await;
         assert_eq!(
-            code(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n"),
-            Some(Ok(201))
+            count.load(Ordering::SeqCst),
+            2,
+            "a malformed answer is retried"
         );
-        assert!(matches!(code(b"SSH-2.0-OpenSSH\r\n"), Some(Err(_))));
-        assert!(matches!(code(b"HTTP/1.1 2000 OK\r\n"), Some(Err(_))));
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod state;
 
 use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc};
 
-pub use probe::{check, Tls};
+pub use probe::check;
 pub use state::{
     HealthTable, Hysteresis, OriginHealth, Outcome, State, Target, Transition, RTT_EWMA_ALPHA,
 };
@@ -15,7 +15,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::config::{Config, Monitor};
+use crate::{
+    config::{Config, Monitor},
+    http_client::HttpClient,
+};
 
 /// A check result on its way to the agent's main loop.
 #[derive(Debug)]
@@ -30,7 +33,7 @@ pub struct Monitors {
     tasks: BTreeMap<Target, (Monitor, JoinHandle<()>)>,
     tx: mpsc::Sender<Report>,
     limit: Arc<Semaphore>,
-    tls: Tls,
+    client: HttpClient,
 }
 
 impl Monitors {
@@ -39,7 +42,7 @@ impl Monitors {
             tasks: BTreeMap::new(),
             tx,
             limit: Arc::new(Semaphore::new(concurrency as usize)),
-            tls: Tls::new(),
+            client: HttpClient::new(),
         }
     }
 
@@ -64,7 +67,7 @@ impl Monitors {
                     m.clone(),
                     self.tx.clone(),
                     self.limit.clone(),
-                    self.tls.clone(),
+                    self.client.clone(),
                 ));
                 self.tasks.insert(t.clone(), (m.clone(), task));
             }
@@ -99,7 +102,7 @@ async fn run(
     monitor: Monitor,
     tx: mpsc::Sender<Report>,
     limit: Arc<Semaphore>,
-    tls: Tls,
+    client: HttpClient,
 ) {
     let addr = SocketAddrV4::new(target.address, target.port);
     let jitter = monitor.start_jitter_max().mul_f64(fastrand::f64());
@@ -112,7 +115,7 @@ async fn run(
             let Ok(_permit) = limit.acquire().await else {
                 return;
             };
-            check(&monitor, addr, &tls).await
+            check(&monitor, addr, &client).await
         };
         if tx
             .send(Report {

@@ -5,111 +5,27 @@
 
 use std::{
     net::{IpAddr, SocketAddr, SocketAddrV4},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    pki_types::{CertificateDer, ServerName, UnixTime},
-    ClientConfig, DigitallySignedStruct, SignatureScheme,
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    header::{HeaderName, HeaderValue, ACCEPT, CONNECTION, HOST, LOCATION, USER_AGENT},
+    Method, Request,
 };
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
-};
-use tokio_rustls::TlsConnector;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
 
 use super::Outcome;
-use crate::config::{HttpMethod, Monitor, MonitorKind};
+use crate::{
+    config::{HttpMethod, Monitor, MonitorKind},
+    http_client::{ClientError, HttpClient, Verify},
+};
 
-/// How much of a response is read: headers plus the 10 KB of body that `expected_body`
-/// looks at (as Cloudflare does).
-const MAX_RESPONSE: usize = 16 * 1024;
+/// How much of the body is read: the 10 KB that `expected_body` looks at (as Cloudflare does).
 const BODY_WINDOW: usize = 10 * 1024;
 const MAX_REDIRECTS: usize = 5;
-
-/// TLS client configurations, built once.
-#[derive(Clone)]
-pub struct Tls {
-    verified: Arc<ClientConfig>,
-    insecure: Arc<ClientConfig>,
-}
-
-impl Tls {
-    pub fn new() -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let verified = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let insecure = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-            .with_no_client_auth();
-        Self {
-            verified: Arc::new(verified),
-            insecure: Arc::new(insecure),
-        }
-    }
-}
-
-impl Default for Tls {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// `allow_insecure`: accepts any certificate, still checks handshake signatures.
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 fn secs(d: Duration) -> String {
     let s = d.as_secs_f64();
@@ -121,12 +37,12 @@ fn secs(d: Duration) -> String {
 }
 
 /// Runs one check (attempt + retries) of `monitor` against `addr`.
-pub async fn check(monitor: &Monitor, addr: SocketAddrV4, tls: &Tls) -> Outcome {
+pub async fn check(monitor: &Monitor, addr: SocketAddrV4, client: &HttpClient) -> Outcome {
     let attempts = monitor.retries + 1;
     let mut last = String::new();
     for _ in 0..attempts {
         let start = Instant::now();
-        match tokio::time::timeout(monitor.timeout, attempt(monitor, addr, tls)).await {
+        match tokio::time::timeout(monitor.timeout, attempt(monitor, addr, client)).await {
             Ok(Ok(summary)) => {
                 return Outcome {
                     ok: true,
@@ -148,8 +64,8 @@ pub async fn check(monitor: &Monitor, addr: SocketAddrV4, tls: &Tls) -> Outcome 
     }
 }
 
-async fn attempt(m: &Monitor, addr: SocketAddrV4, tls: &Tls) -> Result<String, String> {
-    attempt_path(m, addr, tls, &m.path, 0).await
+async fn attempt(m: &Monitor, addr: SocketAddrV4, client: &HttpClient) -> Result<String, String> {
+    attempt_path(m, addr, client, &m.path, 0).await
 }
 
 /// One connection and, for HTTP(S), one request for `path`. Redirects are followed (up to
@@ -158,7 +74,7 @@ async fn attempt(m: &Monitor, addr: SocketAddrV4, tls: &Tls) -> Result<String, S
 async fn attempt_path(
     m: &Monitor,
     addr: SocketAddrV4,
-    tls: &Tls,
+    client: &HttpClient,
     path: &str,
     hop: usize,
 ) -> Result<String, String> {
@@ -168,35 +84,51 @@ async fn attempt_path(
             std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
             _ => format!("connect failed: {e}"),
         })?;
-    let resp = match m.kind {
+    let tls = match m.kind {
         MonitorKind::Tcp => return Ok("connection established".into()),
-        MonitorKind::Http => request(m, addr, stream, path).await?,
+        MonitorKind::Http => None,
         MonitorKind::Https => {
             let ip = ServerName::IpAddress(IpAddr::V4(*addr.ip()).into());
             let name = host_header(m).map_or(ip.clone(), |h| {
                 ServerName::try_from(h.split(':').next().unwrap_or(h).to_owned()).unwrap_or(ip)
             });
-            let cfg = if m.allow_insecure {
-                &tls.insecure
+            let verify = if m.allow_insecure {
+                Verify::Insecure
             } else {
-                &tls.verified
+                Verify::Certificates
             };
-            let s = TlsConnector::from(cfg.clone())
-                .connect(name, stream)
-                .await
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            request(m, addr, s, path).await?
+            Some((name, verify))
         }
     };
-    if m.follow_redirects && (300..400).contains(&resp.code) {
-        if let Some(loc) = &resp.location {
+    let exchange = client
+        .send(stream, tls, request(m, addr, path)?)
+        .await
+        .map_err(|e| match e {
+            ClientError::Tls(e) => format!("TLS handshake failed: {e}"),
+            ClientError::Http(e) if e.is_incomplete_message() => "empty response".to_owned(),
+            ClientError::Http(e) if e.is_parse() => format!("malformed HTTP response: {e}"),
+            ClientError::Http(e) => format!("reading response: {e}"),
+        })?;
+    let code = exchange.response.status().as_u16();
+    if m.follow_redirects && (300..400).contains(&code) {
+        if let Some(loc) = exchange.response.headers().get(LOCATION) {
             if hop >= MAX_REDIRECTS {
                 return Err(format!("more than {MAX_REDIRECTS} redirects"));
             }
-            return Box::pin(attempt_path(m, addr, tls, &redirect_path(loc), hop + 1)).await;
+            let next = redirect_path(&String::from_utf8_lossy(loc.as_bytes()));
+            drop(exchange);
+            return Box::pin(attempt_path(m, addr, client, &next, hop + 1)).await;
         }
     }
-    judge(m, &resp)
+    let body = if m.method == HttpMethod::Head {
+        Vec::new()
+    } else {
+        exchange
+            .body_prefix(BODY_WINDOW)
+            .await
+            .map_err(|e| format!("reading response: {e}"))?
+    };
+    judge(m, code, &body)
 }
 
 fn host_header(m: &Monitor) -> Option<&str> {
@@ -218,129 +150,137 @@ fn redirect_path(loc: &str) -> String {
     }
 }
 
-struct Response {
-    code: u16,
-    location: Option<String>,
-    body: Vec<u8>,
-}
-
-async fn request<S: AsyncRead + AsyncWrite + Unpin>(
-    m: &Monitor,
-    addr: SocketAddrV4,
-    mut s: S,
-    path: &str,
-) -> Result<Response, String> {
+/// The probe's request: the monitor's method, path and headers; `Host` is the origin's
+/// `address:port` unless the monitor sets one.
+fn request(m: &Monitor, addr: SocketAddrV4, path: &str) -> Result<Request<Full<Bytes>>, String> {
     let method = match m.method {
-        HttpMethod::Get => "GET",
-        HttpMethod::Head => "HEAD",
+        HttpMethod::Get => Method::GET,
+        HttpMethod::Head => Method::HEAD,
     };
-    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+    let mut req = Request::builder().method(method).uri(path);
     if host_header(m).is_none() {
-        req.push_str(&format!("Host: {addr}\r\n"));
+        req = req.header(HOST, addr.to_string());
     }
     for (k, v) in &m.header {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("header {k:?} is not a header name"))?;
+        let value = HeaderValue::from_bytes(v.as_bytes())
+            .map_err(|_| format!("header {k}: {v:?} is not a header value"))?;
+        req = req.header(name, value);
     }
-    req.push_str("User-Agent: lb-agent-healthcheck\r\nAccept: */*\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("sending request: {e}"))?;
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = match s.read(&mut chunk).await {
-            Ok(n) => n,
-            // Many servers close a `Connection: close` response without TLS close_notify;
-            // like curl, accept that once a response has arrived.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => 0,
-            Err(e) => return Err(format!("reading response: {e}")),
-        };
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() >= MAX_RESPONSE {
-            break;
-        }
-    }
-    parse_response(&buf, m.method == HttpMethod::Head)
+    req.header(USER_AGENT, "lb-agent-healthcheck")
+        .header(ACCEPT, "*/*")
+        .header(CONNECTION, "close")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| format!("request for {path:?}: {e}"))
 }
 
-fn parse_response(buf: &[u8], head: bool) -> Result<Response, String> {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            if buf.is_empty() {
-                "empty response".to_owned()
-            } else {
-                "malformed HTTP response (no end of headers)".to_owned()
-            }
-        })?;
-    let head_text = String::from_utf8_lossy(&buf[..end]);
-    let mut lines = head_text.split("\r\n");
-    let status = lines.next().unwrap_or_default();
-    let mut parts = status.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    let code: u16 = parts
-        .next()
-        .and_then(|c| c.parse().ok())
-        .filter(|_| version.starts_with("HTTP/"))
-        .ok_or_else(|| format!("malformed status line {status:?}"))?;
-    let location = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("location"))
-        .map(|(_, v)| v.trim().to_owned());
-    let body = if head {
-        Vec::new()
-    } else {
-        buf[end + 4..].iter().copied().take(BODY_WINDOW).collect()
-    };
-    Ok(Response {
-        code,
-        location,
-        body,
-    })
-}
-
-fn judge(m: &Monitor, r: &Response) -> Result<String, String> {
-    if !m.expected_codes.matches(r.code) {
-        return Err(format!("HTTP {} (expected {})", r.code, m.expected_codes));
+fn judge(m: &Monitor, code: u16, body: &[u8]) -> Result<String, String> {
+    if !m.expected_codes.matches(code) {
+        return Err(format!("HTTP {code} (expected {})", m.expected_codes));
     }
     if !m.expected_body.is_empty() {
-        let body = String::from_utf8_lossy(&r.body).to_lowercase();
+        let body = String::from_utf8_lossy(body).to_lowercase();
         if !body.contains(&m.expected_body.to_lowercase()) {
             return Err(format!(
-                "HTTP {}: body does not contain {:?}",
-                r.code, m.expected_body
+                "HTTP {code}: body does not contain {:?}",
+                m.expected_body
             ));
         }
     }
-    Ok(format!("HTTP {}", r.code))
+    Ok(format!("HTTP {code}"))
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
-    #[test]
-    fn parses_status_location_and_body() {
-        let r = parse_response(
-            b"HTTP/1.1 302 Found\r\nLocation: /next\r\nX: y\r\n\r\nhello",
-            false,
-        )
-        .expect("parse");
-        assert_eq!(
-            (r.code, r.location.as_deref(), r.body.as_slice()),
-            (302, Some("/next"), &b"hello"[..])
-        );
+    /// A loopback server that answers every connection with `answer`, then closes.
+    async fn fixed_server(answer: &'static [u8]) -> SocketAddrV4 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let SocketAddr::V4(addr) = l.local_addr().expect("addr") else {
+            panic!("v4")
+        };
+        tokio::spawn(async move {
+            for _ in 0..16 {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            }
+        });
+        addr
     }
 
-    #[test]
-    fn rejects_garbage() {
-        assert!(parse_response(b"", false).is_err());
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n", false).is_err());
+    #[tokio::test]
+    async fn rejects_garbage() {
+        let tls = HttpClient::new();
+        let mut m = monitor(false);
+        m.path = "/".into();
+        for answer in [&b""[..], b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 200 OK\r\n"] {
+            let o = check(&m, fixed_server(answer).await, &tls).await;
+            assert!(!o.ok, "{answer:?}: {o:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stray_body_after_204_is_still_judged() {
+        let mut m = monitor(false);
+        m.path = "/".into();
+        let o = check(
+            &m,
+            fixed_server(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfine",
+            )
+            .await,
+            &HttpClient::new(),
+        )
+        .await;
+        m.expected_codes = crate::config::CodePattern::parse("2xx").expect("codes");
+        let o2 = check(
+            &m,
+            fixed_server(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfine",
+            )
+            .await,
+            &HttpClient::new(),
+        )
+        .await;
+        assert!(!o.ok, "204 is not the expected 200: {o:?}");
+        assert!(o2.ok, "{o2:?}");
+    }
+
+    #[tokio::test]
+    async fn body_window_is_the_first_10_kb() {
+        // "fine" just past the window is not seen; a body without Content-Length ends at close.
+        static LATE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let late = LATE.get_or_init(|| {
+            let mut r = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+            r.extend(std::iter::repeat_n(b'x', BODY_WINDOW));
+            r.extend_from_slice(b"fine");
+            r
+        });
+        let mut m = monitor(false);
+        m.path = "/".into();
+        let tls = HttpClient::new();
+        let o = check(&m, fixed_server(late).await, &tls).await;
+        assert_eq!(
+            o.reason,
+            "HTTP 200: body does not contain \"FINE\", 1 attempt"
+        );
+        let o = check(
+            &m,
+            fixed_server(b"HTTP/1.1 200 OK\r\n\r\nall fine").await,
+            &tls,
+        )
+        .await;
+        assert!(o.ok, "{o:?}");
     }
 
     /// A loopback HTTP server: `/a` redirects to `/b`, `/b` answers 200 "fine".
@@ -383,7 +323,7 @@ mod tests {
     #[tokio::test]
     async fn follows_redirects_on_the_same_origin_only_when_asked() {
         let addr = redirect_server().await;
-        let tls = Tls::new();
+        let tls = HttpClient::new();
         let o = check(&monitor(true), addr, &tls).await;
         assert!(o.ok, "{o:?}");
         assert_eq!(o.reason, "HTTP 200");
@@ -401,7 +341,7 @@ mod tests {
         drop(l);
         let mut m = monitor(false);
         m.retries = 2;
-        let o = check(&m, addr, &Tls::new()).await;
+        let o = check(&m, addr, &HttpClient::new()).await;
         assert_eq!(o.reason, "connection refused, 3 attempts");
     }
 
