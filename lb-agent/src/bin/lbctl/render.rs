@@ -455,7 +455,11 @@ fn pool_line(pool: &Value, roles: &[&str], active: bool) -> String {
 pub(crate) fn render_status(status: &Value, lbs: &[Value], pools: &[Value], now: u64) -> String {
     let empty = Vec::new();
     let arr = |k: &str| status.get(k).and_then(Value::as_array).unwrap_or(&empty);
-    let (st_lbs, st_pools, st_origins) = (arr("load_balancers"), arr("pools"), arr("origins"));
+    let st_lbs = arr("load_balancers");
+    let live = Live {
+        pools: arr("pools"),
+        origins: arr("origins"),
+    };
     let updated = status.get("updated").and_then(Value::as_u64).unwrap_or(now);
 
     let mut out = String::new();
@@ -472,106 +476,23 @@ pub(crate) fn render_status(status: &Value, lbs: &[Value], pools: &[Value], now:
         out.push_str("no load balancers\n");
     }
 
-    let live_pool = |id: &str| st_pools.iter().find(|p| str_field(p, "id") == id);
-    let origins_of = |pool: &Value| -> Vec<&Value> {
-        let (id, name) = (str_field(pool, "id"), str_field(pool, "name"));
-        st_origins
-            .iter()
-            .filter(|o| match str_field(o, "pool_id") {
-                "" => str_field(o, "pool") == name,
-                pid => pid == id,
-            })
-            .collect()
-    };
     let mut shown: Vec<String> = Vec::new();
     let mut any_active = false;
-
     for lb in st_lbs {
-        let lb_id = str_field(lb, "id");
-        let _ = write!(
-            out,
-            "\nload balancer {}  vip {}  steering {}",
-            match str_field(lb, "name") {
-                "" => lb_id,
-                n => n,
-            },
-            cell(lb, "vip"),
-            cell(lb, "steering_policy"),
-        );
-        if lb.get("enabled").and_then(Value::as_bool) == Some(false) {
-            out.push_str("  DISABLED");
-        }
-        if lb.get("fallback").and_then(Value::as_bool) == Some(true) {
-            out.push_str("  FALLBACK: no default pool is healthy");
-        }
-        // The live view names the active pool by id and by name; older agents by name only.
-        let active_id = match str_field(lb, "active_pool_id") {
-            "" => st_pools
-                .iter()
-                .find(|p| {
-                    let n = str_field(lb, "active_pool");
-                    !n.is_empty() && str_field(p, "name") == n
-                })
-                .map_or("", |p| str_field(p, "id")),
-            id => id,
-        };
-        if active_id.is_empty() {
-            out.push_str("  NO ACTIVE POOL");
-        }
-        out.push('\n');
-        let _ = writeln!(
-            out,
-            "  {} pkt/s  {} B/s  {} new flows/s  (totals: {} packets, {} bytes, {} flows)",
-            fmt_si(f64_field(lb, "packets_per_sec").unwrap_or(0.0)),
-            fmt_si(f64_field(lb, "bytes_per_sec").unwrap_or(0.0)),
-            fmt_si(f64_field(lb, "new_flows_per_sec").unwrap_or(0.0)),
-            fmt_count(lb.get("packets").and_then(Value::as_u64).unwrap_or(0)),
-            fmt_count(lb.get("bytes").and_then(Value::as_u64).unwrap_or(0)),
-            fmt_count(lb.get("new_flows").and_then(Value::as_u64).unwrap_or(0)),
-        );
-
-        let mut members = lbs
-            .iter()
-            .find(|c| str_field(c, "id") == lb_id)
-            .map(lb_pool_roles)
-            .unwrap_or_default();
-        // The configured list may lag the live view: never hide the active pool.
-        if !active_id.is_empty() && !members.iter().any(|(p, _)| p == active_id) {
-            members.push((active_id.to_owned(), Vec::new()));
-        }
+        let active_id = live.active_pool_id(lb);
+        lb_lines(&mut out, lb, active_id);
+        let members = lb_members(lb, active_id, lbs);
         let groups: Vec<(String, Vec<&Value>)> = members
             .iter()
-            .map(|(id, roles)| {
-                let active = id == active_id;
-                any_active |= active;
-                shown.push(id.clone());
-                match live_pool(id) {
-                    Some(p) => (pool_line(p, roles, active), origins_of(p)),
-                    None => {
-                        let name = pools
-                            .iter()
-                            .find(|p| str_field(p, "id") == id)
-                            .map(|p| str_field(p, "name"))
-                            .filter(|n| !n.is_empty())
-                            .unwrap_or(id);
-                        let mut tags = roles.clone();
-                        if active {
-                            tags.push("active");
-                        }
-                        let line = format!(
-                            "{} pool {name} [{}]  not in the agent's live view",
-                            if active { "*" } else { " " },
-                            tags.join(", ")
-                        );
-                        (line, Vec::new())
-                    }
-                }
-            })
+            .map(|(id, roles)| live.pool_group(id, roles, id == active_id, pools))
             .collect();
+        any_active |= members.iter().any(|(id, _)| id == active_id);
+        shown.extend(members.into_iter().map(|(id, _)| id));
         render_pool_groups(&mut out, &groups, updated);
     }
 
-    let others: Vec<&Value> = st_pools
+    let others: Vec<&Value> = live
+        .pools
         .iter()
         .filter(|p| !shown.iter().any(|s| s == str_field(p, "id")))
         .collect();
@@ -579,7 +500,7 @@ pub(crate) fn render_status(status: &Value, lbs: &[Value], pools: &[Value], now:
         out.push_str("\npools used by no load balancer\n");
         let groups: Vec<(String, Vec<&Value>)> = others
             .iter()
-            .map(|p| (pool_line(p, &[], false), origins_of(p)))
+            .map(|p| (pool_line(p, &[], false), live.origins_of(p)))
             .collect();
         render_pool_groups(&mut out, &groups, updated);
     }
@@ -587,6 +508,120 @@ pub(crate) fn render_status(status: &Value, lbs: &[Value], pools: &[Value], now:
         out.push_str("\n(* = active pool)\n");
     }
     out
+}
+
+/// The live view's pools and origins.
+struct Live<'a> {
+    pools: &'a [Value],
+    origins: &'a [Value],
+}
+
+impl<'a> Live<'a> {
+    /// The active pool of a live load balancer, "" if none. The live view names it by id
+    /// and by name; older agents by name only.
+    fn active_pool_id(&self, lb: &'a Value) -> &'a str {
+        match str_field(lb, "active_pool_id") {
+            "" => self
+                .pools
+                .iter()
+                .find(|p| {
+                    let n = str_field(lb, "active_pool");
+                    !n.is_empty() && str_field(p, "name") == n
+                })
+                .map_or("", |p| str_field(p, "id")),
+            id => id,
+        }
+    }
+
+    fn origins_of(&self, pool: &Value) -> Vec<&'a Value> {
+        let (id, name) = (str_field(pool, "id"), str_field(pool, "name"));
+        self.origins
+            .iter()
+            .filter(|o| match str_field(o, "pool_id") {
+                "" => str_field(o, "pool") == name,
+                pid => pid == id,
+            })
+            .collect()
+    }
+
+    /// A pool's line and its origins; a pool missing from the live view is named from the
+    /// configured `pools`.
+    fn pool_group(
+        &self,
+        id: &str,
+        roles: &[&str],
+        active: bool,
+        pools: &[Value],
+    ) -> (String, Vec<&'a Value>) {
+        if let Some(p) = self.pools.iter().find(|p| str_field(p, "id") == id) {
+            return (pool_line(p, roles, active), self.origins_of(p));
+        }
+        let name = pools
+            .iter()
+            .find(|p| str_field(p, "id") == id)
+            .map(|p| str_field(p, "name"))
+            .filter(|n| !n.is_empty())
+            .unwrap_or(id);
+        let mut tags = roles.to_vec();
+        if active {
+            tags.push("active");
+        }
+        let line = format!(
+            "{} pool {name} [{}]  not in the agent's live view",
+            if active { "*" } else { " " },
+            tags.join(", ")
+        );
+        (line, Vec::new())
+    }
+}
+
+/// A load balancer's two lines: name, VIP, steering and flags, then its traffic.
+fn lb_lines(out: &mut String, lb: &Value, active_id: &str) {
+    let _ = write!(
+        out,
+        "\nload balancer {}  vip {}  steering {}",
+        match str_field(lb, "name") {
+            "" => str_field(lb, "id"),
+            n => n,
+        },
+        cell(lb, "vip"),
+        cell(lb, "steering_policy"),
+    );
+    if lb.get("enabled").and_then(Value::as_bool) == Some(false) {
+        out.push_str("  DISABLED");
+    }
+    if lb.get("fallback").and_then(Value::as_bool) == Some(true) {
+        out.push_str("  FALLBACK: no default pool is healthy");
+    }
+    if active_id.is_empty() {
+        out.push_str("  NO ACTIVE POOL");
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "  {} pkt/s  {} B/s  {} new flows/s  (totals: {} packets, {} bytes, {} flows)",
+        fmt_si(f64_field(lb, "packets_per_sec").unwrap_or(0.0)),
+        fmt_si(f64_field(lb, "bytes_per_sec").unwrap_or(0.0)),
+        fmt_si(f64_field(lb, "new_flows_per_sec").unwrap_or(0.0)),
+        fmt_count(lb.get("packets").and_then(Value::as_u64).unwrap_or(0)),
+        fmt_count(lb.get("bytes").and_then(Value::as_u64).unwrap_or(0)),
+        fmt_count(lb.get("new_flows").and_then(Value::as_u64).unwrap_or(0)),
+    );
+}
+
+/// The pools of a live load balancer with their roles, from its configured object; the
+/// configured list may lag the live view, so the active pool is never hidden.
+fn lb_members(lb: &Value, active_id: &str, lbs: &[Value]) -> Vec<(String, Vec<&'static str>)> {
+    let lb_id = str_field(lb, "id");
+    let mut members = lbs
+        .iter()
+        .find(|c| str_field(c, "id") == lb_id)
+        .map(lb_pool_roles)
+        .unwrap_or_default();
+    if !active_id.is_empty() && !members.iter().any(|(p, _)| p == active_id) {
+        members.push((active_id.to_owned(), Vec::new()));
+    }
+    members
 }
 
 /// Writes each pool line at indent 2 and its origins below at indent 6, with the origin

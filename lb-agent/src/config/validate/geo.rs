@@ -4,7 +4,10 @@ use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
 
 use super::country_code;
 use crate::{
-    config::{raw::RawGeo, types::Geo},
+    config::{
+        raw::{RawGeo, RawGeoPrefix},
+        types::Geo,
+    },
     geo::{GeoPrefix, Region},
 };
 
@@ -13,36 +16,52 @@ pub(super) fn validate(raw: &RawGeo, errors: &mut Vec<String>) -> Geo {
     let mut prefixes = Vec::new();
     let mut seen = HashMap::new();
     for (i, p) in raw.prefixes.iter().enumerate() {
-        let f = format!("geo.prefixes[{i}]");
-        let net = match p.prefix.split_once('/') {
-            Some((a, l)) => match (a.parse::<Ipv4Addr>(), l.parse::<u8>()) {
-                (Ok(a), Ok(l)) if l <= 32 => Some((a, l)),
-                _ => None,
-            },
-            None => None,
-        };
-        let Some((addr, len)) = net else {
-            errors.push(format!(
+        prefixes.extend(prefix(i, p, &mut seen, errors));
+    }
+    Geo {
+        database: raw.database.clone(),
+        database_prefixes: Arc::default(),
+        prefixes,
+    }
+}
+
+/// `geo.prefixes[i]`: a network address/length, listed once, with a country and/or region.
+fn prefix(
+    i: usize,
+    p: &RawGeoPrefix,
+    seen: &mut HashMap<(Ipv4Addr, u8), usize>,
+    errors: &mut Vec<String>,
+) -> Option<GeoPrefix> {
+    let f = format!("geo.prefixes[{i}]");
+    let net = match p.prefix.split_once('/') {
+        Some((a, l)) => match (a.parse::<Ipv4Addr>(), l.parse::<u8>()) {
+            (Ok(a), Ok(l)) if l <= 32 => Some((a, l)),
+            _ => None,
+        },
+        None => None,
+    };
+    let Some((addr, len)) = net else {
+        errors.push(format!(
                 "{f}.prefix: \"{}\" is not an IPv4 prefix; write it as address/length, e.g. \"198.51.100.0/24\"",
                 p.prefix
             ));
-            continue;
-        };
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        if u32::from(addr) & !mask != 0 {
-            errors.push(format!(
-                "{f}.prefix: \"{}\" has host bits set; write the network address, \"{}/{len}\"",
-                p.prefix,
-                Ipv4Addr::from(u32::from(addr) & mask)
-            ));
-        }
-        if let Some(first) = seen.insert((addr, len), i) {
-            errors.push(format!(
+        return None;
+    };
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    if u32::from(addr) & !mask != 0 {
+        errors.push(format!(
+            "{f}.prefix: \"{}\" has host bits set; write the network address, \"{}/{len}\"",
+            p.prefix,
+            Ipv4Addr::from(u32::from(addr) & mask)
+        ));
+    }
+    if let Some(first) = seen.insert((addr, len), i) {
+        errors.push(format!(
                 "{f}.prefix: \"{}\" is listed twice (also geo.prefixes[{first}]); list each prefix once",
                 p.prefix
             ));
-        }
-        let country = p.country.as_deref().and_then(|c| {
+    }
+    let country = p.country.as_deref().and_then(|c| {
             let cc = country_code(c);
             if cc.is_none() {
                 errors.push(format!(
@@ -51,33 +70,27 @@ pub(super) fn validate(raw: &RawGeo, errors: &mut Vec<String>) -> Geo {
             }
             cc
         });
-        let region = p.region.as_deref().and_then(|r| {
-            let reg = Region::parse(r);
-            if reg.is_none() {
-                errors.push(format!(
-                    "{f}.region: unknown region \"{r}\"; use one of Cloudflare's region codes: {}",
-                    Region::ALL.map(Region::code).join(", ")
-                ));
-            }
-            reg
-        });
-        if p.country.is_none() && p.region.is_none() {
+    let region = p.region.as_deref().and_then(|r| {
+        let reg = Region::parse(r);
+        if reg.is_none() {
             errors.push(format!(
-                "{f}: neither country nor region; give country = \"DE\" (its region follows) or region = \"WEU\" or both"
+                "{f}.region: unknown region \"{r}\"; use one of Cloudflare's region codes: {}",
+                Region::ALL.map(Region::code).join(", ")
             ));
         }
-        prefixes.push(GeoPrefix {
-            net: addr,
-            len,
-            country,
-            region,
-        });
+        reg
+    });
+    if p.country.is_none() && p.region.is_none() {
+        errors.push(format!(
+                "{f}: neither country nor region; give country = \"DE\" (its region follows) or region = \"WEU\" or both"
+            ));
     }
-    Geo {
-        database: raw.database.clone(),
-        database_prefixes: Arc::default(),
-        prefixes,
-    }
+    Some(GeoPrefix {
+        net: addr,
+        len,
+        country,
+        region,
+    })
 }
 
 #[cfg(test)]
