@@ -5,7 +5,8 @@
 //! - `main.rs`: the command line (clap types, help texts), `run` and the exit status.
 //! - `api`: the HTTP client: authentication, the v4 envelope, paths, paging, errors.
 //! - `commands`: one `Ctx` method per subcommand; name lookup and the origin flip (pure).
-//! - `render`: tables, the `status` tree and number formats (pure).
+//! - `render`: list tables, pool health, number formats; `render::status`: the `status`
+//!   tree (pure).
 
 mod api;
 mod commands;
