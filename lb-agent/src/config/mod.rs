@@ -1,0 +1,170 @@
+//! Configuration: the TOML file as written (`RawConfig`, serde) and the validated, typed form
+//! the rest of the agent uses (`Config`). Validation is pure and reports every error at once,
+//! each naming its field (`pools[1].origins[0].weight: ...`) and the fix.
+//!
+//! Field names and defaults follow Cloudflare Load Balancing (pools of weighted origins,
+//! load balancers with ordered `default_pools`), so its users feel at home.
+//!
+//! # Layout
+//! - `raw`: the file as written (serde types).
+//! - `types`: the validated form.
+//! - `defaults`: every default and limit, once.
+//! - `units`: `Weight` and `Seconds`, numbers that carry their own range check.
+//! - `validate/`: the driver and one validator per section (dataplane, agent, geo, api,
+//!   monitors, pools, load balancers).
+//! - `geo_database`: reading the `[geo]` database (the one step that does I/O).
+//! - here: loading and parsing (`Config::load`, `parse`, `from_raw`) and `ConfigError`.
+//!
+//! Everything is re-exported here, so users name `config::Config`, `config::RawPool`,
+//! `config::DEFAULT_PIN_DIR`, whatever module it lives in.
+
+mod defaults;
+mod geo_database;
+mod raw;
+mod types;
+mod units;
+mod validate;
+
+#[cfg(test)]
+mod testing;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+pub use defaults::*;
+pub use raw::*;
+pub use types::*;
+pub use units::{Seconds, Weight};
+pub use validate::{file_name_errors, validate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid TOML for lb-agent: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} has {} error(s):\n{}", .errors.len(), Errors(.errors))]
+    Invalid { path: PathBuf, errors: Vec<String> },
+}
+
+struct Errors<'a>(&'a [String]);
+impl fmt::Display for Errors<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl RawConfig {
+    /// Reads and parses a config file, without validating it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text, without validating it; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::from_raw(RawConfig::parse(text, path)?, path, None)
+    }
+
+    /// Validates `raw` and reads its geo database, unless `loaded` already holds the same
+    /// database's prefixes (an API change does not re-read a file that did not change).
+    pub fn from_raw(
+        raw: RawConfig,
+        path: &Path,
+        loaded: Option<&Geo>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |errors| ConfigError::Invalid {
+            path: path.to_owned(),
+            errors,
+        };
+        let mut cfg = validate(raw).map_err(invalid)?;
+        cfg.geo
+            .load_database(path, loaded)
+            .map_err(|e| invalid(vec![e]))?;
+        Ok(cfg)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn monitor(&self, name: &str) -> Option<&Monitor> {
+        self.monitors.iter().find(|m| m.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Config, ConfigError, XdpMode};
+    use crate::config::testing::*;
+    use std::path::Path;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(GOOD, Path::new("t.toml")).expect("valid");
+        assert_eq!(c.dataplane.snat_port_min, 40000);
+        assert_eq!(
+            c.dataplane.flow_table_size,
+            lb_common::DEFAULT_FLOW_TABLE_SIZE
+        );
+        assert_eq!(c.dataplane.xdp_mode, XdpMode::Native);
+        assert_eq!(c.dataplane.snat_port_reuse_after_close, 120);
+        assert_eq!(c.dataplane.snat_port_reuse_after_idle, 86_400);
+        assert!(c.dataplane.answer_ping, "pings are answered by default");
+        assert!(!c.dataplane.route_other, "no open router by default");
+        let b = &c.pools[0].origins[1];
+        assert_eq!((b.weight, b.enabled, b.port), (1.0, true, None));
+        assert_eq!(c.load_balancers[0].origin_port, 80);
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lb.toml");
+        let c = Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.pools[0].origins.len(), 3);
+    }
+
+    #[test]
+    fn unknown_field_is_a_parse_error_naming_it() {
+        let text = GOOD.replace("port = 80\n", "port = 80\nprot = 1\n");
+        match Config::parse(&text, Path::new("t.toml")) {
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains("prot"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The validated, typed config the rest of the agent uses. Built only by `validate`, so
+//! every value here is in range.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::PathBuf, sync::Arc};
+
+use crate::geo::{GeoPrefix, Region};
+
+use super::raw::XdpMode;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub dataplane: Dataplane,
+    pub agent: Agent,
+    pub monitors: Vec<Monitor>,
+    pub pools: Vec<Pool>,
+    pub load_balancers: Vec<LoadBalancer>,
+    pub geo: Geo,
+    pub api: Api,
+}
+
+/// The HTTP API's settings (`[api]`). Credentials from the environment are added by the
+/// agent at start (`LB_API_TOKEN`, `LB_API_EMAIL` + `LB_API_KEY`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Api {
+    /// `None`: the API is off.
+    pub listen: Option<std::net::SocketAddr>,
+    pub tokens: Vec<String>,
+    /// (email, key) pairs.
+    pub keys: Vec<(String, String)>,
+    /// Where monitors, pools and load balancers (with the API's changes) are kept.
+    pub state_file: PathBuf,
+}
+
+/// Client geo data: the database's prefixes (loaded by `Geo::load_database`) and the
+/// config's own, which win for the same prefix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Geo {
+    pub database: Option<PathBuf>,
+    /// Loaded from `database`; shared, because a full database has ~400k prefixes.
+    pub database_prefixes: Arc<Vec<GeoPrefix>>,
+    pub prefixes: Vec<GeoPrefix>,
+}
+
+impl Geo {
+    pub fn is_empty(&self) -> bool {
+        self.database.is_none() && self.prefixes.is_empty()
+    }
+
+    /// Every prefix the trie should hold, the config's winning over the database's.
+    pub fn merged(&self) -> BTreeMap<(Ipv4Addr, u8), GeoPrefix> {
+        let mut out = BTreeMap::new();
+        for p in self.database_prefixes.iter().chain(self.prefixes.iter()) {
+            out.insert((p.net, p.len), *p);
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataplane {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub pin_dir: PathBuf,
+    pub snat_address: Ipv4Addr,
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub flow_table_size: u32,
+    /// Seconds a closed (FIN/RST) flow must be idle before a new flow may take its SNAT port.
+    pub snat_port_reuse_after_close: u32,
+    /// Idle seconds before an established flow is dead (`tcp_timeouts.established`, or its
+    /// older name `snat_port_reuse_after_idle`).
+    pub snat_port_reuse_after_idle: u32,
+    /// Echo requests to VIP addresses are answered by XDP (else dropped).
+    pub answer_ping: bool,
+    /// Transit traffic (not ours, not the host's) is passed to the stack to be routed
+    /// (else dropped in XDP: no open router).
+    pub route_other: bool,
+    /// Idle seconds before an unfinished handshake is dead (`tcp_timeouts.syn`).
+    pub syn_timeout: u32,
+    /// Idle seconds before a half-closed flow is dead (`tcp_timeouts.half_closed`).
+    pub half_closed_timeout: u32,
+    /// `Settings::syn_budget`: handshakes in flight before SYN cookies; 0 = always,
+    /// `u32::MAX` = never.
+    pub syn_budget: u32,
+}
+
+/// Where the agent publishes health and steering state, and how hard it may probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub status_file: PathBuf,
+    pub probe_concurrency: u32,
+    pub pop: Option<String>,
+    /// (latitude, longitude) in degrees.
+    pub position: Option<(f64, f64)>,
+    pub rtt_smoothing: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorKind {
+    Tcp,
+    Http,
+    Https,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Head,
+}
+
+/// A status-code pattern: three characters, each a digit or `x` ("200", "2xx", "30x").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodePattern(pub [Option<u8>; 3]);
+
+impl CodePattern {
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.trim().as_bytes();
+        if b.len() != 3 {
+            return None;
+        }
+        let mut out = [None; 3];
+        for (i, c) in b.iter().enumerate() {
+            out[i] = match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'x' | b'X' => None,
+                _ => return None,
+            };
+        }
+        out[0]?; // the class digit must be given
+        Some(Self(out))
+    }
+
+    pub fn matches(&self, code: u16) -> bool {
+        let digits = [
+            (code / 100 % 10) as u8,
+            (code / 10 % 10) as u8,
+            (code % 10) as u8,
+        ];
+        self.0
+            .iter()
+            .zip(digits)
+            .all(|(p, d)| p.is_none_or(|p| p == d))
+    }
+}
+
+impl fmt::Display for CodePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in self.0 {
+            match d {
+                Some(d) => write!(f, "{d}")?,
+                None => f.write_str("x")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Monitor {
+    pub name: String,
+    pub description: String,
+    pub kind: MonitorKind,
+    /// HTTP(S) only.
+    pub method: HttpMethod,
+    /// 0 = the origin's port.
+    pub port: u16,
+    pub path: String,
+    pub header: Vec<(String, String)>,
+    pub timeout: std::time::Duration,
+    pub retries: u32,
+    pub interval: std::time::Duration,
+    /// HTTP(S) only.
+    pub expected_codes: CodePattern,
+    /// Case-insensitive substring of the first 10 KB of the body; empty = any.
+    pub expected_body: String,
+    pub follow_redirects: bool,
+    pub allow_insecure: bool,
+    pub consecutive_up: u32,
+    pub consecutive_down: u32,
+}
+
+impl Monitor {
+    /// The longest delay before a target's first check: checks start spread over up to one
+    /// interval (at most 1 s), so they do not fire in lockstep yet health is known soon.
+    pub fn start_jitter_max(&self) -> std::time::Duration {
+        self.interval.min(std::time::Duration::from_secs(1))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+    /// Name of the monitor; `None`: enabled origins count as healthy.
+    pub monitor: Option<String>,
+    pub minimum_origins: u32,
+    pub origins: Vec<Origin>,
+    /// (latitude, longitude) in degrees, for `proximity` steering.
+    pub position: Option<(f64, f64)>,
+    pub origin_steering: OriginSteering,
+    /// URLs notified of this pool's and its origins' health changes.
+    pub notification_webhooks: Vec<String>,
+}
+
+/// How a pool picks an origin for a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OriginSteering {
+    /// Weighted Maglev over the 5-tuple (Cloudflare's weighted `random`).
+    #[default]
+    Random,
+    /// Weighted Maglev over the client address: a client stays on one origin while it is up.
+    Hash,
+    /// Fewest open flows per weight, counted by the data path.
+    LeastConnections,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    pub name: String,
+    pub address: Ipv4Addr,
+    /// `None`: the load balancer's `origin_port` (or its `port`).
+    pub port: Option<u16>,
+    pub weight: f64,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadBalancer {
+    pub name: String,
+    pub description: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub origin_port: u16,
+    pub default_pools: Vec<String>,
+    /// Used when every default pool is down, whatever its own health. Defaults to the last
+    /// of `default_pools`.
+    pub fallback_pool: String,
+    pub steering_policy: SteeringPolicy,
+    pub enabled: bool,
+    /// `random`: pool name -> weight; pools not listed take `default_weight`.
+    pub pool_weights: BTreeMap<String, f64>,
+    pub default_weight: f64,
+    pub region_pools: BTreeMap<Region, Vec<String>>,
+    /// ISO 3166-1 alpha-2 code -> pools.
+    pub country_pools: BTreeMap<[u8; 2], Vec<String>>,
+    pub pop_pools: BTreeMap<String, Vec<String>>,
+    /// `Some(ttl seconds)`: session affinity by client IP.
+    pub affinity_ttl: Option<u32>,
+}
+
+impl LoadBalancer {
+    /// Every pool this load balancer may send traffic to.
+    pub fn all_pools(&self) -> impl Iterator<Item = &String> {
+        self.default_pools
+            .iter()
+            .chain(std::iter::once(&self.fallback_pool))
+            .chain(self.region_pools.values().flatten())
+            .chain(self.country_pools.values().flatten())
+            .chain(self.pop_pools.values().flatten())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringPolicy {
+    /// Standard failover: the first healthy pool of `default_pools`.
+    Off,
+    /// New connections spread over the healthy pools by `random_steering` weights.
+    Random,
+    /// The healthy pool with the lowest probe RTT (moving average) first.
+    DynamicLatency,
+    /// `pop_pools` for this host's PoP, else `country_pools` / `region_pools` by the client's
+    /// location (looked up per new flow by the data path), else `default_pools`.
+    Geo,
+    /// The healthy pool nearest to this host (`agent.latitude/longitude`) first.
+    Proximity,
+}
+
+impl SteeringPolicy {
+    /// The name as written in the config (Cloudflare's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Random => "random",
+            Self::DynamicLatency => "dynamic_latency",
+            Self::Geo => "geo",
+            Self::Proximity => "proximity",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_patterns_match() {
+        let p = CodePattern::parse("2xx").expect("pattern");
+        assert!(p.matches(200) && p.matches(204) && !p.matches(500) && !p.matches(302));
+        let p = CodePattern::parse("30x").expect("pattern");
+        assert!(p.matches(301) && !p.matches(310));
+        assert!(CodePattern::parse("200").expect("pattern").matches(200));
+    }
+}

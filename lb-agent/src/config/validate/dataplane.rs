@@ -1,0 +1,356 @@
+//! `[dataplane]`: interfaces, pin directory, SNAT address and ports, table size, TCP
+//! timeouts and SYN cookies.
+
+use std::{collections::HashSet, net::Ipv4Addr, path::PathBuf};
+
+use lb_common::MAX_INTERFACES;
+
+use super::{ipv4, port};
+use crate::config::{
+    defaults::{
+        DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_PIN_DIR, DEFAULT_REUSE_AFTER_CLOSE,
+        DEFAULT_REUSE_AFTER_IDLE, DEFAULT_SNAT_PORTS, DEFAULT_SYN_BUDGET, DEFAULT_SYN_TIMEOUT,
+        MAX_FLOW_TABLE, MIN_FLOW_TABLE,
+    },
+    raw::{RawDataplane, SynCookies},
+    types::Dataplane,
+};
+
+/// The dataplane settings, `None` when the SNAT address or a port is unusable (an error
+/// says why), and the SNAT address alone, which the load balancers are checked against.
+pub(super) fn validate(
+    dp: &RawDataplane,
+    errors: &mut Vec<String>,
+) -> (Option<Dataplane>, Option<Ipv4Addr>) {
+    interfaces(&dp.interfaces, errors);
+    let pin_dir = dp
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+    if !pin_dir.is_absolute() {
+        errors.push(format!(
+            "dataplane.pin_dir: \"{}\" is relative; use an absolute path on a bpffs, e.g. \"{DEFAULT_PIN_DIR}\"",
+            pin_dir.display()
+        ));
+    }
+    let snat_address = match &dp.snat_address {
+        Some(s) => ipv4(s, "dataplane.snat_address", errors),
+        None => {
+            errors.push(
+                "dataplane.snat_address: missing; set it to an address of this host that origins route back to"
+                    .to_owned(),
+            );
+            None
+        }
+    };
+    let (snat_min, snat_max) = snat_ports(dp.snat_ports, errors);
+    let flow_table_size = dp
+        .flow_table_size
+        .unwrap_or(lb_common::DEFAULT_FLOW_TABLE_SIZE);
+    if !(MIN_FLOW_TABLE..=MAX_FLOW_TABLE).contains(&flow_table_size) {
+        errors.push(format!(
+            "dataplane.flow_table_size: {flow_table_size} is out of range; use {MIN_FLOW_TABLE}-{MAX_FLOW_TABLE}"
+        ));
+    }
+    let t = timeouts(dp, errors);
+    let syn_budget = syn_budget(dp, errors);
+    let (Some(snat_address), Some(snat_port_min), Some(snat_port_max)) =
+        (snat_address, snat_min, snat_max)
+    else {
+        return (None, snat_address);
+    };
+    let dataplane = Dataplane {
+        interfaces: dp.interfaces.clone(),
+        xdp_mode: dp.xdp_mode,
+        pin_dir,
+        snat_address,
+        snat_port_min,
+        snat_port_max,
+        flow_table_size,
+        snat_port_reuse_after_close: t.reuse_close,
+        snat_port_reuse_after_idle: t.reuse_idle,
+        answer_ping: dp.answer_ping.unwrap_or(true),
+        route_other: dp.route_other.unwrap_or(false),
+        syn_timeout: t.syn,
+        half_closed_timeout: t.half_closed,
+        syn_budget,
+    };
+    (Some(dataplane), Some(snat_address))
+}
+
+fn interfaces(interfaces: &[String], errors: &mut Vec<String>) {
+    if interfaces.is_empty() {
+        errors.push(
+            "dataplane.interfaces: empty; list the interfaces to attach XDP to, e.g. [\"eth0\"]"
+                .to_owned(),
+        );
+    }
+    let mut seen_if = HashSet::new();
+    for (i, name) in interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            errors.push(format!(
+                "dataplane.interfaces[{i}]: \"{name}\" is not an interface name (1-15 characters, no '/' or spaces)"
+            ));
+        }
+        if !seen_if.insert(name) {
+            errors.push(format!(
+                "dataplane.interfaces[{i}]: \"{name}\" is listed twice; list each interface once"
+            ));
+        }
+    }
+    if interfaces.len() > MAX_INTERFACES as usize {
+        errors.push(format!(
+            "dataplane.interfaces: {} interfaces; at most {MAX_INTERFACES} are supported",
+            interfaces.len()
+        ));
+    }
+}
+
+/// `snat_ports = [first, last]`, each a port, in order, above the well-known ports.
+fn snat_ports(ports: Option<[u32; 2]>, errors: &mut Vec<String>) -> (Option<u16>, Option<u16>) {
+    let [smin, smax] = ports.unwrap_or(DEFAULT_SNAT_PORTS.map(u32::from));
+    let snat_min = port(smin, "dataplane.snat_ports[0]", errors);
+    let snat_max = port(smax, "dataplane.snat_ports[1]", errors);
+    if let (Some(a), Some(b)) = (snat_min, snat_max) {
+        if a > b {
+            errors.push(format!(
+                "dataplane.snat_ports: [{a}, {b}] is empty; write [first, last] with first <= last"
+            ));
+        } else if a < 1024 {
+            errors.push(format!(
+                "dataplane.snat_ports: starts at {a}, inside the well-known ports; start at 1024 or above"
+            ));
+        }
+    }
+    (snat_min, snat_max)
+}
+
+/// Idle seconds per TCP state, in force.
+struct Timeouts {
+    reuse_close: u32,
+    reuse_idle: u32,
+    syn: u32,
+    half_closed: u32,
+}
+
+/// `tcp_timeouts` (and the older `snat_port_reuse_after_*`): syn <= half_closed <=
+/// established, and an open flow kept at least as long as a closed one.
+fn timeouts(dp: &RawDataplane, errors: &mut Vec<String>) -> Timeouts {
+    let reuse_close = dp
+        .snat_port_reuse_after_close
+        .unwrap_or(DEFAULT_REUSE_AFTER_CLOSE);
+    let tt = &dp.tcp_timeouts;
+    if tt.established.is_some() && dp.snat_port_reuse_after_idle.is_some() {
+        errors.push(
+            "dataplane.snat_port_reuse_after_idle: set together with tcp_timeouts.established, which replaces it; keep only tcp_timeouts.established"
+                .to_owned(),
+        );
+    }
+    let (reuse_idle, idle_field) = match (tt.established, dp.snat_port_reuse_after_idle) {
+        (Some(v), _) => (v, "dataplane.tcp_timeouts.established"),
+        (None, Some(v)) => (v, "dataplane.snat_port_reuse_after_idle"),
+        (None, None) => (
+            DEFAULT_REUSE_AFTER_IDLE,
+            "dataplane.tcp_timeouts.established",
+        ),
+    };
+    if reuse_idle < reuse_close {
+        errors.push(format!(
+            "{idle_field}: {reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
+        ));
+    }
+    let syn_timeout = tt.syn.unwrap_or(DEFAULT_SYN_TIMEOUT);
+    let max_syn = lb_common::HANDSHAKE_BUCKETS - 1;
+    if !(1..=max_syn).contains(&syn_timeout) {
+        errors.push(format!(
+            "dataplane.tcp_timeouts.syn: {syn_timeout} s is out of range; use 1-{max_syn} (a handshake that takes longer is retried by the client's next SYN)"
+        ));
+    }
+    let half_closed_timeout = tt
+        .half_closed
+        .unwrap_or(DEFAULT_HALF_CLOSED_TIMEOUT.min(reuse_idle));
+    if half_closed_timeout < syn_timeout || half_closed_timeout > reuse_idle {
+        errors.push(format!(
+            "dataplane.tcp_timeouts.half_closed: {half_closed_timeout} s must lie between tcp_timeouts.syn ({syn_timeout} s) and the established timeout ({reuse_idle} s)"
+        ));
+    }
+    Timeouts {
+        reuse_close,
+        reuse_idle,
+        syn: syn_timeout,
+        half_closed: half_closed_timeout,
+    }
+}
+
+/// `Settings::syn_budget` from `syn_cookies` and `syn_budget`.
+fn syn_budget(dp: &RawDataplane, errors: &mut Vec<String>) -> u32 {
+    match (dp.syn_cookies.unwrap_or_default(), dp.syn_budget) {
+        (SynCookies::Auto, b) => {
+            let b = b.unwrap_or(DEFAULT_SYN_BUDGET);
+            if b == 0 || b == u32::MAX {
+                errors.push(format!(
+                    "dataplane.syn_budget: {b} is out of range; use 1-4294967294 (or syn_cookies = \"always\" / \"off\")"
+                ));
+            }
+            b
+        }
+        (SynCookies::Always, None) => 0,
+        (SynCookies::Off, None) => u32::MAX,
+        (c, Some(_)) => {
+            errors.push(format!(
+                "dataplane.syn_budget: only applies with syn_cookies = \"auto\" (it is \"{}\"); remove one of them",
+                if c == SynCookies::Always { "always" } else { "off" }
+            ));
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn interfaces_required() {
+        assert_one(
+            &errors_with("interfaces = [\"eth0\", \"eth1\"]", "interfaces = []"),
+            "dataplane.interfaces",
+        );
+    }
+
+    #[test]
+    fn interface_listed_twice() {
+        assert_one(
+            &errors_with("\"eth0\", \"eth1\"", "\"eth0\", \"eth0\""),
+            "dataplane.interfaces[1]",
+        );
+    }
+
+    #[test]
+    fn interface_name_too_long() {
+        assert_one(
+            &errors_with("\"eth1\"", "\"an-interface-name-too-long\""),
+            "dataplane.interfaces[1]",
+        );
+    }
+
+    #[test]
+    fn pin_dir_must_be_absolute() {
+        assert_one(
+            &errors_with("\"/sys/fs/bpf/lbtest\"", "\"lbtest\""),
+            "dataplane.pin_dir",
+        );
+    }
+
+    #[test]
+    fn snat_address_required() {
+        assert_one(
+            &errors_with("snat_address = \"10.0.0.1\"\n", ""),
+            "dataplane.snat_address",
+        );
+    }
+
+    #[test]
+    fn snat_address_must_be_ipv4() {
+        assert_one(
+            &errors_with("\"10.0.0.1\"", "\"fd00::1\""),
+            "dataplane.snat_address",
+        );
+    }
+
+    #[test]
+    fn snat_ports_must_be_ordered() {
+        assert_one(
+            &errors_with("[40000, 40100]", "[40100, 40000]"),
+            "dataplane.snat_ports",
+        );
+    }
+
+    #[test]
+    fn snat_ports_must_be_ports() {
+        assert_one(
+            &errors_with("[40000, 40100]", "[40000, 70000]"),
+            "dataplane.snat_ports[1]",
+        );
+    }
+
+    #[test]
+    fn snat_ports_not_well_known() {
+        assert_one(
+            &errors_with("[40000, 40100]", "[80, 40100]"),
+            "dataplane.snat_ports",
+        );
+    }
+
+    #[test]
+    fn flow_table_size_in_range() {
+        assert_one(
+            &errors_with("pin_dir", "flow_table_size = 10\npin_dir"),
+            "dataplane.flow_table_size",
+        );
+    }
+
+    #[test]
+    fn snat_reuse_idle_not_below_close() {
+        assert_one(
+            &errors_with(
+                "pin_dir",
+                "snat_port_reuse_after_close = 300\nsnat_port_reuse_after_idle = 60\npin_dir",
+            ),
+            "dataplane.snat_port_reuse_after_idle",
+        );
+    }
+
+    #[test]
+    fn tcp_timeouts_in_range() {
+        assert_one(
+            &errors_with("pin_dir", "tcp_timeouts = { syn = 60 }\npin_dir"),
+            "dataplane.tcp_timeouts.syn",
+        );
+        assert_one(
+            &errors_with("pin_dir", "tcp_timeouts = { half_closed = 5 }\npin_dir"),
+            "dataplane.tcp_timeouts.half_closed",
+        );
+        assert_one(
+            &errors_with(
+                "pin_dir",
+                "tcp_timeouts = { established = 3600 }\nsnat_port_reuse_after_idle = 3600\npin_dir",
+            ),
+            "dataplane.snat_port_reuse_after_idle",
+        );
+    }
+
+    #[test]
+    fn syn_cookie_settings() {
+        assert_one(
+            &errors_with("pin_dir", "syn_budget = 0\npin_dir"),
+            "dataplane.syn_budget",
+        );
+        assert_one(
+            &errors_with("pin_dir", "syn_cookies = \"off\"\nsyn_budget = 10\npin_dir"),
+            "dataplane.syn_budget",
+        );
+        let c = Config::parse(
+            &GOOD.replace("pin_dir", "syn_cookies = \"always\"\npin_dir"),
+            Path::new("t.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.dataplane.syn_budget, 0);
+    }
+
+    #[test]
+    fn answer_ping_and_route_other_are_read() {
+        let c = Config::parse(
+            &GOOD.replace(
+                "pin_dir",
+                "answer_ping = false\nroute_other = true\npin_dir",
+            ),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert!(!c.dataplane.answer_ping);
+        assert!(c.dataplane.route_other);
+    }
+}

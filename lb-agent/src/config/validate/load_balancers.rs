@@ -1,0 +1,609 @@
+//! `[[load_balancers]]`: name, VIP (unique, not the SNAT address, not one of its own
+//! origins), pool lists, steering policy and its settings, session affinity.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use lb_common::MAX_VIPS;
+
+use super::{country_code, ipv4, name_ok, pop_ok, port};
+use crate::{
+    config::{
+        defaults::{DEFAULT_AFFINITY_TTL, MAX_AFFINITY_TTL},
+        raw::{RawConfig, RawLoadBalancer},
+        types::{LoadBalancer, SteeringPolicy},
+        units::Weight,
+    },
+    geo::Region,
+};
+
+/// What load balancers are checked against, from the sections validated before them.
+pub(super) struct Context<'a> {
+    /// Every pool's name, with its index.
+    pub pool_names: &'a HashMap<String, usize>,
+    pub snat_address: Option<Ipv4Addr>,
+    /// This host's position (`agent.latitude/longitude`).
+    pub host_position: Option<(f64, f64)>,
+    /// No client location data (`[geo]`) is configured.
+    pub geo_is_empty: bool,
+}
+
+pub(super) fn validate(
+    raw: &RawConfig,
+    ctx: &Context<'_>,
+    errors: &mut Vec<String>,
+) -> Vec<LoadBalancer> {
+    let mut lbs = Vec::new();
+    let mut names = HashMap::new();
+    let mut vips: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();
+    for (li, l) in raw.load_balancers.iter().enumerate() {
+        if let Some(lb) = load_balancer(li, l, ctx, &mut names, &mut vips, errors) {
+            lbs.push(lb);
+        }
+    }
+    vip_is_not_an_origin(raw, &vips, errors);
+    if raw.load_balancers.len() > MAX_VIPS as usize {
+        errors.push(format!(
+            "load_balancers: {} load balancers; at most {MAX_VIPS} are supported",
+            raw.load_balancers.len()
+        ));
+    }
+    lbs
+}
+
+fn load_balancer(
+    li: usize,
+    l: &RawLoadBalancer,
+    ctx: &Context<'_>,
+    names: &mut HashMap<String, usize>,
+    vips: &mut HashMap<(Ipv4Addr, u16), usize>,
+    errors: &mut Vec<String>,
+) -> Option<LoadBalancer> {
+    let f = format!("load_balancers[{li}]");
+    name_ok(&l.name, &format!("{f}.name"), errors);
+    if !l.name.is_empty() {
+        if let Some(first) = names.insert(l.name.clone(), li) {
+            errors.push(format!(
+                "{f}.name: \"{}\" is already the name of load_balancers[{first}]; names must be unique",
+                l.name
+            ));
+        }
+    }
+    let address = ipv4(&l.address, &format!("{f}.address"), errors);
+    let vport = port(l.port, &format!("{f}.port"), errors);
+    let origin_port = match l.origin_port {
+        Some(p) => port(p, &format!("{f}.origin_port"), errors),
+        None => vport,
+    };
+    if let (Some(a), Some(p)) = (address, vport) {
+        if let Some(first) = vips.insert((a, p), li) {
+            errors.push(format!(
+                "{f}: {a}:{p} is already the VIP of load_balancers[{first}]; each address:port can serve one load balancer"
+            ));
+        }
+        if Some(a) == ctx.snat_address {
+            errors.push(format!(
+                "{f}.address: {a} is also dataplane.snat_address; use a separate SNAT address"
+            ));
+        }
+    }
+    default_and_fallback_pools(&f, l, ctx.pool_names, errors);
+    let steering_policy = steering_policy(&f, &l.steering_policy, errors);
+    let (region_pools, country_pools) = geo_pools(&f, l, ctx.pool_names, errors);
+    let (pool_weights, default_weight) = random_steering(&f, l, errors);
+    match steering_policy {
+        Some(SteeringPolicy::Proximity) if ctx.host_position.is_none() => errors.push(format!(
+            "{f}.steering_policy: \"proximity\" needs this host's position; set agent.latitude and agent.longitude"
+        )),
+        Some(SteeringPolicy::Geo)
+            if ctx.geo_is_empty && (!region_pools.is_empty() || !country_pools.is_empty()) =>
+        {
+            errors.push(format!(
+                "{f}.region_pools / country_pools: set, but no client location data is configured, so no client would match; add [geo] database = \"/path/GeoLite2-Country.mmdb\" and/or [[geo.prefixes]]"
+            ));
+        }
+        _ => {}
+    }
+    let affinity_ttl = session_affinity(&f, l, errors);
+    let fallback_pool = l
+        .fallback_pool
+        .clone()
+        .or_else(|| l.default_pools.last().cloned())
+        .unwrap_or_default();
+    Some(LoadBalancer {
+        name: l.name.clone(),
+        description: l.description.clone(),
+        address: address?,
+        port: vport?,
+        origin_port: origin_port?,
+        default_pools: l.default_pools.clone(),
+        fallback_pool,
+        steering_policy: steering_policy?,
+        enabled: l.enabled,
+        pool_weights,
+        default_weight,
+        region_pools,
+        country_pools,
+        pop_pools: l.pop_pools.clone(),
+        affinity_ttl,
+    })
+}
+
+fn default_and_fallback_pools(
+    f: &str,
+    l: &RawLoadBalancer,
+    pool_names: &HashMap<String, usize>,
+    errors: &mut Vec<String>,
+) {
+    if l.default_pools.is_empty() {
+        errors.push(format!(
+            "{f}.default_pools: empty; list the pools to send traffic to, in failover order"
+        ));
+    }
+    for (i, name) in l.default_pools.iter().enumerate() {
+        if !pool_names.contains_key(name) {
+            errors.push(format!(
+                "{f}.default_pools[{i}]: no pool is named \"{name}\"; define it under [[pools]] or fix the name"
+            ));
+        }
+    }
+    if let Some(fb) = &l.fallback_pool {
+        if !pool_names.contains_key(fb) {
+            errors.push(format!(
+                "{f}.fallback_pool: no pool is named \"{fb}\"; define it under [[pools]] or fix the name"
+            ));
+        }
+    }
+}
+
+fn steering_policy(f: &str, policy: &str, errors: &mut Vec<String>) -> Option<SteeringPolicy> {
+    match policy {
+        "off" | "" => Some(SteeringPolicy::Off),
+        "random" => Some(SteeringPolicy::Random),
+        "dynamic_latency" => Some(SteeringPolicy::DynamicLatency),
+        "geo" => Some(SteeringPolicy::Geo),
+        "proximity" => Some(SteeringPolicy::Proximity),
+        "least_connections" | "least_outstanding_requests" => {
+            errors.push(format!(
+                "{f}.steering_policy: \"{policy}\" across pools is not supported; set origin_steering = {{ policy = \"least_connections\" }} on the pools instead"
+            ));
+            None
+        }
+        other => {
+            errors.push(format!(
+                "{f}.steering_policy: unknown policy \"{other}\"; use \"off\" (standard failover), \"random\", \"dynamic_latency\", \"geo\" or \"proximity\""
+            ));
+            None
+        }
+    }
+}
+
+/// A list of pool names in `field`: not empty, each one defined.
+fn pool_list(
+    list: &[String],
+    field: &str,
+    pool_names: &HashMap<String, usize>,
+    errors: &mut Vec<String>,
+) {
+    if list.is_empty() {
+        errors.push(format!(
+            "{field}: empty; list at least one pool, in failover order"
+        ));
+    }
+    for (i, name) in list.iter().enumerate() {
+        if !pool_names.contains_key(name) {
+            errors.push(format!(
+                "{field}[{i}]: no pool is named \"{name}\"; define it under [[pools]] or fix the name"
+            ));
+        }
+    }
+}
+
+type RegionPools = BTreeMap<Region, Vec<String>>;
+type CountryPools = BTreeMap<[u8; 2], Vec<String>>;
+
+/// `region_pools`, `country_pools` (typed keys) and `pop_pools` (checked only).
+fn geo_pools(
+    f: &str,
+    l: &RawLoadBalancer,
+    pool_names: &HashMap<String, usize>,
+    errors: &mut Vec<String>,
+) -> (RegionPools, CountryPools) {
+    let mut region_pools = BTreeMap::new();
+    for (code, list) in &l.region_pools {
+        let field = format!("{f}.region_pools.{code}");
+        pool_list(list, &field, pool_names, errors);
+        match Region::parse(code) {
+            Some(r) => {
+                region_pools.insert(r, list.clone());
+            }
+            None => errors.push(format!(
+                "{field}: unknown region \"{code}\"; use one of Cloudflare's region codes: {}",
+                Region::ALL.map(Region::code).join(", ")
+            )),
+        }
+    }
+    let mut country_pools = BTreeMap::new();
+    for (code, list) in &l.country_pools {
+        let field = format!("{f}.country_pools.{code}");
+        pool_list(list, &field, pool_names, errors);
+        match country_code(code) {
+            Some(c) => {
+                country_pools.insert(c, list.clone());
+            }
+            None => errors.push(format!(
+                "{field}: \"{code}\" is not an ISO 3166-1 alpha-2 country code; write it like \"US\" or \"DE\""
+            )),
+        }
+    }
+    for (code, list) in &l.pop_pools {
+        let field = format!("{f}.pop_pools.{code}");
+        pool_list(list, &field, pool_names, errors);
+        pop_ok(code, &field, errors);
+    }
+    (region_pools, country_pools)
+}
+
+/// `random_steering`: per-pool weights (on default pools only) and the default weight.
+fn random_steering(
+    f: &str,
+    l: &RawLoadBalancer,
+    errors: &mut Vec<String>,
+) -> (BTreeMap<String, f64>, f64) {
+    let rs = l.random_steering.as_ref();
+    let default_weight = rs.map_or(1.0, |r| r.default_weight);
+    Weight::check(
+        default_weight,
+        &format!("{f}.random_steering.default_weight"),
+        "",
+        errors,
+    );
+    let pool_weights = rs.map(|r| r.pool_weights.clone()).unwrap_or_default();
+    for (name, w) in &pool_weights {
+        let field = format!("{f}.random_steering.pool_weights.{name}");
+        if !l.default_pools.contains(name) {
+            errors.push(format!(
+                "{field}: \"{name}\" is not one of this load balancer's default_pools; random steering spreads over default_pools"
+            ));
+        }
+        Weight::check(*w, &field, " (0 sends no new connections there)", errors);
+    }
+    (pool_weights, default_weight)
+}
+
+/// `session_affinity` and its TTL: `Some(ttl)` for `ip`.
+fn session_affinity(f: &str, l: &RawLoadBalancer, errors: &mut Vec<String>) -> Option<u32> {
+    let affinity_ttl = match l.session_affinity.as_str() {
+        "none" | "" => None,
+        "ip" => {
+            let ttl = l.session_affinity_ttl.unwrap_or(DEFAULT_AFFINITY_TTL);
+            if !(1..=MAX_AFFINITY_TTL).contains(&ttl) {
+                errors.push(format!(
+                    "{f}.session_affinity_ttl: {ttl} is out of range; use 1-{MAX_AFFINITY_TTL} seconds (default {DEFAULT_AFFINITY_TTL})"
+                ));
+            }
+            Some(ttl)
+        }
+        "cookie" | "ip_cookie" | "header" => {
+            errors.push(format!(
+                "{f}.session_affinity: \"{}\" needs HTTP, which a layer-4 load balancer does not parse; use \"ip\" (the client address) or \"none\"",
+                l.session_affinity
+            ));
+            None
+        }
+        other => {
+            errors.push(format!(
+                "{f}.session_affinity: unknown value \"{other}\"; use \"none\" or \"ip\""
+            ));
+            None
+        }
+    };
+    if l.session_affinity_ttl.is_some() && affinity_ttl.is_none() && l.session_affinity == "none" {
+        errors.push(format!(
+            "{f}.session_affinity_ttl: set, but session_affinity is \"none\"; set session_affinity = \"ip\" or remove the TTL"
+        ));
+    }
+    affinity_ttl
+}
+
+/// A VIP that is also an origin's address and port would send the load balancer's own
+/// forwarded packets back into itself. An origin without a `port` is reached on the
+/// `origin_port` of each load balancer that uses its pool.
+fn vip_is_not_an_origin(
+    raw: &RawConfig,
+    vips: &HashMap<(Ipv4Addr, u16), usize>,
+    errors: &mut Vec<String>,
+) {
+    let mut ports_of_pool: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for l in &raw.load_balancers {
+        let origin_port = l.origin_port.unwrap_or(l.port);
+        let used = l
+            .default_pools
+            .iter()
+            .chain(l.fallback_pool.iter())
+            .chain(l.region_pools.values().flatten())
+            .chain(l.country_pools.values().flatten())
+            .chain(l.pop_pools.values().flatten());
+        for name in used {
+            ports_of_pool
+                .entry(name.as_str())
+                .or_default()
+                .insert(origin_port);
+        }
+    }
+    let mut found: Vec<(usize, String)> = Vec::new();
+    for (pi, p) in raw.pools.iter().enumerate() {
+        for (oi, o) in p.origins.iter().enumerate() {
+            let Ok(address) = o.address.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let ports: Vec<u32> = match o.port {
+                Some(port) => vec![port],
+                None => ports_of_pool
+                    .get(p.name.as_str())
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default(),
+            };
+            for port in ports {
+                let Ok(port) = u16::try_from(port) else {
+                    continue;
+                };
+                if let Some(&li) = vips.get(&(address, port)) {
+                    found.push((
+                        li,
+                        format!(
+                            "load_balancers[{li}].address: {address} with port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\"); a VIP cannot be one of the origins it forwards to: give the load balancer another address or port, or fix the origin",
+                            o.name, p.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    errors.extend(found.into_iter().map(|(_, e)| e));
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn lb_name_required() {
+        assert_one(
+            &errors_with("name = \"www\"", "name = \"\""),
+            "load_balancers[0].name",
+        );
+    }
+
+    #[test]
+    fn lb_names_unique() {
+        let text = format!("{GOOD}\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.11\"\nport = 80\ndefault_pools = [\"web\"]\n");
+        assert_one(&errors_of(&text), "load_balancers[1].name");
+    }
+
+    #[test]
+    fn lb_address_must_parse() {
+        assert_one(
+            &errors_with("\"10.0.0.10\"", "\"vip\""),
+            "load_balancers[0].address",
+        );
+    }
+
+    #[test]
+    fn lb_port_required() {
+        assert_one(&errors_with("port = 80\n", ""), "load_balancers[0].port");
+    }
+
+    #[test]
+    fn lb_origin_port_valid() {
+        assert_one(
+            &errors_with("port = 80\n", "port = 80\norigin_port = 99999\n"),
+            "load_balancers[0].origin_port",
+        );
+    }
+
+    #[test]
+    fn vip_address_port_unique() {
+        let text = format!("{GOOD}\n[[load_balancers]]\nname = \"two\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n");
+        assert_one(&errors_of(&text), "load_balancers[1]");
+    }
+
+    #[test]
+    fn vip_is_not_an_origin_with_its_own_port() {
+        let e = errors_with(
+            "address = \"10.0.2.2\", port = 8080",
+            "address = \"10.0.0.10\", port = 80",
+        );
+        assert_one(&e, "load_balancers[0].address");
+        assert!(
+            e[0].contains("pools[0].origins[0]") && e[0].contains("\"a\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn vip_is_not_an_origin_on_the_origin_port() {
+        // Origin b has no port, so it is reached on www's origin_port (80, its VIP port).
+        let e = errors_with("\"10.0.3.2\"", "\"10.0.0.10\"");
+        assert_one(&e, "load_balancers[0].address");
+        assert!(e[0].contains("pools[0].origins[1]"), "{e:?}");
+        // The same address on another port is fine.
+        let text = GOOD.replacen("\"10.0.3.2\"", "\"10.0.0.10\"", 1).replacen(
+            "port = 80\n",
+            "port = 80\norigin_port = 8080\n",
+            1,
+        );
+        Config::parse(&text, Path::new("t.toml")).expect("another port is another socket");
+    }
+
+    #[test]
+    fn vip_is_not_snat_address() {
+        assert_one(
+            &errors_with("\"10.0.0.10\"", "\"10.0.0.1\""),
+            "load_balancers[0].address",
+        );
+    }
+
+    #[test]
+    fn default_pools_required() {
+        assert_one(
+            &errors_with("default_pools = [\"web\"]", "default_pools = []"),
+            "load_balancers[0].default_pools",
+        );
+    }
+
+    #[test]
+    fn default_pools_must_exist() {
+        let e = errors_with(
+            "default_pools = [\"web\"]",
+            "default_pools = [\"web\", \"gone\"]",
+        );
+        assert_one(&e, "load_balancers[0].default_pools[1]");
+        assert!(e[0].contains("gone"), "{e:?}");
+    }
+
+    #[test]
+    fn fallback_pool_must_exist() {
+        assert_one(
+            &errors_with(
+                "default_pools = [\"web\"]",
+                "default_pools = [\"web\"]\nfallback_pool = \"gone\"",
+            ),
+            "load_balancers[0].fallback_pool",
+        );
+    }
+
+    #[test]
+    fn fallback_pool_defaults_to_last_default_pool() {
+        let c = Config::parse(GOOD, Path::new("t")).expect("valid");
+        assert_eq!(c.load_balancers[0].fallback_pool, "web");
+    }
+
+    #[test]
+    fn steering_policy_must_be_known() {
+        assert_one(
+            &lb_with("steering_policy = \"fastest\""),
+            "load_balancers[0].steering_policy",
+        );
+        let e = lb_with("steering_policy = \"least_connections\"");
+        assert_one(&e, "load_balancers[0].steering_policy");
+        assert!(e[0].contains("origin_steering"), "{e:?}");
+        for ok in ["off", "random", "dynamic_latency", "geo"] {
+            let text = GOOD.replacen(
+                "default_pools = [\"web\"]",
+                &format!("default_pools = [\"web\"]\nsteering_policy = \"{ok}\""),
+                1,
+            );
+            Config::parse(&text, Path::new("t")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn region_pools_need_known_regions_and_pools() {
+        let mut text = GOOD.replacen("default_pools = [\"web\"]", "default_pools = [\"web\"]\nsteering_policy = \"geo\"\nregion_pools = { MARS = [\"web\"], WEU = [\"nope\"] }", 1);
+        text.push_str("\n[geo]\nprefixes = [{ prefix = \"10.9.0.0/16\", country = \"DE\" }]\n");
+        let e = errors_of(&text);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e[0].starts_with("load_balancers[0].region_pools.MARS: unknown region"),
+            "{e:?}"
+        );
+        assert!(e[0].contains("WNAM, ENAM"), "lists the codes: {e:?}");
+        assert!(
+            e[1].starts_with("load_balancers[0].region_pools.WEU[0]: no pool is named \"nope\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn country_pools_need_iso_codes() {
+        let mut text = GOOD.replacen("default_pools = [\"web\"]", "default_pools = [\"web\"]\nsteering_policy = \"geo\"\ncountry_pools = { XX = [\"web\"], de = [\"web\"] }", 1);
+        text.push_str("\n[geo]\nprefixes = [{ prefix = \"10.9.0.0/16\", country = \"DE\" }]\n");
+        let e = errors_of(&text);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e.iter().all(|e| e.contains("is not an ISO 3166-1 alpha-2")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn geo_lists_need_geo_data() {
+        assert_one(
+            &lb_with("steering_policy = \"geo\"\nregion_pools = { WEU = [\"web\"] }"),
+            "load_balancers[0].region_pools / country_pools",
+        );
+        // pop_pools alone need no client data.
+        let text = GOOD.replacen(
+            "default_pools = [\"web\"]",
+            "default_pools = [\"web\"]\nsteering_policy = \"geo\"\npop_pools = { AMS = [\"web\"] }",
+            1,
+        );
+        Config::parse(&text, Path::new("t")).expect("pop_pools alone are fine");
+    }
+
+    #[test]
+    fn random_steering_weights_in_range_and_on_default_pools() {
+        assert_one(
+            &lb_with("random_steering = { pool_weights = { web = 1.5 } }"),
+            "load_balancers[0].random_steering.pool_weights.web",
+        );
+        assert_one(
+            &lb_with("random_steering = { pool_weights = { other = 0.5 } }"),
+            "load_balancers[0].random_steering.pool_weights.other",
+        );
+        assert_one(
+            &lb_with("random_steering = { default_weight = -0.1 }"),
+            "load_balancers[0].random_steering.default_weight",
+        );
+    }
+
+    #[test]
+    fn proximity_needs_this_hosts_position() {
+        assert_one(
+            &lb_with("steering_policy = \"proximity\""),
+            "load_balancers[0].steering_policy",
+        );
+        let text = GOOD
+            .replacen(
+                "[[pools]]",
+                "[agent]\nlatitude = 1.0\nlongitude = 2.0\n\n[[pools]]",
+                1,
+            )
+            .replacen(
+                "default_pools = [\"web\"]",
+                "default_pools = [\"web\"]\nsteering_policy = \"proximity\"",
+                1,
+            );
+        Config::parse(&text, Path::new("t")).expect("with a position it is fine");
+    }
+
+    #[test]
+    fn session_affinity_is_ip_or_none_with_a_ttl_in_range() {
+        let e = lb_with("session_affinity = \"cookie\"");
+        assert_one(&e, "load_balancers[0].session_affinity");
+        assert!(e[0].contains("\"ip\""), "{e:?}");
+        assert_one(
+            &lb_with("session_affinity = \"sticky\""),
+            "load_balancers[0].session_affinity",
+        );
+        assert_one(
+            &lb_with("session_affinity = \"ip\"\nsession_affinity_ttl = 0"),
+            "load_balancers[0].session_affinity_ttl",
+        );
+        assert_one(
+            &lb_with("session_affinity = \"ip\"\nsession_affinity_ttl = 604801"),
+            "load_balancers[0].session_affinity_ttl",
+        );
+        assert_one(
+            &lb_with("session_affinity_ttl = 60"),
+            "load_balancers[0].session_affinity_ttl",
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! Validation: `RawConfig` -> `Config`, pure. Every rule adds to one list of errors, each
+//! naming its field and the fix (`pools[1].origins[0].weight: ...`); nothing stops at the
+//! first error. One module per section, run in the file's order, so errors come in that
+//! order; the checks several sections share are here.
+
+mod agent;
+mod api;
+mod dataplane;
+mod geo;
+mod load_balancers;
+mod monitors;
+mod pools;
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use super::{raw::RawConfig, types::Config};
+use crate::geo as geodata;
+
+/// Validates a parsed config. Every rule adds to the list; nothing stops at the first error.
+pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
+    let mut errors = Vec::new();
+    let (dataplane, snat_address) = dataplane::validate(&raw.dataplane, &mut errors);
+    let agent = agent::validate(&raw.agent, &mut errors);
+    let geo = geo::validate(&raw.geo, &mut errors);
+    let api = api::validate(&raw.api, &mut errors);
+    let (monitors, monitor_names) = monitors::validate(&raw.monitors, &mut errors);
+    let (pools, pool_names) = pools::validate(&raw.pools, &monitor_names, &mut errors);
+    let ctx = load_balancers::Context {
+        pool_names: &pool_names,
+        snat_address,
+        host_position: agent.position,
+        geo_is_empty: geo.is_empty(),
+    };
+    let load_balancers = load_balancers::validate(&raw, &ctx, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let Some(dataplane) = dataplane else {
+        unreachable!("every None above pushed an error")
+    };
+    Ok(Config {
+        dataplane,
+        agent,
+        monitors,
+        pools,
+        load_balancers,
+        geo,
+        api,
+    })
+}
+
+/// Duplicate names in the file as written. The store merges the file's objects by name, so
+/// a second `[[pools]]` named like the first would silently replace it: this runs on the file
+/// before the merge (on start, reload and `lb-agent check`).
+pub fn file_name_errors(raw: &RawConfig) -> Vec<String> {
+    fn dups<'a>(list: &str, names: impl Iterator<Item = &'a String>, errors: &mut Vec<String>) {
+        let mut first = HashMap::new();
+        for (i, n) in names.enumerate() {
+            if n.is_empty() {
+                continue;
+            }
+            if let Some(f) = first.get(n) {
+                errors.push(format!(
+                    "{list}[{i}].name: \"{n}\" is already the name of {list}[{f}]; names must be unique: rename or remove one of them"
+                ));
+            } else {
+                first.insert(n, i);
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    dups(
+        "monitors",
+        raw.monitors.iter().map(|m| &m.name),
+        &mut errors,
+    );
+    dups("pools", raw.pools.iter().map(|p| &p.name), &mut errors);
+    dups(
+        "load_balancers",
+        raw.load_balancers.iter().map(|l| &l.name),
+        &mut errors,
+    );
+    errors
+}
+
+fn ipv4(s: &str, field: &str, errors: &mut Vec<String>) -> Option<Ipv4Addr> {
+    if s.is_empty() {
+        errors.push(format!(
+            "{field}: missing; set it to an IPv4 address such as \"10.0.0.10\""
+        ));
+        return None;
+    }
+    match s.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => Some(a),
+        Ok(std::net::IpAddr::V6(_)) => {
+            errors.push(format!(
+                "{field}: \"{s}\" is IPv6, which this version does not forward yet; use an IPv4 address"
+            ));
+            None
+        }
+        Err(_) => {
+            errors.push(format!(
+                "{field}: \"{s}\" is not an IP address; write it as dotted IPv4, e.g. \"10.0.0.10\""
+            ));
+            None
+        }
+    }
+}
+
+fn port(p: u32, field: &str, errors: &mut Vec<String>) -> Option<u16> {
+    match u16::try_from(p) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            errors.push(format!("{field}: {p} is not a TCP port; use 1-65535"));
+            None
+        }
+    }
+}
+
+fn name_ok(name: &str, field: &str, errors: &mut Vec<String>) {
+    if name.is_empty() {
+        errors.push(format!("{field}: missing; give it a unique name"));
+    }
+}
+
+/// A PoP name as Cloudflare writes them: 3 letters (IATA airport code), upper case; longer
+/// names are accepted for sites of your own (letters, digits, '-').
+fn pop_ok(pop: &str, field: &str, errors: &mut Vec<String>) {
+    let ok = !pop.is_empty()
+        && pop.len() <= 32
+        && pop
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        errors.push(format!(
+            "{field}: \"{pop}\" is not a PoP name; use upper-case letters, digits and '-', e.g. \"AMS\""
+        ));
+    }
+}
+
+fn country_code(code: &str) -> Option<[u8; 2]> {
+    match code.as_bytes() {
+        [a, b] if geodata::is_country(code) => Some([*a, *b]),
+        _ => None,
+    }
+}
+
+/// Latitude and longitude, both or neither.
+fn position(
+    lat: Option<f64>,
+    lon: Option<f64>,
+    f: &str,
+    errors: &mut Vec<String>,
+) -> Option<(f64, f64)> {
+    match (lat, lon) {
+        (None, None) => None,
+        (Some(lat), Some(lon)) => {
+            let mut ok = true;
+            if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
+                errors.push(format!(
+                    "{f}.latitude: {lat} is out of range; use degrees between -90 and 90"
+                ));
+                ok = false;
+            }
+            if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
+                errors.push(format!(
+                    "{f}.longitude: {lon} is out of range; use degrees between -180 and 180"
+                ));
+                ok = false;
+            }
+            ok.then_some((lat, lon))
+        }
+        (Some(_), None) => {
+            errors.push(format!(
+                "{f}.longitude: missing; latitude and longitude go together"
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(format!(
+                "{f}.latitude: missing; latitude and longitude go together"
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_name_errors;
+    use crate::config::testing::*;
+    use crate::config::{Config, OriginSteering, RawConfig, SteeringPolicy};
+    use crate::geo::Region;
+    use std::path::Path;
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let text = GOOD
+            .replace("weight = 0.5", "weight = 1.5")
+            .replace("address = \"10.0.3.2\"", "address = \"ten\"")
+            .replace("default_pools = [\"web\"]", "default_pools = [\"nope\"]");
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+    }
+
+    #[test]
+    fn steering_fields_parse_into_typed_values() {
+        // GEO_GOOD's pools and load balancer come first, then GOOD's; [geo] is moved last.
+        let (head, geo) = GEO_GOOD.split_once("[geo]").expect("geo section");
+        let text = format!(
+            "{}\n[geo]{geo}",
+            GOOD.replacen("[[pools]]", &format!("{head}\n[[pools]]"), 1)
+        );
+        let c = Config::parse(&text, Path::new("t.toml")).expect("valid");
+        assert_eq!(c.agent.pop.as_deref(), Some("AMS"));
+        assert_eq!(c.agent.position, Some((52.37, 4.9)));
+        assert_eq!(c.agent.rtt_smoothing, 0.5);
+        let eu = c.pool("eu").expect("eu");
+        assert_eq!(eu.origin_steering, OriginSteering::LeastConnections);
+        assert_eq!(eu.position, Some((50.1, 8.7)));
+        assert_eq!(
+            c.pool("us").expect("us").origin_steering,
+            OriginSteering::Hash
+        );
+        assert_eq!(
+            c.pool("web").expect("web").origin_steering,
+            OriginSteering::Random
+        );
+        let lb = c
+            .load_balancers
+            .iter()
+            .find(|l| l.name == "geo")
+            .expect("geo lb");
+        assert_eq!(lb.steering_policy, SteeringPolicy::Geo);
+        assert_eq!(
+            lb.region_pools[&Region::parse("WEU").expect("WEU")],
+            vec!["eu", "web"]
+        );
+        assert_eq!(lb.country_pools[b"JP"], vec!["us"]);
+        assert_eq!(lb.pop_pools["LAX"], vec!["us"]);
+        assert_eq!(lb.affinity_ttl, Some(600));
+        assert_eq!(lb.pool_weights["eu"], 0.2);
+        assert_eq!(lb.default_weight, 0.5);
+        let www = c
+            .load_balancers
+            .iter()
+            .find(|l| l.name == "www")
+            .expect("www");
+        assert_eq!(www.affinity_ttl, None, "session_affinity defaults to none");
+        assert_eq!(c.geo.prefixes.len(), 3);
+        let us = &c.geo.prefixes[2];
+        assert_eq!(
+            (us.country, us.region),
+            (Some(*b"US"), Region::parse("WNAM"))
+        );
+    }
+
+    #[test]
+    fn positions_are_pairs_in_range() {
+        assert_one(&agent_with("latitude = 10.0"), "agent.longitude");
+        assert_one(
+            &agent_with("latitude = 91.0\nlongitude = 0.0"),
+            "agent.latitude",
+        );
+        assert_one(
+            &pool_with("latitude = 0.0\nlongitude = 181.0"),
+            "pools[0].longitude",
+        );
+        assert_one(&pool_with("longitude = 1.0"), "pools[0].latitude");
+    }
+
+    #[test]
+    fn pop_names_are_checked() {
+        assert_one(&agent_with("pop = \"ams 1\""), "agent.pop");
+        assert_one(
+            &lb_with("pop_pools = { ams = [\"web\"] }"),
+            "load_balancers[0].pop_pools.ams",
+        );
+        assert_one(
+            &lb_with("pop_pools = { AMS = [] }"),
+            "load_balancers[0].pop_pools.AMS",
+        );
+    }
+
+    #[test]
+    fn file_names_unique_before_merging() {
+        let text = format!(
+            "{GOOD}\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n\n[[monitors]]\nname = \"m\"\ntype = \"tcp\"\n\n[[pools]]\nname = \"spare\"\norigins = [{{ name = \"c\", address = \"10.0.4.2\" }}]\n\n[[pools]]\nname = \"web\"\norigins = [{{ name = \"d\", address = \"10.0.5.2\" }}]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.11\"\nport = 80\ndefault_pools = [\"web\"]\n"
+        );
+        let raw = RawConfig::parse(&text, Path::new("t.toml")).expect("parses");
+        assert_eq!(
+            file_name_errors(&raw),
+            [
+                "monitors[1].name: \"m\" is already the name of monitors[0]; names must be unique: rename or remove one of them",
+                "pools[2].name: \"web\" is already the name of pools[0]; names must be unique: rename or remove one of them",
+                "load_balancers[1].name: \"www\" is already the name of load_balancers[0]; names must be unique: rename or remove one of them",
+            ]
+        );
+        let good = RawConfig::parse(GOOD, Path::new("t.toml")).expect("parses");
+        assert!(file_name_errors(&good).is_empty());
+    }
+}

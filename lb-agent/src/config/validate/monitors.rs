@@ -1,0 +1,415 @@
+//! `[[monitors]]`: type and method, port, path and headers, timing, expected codes and body,
+//! and which fields apply to which type.
+
+use std::collections::HashMap;
+
+use super::{name_ok, port};
+use crate::config::{
+    defaults::{
+        DEFAULT_EXPECTED_CODES, DEFAULT_HTTP_METHOD, DEFAULT_MONITOR_PATH, TCP_MONITOR_METHOD,
+    },
+    raw::RawMonitor,
+    types::{CodePattern, HttpMethod, Monitor, MonitorKind},
+    units::Seconds,
+};
+
+/// The valid monitors, and the name of every monitor (valid or not) with its index, which
+/// pools refer to.
+pub(super) fn validate(
+    raw: &[RawMonitor],
+    errors: &mut Vec<String>,
+) -> (Vec<Monitor>, HashMap<String, usize>) {
+    let mut monitors = Vec::new();
+    let mut names = HashMap::new();
+    for (mi, m) in raw.iter().enumerate() {
+        if let Some(mon) = monitor(mi, m, &mut names, errors) {
+            monitors.push(mon);
+        }
+    }
+    (monitors, names)
+}
+
+fn monitor(
+    mi: usize,
+    m: &RawMonitor,
+    names: &mut HashMap<String, usize>,
+    errors: &mut Vec<String>,
+) -> Option<Monitor> {
+    let f = format!("monitors[{mi}]");
+    let before = errors.len();
+    name_ok(&m.name, &format!("{f}.name"), errors);
+    if !m.name.is_empty() {
+        if let Some(first) = names.insert(m.name.clone(), mi) {
+            errors.push(format!(
+                "{f}.name: \"{}\" is already the name of monitors[{first}]; monitor names must be unique",
+                m.name
+            ));
+        }
+    }
+    let kind = kind(&f, &m.kind, errors);
+    let is_http = matches!(kind, Some(MonitorKind::Http | MonitorKind::Https));
+    let method = method(&f, kind, m.method.as_deref(), errors);
+    let port = if m.port == 0 {
+        Some(0)
+    } else {
+        port(m.port, &format!("{f}.port"), errors)
+    };
+    let path = m
+        .path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_MONITOR_PATH.into());
+    if !path.starts_with('/') || path.contains(char::is_whitespace) {
+        errors.push(format!(
+            "{f}.path: \"{path}\" must start with '/' and contain no spaces"
+        ));
+    }
+    if !is_http && m.path.is_some() {
+        errors.push(format!(
+            "{f}.path: only http and https monitors send a path; remove it or change type"
+        ));
+    }
+    let header = header(&f, m, is_http, errors);
+    let (timeout, interval) = timing(&f, m, errors);
+    let expected_codes = expected_codes(&f, m.expected_codes.as_deref(), is_http, errors);
+    http_only(&f, m, kind, errors);
+    if errors.len() > before {
+        return None;
+    }
+    Some(Monitor {
+        name: m.name.clone(),
+        description: m.description.clone(),
+        kind: kind?,
+        method,
+        port: port?,
+        path,
+        header,
+        timeout: timeout?.get(),
+        retries: m.retries,
+        interval: interval?.get(),
+        expected_codes: expected_codes?,
+        expected_body: m.expected_body.clone().unwrap_or_default(),
+        follow_redirects: m.follow_redirects,
+        allow_insecure: m.allow_insecure,
+        consecutive_up: m.consecutive_up,
+        consecutive_down: m.consecutive_down,
+    })
+}
+
+fn kind(f: &str, kind: &str, errors: &mut Vec<String>) -> Option<MonitorKind> {
+    match kind {
+        "tcp" => Some(MonitorKind::Tcp),
+        "http" => Some(MonitorKind::Http),
+        "https" => Some(MonitorKind::Https),
+        other => {
+            errors.push(format!(
+                "{f}.type: \"{other}\" is not a monitor type; use \"tcp\", \"http\" or \"https\""
+            ));
+            None
+        }
+    }
+}
+
+fn method(
+    f: &str,
+    kind: Option<MonitorKind>,
+    method: Option<&str>,
+    errors: &mut Vec<String>,
+) -> HttpMethod {
+    match (kind, method) {
+        (Some(MonitorKind::Tcp), None) => HttpMethod::Get,
+        (Some(MonitorKind::Tcp), Some(TCP_MONITOR_METHOD)) => HttpMethod::Get,
+        (Some(MonitorKind::Tcp), Some(other)) => {
+            errors.push(format!("{f}.method: \"{other}\" does not apply to tcp monitors; use \"{TCP_MONITOR_METHOD}\""));
+            HttpMethod::Get
+        }
+        (_, None | Some(DEFAULT_HTTP_METHOD)) => HttpMethod::Get,
+        (_, Some("HEAD")) => HttpMethod::Head,
+        (_, Some(other)) => {
+            errors.push(format!(
+                "{f}.method: \"{other}\" is not supported; use \"GET\" or \"HEAD\""
+            ));
+            HttpMethod::Get
+        }
+    }
+}
+
+/// The request headers as (name, value) pairs, one per value.
+fn header(
+    f: &str,
+    m: &RawMonitor,
+    is_http: bool,
+    errors: &mut Vec<String>,
+) -> Vec<(String, String)> {
+    let mut header = Vec::new();
+    for (k, vs) in &m.header {
+        if k.is_empty() || k.contains([':', ' ', '\r', '\n']) {
+            errors.push(format!("{f}.header: \"{k}\" is not a header name"));
+        }
+        if !is_http {
+            errors.push(format!(
+                "{f}.header.{k}: only http and https monitors send headers"
+            ));
+        }
+        for v in vs {
+            if v.contains(['\r', '\n']) {
+                errors.push(format!("{f}.header.{k}: values must be one line"));
+            }
+            header.push((k.clone(), v.clone()));
+        }
+    }
+    header
+}
+
+/// Timeout and interval (a check must end before the next starts), retries and the
+/// consecutive-result thresholds.
+fn timing(f: &str, m: &RawMonitor, errors: &mut Vec<String>) -> (Option<Seconds>, Option<Seconds>) {
+    let timeout = Seconds::check(m.timeout, &format!("{f}.timeout"), errors);
+    let interval = Seconds::check(m.interval, &format!("{f}.interval"), errors);
+    if let (Some(t), Some(i)) = (timeout, interval) {
+        if t > i {
+            errors.push(format!(
+                "{f}.timeout: {}s is longer than the interval ({}s); checks would overlap. Lower the timeout or raise the interval",
+                m.timeout, m.interval
+            ));
+        }
+    }
+    if m.retries > 5 {
+        errors.push(format!(
+            "{f}.retries: {} is out of range; use 0-5",
+            m.retries
+        ));
+    }
+    for (v, n) in [
+        (m.consecutive_up, "consecutive_up"),
+        (m.consecutive_down, "consecutive_down"),
+    ] {
+        if v > 100 {
+            errors.push(format!(
+                "{f}.{n}: {v} is out of range; use 0-100 (0 means 1)"
+            ));
+        }
+    }
+    (timeout, interval)
+}
+
+fn expected_codes(
+    f: &str,
+    codes: Option<&str>,
+    is_http: bool,
+    errors: &mut Vec<String>,
+) -> Option<CodePattern> {
+    match (codes, is_http) {
+        (Some(c), true) => CodePattern::parse(c).or_else(|| {
+            errors.push(format!(
+                "{f}.expected_codes: \"{c}\" is not a status pattern; use three characters, digits or x, e.g. \"200\" or \"2xx\""
+            ));
+            None
+        }),
+        (Some(_), false) => {
+            errors.push(format!("{f}.expected_codes: only http and https monitors check status codes; remove it"));
+            None
+        }
+        (None, _) => CodePattern::parse(DEFAULT_EXPECTED_CODES),
+    }
+}
+
+/// Fields that only http(s) or only https monitors use.
+fn http_only(f: &str, m: &RawMonitor, kind: Option<MonitorKind>, errors: &mut Vec<String>) {
+    let is_http = matches!(kind, Some(MonitorKind::Http | MonitorKind::Https));
+    if m.expected_body.is_some() && !is_http {
+        errors.push(format!(
+            "{f}.expected_body: only http and https monitors read a body; remove it"
+        ));
+    }
+    if m.follow_redirects && !is_http {
+        errors.push(format!(
+            "{f}.follow_redirects: only applies to http and https monitors"
+        ));
+    }
+    if m.allow_insecure && kind != Some(MonitorKind::Https) {
+        errors.push(format!(
+            "{f}.allow_insecure: only applies to https monitors"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::*;
+    use crate::config::{Config, HttpMethod, MonitorKind};
+    use std::path::Path;
+
+    #[test]
+    fn monitor_defaults_follow_cloudflare() {
+        let c = Config::parse(&with_monitor(""), Path::new("t")).expect("valid");
+        let m = &c.monitors[0];
+        assert_eq!(m.kind, MonitorKind::Http);
+        assert_eq!(m.method, HttpMethod::Get);
+        assert_eq!((m.port, m.path.as_str(), m.retries), (0, "/", 2));
+        assert_eq!(m.timeout, std::time::Duration::from_secs(5));
+        assert_eq!(m.interval, std::time::Duration::from_secs(60));
+        assert_eq!(m.expected_codes.to_string(), "200");
+        assert!(!m.follow_redirects && !m.allow_insecure && m.expected_body.is_empty());
+    }
+
+    #[test]
+    fn cloudflare_spectrum_example_parses() {
+        let body = "description = \"Spectrum Health Check\"\ntype = \"tcp\"\nport = 2048\ninterval = 30\nretries = 2\ntimeout = 5\nmethod = \"connection_established\"";
+        let c = Config::parse(&with_monitor(body), Path::new("t")).expect("valid");
+        assert_eq!(c.monitors[0].kind, MonitorKind::Tcp);
+        assert_eq!(c.monitors[0].port, 2048);
+    }
+
+    #[test]
+    fn sub_second_interval_allowed() {
+        let c = Config::parse(
+            &with_monitor("interval = 0.25\ntimeout = 0.2"),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.monitors[0].interval,
+            std::time::Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn monitor_name_required() {
+        let text = GOOD.replacen("[[pools]]", "[[monitors]]\ntype = \"tcp\"\n[[pools]]", 1);
+        assert_one(&errors_of(&text), "monitors[0].name");
+    }
+
+    #[test]
+    fn monitor_names_unique() {
+        let text = GOOD.replacen("[[pools]]", &format!("{MON}{MON}[[pools]]"), 1);
+        assert_one(&errors_of(&text), "monitors[1].name");
+    }
+
+    #[test]
+    fn monitor_type_known() {
+        assert_one(&monitor_errors("type = \"icmp\""), "monitors[0].type");
+    }
+
+    #[test]
+    fn tcp_method_is_connection_established() {
+        assert_one(
+            &monitor_errors("type = \"tcp\"\nmethod = \"GET\""),
+            "monitors[0].method",
+        );
+    }
+
+    #[test]
+    fn http_method_get_or_head() {
+        assert_one(&monitor_errors("method = \"POST\""), "monitors[0].method");
+        let c = Config::parse(&with_monitor("method = \"HEAD\""), Path::new("t")).expect("valid");
+        assert_eq!(c.monitors[0].method, HttpMethod::Head);
+    }
+
+    #[test]
+    fn monitor_port_valid() {
+        assert_one(&monitor_errors("port = 70000"), "monitors[0].port");
+    }
+
+    #[test]
+    fn interval_not_below_minimum() {
+        // A timeout of 0.05 s fits the limit; the interval below it is the one error.
+        let e = monitor_errors("interval = 0.01\ntimeout = 0.05");
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].starts_with("monitors[0].interval"), "{e:#?}");
+    }
+
+    #[test]
+    fn timeout_not_below_minimum() {
+        assert_one(
+            &monitor_errors("interval = 1\ntimeout = 0.001"),
+            "monitors[0].timeout",
+        );
+    }
+
+    #[test]
+    fn timeout_not_longer_than_interval() {
+        assert_one(
+            &monitor_errors("interval = 2\ntimeout = 5"),
+            "monitors[0].timeout",
+        );
+    }
+
+    #[test]
+    fn retries_at_most_five() {
+        assert_one(&monitor_errors("retries = 6"), "monitors[0].retries");
+    }
+
+    #[test]
+    fn consecutive_counts_bounded() {
+        assert_one(
+            &monitor_errors("consecutive_down = 1000"),
+            "monitors[0].consecutive_down",
+        );
+    }
+
+    #[test]
+    fn expected_codes_pattern() {
+        assert_one(
+            &monitor_errors("expected_codes = \"2xxx\""),
+            "monitors[0].expected_codes",
+        );
+        assert_one(
+            &monitor_errors("expected_codes = \"x00\""),
+            "monitors[0].expected_codes",
+        );
+    }
+
+    #[test]
+    fn expected_codes_only_for_http() {
+        assert_one(
+            &monitor_errors("type = \"tcp\"\nexpected_codes = \"200\""),
+            "monitors[0].expected_codes",
+        );
+    }
+
+    #[test]
+    fn expected_body_only_for_http() {
+        assert_one(
+            &monitor_errors("type = \"tcp\"\nexpected_body = \"ok\""),
+            "monitors[0].expected_body",
+        );
+    }
+
+    #[test]
+    fn allow_insecure_only_for_https() {
+        assert_one(
+            &monitor_errors("allow_insecure = true"),
+            "monitors[0].allow_insecure",
+        );
+    }
+
+    #[test]
+    fn follow_redirects_only_for_http() {
+        assert_one(
+            &monitor_errors("type = \"tcp\"\nfollow_redirects = true"),
+            "monitors[0].follow_redirects",
+        );
+    }
+
+    #[test]
+    fn path_starts_with_slash() {
+        assert_one(&monitor_errors("path = \"health\""), "monitors[0].path");
+    }
+
+    #[test]
+    fn header_names_valid_and_host_allowed() {
+        assert_one(
+            &monitor_errors("header = { \"Bad Name\" = [\"x\"] }"),
+            "monitors[0].header",
+        );
+        let c = Config::parse(
+            &with_monitor("header = { Host = [\"example.com\"] }"),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.monitors[0].header,
+            vec![("Host".to_owned(), "example.com".to_owned())]
+        );
+    }
+}
