@@ -193,7 +193,8 @@ fn next_hop_cache() {
         let mut stolen = l.rec.maps.origin_nh.get(&o1, 0).expect("ORIGIN_NH entry");
         stolen.addr = v4_mapped([10, 0, 11, 99]);
         stolen.nh.dmac = [2, 0, 0, 0, 11, 99];
-        l.rec.maps
+        l.rec
+            .maps
             .origin_nh
             .set(o1, stolen, 0)
             .expect("write ORIGIN_NH");
