@@ -246,7 +246,9 @@ pub struct ApplyReport {
     pub vips_removed: usize,
     /// Rings whose Maglev table was built (members, weights or ids changed).
     pub rings_rebuilt: usize,
-    /// Time spent planning, and computing rings (Maglev builds) and diffing them.
+    /// Time spent in `plan::plan` (and syncing the geo trie).
+    pub plan: Duration,
+    /// Time spent computing rings (Maglev builds) and diffing them.
     pub compute: Duration,
     /// Time spent writing ring slots.
     pub ring_writes: Duration,
@@ -361,7 +363,7 @@ impl<M: MapWriter> Reconciler<M> {
         let want = plan::plan(cfg, health, &self.geo_locations);
         let planned = start.elapsed();
         let mut r = self.write(want)?;
-        r.compute += planned;
+        r.plan = planned;
         r.elapsed = start.elapsed();
         Ok(r)
     }
