@@ -15,9 +15,10 @@ use lb_agent::dataplane::Maps;
 use lb_common::{event, FlowKey};
 use lb_testbed::{
     fixture::{
-        dataplane, first_snat_port, mac_of, neighbours, other_port, with_loaded, Case, Loaded, C1,
-        C2, C3, C4, C5, C6, LB_A, LB_ONE_ARMED, LB_WWW, LOCAL_ORIGIN, O1, O2, POOL_LOCAL, POOL_WEB,
-        SNAT, SNAT_MAX, SNAT_MIN, VIP, VIP2, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        dataplane, first_snat_port, frag_needed, icmp_frame, ip_of, mac_of, neighbours, other_port,
+        with_loaded, Case, Loaded, C1, C2, C3, C4, C5, C6, LB_A, LB_ONE_ARMED, LB_WWW,
+        LOCAL_ORIGIN, O1, O2, POOL_LOCAL, POOL_WEB, R_CLIENT, SNAT, SNAT_MAX, SNAT_MIN, VIP, VIP2,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     },
     serial,
     tcp_flags::{ACK, FIN, PSH, RST, SYN},
@@ -1082,6 +1083,77 @@ fn syn_cookies_answer_without_state_and_translate_sequence_numbers() {
                 b"yo"
             ),
             "origin data, seq translated"
+        );
+        // ICMP about the cookie flow quotes sequence numbers in the numbering of whoever it
+        // goes to. A client-side router's "fragmentation needed" about the data just sent
+        // to C6 (cookie numbering) reaches o2 quoting o2's own sequence number, 9001.
+        let to_c6 = out;
+        let quote_for_o2 = |ttl: u8| {
+            ip_of(&tcp_segment(
+                MAC_O2,
+                mac_b,
+                O2,
+                SNAT,
+                ttl,
+                (8080, p7),
+                ACK | PSH,
+                (9001, 7003),
+                b"yo",
+            ))
+        };
+        let mtu1400 = [0, 0, 0x05, 0x78];
+        let (v, out) = fx.run1(
+            Side::A,
+            &icmp_frame(
+                mac_of(R_CLIENT),
+                mac_a,
+                R_CLIENT,
+                VIP,
+                64,
+                3,
+                4,
+                mtu1400,
+                &ip_of(&to_c6),
+            ),
+        );
+        assert_eq!(v, XDP_REDIRECT, "ICMP error about the cookie flow: to o2");
+        assert_eq!(
+            out,
+            icmp_frame(
+                mac_b,
+                MAC_O2,
+                SNAT,
+                O2,
+                63,
+                3,
+                4,
+                mtu1400,
+                &quote_for_o2(63)
+            ),
+            "quoted sequence number in o2's numbering, checksums updated"
+        );
+        // o2's reply too big for a narrowed client link: answered to o2, quoting what o2
+        // sent (its own sequence number, not the client's).
+        fx.bed.ns.ip(&["link", "set", &fx.bed.a, "mtu", "1280"]);
+        fx.rec.next_hops_changed().expect("generation bump");
+        let big = tcp_segment(
+            MAC_O2,
+            mac_b,
+            O2,
+            SNAT,
+            64,
+            (8080, p7),
+            ACK,
+            (9003, 7003),
+            &[0x5a; 1400],
+        );
+        let (v, out) = fx.run1(Side::B, &big);
+        fx.bed.ns.ip(&["link", "set", &fx.bed.a, "mtu", "1500"]);
+        assert_eq!(v, XDP_TX, "too big for the client link: answered");
+        assert_eq!(
+            out,
+            frag_needed(mac_b, MAC_O2, SNAT, O2, 1280, &ip_of(&big)),
+            "fragmentation needed quoting o2's own packet"
         );
         let after7 = fx.rec.maps.event_totals().expect("events");
         for (e, n) in [

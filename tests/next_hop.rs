@@ -8,8 +8,8 @@
 use lb_common::{event, v4_mapped, NH_MAX_AGE};
 use lb_testbed::{
     fixture::{
-        dataplane, first_snat_port, mac_of, neighbours, with_loaded, Loaded, C1, LB_WWW, O1,
-        POOL_WEB, SNAT, SNAT_MAX, SNAT_MIN, VIP, XDP_REDIRECT, XDP_TX,
+        dataplane, first_snat_port, mac_of, neighbours, with_loaded, Loaded, C1, LB_A, LB_WWW, O1,
+        POOL_WEB, SNAT, SNAT_MAX, SNAT_MIN, VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     },
     serial,
     tcp_flags::{ACK, SYN},
@@ -280,5 +280,45 @@ fn next_hop_cache() {
             "older than NH_MAX_AGE: looked up again"
         );
         assert_eq!(out, to_origin(MAC_O1_NEW, 3641, 100));
+    });
+}
+
+/// Traffic for the host itself passes without asking the FIB once the agent has written the
+/// host's addresses into `LOCAL_ADDRS`; transit is still looked up, and dropped.
+#[test]
+fn host_traffic_skips_the_fib_lookup() {
+    let _serial = serial();
+    let config = format!("{}{POOL_WEB}{LB_WWW}", dataplane((SNAT_MIN, SNAT_MAX), ""));
+    with_loaded("nl", &neighbours(&[C1], &[O1]), &config, |l| {
+        let mac_a = l.bed.mac_a;
+        let to =
+            |dst: [u8; 4]| tcp_segment(MAC_C1, mac_a, C1, dst, 64, (40000, 22), SYN, (1, 0), &[]);
+        let (v, out, fib) = run(l, Side::A, &to(LB_A));
+        assert_eq!(
+            (v, fib),
+            (XDP_PASS, 1),
+            "before the sync: the FIB says local"
+        );
+        assert_eq!(out, to(LB_A), "passed untouched");
+        let addrs = lb_agent::netwatch::local_ipv4_addrs().expect("getifaddrs");
+        assert!(addrs.contains(&v4_mapped(LB_A)), "{addrs:?}");
+        l.rec.sync_local_addrs(&addrs).expect("LOCAL_ADDRS");
+        let (v, out, fib) = run(l, Side::A, &to(LB_A));
+        assert_eq!((v, fib), (XDP_PASS, 0), "a local address: no FIB lookup");
+        assert_eq!(out, to(LB_A));
+        let transit = [10, 0, 11, 50];
+        let (v, _, fib) = run(l, Side::A, &to(transit));
+        assert_eq!((v, fib), (XDP_DROP, 1), "transit: looked up and dropped");
+        // An address the host no longer has is taken out again.
+        let fewer: std::collections::BTreeSet<_> = addrs
+            .into_iter()
+            .filter(|a| *a != v4_mapped(LB_A))
+            .collect();
+        l.rec.sync_local_addrs(&fewer).expect("LOCAL_ADDRS");
+        let (v, _, fib) = run(l, Side::A, &to(LB_A));
+        assert_eq!((v, fib), (XDP_PASS, 1), "removed: the FIB decides again");
+        l.expect_events(&[event::PASS_NOT_VIP; 3]);
+        l.expect_events(&[event::DROP_TRANSIT]);
+        l.assert_events();
     });
 }

@@ -24,7 +24,7 @@ use crate::{
     health::{HealthTable, Monitors, OriginHealth, Report},
     metrics::RttHistograms,
     neigh::Neighbours,
-    netwatch::NetWatch,
+    netwatch::{self, NetWatch},
     notify::{Event, Notifier, NotifyOptions},
     plan::Plan,
     reconcile::{Assignment, ReconcileError, Reconciler},
@@ -315,6 +315,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         );
     }
     agent.apply("start")?;
+    agent.sync_local_addrs();
     for o in agent.dp.attach(
         &dp_cfg.interfaces,
         dp_cfg.xdp_mode,
@@ -380,6 +381,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
                 if let Err(e) = agent.rec.next_hops_changed() {
                     error!("{e}");
                 }
+                agent.sync_local_addrs();
             }
             _ = status_tick.tick() => {
                 if agent.status_dirty {
@@ -417,7 +419,7 @@ async fn next_hop_change(w: Option<&mut NetWatch>) -> std::io::Result<usize> {
 fn first_round_deadline(cfg: &Config) -> Duration {
     cfg.monitors
         .iter()
-        .map(|m| m.timeout * (m.retries + 1) + m.interval.min(Duration::from_secs(1)))
+        .map(|m| m.timeout * (m.retries + 1) + m.start_jitter_max())
         .max()
         .unwrap_or_default()
         + Duration::from_millis(200)
@@ -449,6 +451,19 @@ fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
 }
 
 impl Agent {
+    /// Tells the data path the host's own addresses (no FIB lookup for traffic to them).
+    /// On failure the data path keeps asking the FIB, which is slower, not wrong.
+    fn sync_local_addrs(&mut self) {
+        match netwatch::local_ipv4_addrs() {
+            Ok(a) => {
+                if let Err(e) = self.rec.sync_local_addrs(&a) {
+                    warn!("writing the host's addresses to LOCAL_ADDRS: {e}");
+                }
+            }
+            Err(e) => warn!("listing the host's addresses: {e}"),
+        }
+    }
+
     fn on_report(&mut self, r: &Report) {
         if let Some(rtt) = r.outcome.rtt {
             self.rtt.observe(&r.target.pool, &r.target.origin, rtt);

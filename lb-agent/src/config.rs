@@ -339,7 +339,7 @@ pub struct RawOriginSteering {
 }
 
 fn default_origin_steering() -> String {
-    "random".into()
+    DEFAULT_ORIGIN_STEERING.into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -423,6 +423,16 @@ fn default_affinity() -> String {
 
 /// Cloudflare's default `session_affinity_ttl` (23 hours).
 pub const DEFAULT_AFFINITY_TTL: u32 = 82_800;
+
+/// Monitor defaults (Cloudflare's), which validation applies and the store fills in so the
+/// API shows what is in force: the method of tcp monitors and of http(s) ones, the path
+/// and the expected codes of http(s) ones.
+pub const TCP_MONITOR_METHOD: &str = "connection_established";
+pub const DEFAULT_HTTP_METHOD: &str = "GET";
+pub const DEFAULT_MONITOR_PATH: &str = "/";
+pub const DEFAULT_EXPECTED_CODES: &str = "200";
+/// Origin steering when a pool names none.
+pub const DEFAULT_ORIGIN_STEERING: &str = "random";
 /// Cloudflare's longest `session_affinity_ttl` (7 days).
 pub const MAX_AFFINITY_TTL: u32 = 604_800;
 
@@ -545,9 +555,6 @@ pub struct Agent {
     pub rtt_smoothing: f64,
 }
 
-/// Default weight of a new RTT sample in the moving average.
-pub const DEFAULT_RTT_SMOOTHING: f64 = 0.3;
-
 pub const DEFAULT_STATUS_FILE: &str = "/run/lb-agent/status.json";
 pub const DEFAULT_PROBE_CONCURRENCY: u32 = 256;
 
@@ -633,6 +640,14 @@ pub struct Monitor {
     pub allow_insecure: bool,
     pub consecutive_up: u32,
     pub consecutive_down: u32,
+}
+
+impl Monitor {
+    /// The longest delay before a target's first check: checks start spread over up to one
+    /// interval (at most 1 s), so they do not fire in lockstep yet health is known soon.
+    pub fn start_jitter_max(&self) -> std::time::Duration {
+        self.interval.min(std::time::Duration::from_secs(1))
+    }
 }
 
 /// Shortest accepted monitor interval and timeout.
@@ -1056,7 +1071,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         "agent",
         &mut errors,
     );
-    let rtt_smoothing = raw.agent.rtt_smoothing.unwrap_or(DEFAULT_RTT_SMOOTHING);
+    let rtt_smoothing = raw
+        .agent
+        .rtt_smoothing
+        .unwrap_or(crate::health::RTT_EWMA_ALPHA);
     if !(rtt_smoothing > 0.0 && rtt_smoothing <= 1.0) {
         errors.push(format!(
             "agent.rtt_smoothing: {rtt_smoothing} is out of range; use a number above 0 and at most 1 (the weight of each new RTT sample; 1 = no smoothing)"
@@ -1752,12 +1770,13 @@ fn validate_monitor(
     };
     let is_http = matches!(kind, Some(MonitorKind::Http | MonitorKind::Https));
     let method = match (kind, m.method.as_deref()) {
-        (Some(MonitorKind::Tcp), None | Some("connection_established")) => HttpMethod::Get,
+        (Some(MonitorKind::Tcp), None) => HttpMethod::Get,
+        (Some(MonitorKind::Tcp), Some(TCP_MONITOR_METHOD)) => HttpMethod::Get,
         (Some(MonitorKind::Tcp), Some(other)) => {
-            errors.push(format!("{f}.method: \"{other}\" does not apply to tcp monitors; use \"connection_established\""));
+            errors.push(format!("{f}.method: \"{other}\" does not apply to tcp monitors; use \"{TCP_MONITOR_METHOD}\""));
             HttpMethod::Get
         }
-        (_, None | Some("GET")) => HttpMethod::Get,
+        (_, None | Some(DEFAULT_HTTP_METHOD)) => HttpMethod::Get,
         (_, Some("HEAD")) => HttpMethod::Head,
         (_, Some(other)) => {
             errors.push(format!(
@@ -1771,7 +1790,10 @@ fn validate_monitor(
     } else {
         port(m.port, &format!("{f}.port"), errors)
     };
-    let path = m.path.clone().unwrap_or_else(|| "/".into());
+    let path = m
+        .path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_MONITOR_PATH.into());
     if !path.starts_with('/') || path.contains(char::is_whitespace) {
         errors.push(format!(
             "{f}.path: \"{path}\" must start with '/' and contain no spaces"
@@ -1836,7 +1858,7 @@ fn validate_monitor(
             errors.push(format!("{f}.expected_codes: only http and https monitors check status codes; remove it"));
             None
         }
-        (None, _) => CodePattern::parse("200"),
+        (None, _) => CodePattern::parse(DEFAULT_EXPECTED_CODES),
     };
     if m.expected_body.is_some() && !is_http {
         errors.push(format!(

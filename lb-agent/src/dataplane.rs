@@ -163,6 +163,7 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
         names::ORIGIN_FLOWS => (4, 8, MAX_ORIGINS),
         names::HANDSHAKES => (4, s(size_of::<lb_common::Handshakes>()), 1),
         names::ORIGIN_NH => (4, s(size_of::<lb_common::OriginNextHop>()), MAX_ORIGINS),
+        names::LOCAL_ADDRS => (16, 4, lb_common::MAX_LOCAL_ADDRS),
         other => unreachable!("unknown map {other}"),
     }
 }
@@ -335,6 +336,8 @@ pub struct Maps {
     pub handshakes: Array<MapData, lb_common::Handshakes>,
     /// Written by the data path only (its next-hop cache); read by tests and for inspection.
     pub origin_nh: Array<MapData, lb_common::OriginNextHop>,
+    /// The host's own addresses (IPv4-mapped), for the data path's no-open-router check.
+    pub local_addrs: HashMap<MapData, [u8; 16], u32>,
 }
 
 impl Maps {
@@ -377,6 +380,7 @@ impl Maps {
             origin_flows: typed!(names::ORIGIN_FLOWS),
             handshakes: typed!(names::HANDSHAKES),
             origin_nh: typed!(names::ORIGIN_NH),
+            local_addrs: typed!(names::LOCAL_ADDRS),
         })
     }
 

@@ -17,11 +17,7 @@ pub struct Backend {
 /// that similar strings spread over the whole range). Fixed forever: changing it would move
 /// every flow's origin on upgrade.
 pub fn backend_key(identity: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in identity.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let mut h = lb_common::hash::fnv1a64(identity.as_bytes(), lb_common::hash::FNV_OFFSET);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

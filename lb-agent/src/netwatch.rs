@@ -5,12 +5,16 @@
 //! change reaches established flows within milliseconds.
 //!
 //! The messages are not parsed: any change in these groups is reason enough to look again,
-//! and a lost notification (the socket's buffer overran, ENOBUFS) is one too.
+//! and a lost notification (the socket's buffer overran, ENOBUFS) is one too. The same
+//! changes refresh the host's own addresses in `LOCAL_ADDRS` (`local_ipv4_addrs`).
 
 use std::{
+    collections::BTreeSet,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
+
+use lb_common::v4_mapped;
 
 use tokio::io::unix::AsyncFd;
 
@@ -19,6 +23,34 @@ const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_NEIGH: u32 = 0x4;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+
+/// The host's IPv4 addresses (IPv4-mapped, as the data path keys them), from
+/// getifaddrs(3) in the calling thread's network namespace.
+pub fn local_ipv4_addrs() -> io::Result<BTreeSet<[u8; 16]>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = BTreeSet::new();
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*p };
+        // SAFETY: ifa_addr is null or points at a sockaddr whose family says its type.
+        if !ifa.ifa_addr.is_null()
+            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET
+        {
+            // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+            let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+            out.insert(v4_mapped(sin.sin_addr.s_addr.to_ne_bytes()));
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
 
 /// An rtnetlink socket subscribed to the groups that can change a next hop.
 pub struct NetWatch {
@@ -162,5 +194,14 @@ mod tests {
         .join()
         .expect("watch thread");
         assert!(seen >= 1);
+    }
+
+    #[test]
+    fn local_addresses_include_loopback() {
+        let addrs = local_ipv4_addrs().expect("getifaddrs");
+        assert!(
+            addrs.contains(&v4_mapped([127, 0, 0, 1])),
+            "127.0.0.1 among {addrs:?}"
+        );
     }
 }

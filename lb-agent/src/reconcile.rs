@@ -11,7 +11,7 @@
 //! its members, weights or member ids changed since the last apply.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     sync::Arc,
     time::{Duration, Instant},
@@ -271,6 +271,8 @@ pub struct Reconciler<M: MapWriter = Maps> {
     settings: Option<Settings>,
     /// `Settings::nh_gen` to write: bumped when links, routes or neighbours change.
     nh_gen: u32,
+    /// What `LOCAL_ADDRS` holds, read on first use.
+    local_addrs: Option<BTreeSet<[u8; 16]>>,
     pub assignment: Assignment,
     ring_meta: HashMap<u32, RingMeta>,
     geo_plan: HashMap<GeoPlanKey, u32>,
@@ -314,6 +316,7 @@ impl<M: MapWriter> Reconciler<M> {
             ring_inputs: HashMap::new(),
             settings,
             nh_gen,
+            local_addrs: None,
             assignment: Assignment::default(),
             ring_meta,
             geo_plan,
@@ -351,6 +354,27 @@ impl<M: MapWriter> Reconciler<M> {
             self.maps.write_settings(s)?;
             self.settings = Some(s);
         }
+        Ok(())
+    }
+
+    /// Makes `LOCAL_ADDRS` hold `want` (the host's own addresses), writing only
+    /// differences. A full map leaves some out: their traffic only costs a FIB lookup.
+    pub fn sync_local_addrs(&mut self, want: &BTreeSet<[u8; 16]>) -> Result<()> {
+        let have = match self.local_addrs.take() {
+            Some(h) => h,
+            None => self.maps.read_local_addrs()?,
+        };
+        let mut now = have.clone();
+        for gone in have.difference(want) {
+            self.maps.remove_local_addr(gone)?;
+            now.remove(gone);
+        }
+        for new in want.difference(&have) {
+            if self.maps.write_local_addr(*new).is_ok() {
+                now.insert(*new);
+            }
+        }
+        self.local_addrs = Some(now);
         Ok(())
     }
 
@@ -1274,6 +1298,20 @@ default_pools = ["a", "b"]
             r2.maps.writes, 1,
             "only the settings: a new next-hop generation after adoption"
         );
+    }
+
+    #[test]
+    fn local_addresses_are_written_as_differences() {
+        let mut r = rec();
+        let set = |a: &[u8]| -> BTreeSet<[u8; 16]> {
+            a.iter().map(|x| v4_mapped([10, 0, 0, *x])).collect()
+        };
+        r.sync_local_addrs(&set(&[1, 2])).expect("sync");
+        assert_eq!(r.maps.local_addrs, set(&[1, 2]));
+        let writes = r.maps.writes;
+        r.sync_local_addrs(&set(&[2, 3])).expect("sync");
+        assert_eq!(r.maps.local_addrs, set(&[2, 3]));
+        assert_eq!(r.maps.writes - writes, 2, "one removal, one insert");
     }
 
     #[test]

@@ -19,7 +19,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{RawConfig, RawLoadBalancer, RawMonitor, RawOriginSteering, RawPool};
+use crate::config::{self, RawConfig, RawLoadBalancer, RawMonitor, RawOriginSteering, RawPool};
+use lb_common::hash::{fnv1a64, FNV_OFFSET};
 
 /// Error codes in the API's `errors[].code`, in Cloudflare's envelope.
 pub mod code {
@@ -152,14 +153,6 @@ pub struct Store {
 
 pub use crate::notify::rfc3339;
 
-fn fnv(data: &[u8], mut h: u64) -> u64 {
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// A new random id: 32 lower-case hex characters, like Cloudflare's.
 pub fn new_id() -> String {
     format!("{:032x}", fastrand::u128(..))
@@ -169,19 +162,22 @@ pub fn new_id() -> String {
 /// every host and after the state file is lost.
 fn file_id(kind: Kind, name: &str) -> String {
     let key = kind.key(name);
-    let a = fnv(key.as_bytes(), 0xcbf2_9ce4_8422_2325);
-    let b = fnv(key.as_bytes(), 0x6c62_272e_07bb_0142);
+    let a = fnv1a64(key.as_bytes(), FNV_OFFSET);
+    let b = fnv1a64(key.as_bytes(), 0x6c62_272e_07bb_0142);
     format!("{a:016x}{b:016x}")
 }
 
 fn digest<T: Serialize>(v: &T) -> String {
     let text = serde_json::to_string(v).unwrap_or_default();
-    format!("{:016x}", fnv(text.as_bytes(), 0xcbf2_9ce4_8422_2325))
+    format!("{:016x}", fnv1a64(text.as_bytes(), FNV_OFFSET))
 }
 
-/// Whether `s` has the shape of an id (32 hex characters).
+/// Whether `s` has the shape of an id (32 lower-case hex characters, as `new_id` and
+/// `file_id` make them).
 pub fn is_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 // --- defaults filled in, so the API returns what is in force
@@ -191,23 +187,25 @@ fn normalize_monitor(m: &mut RawMonitor) {
     if m.method.is_none() {
         m.method = Some(
             if http {
-                "GET"
+                config::DEFAULT_HTTP_METHOD
             } else {
-                "connection_established"
+                config::TCP_MONITOR_METHOD
             }
             .into(),
         );
     }
     if http {
-        m.path.get_or_insert_with(|| "/".into());
-        m.expected_codes.get_or_insert_with(|| "200".into());
+        m.path
+            .get_or_insert_with(|| config::DEFAULT_MONITOR_PATH.into());
+        m.expected_codes
+            .get_or_insert_with(|| config::DEFAULT_EXPECTED_CODES.into());
         m.expected_body.get_or_insert_with(String::new);
     }
 }
 
 fn normalize_pool(p: &mut RawPool) {
     p.origin_steering.get_or_insert_with(|| RawOriginSteering {
-        policy: "random".into(),
+        policy: config::DEFAULT_ORIGIN_STEERING.into(),
     });
 }
 

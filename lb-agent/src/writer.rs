@@ -2,7 +2,7 @@
 //! implemented by the aya map handles (`dataplane::Maps`) and by `MemMaps`, an in-memory
 //! copy that lets the reconciler and the agent be tested without root or a kernel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
     Counters, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta, MAGLEV_M,
@@ -29,6 +29,7 @@ pub trait MapWriter {
     /// The `POOL_SEL_M` slots of VIP `vip_id`.
     fn read_pool_sel(&self, vip_id: u32) -> Result<Vec<u32>>;
     fn read_geo(&self) -> Result<HashMap<GeoPrefix, GeoValue>>;
+    fn read_local_addrs(&self) -> Result<BTreeSet<[u8; 16]>>;
 
     fn write_settings(&mut self, s: Settings) -> Result<()>;
     fn write_origin(&mut self, id: u32, m: OriginMeta) -> Result<()>;
@@ -45,6 +46,9 @@ pub trait MapWriter {
     fn remove_vip(&mut self, k: &VipKey) -> Result<()>;
     fn write_geo(&mut self, k: GeoPrefix, v: GeoValue) -> Result<()>;
     fn remove_geo(&mut self, k: GeoPrefix) -> Result<()>;
+    /// Fails when the map is full (the caller leaves that address out).
+    fn write_local_addr(&mut self, a: [u8; 16]) -> Result<()>;
+    fn remove_local_addr(&mut self, a: &[u8; 16]) -> Result<()>;
 }
 
 fn werr(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReconcileError {
@@ -109,6 +113,13 @@ impl MapWriter for Maps {
             out.insert((k.prefix_len(), k.data()), v);
         }
         Ok(out)
+    }
+
+    fn read_local_addrs(&self) -> Result<BTreeSet<[u8; 16]>> {
+        self.local_addrs
+            .keys()
+            .collect::<std::result::Result<BTreeSet<_>, _>>()
+            .map_err(werr("LOCAL_ADDRS"))
     }
 
     fn write_settings(&mut self, s: Settings) -> Result<()> {
@@ -179,6 +190,16 @@ impl MapWriter for Maps {
         let key = aya::maps::lpm_trie::Key::new(k.0, k.1);
         self.geo.remove(&key).map_err(werr("GEO"))
     }
+
+    fn write_local_addr(&mut self, a: [u8; 16]) -> Result<()> {
+        self.local_addrs
+            .insert(a, 1, 0)
+            .map_err(werr("LOCAL_ADDRS"))
+    }
+
+    fn remove_local_addr(&mut self, a: &[u8; 16]) -> Result<()> {
+        self.local_addrs.remove(a).map_err(werr("LOCAL_ADDRS"))
+    }
 }
 
 /// The maps the reconciler writes, in memory, as the kernel would hold them: arrays read
@@ -197,6 +218,7 @@ pub struct MemMaps {
     /// VIP id -> its `POOL_SEL_M` slots (absent: all zero).
     pub pool_sel: HashMap<u32, Vec<u32>>,
     pub geo: HashMap<GeoPrefix, GeoValue>,
+    pub local_addrs: BTreeSet<[u8; 16]>,
     pub writes: usize,
     /// `("ORIGIN", id)` or `("VIP", id)`, in order.
     pub counter_resets: Vec<(&'static str, u32)>,
@@ -263,6 +285,10 @@ impl MapWriter for MemMaps {
 
     fn read_geo(&self) -> Result<HashMap<GeoPrefix, GeoValue>> {
         Ok(self.geo.clone())
+    }
+
+    fn read_local_addrs(&self) -> Result<BTreeSet<[u8; 16]>> {
+        Ok(self.local_addrs.clone())
     }
 
     fn write_settings(&mut self, s: Settings) -> Result<()> {
@@ -348,6 +374,24 @@ impl MapWriter for MemMaps {
     fn remove_geo(&mut self, k: GeoPrefix) -> Result<()> {
         self.writes += 1;
         self.geo.remove(&k);
+        Ok(())
+    }
+
+    fn write_local_addr(&mut self, a: [u8; 16]) -> Result<()> {
+        if self.local_addrs.len() >= lb_common::MAX_LOCAL_ADDRS as usize {
+            return Err(ReconcileError::Map {
+                map: "LOCAL_ADDRS",
+                reason: "map full".into(),
+            });
+        }
+        self.writes += 1;
+        self.local_addrs.insert(a);
+        Ok(())
+    }
+
+    fn remove_local_addr(&mut self, a: &[u8; 16]) -> Result<()> {
+        self.writes += 1;
+        self.local_addrs.remove(a);
         Ok(())
     }
 }

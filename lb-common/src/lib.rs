@@ -18,8 +18,8 @@ pub const MAX_RINGS: u32 = 64;
 pub const MAX_ORIGINS: u32 = 4096;
 /// Entries of `VIPS` and `VIP_STATS`.
 pub const MAX_VIPS: u32 = 512;
-/// Default size of `FLOWS` and `REV_FLOWS` (LRU). The agent may change it when it creates
-/// the maps (`dataplane.flow_table_size`).
+/// Default size of `FLOWS` and `REV_FLOWS` (plain hashes). The agent may change it when it
+/// creates the maps (`dataplane.flow_table_size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 /// Entries of the `TX_PORTS` device map (interfaces the agent attached to).
 pub const MAX_INTERFACES: u32 = 64;
@@ -40,6 +40,8 @@ pub const GEO_MAX_PREFIXES: u32 = 1 << 20;
 pub const GEO_PLAN_SIZE: u32 = 1 << 16;
 /// Entries of `AFFINITY` (clients remembered by session affinity, LRU).
 pub const AFFINITY_SIZE: u32 = 1 << 18;
+/// Entries of `LOCAL_ADDRS` (the host's own addresses).
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
 /// A `POOL_SEL` slot without a ring: the VIP's own ring is used.
 pub const NO_RING: u32 = u32::MAX;
 /// One-second buckets of `HANDSHAKES`; `dataplane.tcp_timeouts.syn` may not exceed it.
@@ -97,8 +99,9 @@ pub mod map_names {
     pub const ORIGIN_FLOWS: &str = "ORIGIN_FLOWS";
     pub const HANDSHAKES: &str = "HANDSHAKES";
     pub const ORIGIN_NH: &str = "ORIGIN_NH";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     /// Every map, in the order the agent pins and checks them.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SETTINGS,
         VIPS,
         RINGS,
@@ -117,6 +120,7 @@ pub mod map_names {
         ORIGIN_FLOWS,
         HANDSHAKES,
         ORIGIN_NH,
+        LOCAL_ADDRS,
     ];
 }
 
@@ -664,10 +668,11 @@ pub mod event {
     /// (TIME_WAIT, or half-open): forwarded to the client, whose TCP resets it and retries
     /// its SYN at once (RFC 793 §3.4); counted with the forwarding verdict.
     pub const ORIGIN_STALE_ANSWER: u32 = 52;
-    /// A frame's next hop came from `bpf_fib_lookup`: its flow direction had no cached one
-    /// (`NextHop`: a new flow, a frame built in place), or it was stale, or it had passed
-    /// only shorter packets. A note, counted with the verdict; a high rate against
-    /// `fwd_tx` + `fwd_redirect` means the cache is not working (generation bumps?).
+    /// `bpf_fib_lookup` was consulted: for a frame's next hop, because its flow direction
+    /// had no cached one (`NextHop`: a new flow, a frame built in place), or it was stale,
+    /// or it had passed only shorter packets; or for traffic that is not ours and not to an
+    /// address in `LOCAL_ADDRS` (no open router). A note, counted with the verdict; a high
+    /// rate against `fwd_tx` + `fwd_redirect` means the cache is not working.
     pub const FIB_LOOKUP: u32 = 53;
     pub const COUNT: u32 = 54;
 

@@ -28,7 +28,11 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    drop, forward, icmp, is_vip_addr, maps::SETTINGS, pass, ptr_at, AF_INET, IP_MF, IP_OFFSET_HI,
+    drop, forward, icmp, is_vip_addr,
+    maps::{LOCAL_ADDRS, SETTINGS},
+    pass, ptr_at,
+    stats::count,
+    AF_INET, IP_MF, IP_OFFSET_HI,
 };
 
 // Requests. Verdicts are 0..=4; values with these bits ask `finish`, called by `lb_xdp`, to
@@ -142,9 +146,15 @@ pub fn not_ours(ctx: &XdpContext, reason: u32) -> u32 {
     };
     // Broadcast and multicast (group bit of the destination MAC, 224/4 and 255.255.255.255)
     // are never forwarded by the FIB helper's answer; leave them to the stack.
-    if dmac0 & 1 != 0 || dst4[0] >= 224 || v4_mapped(dst4) == settings.snat_addr {
+    let dst = v4_mapped(dst4);
+    if dmac0 & 1 != 0 || dst4[0] >= 224 || dst == settings.snat_addr {
         return pass(reason);
     }
+    // The host's own address: no need to ask the FIB.
+    if LOCAL_ADDRS.get_ptr(&dst).is_some() {
+        return pass(reason);
+    }
+    count(event::FIB_LOOKUP);
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut p: FibParams = unsafe { mem::zeroed() };
     p.family = AF_INET;

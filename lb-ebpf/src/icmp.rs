@@ -21,7 +21,9 @@ use aya_ebpf::{
     macros::btf_map,
     programs::XdpContext,
 };
-use lb_common::{event, v4_mapped, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, SETTINGS_F_ANSWER_PING};
+use lb_common::{
+    event, v4_mapped, Flow, FlowKey, CT_COOKIE, IPPROTO_ICMP, IPPROTO_TCP, SETTINGS_F_ANSWER_PING,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
@@ -56,6 +58,32 @@ fn reverse_key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Option<&'s
         (*k).proto = IPPROTO_TCP;
         (*k)._pad = [0; 3];
         Some(&*k)
+    }
+}
+
+/// How far the origin's sequence numbers are ahead of the ones its client sees, for the
+/// flow `f` (a SYN-cookie flow's `seq_delta`; 0 for every other flow). A quoted packet that
+/// went origin -> client carries the client's numbering; the origin must see its own
+/// (RFC 5927 §4.1: an ICMP error whose quoted sequence number is not in flight may be
+/// ignored). Uses `ICMP_SCRATCH` for the reverse key.
+#[inline(always)]
+fn cookie_delta(f: &Flow) -> u32 {
+    let Some(k) = ICMP_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch entry; the key it held before was only used for the lookup
+    // that gave `f` (a map value, unaffected).
+    unsafe {
+        (*k).src = f.origin_addr;
+        (*k).dst = f.snat_addr;
+        (*k).sport = f.origin_port;
+        (*k).dport = f.snat_port;
+        (*k).proto = IPPROTO_TCP;
+        (*k)._pad = [0; 3];
+        match REV_FLOWS.get(&*k) {
+            Some(r) if r.flags & CT_COOKIE != 0 => r.seq_delta,
+            _ => 0,
+        }
     }
 }
 
@@ -194,12 +222,16 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
     };
     // The outer packet goes where the quoted one's new source is, from its new destination:
     // (new quoted src, sport, new quoted dst, dport).
+    // The quoted sequence number moves into the origin's numbering only for a packet that
+    // went origin -> client (a client's sequence numbers are never translated).
+    let mut delta = 0;
     let (nisrc, nsport, nidst, ndport) = if to_vip {
         // Quoted: VIP:vp -> client:cp, as we sent it for the origin.
         // SAFETY: map value pointer, read in place.
         let Some(f) = (unsafe { FLOWS.get(key) }) else {
             return drop(event::DROP_ICMP_UNKNOWN_FLOW);
         };
+        delta = cookie_delta(f);
         (
             v4(&f.origin_addr),
             f.origin_port,
@@ -253,9 +285,15 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
         (*inner).dst_addr = nidst;
         (*l4).sport = nsport.to_ne_bytes();
         (*l4).dport = ndport.to_ne_bytes();
+        let old_seq = (*l4).seq;
+        let new_seq = u32::from_be_bytes(old_seq)
+            .wrapping_add(delta)
+            .to_be_bytes();
+        (*l4).seq = new_seq;
 
         // The ICMP checksum covers every quoted word we changed (all at even offsets).
         let mut cc = u16::from_ne_bytes((*icmp).check);
+        cc = csum::replace32(cc, old_seq, new_seq);
         cc = csum::replace32(cc, isrc, nisrc);
         cc = csum::replace32(cc, idst, nidst);
         cc = csum::replace16(cc, old_ic, ic);
@@ -271,24 +309,15 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
                 n = csum::replace32(n, idst, nidst);
                 n = csum::replace16(n, sport, nsport);
                 n = csum::replace16(n, dport, ndport);
+                n = csum::replace32(n, old_seq, new_seq);
                 *tc = n.to_ne_bytes();
                 cc = csum::replace16(cc, old_tc, n);
             }
         }
-        adjust_quoted_seq(&raw mut (*l4).seq, &mut cc);
         (*icmp).check = cc.to_ne_bytes();
     }
     DO_FORWARD
 }
-
-/// Hook for TCP sequence-number translation (SYN cookies): when a flow's sequence numbers
-/// differ between its two sides, the quoted sequence number (`seq`, NBO, as the quoted
-/// packet's sender wrote it) must be moved to the other side's numbering here, with the
-/// ICMP checksum (`icmp_check`) updated by `csum::replace32`; the quoted TCP checksum
-/// needs the same delta when it was quoted. Flows without translation leave both alone,
-/// which is every flow today.
-#[inline(always)]
-fn adjust_quoted_seq(_seq: *mut [u8; 4], _icmp_check: &mut u16) {}
 
 /// The rewritten TCP packet in `ctx` is larger than the egress MTU `mtu` (FIB lookup said
 /// FRAG_NEEDED). With DF set, it becomes, in place, an ICMP "fragmentation needed" with the
@@ -332,6 +361,7 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
     ) else {
         return drop(event::DROP_TOO_BIG);
     };
+    let mut delta = 0;
     // (original src, sport, dst, dport)
     let (osrc, osport, odst, odport) = if from_client {
         // A client's packet, now SNAT -> origin: the reverse entry names client and VIP.
@@ -346,15 +376,19 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
             None => return drop(event::DROP_TOO_BIG),
         }
     } else {
-        // An origin's reply, now VIP -> client: the flow names origin and SNAT port.
+        // An origin's reply, now VIP -> client: the flow names origin and SNAT port. Its
+        // sequence number goes back into the origin's numbering (SYN-cookie flows).
         // SAFETY: map value pointer, read in place.
         match unsafe { FLOWS.get(key) } {
-            Some(f) => (
-                v4(&f.origin_addr),
-                f.origin_port,
-                v4(&f.snat_addr),
-                f.snat_port,
-            ),
+            Some(f) => {
+                delta = cookie_delta(f);
+                (
+                    v4(&f.origin_addr),
+                    f.origin_port,
+                    v4(&f.snat_addr),
+                    f.snat_port,
+                )
+            }
             None => return drop(event::DROP_TOO_BIG),
         }
     };
@@ -374,6 +408,10 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
         (*ip).dst_addr = odst;
         (*l4).sport = osport.to_ne_bytes();
         (*l4).dport = odport.to_ne_bytes();
+        // Not covered by any checksum kept: the quote's TCP checksum is cut off below.
+        (*l4).seq = u32::from_be_bytes((*l4).seq)
+            .wrapping_add(delta)
+            .to_be_bytes();
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return drop(event::DROP_TOO_BIG);

@@ -10,7 +10,7 @@ use lb_common::{
     event, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, GeoValue, Handshakes,
     OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE,
     DEFAULT_FLOW_TABLE_SIZE, GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAGLEV_M, MAX_INTERFACES,
-    MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M,
+    MAX_LOCAL_ADDRS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M,
 };
 
 /// `[0]`: SNAT address and port range; the data path passes everything until it is set.
@@ -62,6 +62,12 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity, { AFFINITY_SIZE as usize 
 /// `least_connections` and by the agent.
 #[btf_map]
 pub static ORIGIN_FLOWS: Array<u64, { MAX_ORIGINS as usize }> = Array::new();
+
+/// The host's own addresses (IPv4-mapped) -> 1, kept by the agent from the kernel's
+/// address list: traffic to them passes without the FIB lookup that tells transit from
+/// local (no open router). A miss only means that lookup is made.
+#[btf_map]
+pub static LOCAL_ADDRS: HashMap<[u8; 16], u32, { MAX_LOCAL_ADDRS as usize }> = HashMap::new();
 
 /// Origin id -> the next hop towards it, as the FIB last said (`OriginNextHop`). Shared by
 /// all CPUs: written about once a second per origin, read by every packet to it.

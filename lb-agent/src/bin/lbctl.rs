@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
+use lb_agent::store::is_id;
 use serde_json::{json, Value};
 
 const DEFAULT_API: &str = "http://127.0.0.1:8405";
@@ -541,12 +542,6 @@ fn fetch_all_pages<E>(
         }
         page += 1;
     }
-}
-
-fn is_id(s: &str) -> bool {
-    s.len() == 32
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Finds one object by id or name in a list. Errors name the candidates.

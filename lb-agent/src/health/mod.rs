@@ -4,7 +4,7 @@
 mod probe;
 mod state;
 
-use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc};
 
 pub use probe::{check, Tls};
 pub use state::{
@@ -102,10 +102,7 @@ async fn run(
     tls: Tls,
 ) {
     let addr = SocketAddrV4::new(target.address, target.port);
-    let jitter = monitor
-        .interval
-        .min(Duration::from_secs(1))
-        .mul_f64(fastrand::f64());
+    let jitter = monitor.start_jitter_max().mul_f64(fastrand::f64());
     tokio::time::sleep(jitter).await;
     let mut tick = tokio::time::interval(monitor.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -769,15 +769,8 @@ impl Drop for Topology {
     }
 }
 
-/// FNV-1a 64, to compare bulk transfers without keeping both copies.
-pub fn fnv64(data: &[u8], mut h: u64) -> u64 {
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-pub const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64 (`lb_common::hash`), to compare bulk transfers without keeping both copies.
+pub use lb_common::hash::{fnv1a64 as fnv64, FNV_OFFSET as FNV_INIT};
 
 /// Deterministic bulk content: byte `i` of a transfer.
 pub fn pattern(len: usize) -> Vec<u8> {
