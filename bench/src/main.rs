@@ -5,7 +5,7 @@
 //! Maglev build times, the health tests' detection-to-drain) are passed in as files.
 //!
 //! Usage: `lb-bench --object <lb-ebpf object> --agent <lb-agent> [--out DIR] [--criterion DIR]
-//! [--failover FILE] [--quick] [--only per-packet|rate|e2e]` (`--only` runs one part and
+//! [--failover FILE] [--quick] [--only per-packet|rate|e2e|control-plane]` (`--only` runs one part and
 //! prints it without writing a report). Set `LB_BENCH_DEBUG=1` to print the data path's
 //! counters after the packet-rate and end-to-end runs.
 
@@ -739,7 +739,7 @@ struct Args {
     criterion: Option<PathBuf>,
     failover: Option<PathBuf>,
     quick: bool,
-    /// Run one part and print it (no report): per-packet, rate or e2e.
+    /// Run one part and print it (no report): per-packet, rate, e2e or control-plane.
     only: Option<String>,
 }
 
@@ -809,7 +809,12 @@ fn main() -> Result<()> {
             println!("{:#?}", e2e::run(&a.agent, 2)?);
             return Ok(());
         }
-        Some(other) => anyhow::bail!("--only {other}: use per-packet, rate or e2e"),
+        Some("control-plane") => {
+            control_plane(&a.object, &mut report)?;
+            println!("{:#?}", report.control);
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!("--only {other}: use per-packet, rate, e2e or control-plane"),
     }
     eprintln!("lb-bench: per-packet cost (BPF_PROG_TEST_RUN)");
     per_packet(&a.object, &mut report)?;

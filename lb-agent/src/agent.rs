@@ -19,15 +19,16 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{self, Command, EnvCredentials, Sampler, View},
-    config::{Config, ConfigError, LoadBalancer, RawConfig, SteeringPolicy},
+    config::{Config, ConfigError, RawConfig, SteeringPolicy},
     dataplane::{self, Dataplane, DataplaneError},
-    health::{HealthTable, Monitors, OriginHealth, Report, Target},
+    health::{HealthTable, Monitors, OriginHealth, Report},
     metrics::RttHistograms,
     neigh::Neighbours,
     netwatch::{self, NetWatch},
     notify::{Event, Notifier, NotifyOptions},
-    reconcile::{ReconcileError, Reconciler},
-    steering::{self, Choice, PoolHealth},
+    plan::Plan,
+    reconcile::{Assignment, ReconcileError, Reconciler},
+    steering::{self, Choice},
     store::{self, code, Op, Rejection, Store, StoreError},
 };
 
@@ -196,6 +197,8 @@ struct Agent {
     neighbours: Neighbours,
     /// Pool each load balancer used at the last apply, to log changes.
     chosen: BTreeMap<String, String>,
+    /// The reconciler's id assignment at the last apply, published with its plan.
+    ids: Arc<Assignment>,
     status_dirty: bool,
     /// The config file as read (host sections; its objects are merged into `store`).
     raw: RawConfig,
@@ -275,11 +278,15 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         "first health check round done"
     );
 
-    let status = Status::collect(&cfg, &health);
+    // Nothing reads this first view: the API and the sampler start after the first apply
+    // and status, which publish the real plan.
+    let status = Status::collect(&cfg, &Plan::default(), &health);
     let (view, view_rx) = tokio::sync::watch::channel(Arc::new(View {
         store: store.clone(),
         status,
         cfg: Arc::new(cfg.clone()),
+        plan: Arc::default(),
+        ids: Arc::default(),
         rtt: RttHistograms::default(),
         notifications: [0; 4],
     }));
@@ -292,6 +299,7 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         health,
         neighbours: Neighbours::default(),
         chosen: BTreeMap::new(),
+        ids: Arc::default(),
         status_dirty: true,
         raw,
         store,
@@ -419,46 +427,22 @@ fn first_round_deadline(cfg: &Config) -> Duration {
         + Duration::from_millis(200)
 }
 
-/// Why `lb` uses the pool `choice` describes, in words for the log.
-fn choice_reason(cfg: &Config, health: &HealthTable, lb: &LoadBalancer, choice: &Choice) -> String {
-    let order = steering::pool_order(cfg, health, lb);
-    let list = |n: usize| {
-        order[..n]
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let basis = match lb.steering_policy {
-        SteeringPolicy::Off | SteeringPolicy::Random => "default_pools order".to_owned(),
-        SteeringPolicy::DynamicLatency => {
-            let rtts: Vec<String> = order
-                .iter()
-                .map(|n| {
-                    let rtt = cfg
-                        .pool(n)
-                        .and_then(|p| steering::pool_rtt(cfg, health, p, lb.origin_port));
-                    rtt.map_or_else(|| format!("{n} (no RTT yet)"), |r| format!("{n} {r:.2} ms"))
-                })
-                .collect();
-            format!("fastest first: {}", rtts.join(", "))
+/// The log lines for load balancers whose pool differs from `chosen` (which is updated),
+/// read from the plan: the pool, the one before, and why.
+fn pool_changes(plan: &Plan, chosen: &mut BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (lb, pool) in plan.chosen() {
+        let before = chosen.insert(lb.name.clone(), pool.to_owned());
+        if before.as_deref() != Some(pool) {
+            out.push(format!(
+                "load balancer {} now uses pool {pool} (was {}): {}",
+                lb.name,
+                before.as_deref().unwrap_or("none"),
+                lb.reason
+            ));
         }
-        SteeringPolicy::Proximity => "nearest first".to_owned(),
-        SteeringPolicy::Geo => match steering::pop_list(cfg, lb) {
-            Some(_) => format!(
-                "pop_pools of this PoP ({})",
-                cfg.agent.pop.as_deref().unwrap_or("-")
-            ),
-            None => "default_pools order, for clients without a country or region list".to_owned(),
-        },
-    };
-    match choice {
-        Choice::Healthy { index: 0 } => format!("first healthy pool by {basis}"),
-        Choice::Healthy { index } => format!("{} down; by {basis}", list(*index)),
-        Choice::Fallback => format!(
-            "every pool of the order is down ({basis}): fallback pool, regardless of its health"
-        ),
     }
+    out
 }
 
 fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
@@ -549,21 +533,10 @@ impl Agent {
             elapsed_us = report.elapsed.as_micros() as u64,
             "maps updated"
         );
-        for lb in self.cfg.load_balancers.iter().filter(|l| l.enabled) {
-            let Some((pool, choice)) = steering::choose_pool(&self.cfg, &self.health, lb) else {
-                continue;
-            };
-            let before = self.chosen.insert(lb.name.clone(), pool.name.clone());
-            if before.as_deref() != Some(pool.name.as_str()) {
-                let why = choice_reason(&self.cfg, &self.health, lb, &choice);
-                info!(
-                    "load balancer {} now uses pool {} (was {}): {why}",
-                    lb.name,
-                    pool.name,
-                    before.as_deref().unwrap_or("none")
-                );
-            }
+        for line in pool_changes(self.rec.plan(), &mut self.chosen) {
+            info!("{line}");
         }
+        self.ids = Arc::new(self.rec.assignment.clone());
         self.status_dirty = true;
         Ok(())
     }
@@ -774,7 +747,7 @@ impl Agent {
     }
 
     fn write_status(&mut self) {
-        let s = Status::collect(&self.cfg, &self.health);
+        let s = Status::collect(&self.cfg, self.rec.plan(), &self.health);
         self.notify_pools(&s);
         if let Err(e) = s.write(&self.cfg.agent.status_file) {
             warn!(path = %self.cfg.agent.status_file.display(), "cannot write status file: {e}");
@@ -783,6 +756,8 @@ impl Agent {
             store: self.store.clone(),
             status: s,
             cfg: Arc::new(self.cfg.clone()),
+            plan: self.rec.plan().clone(),
+            ids: self.ids.clone(),
             rtt: self.rtt.clone(),
             notifications: {
                 let c = self.notifier.counters();
@@ -849,26 +824,20 @@ pub struct LbStatus {
 }
 
 impl Status {
-    pub fn collect(cfg: &Config, health: &HealthTable) -> Self {
-        let mut origins = Vec::new();
-        let mut pools = Vec::new();
-        for pool in &cfg.pools {
-            let port_of = |o: &crate::config::Origin| {
-                cfg.load_balancers
-                    .iter()
-                    .find(|l| l.all_pools().any(|p| *p == pool.name))
-                    .map_or(o.port.unwrap_or(0), |l| o.port.unwrap_or(l.origin_port))
-            };
-            for o in &pool.origins {
-                let ring_port = port_of(o);
-                let t: Option<Target> = steering::target(cfg, pool, o, ring_port);
-                let h: Option<&OriginHealth> = t.as_ref().and_then(|t| health.get(t));
-                origins.push(OriginStatus {
-                    pool: pool.name.clone(),
-                    origin: o.name.clone(),
+    /// The status of `plan` (decisions: pool health, the pools in use) with the health
+    /// table's facts (each origin's state, last result and RTT; each pool's mean RTT).
+    pub fn collect(cfg: &Config, plan: &Plan, health: &HealthTable) -> Self {
+        let origins = plan
+            .origins
+            .iter()
+            .map(|o| {
+                let h: Option<&OriginHealth> = o.target.as_ref().and_then(|t| health.get(t));
+                OriginStatus {
+                    pool: o.pool.clone(),
+                    origin: o.origin.clone(),
                     address: o.address.to_string(),
-                    port: t.as_ref().map_or(ring_port, |t| t.port),
-                    state: match (&t, h) {
+                    port: o.port,
+                    state: match (&o.target, h) {
                         (None, _) => "unmonitored".into(),
                         (Some(_), Some(h)) => h.state.to_string(),
                         (Some(_), None) => "unknown".into(),
@@ -879,35 +848,33 @@ impl Status {
                     reason: h.map_or_else(String::new, |h| h.reason.clone()),
                     rtt_ms: h.and_then(|h| h.rtt_ms),
                     since: h.map(|h| h.since),
-                });
-            }
-            let ring_port = pool.origins.first().map_or(0, port_of);
-            let ph: PoolHealth = steering::pool_health(cfg, health, pool, ring_port);
-            let rtt_ms = steering::pool_rtt(cfg, health, pool, ring_port);
-            pools.push(PoolStatus {
-                name: pool.name.clone(),
-                healthy: ph.healthy,
-                healthy_origins: ph.healthy_origins,
-                enabled_origins: ph.enabled_origins,
-                minimum_origins: ph.minimum_origins,
-                rtt_ms,
-            });
-        }
-        let load_balancers = cfg
+                }
+            })
+            .collect();
+        let pools = plan
+            .pools
+            .iter()
+            .map(|p| PoolStatus {
+                name: p.name.clone(),
+                healthy: p.health.healthy,
+                healthy_origins: p.health.healthy_origins,
+                enabled_origins: p.health.enabled_origins,
+                minimum_origins: p.health.minimum_origins,
+                // A measurement that moves with every probe, not a decision: read now.
+                rtt_ms: cfg
+                    .pool(&p.name)
+                    .and_then(|pool| steering::pool_rtt(cfg, health, pool, p.ring_port)),
+            })
+            .collect();
+        let load_balancers = plan
             .load_balancers
             .iter()
-            .map(|lb| {
-                let c = lb
-                    .enabled
-                    .then(|| steering::choose_pool(cfg, health, lb))
-                    .flatten();
-                LbStatus {
-                    name: lb.name.clone(),
-                    vip: format!("{}:{}", lb.address, lb.port),
-                    steering_policy: lb.steering_policy.as_str().to_owned(),
-                    active_pool: c.as_ref().map(|(p, _)| p.name.clone()),
-                    fallback: matches!(c, Some((_, Choice::Fallback))),
-                }
+            .map(|lb| LbStatus {
+                name: lb.name.clone(),
+                vip: lb.vip.clone(),
+                steering_policy: lb.steering_policy.as_str().to_owned(),
+                active_pool: lb.choice.as_ref().map(|(p, _)| p.clone()),
+                fallback: matches!(lb.choice, Some((_, Choice::Fallback))),
             })
             .collect();
         Self {
@@ -1216,6 +1183,233 @@ mod tests {
         assert!(
             errors[0].starts_with("pools[1].origins[0].weight: "),
             "the file's index, not the store's (2): {errors:?}"
+        );
+    }
+}
+
+/// The main loop's apply, log and status path against in-memory maps: no root, no kernel.
+#[cfg(test)]
+mod apply_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        health::{Outcome, Target},
+        reconcile::vip_key,
+        writer::MemMaps,
+    };
+
+    const CFG: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+snat_address = "10.0.0.1"
+
+[[monitors]]
+name = "tcp"
+type = "tcp"
+
+[[pools]]
+name = "a"
+monitor = "tcp"
+origins = [{ name = "a1", address = "10.1.0.1" }, { name = "a2", address = "10.1.0.2", weight = 0.0 }]
+
+[[pools]]
+name = "b"
+monitor = "tcp"
+origins = [{ name = "b1", address = "10.2.0.1" }]
+
+[[load_balancers]]
+name = "x"
+address = "10.0.0.10"
+port = 80
+default_pools = ["a"]
+fallback_pool = "b"
+
+[[load_balancers]]
+name = "off"
+address = "10.0.0.11"
+port = 80
+default_pools = ["b"]
+enabled = false
+"#;
+
+    /// The main loop's state that `Agent::apply` and `write_status` use.
+    struct Loop {
+        cfg: Config,
+        health: HealthTable,
+        rec: Reconciler<MemMaps>,
+        chosen: BTreeMap<String, String>,
+    }
+
+    impl Loop {
+        fn new(text: &str) -> Self {
+            let cfg = Config::parse(text, Path::new("t")).expect("valid config");
+            let mut health = HealthTable::default();
+            health.retain(
+                &steering::targets(&cfg)
+                    .into_keys()
+                    .map(|t| (t, (1, 1)))
+                    .collect(),
+            );
+            Self {
+                cfg,
+                health,
+                rec: Reconciler::adopt(MemMaps::default()).expect("adopt"),
+                chosen: BTreeMap::new(),
+            }
+        }
+
+        fn set(&mut self, origin: &str, up: bool) {
+            let t: Target = steering::targets(&self.cfg)
+                .into_keys()
+                .find(|t| t.origin == origin)
+                .expect("monitored");
+            self.health.record(
+                &t,
+                &Outcome {
+                    ok: up,
+                    reason: if up { "ok" } else { "refused" }.into(),
+                    rtt: up.then_some(Duration::from_millis(2)),
+                },
+            );
+        }
+
+        /// What `Agent::apply` does and logs.
+        fn apply(&mut self) -> Vec<String> {
+            self.rec.apply(&self.cfg, &self.health).expect("apply");
+            pool_changes(self.rec.plan(), &mut self.chosen)
+        }
+
+        fn status(&self) -> Status {
+            Status::collect(&self.cfg, self.rec.plan(), &self.health)
+        }
+
+        fn vip_ring(&self) -> u32 {
+            self.rec.maps.vips[&vip_key(std::net::Ipv4Addr::new(10, 0, 0, 10), 80)].ring_id
+        }
+
+        fn ring_of(&self, pool: &str) -> u32 {
+            self.rec.assignment.rings[&crate::plan::RingKey {
+                pool: pool.into(),
+                port: 80,
+            }]
+        }
+    }
+
+    #[test]
+    fn a_health_change_fails_over_logs_once_and_the_status_follows() {
+        let mut l = Loop::new(CFG);
+        l.set("a1", true);
+        l.set("b1", true);
+        assert_eq!(
+            l.apply(),
+            ["load balancer x now uses pool a (was none): first healthy pool by default_pools order"]
+        );
+        assert_eq!(l.vip_ring(), l.ring_of("a"));
+        assert!(l.apply().is_empty(), "no change, no line");
+        l.set("a1", false);
+        assert_eq!(
+            l.apply(),
+            ["load balancer x now uses pool b (was a): every pool of the order is down (default_pools order): fallback pool, regardless of its health"]
+        );
+        assert_eq!(l.vip_ring(), l.ring_of("b"), "the maps moved with the log");
+        let s = l.status();
+        let x = &s.load_balancers[0];
+        assert_eq!((x.active_pool.as_deref(), x.fallback), (Some("b"), true));
+        let a = &s.pools[0];
+        assert_eq!(
+            (
+                a.name.as_str(),
+                a.healthy,
+                a.healthy_origins,
+                a.enabled_origins
+            ),
+            ("a", false, 0, 2)
+        );
+        let a1 = &s.origins[0];
+        assert_eq!(
+            (a1.origin.as_str(), a1.state.as_str(), a1.reason.as_str()),
+            ("a1", "down", "refused")
+        );
+        assert!(!a1.takes_new_connections());
+    }
+
+    #[test]
+    fn the_status_reads_the_plan_of_every_load_balancer_pool_and_origin() {
+        let mut l = Loop::new(CFG);
+        l.set("a1", true);
+        l.apply();
+        let s = l.status();
+        let names: Vec<(&str, Option<&str>)> = s
+            .load_balancers
+            .iter()
+            .map(|b| (b.name.as_str(), b.active_pool.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [("x", Some("a")), ("off", None)],
+            "disabled: no pool"
+        );
+        assert_eq!(s.load_balancers[0].vip, "10.0.0.10:80");
+        assert_eq!(s.load_balancers[0].steering_policy, "off");
+        assert_eq!(s.origins.len(), 3);
+        let a2 = &s.origins[1];
+        assert_eq!(
+            (a2.state.as_str(), a2.weight, a2.port),
+            ("unknown", 0.0, 80)
+        );
+        assert_eq!(
+            s.pools[0].rtt_ms,
+            Some(2.0),
+            "a's healthy origins' mean RTT"
+        );
+        assert_eq!(s.pools[1].rtt_ms, None, "b1 not measured yet");
+        // The RTT is read at status time: a new sample shows without an apply.
+        l.set("b1", true);
+        assert_eq!(l.status().pools[1].rtt_ms, Some(2.0));
+    }
+
+    #[test]
+    fn a_drained_origin_keeps_its_id_but_no_slot() {
+        let mut l = Loop::new(CFG);
+        l.set("a1", true);
+        l.set("a2", true);
+        l.apply();
+        let a2 = l
+            .rec
+            .assignment
+            .origins
+            .iter()
+            .find(|(k, _)| k.name == "a2" && k.pool == "a")
+            .map(|(_, id)| *id)
+            .expect("a2 has an id");
+        assert_eq!(l.rec.maps.origins[&a2].weight, 0, "weight 0: drained");
+        assert!(!l.rec.maps.ring(l.ring_of("a")).contains(&a2));
+        let s = l.status();
+        assert!(
+            s.origins[1].takes_new_connections(),
+            "healthy, shown with weight 0"
+        );
+        assert_eq!(s.origins[1].weight, 0.0);
+    }
+
+    #[test]
+    fn a_reload_applies_the_new_order_and_logs_it() {
+        let mut l = Loop::new(CFG);
+        l.set("a1", true);
+        l.set("b1", true);
+        l.apply();
+        let next =
+            Loop::new(&CFG.replace(r#"default_pools = ["a"]"#, r#"default_pools = ["b", "a"]"#));
+        l.cfg = next.cfg;
+        assert_eq!(
+            l.apply(),
+            ["load balancer x now uses pool b (was a): first healthy pool by default_pools order"]
+        );
+        assert_eq!(l.vip_ring(), l.ring_of("b"));
+        assert_eq!(
+            l.status().load_balancers[0].active_pool.as_deref(),
+            Some("b")
         );
     }
 }

@@ -7,7 +7,9 @@
 //! - `health`: hysteresis and health table (pure), probes and their tasks.
 //! - `steering`: origin/pool health and pool choice (pure).
 //! - `geo`: Cloudflare regions and country -> region table (pure), MaxMind DB loader.
-//! - `reconcile`: config -> map entries, the one writer of maps.
+//! - `plan`: config + health + host facts -> the `Plan`: every decision, made once (pure).
+//! - `reconcile`: the plan -> map entries with stable ids, the one writer of maps.
+//! - `writer`: `MapWriter`, the reconciler's reads and writes (aya maps, or in memory).
 //! - `dataplane`: loading, pinning, attaching; typed map handles.
 //! - `agent`: the lifecycle (`run` with injected shutdown, SIGHUP reload).
 //! - `stats`: counters read back from the pinned maps.
@@ -28,7 +30,9 @@ pub mod metrics;
 pub mod neigh;
 pub mod netwatch;
 pub mod notify;
+pub mod plan;
 pub mod reconcile;
 pub mod stats;
 pub mod steering;
 pub mod store;
+pub mod writer;

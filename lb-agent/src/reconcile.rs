@@ -1,32 +1,36 @@
-//! The reconciler: the one writer of BPF maps. It turns a validated `Config` into the
-//! entries the data path needs and writes only what differs from what the maps hold.
+//! The reconciler: the one writer of BPF maps. It takes the `Plan` for a config and health
+//! table (`plan::plan`), gives ids to its VIPs, rings and origins, and writes only what
+//! differs from what the maps hold, through a `MapWriter` (the aya maps, or `MemMaps` in
+//! tests).
 //!
 //! Write order keeps every packet's view consistent: origins first, then ring slots, then the
 //! VIP entries that point at rings (a VIP moves to another ring with one write), and only
 //! then the removal of stale VIPs and origins. Ids are stable: a VIP, ring or origin that
 //! already exists in the maps (from this agent or a previous one) keeps its id, so a restart
-//! or reload rewrites nothing that did not change.
+//! or reload rewrites nothing that did not change. A ring's Maglev table is rebuilt only when
+//! its members, weights or member ids changed since the last apply.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use lb_common::{
-    v4_mapped, Counters, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta,
-    IPPROTO_TCP, MAGLEV_M, MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, NO_ORIGIN, NO_RING,
+    v4_mapped, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta, IPPROTO_TCP,
+    MAGLEV_M, MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, NO_ORIGIN, NO_RING,
     ORIGIN_F_PRESENT, POOL_SEL_M, RING_STEER_HASH, RING_STEER_LEAST_CONN, RING_STEER_RANDOM,
-    SETTINGS_F_ANSWER_PING, SETTINGS_F_READY, SETTINGS_F_ROUTE_OTHER, VIP_F_AFFINITY, VIP_F_GEO,
     VIP_F_RANDOM, WEIGHT_SCALE,
 };
 
+pub use crate::plan::{vip_key, OriginKey, Plan, RingKey, RingPlan, VipPlan};
 use crate::{
-    config::{Config, Geo, LoadBalancer, OriginSteering, SteeringPolicy},
+    config::{Config, Geo, OriginSteering},
     dataplane::Maps,
-    geo::Region,
     health::HealthTable,
-    maglev, steering,
+    maglev, plan,
+    writer::{GeoPrefix, MapWriter},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,66 +47,6 @@ pub enum ReconcileError {
 
 type Result<T> = std::result::Result<T, ReconcileError>;
 
-fn werr(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReconcileError {
-    move |e| ReconcileError::Map {
-        map,
-        reason: e.to_string(),
-    }
-}
-
-/// An origin as the data path knows it: one pool member with its effective port.
-pub type OriginKey = crate::steering::Member;
-
-/// A ring: a pool's members with one default origin port. `pool` empty = the empty ring
-/// (used by a load balancer with no usable pool).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RingKey {
-    pub pool: String,
-    pub port: u16,
-}
-
-/// What the maps should hold, before ids are assigned. Pure function of the config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Desired {
-    pub settings: Settings,
-    pub rings: BTreeMap<RingKey, RingPlan>,
-    /// Enabled load balancers.
-    pub vips: Vec<VipPlan>,
-}
-
-/// One ring: every origin of the pool with its Maglev weight (0 = drained: no new flows),
-/// and how the ring picks among them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RingPlan {
-    pub members: Vec<(OriginKey, f64)>,
-    pub steering: OriginSteering,
-}
-
-/// One VIP: its own ring and how new flows may be sent elsewhere.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VipPlan {
-    pub name: String,
-    pub key: VipKey,
-    /// The ring for clients nothing else applies to (`steering::choose_pool`).
-    pub ring: RingKey,
-    /// `VIP_F_*`.
-    pub flags: u32,
-    pub affinity_ttl: u32,
-    /// `geo`: client location (`GeoValue::geo_id`) -> ring, where it differs from `ring`.
-    pub geo: BTreeMap<u32, RingKey>,
-    /// `random`: the rings new connections spread over, with weights.
-    pub pool_sel: Vec<(RingKey, f64)>,
-}
-
-pub fn vip_key(addr: Ipv4Addr, port: u16) -> VipKey {
-    VipKey {
-        addr: v4_mapped(addr.octets()),
-        port: port.to_be(),
-        proto: IPPROTO_TCP,
-        _pad: 0,
-    }
-}
-
 /// The marker entry (port 0) that tells the data path an address belongs to some VIP.
 pub fn vip_addr_marker(addr: [u8; 16]) -> VipKey {
     VipKey {
@@ -113,7 +57,7 @@ pub fn vip_addr_marker(addr: [u8; 16]) -> VipKey {
     }
 }
 
-/// The client locations the geo trie holds (distinct values), for `desired`.
+/// The client locations the geo trie holds (distinct values): the host fact `plan` needs.
 pub fn geo_locations(geo: &Geo) -> Vec<GeoValue> {
     let set: std::collections::BTreeSet<(u32, [u8; 2], u8)> = geo
         .merged()
@@ -128,126 +72,12 @@ pub fn geo_locations(geo: &Geo) -> Vec<GeoValue> {
         .collect()
 }
 
-fn ring_key(lb: &LoadBalancer, pool: &str) -> RingKey {
-    RingKey {
-        pool: pool.to_owned(),
-        port: lb.origin_port,
-    }
-}
-
-/// What the maps should hold for `cfg` under `health`, with `locations` the distinct client
-/// locations of the geo trie. Every pool an enabled load balancer may use (default pools,
-/// fallback, geo lists) has a ring, kept current, so failing over is one write of a VIP's
-/// ring id (or of a geo plan entry).
-pub fn desired(cfg: &Config, health: &HealthTable, locations: &[GeoValue]) -> Desired {
-    let dp = &cfg.dataplane;
-    let settings = Settings {
-        snat_addr: v4_mapped(dp.snat_address.octets()),
-        snat_port_min: dp.snat_port_min,
-        snat_port_max: dp.snat_port_max,
-        flags: SETTINGS_F_READY
-            | if dp.answer_ping {
-                SETTINGS_F_ANSWER_PING
-            } else {
-                0
-            }
-            | if dp.route_other {
-                SETTINGS_F_ROUTE_OTHER
-            } else {
-                0
-            },
-        reuse_closed_secs: dp.snat_port_reuse_after_close,
-        established_secs: dp.snat_port_reuse_after_idle,
-        syn_secs: dp.syn_timeout,
-        half_closed_secs: dp.half_closed_timeout,
-        syn_budget: dp.syn_budget,
-        // The reconciler's own counter (Reconciler::next_hops_changed); not config.
-        nh_gen: 0,
-    };
-    let mut rings = BTreeMap::new();
-    let mut vips = Vec::new();
-    for lb in cfg.load_balancers.iter().filter(|l| l.enabled) {
-        for name in lb.all_pools() {
-            if let Some(pool) = cfg.pool(name) {
-                rings
-                    .entry(ring_key(lb, &pool.name))
-                    .or_insert_with(|| RingPlan {
-                        members: steering::ring_members(cfg, health, pool, lb.origin_port),
-                        steering: pool.origin_steering,
-                    });
-            }
-        }
-        let ring = match steering::choose_pool(cfg, health, lb) {
-            Some((pool, _)) => ring_key(lb, &pool.name),
-            None => {
-                let key = RingKey {
-                    pool: String::new(),
-                    port: 0,
-                };
-                rings.entry(key.clone()).or_insert_with(|| RingPlan {
-                    members: Vec::new(),
-                    steering: OriginSteering::Random,
-                });
-                key
-            }
-        };
-        let mut flags = 0;
-        let mut geo = BTreeMap::new();
-        let mut pool_sel = Vec::new();
-        match lb.steering_policy {
-            SteeringPolicy::Geo if steering::pop_list(cfg, lb).is_none() => {
-                for loc in locations {
-                    let country = (loc.country != [0, 0]).then_some(loc.country);
-                    let region = Region::from_index(loc.region);
-                    let Some(list) = steering::geo_list(lb, country, region) else {
-                        continue;
-                    };
-                    if let Some(pool) = steering::geo_choice(cfg, health, lb, list) {
-                        let r = ring_key(lb, &pool.name);
-                        if r != ring {
-                            geo.insert(loc.geo_id, r);
-                        }
-                    }
-                }
-                if !lb.country_pools.is_empty() || !lb.region_pools.is_empty() {
-                    flags |= VIP_F_GEO;
-                }
-            }
-            SteeringPolicy::Random => {
-                pool_sel = steering::random_pools(cfg, health, lb)
-                    .into_iter()
-                    .map(|(p, w)| (ring_key(lb, &p.name), w))
-                    .collect();
-                flags |= VIP_F_RANDOM;
-            }
-            _ => {}
-        }
-        if lb.affinity_ttl.is_some() {
-            flags |= VIP_F_AFFINITY;
-        }
-        vips.push(VipPlan {
-            name: lb.name.clone(),
-            key: vip_key(lb.address, lb.port),
-            ring,
-            flags,
-            affinity_ttl: lb.affinity_ttl.unwrap_or(0),
-            geo,
-            pool_sel,
-        });
-    }
-    Desired {
-        settings,
-        rings,
-        vips,
-    }
-}
-
 /// Smallest id below `max` in neither set.
 fn free_id(used: &HashSet<u32>, taken: &HashSet<u32>, max: u32) -> Option<u32> {
     (0..max).find(|i| !used.contains(i) && !taken.contains(i))
 }
 
-/// Ids for everything in `Desired`, reusing the ids the maps already hold where the same
+/// Ids for everything in the plan, reusing the ids the maps already hold where the same
 /// thing is there (matched by VIP key, by the ring a kept VIP points at, and by origin
 /// address and port).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -267,7 +97,7 @@ pub struct Current {
 /// `prev` is this reconciler's previous assignment (empty right after start): ring keys keep
 /// the ids they had, so a VIP that moves to another pool moves to another ring with one write
 /// instead of having its live ring rewritten under it.
-pub fn assign(want: &Desired, cur: &Current, prev: &Assignment) -> Result<Assignment> {
+pub fn assign(want: &Plan, cur: &Current, prev: &Assignment) -> Result<Assignment> {
     let mut a = Assignment::default();
     // VIPs: by key.
     let mut taken = HashSet::new();
@@ -406,13 +236,6 @@ pub fn ring_slots(members: &[(OriginKey, f64)], ids: &HashMap<OriginKey, u32>) -
         .collect()
 }
 
-/// All-zero per-CPU counters, to reset the stats slot of a newly assigned id.
-fn zero_counters(map: &'static str) -> Result<aya::maps::PerCpuValues<Counters>> {
-    let err = |reason: String| ReconcileError::Map { map, reason };
-    let n = aya::util::nr_cpus().map_err(|(_, e)| err(e.to_string()))?;
-    aya::maps::PerCpuValues::try_from(vec![Counters::default(); n]).map_err(|e| err(e.to_string()))
-}
-
 /// What one apply did, for logs and the benchmarks.
 #[derive(Debug, Clone, Default)]
 pub struct ApplyReport {
@@ -421,6 +244,10 @@ pub struct ApplyReport {
     pub origins_removed: usize,
     pub vips_written: usize,
     pub vips_removed: usize,
+    /// Rings whose Maglev table was built (members, weights or ids changed).
+    pub rings_rebuilt: usize,
+    /// Time spent in `plan::plan` (and syncing the geo trie).
+    pub plan: Duration,
     /// Time spent computing rings (Maglev builds) and diffing them.
     pub compute: Duration,
     /// Time spent writing ring slots.
@@ -428,12 +255,19 @@ pub struct ApplyReport {
     pub elapsed: Duration,
 }
 
-/// Owns the map handles and what it last wrote.
-pub struct Reconciler {
-    pub maps: Maps,
+/// What a ring's table was built from: each member's Maglev key, weight and origin id.
+type RingInput = Vec<(Ipv4Addr, u16, f64, u32)>;
+/// What a `POOL_SEL` table was built from: each pool's name, weight and ring id.
+type PoolSelInput = Vec<(String, f64, u32)>;
+
+/// Owns the maps (through `M`) and what it last wrote.
+pub struct Reconciler<M: MapWriter = Maps> {
+    pub maps: M,
     current: Current,
     /// Ring id -> slots as last written or read.
     rings: HashMap<u32, Vec<u32>>,
+    /// Ring id -> what its slots were last built from.
+    ring_inputs: HashMap<u32, RingInput>,
     settings: Option<Settings>,
     /// `Settings::nh_gen` to write: bumped when links, routes or neighbours change.
     nh_gen: u32,
@@ -444,43 +278,42 @@ pub struct Reconciler {
     geo_plan: HashMap<GeoPlanKey, u32>,
     /// VIP id -> `POOL_SEL` slots, read on first use.
     pool_sel: HashMap<u32, Vec<u32>>,
+    pool_sel_inputs: HashMap<u32, PoolSelInput>,
     /// What the `GEO` trie holds, read on first use.
-    geo_trie: Option<HashMap<(u32, [u8; 16]), GeoValue>>,
+    geo_trie: Option<HashMap<GeoPrefix, GeoValue>>,
     geo_applied: Option<Geo>,
     geo_locations: Vec<GeoValue>,
+    /// The plan last written in full.
+    plan: Arc<Plan>,
 }
 
-impl Reconciler {
+impl<M: MapWriter> Reconciler<M> {
     /// Takes over maps that may already hold state from an earlier agent.
-    pub fn adopt(maps: Maps) -> Result<Self> {
+    pub fn adopt(maps: M) -> Result<Self> {
         let mut current = Current::default();
-        for item in maps.vips.iter() {
-            let (k, v) = item.map_err(werr("VIPS"))?;
+        for (k, v) in maps.read_vips()? {
             current.vips.insert(k, v);
         }
         for id in 0..MAX_ORIGINS {
-            let m = maps.origins.get(&id, 0).map_err(werr("ORIGINS"))?;
+            let m = maps.read_origin(id)?;
             if m.flags & ORIGIN_F_PRESENT != 0 {
                 current.origins.insert(id, m);
             }
         }
-        let settings = maps.settings.get(&0, 0).ok();
+        let settings = maps.read_settings();
         // Changes may have happened while no agent watched: the next hops the data path
         // cached under the old generation are looked up again.
         let nh_gen = settings.map_or(0, |s| s.nh_gen.wrapping_add(1));
         let mut ring_meta = HashMap::new();
         for id in 0..MAX_RINGS {
-            ring_meta.insert(id, maps.ring_meta.get(&id, 0).map_err(werr("RING_META"))?);
+            ring_meta.insert(id, maps.read_ring_meta(id)?);
         }
-        let mut geo_plan = HashMap::new();
-        for item in maps.geo_plan.iter() {
-            let (k, v) = item.map_err(werr("GEO_PLAN"))?;
-            geo_plan.insert(k, v);
-        }
+        let geo_plan = maps.read_geo_plan()?.into_iter().collect();
         Ok(Self {
             maps,
             current,
             rings: HashMap::new(),
+            ring_inputs: HashMap::new(),
             settings,
             nh_gen,
             local_addrs: None,
@@ -488,21 +321,23 @@ impl Reconciler {
             ring_meta,
             geo_plan,
             pool_sel: HashMap::new(),
+            pool_sel_inputs: HashMap::new(),
             geo_trie: None,
             geo_applied: None,
             geo_locations: Vec::new(),
+            plan: Arc::default(),
         })
+    }
+
+    /// The plan the maps hold (empty before the first apply). The log, the status and the
+    /// traffic counters read it, with `assignment`, instead of deciding again.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
     }
 
     fn ring(&mut self, id: u32) -> Result<&mut Vec<u32>> {
         if !self.rings.contains_key(&id) {
-            let base = id * MAGLEV_M;
-            let slots = match &self.maps.rings_mem {
-                Some(mem) => (0..MAGLEV_M).map(|s| mem.get(base + s)).collect(),
-                None => (0..MAGLEV_M)
-                    .map(|s| self.maps.rings.get(&(base + s), 0).map_err(werr("RINGS")))
-                    .collect::<Result<Vec<u32>>>()?,
-            };
+            let slots = self.maps.read_ring(id)?;
             self.rings.insert(id, slots);
         }
         Ok(self.rings.get_mut(&id).expect("inserted above"))
@@ -516,7 +351,7 @@ impl Reconciler {
         self.nh_gen = self.nh_gen.wrapping_add(1);
         if let Some(mut s) = self.settings {
             s.nh_gen = self.nh_gen;
-            self.maps.settings.set(0, s, 0).map_err(werr("SETTINGS"))?;
+            self.maps.write_settings(s)?;
             self.settings = Some(s);
         }
         Ok(())
@@ -527,23 +362,15 @@ impl Reconciler {
     pub fn sync_local_addrs(&mut self, want: &BTreeSet<[u8; 16]>) -> Result<()> {
         let have = match self.local_addrs.take() {
             Some(h) => h,
-            None => self
-                .maps
-                .local_addrs
-                .keys()
-                .collect::<std::result::Result<BTreeSet<_>, _>>()
-                .map_err(werr("LOCAL_ADDRS"))?,
+            None => self.maps.read_local_addrs()?,
         };
         let mut now = have.clone();
         for gone in have.difference(want) {
-            self.maps
-                .local_addrs
-                .remove(gone)
-                .map_err(werr("LOCAL_ADDRS"))?;
+            self.maps.remove_local_addr(gone)?;
             now.remove(gone);
         }
         for new in want.difference(&have) {
-            if self.maps.local_addrs.insert(new, 1, 0).is_ok() {
+            if self.maps.write_local_addr(*new).is_ok() {
                 now.insert(*new);
             }
         }
@@ -551,12 +378,24 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Makes the maps hold exactly what `cfg` asks for under `health`, writing only
-    /// differences.
+    /// Makes the maps hold exactly what `cfg` asks for under `health`: syncs the geo trie
+    /// (this host's client locations), plans (`plan::plan`), then writes the plan's
+    /// differences (`write`).
     pub fn apply(&mut self, cfg: &Config, health: &HealthTable) -> Result<ApplyReport> {
         let start = Instant::now();
         self.sync_geo(&cfg.geo)?;
-        let mut want = desired(cfg, health, &self.geo_locations);
+        let want = plan::plan(cfg, health, &self.geo_locations);
+        let planned = start.elapsed();
+        let mut r = self.write(want)?;
+        r.plan = planned;
+        r.elapsed = start.elapsed();
+        Ok(r)
+    }
+
+    /// Makes the maps hold `want`, writing only differences; on success `want` becomes
+    /// `plan()`.
+    pub fn write(&mut self, mut want: Plan) -> Result<ApplyReport> {
+        let start = Instant::now();
         // New settings (a SNAT address, say) may route differently: cached next hops go.
         if self
             .settings
@@ -569,10 +408,7 @@ impl Reconciler {
         let mut r = ApplyReport::default();
 
         if self.settings != Some(want.settings) {
-            self.maps
-                .settings
-                .set(0, want.settings, 0)
-                .map_err(werr("SETTINGS"))?;
+            self.maps.write_settings(want.settings)?;
             self.settings = Some(want.settings);
         }
 
@@ -599,53 +435,50 @@ impl Reconciler {
             if cur != Some(&meta) {
                 // A new origin, or another one than before under this id: fresh counters.
                 if cur.is_none_or(|c| c.addr != meta.addr || c.port != meta.port) {
-                    let zero = zero_counters("ORIGIN_STATS")?;
-                    self.maps
-                        .origin_stats
-                        .set(*id, zero, 0)
-                        .map_err(werr("ORIGIN_STATS"))?;
-                    self.maps
-                        .origin_flows
-                        .set(*id, 0, 0)
-                        .map_err(werr("ORIGIN_FLOWS"))?;
+                    self.maps.reset_origin_counters(*id)?;
                 }
-                self.maps
-                    .origins
-                    .set(*id, meta, 0)
-                    .map_err(werr("ORIGINS"))?;
+                self.maps.write_origin(*id, meta)?;
                 self.current.origins.insert(*id, meta);
                 r.origins_written += 1;
             }
         }
 
-        // 2. Ring slots that changed, and each ring's steering.
+        // 2. Ring slots that changed (rings whose inputs changed), and each ring's steering.
         for (key, plan) in &want.rings {
             let id = a.rings[key];
-            let t = Instant::now();
-            let slots = ring_slots(&plan.members, &a.origins);
-            r.compute += t.elapsed();
-            let t = Instant::now();
-            let base = id * MAGLEV_M;
-            let old = self.ring(id)?.clone();
-            for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
-                if new != old {
-                    #[expect(clippy::cast_possible_truncation, reason = "i < MAGLEV_M")]
-                    let slot = base + i as u32;
-                    match &self.maps.rings_mem {
-                        Some(mem) => mem.set(slot, *new),
-                        None => self.maps.rings.set(slot, *new, 0).map_err(werr("RINGS"))?,
+            let input: RingInput = plan
+                .members
+                .iter()
+                .map(|(k, w)| (k.addr, k.port, *w, a.origins[k]))
+                .collect();
+            if self.ring_inputs.get(&id) != Some(&input) {
+                let t = Instant::now();
+                let slots = ring_slots(&plan.members, &a.origins);
+                r.compute += t.elapsed();
+                r.rings_rebuilt += 1;
+                let t = Instant::now();
+                let base = id * MAGLEV_M;
+                let old = std::mem::take(self.ring(id)?);
+                for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
+                    if new != old {
+                        #[expect(clippy::cast_possible_truncation, reason = "i < MAGLEV_M")]
+                        let slot = base + i as u32;
+                        if let Err(e) = self.maps.write_ring_slot(slot, *new) {
+                            // What the ring holds is unknown now: read it again next time.
+                            self.rings.remove(&id);
+                            self.ring_inputs.remove(&id);
+                            return Err(e);
+                        }
+                        r.slots_written += 1;
                     }
-                    r.slots_written += 1;
                 }
+                self.rings.insert(id, slots);
+                self.ring_inputs.insert(id, input);
+                r.ring_writes += t.elapsed();
             }
-            self.rings.insert(id, slots);
-            r.ring_writes += t.elapsed();
             let meta = ring_meta(plan, &a.origins);
             if self.ring_meta.get(&id) != Some(&meta) {
-                self.maps
-                    .ring_meta
-                    .set(id, meta, 0)
-                    .map_err(werr("RING_META"))?;
+                self.maps.write_ring_meta(id, meta)?;
                 self.ring_meta.insert(id, meta);
             }
         }
@@ -663,28 +496,35 @@ impl Reconciler {
         }
         for (k, ring) in &wanted_plan {
             if self.geo_plan.get(k) != Some(ring) {
-                self.maps
-                    .geo_plan
-                    .insert(k, ring, 0)
-                    .map_err(werr("GEO_PLAN"))?;
+                self.maps.write_geo_plan(*k, *ring)?;
                 self.geo_plan.insert(*k, *ring);
             }
         }
         for v in want.vips.iter().filter(|v| v.flags & VIP_F_RANDOM != 0) {
             let vip_id = a.vips[&v.key];
+            let input: PoolSelInput = v
+                .pool_sel
+                .iter()
+                .map(|(k, w)| (k.pool.clone(), *w, a.rings[k]))
+                .collect();
+            if self.pool_sel_inputs.get(&vip_id) == Some(&input) {
+                continue;
+            }
             let slots = pool_sel_slots(&v.pool_sel, &a.rings);
-            let old = self.pool_sel(vip_id)?.clone();
+            let old = std::mem::take(self.pool_sel(vip_id)?);
             for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
                 if new != old {
                     #[expect(clippy::cast_possible_truncation, reason = "i < POOL_SEL_M")]
                     let slot = vip_id * POOL_SEL_M + i as u32;
-                    self.maps
-                        .pool_sel
-                        .set(slot, *new, 0)
-                        .map_err(werr("POOL_SEL"))?;
+                    if let Err(e) = self.maps.write_pool_sel_slot(slot, *new) {
+                        self.pool_sel.remove(&vip_id);
+                        self.pool_sel_inputs.remove(&vip_id);
+                        return Err(e);
+                    }
                 }
             }
             self.pool_sel.insert(vip_id, slots);
+            self.pool_sel_inputs.insert(vip_id, input);
         }
 
         // 4. VIPs (and address markers) pointing at their rings.
@@ -709,13 +549,9 @@ impl Reconciler {
         for (key, meta) in &wanted_vips {
             if self.current.vips.get(key) != Some(meta) {
                 if !self.current.vips.contains_key(key) && key.port != 0 {
-                    let zero = zero_counters("VIP_STATS")?;
-                    self.maps
-                        .vip_stats
-                        .set(meta.vip_id, zero, 0)
-                        .map_err(werr("VIP_STATS"))?;
+                    self.maps.reset_vip_counters(meta.vip_id)?;
                 }
-                self.maps.vips.insert(key, meta, 0).map_err(werr("VIPS"))?;
+                self.maps.write_vip(*key, *meta)?;
                 self.current.vips.insert(*key, *meta);
                 r.vips_written += 1;
             }
@@ -730,7 +566,7 @@ impl Reconciler {
             .copied()
             .collect();
         for k in stale {
-            self.maps.vips.remove(&k).map_err(werr("VIPS"))?;
+            self.maps.remove_vip(&k)?;
             self.current.vips.remove(&k);
             r.vips_removed += 1;
         }
@@ -741,7 +577,7 @@ impl Reconciler {
             .copied()
             .collect();
         for k in stale {
-            self.maps.geo_plan.remove(&k).map_err(werr("GEO_PLAN"))?;
+            self.maps.remove_geo_plan(&k)?;
             self.geo_plan.remove(&k);
         }
         let stale: Vec<u32> = self
@@ -753,14 +589,12 @@ impl Reconciler {
             .collect();
         for id in stale {
             // Established flows keep working: they carry the origin's address themselves.
-            self.maps
-                .origins
-                .set(id, OriginMeta::default(), 0)
-                .map_err(werr("ORIGINS"))?;
+            self.maps.write_origin(id, OriginMeta::default())?;
             self.current.origins.remove(&id);
             r.origins_removed += 1;
         }
         self.assignment = a;
+        self.plan = Arc::new(want);
         r.elapsed = start.elapsed();
         Ok(r)
     }
@@ -768,15 +602,7 @@ impl Reconciler {
     /// A VIP's `POOL_SEL` slots as last written or read.
     fn pool_sel(&mut self, vip_id: u32) -> Result<&mut Vec<u32>> {
         if !self.pool_sel.contains_key(&vip_id) {
-            let base = vip_id * POOL_SEL_M;
-            let slots = (0..POOL_SEL_M)
-                .map(|s| {
-                    self.maps
-                        .pool_sel
-                        .get(&(base + s), 0)
-                        .map_err(werr("POOL_SEL"))
-                })
-                .collect::<Result<Vec<u32>>>()?;
+            let slots = self.maps.read_pool_sel(vip_id)?;
             self.pool_sel.insert(vip_id, slots);
         }
         Ok(self.pool_sel.get_mut(&vip_id).expect("inserted above"))
@@ -789,15 +615,10 @@ impl Reconciler {
             return Ok(());
         }
         if self.geo_trie.is_none() {
-            let mut cur = HashMap::new();
-            for item in self.maps.geo.iter() {
-                let (k, v) = item.map_err(werr("GEO"))?;
-                cur.insert((k.prefix_len(), k.data()), v);
-            }
-            self.geo_trie = Some(cur);
+            self.geo_trie = Some(self.maps.read_geo()?);
         }
         let cur = self.geo_trie.as_mut().expect("read above");
-        let want: HashMap<(u32, [u8; 16]), GeoValue> = geo
+        let want: HashMap<GeoPrefix, GeoValue> = geo
             .merged()
             .values()
             .map(|p| {
@@ -807,19 +628,17 @@ impl Reconciler {
             .collect();
         for (k, v) in &want {
             if cur.get(k) != Some(v) {
-                let key = aya::maps::lpm_trie::Key::new(k.0, k.1);
-                self.maps.geo.insert(&key, *v, 0).map_err(werr("GEO"))?;
+                self.maps.write_geo(*k, *v)?;
                 cur.insert(*k, *v);
             }
         }
-        let stale: Vec<(u32, [u8; 16])> = cur
+        let stale: Vec<GeoPrefix> = cur
             .keys()
             .filter(|k| !want.contains_key(k))
             .copied()
             .collect();
         for k in stale {
-            let key = aya::maps::lpm_trie::Key::new(k.0, k.1);
-            self.maps.geo.remove(&key).map_err(werr("GEO"))?;
+            self.maps.remove_geo(k)?;
             cur.remove(&k);
         }
         self.geo_locations = geo_locations(geo);
@@ -928,7 +747,7 @@ default_pools = ["b"]
 
     #[test]
     fn desired_uses_first_enabled_pool_and_origin_ports() {
-        let d = desired(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
+        let d = plan::plan(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
         assert_eq!(d.vips.len(), 2);
         let ring_x = &d.vips[0].ring;
         assert_eq!(
@@ -951,14 +770,14 @@ default_pools = ["b"]
     fn disabled_pool_is_skipped_and_disabled_lb_is_absent() {
         let pools = POOLS.replacen("name = \"a\"", "name = \"a\"\nenabled = false", 1);
         let lbs = LBS.replacen("port = 443", "port = 443\nenabled = false", 1);
-        let d = desired(&cfg(&pools, &lbs), &HealthTable::default(), &[]);
+        let d = plan::plan(&cfg(&pools, &lbs), &HealthTable::default(), &[]);
         assert_eq!(d.vips.len(), 1);
         assert_eq!(d.vips[0].ring.pool, "b");
     }
 
     #[test]
     fn drained_ring_has_no_origins() {
-        let d = desired(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
+        let d = plan::plan(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
         let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         let ring_y = &d.vips[1].ring;
         assert!(ring_slots(&d.rings[ring_y].members, &a.origins)
@@ -968,7 +787,7 @@ default_pools = ["b"]
 
     #[test]
     fn fresh_assignment_is_dense_and_unique() {
-        let d = desired(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
+        let d = plan::plan(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
         let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         let mut ids: Vec<u32> = a.origins.values().copied().collect();
         ids.sort_unstable();
@@ -982,7 +801,7 @@ default_pools = ["b"]
     #[test]
     fn assignment_is_stable_against_what_maps_hold() {
         let c = cfg(POOLS, LBS);
-        let d = desired(&c, &HealthTable::default(), &[]);
+        let d = plan::plan(&c, &HealthTable::default(), &[]);
         let first = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         // Simulate the maps after applying `first`.
         let mut cur = Current::default();
@@ -1018,7 +837,7 @@ default_pools = ["b"]
     fn new_ring_never_overwrites_a_ring_a_live_vip_uses() {
         // Maps hold VIP x on ring 0; the new config moves x to pool b (a new ring key).
         let c = cfg(POOLS, LBS);
-        let d = desired(&c, &HealthTable::default(), &[]);
+        let d = plan::plan(&c, &HealthTable::default(), &[]);
         let mut cur = Current::default();
         let other = vip_key(Ipv4Addr::new(10, 9, 9, 9), 80); // a VIP being removed, on ring 1
         cur.vips.insert(
@@ -1041,6 +860,7 @@ default_pools = ["b"]
 #[cfg(test)]
 mod steering_tests {
     use super::*;
+    use lb_common::{VIP_F_AFFINITY, VIP_F_GEO};
     use std::path::Path;
 
     const BASE: &str = r#"
@@ -1070,7 +890,7 @@ prefixes = [{ prefix = "10.9.0.0/16", country = "DE" }, { prefix = "10.8.0.0/16"
         let c = cfg("default_pools = [\"a\"]\nsteering_policy = \"geo\"\nregion_pools = { WEU = [\"b\"], NEAS = [\"a\"] }");
         let locs = geo_locations(&c.geo);
         assert_eq!(locs.len(), 2);
-        let d = desired(&c, &HealthTable::default(), &locs);
+        let d = plan::plan(&c, &HealthTable::default(), &locs);
         let v = &d.vips[0];
         assert_eq!(v.flags, VIP_F_GEO);
         assert_eq!(v.ring.pool, "a");
@@ -1093,7 +913,7 @@ prefixes = [{ prefix = "10.9.0.0/16", country = "DE" }, { prefix = "10.8.0.0/16"
             "{BASE}\n[agent]\npop = \"AMS\"\n\n[[load_balancers]]\nname = \"x\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"a\"]\nsteering_policy = \"geo\"\npop_pools = {{ AMS = [\"b\"] }}\nregion_pools = {{ WEU = [\"a\"] }}\n"
         );
         let c = Config::parse(&text, Path::new("t")).expect("valid");
-        let d = desired(&c, &HealthTable::default(), &geo_locations(&c.geo));
+        let d = plan::plan(&c, &HealthTable::default(), &geo_locations(&c.geo));
         let v = &d.vips[0];
         assert_eq!(v.ring.pool, "b", "this PoP's list");
         assert_eq!(
@@ -1107,7 +927,7 @@ prefixes = [{ prefix = "10.9.0.0/16", country = "DE" }, { prefix = "10.8.0.0/16"
     #[test]
     fn random_vip_gets_a_weighted_pool_table() {
         let c = cfg("default_pools = [\"a\", \"b\"]\nsteering_policy = \"random\"\nrandom_steering = { pool_weights = { a = 0.2, b = 0.8 } }\nsession_affinity = \"ip\"\nsession_affinity_ttl = 30");
-        let d = desired(&c, &HealthTable::default(), &[]);
+        let d = plan::plan(&c, &HealthTable::default(), &[]);
         let v = &d.vips[0];
         assert_eq!(v.flags, VIP_F_RANDOM | VIP_F_AFFINITY);
         assert_eq!(v.affinity_ttl, 30);
@@ -1129,7 +949,7 @@ prefixes = [{ prefix = "10.9.0.0/16", country = "DE" }, { prefix = "10.8.0.0/16"
     #[test]
     fn least_connections_ring_lists_usable_members_with_weights() {
         let c = cfg("default_pools = [\"b\"]");
-        let d = desired(&c, &HealthTable::default(), &[]);
+        let d = plan::plan(&c, &HealthTable::default(), &[]);
         let a = assign(&d, &Current::default(), &Assignment::default()).expect("ids");
         let plan = &d.rings[&RingKey {
             pool: "b".into(),
@@ -1161,7 +981,7 @@ mod move_tests {
         let base = "[dataplane]\ninterfaces=[\"eth0\"]\nsnat_address=\"10.0.0.1\"\n[[pools]]\nname=\"a\"\norigins=[{name=\"a1\",address=\"10.1.0.1\"}]\n[[pools]]\nname=\"b\"\norigins=[{name=\"b1\",address=\"10.2.0.1\"}]\n[[load_balancers]]\nname=\"x\"\naddress=\"10.0.0.10\"\nport=80\n";
         let c1 = Config::parse(&format!("{base}default_pools=[\"a\"]\n"), Path::new("t")).unwrap();
         let c2 = Config::parse(&format!("{base}default_pools=[\"b\"]\n"), Path::new("t")).unwrap();
-        let d1 = desired(&c1, &HealthTable::default(), &[]);
+        let d1 = plan::plan(&c1, &HealthTable::default(), &[]);
         let a1 = assign(&d1, &Current::default(), &Assignment::default()).unwrap();
         let mut cur = Current::default();
         let (key, ring) = (&d1.vips[0].key, &d1.vips[0].ring);
@@ -1174,12 +994,346 @@ mod move_tests {
                 affinity_ttl: 0,
             },
         );
-        let d2 = desired(&c2, &HealthTable::default(), &[]);
+        let d2 = plan::plan(&c2, &HealthTable::default(), &[]);
         let a2 = assign(&d2, &cur, &a1).unwrap();
         let ring2 = &d2.vips[0].ring;
         assert_ne!(
             a2.rings[ring2], a1.rings[ring],
             "the live ring of x must not be rewritten in place"
         );
+    }
+}
+
+/// The reconciler against in-memory maps (`MemMaps`): no root, no kernel.
+#[cfg(test)]
+mod apply_tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+    use crate::{
+        health::{Outcome, Target},
+        steering,
+        writer::MemMaps,
+    };
+
+    const CFG: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+snat_address = "10.0.0.1"
+
+[[monitors]]
+name = "tcp"
+type = "tcp"
+
+[[pools]]
+name = "a"
+monitor = "tcp"
+origins = [
+  { name = "a1", address = "10.1.0.1" },
+  { name = "a2", address = "10.1.0.2" },
+  { name = "a3", address = "10.1.0.3" },
+]
+
+[[pools]]
+name = "b"
+monitor = "tcp"
+origins = [{ name = "b1", address = "10.2.0.1" }, { name = "b2", address = "10.2.0.2" }]
+
+[[load_balancers]]
+name = "x"
+address = "10.0.0.10"
+port = 80
+default_pools = ["a", "b"]
+"#;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, Path::new("t")).expect("valid config")
+    }
+
+    /// A health table with every target of `c` up.
+    fn all_up(c: &Config) -> HealthTable {
+        let mut h = HealthTable::default();
+        let targets = steering::targets(c);
+        h.retain(&targets.keys().map(|t| (t.clone(), (1, 1))).collect());
+        for t in targets.keys() {
+            set(&mut h, t, true);
+        }
+        h
+    }
+
+    fn set(h: &mut HealthTable, t: &Target, up: bool) {
+        h.record(
+            t,
+            &Outcome {
+                ok: up,
+                reason: String::new(),
+                rtt: Some(Duration::from_millis(1)),
+            },
+        );
+    }
+
+    fn target(c: &Config, origin: &str) -> Target {
+        steering::targets(c)
+            .into_keys()
+            .find(|t| t.origin == origin)
+            .expect("monitored origin")
+    }
+
+    fn rec() -> Reconciler<MemMaps> {
+        Reconciler::adopt(MemMaps::default()).expect("adopt in-memory maps")
+    }
+
+    fn key(pool: &str) -> RingKey {
+        RingKey {
+            pool: pool.into(),
+            port: 80,
+        }
+    }
+
+    fn origin_id(r: &Reconciler<MemMaps>, name: &str) -> u32 {
+        r.assignment
+            .origins
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, id)| *id)
+            .expect("origin has an id")
+    }
+
+    /// The origin ids ring `pool` holds, and how many slots each has.
+    fn ring_share(r: &Reconciler<MemMaps>, pool: &str) -> BTreeMap<u32, usize> {
+        let mut out = BTreeMap::new();
+        for s in r.maps.ring(r.assignment.rings[&key(pool)]) {
+            *out.entry(s).or_default() += 1;
+        }
+        out
+    }
+
+    fn vip(r: &Reconciler<MemMaps>) -> VipMeta {
+        r.maps.vips[&vip_key(Ipv4Addr::new(10, 0, 0, 10), 80)]
+    }
+
+    #[test]
+    fn the_first_apply_writes_every_entry_the_plan_asks_for() {
+        let c = cfg(CFG);
+        let mut r = rec();
+        let rep = r.apply(&c, &all_up(&c)).expect("apply");
+        assert_eq!(rep.origins_written, 5, "a1-a3 and b1-b2");
+        assert_eq!(rep.rings_rebuilt, 2, "rings a:80 and b:80");
+        assert_eq!(rep.vips_written, 2, "the VIP and its address marker");
+        assert_eq!(
+            vip(&r).ring_id,
+            r.assignment.rings[&key("a")],
+            "x uses its first healthy pool"
+        );
+        let a = ring_share(&r, "a");
+        assert_eq!(a.len(), 3, "three origins share ring a: {a:?}");
+        assert!(a.values().all(|n| (21_800..=21_900).contains(n)), "{a:?}");
+        assert_eq!(
+            r.maps.counter_resets.len(),
+            5 + 1,
+            "fresh counters for new ids"
+        );
+        assert!(r
+            .maps
+            .settings
+            .is_some_and(|s| s.snat_addr == v4_mapped([10, 0, 0, 1])));
+        assert_eq!(r.plan().vips[0].ring, key("a"), "the plan is published");
+    }
+
+    #[test]
+    fn reapplying_the_same_plan_writes_nothing_and_builds_no_ring() {
+        let c = cfg(CFG);
+        let h = all_up(&c);
+        let mut r = rec();
+        r.apply(&c, &h).expect("apply");
+        let writes = r.maps.writes;
+        let rep = r.apply(&c, &h).expect("apply again");
+        assert_eq!(rep.rings_rebuilt, 0);
+        assert_eq!(
+            rep.slots_written + rep.origins_written + rep.vips_written,
+            0
+        );
+        assert_eq!(r.maps.writes, writes, "no map write at all");
+    }
+
+    #[test]
+    fn a_health_change_rebuilds_only_its_ring_and_moves_only_its_slots() {
+        let c = cfg(CFG);
+        let mut h = all_up(&c);
+        let mut r = rec();
+        r.apply(&c, &h).expect("apply");
+        let before = r.maps.ring(r.assignment.rings[&key("a")]);
+        let ring_b = r.maps.ring(r.assignment.rings[&key("b")]);
+        let a2 = origin_id(&r, "a2");
+        set(&mut h, &target(&c, "a2"), false);
+        let rep = r.apply(&c, &h).expect("apply");
+        assert_eq!(rep.rings_rebuilt, 1, "ring b is unchanged and not rebuilt");
+        assert_eq!(rep.origins_written, 1, "a2's weight");
+        assert_eq!(rep.vips_written, 0, "x stays on pool a");
+        assert_eq!(r.maps.origins[&a2].weight, 0, "a2 takes no new flows");
+        assert_eq!(
+            r.maps.origins[&a2].flags, ORIGIN_F_PRESENT,
+            "but keeps its id"
+        );
+        let after = r.maps.ring(r.assignment.rings[&key("a")]);
+        assert!(!after.contains(&a2), "a2 left ring a");
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        assert_eq!(moved, rep.slots_written);
+        let own = before.iter().filter(|s| **s == a2).count();
+        assert!(
+            (own..own + 100).contains(&moved),
+            "a2's {own} slots moved, and few others ({moved}): Maglev's small disruption"
+        );
+        assert_eq!(r.maps.ring(r.assignment.rings[&key("b")]), ring_b);
+        assert_eq!(origin_id(&r, "a2"), a2, "ids are stable");
+    }
+
+    #[test]
+    fn a_failover_moves_the_vip_to_the_next_pool_with_one_write_and_back() {
+        let c = cfg(CFG);
+        let mut h = all_up(&c);
+        let mut r = rec();
+        r.apply(&c, &h).expect("apply");
+        let (ring_a, ring_b) = (r.assignment.rings[&key("a")], r.assignment.rings[&key("b")]);
+        let slots_a = r.maps.ring(ring_a);
+        for o in ["a1", "a2", "a3"] {
+            set(&mut h, &target(&c, o), false);
+        }
+        let writes = r.maps.writes;
+        let rep = r.apply(&c, &h).expect("fail over");
+        assert_eq!(vip(&r).ring_id, ring_b, "x now uses pool b");
+        assert_eq!(rep.vips_written, 1, "one VIP write");
+        assert_eq!(
+            r.plan().load_balancers[0].choice,
+            Some(("b".into(), steering::Choice::Healthy { index: 1 }))
+        );
+        // Ring a stays ready (all down: its enabled origins, as a fallback would use them),
+        // so failing back is one write too.
+        assert_eq!(r.maps.ring(ring_a), slots_a);
+        assert_eq!(rep.rings_rebuilt, 0, "nothing in any ring changed");
+        assert_eq!(r.maps.writes - writes, 1, "the VIP entry and nothing else");
+        for o in ["a1", "a2", "a3"] {
+            set(&mut h, &target(&c, o), true);
+        }
+        let rep = r.apply(&c, &h).expect("fail back");
+        assert_eq!(vip(&r).ring_id, ring_a);
+        assert_eq!(rep.vips_written, 1);
+        assert_eq!(rep.slots_written, 0);
+    }
+
+    #[test]
+    fn a_drain_keeps_the_origin_and_its_id_with_weight_zero() {
+        let c = cfg(CFG);
+        let h = all_up(&c);
+        let mut r = rec();
+        r.apply(&c, &h).expect("apply");
+        let a3 = origin_id(&r, "a3");
+        for drained in [
+            CFG.replace(r#""10.1.0.3" }"#, r#""10.1.0.3", weight = 0.0 }"#),
+            CFG.replace(r#""10.1.0.3" }"#, r#""10.1.0.3", enabled = false }"#),
+        ] {
+            let c2 = cfg(&drained);
+            let rep = r.apply(&c2, &h).expect("drain");
+            assert_eq!(origin_id(&r, "a3"), a3, "same id");
+            assert_eq!(r.maps.origins[&a3].weight, 0);
+            assert!(!ring_share(&r, "a").contains_key(&a3), "no slot left");
+            assert!(rep.slots_written > 0 || rep.rings_rebuilt == 0);
+            r.apply(&c, &h).expect("undrain");
+            assert!(ring_share(&r, "a").contains_key(&a3));
+        }
+    }
+
+    #[test]
+    fn a_reload_that_adds_a_pool_and_moves_the_vip_keeps_every_id() {
+        let c = cfg(CFG);
+        let h = all_up(&c);
+        let mut r = rec();
+        r.apply(&c, &h).expect("apply");
+        let before = r.assignment.clone();
+        let text = format!(
+            "{}\n[[pools]]\nname = \"c\"\norigins = [{{ name = \"c1\", address = \"10.3.0.1\" }}]\n",
+            CFG.replace(r#"default_pools = ["a", "b"]"#, r#"default_pools = ["c", "a", "b"]"#)
+        );
+        let c2 = cfg(&text);
+        let h2 = all_up(&c2);
+        let rep = r.apply(&c2, &h2).expect("reload");
+        assert_eq!(rep.rings_rebuilt, 1, "only the new ring c is built");
+        assert_eq!(rep.origins_written, 1, "c1");
+        for (k, id) in &before.origins {
+            assert_eq!(r.assignment.origins[k], *id, "{k:?} keeps its id");
+        }
+        let ring_c = r.assignment.rings[&key("c")];
+        assert_eq!(
+            vip(&r).ring_id,
+            ring_c,
+            "x moved to the new ring with one write"
+        );
+        assert!(
+            !before.rings.values().any(|id| *id == ring_c),
+            "the new ring did not take a live ring's id"
+        );
+        // And back: pool c's origin is no longer wanted.
+        let rep = r.apply(&c, &h).expect("reload back");
+        assert_eq!(rep.origins_removed, 1);
+        assert_eq!(vip(&r).ring_id, before.rings[&key("a")]);
+    }
+
+    #[test]
+    fn a_restarted_agent_adopting_the_maps_writes_nothing() {
+        let c = cfg(CFG);
+        let h = all_up(&c);
+        let mut r = rec();
+        r.apply(&c, &h).expect("apply");
+        let ids = r.assignment.clone();
+        let mut maps = r.maps;
+        maps.writes = 0;
+        let mut r2 = Reconciler::adopt(maps).expect("adopt");
+        let rep = r2.apply(&c, &h).expect("apply after restart");
+        assert_eq!(r2.assignment, ids, "the same ids");
+        assert_eq!(
+            rep.slots_written + rep.origins_written + rep.vips_written,
+            0
+        );
+        assert_eq!(
+            r2.maps.writes, 1,
+            "only the settings: a new next-hop generation after adoption"
+        );
+    }
+
+    #[test]
+    fn local_addresses_are_written_as_differences() {
+        let mut r = rec();
+        let set = |a: &[u8]| -> BTreeSet<[u8; 16]> {
+            a.iter().map(|x| v4_mapped([10, 0, 0, *x])).collect()
+        };
+        r.sync_local_addrs(&set(&[1, 2])).expect("sync");
+        assert_eq!(r.maps.local_addrs, set(&[1, 2]));
+        let writes = r.maps.writes;
+        r.sync_local_addrs(&set(&[2, 3])).expect("sync");
+        assert_eq!(r.maps.local_addrs, set(&[2, 3]));
+        assert_eq!(r.maps.writes - writes, 2, "one removal, one insert");
+    }
+
+    #[test]
+    fn next_hop_generation_moves_on_changes_and_new_settings() {
+        let c = cfg(CFG);
+        let h = all_up(&c);
+        let mut r = rec();
+        r.next_hops_changed().expect("before the first apply");
+        assert!(
+            r.maps.settings.is_none(),
+            "nothing written before the settings"
+        );
+        r.apply(&c, &h).expect("apply");
+        let g0 = r.maps.settings.expect("settings").nh_gen;
+        assert_eq!(g0, 1);
+        r.next_hops_changed().expect("bump");
+        assert_eq!(r.maps.settings.expect("settings").nh_gen, g0 + 1);
+        r.apply(&c, &h).expect("same settings");
+        assert_eq!(r.maps.settings.expect("settings").nh_gen, g0 + 1, "kept");
+        let c2 = cfg(&CFG.replace("10.0.0.1\"", "10.0.0.2\""));
+        r.apply(&c2, &h).expect("new SNAT address");
+        let s = r.maps.settings.expect("settings");
+        assert_eq!((s.nh_gen, s.snat_addr), (g0 + 2, v4_mapped([10, 0, 0, 2])));
     }
 }

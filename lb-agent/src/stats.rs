@@ -8,7 +8,8 @@ use crate::{
     config::Config,
     dataplane::{DataplaneError, Maps},
     health::HealthTable,
-    reconcile::{self, Current},
+    plan::{self, Plan},
+    reconcile::{self, Assignment, Current},
 };
 
 #[derive(Debug, Serialize)]
@@ -95,9 +96,19 @@ pub struct OriginStats {
     pub open_flows: i64,
 }
 
-/// Collects counters for every load balancer of `cfg` that the maps know. Works without a
-/// running agent: the pool a VIP uses is the one whose origins record the VIP's ring.
+/// Counters for every load balancer of `cfg` that the maps know, without a running agent
+/// (`lb-agent stats`): the plan under unknown health, with the ids matched against the maps
+/// as a starting agent would match them.
 pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
+    let cur = current(maps)?;
+    let want = plan::plan(cfg, &HealthTable::default(), &[]);
+    let ids = reconcile::assign(&want, &cur, &reconcile::Assignment::default())
+        .map_err(|e| DataplaneError::Host(e.to_string()))?;
+    read(&want, &ids, maps)
+}
+
+/// What the maps hold: their VIPs and present origins.
+fn current(maps: &Maps) -> Result<Current, DataplaneError> {
     use crate::dataplane::map_err;
     let mut cur = Current::default();
     for item in maps.vips.iter() {
@@ -111,23 +122,22 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
             }
         }
     }
-    let want = reconcile::desired(cfg, &HealthTable::default(), &[]);
-    let ids = reconcile::assign(&want, &cur, &reconcile::Assignment::default())
-        .map_err(|e| DataplaneError::Host(e.to_string()))?;
+    Ok(cur)
+}
+
+/// Counters for every VIP of `plan` that the maps know, named by `plan` and the id
+/// assignment `ids` (the running agent's, published with its plan). The pool a VIP uses is
+/// the one whose origins record the VIP's ring in the maps.
+pub fn read(plan: &Plan, ids: &Assignment, maps: &Maps) -> Result<Stats, DataplaneError> {
+    use crate::dataplane::map_err;
+    let cur = current(maps)?;
     let by_id: HashMap<u32, &reconcile::OriginKey> =
         ids.origins.iter().map(|(k, id)| (*id, k)).collect();
-    let lbs: HashMap<&str, &crate::config::LoadBalancer> = cfg
-        .load_balancers
-        .iter()
-        .map(|l| (l.name.as_str(), l))
-        .collect();
     let mut vips = Vec::new();
-    for v in &want.vips {
+    for v in &plan.vips {
         let Some(meta) = cur.vips.get(&v.key) else {
             continue;
         };
-        let name = &v.name;
-        let lb = lbs[name.as_str()];
         // The pool of the VIP's own ring: every origin records its ring.
         let pool = cur
             .origins
@@ -138,19 +148,15 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
         let c = Maps::counters(&maps.vip_stats, meta.vip_id)?;
         let mut origins = Vec::new();
         // Every pool the load balancer may use (geo and random steering use several).
-        let mut seen = std::collections::HashSet::new();
-        let members = lb
-            .all_pools()
-            .filter(|p| seen.insert(p.as_str()))
-            .filter_map(|p| {
-                want.rings.get(&reconcile::RingKey {
-                    pool: p.clone(),
-                    port: lb.origin_port,
-                })
-            })
+        let members = v
+            .rings
+            .iter()
+            .filter_map(|r| plan.rings.get(r))
             .flat_map(|r| &r.members);
         for (ok, _) in members {
-            let id = ids.origins[ok];
+            let Some(&id) = ids.origins.get(ok) else {
+                continue;
+            };
             let oc = Maps::counters(&maps.origin_stats, id)?;
             let open = maps
                 .origin_flows
@@ -172,9 +178,9 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
             });
         }
         vips.push(VipStats {
-            name: name.clone(),
-            address: lb.address.to_string(),
-            port: lb.port,
+            name: v.name.clone(),
+            address: v.address.to_string(),
+            port: v.port,
             vip_id: meta.vip_id,
             pool: pool.unwrap_or_else(|| "-".into()),
             packets: c.packets,

@@ -177,7 +177,7 @@ pub fn pop_list<'a>(cfg: &Config, lb: &'a LoadBalancer) -> Option<&'a Vec<String
 }
 
 /// The first healthy pool of `order`, else the fallback pool whatever its health.
-fn first_healthy<'a>(
+pub fn first_healthy<'a>(
     cfg: &'a Config,
     health: &HealthTable,
     lb: &LoadBalancer,
@@ -214,17 +214,19 @@ pub fn geo_list(
 }
 
 /// Under `geo`, the pool for clients whose location has `list`: its first healthy pool, else
-/// what every other client gets (`choose_pool`: default pools, then the fallback).
+/// `otherwise`, what every other client gets (`choose_pool`: default pools, then the
+/// fallback; passed in, so that it is decided once per load balancer).
 pub fn geo_choice<'a>(
     cfg: &'a Config,
     health: &HealthTable,
-    lb: &'a LoadBalancer,
+    lb: &LoadBalancer,
     list: &[String],
+    otherwise: Option<&'a Pool>,
 ) -> Option<&'a Pool> {
     list.iter()
         .filter_map(|n| cfg.pool(n))
         .find(|p| pool_health(cfg, health, p, lb.origin_port).healthy)
-        .or_else(|| choose_pool(cfg, health, lb).map(|(p, _)| p))
+        .or(otherwise)
 }
 
 /// Under `random`, the healthy default pools with a positive weight, with their weights
@@ -261,6 +263,14 @@ pub struct Member {
     pub ring_port: u16,
 }
 
+/// Whether the config lets `origin` take new connections at all: enabled, with a positive
+/// weight. A disabled or weight-0 origin is drained: it stays in its rings with weight 0
+/// (no new flows; established ones keep going) so its id stays stable. This is the one
+/// place that rule is decided; the plan's ring weights carry it to the maps.
+pub fn takes_new_connections(origin: &Origin) -> bool {
+    origin.enabled && origin.weight > 0.0
+}
+
 /// The members of a pool's ring with their Maglev weights: the enabled, healthy origins with
 /// weight > 0. When none is healthy (a fallback pool used regardless of health), the enabled
 /// origins with weight > 0, so that traffic still has somewhere to go.
@@ -280,7 +290,7 @@ pub fn ring_members(
     let candidates: Vec<&Origin> = pool
         .origins
         .iter()
-        .filter(|o| o.enabled && o.weight > 0.0)
+        .filter(|o| takes_new_connections(o))
         .collect();
     let healthy: Vec<&&Origin> = candidates
         .iter()
@@ -690,17 +700,29 @@ fallback_pool = "fb"
         );
         assert_eq!(geo_list(lb, Some(*b"JP"), Region::parse("NEAS")), None);
         let mut h = all_up(&c);
-        assert_eq!(geo_choice(&c, &h, lb, de).expect("pool").name, "b");
+        assert_eq!(
+            geo_choice(&c, &h, lb, de, choose_pool(&c, &h, lb).map(|(p, _)| p))
+                .expect("pool")
+                .name,
+            "b"
+        );
         set(&mut h, &c, "b", "b1", false);
         set(&mut h, &c, "b", "b2", false);
         assert_eq!(
-            geo_choice(&c, &h, lb, de).expect("pool").name,
+            geo_choice(&c, &h, lb, de, choose_pool(&c, &h, lb).map(|(p, _)| p))
+                .expect("pool")
+                .name,
             "a",
             "next in the region's list"
         );
         set(&mut h, &c, "a", "a1", false);
         // The whole list is down: what everyone else gets (default pools are down: fallback).
-        assert_eq!(geo_choice(&c, &h, lb, de).expect("pool").name, "fb");
+        assert_eq!(
+            geo_choice(&c, &h, lb, de, choose_pool(&c, &h, lb).map(|(p, _)| p))
+                .expect("pool")
+                .name,
+            "fb"
+        );
     }
 
     #[test]

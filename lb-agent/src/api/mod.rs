@@ -25,6 +25,8 @@ use crate::{
     agent::Status,
     config::Config,
     metrics::RttHistograms,
+    plan::Plan,
+    reconcile::Assignment,
     store::{code, Done, Kind, Op, Rejection, Store},
 };
 
@@ -34,6 +36,10 @@ pub struct View {
     pub store: Store,
     pub status: Status,
     pub cfg: Arc<Config>,
+    /// The plan the maps hold, and the ids the reconciler gave its VIPs, rings and origins
+    /// (the traffic sampler names counters by them).
+    pub plan: Arc<Plan>,
+    pub ids: Arc<Assignment>,
     pub rtt: RttHistograms,
     /// Webhook delivery counters: sent, failed, dropped, retried.
     pub notifications: [u64; 4],

@@ -95,7 +95,7 @@ impl Sampler {
                     .map(|m| (pin_dir.clone(), m));
             }
             if let Some((_, m)) = &maps {
-                match stats::collect(&v.cfg, m) {
+                match stats::read(&v.plan, &v.ids, m) {
                     Ok(st) => {
                         if flows.is_none_or(|(t, _)| t.elapsed() >= FLOW_COUNT_EVERY) {
                             let entries = m
