@@ -157,16 +157,104 @@ fn everything(ns: &NetNs) -> Value {
     })
 }
 
-#[test]
-fn api_conformance_routes_errors_pagination_auth_and_restart() {
-    let _serial = serial();
-    require_prerequisites();
-    let topo = Topology::build(2);
-    let _servers = topo.start_servers();
-    let cfg = TempFile::new("api.toml", &config(&topo, 2, ""));
-    let mut agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
-    let ns = &topo.lb;
+/// The agent under test with the config of `config(.., 2, "")`: two origins serving, the
+/// API on the LB namespace's loopback. Holds the serial lock; everything goes on drop.
+struct Api {
+    agent: lb_testbed::Agent,
+    cfg: TempFile,
+    _servers: Vec<Server>,
+    topo: Topology,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
 
+impl Api {
+    fn start() -> Self {
+        let serial = serial();
+        require_prerequisites();
+        let topo = Topology::build(2);
+        let servers = topo.start_servers();
+        let cfg = TempFile::new("api.toml", &config(&topo, 2, ""));
+        let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
+        Self {
+            agent,
+            cfg,
+            _servers: servers,
+            topo,
+            _serial: serial,
+        }
+    }
+
+    fn ns(&self) -> &NetNs {
+        &self.topo.lb
+    }
+}
+
+/// The objects the later cases work on, made through the API as a client would: the
+/// seed's TCP monitor (`mid`), an HTTP monitor (`hid`), pool `api-pool` (`pid`, monitored
+/// by `mid`) and load balancer `api-lb` (`lid`, pools `api-pool` then the file's `web`).
+struct Seeded {
+    /// The file's pool `web`.
+    web_id: String,
+    m: Value,
+    mid: String,
+    hid: String,
+    pid: String,
+    l: Value,
+    lid: String,
+}
+
+const SEED_MONITOR: &str = r#"{"description":"Spectrum Health Check","type":"tcp","port":2048,"interval":30,"retries":2,"timeout":5,"method":"connection_established"}"#;
+
+fn seed(ns: &NetNs) -> Seeded {
+    let id = |v: &Value| v["id"].as_str().expect("id").to_owned();
+    let web_id = id(&ok(ns, "GET", &format!("{ACCOUNT}/pools"), None)[0]);
+    let m = ok(
+        ns,
+        "POST",
+        &format!("{ACCOUNT}/monitors"),
+        Some(SEED_MONITOR),
+    );
+    let h = ok(
+        ns,
+        "POST",
+        &format!("{ORG}/monitors"),
+        Some(r#"{"type":"http","description":"web"}"#),
+    );
+    let pool_body = json!({
+        "name": "api-pool",
+        "description": "made by the API",
+        "monitor": id(&m),
+        "origins": [{"name": "a", "address": origin_addr(1).to_string(), "port": ORIGIN_PORT, "weight": 0.5}],
+        "check_regions": ["WEU"],
+        "notification_email": "",
+    });
+    let p = ok(
+        ns,
+        "POST",
+        &format!("{USER}/pools"),
+        Some(&pool_body.to_string()),
+    );
+    let lb_body = json!({
+        "name": "api-lb", "address": "10.0.0.20", "port": 8080,
+        "default_pools": [id(&p), web_id], "fallback_pool": web_id,
+        "steering_policy": "off", "ttl": 30, "proxied": false,
+    });
+    let l = ok(ns, "POST", ZONE, Some(&lb_body.to_string()));
+    Seeded {
+        mid: id(&m),
+        hid: id(&h),
+        pid: id(&p),
+        lid: id(&l),
+        web_id,
+        m,
+        l,
+    }
+}
+
+#[test]
+fn requests_without_valid_credentials_are_refused_and_both_schemes_work() {
+    let api = Api::start();
+    let ns = api.ns();
     // --- auth
     let mon_path = format!("{ACCOUNT}/monitors");
     refused(
@@ -225,7 +313,12 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         (200, &json!(true)),
         "X-Auth-Email + X-Auth-Key: {v}"
     );
+}
 
+#[test]
+fn the_files_objects_are_listed_with_ids_derived_from_their_names() {
+    let api = Api::start();
+    let ns = api.ns();
     // --- the file's objects are there, with ids derived from their names
     let pools = ok(ns, "GET", &format!("{ACCOUNT}/pools"), None);
     assert_eq!(pools.as_array().map(Vec::len), Some(1), "{pools}");
@@ -247,10 +340,15 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         json!(web_id),
         "fallback filled in: {lbs}"
     );
+}
 
+#[test]
+fn the_seed_request_makes_a_monitor_with_cloudflares_defaults_under_every_prefix() {
+    let api = Api::start();
+    let ns = api.ns();
+    let mon_path = format!("{ACCOUNT}/monitors");
     // --- the seed's request, verbatim
-    let seed = r#"{"description":"Spectrum Health Check","type":"tcp","port":2048,"interval":30,"retries":2,"timeout":5,"method":"connection_established"}"#;
-    let m = ok(ns, "POST", &mon_path, Some(seed));
+    let m = ok(ns, "POST", &mon_path, Some(SEED_MONITOR));
     assert!(is_id(&m["id"]), "{m}");
     assert!(
         is_timestamp(&m["created_on"]) && m["created_on"] == m["modified_on"],
@@ -296,8 +394,13 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
     ] {
         assert_eq!(h[k], want, "http monitor's {k}: {h}");
     }
-    let hid = h["id"].as_str().expect("id").to_owned();
+}
 
+#[test]
+fn put_replaces_and_patch_merges_a_monitor() {
+    let api = Api::start();
+    let ns = api.ns();
+    let Seeded { m, mid, .. } = seed(ns);
     // --- PUT replaces, PATCH merges; modified_on moves, created_on stays
     std::thread::sleep(Duration::from_millis(5));
     let put = ok(
@@ -336,7 +439,23 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         Some(&patched.to_string()),
     );
     assert_eq!(back["interval"], 15);
+}
 
+#[test]
+fn pools_and_load_balancers_are_made_and_read_by_id() {
+    let api = Api::start();
+    let ns = api.ns();
+    let web_id = ok(ns, "GET", &format!("{ACCOUNT}/pools"), None)[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let m = ok(
+        ns,
+        "POST",
+        &format!("{ACCOUNT}/monitors"),
+        Some(SEED_MONITOR),
+    );
+    let mid = m["id"].as_str().expect("id").to_owned();
     // --- pools and load balancers by id
     let pool_body = json!({
         "name": "api-pool",
@@ -397,7 +516,13 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         "{l}"
     );
     assert_eq!(ok(ns, "GET", &format!("{ZONE}/{lid}"), None), l);
+}
 
+#[test]
+fn pages_cover_a_list_once_in_order() {
+    let api = Api::start();
+    let ns = api.ns();
+    seed(ns);
     // --- pagination
     for i in 0..5 {
         ok(
@@ -467,7 +592,16 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         1000,
         &["per_page"],
     );
+}
 
+#[test]
+fn every_error_class_is_refused_and_changes_nothing() {
+    let api = Api::start();
+    let ns = api.ns();
+    let topo = &api.topo;
+    let Seeded {
+        web_id, mid, pid, ..
+    } = seed(ns);
     // --- every error class leaves everything as it was
     let state_before = std::fs::read(&topo.state_file).expect("state file");
     let before = everything(ns);
@@ -667,7 +801,19 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         state_before,
         "nor the state file"
     );
+}
 
+#[test]
+fn put_and_patch_of_a_load_balancer() {
+    let api = Api::start();
+    let ns = api.ns();
+    let Seeded {
+        web_id,
+        pid,
+        l,
+        lid,
+        ..
+    } = seed(ns);
     // --- PUT and PATCH of a load balancer
     let l2 = ok(
         ns,
@@ -701,7 +847,16 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         (&json!([pid]), &json!(web_id), &l["created_on"]),
         "{l3}"
     );
+}
 
+#[test]
+fn delete_removes_objects_of_every_kind() {
+    let api = Api::start();
+    let ns = api.ns();
+    let t = Auth::Token(API_TOKEN);
+    let Seeded {
+        mid, hid, pid, lid, ..
+    } = seed(ns);
     // --- DELETE, of every kind
     let d = ok(ns, "DELETE", &format!("{ZONE}/{lid}"), None);
     assert_eq!(d, json!({"id": lid}));
@@ -719,11 +874,17 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
         1004,
         &[],
     );
+}
 
+#[test]
+fn a_restart_comes_back_with_every_change_and_api_listen_moves_the_api() {
+    let mut api = Api::start();
+    let ns = &api.topo.lb;
+    seed(ns);
     // --- a restart comes back with every change
     let before = everything(ns);
-    assert!(agent.stop(), "clean exit");
-    let mut agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
+    assert!(api.agent.stop(), "clean exit");
+    let mut agent = lb_testbed::start_agent(ns, &api.cfg.path, &[]);
     assert_eq!(
         everything(ns),
         before,
@@ -732,7 +893,7 @@ fn api_conformance_routes_errors_pagination_auth_and_restart() {
 
     // --api-listen moves the API.
     assert!(agent.stop(), "clean exit");
-    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &["--api-listen", "127.0.0.1:8406"]);
+    let _agent = lb_testbed::start_agent(ns, &api.cfg.path, &["--api-listen", "127.0.0.1:8406"]);
     let (moved, old) = ns.run(|| {
         let get = |port: u16| {
             ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
