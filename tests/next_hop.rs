@@ -43,59 +43,42 @@ fn next_hop_cache() {
     with_loaded("nh", &neighbours(&[C1], &[O1]), &config, |l| {
         let (mac_a, mac_b) = (l.bed.mac_a, l.bed.mac_b);
         let port = first_snat_port(C1, 40000, VIP, 80);
-        // Client segments after the handshake, with `n` bytes of data.
-        let from_client = |seq: u32, n: usize| {
+        // Segments after the handshake with `n` bytes of data: as the client sends them and
+        // as they leave for the origin (to MAC `dmac`), as the origin sends them and as they
+        // leave for the client.
+        let data = |macs: ([u8; 6], [u8; 6]), addrs: ([u8; 4], [u8; 4]), ttl: u8, ports, sa, n| {
+            let fill = if addrs.0 == O1 || addrs.0 == VIP {
+                b'o'
+            } else {
+                b'c'
+            };
             tcp_segment(
-                MAC_C1,
-                mac_a,
-                C1,
-                VIP,
-                64,
-                (40000, 80),
+                macs.0,
+                macs.1,
+                addrs.0,
+                addrs.1,
+                ttl,
+                ports,
                 ACK,
-                (seq, 5001),
-                &vec![b'c'; n],
+                sa,
+                &vec![fill; n],
             )
         };
-        let to_origin = |dmac: [u8; 6], seq: u32, n: usize| {
-            tcp_segment(
-                mac_b,
-                dmac,
-                SNAT,
-                O1,
-                63,
-                (port, 8080),
-                ACK,
-                (seq, 5001),
-                &vec![b'c'; n],
-            )
-        };
-        let from_origin = |seq: u32, n: usize| {
-            tcp_segment(
-                MAC_O1,
-                mac_b,
-                O1,
-                SNAT,
+        let from_client =
+            |seq, n| data((MAC_C1, mac_a), (C1, VIP), 64, (40000, 80), (seq, 5001), n);
+        let to_origin =
+            |dmac, seq, n| data((mac_b, dmac), (SNAT, O1), 63, (port, 8080), (seq, 5001), n);
+        let from_origin = |seq, n| {
+            data(
+                (MAC_O1, mac_b),
+                (O1, SNAT),
                 64,
                 (8080, port),
-                ACK,
                 (seq, 1001),
-                &vec![b'o'; n],
+                n,
             )
         };
-        let to_client = |seq: u32, n: usize| {
-            tcp_segment(
-                mac_a,
-                MAC_C1,
-                VIP,
-                C1,
-                63,
-                (80, 40000),
-                ACK,
-                (seq, 1001),
-                &vec![b'o'; n],
-            )
-        };
+        let to_client = |seq, n| data((mac_a, MAC_C1), (VIP, C1), 63, (80, 40000), (seq, 1001), n);
 
         // The handshake: each direction's first packet looks up its next hop.
         let syn = tcp_segment(MAC_C1, mac_a, C1, VIP, 64, (40000, 80), SYN, (1000, 0), &[]);
