@@ -197,8 +197,9 @@ mod tests {
 
     use super::*;
 
-    /// A loopback server that answers every connection with `answer`, then closes.
-    async fn fixed_server(answer: &'static [u8]) -> SocketAddrV4 {
+    /// A loopback server that answers each of up to 16 connections with `answer(request)`,
+    /// then closes it.
+    async fn server(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> SocketAddrV4 {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -211,11 +212,18 @@ mod tests {
                     return;
                 };
                 let mut buf = vec![0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(answer).await;
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let _ = s
+                    .write_all(&answer(&String::from_utf8_lossy(&buf[..n])))
+                    .await;
             }
         });
         addr
+    }
+
+    /// A loopback server that answers every connection with `answer`, then closes.
+    async fn fixed_server(answer: &'static [u8]) -> SocketAddrV4 {
+        server(move |_| answer.to_vec()).await
     }
 
     #[tokio::test]
@@ -285,29 +293,14 @@ mod tests {
 
     /// A loopback HTTP server: `/a` redirects to `/b`, `/b` answers 200 "fine".
     async fn redirect_server() -> SocketAddrV4 {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let SocketAddr::V4(addr) = l.local_addr().expect("addr") else {
-            panic!("v4")
-        };
-        tokio::spawn(async move {
-            for _ in 0..16 {
-                let Ok((mut s, _)) = l.accept().await else {
-                    return;
-                };
-                let mut buf = vec![0u8; 1024];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let resp = if req.starts_with("GET /a ") {
-                    "HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/b\r\nContent-Length: 0\r\n\r\n"
-                } else {
-                    "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine"
-                };
-                let _ = s.write_all(resp.as_bytes()).await;
+        server(|req| {
+            if req.starts_with("GET /a ") {
+                b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/b\r\nContent-Length: 0\r\n\r\n".to_vec()
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine".to_vec()
             }
-        });
-        addr
+        })
+        .await
     }
 
     fn monitor(follow: bool) -> Monitor {
