@@ -55,6 +55,8 @@ pub fn local_ipv4_addrs() -> io::Result<BTreeSet<[u8; 16]>> {
 /// An rtnetlink socket subscribed to the groups that can change a next hop.
 pub struct NetWatch {
     fd: AsyncFd<OwnedFd>,
+    /// Where messages are read to (and dropped): kept, as `changed` is called in a loop.
+    buf: Vec<u8>,
 }
 
 impl NetWatch {
@@ -97,13 +99,17 @@ impl NetWatch {
         // SAFETY: the AsyncFd owns the descriptor (OwnedFd), which stays open and unchanged
         // until the AsyncFd is dropped.
         let fd = unsafe { AsyncFd::register(fd)? };
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            buf: vec![0; 64 * 1024],
+        })
     }
 
     /// Waits until something changed, then reads every pending message; returns how many
-    /// were read (an overrun counts as one).
+    /// were read (an overrun counts as one). Cancel-safe: nothing is read before the only
+    /// await.
     pub async fn changed(&mut self) -> io::Result<usize> {
-        let mut buf = vec![0u8; 64 * 1024];
+        let buf = &mut self.buf;
         loop {
             let mut guard = self.fd.readable().await?;
             let mut n = 0;
