@@ -1043,7 +1043,7 @@ enabled = false
             let cfg = Config::parse(text, Path::new("t")).expect("valid config");
             let mut health = HealthTable::default();
             health.retain(
-                &steering::targets(&cfg)
+                &crate::health::targets(&cfg)
                     .into_keys()
                     .map(|t| (t, (1, 1)))
                     .collect(),
@@ -1057,7 +1057,7 @@ enabled = false
         }
 
         fn set(&mut self, origin: &str, up: bool) {
-            let t: Target = steering::targets(&self.cfg)
+            let t: Target = crate::health::targets(&self.cfg)
                 .into_keys()
                 .find(|t| t.origin == origin)
                 .expect("monitored");

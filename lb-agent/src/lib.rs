@@ -4,7 +4,8 @@
 //! # Layout
 //! - `config`: TOML -> validated `Config` (pure).
 //! - `maglev`: weighted Maglev tables (pure).
-//! - `health`: hysteresis and health table (pure), probes and their tasks.
+//! - `health`: hysteresis and health table, the targets a config asks for (pure), probes and
+//!   their tasks.
 //! - `steering`: origin/pool health and pool choice (pure).
 //! - `geo`: Cloudflare regions and country -> region table (pure), MaxMind DB loader.
 //! - `plan`: config + health + host facts -> the `Plan`: every decision, made once (pure).
