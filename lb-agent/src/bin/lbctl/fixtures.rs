@@ -38,7 +38,7 @@ pub(crate) fn pools_config() -> Vec<Value> {
     .expect("canned pools")
 }
 
-/// `GET /lb-agent/v1/status` result per API.md: www on its first default pool, api on
+/// `GET /lb-agent/v1/status` result: www on its first default pool, api on
 /// its fallback because web-b is down, and a pool no load balancer uses; as served.
 pub(crate) fn status_value() -> Value {
     json!({
