@@ -527,13 +527,13 @@ fn a_recovered_origin_gets_its_share_at_once_under_tuple_reuse() {
     let cfg = TempFile::new("reentry.toml", &text);
     let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let state = |o: &str| {
-        lb_agent::agent::Status::read(&topo.status_file)
+        lb_agent::status::Status::read(&topo.status_file)
             .ok()
             .and_then(|s| {
                 s.origins
                     .iter()
                     .find(|x| x.origin == o)
-                    .map(|x| x.state.clone())
+                    .map(|x| x.state.to_string())
             })
     };
     let wait = |o: &str, want: &str| {

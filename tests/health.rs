@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_agent::{agent::Status, dataplane::Maps, reconcile::vip_key};
+use lb_agent::{dataplane::Maps, reconcile::vip_key, status::Status};
 use lb_common::{v4_mapped, MAGLEV_M, MAX_ORIGINS, ORIGIN_F_PRESENT};
 use lb_testbed::{
     connect, origin_addr, request, require_prerequisites, serial, vip, Http, Server, TempFile,
@@ -30,7 +30,7 @@ fn origin_state(s: &Status, pool: &str, origin: &str) -> (String, String) {
         .iter()
         .find(|o| o.pool == pool && o.origin == origin)
         .unwrap_or_else(|| panic!("{pool}/{origin} not in status"));
-    (o.state.clone(), o.reason.clone())
+    (o.state.to_string(), o.reason.clone())
 }
 
 fn wait_state(topo: &Topology, pool: &str, origin: &str, state: &str, timeout: Duration) -> String {

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_agent::{agent::Status, dataplane::Maps};
+use lb_agent::{
+    dataplane::Maps,
+    status::{OriginState, Status},
+};
 use lb_common::event;
 use lb_testbed::{
     mmdb, origin_addr, request, require_prerequisites, serial, unique_id, vip, Http, Server,
@@ -65,7 +68,10 @@ fn wait_active(topo: &Topology, lb: &str, pool: &str, timeout: Duration) {
 fn wait_checked(topo: &Topology) {
     wait_for("first health checks", Duration::from_secs(10), || {
         let s = Status::read(&topo.status_file).ok()?;
-        s.origins.iter().all(|o| o.state != "unknown").then_some(())
+        s.origins
+            .iter()
+            .all(|o| o.state != OriginState::Unknown)
+            .then_some(())
     });
 }
 

@@ -24,9 +24,8 @@ use aya::programs::{TestRun, TestRunOptions};
 use lb_agent::{
     config::Config,
     dataplane::Dataplane,
-    health::{HealthTable, Outcome},
+    health::{self, HealthTable, Outcome},
     reconcile::Reconciler,
-    steering,
 };
 use lb_common::FlowKey;
 use lb_testbed::{FibBed, Flags, Side};
@@ -610,7 +609,7 @@ fn control_plane(object: &std::path::Path, report: &mut Report) -> Result<()> {
         let mut dp = Dataplane::load(object, &bed.pin_dir, cfg.dataplane.flow_table_size)?;
         let mut rec = Reconciler::adopt(dp.take_maps()?)?;
         let mut health = HealthTable::default();
-        let targets = steering::targets(&cfg);
+        let targets = health::targets(&cfg);
         health.retain(&targets.keys().map(|t| (t.clone(), (1, 1))).collect());
         let ok = Outcome {
             ok: true,

@@ -10,25 +10,26 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
 use tracing::{error, info, warn};
 
+/// The status moved to `crate::status`; kept here for callers not yet updated.
+pub use crate::status::Status;
 use crate::{
     api::{self, Command, EnvCredentials, Sampler, View},
     config::{Config, ConfigError, RawConfig, SteeringPolicy},
     dataplane::{self, Dataplane, DataplaneError},
-    health::{HealthTable, Monitors, OriginHealth, Report},
+    health::{HealthTable, Monitors, Report},
     metrics::RttHistograms,
     neigh::Neighbours,
     netwatch::{self, NetWatch},
     notify::{Event, Notifier, NotifyOptions},
     plan::Plan,
     reconcile::{Assignment, ReconcileError, Reconciler},
-    steering::{self, Choice},
+    steering,
     store::{self, code, Op, Rejection, Store, StoreError},
 };
 
@@ -280,10 +281,9 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
 
     // Nothing reads this first view: the API and the sampler start after the first apply
     // and status, which publish the real plan.
-    let status = Status::collect(&cfg, &Plan::default(), &health);
     let (view, view_rx) = tokio::sync::watch::channel(Arc::new(View {
         store: store.clone(),
-        status,
+        status: Status::default(),
         cfg: Arc::new(cfg.clone()),
         plan: Arc::default(),
         ids: Arc::default(),
@@ -747,7 +747,7 @@ impl Agent {
     }
 
     fn write_status(&mut self) {
-        let s = Status::collect(&self.cfg, self.rec.plan(), &self.health);
+        let s = Status::collect(&self.cfg, self.rec.plan(), &self.health).with_ids(&self.store);
         self.notify_pools(&s);
         if let Err(e) = s.write(&self.cfg.agent.status_file) {
             warn!(path = %self.cfg.agent.status_file.display(), "cannot write status file: {e}");
@@ -765,209 +765,6 @@ impl Agent {
             },
         }));
         self.status_dirty = false;
-    }
-}
-
-/// What `lb-agent status` shows, written by the running agent as JSON.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Status {
-    pub updated: u64,
-    pub origins: Vec<OriginStatus>,
-    pub pools: Vec<PoolStatus>,
-    pub load_balancers: Vec<LbStatus>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct OriginStatus {
-    pub pool: String,
-    pub origin: String,
-    pub address: String,
-    pub port: u16,
-    /// "up", "down", "unknown", or "unmonitored".
-    pub state: String,
-    pub enabled: bool,
-    pub weight: f64,
-    pub last_ok: Option<bool>,
-    pub reason: String,
-    pub rtt_ms: Option<f64>,
-    pub since: Option<u64>,
-}
-
-impl OriginStatus {
-    /// Whether the status says the origin takes new connections: enabled, and up or without
-    /// a monitor (weight is shown on its own).
-    pub fn takes_new_connections(&self) -> bool {
-        self.enabled && matches!(self.state.as_str(), "up" | "unmonitored")
-    }
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PoolStatus {
-    pub name: String,
-    pub healthy: bool,
-    pub healthy_origins: usize,
-    pub enabled_origins: usize,
-    pub minimum_origins: u32,
-    /// Mean of the healthy origins' RTT averages.
-    pub rtt_ms: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct LbStatus {
-    pub name: String,
-    pub vip: String,
-    /// `steering_policy` as configured ("off", "geo", ...).
-    #[serde(default)]
-    pub steering_policy: String,
-    pub active_pool: Option<String>,
-    pub fallback: bool,
-}
-
-impl Status {
-    /// The status of `plan` (decisions: pool health, the pools in use) with the health
-    /// table's facts (each origin's state, last result and RTT; each pool's mean RTT).
-    pub fn collect(cfg: &Config, plan: &Plan, health: &HealthTable) -> Self {
-        let origins = plan
-            .origins
-            .iter()
-            .map(|o| {
-                let h: Option<&OriginHealth> = o.target.as_ref().and_then(|t| health.get(t));
-                OriginStatus {
-                    pool: o.pool.clone(),
-                    origin: o.origin.clone(),
-                    address: o.address.to_string(),
-                    port: o.port,
-                    state: match (&o.target, h) {
-                        (None, _) => "unmonitored".into(),
-                        (Some(_), Some(h)) => h.state.to_string(),
-                        (Some(_), None) => "unknown".into(),
-                    },
-                    enabled: o.enabled,
-                    weight: o.weight,
-                    last_ok: h.and_then(|h| h.last_ok),
-                    reason: h.map_or_else(String::new, |h| h.reason.clone()),
-                    rtt_ms: h.and_then(|h| h.rtt_ms),
-                    since: h.map(|h| h.since),
-                }
-            })
-            .collect();
-        let pools = plan
-            .pools
-            .iter()
-            .map(|p| PoolStatus {
-                name: p.name.clone(),
-                healthy: p.health.healthy,
-                healthy_origins: p.health.healthy_origins,
-                enabled_origins: p.health.enabled_origins,
-                minimum_origins: p.health.minimum_origins,
-                // A measurement that moves with every probe, not a decision: read now.
-                rtt_ms: cfg
-                    .pool(&p.name)
-                    .and_then(|pool| steering::pool_rtt(cfg, health, pool, p.ring_port)),
-            })
-            .collect();
-        let load_balancers = plan
-            .load_balancers
-            .iter()
-            .map(|lb| LbStatus {
-                name: lb.name.clone(),
-                vip: lb.vip.clone(),
-                steering_policy: lb.steering_policy.as_str().to_owned(),
-                active_pool: lb.choice.as_ref().map(|(p, _)| p.clone()),
-                fallback: matches!(lb.choice, Some((_, Choice::Fallback))),
-            })
-            .collect();
-        Self {
-            updated: std::time::SystemTime::now()
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            origins,
-            pools,
-            load_balancers,
-        }
-    }
-
-    /// Writes atomically (temporary file, then rename).
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, path)
-    }
-
-    pub fn read(path: &Path) -> std::io::Result<Self> {
-        let text = std::fs::read(path)?;
-        serde_json::from_slice(&text).map_err(std::io::Error::other)
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "{:<16} {:<22} {:<16} {:<12}",
-            "load balancer", "vip", "steering", "active pool"
-        )?;
-        for l in &self.load_balancers {
-            writeln!(
-                f,
-                "{:<16} {:<22} {:<16} {:<12} {}",
-                l.name,
-                l.vip,
-                l.steering_policy,
-                l.active_pool.as_deref().unwrap_or("-"),
-                if l.fallback {
-                    "(fallback: every default pool is down)"
-                } else {
-                    ""
-                }
-            )?;
-        }
-        writeln!(f)?;
-        writeln!(
-            f,
-            "{:<16} {:<8} {:>8} {:>8} {:>9}",
-            "pool", "state", "healthy", "minimum", "rtt"
-        )?;
-        for p in &self.pools {
-            writeln!(
-                f,
-                "{:<16} {:<8} {:>4}/{:<3} {:>8} {:>9}",
-                p.name,
-                if p.healthy { "healthy" } else { "down" },
-                p.healthy_origins,
-                p.enabled_origins,
-                p.minimum_origins,
-                p.rtt_ms.map_or_else(|| "-".into(), |r| format!("{r:.2}ms"))
-            )?;
-        }
-        writeln!(f)?;
-        writeln!(
-            f,
-            "{:<24} {:<22} {:<12} {:>9}  last result",
-            "origin", "address", "state", "rtt"
-        )?;
-        for o in &self.origins {
-            writeln!(
-                f,
-                "{:<24} {:<22} {:<12} {:>9}  {}",
-                format!("{}/{}", o.pool, o.origin),
-                format!("{}:{}", o.address, o.port),
-                if o.enabled {
-                    o.state.clone()
-                } else {
-                    format!("{} (disabled)", o.state)
-                },
-                o.rtt_ms.map_or_else(|| "-".into(), |r| format!("{r:.2}ms")),
-                o.reason
-            )?;
-        }
-        Ok(())
     }
 }
 
@@ -1246,7 +1043,7 @@ enabled = false
             let cfg = Config::parse(text, Path::new("t")).expect("valid config");
             let mut health = HealthTable::default();
             health.retain(
-                &steering::targets(&cfg)
+                &crate::health::targets(&cfg)
                     .into_keys()
                     .map(|t| (t, (1, 1)))
                     .collect(),
@@ -1260,7 +1057,7 @@ enabled = false
         }
 
         fn set(&mut self, origin: &str, up: bool) {
-            let t: Target = steering::targets(&self.cfg)
+            let t: Target = crate::health::targets(&self.cfg)
                 .into_keys()
                 .find(|t| t.origin == origin)
                 .expect("monitored");

@@ -4,7 +4,8 @@
 //! # Layout
 //! - `config`: TOML -> validated `Config` (pure).
 //! - `maglev`: weighted Maglev tables (pure).
-//! - `health`: hysteresis and health table (pure), probes and their tasks.
+//! - `health`: hysteresis and health table, the targets a config asks for (pure), probes and
+//!   their tasks.
 //! - `steering`: origin/pool health and pool choice (pure).
 //! - `geo`: Cloudflare regions and country -> region table (pure), MaxMind DB loader.
 //! - `plan`: config + health + host facts -> the `Plan`: every decision, made once (pure).
@@ -12,6 +13,7 @@
 //! - `writer`: `MapWriter`, the reconciler's reads and writes (aya maps, or in memory).
 //! - `dataplane`: loading, pinning, attaching; typed map handles.
 //! - `agent`: the lifecycle (`run` with injected shutdown, SIGHUP reload).
+//! - `status`: the one status model (file, API, `lbctl`, dashboard), built from the plan.
 //! - `stats`: counters read back from the pinned maps.
 //! - `store`: monitors, pools and load balancers with ids, the file merged in, persisted.
 //! - `api`: the HTTP API (Cloudflare's v4 shapes), status view, metrics, dashboard.
@@ -33,6 +35,7 @@ pub mod notify;
 pub mod plan;
 pub mod reconcile;
 pub mod stats;
+pub mod status;
 pub mod steering;
 pub mod store;
 pub mod writer;

@@ -125,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Status { json }) => {
             let cfg = Config::load(&cli.config)?;
             let path = &cfg.agent.status_file;
-            let status = lb_agent::agent::Status::read(path).with_context(|| {
+            let status = lb_agent::status::Status::read(path).with_context(|| {
                 format!(
                     "reading {} (is the agent running with this config?)",
                     path.display()

@@ -49,8 +49,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    agent::{OriginStatus, Status},
     stats::Stats,
+    status::{OriginStatus, PoolStatus, Status},
 };
 
 /// `Content-Type` of [`render`]'s output.
@@ -404,7 +404,7 @@ fn families(input: &MetricsInput<'_>) -> Families {
             .iter()
             .map(|o| (health_labels(o), Val::F(o.weight))),
     );
-    let pool_labels = |p: &crate::agent::PoolStatus| l([("pool", &p.name)]);
+    let pool_labels = |p: &PoolStatus| l([("pool", &p.name)]);
     out.gauge(
         "lb_pool_healthy",
         "1 while the pool is enabled and has at least minimum_origins healthy origins.",
@@ -513,8 +513,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        agent::{LbStatus, PoolStatus},
         stats::{OriginStats, VipStats},
+        status::{LbStatus, OriginState, PoolStatus},
     };
 
     use lb_testbed::prom::{parse, parse_float, LabelSet, Parsed, Sample};
@@ -524,19 +524,15 @@ mod tests {
     /// An origin name with a quote and a backslash, to see escaping round-trip.
     const ODD: &str = "c \"q\" \\ d";
 
-    fn origin(pool: &str, name: &str, addr: &str, state: &str, weight: f64) -> OriginStatus {
+    fn origin(pool: &str, name: &str, addr: &str, state: OriginState, weight: f64) -> OriginStatus {
         OriginStatus {
             pool: pool.into(),
             origin: name.into(),
             address: addr.into(),
             port: 8080,
-            state: state.into(),
-            enabled: true,
+            state,
             weight,
-            last_ok: None,
-            reason: String::new(),
-            rtt_ms: None,
-            since: None,
+            ..OriginStatus::default()
         }
     }
 
@@ -546,10 +542,11 @@ mod tests {
     fn status() -> Status {
         Status {
             updated: 1,
+            pop: None,
             origins: vec![
-                origin("web", "a", "10.0.0.1", "up", 1.0),
-                origin("web", "b", "10.0.0.2", "down", 0.5),
-                origin("static", ODD, "10.0.1.1", "unmonitored", 1.0),
+                origin("web", "a", "10.0.0.1", OriginState::Up, 1.0),
+                origin("web", "b", "10.0.0.2", OriginState::Down, 0.5),
+                origin("static", ODD, "10.0.1.1", OriginState::Unmonitored, 1.0),
             ],
             pools: vec![
                 PoolStatus {
@@ -559,6 +556,7 @@ mod tests {
                     enabled_origins: 2,
                     minimum_origins: 1,
                     rtt_ms: Some(0.3),
+                    ..PoolStatus::default()
                 },
                 PoolStatus {
                     name: "static".into(),
@@ -567,6 +565,7 @@ mod tests {
                     enabled_origins: 1,
                     minimum_origins: 2,
                     rtt_ms: None,
+                    ..PoolStatus::default()
                 },
             ],
             load_balancers: vec![
@@ -576,6 +575,7 @@ mod tests {
                     steering_policy: "off".into(),
                     active_pool: Some("web".into()),
                     fallback: false,
+                    ..LbStatus::default()
                 },
                 LbStatus {
                     name: "api".into(),
@@ -583,6 +583,7 @@ mod tests {
                     steering_policy: "off".into(),
                     active_pool: Some("web".into()),
                     fallback: true,
+                    ..LbStatus::default()
                 },
             ],
         }
@@ -902,7 +903,7 @@ mod tests {
         );
         // And a newline survives the round trip through the parser.
         let status = Status {
-            origins: vec![origin("p\nq", "o", "10.0.0.9", "up", 1.0)],
+            origins: vec![origin("p\nq", "o", "10.0.0.9", OriginState::Up, 1.0)],
             ..status()
         };
         let text = render(&MetricsInput {
@@ -1040,12 +1041,7 @@ mod tests {
             );
         }
         assert!(p.families.contains_key("lb_origin_healthy"));
-        let empty = Status {
-            updated: 0,
-            origins: vec![],
-            pools: vec![],
-            load_balancers: vec![],
-        };
+        let empty = Status::default();
         let text = render(&MetricsInput {
             status: &empty,
             stats: None,
@@ -1086,12 +1082,12 @@ mod tests {
     #[test]
     fn healthy_means_takes_new_connections() {
         let cases = [
-            ("up", true, true),
-            ("up", false, false),
-            ("down", true, false),
-            ("unknown", true, false),
-            ("unmonitored", true, true),
-            ("unmonitored", false, false),
+            (OriginState::Up, true, true),
+            (OriginState::Up, false, false),
+            (OriginState::Down, true, false),
+            (OriginState::Unknown, true, false),
+            (OriginState::Unmonitored, true, true),
+            (OriginState::Unmonitored, false, false),
         ];
         for (state, enabled, want) in cases {
             let o = OriginStatus {

@@ -292,7 +292,7 @@ fn pools_and_origins(cfg: &Config, health: &HealthTable) -> (Vec<PoolPlan>, Vec<
         };
         for o in &pool.origins {
             let ring_port = port_of(o);
-            let target = steering::target(cfg, pool, o, ring_port);
+            let target = crate::health::target(cfg, pool, o, ring_port);
             origins.push(OriginPlan {
                 pool: pool.name.clone(),
                 origin: o.name.clone(),

@@ -1053,7 +1053,7 @@ default_pools = ["a", "b"]
     /// A health table with every target of `c` up.
     fn all_up(c: &Config) -> HealthTable {
         let mut h = HealthTable::default();
-        let targets = steering::targets(c);
+        let targets = crate::health::targets(c);
         h.retain(&targets.keys().map(|t| (t.clone(), (1, 1))).collect());
         for t in targets.keys() {
             set(&mut h, t, true);
@@ -1073,7 +1073,7 @@ default_pools = ["a", "b"]
     }
 
     fn target(c: &Config, origin: &str) -> Target {
-        steering::targets(c)
+        crate::health::targets(c)
             .into_keys()
             .find(|t| t.origin == origin)
             .expect("monitored origin")

@@ -15,32 +15,15 @@
 //!   `random` spreads new connections over all healthy pools by weight (`random_pools`).
 //!   Unhealthy pools are skipped in every list, and the fallback rule holds for all.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
 use crate::{
     config::{Config, LoadBalancer, Origin, Pool, SteeringPolicy},
     geo::Region,
-    health::{HealthTable, Target},
+    health::{target, HealthTable},
 };
-
-/// The health target of `origin` when `pool` is used with default origin port `ring_port`;
-/// `None` when the pool has no monitor.
-pub fn target(cfg: &Config, pool: &Pool, origin: &Origin, ring_port: u16) -> Option<Target> {
-    let m = cfg.monitor(pool.monitor.as_deref()?)?;
-    let port = if m.port != 0 {
-        m.port
-    } else {
-        origin.port.unwrap_or(ring_port)
-    };
-    Some(Target {
-        pool: pool.name.clone(),
-        origin: origin.name.clone(),
-        address: origin.address,
-        port,
-    })
-}
 
 pub fn origin_healthy(
     cfg: &Config,
@@ -316,45 +299,12 @@ pub fn ring_members(
         .collect()
 }
 
-/// Every health target the config asks for, with its monitor's hysteresis thresholds.
-/// Enabled origins of monitored pools; the port comes from the monitor, else the origin,
-/// else each load balancer that uses the pool.
-pub fn targets(cfg: &Config) -> BTreeMap<Target, String> {
-    let mut out = BTreeMap::new();
-    for pool in &cfg.pools {
-        let Some(mname) = pool.monitor.as_deref() else {
-            continue;
-        };
-        let mut ring_ports: Vec<u16> = cfg
-            .load_balancers
-            .iter()
-            .filter(|l| l.enabled && l.all_pools().any(|p| *p == pool.name))
-            .map(|l| l.origin_port)
-            .collect();
-        ring_ports.sort_unstable();
-        ring_ports.dedup();
-        for o in pool.origins.iter().filter(|o| o.enabled) {
-            for port in &ring_ports {
-                if let Some(t) = target(cfg, pool, o, *port) {
-                    out.insert(t, mname.to_owned());
-                }
-            }
-            if ring_ports.is_empty() {
-                if let Some(t) = o.port.and_then(|p| target(cfg, pool, o, p)) {
-                    out.insert(t, mname.to_owned());
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::{path::Path, time::Duration};
 
     use super::*;
-    use crate::health::{Outcome, State};
+    use crate::health::{targets, Outcome, State};
 
     const CFG: &str = r#"
 [dataplane]

@@ -22,11 +22,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use traffic::{Sample, Sampler};
 
 use crate::{
-    agent::Status,
     config::Config,
     metrics::RttHistograms,
     plan::Plan,
     reconcile::Assignment,
+    status::{OriginState, Status},
     store::{code, Done, Kind, Op, Rejection, Store},
 };
 
@@ -440,7 +440,7 @@ async fn pool_health(State(api): State<Api>, Path(p): Path<HashMap<String, Strin
                 json!({
                     "healthy": up,
                     "rtt": o.rtt_ms.map(|r| format!("{r:.1}ms")),
-                    "failure_reason": if o.last_ok == Some(false) || o.state == "down" { o.reason.clone() } else { "No failures".to_owned() },
+                    "failure_reason": if o.last_ok == Some(false) || o.state == OriginState::Down { o.reason.clone() } else { "No failures".to_owned() },
                     "response_code": o.reason.strip_prefix("HTTP ").and_then(|c| c.get(..3)).and_then(|c| c.parse::<u16>().ok()),
                     "name": o.origin,
                     "port": o.port,
@@ -473,96 +473,29 @@ fn pop_name(cfg: &Config) -> String {
 async fn status(State(api): State<Api>) -> Response {
     let view = api.view.borrow().clone();
     let sample = api.traffic.latest();
-    success(status_json(&view, sample.as_deref()), None)
+    success(json!(status_with_traffic(&view, sample.as_deref())), None)
 }
 
-/// `v` (an object) with the traffic fields of `t`: totals, open flows and per-second rates,
-/// zero before the first sample.
-fn with_traffic(mut v: Value, t: Option<&traffic::Rates>) -> Value {
-    if let (Value::Object(m), Ok(Value::Object(t))) =
-        (&mut v, serde_json::to_value(t.copied().unwrap_or_default()))
-    {
-        m.extend(t);
+/// The published status with the traffic figures of `sample` (zero before the first).
+pub fn status_with_traffic(view: &View, sample: Option<&Sample>) -> Status {
+    let mut s = view.status.clone();
+    for l in &mut s.load_balancers {
+        l.traffic = Some(
+            sample
+                .and_then(|s| s.vips.get(&l.name))
+                .copied()
+                .unwrap_or_default(),
+        );
     }
-    v
-}
-
-pub fn status_json(view: &View, sample: Option<&Sample>) -> Value {
-    let store = &view.store;
-    let lbs: Vec<Value> = view
-        .status
-        .load_balancers
-        .iter()
-        .map(|l| {
-            let t = sample.and_then(|s| s.vips.get(&l.name));
-            let enabled = view
-                .cfg
-                .load_balancers
-                .iter()
-                .find(|x| x.name == l.name)
-                .is_some_and(|x| x.enabled);
-            with_traffic(
-                json!({
-                    "id": store.load_balancer_id(&l.name),
-                    "name": l.name,
-                    "vip": l.vip,
-                    "steering_policy": l.steering_policy,
-                    "active_pool": l.active_pool,
-                    "active_pool_id": l.active_pool.as_deref().and_then(|p| store.pool_id(p)),
-                    "fallback": l.fallback,
-                    "enabled": enabled,
-                }),
-                t,
-            )
-        })
-        .collect();
-    let pools: Vec<Value> = view
-        .status
-        .pools
-        .iter()
-        .map(|p| {
-            json!({
-                "id": store.pool_id(&p.name),
-                "name": p.name,
-                "healthy": p.healthy,
-                "healthy_origins": p.healthy_origins,
-                "enabled_origins": p.enabled_origins,
-                "minimum_origins": p.minimum_origins,
-                "rtt_ms": p.rtt_ms,
-            })
-        })
-        .collect();
-    let origins: Vec<Value> = view
-        .status
-        .origins
-        .iter()
-        .map(|o| {
-            let t = sample.and_then(|s| s.origins.get(&(o.pool.clone(), o.origin.clone())));
-            with_traffic(
-                json!({
-                    "pool": o.pool,
-                    "pool_id": store.pool_id(&o.pool),
-                    "origin": o.origin,
-                    "address": o.address,
-                    "port": o.port,
-                    "state": o.state,
-                    "enabled": o.enabled,
-                    "weight": o.weight,
-                    "reason": o.reason,
-                    "rtt_ms": o.rtt_ms,
-                    "since": o.since,
-                }),
-                t,
-            )
-        })
-        .collect();
-    json!({
-        "updated": view.status.updated,
-        "pop": view.cfg.agent.pop,
-        "load_balancers": lbs,
-        "pools": pools,
-        "origins": origins,
-    })
+    for o in &mut s.origins {
+        o.traffic = Some(
+            sample
+                .and_then(|s| s.origins.get(&(o.pool.clone(), o.origin.clone())))
+                .copied()
+                .unwrap_or_default(),
+        );
+    }
+    s
 }
 
 // --- metrics and dashboard

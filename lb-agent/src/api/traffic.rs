@@ -17,19 +17,8 @@ use crate::{
     dataplane::Maps,
     metrics::FlowTableFill,
     stats::{self, Stats},
+    status::Rates,
 };
-
-/// Totals and per-second rates of one VIP or origin.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Rates {
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-    pub open_flows: i64,
-    pub packets_per_sec: f64,
-    pub bytes_per_sec: f64,
-    pub new_flows_per_sec: f64,
-}
 
 /// One sample of every counter.
 #[derive(Debug)]

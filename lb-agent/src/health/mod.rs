@@ -1,8 +1,9 @@
-//! Health monitoring: the pure state machine and table (`state`), the checks (`probe`) and
-//! the tokio tasks that run them (`Monitors`).
+//! Health monitoring: the pure state machine and table (`state`), what is probed
+//! (`targets`), the checks (`probe`) and the tokio tasks that run them (`Monitors`).
 
 mod probe;
 mod state;
+mod targets;
 
 use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc};
 
@@ -10,6 +11,7 @@ pub use probe::check;
 pub use state::{
     HealthTable, Hysteresis, OriginHealth, Outcome, State, Target, Transition, RTT_EWMA_ALPHA,
 };
+pub use targets::{target, targets};
 use tokio::{
     sync::{mpsc, Semaphore},
     task::JoinHandle,
@@ -49,7 +51,7 @@ impl Monitors {
     /// Starts, keeps or stops tasks so that exactly `cfg`'s targets are probed. Returns the
     /// targets with their hysteresis thresholds, for the health table.
     pub fn sync(&mut self, cfg: &Config) -> BTreeMap<Target, (u32, u32)> {
-        let want: BTreeMap<Target, Monitor> = crate::steering::targets(cfg)
+        let want: BTreeMap<Target, Monitor> = targets(cfg)
             .into_iter()
             .filter_map(|(t, m)| cfg.monitor(&m).map(|m| (t, m.clone())))
             .collect();

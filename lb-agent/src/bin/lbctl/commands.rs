@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lb_agent::store::is_id;
+use lb_agent::{status::Status, store::is_id};
 use serde_json::{json, Value};
 
 use crate::{
@@ -198,7 +198,9 @@ impl Ctx {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        print!("{}", render_status(&env.result, &lbs, &pools, now));
+        let status: Status = serde_json::from_value(env.result)
+            .map_err(|e| CtlError::input("the agent's status", &e))?;
+        print!("{}", render_status(&status, &lbs, &pools, now));
         Ok(())
     }
 }

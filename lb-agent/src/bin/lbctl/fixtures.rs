@@ -1,5 +1,6 @@
 //! Canned API answers shared by the unit tests of the client, commands and rendering.
 
+use lb_agent::status::Status;
 use serde_json::{json, Value};
 
 pub(crate) const WEB_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -37,9 +38,9 @@ pub(crate) fn pools_config() -> Vec<Value> {
     .expect("canned pools")
 }
 
-/// `GET /lb-agent/v1/status` result per API.md: www on its first default pool, api on
-/// its fallback because web-b is down, and a pool no load balancer uses.
-pub(crate) fn status() -> Value {
+/// `GET /lb-agent/v1/status` result: www on its first default pool, api on
+/// its fallback because web-b is down, and a pool no load balancer uses; as served.
+pub(crate) fn status_value() -> Value {
     json!({
         "updated": 1_000_000, "pop": "AMS",
         "load_balancers": [
@@ -81,4 +82,9 @@ pub(crate) fn status() -> Value {
              "packets_per_sec": 0.4, "bytes_per_sec": 150.0, "new_flows_per_sec": 0.1}
         ]
     })
+}
+
+/// `status_value`, read as `lbctl status` reads it.
+pub(crate) fn status() -> Status {
+    serde_json::from_value(status_value()).expect("the fixture is a status")
 }

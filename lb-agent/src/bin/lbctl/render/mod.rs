@@ -13,10 +13,6 @@ pub(crate) fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-fn f64_field(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
-}
-
 /// A scalar for a table cell: strings as is, numbers and bools printed, absent as "-".
 fn cell(v: &Value, key: &str) -> String {
     match v.get(key) {

@@ -5,9 +5,10 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde_json::Value;
 
+use lb_agent::status::{LbStatus, OriginStatus, PoolStatus, Status};
+
 use super::{
-    cell, f64_field, fmt_age, fmt_count, fmt_rtt, fmt_si, fmt_weight, join_host_port, render_table,
-    str_field,
+    fmt_age, fmt_count, fmt_rtt, fmt_si, fmt_weight, join_host_port, render_table, str_field,
 };
 
 /// The pools a load balancer may use, in order, with why: default pools, then pools only
@@ -62,55 +63,47 @@ const ORIGIN_HEADERS: [&str; 11] = [
     "REASON",
 ];
 
-fn origin_row(o: &Value, updated: u64) -> Vec<String> {
-    let mut state = match str_field(o, "state") {
-        "" => "?".to_owned(),
-        s => s.to_owned(),
-    };
-    if o.get("enabled").and_then(Value::as_bool) == Some(false) {
+fn origin_row(o: &OriginStatus, updated: u64) -> Vec<String> {
+    let mut state = o.state.to_string();
+    if !o.enabled {
         state.push_str(",disabled");
     }
     let since = o
-        .get("since")
-        .and_then(Value::as_u64)
+        .since
         .filter(|&s| s != 0)
         .map_or_else(|| "-".to_owned(), |s| fmt_age(updated.saturating_sub(s)));
-    let addr = match o.get("port").and_then(Value::as_u64) {
-        Some(p) if p != 0 => join_host_port(str_field(o, "address"), p),
-        _ => cell(o, "address"),
+    let addr = match o.port {
+        0 => o.address.clone(),
+        p => join_host_port(&o.address, u64::from(p)),
     };
+    let t = o.traffic.unwrap_or_default();
     vec![
-        cell(o, "origin"),
+        o.origin.clone(),
         addr,
         state,
         since,
-        fmt_rtt(f64_field(o, "rtt_ms")),
-        o.get("open_flows")
-            .and_then(Value::as_i64)
-            .map_or_else(|| "-".to_owned(), |n| n.max(0).to_string()),
-        fmt_si(f64_field(o, "packets_per_sec").unwrap_or(0.0)),
-        fmt_si(f64_field(o, "bytes_per_sec").unwrap_or(0.0)),
-        fmt_si(f64_field(o, "new_flows_per_sec").unwrap_or(0.0)),
-        f64_field(o, "weight").map_or_else(|| "-".to_owned(), fmt_weight),
-        str_field(o, "reason").to_owned(),
+        fmt_rtt(o.rtt_ms),
+        o.traffic
+            .map_or_else(|| "-".to_owned(), |t| t.open_flows.max(0).to_string()),
+        fmt_si(t.packets_per_sec),
+        fmt_si(t.bytes_per_sec),
+        fmt_si(t.new_flows_per_sec),
+        fmt_weight(o.weight),
+        o.reason.clone(),
     ]
 }
 
-fn pool_line(pool: &Value, roles: &[&str], active: bool) -> String {
+fn pool_line(pool: &PoolStatus, roles: &[&str], active: bool) -> String {
     let mut tags: Vec<&str> = roles.to_vec();
     if active {
         tags.push("active");
     }
-    let health = match pool.get("healthy").and_then(Value::as_bool) {
-        Some(true) => "healthy",
-        Some(false) => "UNHEALTHY",
-        None => "health unknown",
-    };
+    let health = if pool.healthy { "healthy" } else { "UNHEALTHY" };
     let mut s = format!(
         "{} pool {}",
         if active { "*" } else { " " },
-        match str_field(pool, "name") {
-            "" => str_field(pool, "id"),
+        match pool.name.as_str() {
+            "" => pool.id.as_deref().unwrap_or(""),
             n => n,
         }
     );
@@ -120,10 +113,10 @@ fn pool_line(pool: &Value, roles: &[&str], active: bool) -> String {
     let _ = write!(
         s,
         "  {health}  {}/{} origins healthy (min {})  rtt {}",
-        cell(pool, "healthy_origins"),
-        cell(pool, "enabled_origins"),
-        cell(pool, "minimum_origins"),
-        fmt_rtt(f64_field(pool, "rtt_ms"))
+        pool.healthy_origins,
+        pool.enabled_origins,
+        pool.minimum_origins,
+        fmt_rtt(pool.rtt_ms)
     );
     s
 }
@@ -134,15 +127,15 @@ fn pool_line(pool: &Value, roles: &[&str], active: bool) -> String {
 /// `lbs` and `pools` are the configured objects (`/client/v4` lists): the load balancers say
 /// which pools belong to which load balancer, the pools name those missing from the live view.
 /// `now` (unix seconds) dates the snapshot.
-pub(crate) fn render_status(status: &Value, lbs: &[Value], pools: &[Value], now: u64) -> String {
-    let empty = Vec::new();
-    let arr = |k: &str| status.get(k).and_then(Value::as_array).unwrap_or(&empty);
-    let st_lbs = arr("load_balancers");
+pub(crate) fn render_status(status: &Status, lbs: &[Value], pools: &[Value], now: u64) -> String {
     let live = Live {
-        pools: arr("pools"),
-        origins: arr("origins"),
+        pools: &status.pools,
+        origins: &status.origins,
     };
-    let updated = status.get("updated").and_then(Value::as_u64).unwrap_or(now);
+    let updated = match status.updated {
+        0 => now,
+        u => u,
+    };
 
     let mut out = String::new();
     let _ = write!(
@@ -150,21 +143,21 @@ pub(crate) fn render_status(status: &Value, lbs: &[Value], pools: &[Value], now:
         "agent status, {} old",
         fmt_age(now.saturating_sub(updated))
     );
-    if let Some(pop) = status.get("pop").and_then(Value::as_str) {
+    if let Some(pop) = &status.pop {
         let _ = write!(out, ", PoP {pop}");
     }
     out.push('\n');
-    if st_lbs.is_empty() {
+    if status.load_balancers.is_empty() {
         out.push_str("no load balancers\n");
     }
 
     let mut shown: Vec<String> = Vec::new();
     let mut any_active = false;
-    for lb in st_lbs {
+    for lb in &status.load_balancers {
         let active_id = live.active_pool_id(lb);
         lb_lines(&mut out, lb, active_id);
         let members = lb_members(lb, active_id, lbs);
-        let groups: Vec<(String, Vec<&Value>)> = members
+        let groups: Vec<(String, Vec<&OriginStatus>)> = members
             .iter()
             .map(|(id, roles)| live.pool_group(id, roles, id == active_id, pools))
             .collect();
@@ -173,14 +166,14 @@ pub(crate) fn render_status(status: &Value, lbs: &[Value], pools: &[Value], now:
         render_pool_groups(&mut out, &groups, updated);
     }
 
-    let others: Vec<&Value> = live
+    let others: Vec<&PoolStatus> = live
         .pools
         .iter()
-        .filter(|p| !shown.iter().any(|s| s == str_field(p, "id")))
+        .filter(|p| !shown.iter().any(|s| Some(s.as_str()) == p.id.as_deref()))
         .collect();
     if !others.is_empty() {
         out.push_str("\npools used by no load balancer\n");
-        let groups: Vec<(String, Vec<&Value>)> = others
+        let groups: Vec<(String, Vec<&OriginStatus>)> = others
             .iter()
             .map(|p| (pool_line(p, &[], false), live.origins_of(p)))
             .collect();
@@ -194,34 +187,35 @@ pub(crate) fn render_status(status: &Value, lbs: &[Value], pools: &[Value], now:
 
 /// The live view's pools and origins.
 struct Live<'a> {
-    pools: &'a [Value],
-    origins: &'a [Value],
+    pools: &'a [PoolStatus],
+    origins: &'a [OriginStatus],
 }
 
 impl<'a> Live<'a> {
     /// The active pool of a live load balancer, "" if none. The live view names it by id
     /// and by name; older agents by name only.
-    fn active_pool_id(&self, lb: &'a Value) -> &'a str {
-        match str_field(lb, "active_pool_id") {
-            "" => self
+    fn active_pool_id(&self, lb: &'a LbStatus) -> &'a str {
+        match lb.active_pool_id.as_deref() {
+            None | Some("") => self
                 .pools
                 .iter()
                 .find(|p| {
-                    let n = str_field(lb, "active_pool");
-                    !n.is_empty() && str_field(p, "name") == n
+                    lb.active_pool
+                        .as_deref()
+                        .is_some_and(|n| !n.is_empty() && p.name == n)
                 })
-                .map_or("", |p| str_field(p, "id")),
-            id => id,
+                .and_then(|p| p.id.as_deref())
+                .unwrap_or(""),
+            Some(id) => id,
         }
     }
 
-    fn origins_of(&self, pool: &Value) -> Vec<&'a Value> {
-        let (id, name) = (str_field(pool, "id"), str_field(pool, "name"));
+    fn origins_of(&self, pool: &PoolStatus) -> Vec<&'a OriginStatus> {
         self.origins
             .iter()
-            .filter(|o| match str_field(o, "pool_id") {
-                "" => str_field(o, "pool") == name,
-                pid => pid == id,
+            .filter(|o| match o.pool_id.as_deref() {
+                None | Some("") => o.pool == pool.name,
+                pid => pid == pool.id.as_deref(),
             })
             .collect()
     }
@@ -234,8 +228,8 @@ impl<'a> Live<'a> {
         roles: &[&str],
         active: bool,
         pools: &[Value],
-    ) -> (String, Vec<&'a Value>) {
-        if let Some(p) = self.pools.iter().find(|p| str_field(p, "id") == id) {
+    ) -> (String, Vec<&'a OriginStatus>) {
+        if let Some(p) = self.pools.iter().find(|p| p.id.as_deref() == Some(id)) {
             return (pool_line(p, roles, active), self.origins_of(p));
         }
         let name = pools
@@ -258,43 +252,44 @@ impl<'a> Live<'a> {
 }
 
 /// A load balancer's two lines: name, VIP, steering and flags, then its traffic.
-fn lb_lines(out: &mut String, lb: &Value, active_id: &str) {
+fn lb_lines(out: &mut String, lb: &LbStatus, active_id: &str) {
     let _ = write!(
         out,
         "\nload balancer {}  vip {}  steering {}",
-        match str_field(lb, "name") {
-            "" => str_field(lb, "id"),
+        match lb.name.as_str() {
+            "" => lb.id.as_deref().unwrap_or(""),
             n => n,
         },
-        cell(lb, "vip"),
-        cell(lb, "steering_policy"),
+        lb.vip,
+        lb.steering_policy,
     );
-    if lb.get("enabled").and_then(Value::as_bool) == Some(false) {
+    if !lb.enabled {
         out.push_str("  DISABLED");
     }
-    if lb.get("fallback").and_then(Value::as_bool) == Some(true) {
+    if lb.fallback {
         out.push_str("  FALLBACK: no default pool is healthy");
     }
     if active_id.is_empty() {
         out.push_str("  NO ACTIVE POOL");
     }
     out.push('\n');
+    let t = lb.traffic.unwrap_or_default();
     let _ = writeln!(
         out,
         "  {} pkt/s  {} B/s  {} new flows/s  (totals: {} packets, {} bytes, {} flows)",
-        fmt_si(f64_field(lb, "packets_per_sec").unwrap_or(0.0)),
-        fmt_si(f64_field(lb, "bytes_per_sec").unwrap_or(0.0)),
-        fmt_si(f64_field(lb, "new_flows_per_sec").unwrap_or(0.0)),
-        fmt_count(lb.get("packets").and_then(Value::as_u64).unwrap_or(0)),
-        fmt_count(lb.get("bytes").and_then(Value::as_u64).unwrap_or(0)),
-        fmt_count(lb.get("new_flows").and_then(Value::as_u64).unwrap_or(0)),
+        fmt_si(t.packets_per_sec),
+        fmt_si(t.bytes_per_sec),
+        fmt_si(t.new_flows_per_sec),
+        fmt_count(t.packets),
+        fmt_count(t.bytes),
+        fmt_count(t.new_flows),
     );
 }
 
 /// The pools of a live load balancer with their roles, from its configured object; the
 /// configured list may lag the live view, so the active pool is never hidden.
-fn lb_members(lb: &Value, active_id: &str, lbs: &[Value]) -> Vec<(String, Vec<&'static str>)> {
-    let lb_id = str_field(lb, "id");
+fn lb_members(lb: &LbStatus, active_id: &str, lbs: &[Value]) -> Vec<(String, Vec<&'static str>)> {
+    let lb_id = lb.id.as_deref().unwrap_or("");
     let mut members = lbs
         .iter()
         .find(|c| str_field(c, "id") == lb_id)
@@ -308,7 +303,7 @@ fn lb_members(lb: &Value, active_id: &str, lbs: &[Value]) -> Vec<(String, Vec<&'
 
 /// Writes each pool line at indent 2 and its origins below at indent 6, with the origin
 /// columns aligned across all the pools of the group.
-fn render_pool_groups(out: &mut String, groups: &[(String, Vec<&Value>)], updated: u64) {
+fn render_pool_groups(out: &mut String, groups: &[(String, Vec<&OriginStatus>)], updated: u64) {
     let rows: Vec<Vec<Vec<String>>> = groups
         .iter()
         .map(|(_, origins)| origins.iter().map(|o| origin_row(o, updated)).collect())
@@ -336,7 +331,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{lbs_config, pools_config, status, SORRY, WEB_A, WEB_B};
+    use crate::fixtures::{lbs_config, pools_config, status, status_value, SORRY, WEB_A, WEB_B};
 
     #[test]
     fn pools_of_a_load_balancer_in_order_with_roles() {
@@ -404,8 +399,8 @@ pools used by no load balancer
     #[test]
     fn status_keeps_active_pool_missing_from_config_and_flags_none() {
         let mut st = status();
-        st["load_balancers"][1]["active_pool_id"] = Value::Null;
-        st["load_balancers"][1]["active_pool"] = Value::Null;
+        st.load_balancers[1].active_pool_id = None;
+        st.load_balancers[1].active_pool = None;
         // Config lists only www, and www's config no longer names web-a.
         let mut lbs = lbs_config();
         lbs.truncate(1);
@@ -417,20 +412,20 @@ pools used by no load balancer
             "{out}"
         );
         // The active pool found by name when the id is absent (older agent).
-        let mut st = status();
+        let mut st = status_value();
         st["load_balancers"][0]
             .as_object_mut()
             .expect("lb")
             .remove("active_pool_id");
+        let st: Status = serde_json::from_value(st).expect("an older agent's status");
         let out = render_status(&st, &lbs_config(), &pools_config(), 1_000_000);
         assert!(out.contains("  * pool web-a [default, active]"), "{out}");
 
-        let empty = render_status(
-            &json!({"updated": 5, "pop": null, "load_balancers": [], "pools": [], "origins": []}),
-            &[],
-            &[],
-            5,
-        );
+        let empty: Status = serde_json::from_value(
+            json!({"updated": 5, "pop": null, "load_balancers": [], "pools": [], "origins": []}),
+        )
+        .expect("empty status");
+        let empty = render_status(&empty, &[], &[], 5);
         assert_eq!(empty, "agent status, 0s old\nno load balancers\n");
     }
 }
