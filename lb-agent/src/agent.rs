@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{self, Command, EnvCredentials, Sampler, View},
-    config::{Config, ConfigError, RawConfig, SteeringPolicy},
+    config::{Config, ConfigError, FieldError, RawConfig, SteeringPolicy},
     dataplane::{self, Dataplane, DataplaneError},
     health::{HealthTable, Monitors, OriginHealth, Report},
     metrics::RttHistograms,
@@ -154,7 +154,7 @@ fn merge_file(
     } else {
         ConfigError::Invalid {
             path,
-            errors: found.errors,
+            errors: found.errors.into_iter().map(FieldError::message).collect(),
         }
         .into()
     })
@@ -1181,7 +1181,9 @@ mod tests {
         };
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0].starts_with("pools[1].origins[0].weight: "),
+            errors[0]
+                .to_string()
+                .starts_with("pools[1].origins[0].weight: "),
             "the file's index, not the store's (2): {errors:?}"
         );
     }

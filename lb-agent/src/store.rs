@@ -19,7 +19,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{self, RawConfig, RawLoadBalancer, RawMonitor, RawOriginSteering, RawPool};
+use crate::config::{
+    self, FieldError, RawConfig, RawLoadBalancer, RawMonitor, RawOriginSteering, RawPool,
+};
 use lb_common::hash::{fnv1a64, FNV_OFFSET};
 
 /// Error codes in the API's `errors[].code`, in Cloudflare's envelope.
@@ -542,14 +544,14 @@ impl Store {
     /// Rewrites the validator's messages for an API caller who sent object `id` of `kind`:
     /// its own fields lose the `pools[3].` prefix (they are fields of the body), other
     /// objects are named instead of numbered.
-    pub fn api_messages(&self, kind: Kind, id: &str, errors: &[String]) -> Vec<String> {
+    pub fn api_messages(&self, kind: Kind, id: &str, errors: &[FieldError]) -> Vec<String> {
         let own = self
             .index(kind, id)
             .map(|i| format!("{}[{i}]", kind.list()));
         errors
             .iter()
             .map(|e| {
-                let mut e = e.clone();
+                let mut e = e.to_string();
                 if let Some(own) = &own {
                     if let Some(rest) = e.strip_prefix(own.as_str()) {
                         e = rest
@@ -843,11 +845,12 @@ impl Store {
     pub fn file_messages(
         &self,
         file: &RawConfig,
-        errors: &[String],
+        errors: &[FieldError],
         covered: &FileRefusal,
     ) -> FileRefusal {
         let mut out = FileRefusal::default();
         for e in errors {
+            let e = &e.to_string();
             // A reference to a removed object (by id) or a duplicate name: file_conflicts
             // said it better.
             let dup_name = e.contains("is already the name of") && covered.conflict;
@@ -1464,8 +1467,14 @@ default_pools = ["web", "spare"]
             Kind::Pool,
             &web,
             &[
-                "pools[0].origins[1].weight: 2 is out of range".into(),
-                "load_balancers[0]: 10.0.0.10:80 is already the VIP of load_balancers[0]".into(),
+                FieldError {
+                    path: "pools[0].origins[1].weight".into(),
+                    problem: "2 is out of range".into(),
+                },
+                FieldError {
+                    path: "load_balancers[0]".into(),
+                    problem: "10.0.0.10:80 is already the VIP of load_balancers[0]".into(),
+                },
             ],
         );
         assert_eq!(msgs[0], "origins[1].weight: 2 is out of range");
