@@ -28,8 +28,9 @@ use crate::{
     notify::{Event, Notifier, NotifyOptions},
     plan::Plan,
     reconcile::{Assignment, ReconcileError, Reconciler},
+    refusal::{Reason, Refusal},
     steering::{self, Choice},
-    store::{self, code, Op, Rejection, Store, StoreError},
+    store::{self, Op, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -594,20 +595,15 @@ impl Agent {
                     .unwrap_or("-")
             ),
             Err(r) => info!(
-                "API: {} change rejected ({}): {}",
+                "API: {} change rejected ({:?}): {r}",
                 kind.singular(),
-                r.status,
-                r.errors
-                    .iter()
-                    .map(|(_, m)| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                r.reason,
             ),
         }
         let _ = c.reply.send(result);
     }
 
-    fn mutate(&mut self, op: Op) -> Result<serde_json::Value, Rejection> {
+    fn mutate(&mut self, op: Op) -> Result<serde_json::Value, Refusal> {
         let kind = op.kind();
         let (store, done) = self.store.mutate(op, &now())?;
         let next = build(
@@ -618,27 +614,21 @@ impl Agent {
             Some(&self.cfg.geo),
         )
         .map_err(|e| match e {
-            AgentError::Config(ConfigError::Invalid { errors, .. }) => Rejection {
-                status: 400,
-                errors: store
-                    .api_messages(kind, &done.id, &errors)
-                    .into_iter()
-                    .map(|m| (code::INVALID, m))
-                    .collect(),
-            },
-            other => Rejection::new(400, code::INVALID, other.to_string().replace('\n', " ")),
+            AgentError::Config(ConfigError::Invalid { errors, .. }) => {
+                Refusal::invalid(kind, done.id.clone(), store.clone(), errors)
+            }
+            other => Refusal::message(Reason::Invalid, other.to_string().replace('\n', " ")),
         })?;
         store
             .save(&self.cfg.api.state_file)
-            .map_err(|e| Rejection::new(500, code::INTERNAL, format!("{e}; nothing changed")))?;
+            .map_err(|e| Refusal::message(Reason::Internal, format!("{e}; nothing changed")))?;
         let why = format!("API: {} {}", kind.singular(), done.id);
         if let Err(e) = self.replace(next, &why, false) {
             if let Err(e) = self.store.save(&self.cfg.api.state_file) {
                 error!("restoring the state file: {e}");
             }
-            return Err(Rejection::new(
-                500,
-                code::INTERNAL,
+            return Err(Refusal::message(
+                Reason::Internal,
                 format!("{}; nothing changed", e.to_string().replace('\n', " ")),
             ));
         }

@@ -32,6 +32,7 @@ pub mod netwatch;
 pub mod notify;
 pub mod plan;
 pub mod reconcile;
+pub mod refusal;
 pub mod stats;
 pub mod steering;
 pub mod store;
