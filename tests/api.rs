@@ -1488,7 +1488,7 @@ fn a_start_with_a_file_that_conflicts_with_api_objects_runs_the_stored_state() {
         a.get("o1").is_some_and(|n| *n > 0) && !a.contains_key("failed"),
         "the stored web pool (o1 not drained) forwards: {a:?}"
     );
-    let status = lb_agent::agent::Status::read(&topo.status_file).expect("status file");
+    let status = lb_agent::status::Status::read(&topo.status_file).expect("status file");
     let pools: Vec<&str> = status.pools.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         pools,

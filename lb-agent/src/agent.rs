@@ -16,11 +16,9 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-/// The status moved to `crate::status`; kept here for callers not yet updated.
-pub use crate::status::Status;
 use crate::{
     api::{self, Command, EnvCredentials, Sampler, View},
-    config::{Config, ConfigError, RawConfig, SteeringPolicy},
+    config::{Config, ConfigError, FieldError, RawConfig, SteeringPolicy},
     dataplane::{self, Dataplane, DataplaneError},
     health::{HealthTable, Monitors, Report},
     metrics::RttHistograms,
@@ -29,8 +27,10 @@ use crate::{
     notify::{Event, Notifier, NotifyOptions},
     plan::Plan,
     reconcile::{Assignment, ReconcileError, Reconciler},
+    refusal::{Reason, Refusal},
+    status::Status,
     steering,
-    store::{self, code, Op, Rejection, Store, StoreError},
+    store::{self, Op, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +155,7 @@ fn merge_file(
     } else {
         ConfigError::Invalid {
             path,
-            errors: found.errors,
+            errors: found.errors.into_iter().map(FieldError::message).collect(),
         }
         .into()
     })
@@ -594,20 +594,15 @@ impl Agent {
                     .unwrap_or("-")
             ),
             Err(r) => info!(
-                "API: {} change rejected ({}): {}",
+                "API: {} change rejected ({:?}): {r}",
                 kind.singular(),
-                r.status,
-                r.errors
-                    .iter()
-                    .map(|(_, m)| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                r.reason,
             ),
         }
         let _ = c.reply.send(result);
     }
 
-    fn mutate(&mut self, op: Op) -> Result<serde_json::Value, Rejection> {
+    fn mutate(&mut self, op: Op) -> Result<serde_json::Value, Refusal> {
         let kind = op.kind();
         let (store, done) = self.store.mutate(op, &now())?;
         let next = build(
@@ -618,27 +613,21 @@ impl Agent {
             Some(&self.cfg.geo),
         )
         .map_err(|e| match e {
-            AgentError::Config(ConfigError::Invalid { errors, .. }) => Rejection {
-                status: 400,
-                errors: store
-                    .api_messages(kind, &done.id, &errors)
-                    .into_iter()
-                    .map(|m| (code::INVALID, m))
-                    .collect(),
-            },
-            other => Rejection::new(400, code::INVALID, other.to_string().replace('\n', " ")),
+            AgentError::Config(ConfigError::Invalid { errors, .. }) => {
+                Refusal::invalid(kind, done.id.clone(), store.clone(), errors)
+            }
+            other => Refusal::message(Reason::Invalid, other.to_string().replace('\n', " ")),
         })?;
         store
             .save(&self.cfg.api.state_file)
-            .map_err(|e| Rejection::new(500, code::INTERNAL, format!("{e}; nothing changed")))?;
+            .map_err(|e| Refusal::message(Reason::Internal, format!("{e}; nothing changed")))?;
         let why = format!("API: {} {}", kind.singular(), done.id);
         if let Err(e) = self.replace(next, &why, false) {
             if let Err(e) = self.store.save(&self.cfg.api.state_file) {
                 error!("restoring the state file: {e}");
             }
-            return Err(Rejection::new(
-                500,
-                code::INTERNAL,
+            return Err(Refusal::message(
+                Reason::Internal,
                 format!("{}; nothing changed", e.to_string().replace('\n', " ")),
             ));
         }
@@ -978,7 +967,9 @@ mod tests {
         };
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0].starts_with("pools[1].origins[0].weight: "),
+            errors[0]
+                .to_string()
+                .starts_with("pools[1].origins[0].weight: "),
             "the file's index, not the store's (2): {errors:?}"
         );
     }

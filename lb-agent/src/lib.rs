@@ -34,6 +34,7 @@ pub mod netwatch;
 pub mod notify;
 pub mod plan;
 pub mod reconcile;
+pub mod refusal;
 pub mod stats;
 pub mod status;
 pub mod steering;

@@ -19,47 +19,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{self, RawConfig, RawLoadBalancer, RawMonitor, RawOriginSteering, RawPool};
+use crate::config::{
+    self, FieldError, RawConfig, RawLoadBalancer, RawMonitor, RawOriginSteering, RawPool,
+};
+use crate::refusal::{Reason, Refusal};
 use lb_common::hash::{fnv1a64, FNV_OFFSET};
-
-/// Error codes in the API's `errors[].code`, in Cloudflare's envelope.
-pub mod code {
-    /// The body is not JSON, not an object, has a value of the wrong type or an unknown field.
-    pub const BAD_BODY: u32 = 1000;
-    /// A value is out of range or inconsistent (the config validation's rules).
-    pub const INVALID: u32 = 1001;
-    /// The object refers to a monitor or pool id that does not exist.
-    pub const MISSING_REFERENCE: u32 = 1002;
-    /// The object is still used by another (a monitor by a pool, a pool by a load balancer).
-    pub const IN_USE: u32 = 1003;
-    /// No object has this id.
-    pub const NOT_FOUND: u32 = 1004;
-    /// The change was valid but could not be saved or applied; nothing changed.
-    pub const INTERNAL: u32 = 1100;
-    /// No such route (Cloudflare's 7003) or method (7000).
-    pub const NO_ROUTE: u32 = 7003;
-    pub const NO_METHOD: u32 = 7000;
-    /// No credentials (Cloudflare's 10000, "Authentication error").
-    pub const AUTH_MISSING: u32 = 10_000;
-    /// Credentials that no configured token or key matches (Cloudflare's 9109).
-    pub const AUTH_INVALID: u32 = 9109;
-}
-
-/// A refused request: the HTTP status and the envelope's errors.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub status: u16,
-    pub errors: Vec<(u32, String)>,
-}
-
-impl Rejection {
-    pub fn new(status: u16, code: u32, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            errors: vec![(code, message.into())],
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -517,7 +481,7 @@ impl Store {
     }
 
     /// Display name of object `i` of `kind`, for error messages.
-    fn label(&self, kind: Kind, i: usize) -> Option<String> {
+    pub fn label(&self, kind: Kind, i: usize) -> Option<String> {
         let (name, id) = match kind {
             Kind::Monitor => self
                 .monitors
@@ -537,47 +501,6 @@ impl Store {
         } else {
             format!("{} \"{name}\" ({id})", kind.singular())
         })
-    }
-
-    /// Rewrites the validator's messages for an API caller who sent object `id` of `kind`:
-    /// its own fields lose the `pools[3].` prefix (they are fields of the body), other
-    /// objects are named instead of numbered.
-    pub fn api_messages(&self, kind: Kind, id: &str, errors: &[String]) -> Vec<String> {
-        let own = self
-            .index(kind, id)
-            .map(|i| format!("{}[{i}]", kind.list()));
-        errors
-            .iter()
-            .map(|e| {
-                let mut e = e.clone();
-                if let Some(own) = &own {
-                    if let Some(rest) = e.strip_prefix(own.as_str()) {
-                        e = rest
-                            .strip_prefix('.')
-                            .or_else(|| rest.strip_prefix(": "))
-                            .unwrap_or(rest)
-                            .to_owned();
-                    }
-                }
-                for k in [Kind::Monitor, Kind::Pool, Kind::LoadBalancer] {
-                    let n = match k {
-                        Kind::Monitor => self.monitors.len(),
-                        Kind::Pool => self.pools.len(),
-                        Kind::LoadBalancer => self.load_balancers.len(),
-                    };
-                    // Longest index first, so that pools[1] does not match inside pools[12].
-                    for i in (0..n).rev() {
-                        let pat = format!("{}[{i}]", k.list());
-                        if e.contains(&pat) {
-                            if let Some(l) = self.label(k, i) {
-                                e = e.replace(&pat, &l);
-                            }
-                        }
-                    }
-                }
-                e
-            })
-            .collect()
     }
 }
 
@@ -843,11 +766,12 @@ impl Store {
     pub fn file_messages(
         &self,
         file: &RawConfig,
-        errors: &[String],
+        errors: &[FieldError],
         covered: &FileRefusal,
     ) -> FileRefusal {
         let mut out = FileRefusal::default();
         for e in errors {
+            let e = &e.to_string();
             // A reference to a removed object (by id) or a duplicate name: file_conflicts
             // said it better.
             let dup_name = e.contains("is already the name of") && covered.conflict;
@@ -874,7 +798,7 @@ impl Store {
 /// Replaces every `monitors[i]`, `pools[i]` and `load_balancers[i]` in `msg` that starts a
 /// word (so not the `pools[0]` of `default_pools[0]`) by `f(kind, i, followed by a field)`,
 /// when that is `Some`.
-fn relabel(msg: &str, mut f: impl FnMut(Kind, usize, bool) -> Option<String>) -> String {
+pub fn relabel(msg: &str, mut f: impl FnMut(Kind, usize, bool) -> Option<String>) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
     'scan: while !rest.is_empty() {
@@ -988,21 +912,21 @@ pub struct Done {
     pub deleted: bool,
 }
 
-fn bad_body(msg: impl Into<String>) -> Rejection {
-    Rejection::new(400, code::BAD_BODY, msg)
+fn bad_body(path: impl Into<String>, problem: impl Into<String>) -> Refusal {
+    Refusal::new(Reason::BadBody, path, problem)
 }
 
 /// The body as an object, without the read-only fields a client may send back (`id` must
 /// match the path's, if given).
-fn body_object(v: Value, id: Option<&str>) -> Result<serde_json::Map<String, Value>, Rejection> {
+fn body_object(v: Value, id: Option<&str>) -> Result<serde_json::Map<String, Value>, Refusal> {
     let Value::Object(mut m) = v else {
-        return Err(bad_body("body: expected a JSON object"));
+        return Err(bad_body("body", "expected a JSON object"));
     };
     if let Some(given) = m.remove("id") {
         if let (Some(id), Some(given)) = (id, given.as_str()) {
             if given != id {
-                return Err(bad_body(format!(
-                    "id: \"{given}\" differs from the id in the path, \"{id}\"; leave it out or send the same"
+                return Err(bad_body("id", format!(
+                    "\"{given}\" differs from the id in the path, \"{id}\"; leave it out or send the same"
                 )));
             }
         }
@@ -1014,34 +938,31 @@ fn body_object(v: Value, id: Option<&str>) -> Result<serde_json::Map<String, Val
 }
 
 /// Deserializes with the path of the offending field in the message.
-fn typed<T: serde::de::DeserializeOwned>(
-    m: serde_json::Map<String, Value>,
-) -> Result<T, Rejection> {
+fn typed<T: serde::de::DeserializeOwned>(m: serde_json::Map<String, Value>) -> Result<T, Refusal> {
     serde_path_to_error::deserialize(Value::Object(m)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         if path == "." {
-            bad_body(format!("body: {inner}"))
+            bad_body("body", inner)
         } else {
-            bad_body(format!("{path}: {inner}"))
+            bad_body(path, inner)
         }
     })
 }
 
-fn not_found(kind: Kind, id: &str) -> Rejection {
-    Rejection::new(
-        404,
-        code::NOT_FOUND,
+fn not_found(kind: Kind, id: &str) -> Refusal {
+    Refusal::message(
+        Reason::NotFound,
         format!("no {} has id \"{id}\"", kind.singular()),
     )
 }
 
-fn missing_ref(field: &str, kind: Kind, id: &str) -> Rejection {
-    Rejection::new(
-        400,
-        code::MISSING_REFERENCE,
+fn missing_ref(field: &str, kind: Kind, id: &str) -> Refusal {
+    Refusal::new(
+        Reason::MissingReference,
+        field,
         format!(
-            "{field}: no {} has id \"{id}\"; create it first or use the id of an existing one",
+            "no {} has id \"{id}\"; create it first or use the id of an existing one",
             kind.singular()
         ),
     )
@@ -1050,7 +971,7 @@ fn missing_ref(field: &str, kind: Kind, id: &str) -> Rejection {
 impl Store {
     /// Applies `op` to a copy of the store. Checks the body's shape and its references; the
     /// caller validates the resulting config as a whole (`to_raw` + `config::validate`).
-    pub fn mutate(&self, op: Op, now: &str) -> Result<(Self, Done), Rejection> {
+    pub fn mutate(&self, op: Op, now: &str) -> Result<(Self, Done), Refusal> {
         let mut next = self.clone();
         let kind = op.kind();
         let (id, body) = match op {
@@ -1120,14 +1041,13 @@ impl Store {
         ))
     }
 
-    fn delete(&mut self, kind: Kind, id: &str) -> Result<(), Rejection> {
+    fn delete(&mut self, kind: Kind, id: &str) -> Result<(), Refusal> {
         let in_use = |users: Vec<String>, what: &str| {
             if users.is_empty() {
                 Ok(())
             } else {
-                Err(Rejection::new(
-                    400,
-                    code::IN_USE,
+                Err(Refusal::message(
+                    Reason::InUse,
                     format!(
                         "{} \"{id}\" is in use by {}; {what} first",
                         kind.singular(),
@@ -1239,7 +1159,7 @@ default_pools = ["web", "spare"]
             .expect("store + file validate")
     }
 
-    fn rejection(r: Result<(Store, Done), Rejection>) -> Rejection {
+    fn rejection(r: Result<(Store, Done), Refusal>) -> Refusal {
         match r {
             Err(r) => r,
             Ok((_, d)) => panic!("expected a rejection, got {d:?}"),
@@ -1410,19 +1330,22 @@ default_pools = ["web", "spare"]
         let s = seeded();
         let pid = s.pools[0].id.clone();
         let r = rejection(s.mutate(Op::Create(Kind::Pool, json!([1])), T0));
-        assert_eq!((r.status, r.errors[0].0), (400, code::BAD_BODY));
+        assert_eq!(r.reason, Reason::BadBody);
         let r = rejection(s.mutate(
             Op::Create(Kind::Pool, json!({"name": "x", "origins": [], "colour": 1})),
             T0,
         ));
-        assert!(r.errors[0].1.contains("colour"), "{r:?}");
+        assert!(r.errors[0].to_string().contains("colour"), "{r:?}");
         let r = rejection(s.mutate(Op::Create(Kind::Pool, json!({"name": "x", "origins": [{"name": "a", "address": "10.0.0.2", "weight": "x"}]})), T0));
-        assert!(r.errors[0].1.starts_with("origins[0].weight: "), "{r:?}");
+        assert!(
+            r.errors[0].to_string().starts_with("origins[0].weight: "),
+            "{r:?}"
+        );
         let r = rejection(s.mutate(
             Op::Patch(Kind::Pool, pid.clone(), json!({"id": "0".repeat(32)})),
             T0,
         ));
-        assert_eq!(r.errors[0].0, code::BAD_BODY);
+        assert_eq!(r.reason, Reason::BadBody);
         assert!(
             s.mutate(
                 Op::Patch(
@@ -1436,43 +1359,23 @@ default_pools = ["web", "spare"]
             "read-only fields sent back are ignored"
         );
         let r = rejection(s.mutate(Op::Patch(Kind::Pool, "f".repeat(32), json!({})), T0));
-        assert_eq!((r.status, r.errors[0].0), (404, code::NOT_FOUND));
+        assert_eq!(r.reason, Reason::NotFound);
     }
 
     #[test]
     fn references_must_exist_and_objects_in_use_cannot_go() {
         let s = seeded();
         let r = rejection(s.mutate(Op::Create(Kind::Pool, json!({"name": "x", "monitor": "a".repeat(32), "origins": [{"name": "a", "address": "10.0.0.2"}]})), T0));
-        assert_eq!(r.errors[0].0, code::MISSING_REFERENCE);
+        assert_eq!(r.reason, Reason::MissingReference);
         let r = rejection(s.mutate(Op::Create(Kind::LoadBalancer, json!({"name": "y", "address": "10.0.0.11", "port": 80, "default_pools": ["b".repeat(32)]})), T0));
-        assert_eq!(r.errors[0].0, code::MISSING_REFERENCE);
+        assert_eq!(r.reason, Reason::MissingReference);
         let r = rejection(s.mutate(Op::Delete(Kind::Monitor, s.monitors[0].id.clone()), T0));
-        assert_eq!(r.errors[0].0, code::IN_USE);
-        assert!(r.errors[0].1.contains("\"web\""), "{r:?}");
+        assert_eq!(r.reason, Reason::InUse);
+        assert!(r.errors[0].to_string().contains("\"web\""), "{r:?}");
         let r = rejection(s.mutate(Op::Delete(Kind::Pool, s.pools[1].id.clone()), T0));
         assert!(
-            r.errors[0].0 == code::IN_USE && r.errors[0].1.contains("www"),
+            r.reason == Reason::InUse && r.errors[0].to_string().contains("www"),
             "{r:?}"
-        );
-    }
-
-    #[test]
-    fn validation_messages_name_fields_of_the_body_and_other_objects_by_name() {
-        let s = seeded();
-        let web = s.pools[0].id.clone();
-        let msgs = s.api_messages(
-            Kind::Pool,
-            &web,
-            &[
-                "pools[0].origins[1].weight: 2 is out of range".into(),
-                "load_balancers[0]: 10.0.0.10:80 is already the VIP of load_balancers[0]".into(),
-            ],
-        );
-        assert_eq!(msgs[0], "origins[1].weight: 2 is out of range");
-        assert!(
-            msgs[1].starts_with("load balancer \"www\" ("),
-            "{}",
-            msgs[1]
         );
     }
 

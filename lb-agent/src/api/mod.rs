@@ -3,6 +3,7 @@
 //! loop publishes; every change goes to the main loop as a `Command` (the reconciler stays
 //! the one writer of maps) and is answered once it is validated, saved and applied.
 
+mod errors;
 mod traffic;
 
 use std::{collections::HashMap, sync::Arc};
@@ -19,6 +20,7 @@ use axum::{
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use errors::{code, status_and_code, Rejection};
 pub use traffic::{Sample, Sampler};
 
 use crate::{
@@ -26,8 +28,9 @@ use crate::{
     metrics::RttHistograms,
     plan::Plan,
     reconcile::Assignment,
+    refusal::Refusal,
     status::{OriginState, Status},
-    store::{code, Done, Kind, Op, Rejection, Store},
+    store::{Done, Kind, Op, Store},
 };
 
 /// What the API reads: published by the main loop after every change and status update.
@@ -50,7 +53,7 @@ pub struct View {
 #[derive(Debug)]
 pub struct Command {
     pub op: Op,
-    pub reply: oneshot::Sender<Result<Value, Rejection>>,
+    pub reply: oneshot::Sender<Result<Value, Refusal>>,
 }
 
 /// Credentials that the environment adds to the config's (`LB_API_TOKEN`, comma-separated,
@@ -390,7 +393,7 @@ async fn mutate(api: &Api, op: Result<Op, Rejection>) -> Response {
     }
     match rx.await {
         Ok(Ok(v)) => success(v, None),
-        Ok(Err(r)) => failure(&r),
+        Ok(Err(r)) => failure(&r.into()),
         Err(_) => failure(&Rejection::new(
             503,
             code::INTERNAL,

@@ -75,5 +75,7 @@ pub const DEFAULT_STEERING_POLICY: &str = "off";
 pub const DEFAULT_SESSION_AFFINITY: &str = "none";
 /// Cloudflare's default `session_affinity_ttl` (23 hours).
 pub const DEFAULT_AFFINITY_TTL: u32 = 82_800;
+/// Default weight of a new RTT sample in the moving average (`agent.rtt_smoothing`).
+pub const DEFAULT_RTT_SMOOTHING: f64 = 0.3;
 /// Cloudflare's longest `session_affinity_ttl` (7 days).
 pub const MAX_AFFINITY_TTL: u32 = 604_800;

@@ -4,7 +4,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use super::types::Geo;
+use super::{types::Geo, FieldError};
 
 impl Geo {
     /// Reads the database's prefixes into `database_prefixes`. A relative `database` is
@@ -15,7 +15,7 @@ impl Geo {
         &mut self,
         config_path: &Path,
         loaded: Option<&Geo>,
-    ) -> Result<(), String> {
+    ) -> Result<(), FieldError> {
         if let Some(db) = &mut self.database {
             if db.is_relative() {
                 if let Some(dir) = config_path.parent() {
@@ -28,10 +28,11 @@ impl Geo {
             return Ok(());
         }
         if let Some(db) = &self.database {
-            let prefixes = crate::geo::load_mmdb(db).map_err(|e| {
-                format!(
-                    "geo.database: {e}; give the path of a MaxMind DB file (GeoLite2-Country.mmdb or one in its format)"
-                )
+            let prefixes = crate::geo::load_mmdb(db).map_err(|e| FieldError {
+                path: "geo.database".to_owned(),
+                problem: format!(
+                    "{e}; give the path of a MaxMind DB file (GeoLite2-Country.mmdb or one in its format)"
+                ),
             })?;
             self.database_prefixes = Arc::new(prefixes);
         }

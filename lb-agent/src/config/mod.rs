@@ -49,10 +49,58 @@ pub enum ConfigError {
     #[error("config {path} is not valid TOML for lb-agent: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path} has {} error(s):\n{}", .errors.len(), Errors(.errors))]
-    Invalid { path: PathBuf, errors: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        errors: Vec<FieldError>,
+    },
 }
 
-struct Errors<'a>(&'a [String]);
+/// One validation error: the field it is about, in the file's naming
+/// (`pools[1].origins[0].weight`), and the problem with its fix. It shows as
+/// `path: problem`, the line `lb-agent check` prints; the API names the field its own way.
+/// A message about no one field (a file conflict) has an empty path and shows as the
+/// problem alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    /// A message about no one field.
+    pub fn message(text: impl Into<String>) -> Self {
+        Self {
+            path: String::new(),
+            problem: text.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.problem)
+        } else {
+            write!(f, "{}: {}", self.path, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+impl PartialEq<&str> for FieldError {
+    fn eq(&self, other: &&str) -> bool {
+        if self.path.is_empty() {
+            return self.problem == *other;
+        }
+        other
+            .strip_prefix(self.path.as_str())
+            .and_then(|r| r.strip_prefix(": "))
+            == Some(self.problem.as_str())
+    }
+}
+
+struct Errors<'a>(&'a [FieldError]);
 impl fmt::Display for Errors<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, e) in self.0.iter().enumerate() {

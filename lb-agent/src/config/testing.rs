@@ -28,7 +28,9 @@ default_pools = ["web"]
 
 pub(crate) fn errors_of(text: &str) -> Vec<String> {
     match Config::parse(text, Path::new("t.toml")) {
-        Err(ConfigError::Invalid { errors, .. }) => errors,
+        Err(ConfigError::Invalid { errors, .. }) => {
+            errors.iter().map(ToString::to_string).collect()
+        }
         other => panic!("expected validation errors, got {other:?}"),
     }
 }

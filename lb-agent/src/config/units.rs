@@ -1,6 +1,7 @@
 //! Numbers that carry their own range: an origin or pool `Weight` (0 to 1) and a monitor's
 //! `Seconds`. Each check names the field and the fix, as every config error does.
 
+use super::validate::FieldErrors;
 use std::time::Duration;
 
 use super::defaults::{MAX_PROBE_SECS, MIN_PROBE_SECS};
@@ -21,12 +22,13 @@ impl Weight {
 
     /// `v` as the weight in `field`, or an error whose fix ends with `why`
     /// (e.g. `" (0 drains the origin)"`).
-    pub(super) fn check(v: f64, field: &str, why: &str, errors: &mut Vec<String>) -> Option<Self> {
+    pub(super) fn check(v: f64, field: &str, why: &str, errors: &mut FieldErrors) -> Option<Self> {
         let w = Self::new(v);
         if w.is_none() {
-            errors.push(format!(
-                "{field}: {v} is out of range; use a number between 0 and 1{why}"
-            ));
+            errors.push(
+                field,
+                format!("{v} is out of range; use a number between 0 and 1{why}"),
+            );
         }
         w
     }
@@ -49,11 +51,11 @@ impl Seconds {
     }
 
     /// `v` as the seconds in `field`, or an error.
-    pub(super) fn check(v: f64, field: &str, errors: &mut Vec<String>) -> Option<Self> {
+    pub(super) fn check(v: f64, field: &str, errors: &mut FieldErrors) -> Option<Self> {
         let s = Self::new(v);
         if s.is_none() {
-            errors.push(format!(
-                "{field}: {v} is out of range; use seconds between {MIN_PROBE_SECS} and {MAX_PROBE_SECS} (fractions allowed, e.g. 0.25)"
+            errors.push(field, format!(
+                "{v} is out of range; use seconds between {MIN_PROBE_SECS} and {MAX_PROBE_SECS} (fractions allowed, e.g. 0.25)"
             ));
         }
         s
@@ -71,10 +73,10 @@ mod tests {
         for bad in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
             assert_eq!(Weight::new(bad), None, "{bad}");
         }
-        let mut errors = Vec::new();
+        let mut errors = FieldErrors::default();
         assert_eq!(Weight::check(2.0, "w", " (why)", &mut errors), None);
         assert_eq!(
-            errors,
+            errors.0,
             ["w: 2 is out of range; use a number between 0 and 1 (why)"]
         );
     }
@@ -92,10 +94,10 @@ mod tests {
         for bad in [0.01, 86_401.0, -1.0, f64::NAN] {
             assert_eq!(Seconds::new(bad), None, "{bad}");
         }
-        let mut errors = Vec::new();
+        let mut errors = FieldErrors::default();
         assert_eq!(Seconds::check(0.0, "t", &mut errors), None);
         assert_eq!(
-            errors,
+            errors.0,
             ["t: 0 is out of range; use seconds between 0.05 and 86400 (fractions allowed, e.g. 0.25)"]
         );
     }

@@ -8,9 +8,7 @@ mod targets;
 use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc};
 
 pub use probe::check;
-pub use state::{
-    HealthTable, Hysteresis, OriginHealth, Outcome, State, Target, Transition, RTT_EWMA_ALPHA,
-};
+pub use state::{HealthTable, Hysteresis, OriginHealth, Outcome, State, Target, Transition};
 pub use targets::{target, targets};
 use tokio::{
     sync::{mpsc, Semaphore},

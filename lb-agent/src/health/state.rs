@@ -129,9 +129,6 @@ pub struct OriginHealth {
     hysteresis: Hysteresis,
 }
 
-/// Default weight of a new RTT sample in the moving average (`agent.rtt_smoothing`).
-pub const RTT_EWMA_ALPHA: f64 = 0.3;
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -150,7 +147,7 @@ impl Default for HealthTable {
     fn default() -> Self {
         Self {
             targets: BTreeMap::new(),
-            rtt_alpha: RTT_EWMA_ALPHA,
+            rtt_alpha: crate::config::DEFAULT_RTT_SMOOTHING,
         }
     }
 }

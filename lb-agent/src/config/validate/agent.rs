@@ -1,39 +1,44 @@
 //! `[agent]`: status file, probe concurrency, this host's PoP and position, RTT smoothing.
 
+use super::FieldErrors;
 use std::path::PathBuf;
 
 use super::{pop_ok, position};
 use crate::config::{
-    defaults::{DEFAULT_PROBE_CONCURRENCY, DEFAULT_STATUS_FILE},
+    defaults::{DEFAULT_PROBE_CONCURRENCY, DEFAULT_RTT_SMOOTHING, DEFAULT_STATUS_FILE},
     raw::RawAgent,
     types::Agent,
 };
 
-pub(super) fn validate(raw: &RawAgent, errors: &mut Vec<String>) -> Agent {
+pub(super) fn validate(raw: &RawAgent, errors: &mut FieldErrors) -> Agent {
     let status_file = raw
         .status_file
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATUS_FILE));
     if !status_file.is_absolute() {
-        errors.push(format!(
-            "agent.status_file: \"{}\" is relative; use an absolute path such as \"{DEFAULT_STATUS_FILE}\"",
-            status_file.display()
-        ));
+        errors.push(
+            "agent.status_file",
+            format!(
+                "\"{}\" is relative; use an absolute path such as \"{DEFAULT_STATUS_FILE}\"",
+                status_file.display()
+            ),
+        );
     }
     let probe_concurrency = raw.probe_concurrency.unwrap_or(DEFAULT_PROBE_CONCURRENCY);
     if !(1..=65_536).contains(&probe_concurrency) {
-        errors.push(format!(
-            "agent.probe_concurrency: {probe_concurrency} is out of range; use 1-65536"
-        ));
+        errors.push(
+            "agent.probe_concurrency",
+            format!("{probe_concurrency} is out of range; use 1-65536"),
+        );
     }
     if let Some(pop) = &raw.pop {
         pop_ok(pop, "agent.pop", errors);
     }
     let position = position(raw.latitude, raw.longitude, "agent", errors);
-    let rtt_smoothing = raw.rtt_smoothing.unwrap_or(crate::health::RTT_EWMA_ALPHA);
+    let rtt_smoothing = raw.rtt_smoothing.unwrap_or(DEFAULT_RTT_SMOOTHING);
     if !(rtt_smoothing > 0.0 && rtt_smoothing <= 1.0) {
-        errors.push(format!(
-            "agent.rtt_smoothing: {rtt_smoothing} is out of range; use a number above 0 and at most 1 (the weight of each new RTT sample; 1 = no smoothing)"
+        errors.push("agent.rtt_smoothing", format!(
+            "{rtt_smoothing} is out of range; use a number above 0 and at most 1 (the weight of each new RTT sample; 1 = no smoothing)"
         ));
     }
     Agent {

@@ -1,5 +1,6 @@
 //! `[api]`: where the HTTP API listens, its credentials, its state file.
 
+use super::FieldErrors;
 use std::path::PathBuf;
 
 use crate::config::{
@@ -8,14 +9,14 @@ use crate::config::{
     types::Api,
 };
 
-pub(super) fn validate(raw: &RawApi, errors: &mut Vec<String>) -> Api {
+pub(super) fn validate(raw: &RawApi, errors: &mut FieldErrors) -> Api {
     let listen = match raw.listen.as_deref().unwrap_or(DEFAULT_API_LISTEN) {
         "off" => None,
         s => match s.parse::<std::net::SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                errors.push(format!(
-                    "api.listen: \"{s}\" is not address:port; write e.g. \"{DEFAULT_API_LISTEN}\", or \"off\" to turn the API off"
+                errors.push("api.listen", format!(
+                    "\"{s}\" is not address:port; write e.g. \"{DEFAULT_API_LISTEN}\", or \"off\" to turn the API off"
                 ));
                 None
             }
@@ -23,22 +24,24 @@ pub(super) fn validate(raw: &RawApi, errors: &mut Vec<String>) -> Api {
     };
     for (i, t) in raw.tokens.iter().enumerate() {
         if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            errors.push(format!(
-                "api.tokens[{i}]: too short or contains spaces; use at least 16 printable characters, e.g. from `openssl rand -hex 20`"
-            ));
+            errors.push(format!("api.tokens[{i}]"), "too short or contains spaces; use at least 16 printable characters, e.g. from `openssl rand -hex 20`");
         }
     }
     for (i, k) in raw.keys.iter().enumerate() {
         if !k.email.contains('@') {
-            errors.push(format!(
-                "api.keys[{i}].email: \"{}\" is not an email address; it is matched against X-Auth-Email",
-                k.email
-            ));
+            errors.push(
+                format!("api.keys[{i}].email"),
+                format!(
+                    "\"{}\" is not an email address; it is matched against X-Auth-Email",
+                    k.email
+                ),
+            );
         }
         if k.key.len() < 16 || k.key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            errors.push(format!(
-                "api.keys[{i}].key: too short or contains spaces; use at least 16 printable characters"
-            ));
+            errors.push(
+                format!("api.keys[{i}].key"),
+                "too short or contains spaces; use at least 16 printable characters",
+            );
         }
     }
     let state_file = raw
@@ -46,10 +49,13 @@ pub(super) fn validate(raw: &RawApi, errors: &mut Vec<String>) -> Api {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
     if !state_file.is_absolute() {
-        errors.push(format!(
-            "api.state_file: \"{}\" is relative; use an absolute path such as \"{DEFAULT_STATE_FILE}\"",
-            state_file.display()
-        ));
+        errors.push(
+            "api.state_file",
+            format!(
+                "\"{}\" is relative; use an absolute path such as \"{DEFAULT_STATE_FILE}\"",
+                state_file.display()
+            ),
+        );
     }
     Api {
         listen,

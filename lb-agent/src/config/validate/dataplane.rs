@@ -1,6 +1,7 @@
 //! `[dataplane]`: interfaces, pin directory, SNAT address and ports, table size, TCP
 //! timeouts and SYN cookies.
 
+use super::FieldErrors;
 use std::{collections::HashSet, net::Ipv4Addr, path::PathBuf};
 
 use lb_common::MAX_INTERFACES;
@@ -20,7 +21,7 @@ use crate::config::{
 /// says why), and the SNAT address alone, which the load balancers are checked against.
 pub(super) fn validate(
     dp: &RawDataplane,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> (Option<Dataplane>, Option<Ipv4Addr>) {
     interfaces(&dp.interfaces, errors);
     let pin_dir = dp
@@ -28,17 +29,20 @@ pub(super) fn validate(
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
     if !pin_dir.is_absolute() {
-        errors.push(format!(
-            "dataplane.pin_dir: \"{}\" is relative; use an absolute path on a bpffs, e.g. \"{DEFAULT_PIN_DIR}\"",
-            pin_dir.display()
-        ));
+        errors.push(
+            "dataplane.pin_dir",
+            format!(
+                "\"{}\" is relative; use an absolute path on a bpffs, e.g. \"{DEFAULT_PIN_DIR}\"",
+                pin_dir.display()
+            ),
+        );
     }
     let snat_address = match &dp.snat_address {
         Some(s) => ipv4(s, "dataplane.snat_address", errors),
         None => {
             errors.push(
-                "dataplane.snat_address: missing; set it to an address of this host that origins route back to"
-                    .to_owned(),
+                "dataplane.snat_address".to_owned(),
+                "missing; set it to an address of this host that origins route back to".to_owned(),
             );
             None
         }
@@ -48,9 +52,10 @@ pub(super) fn validate(
         .flow_table_size
         .unwrap_or(lb_common::DEFAULT_FLOW_TABLE_SIZE);
     if !(MIN_FLOW_TABLE..=MAX_FLOW_TABLE).contains(&flow_table_size) {
-        errors.push(format!(
-            "dataplane.flow_table_size: {flow_table_size} is out of range; use {MIN_FLOW_TABLE}-{MAX_FLOW_TABLE}"
-        ));
+        errors.push(
+            "dataplane.flow_table_size",
+            format!("{flow_table_size} is out of range; use {MIN_FLOW_TABLE}-{MAX_FLOW_TABLE}"),
+        );
     }
     let t = timeouts(dp, errors);
     let syn_budget = syn_budget(dp, errors);
@@ -78,48 +83,55 @@ pub(super) fn validate(
     (Some(dataplane), Some(snat_address))
 }
 
-fn interfaces(interfaces: &[String], errors: &mut Vec<String>) {
+fn interfaces(interfaces: &[String], errors: &mut FieldErrors) {
     if interfaces.is_empty() {
         errors.push(
-            "dataplane.interfaces: empty; list the interfaces to attach XDP to, e.g. [\"eth0\"]"
-                .to_owned(),
+            "dataplane.interfaces".to_owned(),
+            "empty; list the interfaces to attach XDP to, e.g. [\"eth0\"]".to_owned(),
         );
     }
     let mut seen_if = HashSet::new();
     for (i, name) in interfaces.iter().enumerate() {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-            errors.push(format!(
-                "dataplane.interfaces[{i}]: \"{name}\" is not an interface name (1-15 characters, no '/' or spaces)"
-            ));
+            errors.push(
+                format!("dataplane.interfaces[{i}]"),
+                format!("\"{name}\" is not an interface name (1-15 characters, no '/' or spaces)"),
+            );
         }
         if !seen_if.insert(name) {
-            errors.push(format!(
-                "dataplane.interfaces[{i}]: \"{name}\" is listed twice; list each interface once"
-            ));
+            errors.push(
+                format!("dataplane.interfaces[{i}]"),
+                format!("\"{name}\" is listed twice; list each interface once"),
+            );
         }
     }
     if interfaces.len() > MAX_INTERFACES as usize {
-        errors.push(format!(
-            "dataplane.interfaces: {} interfaces; at most {MAX_INTERFACES} are supported",
-            interfaces.len()
-        ));
+        errors.push(
+            "dataplane.interfaces",
+            format!(
+                "{} interfaces; at most {MAX_INTERFACES} are supported",
+                interfaces.len()
+            ),
+        );
     }
 }
 
 /// `snat_ports = [first, last]`, each a port, in order, above the well-known ports.
-fn snat_ports(ports: Option<[u32; 2]>, errors: &mut Vec<String>) -> (Option<u16>, Option<u16>) {
+fn snat_ports(ports: Option<[u32; 2]>, errors: &mut FieldErrors) -> (Option<u16>, Option<u16>) {
     let [smin, smax] = ports.unwrap_or(DEFAULT_SNAT_PORTS.map(u32::from));
     let snat_min = port(smin, "dataplane.snat_ports[0]", errors);
     let snat_max = port(smax, "dataplane.snat_ports[1]", errors);
     if let (Some(a), Some(b)) = (snat_min, snat_max) {
         if a > b {
-            errors.push(format!(
-                "dataplane.snat_ports: [{a}, {b}] is empty; write [first, last] with first <= last"
-            ));
+            errors.push(
+                "dataplane.snat_ports",
+                format!("[{a}, {b}] is empty; write [first, last] with first <= last"),
+            );
         } else if a < 1024 {
-            errors.push(format!(
-                "dataplane.snat_ports: starts at {a}, inside the well-known ports; start at 1024 or above"
-            ));
+            errors.push(
+                "dataplane.snat_ports",
+                format!("starts at {a}, inside the well-known ports; start at 1024 or above"),
+            );
         }
     }
     (snat_min, snat_max)
@@ -135,14 +147,15 @@ struct Timeouts {
 
 /// `tcp_timeouts` (and the older `snat_port_reuse_after_*`): syn <= half_closed <=
 /// established, and an open flow kept at least as long as a closed one.
-fn timeouts(dp: &RawDataplane, errors: &mut Vec<String>) -> Timeouts {
+fn timeouts(dp: &RawDataplane, errors: &mut FieldErrors) -> Timeouts {
     let reuse_close = dp
         .snat_port_reuse_after_close
         .unwrap_or(DEFAULT_REUSE_AFTER_CLOSE);
     let tt = &dp.tcp_timeouts;
     if tt.established.is_some() && dp.snat_port_reuse_after_idle.is_some() {
         errors.push(
-            "dataplane.snat_port_reuse_after_idle: set together with tcp_timeouts.established, which replaces it; keep only tcp_timeouts.established"
+            "dataplane.snat_port_reuse_after_idle".to_owned(),
+            "set together with tcp_timeouts.established, which replaces it; keep only tcp_timeouts.established"
                 .to_owned(),
         );
     }
@@ -155,23 +168,23 @@ fn timeouts(dp: &RawDataplane, errors: &mut Vec<String>) -> Timeouts {
         ),
     };
     if reuse_idle < reuse_close {
-        errors.push(format!(
-            "{idle_field}: {reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
+        errors.push(idle_field, format!(
+            "{reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
         ));
     }
     let syn_timeout = tt.syn.unwrap_or(DEFAULT_SYN_TIMEOUT);
     let max_syn = lb_common::HANDSHAKE_BUCKETS - 1;
     if !(1..=max_syn).contains(&syn_timeout) {
-        errors.push(format!(
-            "dataplane.tcp_timeouts.syn: {syn_timeout} s is out of range; use 1-{max_syn} (a handshake that takes longer is retried by the client's next SYN)"
+        errors.push("dataplane.tcp_timeouts.syn", format!(
+            "{syn_timeout} s is out of range; use 1-{max_syn} (a handshake that takes longer is retried by the client's next SYN)"
         ));
     }
     let half_closed_timeout = tt
         .half_closed
         .unwrap_or(DEFAULT_HALF_CLOSED_TIMEOUT.min(reuse_idle));
     if half_closed_timeout < syn_timeout || half_closed_timeout > reuse_idle {
-        errors.push(format!(
-            "dataplane.tcp_timeouts.half_closed: {half_closed_timeout} s must lie between tcp_timeouts.syn ({syn_timeout} s) and the established timeout ({reuse_idle} s)"
+        errors.push("dataplane.tcp_timeouts.half_closed", format!(
+            "{half_closed_timeout} s must lie between tcp_timeouts.syn ({syn_timeout} s) and the established timeout ({reuse_idle} s)"
         ));
     }
     Timeouts {
@@ -183,24 +196,34 @@ fn timeouts(dp: &RawDataplane, errors: &mut Vec<String>) -> Timeouts {
 }
 
 /// `Settings::syn_budget` from `syn_cookies` and `syn_budget`.
-fn syn_budget(dp: &RawDataplane, errors: &mut Vec<String>) -> u32 {
+fn syn_budget(dp: &RawDataplane, errors: &mut FieldErrors) -> u32 {
     match (dp.syn_cookies.unwrap_or_default(), dp.syn_budget) {
         (SynCookies::Auto, b) => {
             let b = b.unwrap_or(DEFAULT_SYN_BUDGET);
             if b == 0 || b == u32::MAX {
-                errors.push(format!(
-                    "dataplane.syn_budget: {b} is out of range; use 1-4294967294 (or syn_cookies = \"always\" / \"off\")"
-                ));
+                errors.push(
+                    "dataplane.syn_budget",
+                    format!(
+                    "{b} is out of range; use 1-4294967294 (or syn_cookies = \"always\" / \"off\")"
+                ),
+                );
             }
             b
         }
         (SynCookies::Always, None) => 0,
         (SynCookies::Off, None) => u32::MAX,
         (c, Some(_)) => {
-            errors.push(format!(
-                "dataplane.syn_budget: only applies with syn_cookies = \"auto\" (it is \"{}\"); remove one of them",
-                if c == SynCookies::Always { "always" } else { "off" }
-            ));
+            errors.push(
+                "dataplane.syn_budget",
+                format!(
+                    "only applies with syn_cookies = \"auto\" (it is \"{}\"); remove one of them",
+                    if c == SynCookies::Always {
+                        "always"
+                    } else {
+                        "off"
+                    }
+                ),
+            );
             0
         }
     }

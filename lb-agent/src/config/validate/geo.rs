@@ -1,5 +1,6 @@
 //! `[geo]`: the client prefixes listed in the config (country and/or region each).
 
+use super::FieldErrors;
 use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
 
 use super::country_code;
@@ -12,7 +13,7 @@ use crate::{
 };
 
 /// The `[geo]` section; the database itself is read by `Geo::load_database`.
-pub(super) fn validate(raw: &RawGeo, errors: &mut Vec<String>) -> Geo {
+pub(super) fn validate(raw: &RawGeo, errors: &mut FieldErrors) -> Geo {
     let mut prefixes = Vec::new();
     let mut seen = HashMap::new();
     for (i, p) in raw.prefixes.iter().enumerate() {
@@ -30,7 +31,7 @@ fn prefix(
     i: usize,
     p: &RawGeoPrefix,
     seen: &mut HashMap<(Ipv4Addr, u8), usize>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> Option<GeoPrefix> {
     let f = format!("geo.prefixes[{i}]");
     let net = match p.prefix.split_once('/') {
@@ -41,31 +42,37 @@ fn prefix(
         None => None,
     };
     let Some((addr, len)) = net else {
-        errors.push(format!(
-                "{f}.prefix: \"{}\" is not an IPv4 prefix; write it as address/length, e.g. \"198.51.100.0/24\"",
+        errors.push(format!("{f}.prefix"), format!(
+                "\"{}\" is not an IPv4 prefix; write it as address/length, e.g. \"198.51.100.0/24\"",
                 p.prefix
             ));
         return None;
     };
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     if u32::from(addr) & !mask != 0 {
-        errors.push(format!(
-            "{f}.prefix: \"{}\" has host bits set; write the network address, \"{}/{len}\"",
-            p.prefix,
-            Ipv4Addr::from(u32::from(addr) & mask)
-        ));
+        errors.push(
+            format!("{f}.prefix"),
+            format!(
+                "\"{}\" has host bits set; write the network address, \"{}/{len}\"",
+                p.prefix,
+                Ipv4Addr::from(u32::from(addr) & mask)
+            ),
+        );
     }
     if let Some(first) = seen.insert((addr, len), i) {
-        errors.push(format!(
-                "{f}.prefix: \"{}\" is listed twice (also geo.prefixes[{first}]); list each prefix once",
+        errors.push(
+            format!("{f}.prefix"),
+            format!(
+                "\"{}\" is listed twice (also geo.prefixes[{first}]); list each prefix once",
                 p.prefix
-            ));
+            ),
+        );
     }
     let country = p.country.as_deref().and_then(|c| {
             let cc = country_code(c);
             if cc.is_none() {
-                errors.push(format!(
-                    "{f}.country: \"{c}\" is not an ISO 3166-1 alpha-2 country code; write it like \"US\" or \"DE\""
+                errors.push(format!("{f}.country"), format!(
+                    "\"{c}\" is not an ISO 3166-1 alpha-2 country code; write it like \"US\" or \"DE\""
                 ));
             }
             cc
@@ -73,17 +80,18 @@ fn prefix(
     let region = p.region.as_deref().and_then(|r| {
         let reg = Region::parse(r);
         if reg.is_none() {
-            errors.push(format!(
-                "{f}.region: unknown region \"{r}\"; use one of Cloudflare's region codes: {}",
-                Region::ALL.map(Region::code).join(", ")
-            ));
+            errors.push(
+                format!("{f}.region"),
+                format!(
+                    "unknown region \"{r}\"; use one of Cloudflare's region codes: {}",
+                    Region::ALL.map(Region::code).join(", ")
+                ),
+            );
         }
         reg
     });
     if p.country.is_none() && p.region.is_none() {
-        errors.push(format!(
-                "{f}: neither country nor region; give country = \"DE\" (its region follows) or region = \"WEU\" or both"
-            ));
+        errors.push(f, "neither country nor region; give country = \"DE\" (its region follows) or region = \"WEU\" or both");
     }
     Some(GeoPrefix {
         net: addr,

@@ -1,6 +1,7 @@
 //! `[[load_balancers]]`: name, VIP (unique, not the SNAT address, not one of its own
 //! origins), pool lists, steering policy and its settings, session affinity.
 
+use super::FieldErrors;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
@@ -33,7 +34,7 @@ pub(super) struct Context<'a> {
 pub(super) fn validate(
     raw: &RawConfig,
     ctx: &Context<'_>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> Vec<LoadBalancer> {
     let mut lbs = Vec::new();
     let mut names = HashMap::new();
@@ -45,10 +46,13 @@ pub(super) fn validate(
     }
     vip_is_not_an_origin(raw, &vips, errors);
     if raw.load_balancers.len() > MAX_VIPS as usize {
-        errors.push(format!(
-            "load_balancers: {} load balancers; at most {MAX_VIPS} are supported",
-            raw.load_balancers.len()
-        ));
+        errors.push(
+            "load_balancers",
+            format!(
+                "{} load balancers; at most {MAX_VIPS} are supported",
+                raw.load_balancers.len()
+            ),
+        );
     }
     lbs
 }
@@ -59,16 +63,19 @@ fn load_balancer(
     ctx: &Context<'_>,
     names: &mut HashMap<String, usize>,
     vips: &mut HashMap<(Ipv4Addr, u16), usize>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> Option<LoadBalancer> {
     let f = format!("load_balancers[{li}]");
     name_ok(&l.name, &format!("{f}.name"), errors);
     if !l.name.is_empty() {
         if let Some(first) = names.insert(l.name.clone(), li) {
-            errors.push(format!(
-                "{f}.name: \"{}\" is already the name of load_balancers[{first}]; names must be unique",
-                l.name
-            ));
+            errors.push(
+                format!("{f}.name"),
+                format!(
+                    "\"{}\" is already the name of load_balancers[{first}]; names must be unique",
+                    l.name
+                ),
+            );
         }
     }
     let address = ipv4(&l.address, &format!("{f}.address"), errors);
@@ -79,14 +86,15 @@ fn load_balancer(
     };
     if let (Some(a), Some(p)) = (address, vport) {
         if let Some(first) = vips.insert((a, p), li) {
-            errors.push(format!(
-                "{f}: {a}:{p} is already the VIP of load_balancers[{first}]; each address:port can serve one load balancer"
+            errors.push(&f, format!(
+                "{a}:{p} is already the VIP of load_balancers[{first}]; each address:port can serve one load balancer"
             ));
         }
         if Some(a) == ctx.snat_address {
-            errors.push(format!(
-                "{f}.address: {a} is also dataplane.snat_address; use a separate SNAT address"
-            ));
+            errors.push(
+                format!("{f}.address"),
+                format!("{a} is also dataplane.snat_address; use a separate SNAT address"),
+            );
         }
     }
     default_and_fallback_pools(&f, l, ctx.pool_names, errors);
@@ -94,15 +102,14 @@ fn load_balancer(
     let (region_pools, country_pools) = geo_pools(&f, l, ctx.pool_names, errors);
     let (pool_weights, default_weight) = random_steering(&f, l, errors);
     match steering_policy {
-        Some(SteeringPolicy::Proximity) if ctx.host_position.is_none() => errors.push(format!(
-            "{f}.steering_policy: \"proximity\" needs this host's position; set agent.latitude and agent.longitude"
-        )),
+        Some(SteeringPolicy::Proximity) if ctx.host_position.is_none() => errors.push(
+            format!("{f}.steering_policy"),
+            "\"proximity\" needs this host's position; set agent.latitude and agent.longitude",
+        ),
         Some(SteeringPolicy::Geo)
             if ctx.geo_is_empty && (!region_pools.is_empty() || !country_pools.is_empty()) =>
         {
-            errors.push(format!(
-                "{f}.region_pools / country_pools: set, but no client location data is configured, so no client would match; add [geo] database = \"/path/GeoLite2-Country.mmdb\" and/or [[geo.prefixes]]"
-            ));
+            errors.push(format!("{f}.region_pools / country_pools"), "set, but no client location data is configured, so no client would match; add [geo] database = \"/path/GeoLite2-Country.mmdb\" and/or [[geo.prefixes]]");
         }
         _ => {}
     }
@@ -135,30 +142,33 @@ fn default_and_fallback_pools(
     f: &str,
     l: &RawLoadBalancer,
     pool_names: &HashMap<String, usize>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) {
     if l.default_pools.is_empty() {
-        errors.push(format!(
-            "{f}.default_pools: empty; list the pools to send traffic to, in failover order"
-        ));
+        errors.push(
+            format!("{f}.default_pools"),
+            "empty; list the pools to send traffic to, in failover order",
+        );
     }
     for (i, name) in l.default_pools.iter().enumerate() {
         if !pool_names.contains_key(name) {
-            errors.push(format!(
-                "{f}.default_pools[{i}]: no pool is named \"{name}\"; define it under [[pools]] or fix the name"
-            ));
+            errors.push(
+                format!("{f}.default_pools[{i}]"),
+                format!("no pool is named \"{name}\"; define it under [[pools]] or fix the name"),
+            );
         }
     }
     if let Some(fb) = &l.fallback_pool {
         if !pool_names.contains_key(fb) {
-            errors.push(format!(
-                "{f}.fallback_pool: no pool is named \"{fb}\"; define it under [[pools]] or fix the name"
-            ));
+            errors.push(
+                format!("{f}.fallback_pool"),
+                format!("no pool is named \"{fb}\"; define it under [[pools]] or fix the name"),
+            );
         }
     }
 }
 
-fn steering_policy(f: &str, policy: &str, errors: &mut Vec<String>) -> Option<SteeringPolicy> {
+fn steering_policy(f: &str, policy: &str, errors: &mut FieldErrors) -> Option<SteeringPolicy> {
     match policy {
         "off" | "" => Some(SteeringPolicy::Off),
         "random" => Some(SteeringPolicy::Random),
@@ -166,14 +176,14 @@ fn steering_policy(f: &str, policy: &str, errors: &mut Vec<String>) -> Option<St
         "geo" => Some(SteeringPolicy::Geo),
         "proximity" => Some(SteeringPolicy::Proximity),
         "least_connections" | "least_outstanding_requests" => {
-            errors.push(format!(
-                "{f}.steering_policy: \"{policy}\" across pools is not supported; set origin_steering = {{ policy = \"least_connections\" }} on the pools instead"
+            errors.push(format!("{f}.steering_policy"), format!(
+                "\"{policy}\" across pools is not supported; set origin_steering = {{ policy = \"least_connections\" }} on the pools instead"
             ));
             None
         }
         other => {
-            errors.push(format!(
-                "{f}.steering_policy: unknown policy \"{other}\"; use \"off\" (standard failover), \"random\", \"dynamic_latency\", \"geo\" or \"proximity\""
+            errors.push(format!("{f}.steering_policy"), format!(
+                "unknown policy \"{other}\"; use \"off\" (standard failover), \"random\", \"dynamic_latency\", \"geo\" or \"proximity\""
             ));
             None
         }
@@ -185,18 +195,17 @@ fn pool_list(
     list: &[String],
     field: &str,
     pool_names: &HashMap<String, usize>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) {
     if list.is_empty() {
-        errors.push(format!(
-            "{field}: empty; list at least one pool, in failover order"
-        ));
+        errors.push(field, "empty; list at least one pool, in failover order");
     }
     for (i, name) in list.iter().enumerate() {
         if !pool_names.contains_key(name) {
-            errors.push(format!(
-                "{field}[{i}]: no pool is named \"{name}\"; define it under [[pools]] or fix the name"
-            ));
+            errors.push(
+                format!("{field}[{i}]"),
+                format!("no pool is named \"{name}\"; define it under [[pools]] or fix the name"),
+            );
         }
     }
 }
@@ -209,7 +218,7 @@ fn geo_pools(
     f: &str,
     l: &RawLoadBalancer,
     pool_names: &HashMap<String, usize>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> (RegionPools, CountryPools) {
     let mut region_pools = BTreeMap::new();
     for (code, list) in &l.region_pools {
@@ -219,10 +228,13 @@ fn geo_pools(
             Some(r) => {
                 region_pools.insert(r, list.clone());
             }
-            None => errors.push(format!(
-                "{field}: unknown region \"{code}\"; use one of Cloudflare's region codes: {}",
-                Region::ALL.map(Region::code).join(", ")
-            )),
+            None => errors.push(
+                field,
+                format!(
+                    "unknown region \"{code}\"; use one of Cloudflare's region codes: {}",
+                    Region::ALL.map(Region::code).join(", ")
+                ),
+            ),
         }
     }
     let mut country_pools = BTreeMap::new();
@@ -233,8 +245,8 @@ fn geo_pools(
             Some(c) => {
                 country_pools.insert(c, list.clone());
             }
-            None => errors.push(format!(
-                "{field}: \"{code}\" is not an ISO 3166-1 alpha-2 country code; write it like \"US\" or \"DE\""
+            None => errors.push(field, format!(
+                "\"{code}\" is not an ISO 3166-1 alpha-2 country code; write it like \"US\" or \"DE\""
             )),
         }
     }
@@ -250,7 +262,7 @@ fn geo_pools(
 fn random_steering(
     f: &str,
     l: &RawLoadBalancer,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> (BTreeMap<String, f64>, f64) {
     let rs = l.random_steering.as_ref();
     let default_weight = rs.map_or(1.0, |r| r.default_weight);
@@ -264,8 +276,8 @@ fn random_steering(
     for (name, w) in &pool_weights {
         let field = format!("{f}.random_steering.pool_weights.{name}");
         if !l.default_pools.contains(name) {
-            errors.push(format!(
-                "{field}: \"{name}\" is not one of this load balancer's default_pools; random steering spreads over default_pools"
+            errors.push(&field, format!(
+                "\"{name}\" is not one of this load balancer's default_pools; random steering spreads over default_pools"
             ));
         }
         Weight::check(*w, &field, " (0 sends no new connections there)", errors);
@@ -274,36 +286,38 @@ fn random_steering(
 }
 
 /// `session_affinity` and its TTL: `Some(ttl)` for `ip`.
-fn session_affinity(f: &str, l: &RawLoadBalancer, errors: &mut Vec<String>) -> Option<u32> {
+fn session_affinity(f: &str, l: &RawLoadBalancer, errors: &mut FieldErrors) -> Option<u32> {
     let affinity_ttl = match l.session_affinity.as_str() {
         "none" | "" => None,
         "ip" => {
             let ttl = l.session_affinity_ttl.unwrap_or(DEFAULT_AFFINITY_TTL);
             if !(1..=MAX_AFFINITY_TTL).contains(&ttl) {
-                errors.push(format!(
-                    "{f}.session_affinity_ttl: {ttl} is out of range; use 1-{MAX_AFFINITY_TTL} seconds (default {DEFAULT_AFFINITY_TTL})"
+                errors.push(format!("{f}.session_affinity_ttl"), format!(
+                    "{ttl} is out of range; use 1-{MAX_AFFINITY_TTL} seconds (default {DEFAULT_AFFINITY_TTL})"
                 ));
             }
             Some(ttl)
         }
         "cookie" | "ip_cookie" | "header" => {
-            errors.push(format!(
-                "{f}.session_affinity: \"{}\" needs HTTP, which a layer-4 load balancer does not parse; use \"ip\" (the client address) or \"none\"",
+            errors.push(format!("{f}.session_affinity"), format!(
+                "\"{}\" needs HTTP, which a layer-4 load balancer does not parse; use \"ip\" (the client address) or \"none\"",
                 l.session_affinity
             ));
             None
         }
         other => {
-            errors.push(format!(
-                "{f}.session_affinity: unknown value \"{other}\"; use \"none\" or \"ip\""
-            ));
+            errors.push(
+                format!("{f}.session_affinity"),
+                format!("unknown value \"{other}\"; use \"none\" or \"ip\""),
+            );
             None
         }
     };
     if l.session_affinity_ttl.is_some() && affinity_ttl.is_none() && l.session_affinity == "none" {
-        errors.push(format!(
-            "{f}.session_affinity_ttl: set, but session_affinity is \"none\"; set session_affinity = \"ip\" or remove the TTL"
-        ));
+        errors.push(
+            format!("{f}.session_affinity_ttl"),
+            "set, but session_affinity is \"none\"; set session_affinity = \"ip\" or remove the TTL",
+        );
     }
     affinity_ttl
 }
@@ -314,7 +328,7 @@ fn session_affinity(f: &str, l: &RawLoadBalancer, errors: &mut Vec<String>) -> O
 fn vip_is_not_an_origin(
     raw: &RawConfig,
     vips: &HashMap<(Ipv4Addr, u16), usize>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) {
     let mut ports_of_pool: HashMap<&str, HashSet<u32>> = HashMap::new();
     for l in &raw.load_balancers {
@@ -333,7 +347,7 @@ fn vip_is_not_an_origin(
                 .insert(origin_port);
         }
     }
-    let mut found: Vec<(usize, String)> = Vec::new();
+    let mut found: Vec<(usize, String, String)> = Vec::new();
     for (pi, p) in raw.pools.iter().enumerate() {
         for (oi, o) in p.origins.iter().enumerate() {
             let Ok(address) = o.address.parse::<Ipv4Addr>() else {
@@ -353,8 +367,9 @@ fn vip_is_not_an_origin(
                 if let Some(&li) = vips.get(&(address, port)) {
                     found.push((
                         li,
+                        format!("load_balancers[{li}].address"),
                         format!(
-                            "load_balancers[{li}].address: {address} with port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\"); a VIP cannot be one of the origins it forwards to: give the load balancer another address or port, or fix the origin",
+                            "{address} with port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\"); a VIP cannot be one of the origins it forwards to: give the load balancer another address or port, or fix the origin",
                             o.name, p.name
                         ),
                     ));
@@ -364,7 +379,9 @@ fn vip_is_not_an_origin(
     }
     found.sort();
     found.dedup();
-    errors.extend(found.into_iter().map(|(_, e)| e));
+    for (_, path, problem) in found {
+        errors.push(path, problem);
+    }
 }
 
 #[cfg(test)]

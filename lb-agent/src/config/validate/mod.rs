@@ -13,12 +13,12 @@ mod pools;
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use super::{raw::RawConfig, types::Config};
+use super::{raw::RawConfig, types::Config, FieldError};
 use crate::geo as geodata;
 
 /// Validates a parsed config. Every rule adds to the list; nothing stops at the first error.
-pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
-    let mut errors = Vec::new();
+pub fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
+    let mut errors = FieldErrors::default();
     let (dataplane, snat_address) = dataplane::validate(&raw.dataplane, &mut errors);
     let agent = agent::validate(&raw.agent, &mut errors);
     let geo = geo::validate(&raw.geo, &mut errors);
@@ -32,8 +32,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         geo_is_empty: geo.is_empty(),
     };
     let load_balancers = load_balancers::validate(&raw, &ctx, &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
+    if !errors.0.is_empty() {
+        return Err(errors.0);
     }
     let Some(dataplane) = dataplane else {
         unreachable!("every None above pushed an error")
@@ -49,26 +49,44 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     })
 }
 
+/// The list every rule adds to.
+#[derive(Debug, Default)]
+pub(super) struct FieldErrors(pub(super) Vec<FieldError>);
+
+impl FieldErrors {
+    /// Adds the problem (with its fix) of the field at `path`.
+    pub(super) fn push(&mut self, path: impl Into<String>, problem: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            problem: problem.into(),
+        });
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Duplicate names in the file as written. The store merges the file's objects by name, so
 /// a second `[[pools]]` named like the first would silently replace it: this runs on the file
 /// before the merge (on start, reload and `lb-agent check`).
-pub fn file_name_errors(raw: &RawConfig) -> Vec<String> {
-    fn dups<'a>(list: &str, names: impl Iterator<Item = &'a String>, errors: &mut Vec<String>) {
+pub fn file_name_errors(raw: &RawConfig) -> Vec<FieldError> {
+    fn dups<'a>(list: &str, names: impl Iterator<Item = &'a String>, errors: &mut FieldErrors) {
         let mut first = HashMap::new();
         for (i, n) in names.enumerate() {
             if n.is_empty() {
                 continue;
             }
             if let Some(f) = first.get(n) {
-                errors.push(format!(
-                    "{list}[{i}].name: \"{n}\" is already the name of {list}[{f}]; names must be unique: rename or remove one of them"
+                errors.push(format!("{list}[{i}].name"), format!(
+                    "\"{n}\" is already the name of {list}[{f}]; names must be unique: rename or remove one of them"
                 ));
             } else {
                 first.insert(n, i);
             }
         }
     }
-    let mut errors = Vec::new();
+    let mut errors = FieldErrors::default();
     dups(
         "monitors",
         raw.monitors.iter().map(|m| &m.name),
@@ -80,61 +98,71 @@ pub fn file_name_errors(raw: &RawConfig) -> Vec<String> {
         raw.load_balancers.iter().map(|l| &l.name),
         &mut errors,
     );
-    errors
+    errors.0
 }
 
-fn ipv4(s: &str, field: &str, errors: &mut Vec<String>) -> Option<Ipv4Addr> {
+fn ipv4(s: &str, field: &str, errors: &mut FieldErrors) -> Option<Ipv4Addr> {
     if s.is_empty() {
-        errors.push(format!(
-            "{field}: missing; set it to an IPv4 address such as \"10.0.0.10\""
-        ));
+        errors.push(
+            field,
+            "missing; set it to an IPv4 address such as \"10.0.0.10\"",
+        );
         return None;
     }
     match s.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(a)) => Some(a),
         Ok(std::net::IpAddr::V6(_)) => {
-            errors.push(format!(
-                "{field}: \"{s}\" is IPv6, which this version does not forward yet; use an IPv4 address"
-            ));
+            errors.push(
+                field,
+                format!(
+                    "\"{s}\" is IPv6, which this version does not forward yet; use an IPv4 address"
+                ),
+            );
             None
         }
         Err(_) => {
-            errors.push(format!(
-                "{field}: \"{s}\" is not an IP address; write it as dotted IPv4, e.g. \"10.0.0.10\""
-            ));
+            errors.push(
+                field,
+                format!(
+                    "\"{s}\" is not an IP address; write it as dotted IPv4, e.g. \"10.0.0.10\""
+                ),
+            );
             None
         }
     }
 }
 
-fn port(p: u32, field: &str, errors: &mut Vec<String>) -> Option<u16> {
+fn port(p: u32, field: &str, errors: &mut FieldErrors) -> Option<u16> {
     match u16::try_from(p) {
         Ok(p) if p != 0 => Some(p),
         _ => {
-            errors.push(format!("{field}: {p} is not a TCP port; use 1-65535"));
+            errors.push(field, format!("{p} is not a TCP port; use 1-65535"));
             None
         }
     }
 }
 
-fn name_ok(name: &str, field: &str, errors: &mut Vec<String>) {
+fn name_ok(name: &str, field: &str, errors: &mut FieldErrors) {
     if name.is_empty() {
-        errors.push(format!("{field}: missing; give it a unique name"));
+        errors.push(field, "missing; give it a unique name");
     }
 }
 
 /// A PoP name as Cloudflare writes them: 3 letters (IATA airport code), upper case; longer
 /// names are accepted for sites of your own (letters, digits, '-').
-fn pop_ok(pop: &str, field: &str, errors: &mut Vec<String>) {
+fn pop_ok(pop: &str, field: &str, errors: &mut FieldErrors) {
     let ok = !pop.is_empty()
         && pop.len() <= 32
         && pop
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
     if !ok {
-        errors.push(format!(
-            "{field}: \"{pop}\" is not a PoP name; use upper-case letters, digits and '-', e.g. \"AMS\""
-        ));
+        errors.push(
+            field,
+            format!(
+                "\"{pop}\" is not a PoP name; use upper-case letters, digits and '-', e.g. \"AMS\""
+            ),
+        );
     }
 }
 
@@ -150,36 +178,40 @@ fn position(
     lat: Option<f64>,
     lon: Option<f64>,
     f: &str,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> Option<(f64, f64)> {
     match (lat, lon) {
         (None, None) => None,
         (Some(lat), Some(lon)) => {
             let mut ok = true;
             if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
-                errors.push(format!(
-                    "{f}.latitude: {lat} is out of range; use degrees between -90 and 90"
-                ));
+                errors.push(
+                    format!("{f}.latitude"),
+                    format!("{lat} is out of range; use degrees between -90 and 90"),
+                );
                 ok = false;
             }
             if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
-                errors.push(format!(
-                    "{f}.longitude: {lon} is out of range; use degrees between -180 and 180"
-                ));
+                errors.push(
+                    format!("{f}.longitude"),
+                    format!("{lon} is out of range; use degrees between -180 and 180"),
+                );
                 ok = false;
             }
             ok.then_some((lat, lon))
         }
         (Some(_), None) => {
-            errors.push(format!(
-                "{f}.longitude: missing; latitude and longitude go together"
-            ));
+            errors.push(
+                format!("{f}.longitude"),
+                "missing; latitude and longitude go together",
+            );
             None
         }
         (None, Some(_)) => {
-            errors.push(format!(
-                "{f}.latitude: missing; latitude and longitude go together"
-            ));
+            errors.push(
+                format!("{f}.latitude"),
+                "missing; latitude and longitude go together",
+            );
             None
         }
     }

@@ -1,6 +1,7 @@
 //! `[[monitors]]`: type and method, port, path and headers, timing, expected codes and body,
 //! and which fields apply to which type.
 
+use super::FieldErrors;
 use std::collections::HashMap;
 
 use super::{name_ok, port};
@@ -17,7 +18,7 @@ use crate::config::{
 /// pools refer to.
 pub(super) fn validate(
     raw: &[RawMonitor],
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> (Vec<Monitor>, HashMap<String, usize>) {
     let mut monitors = Vec::new();
     let mut names = HashMap::new();
@@ -33,17 +34,20 @@ fn monitor(
     mi: usize,
     m: &RawMonitor,
     names: &mut HashMap<String, usize>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> Option<Monitor> {
     let f = format!("monitors[{mi}]");
     let before = errors.len();
     name_ok(&m.name, &format!("{f}.name"), errors);
     if !m.name.is_empty() {
         if let Some(first) = names.insert(m.name.clone(), mi) {
-            errors.push(format!(
-                "{f}.name: \"{}\" is already the name of monitors[{first}]; monitor names must be unique",
-                m.name
-            ));
+            errors.push(
+                format!("{f}.name"),
+                format!(
+                    "\"{}\" is already the name of monitors[{first}]; monitor names must be unique",
+                    m.name
+                ),
+            );
         }
     }
     let kind = kind(&f, &m.kind, errors);
@@ -59,14 +63,16 @@ fn monitor(
         .clone()
         .unwrap_or_else(|| DEFAULT_MONITOR_PATH.into());
     if !path.starts_with('/') || path.contains(char::is_whitespace) {
-        errors.push(format!(
-            "{f}.path: \"{path}\" must start with '/' and contain no spaces"
-        ));
+        errors.push(
+            format!("{f}.path"),
+            format!("\"{path}\" must start with '/' and contain no spaces"),
+        );
     }
     if !is_http && m.path.is_some() {
-        errors.push(format!(
-            "{f}.path: only http and https monitors send a path; remove it or change type"
-        ));
+        errors.push(
+            format!("{f}.path"),
+            "only http and https monitors send a path; remove it or change type",
+        );
     }
     let header = header(&f, m, is_http, errors);
     let (timeout, interval) = timing(&f, m, errors);
@@ -95,15 +101,16 @@ fn monitor(
     })
 }
 
-fn kind(f: &str, kind: &str, errors: &mut Vec<String>) -> Option<MonitorKind> {
+fn kind(f: &str, kind: &str, errors: &mut FieldErrors) -> Option<MonitorKind> {
     match kind {
         "tcp" => Some(MonitorKind::Tcp),
         "http" => Some(MonitorKind::Http),
         "https" => Some(MonitorKind::Https),
         other => {
-            errors.push(format!(
-                "{f}.type: \"{other}\" is not a monitor type; use \"tcp\", \"http\" or \"https\""
-            ));
+            errors.push(
+                format!("{f}.type"),
+                format!("\"{other}\" is not a monitor type; use \"tcp\", \"http\" or \"https\""),
+            );
             None
         }
     }
@@ -113,21 +120,25 @@ fn method(
     f: &str,
     kind: Option<MonitorKind>,
     method: Option<&str>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> HttpMethod {
     match (kind, method) {
         (Some(MonitorKind::Tcp), None) => HttpMethod::Get,
         (Some(MonitorKind::Tcp), Some(TCP_MONITOR_METHOD)) => HttpMethod::Get,
         (Some(MonitorKind::Tcp), Some(other)) => {
-            errors.push(format!("{f}.method: \"{other}\" does not apply to tcp monitors; use \"{TCP_MONITOR_METHOD}\""));
+            errors.push(
+                format!("{f}.method"),
+                format!("\"{other}\" does not apply to tcp monitors; use \"{TCP_MONITOR_METHOD}\""),
+            );
             HttpMethod::Get
         }
         (_, None | Some(DEFAULT_HTTP_METHOD)) => HttpMethod::Get,
         (_, Some("HEAD")) => HttpMethod::Head,
         (_, Some(other)) => {
-            errors.push(format!(
-                "{f}.method: \"{other}\" is not supported; use \"GET\" or \"HEAD\""
-            ));
+            errors.push(
+                format!("{f}.method"),
+                format!("\"{other}\" is not supported; use \"GET\" or \"HEAD\""),
+            );
             HttpMethod::Get
         }
     }
@@ -138,21 +149,25 @@ fn header(
     f: &str,
     m: &RawMonitor,
     is_http: bool,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> Vec<(String, String)> {
     let mut header = Vec::new();
     for (k, vs) in &m.header {
         if k.is_empty() || k.contains([':', ' ', '\r', '\n']) {
-            errors.push(format!("{f}.header: \"{k}\" is not a header name"));
+            errors.push(
+                format!("{f}.header"),
+                format!("\"{k}\" is not a header name"),
+            );
         }
         if !is_http {
-            errors.push(format!(
-                "{f}.header.{k}: only http and https monitors send headers"
-            ));
+            errors.push(
+                format!("{f}.header.{k}"),
+                "only http and https monitors send headers",
+            );
         }
         for v in vs {
             if v.contains(['\r', '\n']) {
-                errors.push(format!("{f}.header.{k}: values must be one line"));
+                errors.push(format!("{f}.header.{k}"), "values must be one line");
             }
             header.push((k.clone(), v.clone()));
         }
@@ -162,31 +177,32 @@ fn header(
 
 /// Timeout and interval (a check must end before the next starts), retries and the
 /// consecutive-result thresholds.
-fn timing(f: &str, m: &RawMonitor, errors: &mut Vec<String>) -> (Option<Seconds>, Option<Seconds>) {
+fn timing(f: &str, m: &RawMonitor, errors: &mut FieldErrors) -> (Option<Seconds>, Option<Seconds>) {
     let timeout = Seconds::check(m.timeout, &format!("{f}.timeout"), errors);
     let interval = Seconds::check(m.interval, &format!("{f}.interval"), errors);
     if let (Some(t), Some(i)) = (timeout, interval) {
         if t > i {
-            errors.push(format!(
-                "{f}.timeout: {}s is longer than the interval ({}s); checks would overlap. Lower the timeout or raise the interval",
+            errors.push(format!("{f}.timeout"), format!(
+                "{}s is longer than the interval ({}s); checks would overlap. Lower the timeout or raise the interval",
                 m.timeout, m.interval
             ));
         }
     }
     if m.retries > 5 {
-        errors.push(format!(
-            "{f}.retries: {} is out of range; use 0-5",
-            m.retries
-        ));
+        errors.push(
+            format!("{f}.retries"),
+            format!("{} is out of range; use 0-5", m.retries),
+        );
     }
     for (v, n) in [
         (m.consecutive_up, "consecutive_up"),
         (m.consecutive_down, "consecutive_down"),
     ] {
         if v > 100 {
-            errors.push(format!(
-                "{f}.{n}: {v} is out of range; use 0-100 (0 means 1)"
-            ));
+            errors.push(
+                format!("{f}.{n}"),
+                format!("{v} is out of range; use 0-100 (0 means 1)"),
+            );
         }
     }
     (timeout, interval)
@@ -196,17 +212,17 @@ fn expected_codes(
     f: &str,
     codes: Option<&str>,
     is_http: bool,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> Option<CodePattern> {
     match (codes, is_http) {
         (Some(c), true) => CodePattern::parse(c).or_else(|| {
-            errors.push(format!(
-                "{f}.expected_codes: \"{c}\" is not a status pattern; use three characters, digits or x, e.g. \"200\" or \"2xx\""
+            errors.push(format!("{f}.expected_codes"), format!(
+                "\"{c}\" is not a status pattern; use three characters, digits or x, e.g. \"200\" or \"2xx\""
             ));
             None
         }),
         (Some(_), false) => {
-            errors.push(format!("{f}.expected_codes: only http and https monitors check status codes; remove it"));
+            errors.push(format!("{f}.expected_codes"), "only http and https monitors check status codes; remove it");
             None
         }
         (None, _) => CodePattern::parse(DEFAULT_EXPECTED_CODES),
@@ -214,22 +230,25 @@ fn expected_codes(
 }
 
 /// Fields that only http(s) or only https monitors use.
-fn http_only(f: &str, m: &RawMonitor, kind: Option<MonitorKind>, errors: &mut Vec<String>) {
+fn http_only(f: &str, m: &RawMonitor, kind: Option<MonitorKind>, errors: &mut FieldErrors) {
     let is_http = matches!(kind, Some(MonitorKind::Http | MonitorKind::Https));
     if m.expected_body.is_some() && !is_http {
-        errors.push(format!(
-            "{f}.expected_body: only http and https monitors read a body; remove it"
-        ));
+        errors.push(
+            format!("{f}.expected_body"),
+            "only http and https monitors read a body; remove it",
+        );
     }
     if m.follow_redirects && !is_http {
-        errors.push(format!(
-            "{f}.follow_redirects: only applies to http and https monitors"
-        ));
+        errors.push(
+            format!("{f}.follow_redirects"),
+            "only applies to http and https monitors",
+        );
     }
     if m.allow_insecure && kind != Some(MonitorKind::Https) {
-        errors.push(format!(
-            "{f}.allow_insecure: only applies to https monitors"
-        ));
+        errors.push(
+            format!("{f}.allow_insecure"),
+            "only applies to https monitors",
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! `[[pools]]`: names, origins (address, port, weight), monitor, minimum origins, position,
 //! origin steering, webhooks, and the data path's limits on pools and origins.
 
+use super::FieldErrors;
 use std::collections::{HashMap, HashSet};
 
 use lb_common::{MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS};
@@ -17,7 +18,7 @@ use crate::config::{
 pub(super) fn validate(
     raw: &[RawPool],
     monitor_names: &HashMap<String, usize>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> (Vec<Pool>, HashMap<String, usize>) {
     let mut pools = Vec::new();
     let mut names = HashMap::new();
@@ -27,15 +28,16 @@ pub(super) fn validate(
         origin_count += p.origins.len();
     }
     if raw.len() > MAX_RINGS as usize {
-        errors.push(format!(
-            "pools: {} pools; at most {MAX_RINGS} are supported",
-            raw.len()
-        ));
+        errors.push(
+            "pools",
+            format!("{} pools; at most {MAX_RINGS} are supported", raw.len()),
+        );
     }
     if origin_count > MAX_ORIGINS as usize {
-        errors.push(format!(
-            "pools: {origin_count} origins in all; at most {MAX_ORIGINS} are supported"
-        ));
+        errors.push(
+            "pools",
+            format!("{origin_count} origins in all; at most {MAX_ORIGINS} are supported"),
+        );
     }
     (pools, names)
 }
@@ -45,38 +47,46 @@ fn pool(
     p: &RawPool,
     names: &mut HashMap<String, usize>,
     monitor_names: &HashMap<String, usize>,
-    errors: &mut Vec<String>,
+    errors: &mut FieldErrors,
 ) -> Pool {
     let f = format!("pools[{pi}]");
     name_ok(&p.name, &format!("{f}.name"), errors);
     if !p.name.is_empty() {
         if let Some(first) = names.insert(p.name.clone(), pi) {
-            errors.push(format!(
-                "{f}.name: \"{}\" is already the name of pools[{first}]; pool names must be unique",
-                p.name
-            ));
+            errors.push(
+                format!("{f}.name"),
+                format!(
+                    "\"{}\" is already the name of pools[{first}]; pool names must be unique",
+                    p.name
+                ),
+            );
         }
     }
     if p.origins.is_empty() {
-        errors.push(format!(
-            "{f}.origins: empty; a pool needs at least one origin"
-        ));
+        errors.push(
+            format!("{f}.origins"),
+            "empty; a pool needs at least one origin",
+        );
     }
     let origins = origins(&f, &p.origins, errors);
     if let Some(m) = &p.monitor {
         if !monitor_names.contains_key(m) {
-            errors.push(format!(
-                "{f}.monitor: no monitor is named \"{m}\"; define it under [[monitors]] or fix the name"
-            ));
+            errors.push(
+                format!("{f}.monitor"),
+                format!(
+                    "no monitor is named \"{m}\"; define it under [[monitors]] or fix the name"
+                ),
+            );
         }
     }
     if p.minimum_origins == 0 {
-        errors.push(format!(
-            "{f}.minimum_origins: 0; a pool needs at least 1 healthy origin to be healthy"
-        ));
+        errors.push(
+            format!("{f}.minimum_origins"),
+            "0; a pool needs at least 1 healthy origin to be healthy",
+        );
     } else if !p.origins.is_empty() && p.minimum_origins as usize > p.origins.len() {
-        errors.push(format!(
-            "{f}.minimum_origins: {} but the pool has {} origin(s), so it could never be healthy; lower it or add origins",
+        errors.push(format!("{f}.minimum_origins"), format!(
+            "{} but the pool has {} origin(s), so it could never be healthy; lower it or add origins",
             p.minimum_origins,
             p.origins.len()
         ));
@@ -85,7 +95,7 @@ fn pool(
     let origin_steering = origin_steering(&f, p, errors);
     for (i, url) in p.notification_webhooks.iter().enumerate() {
         if let Err(e) = crate::notify::validate_url(url) {
-            errors.push(format!("{f}.notification_webhooks[{i}]: {e}"));
+            errors.push(format!("{f}.notification_webhooks[{i}]"), e);
         }
     }
     Pool {
@@ -102,17 +112,20 @@ fn pool(
 }
 
 /// The origins of the pool `f`: names unique within it, address, port, weight.
-fn origins(f: &str, raw: &[RawOrigin], errors: &mut Vec<String>) -> Vec<Origin> {
+fn origins(f: &str, raw: &[RawOrigin], errors: &mut FieldErrors) -> Vec<Origin> {
     let mut origins = Vec::new();
     let mut origin_names = HashSet::new();
     for (oi, o) in raw.iter().enumerate() {
         let f = format!("{f}.origins[{oi}]");
         name_ok(&o.name, &format!("{f}.name"), errors);
         if !o.name.is_empty() && !origin_names.insert(o.name.as_str()) {
-            errors.push(format!(
-                "{f}.name: \"{}\" appears twice in this pool; origin names must be unique within a pool",
-                o.name
-            ));
+            errors.push(
+                format!("{f}.name"),
+                format!(
+                    "\"{}\" appears twice in this pool; origin names must be unique within a pool",
+                    o.name
+                ),
+            );
         }
         let address = ipv4(&o.address, &format!("{f}.address"), errors);
         let port = o.port.and_then(|p| port(p, &format!("{f}.port"), errors));
@@ -135,29 +148,30 @@ fn origins(f: &str, raw: &[RawOrigin], errors: &mut Vec<String>) -> Vec<Origin> 
     origins
 }
 
-fn origin_steering(f: &str, p: &RawPool, errors: &mut Vec<String>) -> OriginSteering {
+fn origin_steering(f: &str, p: &RawPool, errors: &mut FieldErrors) -> OriginSteering {
     match p.origin_steering.as_ref().map(|o| o.policy.as_str()) {
         None | Some("random" | "") => OriginSteering::Random,
         Some("hash") => OriginSteering::Hash,
         Some("least_connections") => {
             if p.origins.len() > MAX_LC_MEMBERS {
-                errors.push(format!(
-                    "{f}.origin_steering.policy: least_connections compares every origin per new connection, so a pool may have at most {MAX_LC_MEMBERS}; this one has {}. Split the pool or use \"random\"",
+                errors.push(format!("{f}.origin_steering.policy"), format!(
+                    "least_connections compares every origin per new connection, so a pool may have at most {MAX_LC_MEMBERS}; this one has {}. Split the pool or use \"random\"",
                     p.origins.len()
                 ));
             }
             OriginSteering::LeastConnections
         }
         Some("least_outstanding_requests") => {
-            errors.push(format!(
-                "{f}.origin_steering.policy: least_outstanding_requests counts HTTP requests, which a layer-4 load balancer cannot see; use \"least_connections\""
-            ));
+            errors.push(format!("{f}.origin_steering.policy"), "least_outstanding_requests counts HTTP requests, which a layer-4 load balancer cannot see; use \"least_connections\"");
             OriginSteering::Random
         }
         Some(other) => {
-            errors.push(format!(
-                "{f}.origin_steering.policy: unknown policy \"{other}\"; use \"random\", \"hash\" or \"least_connections\""
-            ));
+            errors.push(
+                format!("{f}.origin_steering.policy"),
+                format!(
+                    "unknown policy \"{other}\"; use \"random\", \"hash\" or \"least_connections\""
+                ),
+            );
             OriginSteering::Random
         }
     }

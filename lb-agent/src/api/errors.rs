@@ -1,0 +1,171 @@
+//! The API's errors: Cloudflare's error codes, the HTTP status of each, and a refused
+//! change (`refusal::Refusal`) in the API's terms. The only place that knows HTTP statuses
+//! and error codes; the store, validation and the main loop return reasons.
+
+use crate::{
+    config::FieldError,
+    refusal::{Reason, Refusal},
+    store::{relabel, Store},
+};
+
+/// Error codes in the API's `errors[].code`, in Cloudflare's envelope.
+pub mod code {
+    /// The body is not JSON, not an object, has a value of the wrong type or an unknown field.
+    pub const BAD_BODY: u32 = 1000;
+    /// A value is out of range or inconsistent (the config validation's rules).
+    pub const INVALID: u32 = 1001;
+    /// The object refers to a monitor or pool id that does not exist.
+    pub const MISSING_REFERENCE: u32 = 1002;
+    /// The object is still used by another (a monitor by a pool, a pool by a load balancer).
+    pub const IN_USE: u32 = 1003;
+    /// No object has this id.
+    pub const NOT_FOUND: u32 = 1004;
+    /// The change was valid but could not be saved or applied; nothing changed.
+    pub const INTERNAL: u32 = 1100;
+    /// No such route (Cloudflare's 7003) or method (7000).
+    pub const NO_ROUTE: u32 = 7003;
+    pub const NO_METHOD: u32 = 7000;
+    /// No credentials (Cloudflare's 10000, "Authentication error").
+    pub const AUTH_MISSING: u32 = 10_000;
+    /// Credentials that no configured token or key matches (Cloudflare's 9109).
+    pub const AUTH_INVALID: u32 = 9109;
+}
+
+/// A refused request: the HTTP status and the envelope's errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub errors: Vec<(u32, String)>,
+}
+
+impl Rejection {
+    pub fn new(status: u16, code: u32, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            errors: vec![(code, message.into())],
+        }
+    }
+}
+
+/// The HTTP status and error code of each reason for refusing a change.
+pub fn status_and_code(reason: Reason) -> (u16, u32) {
+    match reason {
+        Reason::BadBody => (400, code::BAD_BODY),
+        Reason::Invalid => (400, code::INVALID),
+        Reason::MissingReference => (400, code::MISSING_REFERENCE),
+        Reason::InUse => (400, code::IN_USE),
+        Reason::NotFound => (404, code::NOT_FOUND),
+        Reason::Internal => (500, code::INTERNAL),
+    }
+}
+
+impl From<Refusal> for Rejection {
+    fn from(r: Refusal) -> Self {
+        let (status, code) = status_and_code(r.reason);
+        let errors = r
+            .errors
+            .iter()
+            .map(|e| {
+                let m = match &r.subject {
+                    Some(s) => api_message(&s.store, s.kind, &s.id, e),
+                    None => e.to_string(),
+                };
+                (code, m)
+            })
+            .collect();
+        Self { status, errors }
+    }
+}
+
+/// A validation error for an API caller who sent object `id` of `kind`, which `store`
+/// holds: a field of that object is a field of the body (`origins[1].weight`, not
+/// `pools[3].origins[1].weight`), and other objects are named instead of numbered
+/// (`load balancer "www" (<id>)`).
+fn api_message(store: &Store, kind: crate::store::Kind, id: &str, e: &FieldError) -> String {
+    let own = store
+        .index(kind, id)
+        .map(|i| format!("{}[{i}]", kind.list()));
+    let path = match &own {
+        Some(own) if e.path == *own => "",
+        Some(own) => e
+            .path
+            .strip_prefix(own.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+            .unwrap_or(&e.path),
+        None => &e.path,
+    };
+    let text = if path.is_empty() {
+        e.problem.clone()
+    } else {
+        format!("{path}: {}", e.problem)
+    };
+    relabel(&text, |k, i, _| store.label(k, i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::RawConfig,
+        store::{Kind, Store},
+    };
+
+    #[test]
+    fn validation_messages_name_fields_of_the_body_and_other_objects_by_name() {
+        let raw = RawConfig::parse(
+            "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n\n[[pools]]\nname = \"web\"\norigins = [{ name = \"a\", address = \"10.0.2.2\" }, { name = \"b\", address = \"10.0.3.2\" }]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("parses");
+        let mut s = Store::default();
+        s.merge_file(&raw, "2026-11-25T20:00:00.000000Z");
+        let web = s.pools[0].id.clone();
+        let r: Rejection = Refusal::invalid(
+            Kind::Pool,
+            web,
+            s,
+            vec![
+                FieldError {
+                    path: "pools[0].origins[1].weight".into(),
+                    problem: "2 is out of range".into(),
+                },
+                FieldError {
+                    path: "load_balancers[0]".into(),
+                    problem: "10.0.0.10:80 is already the VIP of load_balancers[0]".into(),
+                },
+                FieldError {
+                    path: "pools[0]".into(),
+                    problem: "no origin".into(),
+                },
+            ],
+        )
+        .into();
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.errors[0],
+            (code::INVALID, "origins[1].weight: 2 is out of range".into())
+        );
+        assert!(
+            r.errors[1].1.starts_with("load balancer \"www\" ("),
+            "{}",
+            r.errors[1].1
+        );
+        assert_eq!(r.errors[2].1, "no origin");
+    }
+
+    #[test]
+    fn each_reason_has_its_status_and_code() {
+        for (reason, want) in [
+            (Reason::BadBody, (400, code::BAD_BODY)),
+            (Reason::Invalid, (400, code::INVALID)),
+            (Reason::MissingReference, (400, code::MISSING_REFERENCE)),
+            (Reason::InUse, (400, code::IN_USE)),
+            (Reason::NotFound, (404, code::NOT_FOUND)),
+            (Reason::Internal, (500, code::INTERNAL)),
+        ] {
+            assert_eq!(status_and_code(reason), want, "{reason:?}");
+        }
+        let r: Rejection = Refusal::new(Reason::BadBody, "id", "differs").into();
+        assert_eq!(r, Rejection::new(400, code::BAD_BODY, "id: differs"));
+    }
+}
