@@ -24,9 +24,9 @@ use crate::AF_INET;
 
 /// Sends a rewritten frame on: next hop and MACs from `nh` when it is fresh (see
 /// `lb_common::NextHop`), else from the kernel FIB, whose answer then refills `nh`; then
-/// XDP_TX when it leaves where it came in, a TX_PORTS redirect otherwise. `nh` is the flow
-/// direction's cache in its map entry, or null (frames built in place, first packets).
-/// Its own subprogram (stack frame).
+/// XDP_TX when it leaves where it came in, a TX_PORTS redirect otherwise. `nh` is the
+/// direction's cache (the origin's `ORIGIN_NH` entry, or the flow's `REV_FLOWS` entry), or
+/// null for frames built in place. Its own subprogram (stack frame).
 #[inline(never)]
 pub fn forward(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: *mut NextHop, now: u32) -> Result<u32, u32> {
     // Found again here rather than passed: a BPF call takes at most five arguments, the
@@ -38,8 +38,8 @@ pub fn forward(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: *mut NextHop, now: u32) -
     // SAFETY: bounds-checked by the caller.
     let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
     if !nh.is_null() {
-        // SAFETY: a live map value (or this CPU's scratch entry), read field by field; another
-        // CPU may refill it meanwhile, with the same values unless the next hop changed.
+        // SAFETY: a live map value, read field by field; another CPU may refill it meanwhile,
+        // with the same values unless the next hop changed.
         let (ifindex, filled, cached_gen, ok_len) =
             unsafe { ((*nh).ifindex, (*nh).filled, (*nh).gen, (*nh).ok_len) };
         if ifindex != 0
