@@ -164,6 +164,7 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
         names::HANDSHAKES => (4, s(size_of::<lb_common::Handshakes>()), 1),
         names::ORIGIN_NH => (4, s(size_of::<lb_common::OriginNextHop>()), MAX_ORIGINS),
         names::LOCAL_ADDRS => (16, 4, lb_common::MAX_LOCAL_ADDRS),
+        names::VIP_IDS => (4, s(size_of::<lb_common::VipById>()), MAX_VIPS),
         other => unreachable!("unknown map {other}"),
     }
 }
@@ -338,6 +339,8 @@ pub struct Maps {
     pub origin_nh: Array<MapData, lb_common::OriginNextHop>,
     /// The host's own addresses (IPv4-mapped), for the data path's no-open-router check.
     pub local_addrs: HashMap<MapData, [u8; 16], u32>,
+    /// VIP id -> its `VIPS` entry, for established flows' packets.
+    pub vip_ids: Array<MapData, lb_common::VipById>,
 }
 
 impl Maps {
@@ -381,6 +384,7 @@ impl Maps {
             handshakes: typed!(names::HANDSHAKES),
             origin_nh: typed!(names::ORIGIN_NH),
             local_addrs: typed!(names::LOCAL_ADDRS),
+            vip_ids: typed!(names::VIP_IDS),
         })
     }
 

@@ -289,9 +289,12 @@ pub struct Reconciler<M: MapWriter = Maps> {
 
 impl<M: MapWriter> Reconciler<M> {
     /// Takes over maps that may already hold state from an earlier agent.
-    pub fn adopt(maps: M) -> Result<Self> {
+    pub fn adopt(mut maps: M) -> Result<Self> {
         let mut current = Current::default();
         for (k, v) in maps.read_vips()? {
+            // Pins of a build before `VIP_IDS` have none: established flows would take the
+            // VIP hash lookup until each VIP changes.
+            maps.index_vip(k, v)?;
             current.vips.insert(k, v);
         }
         for id in 0..MAX_ORIGINS {
@@ -566,8 +569,9 @@ impl<M: MapWriter> Reconciler<M> {
             .copied()
             .collect();
         for k in stale {
-            self.maps.remove_vip(&k)?;
-            self.current.vips.remove(&k);
+            if let Some(m) = self.current.vips.remove(&k) {
+                self.maps.remove_vip(&k, &m)?;
+            }
             r.vips_removed += 1;
         }
         let stale: Vec<GeoPlanKey> = self

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    Counters, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta, MAGLEV_M,
-    MAX_ORIGINS, MAX_RINGS, POOL_SEL_M,
+    Counters, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipById, VipKey, VipMeta,
+    MAGLEV_M, MAX_ORIGINS, MAX_RINGS, POOL_SEL_M,
 };
 
 use crate::{dataplane::Maps, reconcile::ReconcileError};
@@ -42,8 +42,12 @@ pub trait MapWriter {
     fn write_pool_sel_slot(&mut self, slot: u32, ring: u32) -> Result<()>;
     /// Zeroes a VIP id's counters (`VIP_STATS`): a new VIP.
     fn reset_vip_counters(&mut self, vip_id: u32) -> Result<()>;
+    /// Writes `VIPS[k] = m`, and for a VIP (not an address marker) its `VIP_IDS` entry.
     fn write_vip(&mut self, k: VipKey, m: VipMeta) -> Result<()>;
-    fn remove_vip(&mut self, k: &VipKey) -> Result<()>;
+    /// Writes VIP `k`'s `VIP_IDS` entry alone (pins adopted from a build without it).
+    fn index_vip(&mut self, k: VipKey, m: VipMeta) -> Result<()>;
+    /// Removes `VIPS[k]` (whose value is `m`), and `VIP_IDS[m.vip_id]` if it still names `k`.
+    fn remove_vip(&mut self, k: &VipKey, m: &VipMeta) -> Result<()>;
     fn write_geo(&mut self, k: GeoPrefix, v: GeoValue) -> Result<()>;
     fn remove_geo(&mut self, k: GeoPrefix) -> Result<()>;
     /// Fails when the map is full (the caller leaves that address out).
@@ -174,11 +178,29 @@ impl MapWriter for Maps {
     }
 
     fn write_vip(&mut self, k: VipKey, m: VipMeta) -> Result<()> {
+        // Index first: an established flow's packet that finds the index entry before the
+        // VIPS entry exists takes the same decision the VIPS entry will give.
+        self.index_vip(k, m)?;
         self.vips.insert(k, m, 0).map_err(werr("VIPS"))
     }
 
-    fn remove_vip(&mut self, k: &VipKey) -> Result<()> {
-        self.vips.remove(k).map_err(werr("VIPS"))
+    fn index_vip(&mut self, k: VipKey, m: VipMeta) -> Result<()> {
+        if k.port == 0 {
+            return Ok(());
+        }
+        self.vip_ids
+            .set(m.vip_id, VipById { key: k, meta: m }, 0)
+            .map_err(werr("VIP_IDS"))
+    }
+
+    fn remove_vip(&mut self, k: &VipKey, m: &VipMeta) -> Result<()> {
+        self.vips.remove(k).map_err(werr("VIPS"))?;
+        if k.port != 0 && self.vip_ids.get(&m.vip_id, 0).is_ok_and(|e| e.key == *k) {
+            self.vip_ids
+                .set(m.vip_id, VipById::default(), 0)
+                .map_err(werr("VIP_IDS"))?;
+        }
+        Ok(())
     }
 
     fn write_geo(&mut self, k: GeoPrefix, v: GeoValue) -> Result<()> {
@@ -210,6 +232,8 @@ impl MapWriter for Maps {
 pub struct MemMaps {
     pub settings: Option<Settings>,
     pub vips: HashMap<VipKey, VipMeta>,
+    /// `VIP_IDS`: VIP id -> its entry (absent: all zero).
+    pub vip_ids: BTreeMap<u32, VipById>,
     pub origins: BTreeMap<u32, OriginMeta>,
     /// Ring id -> its `MAGLEV_M` slots (absent: all zero).
     pub rings: HashMap<u32, Vec<u32>>,
@@ -355,13 +379,24 @@ impl MapWriter for MemMaps {
 
     fn write_vip(&mut self, k: VipKey, m: VipMeta) -> Result<()> {
         self.writes += 1;
+        self.index_vip(k, m)?;
         self.vips.insert(k, m);
         Ok(())
     }
 
-    fn remove_vip(&mut self, k: &VipKey) -> Result<()> {
+    fn index_vip(&mut self, k: VipKey, m: VipMeta) -> Result<()> {
+        if k.port != 0 {
+            self.vip_ids.insert(m.vip_id, VipById { key: k, meta: m });
+        }
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, k: &VipKey, m: &VipMeta) -> Result<()> {
         self.writes += 1;
         self.vips.remove(k);
+        if self.vip_ids.get(&m.vip_id).is_some_and(|e| e.key == *k) {
+            self.vip_ids.remove(&m.vip_id);
+        }
         Ok(())
     }
 

@@ -100,8 +100,9 @@ pub mod map_names {
     pub const HANDSHAKES: &str = "HANDSHAKES";
     pub const ORIGIN_NH: &str = "ORIGIN_NH";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const VIP_IDS: &str = "VIP_IDS";
     /// Every map, in the order the agent pins and checks them.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         SETTINGS,
         VIPS,
         RINGS,
@@ -121,6 +122,7 @@ pub mod map_names {
         HANDSHAKES,
         ORIGIN_NH,
         LOCAL_ADDRS,
+        VIP_IDS,
     ];
 }
 
@@ -160,6 +162,18 @@ pub struct VipMeta {
     pub affinity_ttl: u32,
 }
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 16);
+
+/// Value of `VIP_IDS`, indexed by VIP id: the `VIPS` entry of that id, key and value. An
+/// established flow's packet finds its VIP here by the flow's `vip_id` (an array read)
+/// instead of hashing the VIP key again; the key tells a live VIP from one whose id the
+/// agent gave to another VIP since. An all-zero entry is no VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipById {
+    pub key: VipKey,
+    pub meta: VipMeta,
+}
+const _: () = assert!(core::mem::size_of::<VipById>() == 36);
 
 /// `VipMeta::flags`: geo steering; the client's prefix (`GEO`) and `GEO_PLAN` pick the ring.
 pub const VIP_F_GEO: u32 = 1;
@@ -820,11 +834,12 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 mod pod {
     use super::{
         Affinity, AffinityKey, Counters, Flow, FlowKey, GeoKey, GeoPlanKey, GeoValue, Handshakes,
-        NextHop, OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipKey, VipMeta,
+        NextHop, OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipById, VipKey, VipMeta,
     };
     // SAFETY: all are repr(C), made only of integers and byte arrays, with explicit padding.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for VipById {}
     unsafe impl aya::Pod for OriginMeta {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}

@@ -50,7 +50,9 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 use crate::{
     conntrack::{expired, track},
     forward::forward,
-    maps::{FLOWS, ORIGIN_NH, ORIGIN_STATS, REV_FLOWS, SCRATCH, SETTINGS, VIPS, VIP_STATS},
+    maps::{
+        FLOWS, ORIGIN_NH, ORIGIN_STATS, REV_FLOWS, SCRATCH, SETTINGS, VIPS, VIP_IDS, VIP_STATS,
+    },
     nat::{rewrite, SeqShift, NO_SHIFT},
     parse::{ptr_at, seg, Seg, ACK, FIN, RST, SYN, TCP_OFF},
     select::usable,
@@ -156,17 +158,40 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         proto: IPPROTO_TCP,
         _pad: 0,
     };
-    // SAFETY: a map value only the agent writes; read in place (not copied) because the hot
-    // path's frame shares the 512-byte stack budget with new_flow's.
-    let vip = unsafe { VIPS.get(vip_key) };
-    // A reply from an origin to one of our SNAT ports? Only the reverse table decides: a flow
-    // keeps its SNAT port when a reload narrows `snat_ports`, and its replies must still
-    // come back (an earlier range check here broke them).
-    let rev = match vip {
-        Some(_) => None,
-        None if dst == settings.snat_addr => REV_FLOWS.get_ptr_mut(key),
-        None => None,
+    // Replies first, by the reverse table alone (validation keeps VIPs off the SNAT address).
+    // A flow keeps its SNAT port when a reload narrows `snat_ports`, and its replies must
+    // still come back (an earlier range check here broke them).
+    let rev = if dst == settings.snat_addr {
+        REV_FLOWS.get_ptr_mut(key)
+    } else {
+        None
     };
+    // Then an established flow: one flow-table lookup, and its VIP read by id (an array
+    // read, no second hash). Only a SYN or a miss looks the VIP up by address and port.
+    let mut vip: Option<&VipMeta> = None;
+    let mut hit: *const Flow = core::ptr::null();
+    let mut looked = false;
+    if rev.is_none() && s.flags & SYN == 0 {
+        match FLOWS.get_ptr(&key) {
+            // SAFETY: a live map value.
+            Some(f) => match VIP_IDS.get(unsafe { (*f).vip_id }) {
+                Some(v) if v.key == vip_key => {
+                    vip = Some(&v.meta);
+                    hit = f;
+                    looked = true;
+                }
+                // A flow of a VIP that is gone, or whose id another VIP has now: the VIP
+                // lookup below decides, as for any packet.
+                _ => {}
+            },
+            None => looked = true,
+        }
+    }
+    if rev.is_none() && vip.is_none() {
+        // SAFETY: a map value only the agent writes; read in place (not copied) because the
+        // hot path's frame shares the 512-byte stack budget with new_flow's.
+        vip = unsafe { VIPS.get(vip_key) };
+    }
     if vip.is_none() && rev.is_none() {
         return Err(edge::not_ours(ctx, event::PASS_NOT_VIP));
     }
@@ -175,7 +200,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(drop(event::DROP_TTL));
     }
     match (vip, rev) {
-        (Some(vip), _) => client_packet(ctx, ip, tcp, &key, vip, settings, s),
+        (Some(vip), _) => client_packet(ctx, ip, tcp, &key, vip, settings, s, hit, looked),
         (None, Some(r)) => origin_packet(ctx, ip, tcp, &key, r, settings, s),
         (None, None) => Err(pass(event::PASS_NOT_VIP)),
     }
@@ -207,6 +232,8 @@ fn client_packet(
     vip: &VipMeta,
     settings: &Settings,
     s: &Seg,
+    hit: *const Flow,
+    looked: bool,
 ) -> Result<u32, u32> {
     if bad_client_flags(s.flags) {
         return Err(drop(event::DROP_BAD_FLAGS));
@@ -219,7 +246,13 @@ fn client_packet(
     let mut replaces: *const Flow = core::ptr::null();
     let mut shift = NO_SHIFT;
     let mut syn_on_established = false;
-    if let Some(f) = FLOWS.get_ptr(key) {
+    // The flow `try_lb` found (or found missing), else the flow-table lookup.
+    let found = if looked {
+        (!hit.is_null()).then_some(hit)
+    } else {
+        FLOWS.get_ptr(key)
+    };
+    if let Some(f) = found {
         // SAFETY: a live map value.
         let rkey = rev_key(unsafe { &*f });
         match REV_FLOWS.get_ptr_mut(&rkey) {

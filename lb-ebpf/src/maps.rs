@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     event, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, GeoValue, Handshakes,
-    OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE,
+    OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipById, VipKey, VipMeta, AFFINITY_SIZE,
     DEFAULT_FLOW_TABLE_SIZE, GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAGLEV_M, MAX_INTERFACES,
     MAX_LOCAL_ADDRS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M,
 };
@@ -22,6 +22,11 @@ pub static SETTINGS: Array<Settings, 1> = Array::new();
 /// TCP) can still be recognised as addressed to a VIP. Twice MAX_VIPS for those markers.
 #[btf_map]
 pub static VIPS: HashMap<VipKey, VipMeta, { 2 * MAX_VIPS as usize }> = HashMap::new();
+
+/// VIP id -> its `VIPS` entry (`lb_common::VipById`), written with it by the agent: how an
+/// established flow's packet finds its VIP without a second hash lookup.
+#[btf_map]
+pub static VIP_IDS: Array<VipById, { MAX_VIPS as usize }> = Array::new();
 
 /// `MAX_RINGS` Maglev rings of `MAGLEV_M` slots each; a slot holds an origin id or NO_ORIGIN.
 /// Mmapable: the agent writes changed slots with plain stores into a shared mapping instead
