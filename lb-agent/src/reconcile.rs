@@ -30,13 +30,13 @@ use crate::{
     dataplane::Maps,
     health::HealthTable,
     maglev, plan,
-    writer::{GeoPrefix, MapWriter},
+    writer::{GeoPrefix, MapWriter, WriteError},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("writing map {map}: {reason}")]
-    Map { map: &'static str, reason: String },
+    #[error(transparent)]
+    Map(#[from] WriteError),
     #[error("out of {what} ids: {needed} needed, {max} available")]
     Capacity {
         what: &'static str,
@@ -467,7 +467,7 @@ impl<M: MapWriter> Reconciler<M> {
                             // What the ring holds is unknown now: read it again next time.
                             self.rings.remove(&id);
                             self.ring_inputs.remove(&id);
-                            return Err(e);
+                            return Err(e.into());
                         }
                         r.slots_written += 1;
                     }
@@ -519,7 +519,7 @@ impl<M: MapWriter> Reconciler<M> {
                     if let Err(e) = self.maps.write_pool_sel_slot(slot, *new) {
                         self.pool_sel.remove(&vip_id);
                         self.pool_sel_inputs.remove(&vip_id);
-                        return Err(e);
+                        return Err(e.into());
                     }
                 }
             }
