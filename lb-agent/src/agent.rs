@@ -11,14 +11,16 @@ use std::{
 };
 
 use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    net::TcpListener,
+    signal::unix::{signal, Signal, SignalKind},
+    sync::{mpsc, watch},
+    task::JoinHandle,
 };
 use tracing::{error, info, warn};
 
 use crate::{
     api::{self, Command, EnvCredentials, Sampler, View},
-    config::{Config, ConfigError, FieldError, RawConfig, SteeringPolicy},
+    config::{self, Config, ConfigError, FieldError, RawConfig, SteeringPolicy},
     dataplane::{self, Dataplane, DataplaneError},
     health::{HealthTable, Monitors, Report},
     metrics::RttHistograms,
@@ -212,37 +214,102 @@ struct Agent {
     pool_healthy: BTreeMap<String, bool>,
 }
 
-/// Runs the agent until `shutdown` completes.
+/// Runs the agent until `shutdown` completes: `start`, the main loop (`Running::serve`),
+/// then `Running::stop`.
 pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let Effective {
-        raw,
-        store,
-        cfg,
-        merged,
-        refused,
-    } = load_effective(&opts.config, opts.api_listen.as_deref())?;
-    if let Some(e) = refused {
+    let mut running = start(opts).await?;
+    running.serve(shutdown).await;
+    running.stop()
+}
+
+/// What `start` leaves running: the main loop's state and what it listens to.
+struct Running {
+    agent: Agent,
+    /// Health reports from the monitors.
+    reports: mpsc::Receiver<Report>,
+    /// API changes. `_commands_tx` keeps the channel open while the API is off.
+    commands: mpsc::Receiver<Command>,
+    _commands_tx: mpsc::Sender<Command>,
+    hup: Signal,
+    /// `None` when links, routes and neighbours cannot be watched (or no longer).
+    netwatch: Option<NetWatch>,
+    sampler: Sampler,
+    /// The API server task, when `api.listen` is set.
+    server: Option<JoinHandle<()>>,
+}
+
+/// Loads the config, binds the API's socket, loads or adopts the data path, waits for the
+/// first health round, writes the maps and attaches; then installs the SIGHUP handler and
+/// starts the API and the watch on links, routes and neighbours.
+async fn start(opts: RunOptions) -> Result<Running, AgentError> {
+    let (eff, listener) = prepare(&opts).await?;
+    let (dp, rec) = load_dataplane(&eff.cfg, opts.bpf_object.as_deref())?;
+    let (monitors, health, reports) = first_health_round(&eff.cfg).await;
+    let (mut agent, view_rx) = Agent::new(opts, eff, dp, rec, monitors, health);
+    agent.bring_up()?;
+    // Before "data path ready": until the handler is installed SIGHUP keeps its default
+    // action and ends the process, and whoever waits for that line may reload at once.
+    let hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
+    info!(
+        load_balancers = agent.cfg.load_balancers.len(),
+        pools = agent.cfg.pools.len(),
+        monitored_origins = agent.monitors.len(),
+        "data path ready"
+    );
+
+    let (commands_tx, commands) = mpsc::channel::<Command>(64);
+    let sampler = Sampler::spawn(view_rx.clone());
+    let server = listener.map(|l| {
+        let tx = commands_tx.clone();
+        spawn_api(l, &agent.cfg.api, view_rx.clone(), tx, sampler.clone())
+    });
+    Ok(Running {
+        agent,
+        reports,
+        commands,
+        _commands_tx: commands_tx,
+        hup,
+        netwatch: open_netwatch(),
+        sampler,
+        server,
+    })
+}
+
+/// The config in force (see `load_effective`), checked against the host, with the API's
+/// socket bound and the state file saved. Binding comes before touching the data path, so
+/// a taken port fails the start cleanly.
+async fn prepare(opts: &RunOptions) -> Result<(Effective, Option<TcpListener>), AgentError> {
+    let eff = load_effective(&opts.config, opts.api_listen.as_deref())?;
+    if let Some(e) = &eff.refused {
         // One line, like a rejected reload, so that every error stays together.
         let e = e.to_string().replace('\n', " ");
         error!("config rejected at start, the objects of api.state_file stay in force: {e}");
     }
-    for w in dataplane::check_host(&cfg.dataplane)? {
+    for w in dataplane::check_host(&eff.cfg.dataplane)? {
         warn!("{w}");
     }
-    // Bind before touching the data path, so a taken port fails the start cleanly.
-    let listener = match cfg.api.listen {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    let listener = match eff.cfg.api.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
             AgentError::Api(format!(
                 "api.listen {addr}: {e}; choose another address with --api-listen or [api] listen, or \"off\""
             ))
         })?),
         None => None,
     };
-    if merged || !cfg.api.state_file.exists() {
-        store.save(&cfg.api.state_file)?;
+    if eff.merged || !eff.cfg.api.state_file.exists() {
+        eff.store.save(&eff.cfg.api.state_file)?;
     }
-    let object = dataplane::find_object(opts.bpf_object.as_deref())?;
-    let dp_cfg = cfg.dataplane.clone();
+    Ok((eff, listener))
+}
+
+/// Loads the BPF object (adopting the maps an earlier agent pinned) and the reconciler
+/// over its maps.
+fn load_dataplane(
+    cfg: &Config,
+    bpf_object: Option<&Path>,
+) -> Result<(Dataplane, Reconciler), AgentError> {
+    let object = dataplane::find_object(bpf_object)?;
+    let dp_cfg = &cfg.dataplane;
     let adopting = dp_cfg.pin_dir.join(lb_common::map_names::FLOWS).exists();
     let mut dp = Dataplane::load(&object, &dp_cfg.pin_dir, dp_cfg.flow_table_size)?;
     info!(
@@ -253,16 +320,21 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         "BPF object loaded"
     );
     let rec = Reconciler::adopt(dp.take_maps()?)?;
+    Ok((dp, rec))
+}
+
+/// Starts the health monitors and waits for their first round of checks.
+async fn first_health_round(cfg: &Config) -> (Monitors, HealthTable, mpsc::Receiver<Report>) {
     let (tx, mut rx) = mpsc::channel::<Report>(4096);
     let mut monitors = Monitors::new(tx, cfg.agent.probe_concurrency);
     let mut health = HealthTable::default();
     health.set_rtt_smoothing(cfg.agent.rtt_smoothing);
-    health.retain(&monitors.sync(&cfg));
+    health.retain(&monitors.sync(cfg));
 
     // Unknown health counts as down, so writing VIPs before the first checks complete would
     // send every monitored load balancer to its fallback pool for a moment. Wait (bounded)
     // for one round; an adopted data path keeps forwarding with its old state meanwhile.
-    let first_round = first_round_deadline(&cfg);
+    let first_round = first_round_deadline(cfg);
     let started = Instant::now();
     while health.iter().any(|(_, h)| h.last_ok.is_none()) {
         let left = first_round.saturating_sub(started.elapsed());
@@ -278,135 +350,101 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
         waited_ms = started.elapsed().as_millis() as u64,
         "first health check round done"
     );
+    (monitors, health, rx)
+}
 
-    // Nothing reads this first view: the API and the sampler start after the first apply
-    // and status, which publish the real plan.
-    let (view, view_rx) = tokio::sync::watch::channel(Arc::new(View {
-        store: store.clone(),
-        status: Status::default(),
-        cfg: Arc::new(cfg.clone()),
-        plan: Arc::default(),
-        ids: Arc::default(),
-        rtt: RttHistograms::default(),
-        notifications: [0; 4],
-    }));
-    let mut agent = Agent {
-        opts,
-        cfg,
-        dp,
-        rec,
-        monitors,
-        health,
-        neighbours: Neighbours::default(),
-        chosen: BTreeMap::new(),
-        ids: Arc::default(),
-        status_dirty: true,
-        raw,
-        store,
-        rtt: RttHistograms::default(),
-        view,
-        notifier: Notifier::spawn(NotifyOptions::default()),
-        pool_healthy: BTreeMap::new(),
-    };
-    for (t, h) in agent.health.iter() {
-        info!(
-            "origin {}/{} ({}:{}) {}: {}",
-            t.pool, t.origin, t.address, t.port, h.state, h.reason
-        );
+/// Serves the API, metrics and dashboard on `l`, in a task.
+fn spawn_api(
+    l: TcpListener,
+    c: &config::Api,
+    view: watch::Receiver<Arc<View>>,
+    tx: mpsc::Sender<Command>,
+    sampler: Sampler,
+) -> JoinHandle<()> {
+    let env = EnvCredentials::from_env();
+    if c.tokens.is_empty() && c.keys.is_empty() && env.tokens.is_empty() && env.keys.is_empty() {
+        warn!("no API credentials configured: the API refuses every request; set [api] tokens or LB_API_TOKEN");
     }
-    agent.apply("start")?;
-    agent.sync_local_addrs();
-    for o in agent.dp.attach(
-        &dp_cfg.interfaces,
-        dp_cfg.xdp_mode,
-        &mut agent.rec.maps.tx_ports,
-    )? {
-        info!(interface = %o.interface, ifindex = o.ifindex, replaced_running_program = o.replaced, "XDP attached");
-    }
-    for w in agent.neighbours.sync(origin_addresses(&agent.cfg)) {
-        warn!("{w}");
-    }
-    agent.write_status();
-    // Before "data path ready": until the handler is installed SIGHUP keeps its default
-    // action and ends the process, and whoever waits for that line may reload at once.
-    let mut hup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
-    info!(
-        load_balancers = agent.cfg.load_balancers.len(),
-        pools = agent.cfg.pools.len(),
-        monitored_origins = agent.monitors.len(),
-        "data path ready"
-    );
-
-    let (api_tx, mut api_rx) = mpsc::channel::<Command>(64);
-    let sampler = Sampler::spawn(view_rx.clone());
-    let server = listener.map(|l| {
-        let env = EnvCredentials::from_env();
-        let c = &agent.cfg.api;
-        if c.tokens.is_empty() && c.keys.is_empty() && env.tokens.is_empty() && env.keys.is_empty() {
-            warn!("no API credentials configured: the API refuses every request; set [api] tokens or LB_API_TOKEN");
+    info!(listen = %l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "API, metrics and dashboard served");
+    let app = api::router(view, tx, env, sampler);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, app).await {
+            error!("API server stopped: {e}");
         }
-        info!(listen = %l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "API, metrics and dashboard served");
-        let app = api::router(view_rx.clone(), api_tx.clone(), env, sampler.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app).await {
-                error!("API server stopped: {e}");
-            }
-        })
-    });
+    })
+}
 
-    let mut netwatch = match NetWatch::open() {
+fn open_netwatch() -> Option<NetWatch> {
+    match NetWatch::open() {
         Ok(w) => Some(w),
         Err(e) => {
             warn!("cannot watch links, routes and neighbours ({e}): cached next hops are refreshed every {} s instead", lb_common::NH_MAX_AGE);
             None
         }
-    };
-    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = hup.recv() => {
-                if let Err(e) = agent.reload() {
-                    // One line, so that every error (and the field it names) stays together.
-                    let e = e.to_string().replace('\n', " ");
-                    error!("config reload rejected, the running config stays in force: {e}");
-                }
-            }
-            Some(r) = rx.recv() => agent.on_report(&r),
-            Some(c) = api_rx.recv() => agent.on_command(c),
-            changed = next_hop_change(netwatch.as_mut()) => {
-                if let Err(e) = changed {
-                    warn!("watching links, routes and neighbours stopped ({e}): cached next hops are refreshed every {} s instead", lb_common::NH_MAX_AGE);
-                    netwatch = None;
-                }
-                if let Err(e) = agent.rec.next_hops_changed() {
-                    error!("{e}");
-                }
-                agent.sync_local_addrs();
-            }
-            _ = status_tick.tick() => {
-                if agent.status_dirty {
-                    agent.write_status();
+    }
+}
+
+impl Running {
+    /// The main loop, until `shutdown` completes: SIGHUP reloads, health reports, API
+    /// changes, changes of links, routes and neighbours, and the status once a second
+    /// when something changed.
+    async fn serve(&mut self, shutdown: impl Future<Output = ()>) {
+        let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = self.hup.recv() => self.agent.on_hup(),
+                Some(r) = self.reports.recv() => self.agent.on_report(&r),
+                Some(c) = self.commands.recv() => self.agent.on_command(c),
+                changed = next_hop_change(self.netwatch.as_mut()) => self.on_next_hop_change(changed),
+                _ = status_tick.tick() => {
+                    if self.agent.status_dirty {
+                        self.agent.write_status();
+                    }
                 }
             }
         }
     }
-    if let Some(s) = server {
-        s.abort();
+
+    /// Links, routes or neighbours changed (or the watch failed: it stops, and the data
+    /// path's next hop cache ages out instead).
+    fn on_next_hop_change(&mut self, changed: std::io::Result<usize>) {
+        if let Err(e) = changed {
+            warn!("watching links, routes and neighbours stopped ({e}): cached next hops are refreshed every {} s instead", lb_common::NH_MAX_AGE);
+            self.netwatch = None;
+        }
+        if let Err(e) = self.agent.rec.next_hops_changed() {
+            error!("{e}");
+        }
+        self.agent.sync_local_addrs();
     }
-    sampler.stop();
-    let pin_dir = agent.cfg.dataplane.pin_dir.clone();
-    agent.write_status();
-    if agent.opts.detach_on_exit {
-        agent.neighbours.clear();
-        drop(agent);
-        let removed = dataplane::teardown(&pin_dir)?;
-        info!(?removed, "detached and unpinned (--detach-on-exit)");
-    } else {
-        info!(pin_dir = %pin_dir.display(), "exiting; XDP stays attached and keeps forwarding (run `lb-agent teardown` to stop it)");
+
+    /// Stops the API and the sampler, writes the last status, then detaches and unpins
+    /// (`--detach-on-exit`) or leaves XDP attached and forwarding.
+    fn stop(self) -> Result<(), AgentError> {
+        let Running {
+            mut agent,
+            sampler,
+            server,
+            ..
+        } = self;
+        if let Some(s) = server {
+            s.abort();
+        }
+        sampler.stop();
+        let pin_dir = agent.cfg.dataplane.pin_dir.clone();
+        agent.write_status();
+        if agent.opts.detach_on_exit {
+            agent.neighbours.clear();
+            drop(agent);
+            let removed = dataplane::teardown(&pin_dir)?;
+            info!(?removed, "detached and unpinned (--detach-on-exit)");
+        } else {
+            info!(pin_dir = %pin_dir.display(), "exiting; XDP stays attached and keeps forwarding (run `lb-agent teardown` to stop it)");
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Resolves when the kernel's links, routes or neighbours changed; never without a watch.
@@ -453,6 +491,85 @@ fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
 }
 
 impl Agent {
+    /// The main loop's state at start, and a receiver of the view it publishes. Nothing
+    /// reads this first view: the API and the sampler start after the first apply and
+    /// status, which publish the real plan.
+    fn new(
+        opts: RunOptions,
+        eff: Effective,
+        dp: Dataplane,
+        rec: Reconciler,
+        monitors: Monitors,
+        health: HealthTable,
+    ) -> (Self, watch::Receiver<Arc<View>>) {
+        let Effective {
+            raw, store, cfg, ..
+        } = eff;
+        let (view, view_rx) = watch::channel(Arc::new(View {
+            store: store.clone(),
+            status: Status::default(),
+            cfg: Arc::new(cfg.clone()),
+            plan: Arc::default(),
+            ids: Arc::default(),
+            rtt: RttHistograms::default(),
+            notifications: [0; 4],
+        }));
+        let agent = Self {
+            opts,
+            cfg,
+            dp,
+            rec,
+            monitors,
+            health,
+            neighbours: Neighbours::default(),
+            chosen: BTreeMap::new(),
+            ids: Arc::default(),
+            status_dirty: true,
+            raw,
+            store,
+            rtt: RttHistograms::default(),
+            view,
+            notifier: Notifier::spawn(NotifyOptions::default()),
+            pool_healthy: BTreeMap::new(),
+        };
+        (agent, view_rx)
+    }
+
+    /// Puts the first config in force: logs the first health, writes the maps, attaches
+    /// XDP, resolves the origins' next hops and writes the first status.
+    fn bring_up(&mut self) -> Result<(), AgentError> {
+        for (t, h) in self.health.iter() {
+            info!(
+                "origin {}/{} ({}:{}) {}: {}",
+                t.pool, t.origin, t.address, t.port, h.state, h.reason
+            );
+        }
+        self.apply("start")?;
+        self.sync_local_addrs();
+        let dp_cfg = self.cfg.dataplane.clone();
+        for o in self.dp.attach(
+            &dp_cfg.interfaces,
+            dp_cfg.xdp_mode,
+            &mut self.rec.maps.tx_ports,
+        )? {
+            info!(interface = %o.interface, ifindex = o.ifindex, replaced_running_program = o.replaced, "XDP attached");
+        }
+        for w in self.neighbours.sync(origin_addresses(&self.cfg)) {
+            warn!("{w}");
+        }
+        self.write_status();
+        Ok(())
+    }
+
+    /// SIGHUP: `reload`, logging a rejection.
+    fn on_hup(&mut self) {
+        if let Err(e) = self.reload() {
+            // One line, so that every error (and the field it names) stays together.
+            let e = e.to_string().replace('\n', " ");
+            error!("config reload rejected, the running config stays in force: {e}");
+        }
+    }
+
     /// Tells the data path the host's own addresses (no FIB lookup for traffic to them).
     /// On failure the data path keeps asking the FIB, which is slower, not wrong.
     fn sync_local_addrs(&mut self) {

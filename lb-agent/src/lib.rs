@@ -10,9 +10,11 @@
 //! - `geo`: Cloudflare regions and country -> region table (pure), MaxMind DB loader.
 //! - `plan`: config + health + host facts -> the `Plan`: every decision, made once (pure).
 //! - `reconcile`: the plan -> map entries with stable ids, the one writer of maps.
-//! - `writer`: `MapWriter`, the reconciler's reads and writes (aya maps, or in memory).
+//! - `writer`: `MapWriter`, the reconciler's reads and writes (aya maps, or in memory), and
+//!   `WriteError`.
 //! - `dataplane`: loading, pinning, attaching; typed map handles.
-//! - `agent`: the lifecycle (`run` with injected shutdown, SIGHUP reload).
+//! - `agent`: the lifecycle (`run` with injected shutdown: start, main loop, stop; SIGHUP
+//!   reload).
 //! - `status`: the one status model (file, API, `lbctl`, dashboard), built from the plan.
 //! - `stats`: counters read back from the pinned maps.
 //! - `store`: monitors, pools and load balancers with ids, the file merged in, persisted.

@@ -49,7 +49,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    stats::Stats,
+    stats::{OriginStats, Stats, VipStats},
     status::{OriginStatus, PoolStatus, Status},
 };
 
@@ -296,198 +296,244 @@ const COUNTERS: [(&str, &str); 5] = [
     ),
 ];
 
+/// One scrape's families, in the order of the module's table.
 fn families(input: &MetricsInput<'_>) -> Families {
     let mut out = Families::default();
-    let status = input.status;
     let vips = input.stats.map_or(&[][..], |s| s.vips.as_slice());
-
-    for (i, (stem, help)) in COUNTERS.iter().enumerate() {
-        out.counter(
-            &format!("lb_vip_{stem}"),
-            &format!("{help}, per load balancer."),
-            vips.iter().map(|v| {
-                let vip = format!("{}:{}", v.address, v.port);
-                let c = [
-                    v.packets,
-                    v.bytes,
-                    v.new_flows,
-                    v.reply_packets,
-                    v.reply_bytes,
-                ];
-                (l([("load_balancer", &v.name), ("vip", &vip)]), c[i])
-            }),
-        );
-    }
-    out.gauge(
-        "lb_load_balancer_active_pool",
-        "1 for the pool a load balancer sends new connections to (absent while disabled or without a usable pool).",
-        status.load_balancers.iter().filter_map(|lb| {
-            let pool = lb.active_pool.as_deref()?;
-            Some((l([("load_balancer", &lb.name), ("pool", pool)]), Val::U(1)))
-        }),
-    );
-    out.gauge(
-        "lb_load_balancer_fallback",
-        "1 while a load balancer uses its fallback pool because no pool of its order is healthy.",
-        status
-            .load_balancers
-            .iter()
-            .map(|lb| (l([("load_balancer", &lb.name)]), lb.fallback.into())),
-    );
-
-    let origin_labels = |lb: &str, o: &crate::stats::OriginStats| {
-        l([
-            ("load_balancer", lb),
-            ("pool", &o.pool),
-            ("origin", &o.name),
-            ("address", &o.address),
-        ])
-    };
-    for (i, (stem, help)) in COUNTERS.iter().enumerate() {
-        out.counter(
-            &format!("lb_origin_{stem}"),
-            &format!(
-                "{help}, per origin; load balancers with the same origin port share the numbers."
-            ),
-            vips.iter().flat_map(|v| {
-                v.origins.iter().map(|o| {
-                    let c = [
-                        o.packets,
-                        o.bytes,
-                        o.new_flows,
-                        o.reply_packets,
-                        o.reply_bytes,
-                    ];
-                    (origin_labels(&v.name, o), c[i])
-                })
-            }),
-        );
-    }
-    out.gauge(
-        "lb_origin_open_flows",
-        "Flows to the origin opened and not yet closed, as the data path counts them.",
-        vips.iter().flat_map(|v| {
-            v.origins
-                .iter()
-                .map(|o| (origin_labels(&v.name, o), Val::I(o.open_flows)))
-        }),
-    );
-
-    let health_labels = |o: &OriginStatus| {
-        l([
-            ("pool", &o.pool),
-            ("origin", &o.origin),
-            ("address", &o.address),
-        ])
-    };
-    out.gauge(
-        "lb_origin_healthy",
-        "1 when the origin is enabled and up, or enabled in a pool without a monitor.",
-        status
-            .origins
-            .iter()
-            .map(|o| (health_labels(o), o.takes_new_connections().into())),
-    );
-    out.gauge(
-        "lb_origin_enabled",
-        "1 when the origin is enabled in the config.",
-        status
-            .origins
-            .iter()
-            .map(|o| (health_labels(o), o.enabled.into())),
-    );
-    out.gauge(
-        "lb_origin_weight",
-        "The origin's configured weight (0 to 1).",
-        status
-            .origins
-            .iter()
-            .map(|o| (health_labels(o), Val::F(o.weight))),
-    );
-    let pool_labels = |p: &PoolStatus| l([("pool", &p.name)]);
-    out.gauge(
-        "lb_pool_healthy",
-        "1 while the pool is enabled and has at least minimum_origins healthy origins.",
-        status
-            .pools
-            .iter()
-            .map(|p| (pool_labels(p), p.healthy.into())),
-    );
-    out.gauge(
-        "lb_pool_healthy_origins",
-        "Enabled origins of the pool that are healthy.",
-        status.pools.iter().map(|p| {
-            (
-                pool_labels(p),
-                Val::U(u64::try_from(p.healthy_origins).unwrap_or(u64::MAX)),
-            )
-        }),
-    );
-    out.gauge(
-        "lb_pool_minimum_origins",
-        "Healthy origins the pool needs to be healthy.",
-        status
-            .pools
-            .iter()
-            .map(|p| (pool_labels(p), Val::U(u64::from(p.minimum_origins)))),
-    );
-
-    out.push(
-        "lb_origin_probe_rtt_seconds",
-        "Round trip time of successful health probes, per origin.",
-        Samples::Histogram(
-            input
-                .rtt
-                .series
-                .iter()
-                .flat_map(|(pool, origins)| {
-                    origins.iter().map(move |(origin, h)| {
-                        (l([("pool", pool), ("origin", origin)]), h.clone())
-                    })
-                })
-                .collect(),
-        ),
-    );
-
+    out.vip_traffic(vips);
+    out.load_balancers(input.status);
+    out.origin_traffic(vips);
+    out.origin_health(input.status);
+    out.pools(input.status);
+    out.probe_rtts(input.rtt);
     if let Some(stats) = input.stats {
-        out.counter(
+        out.dataplane(stats);
+    }
+    if let Some(f) = input.flow_table {
+        out.flow_table(f);
+    }
+    if let Some(n) = input.notifications {
+        out.notifications(n);
+    }
+    out
+}
+
+fn origin_labels(lb: &str, o: &OriginStats) -> Labels {
+    l([
+        ("load_balancer", lb),
+        ("pool", &o.pool),
+        ("origin", &o.name),
+        ("address", &o.address),
+    ])
+}
+
+fn health_labels(o: &OriginStatus) -> Labels {
+    l([
+        ("pool", &o.pool),
+        ("origin", &o.origin),
+        ("address", &o.address),
+    ])
+}
+
+fn pool_labels(p: &PoolStatus) -> Labels {
+    l([("pool", &p.name)])
+}
+
+impl Families {
+    /// `lb_vip_*_total`: the data path's counters per load balancer.
+    fn vip_traffic(&mut self, vips: &[VipStats]) {
+        for (i, (stem, help)) in COUNTERS.iter().enumerate() {
+            self.counter(
+                &format!("lb_vip_{stem}"),
+                &format!("{help}, per load balancer."),
+                vips.iter().map(|v| {
+                    let vip = format!("{}:{}", v.address, v.port);
+                    let c = [
+                        v.packets,
+                        v.bytes,
+                        v.new_flows,
+                        v.reply_packets,
+                        v.reply_bytes,
+                    ];
+                    (l([("load_balancer", &v.name), ("vip", &vip)]), c[i])
+                }),
+            );
+        }
+    }
+
+    /// `lb_load_balancer_*`: the pool each load balancer uses, and whether it is the fallback.
+    fn load_balancers(&mut self, status: &Status) {
+        self.gauge(
+            "lb_load_balancer_active_pool",
+            "1 for the pool a load balancer sends new connections to (absent while disabled or without a usable pool).",
+            status.load_balancers.iter().filter_map(|lb| {
+                let pool = lb.active_pool.as_deref()?;
+                Some((l([("load_balancer", &lb.name), ("pool", pool)]), Val::U(1)))
+            }),
+        );
+        self.gauge(
+            "lb_load_balancer_fallback",
+            "1 while a load balancer uses its fallback pool because no pool of its order is healthy.",
+            status
+                .load_balancers
+                .iter()
+                .map(|lb| (l([("load_balancer", &lb.name)]), lb.fallback.into())),
+        );
+    }
+
+    /// `lb_origin_*_total` and `lb_origin_open_flows`: the data path's counters per origin.
+    fn origin_traffic(&mut self, vips: &[VipStats]) {
+        for (i, (stem, help)) in COUNTERS.iter().enumerate() {
+            self.counter(
+                &format!("lb_origin_{stem}"),
+                &format!(
+                    "{help}, per origin; load balancers with the same origin port share the numbers."
+                ),
+                vips.iter().flat_map(|v| {
+                    v.origins.iter().map(|o| {
+                        let c = [
+                            o.packets,
+                            o.bytes,
+                            o.new_flows,
+                            o.reply_packets,
+                            o.reply_bytes,
+                        ];
+                        (origin_labels(&v.name, o), c[i])
+                    })
+                }),
+            );
+        }
+        self.gauge(
+            "lb_origin_open_flows",
+            "Flows to the origin opened and not yet closed, as the data path counts them.",
+            vips.iter().flat_map(|v| {
+                v.origins
+                    .iter()
+                    .map(|o| (origin_labels(&v.name, o), Val::I(o.open_flows)))
+            }),
+        );
+    }
+
+    /// `lb_origin_healthy`, `_enabled`, `_weight`: each origin's status.
+    fn origin_health(&mut self, status: &Status) {
+        self.gauge(
+            "lb_origin_healthy",
+            "1 when the origin is enabled and up, or enabled in a pool without a monitor.",
+            status
+                .origins
+                .iter()
+                .map(|o| (health_labels(o), o.takes_new_connections().into())),
+        );
+        self.gauge(
+            "lb_origin_enabled",
+            "1 when the origin is enabled in the config.",
+            status
+                .origins
+                .iter()
+                .map(|o| (health_labels(o), o.enabled.into())),
+        );
+        self.gauge(
+            "lb_origin_weight",
+            "The origin's configured weight (0 to 1).",
+            status
+                .origins
+                .iter()
+                .map(|o| (health_labels(o), Val::F(o.weight))),
+        );
+    }
+
+    /// `lb_pool_*`: each pool's health and the origin counts it is decided by.
+    fn pools(&mut self, status: &Status) {
+        self.gauge(
+            "lb_pool_healthy",
+            "1 while the pool is enabled and has at least minimum_origins healthy origins.",
+            status
+                .pools
+                .iter()
+                .map(|p| (pool_labels(p), p.healthy.into())),
+        );
+        self.gauge(
+            "lb_pool_healthy_origins",
+            "Enabled origins of the pool that are healthy.",
+            status.pools.iter().map(|p| {
+                (
+                    pool_labels(p),
+                    Val::U(u64::try_from(p.healthy_origins).unwrap_or(u64::MAX)),
+                )
+            }),
+        );
+        self.gauge(
+            "lb_pool_minimum_origins",
+            "Healthy origins the pool needs to be healthy.",
+            status
+                .pools
+                .iter()
+                .map(|p| (pool_labels(p), Val::U(u64::from(p.minimum_origins)))),
+        );
+    }
+
+    /// `lb_origin_probe_rtt_seconds`.
+    fn probe_rtts(&mut self, rtt: &RttHistograms) {
+        self.push(
+            "lb_origin_probe_rtt_seconds",
+            "Round trip time of successful health probes, per origin.",
+            Samples::Histogram(
+                rtt.series
+                    .iter()
+                    .flat_map(|(pool, origins)| {
+                        origins.iter().map(move |(origin, h)| {
+                            (l([("pool", pool), ("origin", origin)]), h.clone())
+                        })
+                    })
+                    .collect(),
+            ),
+        );
+    }
+
+    /// `lb_dataplane_events_total` and the SYN flood gauges.
+    fn dataplane(&mut self, stats: &Stats) {
+        self.counter(
             "lb_dataplane_events",
             "Data path events by reason (drops, passes, forwards, ...), from the EVENTS map.",
             stats.events.iter().map(|(e, n)| (l([("event", e)]), *n)),
         );
         let sf = &stats.syn_flood;
-        out.gauge(
+        self.gauge(
             "lb_handshakes_in_flight",
             "TCP handshakes started and not finished over the SYN timeout (the SYN-cookie trigger).",
             [(vec![], Val::U(sf.handshakes_in_flight))],
         );
-        out.gauge(
+        self.gauge(
             "lb_syn_cookies_active",
             "1 while SYNs are being answered with SYN cookies (one sent in the last 2 s).",
             [(vec![], sf.cookies_active.into())],
         );
         if let Some(b) = sf.syn_budget {
-            out.gauge(
+            self.gauge(
                 "lb_syn_budget",
                 "Handshakes in flight at which SYNs get cookies (0: always).",
                 [(vec![], Val::U(u64::from(b)))],
             );
         }
     }
-    if let Some(f) = input.flow_table {
-        out.gauge(
+
+    /// `lb_flow_table_entries` and `_capacity`.
+    fn flow_table(&mut self, f: FlowTableFill) {
+        self.gauge(
             "lb_flow_table_entries",
             "Entries in the flow table.",
             [(vec![], Val::U(f.entries))],
         );
-        out.gauge(
+        self.gauge(
             "lb_flow_table_capacity",
             "Entries the flow table can hold.",
             [(vec![], Val::U(f.capacity))],
         );
     }
-    if let Some([sent, failed, dropped, retried]) = input.notifications {
-        out.counter(
+
+    /// `lb_notifications_total`: sent, failed, dropped, retried.
+    fn notifications(&mut self, [sent, failed, dropped, retried]: [u64; 4]) {
+        self.counter(
             "lb_notifications",
             "Health notifications by result: sent, failed (gave up), dropped (queue full), retried (attempts after the first).",
             [
@@ -499,7 +545,6 @@ fn families(input: &MetricsInput<'_>) -> Families {
             .map(|(r, n)| (l([("result", r)]), n)),
         );
     }
-    out
 }
 
 #[cfg(test)]

@@ -30,13 +30,13 @@ use crate::{
     dataplane::Maps,
     health::HealthTable,
     maglev, plan,
-    writer::{GeoPrefix, MapWriter},
+    writer::{GeoPrefix, MapWriter, WriteError},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("writing map {map}: {reason}")]
-    Map { map: &'static str, reason: String },
+    #[error(transparent)]
+    Map(#[from] WriteError),
     #[error("out of {what} ids: {needed} needed, {max} available")]
     Capacity {
         what: &'static str,
@@ -98,29 +98,42 @@ pub struct Current {
 /// the ids they had, so a VIP that moves to another pool moves to another ring with one write
 /// instead of having its live ring rewritten under it.
 pub fn assign(want: &Plan, cur: &Current, prev: &Assignment) -> Result<Assignment> {
-    let mut a = Assignment::default();
-    // VIPs: by key.
+    Ok(Assignment {
+        vips: assign_vips(want, cur)?,
+        rings: assign_rings(want, cur, prev)?,
+        origins: assign_origins(want, cur)?,
+    })
+}
+
+/// VIP ids: by key.
+fn assign_vips(want: &Plan, cur: &Current) -> Result<HashMap<VipKey, u32>> {
+    let mut vips = HashMap::new();
     let mut taken = HashSet::new();
     for key in want.vips.iter().map(|v| &v.key) {
         if let Some(m) = cur.vips.get(key) {
-            a.vips.insert(*key, m.vip_id);
+            vips.insert(*key, m.vip_id);
             taken.insert(m.vip_id);
         }
     }
     let used: HashSet<u32> = HashSet::new();
     for key in want.vips.iter().map(|v| &v.key) {
-        if !a.vips.contains_key(key) {
+        if !vips.contains_key(key) {
             let id = free_id(&used, &taken, MAX_VIPS).ok_or(ReconcileError::Capacity {
                 what: "VIP",
                 needed: want.vips.len(),
                 max: MAX_VIPS,
             })?;
             taken.insert(id);
-            a.vips.insert(*key, id);
+            vips.insert(*key, id);
         }
     }
-    // Rings: a kept VIP keeps its ring id for its (possibly new) ring key; new ring keys get
-    // ids no live VIP entry points at, so no ring in use is overwritten.
+    Ok(vips)
+}
+
+/// Ring ids: a kept VIP keeps its ring id for its (possibly new) ring key; new ring keys get
+/// ids no live VIP entry points at, so no ring in use is overwritten.
+fn assign_rings(want: &Plan, cur: &Current, prev: &Assignment) -> Result<HashMap<RingKey, u32>> {
+    let mut rings = HashMap::new();
     let in_use: HashSet<u32> = cur
         .vips
         .iter()
@@ -130,7 +143,7 @@ pub fn assign(want: &Plan, cur: &Current, prev: &Assignment) -> Result<Assignmen
     let mut taken = HashSet::new();
     for ring in want.rings.keys() {
         if let Some(id) = prev.rings.get(ring) {
-            a.rings.insert(ring.clone(), *id);
+            rings.insert(ring.clone(), *id);
             taken.insert(*id);
         }
     }
@@ -142,8 +155,8 @@ pub fn assign(want: &Plan, cur: &Current, prev: &Assignment) -> Result<Assignmen
         .map(|v| (&v.key, &v.ring))
     {
         if let Some(m) = cur.vips.get(key) {
-            if !a.rings.contains_key(ring) && !taken.contains(&m.ring_id) {
-                a.rings.insert(ring.clone(), m.ring_id);
+            if !rings.contains_key(ring) && !taken.contains(&m.ring_id) {
+                rings.insert(ring.clone(), m.ring_id);
                 taken.insert(m.ring_id);
             }
         }
@@ -151,7 +164,7 @@ pub fn assign(want: &Plan, cur: &Current, prev: &Assignment) -> Result<Assignmen
     // Rings no VIP points at directly (geo and random targets): the ring their origins say
     // they belong to in the maps.
     for (ring, plan) in want.rings.iter().filter(|_| prev.rings.is_empty()) {
-        if a.rings.contains_key(ring) {
+        if rings.contains_key(ring) {
             continue;
         }
         let found = cur.origins.values().find(|m| {
@@ -162,22 +175,27 @@ pub fn assign(want: &Plan, cur: &Current, prev: &Assignment) -> Result<Assignmen
                 && m.ring_id < MAX_RINGS
         });
         if let Some(m) = found {
-            a.rings.insert(ring.clone(), m.ring_id);
+            rings.insert(ring.clone(), m.ring_id);
             taken.insert(m.ring_id);
         }
     }
     for ring in want.rings.keys() {
-        if !a.rings.contains_key(ring) {
+        if !rings.contains_key(ring) {
             let id = free_id(&in_use, &taken, MAX_RINGS).ok_or(ReconcileError::Capacity {
                 what: "ring",
                 needed: want.rings.len(),
                 max: MAX_RINGS,
             })?;
             taken.insert(id);
-            a.rings.insert(ring.clone(), id);
+            rings.insert(ring.clone(), id);
         }
     }
-    // Origins: by (address, port), first match wins.
+    Ok(rings)
+}
+
+/// Origin ids: by (address, port), first match wins.
+fn assign_origins(want: &Plan, cur: &Current) -> Result<HashMap<OriginKey, u32>> {
+    let mut origins = HashMap::new();
     let mut by_addr: HashMap<([u8; 16], u16), Vec<u32>> = HashMap::new();
     for (id, m) in &cur.origins {
         if m.flags & ORIGIN_F_PRESENT != 0 {
@@ -194,29 +212,29 @@ pub fn assign(want: &Plan, cur: &Current, prev: &Assignment) -> Result<Assignmen
         .collect();
     for k in &all {
         let addr_key = (v4_mapped(k.addr.octets()), k.port.to_be());
-        if a.origins.contains_key(*k) {
+        if origins.contains_key(*k) {
             continue;
         }
         if let Some(ids) = by_addr.get_mut(&addr_key) {
             if let Some(pos) = ids.iter().position(|i| !taken.contains(i)) {
                 let id = ids.remove(pos);
                 taken.insert(id);
-                a.origins.insert((*k).clone(), id);
+                origins.insert((*k).clone(), id);
             }
         }
     }
     for k in &all {
-        if !a.origins.contains_key(*k) {
+        if !origins.contains_key(*k) {
             let id = free_id(&present, &taken, MAX_ORIGINS).ok_or(ReconcileError::Capacity {
                 what: "origin",
                 needed: all.len(),
                 max: MAX_ORIGINS,
             })?;
             taken.insert(id);
-            a.origins.insert((*k).clone(), id);
+            origins.insert((*k).clone(), id);
         }
     }
-    Ok(a)
+    Ok(origins)
 }
 
 /// The slots of one ring: Maglev over the members with positive weight, as origin ids.
@@ -396,7 +414,8 @@ impl<M: MapWriter> Reconciler<M> {
     }
 
     /// Makes the maps hold `want`, writing only differences; on success `want` becomes
-    /// `plan()`.
+    /// `plan()`. The steps run in the module's write order: settings, origins, rings, geo
+    /// plans and pool tables, VIPs, then the removal of what is stale.
     pub fn write(&mut self, mut want: Plan) -> Result<ApplyReport> {
         let start = Instant::now();
         // New settings (a SNAT address, say) may route differently: cached next hops go.
@@ -414,95 +433,115 @@ impl<M: MapWriter> Reconciler<M> {
             self.maps.write_settings(want.settings)?;
             self.settings = Some(want.settings);
         }
+        let wanted_origins = origin_metas(&want, &a);
+        self.write_origins(&wanted_origins, &mut r)?;
+        self.write_rings(&want, &a, &mut r)?;
+        let wanted_plan = geo_plans(&want, &a);
+        self.write_geo_plans(&wanted_plan)?;
+        self.write_pool_sels(&want, &a)?;
+        let wanted_vips = vip_entries(&want, &a);
+        self.write_vips(&wanted_vips, &mut r)?;
+        self.remove_stale(&wanted_vips, &wanted_plan, &wanted_origins, &mut r)?;
 
-        // 1. Origins (new ones start with zeroed counters), with their ring and weight.
-        let mut place: HashMap<&OriginKey, (u32, u32)> = HashMap::new();
-        for (key, plan) in &want.rings {
-            for (k, w) in &plan.members {
-                place.insert(k, (a.rings[key], scaled(*w)));
-            }
-        }
-        let mut wanted_origins = HashSet::new();
-        for (k, id) in &a.origins {
-            wanted_origins.insert(*id);
-            let (ring_id, weight) = place.get(k).copied().unwrap_or((NO_RING, 0));
-            let meta = OriginMeta {
-                addr: v4_mapped(k.addr.octets()),
-                port: k.port.to_be(),
-                _pad: 0,
-                flags: ORIGIN_F_PRESENT,
-                ring_id,
-                weight,
-            };
+        self.assignment = a;
+        self.plan = Arc::new(want);
+        r.elapsed = start.elapsed();
+        Ok(r)
+    }
+
+    /// Step 1: origins (new ones start with zeroed counters), with their ring and weight.
+    fn write_origins(
+        &mut self,
+        want: &HashMap<u32, OriginMeta>,
+        r: &mut ApplyReport,
+    ) -> Result<()> {
+        for (id, meta) in want {
             let cur = self.current.origins.get(id);
-            if cur != Some(&meta) {
+            if cur != Some(meta) {
                 // A new origin, or another one than before under this id: fresh counters.
                 if cur.is_none_or(|c| c.addr != meta.addr || c.port != meta.port) {
                     self.maps.reset_origin_counters(*id)?;
                 }
-                self.maps.write_origin(*id, meta)?;
-                self.current.origins.insert(*id, meta);
+                self.maps.write_origin(*id, *meta)?;
+                self.current.origins.insert(*id, *meta);
                 r.origins_written += 1;
             }
         }
+        Ok(())
+    }
 
-        // 2. Ring slots that changed (rings whose inputs changed), and each ring's steering.
+    /// Step 2: ring slots that changed (rings whose inputs changed), and each ring's
+    /// steering.
+    fn write_rings(&mut self, want: &Plan, a: &Assignment, r: &mut ApplyReport) -> Result<()> {
         for (key, plan) in &want.rings {
             let id = a.rings[key];
-            let input: RingInput = plan
-                .members
-                .iter()
-                .map(|(k, w)| (k.addr, k.port, *w, a.origins[k]))
-                .collect();
-            if self.ring_inputs.get(&id) != Some(&input) {
-                let t = Instant::now();
-                let slots = ring_slots(&plan.members, &a.origins);
-                r.compute += t.elapsed();
-                r.rings_rebuilt += 1;
-                let t = Instant::now();
-                let base = id * MAGLEV_M;
-                let old = std::mem::take(self.ring(id)?);
-                for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
-                    if new != old {
-                        #[expect(clippy::cast_possible_truncation, reason = "i < MAGLEV_M")]
-                        let slot = base + i as u32;
-                        if let Err(e) = self.maps.write_ring_slot(slot, *new) {
-                            // What the ring holds is unknown now: read it again next time.
-                            self.rings.remove(&id);
-                            self.ring_inputs.remove(&id);
-                            return Err(e);
-                        }
-                        r.slots_written += 1;
-                    }
-                }
-                self.rings.insert(id, slots);
-                self.ring_inputs.insert(id, input);
-                r.ring_writes += t.elapsed();
-            }
+            self.write_ring_slots(id, plan, &a.origins, r)?;
             let meta = ring_meta(plan, &a.origins);
             if self.ring_meta.get(&id) != Some(&meta) {
                 self.maps.write_ring_meta(id, meta)?;
                 self.ring_meta.insert(id, meta);
             }
         }
+        Ok(())
+    }
 
-        // 3. Geo plans and random pool tables, before the VIPs that use them.
-        let mut wanted_plan: HashMap<GeoPlanKey, u32> = HashMap::new();
-        for v in &want.vips {
-            for (geo_id, ring) in &v.geo {
-                let k = GeoPlanKey {
-                    vip_id: a.vips[&v.key],
-                    geo_id: *geo_id,
-                };
-                wanted_plan.insert(k, a.rings[ring]);
+    /// Rebuilds ring `id`'s Maglev table when its members, weights or member ids changed,
+    /// and writes the slots that differ.
+    fn write_ring_slots(
+        &mut self,
+        id: u32,
+        plan: &RingPlan,
+        origins: &HashMap<OriginKey, u32>,
+        r: &mut ApplyReport,
+    ) -> Result<()> {
+        let input: RingInput = plan
+            .members
+            .iter()
+            .map(|(k, w)| (k.addr, k.port, *w, origins[k]))
+            .collect();
+        if self.ring_inputs.get(&id) == Some(&input) {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let slots = ring_slots(&plan.members, origins);
+        r.compute += t.elapsed();
+        r.rings_rebuilt += 1;
+        let t = Instant::now();
+        let base = id * MAGLEV_M;
+        let old = std::mem::take(self.ring(id)?);
+        for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
+            if new != old {
+                #[expect(clippy::cast_possible_truncation, reason = "i < MAGLEV_M")]
+                let slot = base + i as u32;
+                if let Err(e) = self.maps.write_ring_slot(slot, *new) {
+                    // What the ring holds is unknown now: read it again next time.
+                    self.rings.remove(&id);
+                    self.ring_inputs.remove(&id);
+                    return Err(e.into());
+                }
+                r.slots_written += 1;
             }
         }
-        for (k, ring) in &wanted_plan {
+        self.rings.insert(id, slots);
+        self.ring_inputs.insert(id, input);
+        r.ring_writes += t.elapsed();
+        Ok(())
+    }
+
+    /// Step 3a: geo plan entries that changed, before the VIPs that use them.
+    fn write_geo_plans(&mut self, want: &HashMap<GeoPlanKey, u32>) -> Result<()> {
+        for (k, ring) in want {
             if self.geo_plan.get(k) != Some(ring) {
                 self.maps.write_geo_plan(*k, *ring)?;
                 self.geo_plan.insert(*k, *ring);
             }
         }
+        Ok(())
+    }
+
+    /// Step 3b: the `POOL_SEL` tables of `random` VIPs whose pools, weights or ring ids
+    /// changed, before the VIPs that use them.
+    fn write_pool_sels(&mut self, want: &Plan, a: &Assignment) -> Result<()> {
         for v in want.vips.iter().filter(|v| v.flags & VIP_F_RANDOM != 0) {
             let vip_id = a.vips[&v.key];
             let input: PoolSelInput = v
@@ -522,34 +561,20 @@ impl<M: MapWriter> Reconciler<M> {
                     if let Err(e) = self.maps.write_pool_sel_slot(slot, *new) {
                         self.pool_sel.remove(&vip_id);
                         self.pool_sel_inputs.remove(&vip_id);
-                        return Err(e);
+                        return Err(e.into());
                     }
                 }
             }
             self.pool_sel.insert(vip_id, slots);
             self.pool_sel_inputs.insert(vip_id, input);
         }
+        Ok(())
+    }
 
-        // 4. VIPs (and address markers) pointing at their rings.
-        let mut wanted_vips: HashMap<VipKey, VipMeta> = HashMap::new();
-        for v in &want.vips {
-            let meta = VipMeta {
-                vip_id: a.vips[&v.key],
-                ring_id: a.rings[&v.ring],
-                flags: v.flags,
-                affinity_ttl: v.affinity_ttl,
-            };
-            wanted_vips.insert(v.key, meta);
-            wanted_vips
-                .entry(vip_addr_marker(v.key.addr))
-                .or_insert(VipMeta {
-                    vip_id: u32::MAX,
-                    ring_id: u32::MAX,
-                    flags: 0,
-                    affinity_ttl: 0,
-                });
-        }
-        for (key, meta) in &wanted_vips {
+    /// Step 4: VIPs (and address markers) pointing at their rings; a new VIP starts with
+    /// zeroed counters.
+    fn write_vips(&mut self, want: &HashMap<VipKey, VipMeta>, r: &mut ApplyReport) -> Result<()> {
+        for (key, meta) in want {
             if self.current.vips.get(key) != Some(meta) {
                 if !self.current.vips.contains_key(key) && key.port != 0 {
                     self.maps.reset_vip_counters(meta.vip_id)?;
@@ -559,13 +584,23 @@ impl<M: MapWriter> Reconciler<M> {
                 r.vips_written += 1;
             }
         }
+        Ok(())
+    }
 
-        // 5. Removals: VIPs first (nothing points at stale plans, rings or origins afterwards).
+    /// Step 5: removals, VIPs first (nothing points at stale plans, rings or origins
+    /// afterwards), then geo plan entries, then origins.
+    fn remove_stale(
+        &mut self,
+        vips: &HashMap<VipKey, VipMeta>,
+        geo_plans: &HashMap<GeoPlanKey, u32>,
+        origins: &HashMap<u32, OriginMeta>,
+        r: &mut ApplyReport,
+    ) -> Result<()> {
         let stale: Vec<VipKey> = self
             .current
             .vips
             .keys()
-            .filter(|k| !wanted_vips.contains_key(k))
+            .filter(|k| !vips.contains_key(k))
             .copied()
             .collect();
         for k in stale {
@@ -577,7 +612,7 @@ impl<M: MapWriter> Reconciler<M> {
         let stale: Vec<GeoPlanKey> = self
             .geo_plan
             .keys()
-            .filter(|k| !wanted_plan.contains_key(k))
+            .filter(|k| !geo_plans.contains_key(k))
             .copied()
             .collect();
         for k in stale {
@@ -588,7 +623,7 @@ impl<M: MapWriter> Reconciler<M> {
             .current
             .origins
             .keys()
-            .filter(|id| !wanted_origins.contains(id))
+            .filter(|id| !origins.contains_key(id))
             .copied()
             .collect();
         for id in stale {
@@ -597,10 +632,7 @@ impl<M: MapWriter> Reconciler<M> {
             self.current.origins.remove(&id);
             r.origins_removed += 1;
         }
-        self.assignment = a;
-        self.plan = Arc::new(want);
-        r.elapsed = start.elapsed();
-        Ok(r)
+        Ok(())
     }
 
     /// A VIP's `POOL_SEL` slots as last written or read.
@@ -649,6 +681,70 @@ impl<M: MapWriter> Reconciler<M> {
         self.geo_applied = Some(geo.clone());
         Ok(())
     }
+}
+
+/// The `ORIGINS` entries `want` asks for, by origin id: each origin present, with the ring
+/// it is a member of and its Maglev weight (an origin of several rings takes the last one's,
+/// in ring key order).
+fn origin_metas(want: &Plan, a: &Assignment) -> HashMap<u32, OriginMeta> {
+    let mut place: HashMap<&OriginKey, (u32, u32)> = HashMap::new();
+    for (key, plan) in &want.rings {
+        for (k, w) in &plan.members {
+            place.insert(k, (a.rings[key], scaled(*w)));
+        }
+    }
+    a.origins
+        .iter()
+        .map(|(k, id)| {
+            let (ring_id, weight) = place.get(k).copied().unwrap_or((NO_RING, 0));
+            let meta = OriginMeta {
+                addr: v4_mapped(k.addr.octets()),
+                port: k.port.to_be(),
+                _pad: 0,
+                flags: ORIGIN_F_PRESENT,
+                ring_id,
+                weight,
+            };
+            (*id, meta)
+        })
+        .collect()
+}
+
+/// The `GEO_PLAN` entries `want` asks for: (VIP id, client location) -> ring id.
+fn geo_plans(want: &Plan, a: &Assignment) -> HashMap<GeoPlanKey, u32> {
+    let mut out = HashMap::new();
+    for v in &want.vips {
+        for (geo_id, ring) in &v.geo {
+            let k = GeoPlanKey {
+                vip_id: a.vips[&v.key],
+                geo_id: *geo_id,
+            };
+            out.insert(k, a.rings[ring]);
+        }
+    }
+    out
+}
+
+/// The `VIPS` entries `want` asks for: each VIP pointing at its ring, and one address
+/// marker (`vip_addr_marker`, ids `u32::MAX`) per VIP address.
+fn vip_entries(want: &Plan, a: &Assignment) -> HashMap<VipKey, VipMeta> {
+    let mut out = HashMap::new();
+    for v in &want.vips {
+        let meta = VipMeta {
+            vip_id: a.vips[&v.key],
+            ring_id: a.rings[&v.ring],
+            flags: v.flags,
+            affinity_ttl: v.affinity_ttl,
+        };
+        out.insert(v.key, meta);
+        out.entry(vip_addr_marker(v.key.addr)).or_insert(VipMeta {
+            vip_id: u32::MAX,
+            ring_id: u32::MAX,
+            flags: 0,
+            affinity_ttl: 0,
+        });
+    }
+    out
 }
 
 /// Equal geo data; the database's prefixes compared by identity (they are loaded once per
@@ -835,6 +931,42 @@ default_pools = ["b"]
         }
         assert_eq!(assign(&d, &cur, &Assignment::default()).unwrap(), first);
         assert_eq!(assign(&d, &cur, &first).unwrap(), first);
+    }
+
+    #[test]
+    fn vip_entries_have_one_address_marker_per_address() {
+        let d = plan::plan(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
+        let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
+        let e = vip_entries(&d, &a);
+        assert_eq!(e.len(), 3, "x, y and one marker for their address: {e:?}");
+        let marker = e[&vip_addr_marker(d.vips[0].key.addr)];
+        assert_eq!((marker.vip_id, marker.ring_id), (u32::MAX, u32::MAX));
+        for v in &d.vips {
+            assert_eq!(e[&v.key].vip_id, a.vips[&v.key]);
+            assert_eq!(e[&v.key].ring_id, a.rings[&v.ring]);
+        }
+    }
+
+    #[test]
+    fn origin_entries_keep_drained_origins_present_with_weight_zero() {
+        let d = plan::plan(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
+        let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
+        let m = origin_metas(&d, &a);
+        assert_eq!(m.len(), a.origins.len(), "one entry per origin id");
+        let ring_y = &d.vips[1].ring;
+        for (k, _) in &d.rings[ring_y].members {
+            let e = m[&a.origins[k]];
+            assert_eq!(e.flags, ORIGIN_F_PRESENT);
+            assert_eq!(
+                (e.addr, e.port),
+                (v4_mapped(k.addr.octets()), k.port.to_be())
+            );
+            assert_eq!(
+                (e.ring_id, e.weight),
+                (a.rings[ring_y], 0),
+                "drained: no weight"
+            );
+        }
     }
 
     #[test]

@@ -9,9 +9,18 @@ use lb_common::{
     MAGLEV_M, MAX_ORIGINS, MAX_RINGS, POOL_SEL_M,
 };
 
-use crate::{dataplane::Maps, reconcile::ReconcileError};
+use crate::dataplane::Maps;
 
-type Result<T> = std::result::Result<T, ReconcileError>;
+/// A map read or write that failed. The writer owns it, so that the reconciler (which wraps
+/// it in `ReconcileError::Map`) depends on the writer and not the other way round.
+#[derive(Debug, thiserror::Error)]
+#[error("writing map {map}: {reason}")]
+pub struct WriteError {
+    pub map: &'static str,
+    pub reason: String,
+}
+
+type Result<T> = std::result::Result<T, WriteError>;
 
 /// A geo trie key: prefix length and address (IPv4-mapped).
 pub type GeoPrefix = (u32, [u8; 16]);
@@ -55,8 +64,8 @@ pub trait MapWriter {
     fn remove_local_addr(&mut self, a: &[u8; 16]) -> Result<()>;
 }
 
-fn werr(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReconcileError {
-    move |e| ReconcileError::Map {
+fn werr(map: &'static str) -> impl Fn(aya::maps::MapError) -> WriteError {
+    move |e| WriteError {
         map,
         reason: e.to_string(),
     }
@@ -64,7 +73,7 @@ fn werr(map: &'static str) -> impl Fn(aya::maps::MapError) -> ReconcileError {
 
 /// All-zero per-CPU counters, to reset the stats slot of a newly assigned id.
 fn zero_counters(map: &'static str) -> Result<aya::maps::PerCpuValues<Counters>> {
-    let err = |reason: String| ReconcileError::Map { map, reason };
+    let err = |reason: String| WriteError { map, reason };
     let n = aya::util::nr_cpus().map_err(|(_, e)| err(e.to_string()))?;
     aya::maps::PerCpuValues::try_from(vec![Counters::default(); n]).map_err(|e| err(e.to_string()))
 }
@@ -269,7 +278,7 @@ impl MapWriter for MemMaps {
 
     fn read_origin(&self, id: u32) -> Result<OriginMeta> {
         if id >= MAX_ORIGINS {
-            return Err(ReconcileError::Map {
+            return Err(WriteError {
                 map: "ORIGINS",
                 reason: format!("index {id} out of bounds"),
             });
@@ -283,7 +292,7 @@ impl MapWriter for MemMaps {
 
     fn read_ring_meta(&self, id: u32) -> Result<RingMeta> {
         if id >= MAX_RINGS {
-            return Err(ReconcileError::Map {
+            return Err(WriteError {
                 map: "RING_META",
                 reason: format!("index {id} out of bounds"),
             });
@@ -414,7 +423,7 @@ impl MapWriter for MemMaps {
 
     fn write_local_addr(&mut self, a: [u8; 16]) -> Result<()> {
         if self.local_addrs.len() >= lb_common::MAX_LOCAL_ADDRS as usize {
-            return Err(ReconcileError::Map {
+            return Err(WriteError {
                 map: "LOCAL_ADDRS",
                 reason: "map full".into(),
             });
