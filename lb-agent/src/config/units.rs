@@ -25,9 +25,10 @@ impl Weight {
     pub(super) fn check(v: f64, field: &str, why: &str, errors: &mut FieldErrors) -> Option<Self> {
         let w = Self::new(v);
         if w.is_none() {
-            errors.push(
+            errors.invalid(
                 field,
-                format!("{v} is out of range; use a number between 0 and 1{why}"),
+                format!("{v} is out of range"),
+                format!("use a number between 0 and 1{why}"),
             );
         }
         w
@@ -54,9 +55,11 @@ impl Seconds {
     pub(super) fn check(v: f64, field: &str, errors: &mut FieldErrors) -> Option<Self> {
         let s = Self::new(v);
         if s.is_none() {
-            errors.push(field, format!(
-                "{v} is out of range; use seconds between {MIN_PROBE_SECS} and {MAX_PROBE_SECS} (fractions allowed, e.g. 0.25)"
-            ));
+            errors.invalid(
+                field,
+                format!("{v} is out of range"),
+                format!("use seconds between {MIN_PROBE_SECS} and {MAX_PROBE_SECS} (fractions allowed, e.g. 0.25)"),
+            );
         }
         s
     }
