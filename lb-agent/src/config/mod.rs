@@ -239,7 +239,7 @@ mod tests {
         assert!(c.dataplane.answer_ping, "pings are answered by default");
         assert!(!c.dataplane.route_other, "no open router by default");
         let b = &c.pools[0].origins[1];
-        assert_eq!((b.weight, b.enabled, b.port), (1.0, true, None));
+        assert_eq!((b.weight.get(), b.enabled, b.port), (1.0, true, None));
         assert_eq!(c.load_balancers[0].origin_port, 80);
     }
 

@@ -11,6 +11,9 @@ use super::defaults::{MAX_PROBE_SECS, MIN_PROBE_SECS};
 pub struct Weight(f64);
 
 impl Weight {
+    /// The full weight, every weight's default.
+    pub const ONE: Self = Self(1.0);
+
     /// `v` if it is a finite number between 0 and 1.
     pub fn new(v: f64) -> Option<Self> {
         (v.is_finite() && (0.0..=1.0).contains(&v)).then_some(Self(v))

@@ -279,22 +279,23 @@ fn geo_pools(
     (region_pools, country_pools)
 }
 
-/// `random_steering`: per-pool weights (on default pools only) and the default weight.
+/// `random_steering`: per-pool weights (on default pools only) and the default weight. A
+/// weight out of range is left out (or 1 for the default) after its error.
 fn random_steering(
     f: &str,
     l: &RawLoadBalancer,
     errors: &mut FieldErrors,
-) -> (BTreeMap<String, f64>, f64) {
+) -> (BTreeMap<String, Weight>, Weight) {
     let rs = l.random_steering.as_ref();
-    let default_weight = rs.map_or(1.0, |r| r.default_weight);
-    Weight::check(
-        default_weight,
+    let default_weight = Weight::check(
+        rs.map_or(1.0, |r| r.default_weight),
         &format!("{f}.random_steering.default_weight"),
         "",
         errors,
-    );
-    let pool_weights = rs.map(|r| r.pool_weights.clone()).unwrap_or_default();
-    for (name, w) in &pool_weights {
+    )
+    .unwrap_or(Weight::ONE);
+    let mut pool_weights = BTreeMap::new();
+    for (name, w) in rs.iter().flat_map(|r| &r.pool_weights) {
         let field = format!("{f}.random_steering.pool_weights.{name}");
         if !l.default_pools.contains(name) {
             errors.invalid(
@@ -303,7 +304,9 @@ fn random_steering(
                 "random steering spreads over default_pools: add it there or remove its weight",
             );
         }
-        Weight::check(*w, &field, " (0 sends no new connections there)", errors);
+        if let Some(w) = Weight::check(*w, &field, " (0 sends no new connections there)", errors) {
+            pool_weights.insert(name.clone(), w);
+        }
     }
     (pool_weights, default_weight)
 }

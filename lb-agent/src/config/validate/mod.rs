@@ -339,8 +339,8 @@ mod tests {
         assert_eq!(lb.country_pools[b"JP"], vec!["us"]);
         assert_eq!(lb.pop_pools["LAX"], vec!["us"]);
         assert_eq!(lb.affinity_ttl, Some(600));
-        assert_eq!(lb.pool_weights["eu"], 0.2);
-        assert_eq!(lb.default_weight, 0.5);
+        assert_eq!(lb.pool_weights["eu"].get(), 0.2);
+        assert_eq!(lb.default_weight.get(), 0.5);
         let www = c
             .load_balancers
             .iter()

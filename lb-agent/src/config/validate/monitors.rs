@@ -89,9 +89,9 @@ fn monitor(
         port: port?,
         path,
         header,
-        timeout: timeout?.get(),
+        timeout: timeout?,
         retries: m.retries,
-        interval: interval?.get(),
+        interval: interval?,
         expected_codes: expected_codes?,
         expected_body: m.expected_body.clone().unwrap_or_default(),
         follow_redirects: m.follow_redirects,
@@ -289,8 +289,8 @@ mod tests {
         assert_eq!(m.kind, MonitorKind::Http);
         assert_eq!(m.method, HttpMethod::Get);
         assert_eq!((m.port, m.path.as_str(), m.retries), (0, "/", 2));
-        assert_eq!(m.timeout, std::time::Duration::from_secs(5));
-        assert_eq!(m.interval, std::time::Duration::from_secs(60));
+        assert_eq!(m.timeout.get(), std::time::Duration::from_secs(5));
+        assert_eq!(m.interval.get(), std::time::Duration::from_secs(60));
         assert_eq!(m.expected_codes.to_string(), "200");
         assert!(!m.follow_redirects && !m.allow_insecure && m.expected_body.is_empty());
     }
@@ -311,7 +311,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            c.monitors[0].interval,
+            c.monitors[0].interval.get(),
             std::time::Duration::from_millis(250)
         );
     }

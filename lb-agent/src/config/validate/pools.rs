@@ -144,7 +144,7 @@ fn origins(f: &str, raw: &[RawOrigin], errors: &mut FieldErrors) -> Vec<Origin> 
                 name: o.name.clone(),
                 address,
                 port,
-                weight: weight.get(),
+                weight,
                 enabled: o.enabled,
             });
         }
