@@ -459,7 +459,7 @@ async fn next_hop_change(w: Option<&mut NetWatch>) -> std::io::Result<usize> {
 fn first_round_deadline(cfg: &Config) -> Duration {
     cfg.monitors
         .iter()
-        .map(|m| m.timeout * (m.retries + 1) + m.start_jitter_max())
+        .map(|m| m.timeout.get() * (m.retries + 1) + m.start_jitter_max())
         .max()
         .unwrap_or_default()
         + Duration::from_millis(200)

@@ -300,7 +300,7 @@ fn pools_and_origins(cfg: &Config, health: &HealthTable) -> (Vec<PoolPlan>, Vec<
                 port: target.as_ref().map_or(ring_port, |t| t.port),
                 target,
                 enabled: o.enabled,
-                weight: o.weight,
+                weight: o.weight.get(),
             });
         }
         let ring_port = pool.origins.first().map_or(0, port_of);

@@ -1,16 +1,18 @@
 //! Why a change asked through the API was refused, without HTTP: a `Reason` and the
 //! problems, each naming its field (`config::FieldError`). The store and the main loop
-//! return a `Refusal`; `api` alone turns reasons into Cloudflare's error codes and HTTP
-//! statuses, and names fields in the API's terms.
+//! return a `Refusal`; `api` alone turns reasons (and, for a config the change would make
+//! invalid, each error's `ErrorKind`) into Cloudflare's error codes and HTTP statuses, and
+//! names fields in the API's terms.
 
 use std::fmt;
 
 use crate::{
-    config::FieldError,
+    config::{ErrorKind, FieldError},
     store::{Kind, Store},
 };
 
-/// What kind of refusal: each is one error code and one HTTP status in the API.
+/// What kind of refusal: each is one error code and one HTTP status in the API, except
+/// `Invalid` from validation, whose errors each carry their own `ErrorKind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// The body is not JSON, not an object, has a value of the wrong type or an unknown field.
@@ -47,25 +49,32 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// One problem about the field at `path` (`""` for none).
-    pub fn new(reason: Reason, path: impl Into<String>, problem: impl Into<String>) -> Self {
+    /// One problem about the field at `path` (`""` for none), and its fix (`""` for none).
+    pub fn new(
+        reason: Reason,
+        path: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        // The API answers with `reason`; the kind only keeps the error honest on its own.
+        let kind = match reason {
+            Reason::MissingReference => ErrorKind::MissingReference,
+            _ => ErrorKind::Invalid,
+        };
         Self {
             reason,
-            errors: vec![FieldError {
-                path: path.into(),
-                problem: problem.into(),
-            }],
+            errors: vec![FieldError::new(kind, path, problem, fix)],
             subject: None,
         }
     }
 
-    /// One problem about no one field.
+    /// One problem about no one field, its fix (if any) in `text`.
     pub fn message(reason: Reason, text: impl Into<String>) -> Self {
-        Self::new(reason, "", text)
+        Self::new(reason, "", text, "")
     }
 
     /// The validation errors of the config that `store` makes, where object `id` of `kind`
-    /// is the one changed.
+    /// is the one changed. Each error's `ErrorKind` says what it is.
     pub fn invalid(kind: Kind, id: String, store: Store, errors: Vec<FieldError>) -> Self {
         Self {
             reason: Reason::Invalid,

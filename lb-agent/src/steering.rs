@@ -228,7 +228,8 @@ pub fn random_pools<'a>(
                 .pool_weights
                 .get(&p.name)
                 .copied()
-                .unwrap_or(lb.default_weight);
+                .unwrap_or(lb.default_weight)
+                .get();
             (p, w)
         })
         .filter(|(_, w)| *w > 0.0)
@@ -251,7 +252,7 @@ pub struct Member {
 /// (no new flows; established ones keep going) so its id stays stable. This is the one
 /// place that rule is decided; the plan's ring weights carry it to the maps.
 pub fn takes_new_connections(origin: &Origin) -> bool {
-    origin.enabled && origin.weight > 0.0
+    origin.enabled && origin.weight.get() > 0.0
 }
 
 /// The members of a pool's ring with their Maglev weights: the enabled, healthy origins with
@@ -290,7 +291,7 @@ pub fn ring_members(
         .iter()
         .map(|o| {
             let w = if chosen.iter().any(|c| std::ptr::eq(*c, o)) {
-                o.weight
+                o.weight.get()
             } else {
                 0.0
             };

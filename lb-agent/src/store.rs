@@ -912,22 +912,24 @@ pub struct Done {
     pub deleted: bool,
 }
 
-fn bad_body(path: impl Into<String>, problem: impl Into<String>) -> Refusal {
-    Refusal::new(Reason::BadBody, path, problem)
+fn bad_body(path: impl Into<String>, problem: impl Into<String>, fix: &str) -> Refusal {
+    Refusal::new(Reason::BadBody, path, problem, fix)
 }
 
 /// The body as an object, without the read-only fields a client may send back (`id` must
 /// match the path's, if given).
 fn body_object(v: Value, id: Option<&str>) -> Result<serde_json::Map<String, Value>, Refusal> {
     let Value::Object(mut m) = v else {
-        return Err(bad_body("body", "expected a JSON object"));
+        return Err(bad_body("body", "expected a JSON object", ""));
     };
     if let Some(given) = m.remove("id") {
         if let (Some(id), Some(given)) = (id, given.as_str()) {
             if given != id {
-                return Err(bad_body("id", format!(
-                    "\"{given}\" differs from the id in the path, \"{id}\"; leave it out or send the same"
-                )));
+                return Err(bad_body(
+                    "id",
+                    format!("\"{given}\" differs from the id in the path, \"{id}\""),
+                    "leave it out or send the same",
+                ));
             }
         }
     }
@@ -943,9 +945,9 @@ fn typed<T: serde::de::DeserializeOwned>(m: serde_json::Map<String, Value>) -> R
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         if path == "." {
-            bad_body("body", inner)
+            bad_body("body", inner, "")
         } else {
-            bad_body(path, inner)
+            bad_body(path, inner, "")
         }
     })
 }
@@ -961,10 +963,8 @@ fn missing_ref(field: &str, kind: Kind, id: &str) -> Refusal {
     Refusal::new(
         Reason::MissingReference,
         field,
-        format!(
-            "no {} has id \"{id}\"; create it first or use the id of an existing one",
-            kind.singular()
-        ),
+        format!("no {} has id \"{id}\"", kind.singular()),
+        "create it first or use the id of an existing one",
     )
 }
 

@@ -1,9 +1,10 @@
 //! The API's errors: Cloudflare's error codes, the HTTP status of each, and a refused
 //! change (`refusal::Refusal`) in the API's terms. The only place that knows HTTP statuses
-//! and error codes; the store, validation and the main loop return reasons.
+//! and error codes; the store and the main loop return reasons, validation returns errors
+//! of a kind (`config::ErrorKind`).
 
 use crate::{
-    config::FieldError,
+    config::{ErrorKind, FieldError},
     refusal::{Reason, Refusal},
     store::{relabel, Store},
 };
@@ -59,21 +60,37 @@ pub fn status_and_code(reason: Reason) -> (u16, u32) {
     }
 }
 
+/// The HTTP status and error code of each kind of validation error.
+pub fn kind_status_and_code(kind: ErrorKind) -> (u16, u32) {
+    match kind {
+        ErrorKind::Invalid => (400, code::INVALID),
+        ErrorKind::MissingReference => (400, code::MISSING_REFERENCE),
+        // Cloudflare has no code of its own for a duplicate name or address: it is a value
+        // the rules refuse, as it has always been answered here.
+        ErrorKind::Conflict => (400, code::INVALID),
+    }
+}
+
+/// A refusal with its reason's status and code; validation errors (a refusal with a
+/// subject) each with their kind's code instead, and the highest of their statuses.
 impl From<Refusal> for Rejection {
     fn from(r: Refusal) -> Self {
-        let (status, code) = status_and_code(r.reason);
-        let errors = r
+        let by_reason = status_and_code(r.reason);
+        let errors: Vec<(u16, u32, String)> = r
             .errors
             .iter()
-            .map(|e| {
-                let m = match &r.subject {
-                    Some(s) => api_message(&s.store, s.kind, &s.id, e),
-                    None => e.to_string(),
-                };
-                (code, m)
+            .map(|e| match &r.subject {
+                Some(s) => {
+                    let (status, code) = kind_status_and_code(e.kind);
+                    (status, code, api_message(&s.store, s.kind, &s.id, e))
+                }
+                None => (by_reason.0, by_reason.1, e.to_string()),
             })
             .collect();
-        Self { status, errors }
+        Self {
+            status: errors.iter().map(|e| e.0).max().unwrap_or(by_reason.0),
+            errors: errors.into_iter().map(|(_, c, m)| (c, m)).collect(),
+        }
     }
 }
 
@@ -95,9 +112,9 @@ fn api_message(store: &Store, kind: crate::store::Kind, id: &str, e: &FieldError
         None => &e.path,
     };
     let text = if path.is_empty() {
-        e.problem.clone()
+        e.text()
     } else {
-        format!("{path}: {}", e.problem)
+        format!("{path}: {}", e.text())
     };
     relabel(&text, |k, i, _| store.label(k, i))
 }
@@ -125,25 +142,29 @@ mod tests {
             web,
             s,
             vec![
-                FieldError {
-                    path: "pools[0].origins[1].weight".into(),
-                    problem: "2 is out of range".into(),
-                },
-                FieldError {
-                    path: "load_balancers[0]".into(),
-                    problem: "10.0.0.10:80 is already the VIP of load_balancers[0]".into(),
-                },
-                FieldError {
-                    path: "pools[0]".into(),
-                    problem: "no origin".into(),
-                },
+                FieldError::new(
+                    ErrorKind::Invalid,
+                    "pools[0].origins[1].weight",
+                    "2 is out of range",
+                    "use a number between 0 and 1",
+                ),
+                FieldError::new(
+                    ErrorKind::Conflict,
+                    "load_balancers[0]",
+                    "10.0.0.10:80 is already the VIP of load_balancers[0]",
+                    "",
+                ),
+                FieldError::new(ErrorKind::Invalid, "pools[0]", "no origin", ""),
             ],
         )
         .into();
         assert_eq!(r.status, 400);
         assert_eq!(
             r.errors[0],
-            (code::INVALID, "origins[1].weight: 2 is out of range".into())
+            (
+                code::INVALID,
+                "origins[1].weight: 2 is out of range; use a number between 0 and 1".into()
+            )
         );
         assert!(
             r.errors[1].1.starts_with("load balancer \"www\" ("),
@@ -165,7 +186,45 @@ mod tests {
         ] {
             assert_eq!(status_and_code(reason), want, "{reason:?}");
         }
-        let r: Rejection = Refusal::new(Reason::BadBody, "id", "differs").into();
-        assert_eq!(r, Rejection::new(400, code::BAD_BODY, "id: differs"));
+        let r: Rejection = Refusal::new(Reason::BadBody, "id", "differs", "send the same").into();
+        assert_eq!(
+            r,
+            Rejection::new(400, code::BAD_BODY, "id: differs; send the same")
+        );
+    }
+
+    #[test]
+    fn each_error_kind_has_its_status_and_code() {
+        for (kind, want) in [
+            (ErrorKind::Invalid, (400, code::INVALID)),
+            (ErrorKind::MissingReference, (400, code::MISSING_REFERENCE)),
+            (ErrorKind::Conflict, (400, code::INVALID)),
+        ] {
+            assert_eq!(kind_status_and_code(kind), want, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_monitor_in_validation_is_a_missing_reference() {
+        let good = "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n\n[[pools]]\nname = \"web\"\norigins = [{ name = \"a\", address = \"10.0.2.2\" }]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n";
+        let parse =
+            |text: &str| RawConfig::parse(text, std::path::Path::new("t.toml")).expect("parses");
+        let mut s = Store::default();
+        s.merge_file(&parse(good), "2026-11-25T20:00:00.000000Z");
+        let web = s.pools[0].id.clone();
+        let bad = good.replace("name = \"web\"\n", "name = \"web\"\nmonitor = \"gone\"\n");
+        let errors = crate::config::validate(parse(&bad)).expect_err("no monitor \"gone\"");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].kind, ErrorKind::MissingReference);
+        let r: Rejection = Refusal::invalid(Kind::Pool, web, s, errors).into();
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.errors,
+            [(
+                code::MISSING_REFERENCE,
+                "monitor: no monitor is named \"gone\"; define it under [[monitors]] or fix the name"
+                    .to_owned()
+            )]
+        );
     }
 }

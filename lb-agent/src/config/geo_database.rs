@@ -4,7 +4,7 @@
 
 use std::{path::Path, sync::Arc};
 
-use super::{types::Geo, FieldError};
+use super::{types::Geo, ErrorKind, FieldError};
 
 impl Geo {
     /// Reads the database's prefixes into `database_prefixes`. A relative `database` is
@@ -28,11 +28,13 @@ impl Geo {
             return Ok(());
         }
         if let Some(db) = &self.database {
-            let prefixes = crate::geo::load_mmdb(db).map_err(|e| FieldError {
-                path: "geo.database".to_owned(),
-                problem: format!(
-                    "{e}; give the path of a MaxMind DB file (GeoLite2-Country.mmdb or one in its format)"
-                ),
+            let prefixes = crate::geo::load_mmdb(db).map_err(|e| {
+                FieldError::new(
+                    ErrorKind::Invalid,
+                    "geo.database",
+                    e.to_string(),
+                    "give the path of a MaxMind DB file (GeoLite2-Country.mmdb or one in its format)",
+                )
             })?;
             self.database_prefixes = Arc::new(prefixes);
         }

@@ -13,7 +13,8 @@
 //! - `validate/`: the driver and one validator per section (dataplane, agent, geo, api,
 //!   monitors, pools, load balancers).
 //! - `geo_database`: reading the `[geo]` database (the one step that does I/O).
-//! - here: loading and parsing (`Config::load`, `parse`, `from_raw`) and `ConfigError`.
+//! - here: loading and parsing (`Config::load`, `parse`, `from_raw`), `ConfigError`, and
+//!   `FieldError` (path, problem, fix and `ErrorKind`), the shape of every validation error.
 //!
 //! Everything is re-exported here, so users name `config::Config`, `config::RawPool`,
 //! `config::DEFAULT_PIN_DIR`, whatever module it lives in.
@@ -55,48 +56,92 @@ pub enum ConfigError {
     },
 }
 
+/// What kind of rule an error breaks; the API derives each error's code from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A value is out of range, malformed, or does not fit the other settings.
+    Invalid,
+    /// The field names a monitor or pool that is not defined.
+    MissingReference,
+    /// Two things claim one name, address or listing (a duplicate name or VIP, a VIP that
+    /// is also the SNAT address or an origin).
+    Conflict,
+}
+
 /// One validation error: the field it is about, in the file's naming
-/// (`pools[1].origins[0].weight`), and the problem with its fix. It shows as
-/// `path: problem`, the line `lb-agent check` prints; the API names the field its own way.
-/// A message about no one field (a file conflict) has an empty path and shows as the
-/// problem alone.
+/// (`pools[1].origins[0].weight`), the problem, the fix (empty when there is none to say)
+/// and the kind of rule broken. It shows as `path: problem; fix`, the line `lb-agent check`
+/// prints; the API names the field its own way. A message about no one field (a file
+/// conflict) has an empty path and shows as `problem; fix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     pub path: String,
     pub problem: String,
+    pub fix: String,
+    pub kind: ErrorKind,
 }
 
 impl FieldError {
-    /// A message about no one field.
-    pub fn message(text: impl Into<String>) -> Self {
+    pub fn new(
+        kind: ErrorKind,
+        path: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
         Self {
-            path: String::new(),
-            problem: text.into(),
+            path: path.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+            kind,
+        }
+    }
+
+    /// An `Invalid` message about no one field, its fix (if any) already in `text`.
+    pub fn message(text: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, "", text, "")
+    }
+
+    /// The problem and its fix, without the path: `problem; fix`.
+    pub fn text(&self) -> String {
+        if self.fix.is_empty() {
+            self.problem.clone()
+        } else {
+            format!("{}; {}", self.problem, self.fix)
         }
     }
 }
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.problem)
-        } else {
-            write!(f, "{}: {}", self.path, self.problem)
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
         }
+        f.write_str(&self.problem)?;
+        if !self.fix.is_empty() {
+            write!(f, "; {}", self.fix)?;
+        }
+        Ok(())
     }
 }
 
 impl std::error::Error for FieldError {}
 
+/// Compares the line as shown (`path: problem; fix`), as tests write it.
 impl PartialEq<&str> for FieldError {
     fn eq(&self, other: &&str) -> bool {
-        if self.path.is_empty() {
-            return self.problem == *other;
+        let rest = if self.path.is_empty() {
+            Some(*other)
+        } else {
+            other
+                .strip_prefix(self.path.as_str())
+                .and_then(|r| r.strip_prefix(": "))
+        };
+        let rest = rest.and_then(|r| r.strip_prefix(self.problem.as_str()));
+        if self.fix.is_empty() {
+            rest == Some("")
+        } else {
+            rest.and_then(|r| r.strip_prefix("; ")) == Some(self.fix.as_str())
         }
-        other
-            .strip_prefix(self.path.as_str())
-            .and_then(|r| r.strip_prefix(": "))
-            == Some(self.problem.as_str())
     }
 }
 
@@ -194,7 +239,7 @@ mod tests {
         assert!(c.dataplane.answer_ping, "pings are answered by default");
         assert!(!c.dataplane.route_other, "no open router by default");
         let b = &c.pools[0].origins[1];
-        assert_eq!((b.weight, b.enabled, b.port), (1.0, true, None));
+        assert_eq!((b.weight.get(), b.enabled, b.port), (1.0, true, None));
         assert_eq!(c.load_balancers[0].origin_port, 80);
     }
 

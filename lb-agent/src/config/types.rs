@@ -1,11 +1,15 @@
 //! The validated, typed config the rest of the agent uses. Built only by `validate`, so
-//! every value here is in range.
+//! every value here is in range; weights and probe timings are `Weight` and `Seconds`, which
+//! cannot hold an out-of-range value at all.
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::PathBuf, sync::Arc};
 
 use crate::geo::{GeoPrefix, Region};
 
-use super::raw::XdpMode;
+use super::{
+    raw::XdpMode,
+    units::{Seconds, Weight},
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -166,9 +170,9 @@ pub struct Monitor {
     pub port: u16,
     pub path: String,
     pub header: Vec<(String, String)>,
-    pub timeout: std::time::Duration,
+    pub timeout: Seconds,
     pub retries: u32,
-    pub interval: std::time::Duration,
+    pub interval: Seconds,
     /// HTTP(S) only.
     pub expected_codes: CodePattern,
     /// Case-insensitive substring of the first 10 KB of the body; empty = any.
@@ -183,7 +187,7 @@ impl Monitor {
     /// The longest delay before a target's first check: checks start spread over up to one
     /// interval (at most 1 s), so they do not fire in lockstep yet health is known soon.
     pub fn start_jitter_max(&self) -> std::time::Duration {
-        self.interval.min(std::time::Duration::from_secs(1))
+        self.interval.get().min(std::time::Duration::from_secs(1))
     }
 }
 
@@ -221,7 +225,7 @@ pub struct Origin {
     pub address: Ipv4Addr,
     /// `None`: the load balancer's `origin_port` (or its `port`).
     pub port: Option<u16>,
-    pub weight: f64,
+    pub weight: Weight,
     pub enabled: bool,
 }
 
@@ -239,8 +243,8 @@ pub struct LoadBalancer {
     pub steering_policy: SteeringPolicy,
     pub enabled: bool,
     /// `random`: pool name -> weight; pools not listed take `default_weight`.
-    pub pool_weights: BTreeMap<String, f64>,
-    pub default_weight: f64,
+    pub pool_weights: BTreeMap<String, Weight>,
+    pub default_weight: Weight,
     pub region_pools: BTreeMap<Region, Vec<String>>,
     /// ISO 3166-1 alpha-2 code -> pools.
     pub country_pools: BTreeMap<[u8; 2], Vec<String>>,

@@ -11,6 +11,9 @@ use super::defaults::{MAX_PROBE_SECS, MIN_PROBE_SECS};
 pub struct Weight(f64);
 
 impl Weight {
+    /// The full weight, every weight's default.
+    pub const ONE: Self = Self(1.0);
+
     /// `v` if it is a finite number between 0 and 1.
     pub fn new(v: f64) -> Option<Self> {
         (v.is_finite() && (0.0..=1.0).contains(&v)).then_some(Self(v))
@@ -25,9 +28,10 @@ impl Weight {
     pub(super) fn check(v: f64, field: &str, why: &str, errors: &mut FieldErrors) -> Option<Self> {
         let w = Self::new(v);
         if w.is_none() {
-            errors.push(
+            errors.invalid(
                 field,
-                format!("{v} is out of range; use a number between 0 and 1{why}"),
+                format!("{v} is out of range"),
+                format!("use a number between 0 and 1{why}"),
             );
         }
         w
@@ -54,9 +58,11 @@ impl Seconds {
     pub(super) fn check(v: f64, field: &str, errors: &mut FieldErrors) -> Option<Self> {
         let s = Self::new(v);
         if s.is_none() {
-            errors.push(field, format!(
-                "{v} is out of range; use seconds between {MIN_PROBE_SECS} and {MAX_PROBE_SECS} (fractions allowed, e.g. 0.25)"
-            ));
+            errors.invalid(
+                field,
+                format!("{v} is out of range"),
+                format!("use seconds between {MIN_PROBE_SECS} and {MAX_PROBE_SECS} (fractions allowed, e.g. 0.25)"),
+            );
         }
         s
     }

@@ -107,7 +107,7 @@ async fn run(
     let addr = SocketAddrV4::new(target.address, target.port);
     let jitter = monitor.start_jitter_max().mul_f64(fastrand::f64());
     tokio::time::sleep(jitter).await;
-    let mut tick = tokio::time::interval(monitor.interval);
+    let mut tick = tokio::time::interval(monitor.interval.get());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

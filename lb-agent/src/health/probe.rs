@@ -42,7 +42,7 @@ pub async fn check(monitor: &Monitor, addr: SocketAddrV4, client: &HttpClient) -
     let mut last = String::new();
     for _ in 0..attempts {
         let start = Instant::now();
-        match tokio::time::timeout(monitor.timeout, attempt(monitor, addr, client)).await {
+        match tokio::time::timeout(monitor.timeout.get(), attempt(monitor, addr, client)).await {
             Ok(Ok(summary)) => {
                 return Outcome {
                     ok: true,
@@ -51,7 +51,7 @@ pub async fn check(monitor: &Monitor, addr: SocketAddrV4, client: &HttpClient) -
                 }
             }
             Ok(Err(e)) => last = e,
-            Err(_) => last = format!("timed out after {}", secs(monitor.timeout)),
+            Err(_) => last = format!("timed out after {}", secs(monitor.timeout.get())),
         }
     }
     Outcome {

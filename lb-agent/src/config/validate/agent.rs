@@ -16,19 +16,18 @@ pub(super) fn validate(raw: &RawAgent, errors: &mut FieldErrors) -> Agent {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATUS_FILE));
     if !status_file.is_absolute() {
-        errors.push(
+        errors.invalid(
             "agent.status_file",
-            format!(
-                "\"{}\" is relative; use an absolute path such as \"{DEFAULT_STATUS_FILE}\"",
-                status_file.display()
-            ),
+            format!("\"{}\" is relative", status_file.display()),
+            format!("use an absolute path such as \"{DEFAULT_STATUS_FILE}\""),
         );
     }
     let probe_concurrency = raw.probe_concurrency.unwrap_or(DEFAULT_PROBE_CONCURRENCY);
     if !(1..=65_536).contains(&probe_concurrency) {
-        errors.push(
+        errors.invalid(
             "agent.probe_concurrency",
-            format!("{probe_concurrency} is out of range; use 1-65536"),
+            format!("{probe_concurrency} is out of range"),
+            "use 1-65536",
         );
     }
     if let Some(pop) = &raw.pop {
@@ -37,9 +36,11 @@ pub(super) fn validate(raw: &RawAgent, errors: &mut FieldErrors) -> Agent {
     let position = position(raw.latitude, raw.longitude, "agent", errors);
     let rtt_smoothing = raw.rtt_smoothing.unwrap_or(DEFAULT_RTT_SMOOTHING);
     if !(rtt_smoothing > 0.0 && rtt_smoothing <= 1.0) {
-        errors.push("agent.rtt_smoothing", format!(
-            "{rtt_smoothing} is out of range; use a number above 0 and at most 1 (the weight of each new RTT sample; 1 = no smoothing)"
-        ));
+        errors.invalid(
+            "agent.rtt_smoothing",
+            format!("{rtt_smoothing} is out of range"),
+            "use a number above 0 and at most 1 (the weight of each new RTT sample; 1 = no smoothing)",
+        );
     }
     Agent {
         status_file,

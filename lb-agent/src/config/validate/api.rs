@@ -15,32 +15,37 @@ pub(super) fn validate(raw: &RawApi, errors: &mut FieldErrors) -> Api {
         s => match s.parse::<std::net::SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                errors.push("api.listen", format!(
-                    "\"{s}\" is not address:port; write e.g. \"{DEFAULT_API_LISTEN}\", or \"off\" to turn the API off"
-                ));
+                errors.invalid(
+                    "api.listen",
+                    format!("\"{s}\" is not address:port"),
+                    format!("write e.g. \"{DEFAULT_API_LISTEN}\", or \"off\" to turn the API off"),
+                );
                 None
             }
         },
     };
     for (i, t) in raw.tokens.iter().enumerate() {
         if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            errors.push(format!("api.tokens[{i}]"), "too short or contains spaces; use at least 16 printable characters, e.g. from `openssl rand -hex 20`");
+            errors.invalid(
+                format!("api.tokens[{i}]"),
+                "too short or contains spaces",
+                "use at least 16 printable characters, e.g. from `openssl rand -hex 20`",
+            );
         }
     }
     for (i, k) in raw.keys.iter().enumerate() {
         if !k.email.contains('@') {
-            errors.push(
+            errors.invalid(
                 format!("api.keys[{i}].email"),
-                format!(
-                    "\"{}\" is not an email address; it is matched against X-Auth-Email",
-                    k.email
-                ),
+                format!("\"{}\" is not an email address", k.email),
+                "give the address callers send in X-Auth-Email",
             );
         }
         if k.key.len() < 16 || k.key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            errors.push(
+            errors.invalid(
                 format!("api.keys[{i}].key"),
-                "too short or contains spaces; use at least 16 printable characters",
+                "too short or contains spaces",
+                "use at least 16 printable characters",
             );
         }
     }
@@ -49,12 +54,10 @@ pub(super) fn validate(raw: &RawApi, errors: &mut FieldErrors) -> Api {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_FILE));
     if !state_file.is_absolute() {
-        errors.push(
+        errors.invalid(
             "api.state_file",
-            format!(
-                "\"{}\" is relative; use an absolute path such as \"{DEFAULT_STATE_FILE}\"",
-                state_file.display()
-            ),
+            format!("\"{}\" is relative", state_file.display()),
+            format!("use an absolute path such as \"{DEFAULT_STATE_FILE}\""),
         );
     }
     Api {

@@ -29,20 +29,19 @@ pub(super) fn validate(
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
     if !pin_dir.is_absolute() {
-        errors.push(
+        errors.invalid(
             "dataplane.pin_dir",
-            format!(
-                "\"{}\" is relative; use an absolute path on a bpffs, e.g. \"{DEFAULT_PIN_DIR}\"",
-                pin_dir.display()
-            ),
+            format!("\"{}\" is relative", pin_dir.display()),
+            format!("use an absolute path on a bpffs, e.g. \"{DEFAULT_PIN_DIR}\""),
         );
     }
     let snat_address = match &dp.snat_address {
         Some(s) => ipv4(s, "dataplane.snat_address", errors),
         None => {
-            errors.push(
-                "dataplane.snat_address".to_owned(),
-                "missing; set it to an address of this host that origins route back to".to_owned(),
+            errors.invalid(
+                "dataplane.snat_address",
+                "missing",
+                "set it to an address of this host that origins route back to",
             );
             None
         }
@@ -52,9 +51,10 @@ pub(super) fn validate(
         .flow_table_size
         .unwrap_or(lb_common::DEFAULT_FLOW_TABLE_SIZE);
     if !(MIN_FLOW_TABLE..=MAX_FLOW_TABLE).contains(&flow_table_size) {
-        errors.push(
+        errors.invalid(
             "dataplane.flow_table_size",
-            format!("{flow_table_size} is out of range; use {MIN_FLOW_TABLE}-{MAX_FLOW_TABLE}"),
+            format!("{flow_table_size} is out of range"),
+            format!("use {MIN_FLOW_TABLE}-{MAX_FLOW_TABLE}"),
         );
     }
     let t = timeouts(dp, errors);
@@ -85,33 +85,34 @@ pub(super) fn validate(
 
 fn interfaces(interfaces: &[String], errors: &mut FieldErrors) {
     if interfaces.is_empty() {
-        errors.push(
-            "dataplane.interfaces".to_owned(),
-            "empty; list the interfaces to attach XDP to, e.g. [\"eth0\"]".to_owned(),
+        errors.invalid(
+            "dataplane.interfaces",
+            "empty",
+            "list the interfaces to attach XDP to, e.g. [\"eth0\"]",
         );
     }
     let mut seen_if = HashSet::new();
     for (i, name) in interfaces.iter().enumerate() {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-            errors.push(
+            errors.invalid(
                 format!("dataplane.interfaces[{i}]"),
-                format!("\"{name}\" is not an interface name (1-15 characters, no '/' or spaces)"),
+                format!("\"{name}\" is not an interface name"),
+                "use 1-15 characters, no '/' or spaces",
             );
         }
         if !seen_if.insert(name) {
-            errors.push(
+            errors.conflict(
                 format!("dataplane.interfaces[{i}]"),
-                format!("\"{name}\" is listed twice; list each interface once"),
+                format!("\"{name}\" is listed twice"),
+                "list each interface once",
             );
         }
     }
     if interfaces.len() > MAX_INTERFACES as usize {
-        errors.push(
+        errors.invalid(
             "dataplane.interfaces",
-            format!(
-                "{} interfaces; at most {MAX_INTERFACES} are supported",
-                interfaces.len()
-            ),
+            format!("{} interfaces", interfaces.len()),
+            format!("at most {MAX_INTERFACES} are supported"),
         );
     }
 }
@@ -123,14 +124,16 @@ fn snat_ports(ports: Option<[u32; 2]>, errors: &mut FieldErrors) -> (Option<u16>
     let snat_max = port(smax, "dataplane.snat_ports[1]", errors);
     if let (Some(a), Some(b)) = (snat_min, snat_max) {
         if a > b {
-            errors.push(
+            errors.invalid(
                 "dataplane.snat_ports",
-                format!("[{a}, {b}] is empty; write [first, last] with first <= last"),
+                format!("[{a}, {b}] is empty"),
+                "write [first, last] with first <= last",
             );
         } else if a < 1024 {
-            errors.push(
+            errors.invalid(
                 "dataplane.snat_ports",
-                format!("starts at {a}, inside the well-known ports; start at 1024 or above"),
+                format!("starts at {a}, inside the well-known ports"),
+                "start at 1024 or above",
             );
         }
     }
@@ -153,10 +156,10 @@ fn timeouts(dp: &RawDataplane, errors: &mut FieldErrors) -> Timeouts {
         .unwrap_or(DEFAULT_REUSE_AFTER_CLOSE);
     let tt = &dp.tcp_timeouts;
     if tt.established.is_some() && dp.snat_port_reuse_after_idle.is_some() {
-        errors.push(
-            "dataplane.snat_port_reuse_after_idle".to_owned(),
-            "set together with tcp_timeouts.established, which replaces it; keep only tcp_timeouts.established"
-                .to_owned(),
+        errors.invalid(
+            "dataplane.snat_port_reuse_after_idle",
+            "set together with tcp_timeouts.established, which replaces it",
+            "keep only tcp_timeouts.established",
         );
     }
     let (reuse_idle, idle_field) = match (tt.established, dp.snat_port_reuse_after_idle) {
@@ -168,24 +171,30 @@ fn timeouts(dp: &RawDataplane, errors: &mut FieldErrors) -> Timeouts {
         ),
     };
     if reuse_idle < reuse_close {
-        errors.push(idle_field, format!(
-            "{reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s); an open flow must be kept at least as long as a closed one"
-        ));
+        errors.invalid(
+            idle_field,
+            format!("{reuse_idle} s is shorter than snat_port_reuse_after_close ({reuse_close} s)"),
+            "an open flow must be kept at least as long as a closed one",
+        );
     }
     let syn_timeout = tt.syn.unwrap_or(DEFAULT_SYN_TIMEOUT);
     let max_syn = lb_common::HANDSHAKE_BUCKETS - 1;
     if !(1..=max_syn).contains(&syn_timeout) {
-        errors.push("dataplane.tcp_timeouts.syn", format!(
-            "{syn_timeout} s is out of range; use 1-{max_syn} (a handshake that takes longer is retried by the client's next SYN)"
-        ));
+        errors.invalid(
+            "dataplane.tcp_timeouts.syn",
+            format!("{syn_timeout} s is out of range"),
+            format!("use 1-{max_syn} (a handshake that takes longer is retried by the client's next SYN)"),
+        );
     }
     let half_closed_timeout = tt
         .half_closed
         .unwrap_or(DEFAULT_HALF_CLOSED_TIMEOUT.min(reuse_idle));
     if half_closed_timeout < syn_timeout || half_closed_timeout > reuse_idle {
-        errors.push("dataplane.tcp_timeouts.half_closed", format!(
-            "{half_closed_timeout} s must lie between tcp_timeouts.syn ({syn_timeout} s) and the established timeout ({reuse_idle} s)"
-        ));
+        errors.invalid(
+            "dataplane.tcp_timeouts.half_closed",
+            format!("{half_closed_timeout} s is out of range"),
+            format!("use a value between tcp_timeouts.syn ({syn_timeout} s) and the established timeout ({reuse_idle} s)"),
+        );
     }
     Timeouts {
         reuse_close,
@@ -201,11 +210,10 @@ fn syn_budget(dp: &RawDataplane, errors: &mut FieldErrors) -> u32 {
         (SynCookies::Auto, b) => {
             let b = b.unwrap_or(DEFAULT_SYN_BUDGET);
             if b == 0 || b == u32::MAX {
-                errors.push(
+                errors.invalid(
                     "dataplane.syn_budget",
-                    format!(
-                    "{b} is out of range; use 1-4294967294 (or syn_cookies = \"always\" / \"off\")"
-                ),
+                    format!("{b} is out of range"),
+                    "use 1-4294967294 (or syn_cookies = \"always\" / \"off\")",
                 );
             }
             b
@@ -213,16 +221,17 @@ fn syn_budget(dp: &RawDataplane, errors: &mut FieldErrors) -> u32 {
         (SynCookies::Always, None) => 0,
         (SynCookies::Off, None) => u32::MAX,
         (c, Some(_)) => {
-            errors.push(
+            errors.invalid(
                 "dataplane.syn_budget",
                 format!(
-                    "only applies with syn_cookies = \"auto\" (it is \"{}\"); remove one of them",
+                    "only applies with syn_cookies = \"auto\" (it is \"{}\")",
                     if c == SynCookies::Always {
                         "always"
                     } else {
                         "off"
                     }
                 ),
+                "remove one of them",
             );
             0
         }

@@ -42,48 +42,53 @@ fn prefix(
         None => None,
     };
     let Some((addr, len)) = net else {
-        errors.push(format!("{f}.prefix"), format!(
-                "\"{}\" is not an IPv4 prefix; write it as address/length, e.g. \"198.51.100.0/24\"",
-                p.prefix
-            ));
+        errors.invalid(
+            format!("{f}.prefix"),
+            format!("\"{}\" is not an IPv4 prefix", p.prefix),
+            "write it as address/length, e.g. \"198.51.100.0/24\"",
+        );
         return None;
     };
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     if u32::from(addr) & !mask != 0 {
-        errors.push(
+        errors.invalid(
             format!("{f}.prefix"),
+            format!("\"{}\" has host bits set", p.prefix),
             format!(
-                "\"{}\" has host bits set; write the network address, \"{}/{len}\"",
-                p.prefix,
+                "write the network address, \"{}/{len}\"",
                 Ipv4Addr::from(u32::from(addr) & mask)
             ),
         );
     }
     if let Some(first) = seen.insert((addr, len), i) {
-        errors.push(
+        errors.conflict(
             format!("{f}.prefix"),
             format!(
-                "\"{}\" is listed twice (also geo.prefixes[{first}]); list each prefix once",
+                "\"{}\" is listed twice (also geo.prefixes[{first}])",
                 p.prefix
             ),
+            "list each prefix once",
         );
     }
     let country = p.country.as_deref().and_then(|c| {
-            let cc = country_code(c);
-            if cc.is_none() {
-                errors.push(format!("{f}.country"), format!(
-                    "\"{c}\" is not an ISO 3166-1 alpha-2 country code; write it like \"US\" or \"DE\""
-                ));
-            }
-            cc
-        });
+        let cc = country_code(c);
+        if cc.is_none() {
+            errors.invalid(
+                format!("{f}.country"),
+                format!("\"{c}\" is not an ISO 3166-1 alpha-2 country code"),
+                "write it like \"US\" or \"DE\"",
+            );
+        }
+        cc
+    });
     let region = p.region.as_deref().and_then(|r| {
         let reg = Region::parse(r);
         if reg.is_none() {
-            errors.push(
+            errors.invalid(
                 format!("{f}.region"),
+                format!("unknown region \"{r}\""),
                 format!(
-                    "unknown region \"{r}\"; use one of Cloudflare's region codes: {}",
+                    "use one of Cloudflare's region codes: {}",
                     Region::ALL.map(Region::code).join(", ")
                 ),
             );
@@ -91,7 +96,11 @@ fn prefix(
         reg
     });
     if p.country.is_none() && p.region.is_none() {
-        errors.push(f, "neither country nor region; give country = \"DE\" (its region follows) or region = \"WEU\" or both");
+        errors.invalid(
+            f,
+            "neither country nor region",
+            "give country = \"DE\" (its region follows) or region = \"WEU\" or both",
+        );
     }
     Some(GeoPrefix {
         net: addr,

@@ -20,6 +20,9 @@ use crate::{
     geo::Region,
 };
 
+/// The fix of a pool list naming no pool.
+const DEFINE_POOL: &str = "define it under [[pools]] or fix the name";
+
 /// What load balancers are checked against, from the sections validated before them.
 pub(super) struct Context<'a> {
     /// Every pool's name, with its index.
@@ -46,12 +49,10 @@ pub(super) fn validate(
     }
     vip_is_not_an_origin(raw, &vips, errors);
     if raw.load_balancers.len() > MAX_VIPS as usize {
-        errors.push(
+        errors.invalid(
             "load_balancers",
-            format!(
-                "{} load balancers; at most {MAX_VIPS} are supported",
-                raw.load_balancers.len()
-            ),
+            format!("{} load balancers", raw.load_balancers.len()),
+            format!("at most {MAX_VIPS} are supported"),
         );
     }
     lbs
@@ -69,12 +70,13 @@ fn load_balancer(
     name_ok(&l.name, &format!("{f}.name"), errors);
     if !l.name.is_empty() {
         if let Some(first) = names.insert(l.name.clone(), li) {
-            errors.push(
+            errors.conflict(
                 format!("{f}.name"),
                 format!(
-                    "\"{}\" is already the name of load_balancers[{first}]; names must be unique",
+                    "\"{}\" is already the name of load_balancers[{first}]",
                     l.name
                 ),
+                "names must be unique",
             );
         }
     }
@@ -86,14 +88,17 @@ fn load_balancer(
     };
     if let (Some(a), Some(p)) = (address, vport) {
         if let Some(first) = vips.insert((a, p), li) {
-            errors.push(&f, format!(
-                "{a}:{p} is already the VIP of load_balancers[{first}]; each address:port can serve one load balancer"
-            ));
+            errors.conflict(
+                &f,
+                format!("{a}:{p} is already the VIP of load_balancers[{first}]"),
+                "each address:port can serve one load balancer",
+            );
         }
         if Some(a) == ctx.snat_address {
-            errors.push(
+            errors.conflict(
                 format!("{f}.address"),
-                format!("{a} is also dataplane.snat_address; use a separate SNAT address"),
+                format!("{a} is also dataplane.snat_address"),
+                "use a separate SNAT address",
             );
         }
     }
@@ -102,14 +107,19 @@ fn load_balancer(
     let (region_pools, country_pools) = geo_pools(&f, l, ctx.pool_names, errors);
     let (pool_weights, default_weight) = random_steering(&f, l, errors);
     match steering_policy {
-        Some(SteeringPolicy::Proximity) if ctx.host_position.is_none() => errors.push(
+        Some(SteeringPolicy::Proximity) if ctx.host_position.is_none() => errors.invalid(
             format!("{f}.steering_policy"),
-            "\"proximity\" needs this host's position; set agent.latitude and agent.longitude",
+            "\"proximity\" needs this host's position",
+            "set agent.latitude and agent.longitude",
         ),
         Some(SteeringPolicy::Geo)
             if ctx.geo_is_empty && (!region_pools.is_empty() || !country_pools.is_empty()) =>
         {
-            errors.push(format!("{f}.region_pools / country_pools"), "set, but no client location data is configured, so no client would match; add [geo] database = \"/path/GeoLite2-Country.mmdb\" and/or [[geo.prefixes]]");
+            errors.invalid(
+                format!("{f}.region_pools / country_pools"),
+                "set, but no client location data is configured, so no client would match",
+                "add [geo] database = \"/path/GeoLite2-Country.mmdb\" and/or [[geo.prefixes]]",
+            );
         }
         _ => {}
     }
@@ -145,24 +155,27 @@ fn default_and_fallback_pools(
     errors: &mut FieldErrors,
 ) {
     if l.default_pools.is_empty() {
-        errors.push(
+        errors.invalid(
             format!("{f}.default_pools"),
-            "empty; list the pools to send traffic to, in failover order",
+            "empty",
+            "list the pools to send traffic to, in failover order",
         );
     }
     for (i, name) in l.default_pools.iter().enumerate() {
         if !pool_names.contains_key(name) {
-            errors.push(
+            errors.missing(
                 format!("{f}.default_pools[{i}]"),
-                format!("no pool is named \"{name}\"; define it under [[pools]] or fix the name"),
+                format!("no pool is named \"{name}\""),
+                DEFINE_POOL,
             );
         }
     }
     if let Some(fb) = &l.fallback_pool {
         if !pool_names.contains_key(fb) {
-            errors.push(
+            errors.missing(
                 format!("{f}.fallback_pool"),
-                format!("no pool is named \"{fb}\"; define it under [[pools]] or fix the name"),
+                format!("no pool is named \"{fb}\""),
+                DEFINE_POOL,
             );
         }
     }
@@ -176,15 +189,19 @@ fn steering_policy(f: &str, policy: &str, errors: &mut FieldErrors) -> Option<St
         "geo" => Some(SteeringPolicy::Geo),
         "proximity" => Some(SteeringPolicy::Proximity),
         "least_connections" | "least_outstanding_requests" => {
-            errors.push(format!("{f}.steering_policy"), format!(
-                "\"{policy}\" across pools is not supported; set origin_steering = {{ policy = \"least_connections\" }} on the pools instead"
-            ));
+            errors.invalid(
+                format!("{f}.steering_policy"),
+                format!("\"{policy}\" across pools is not supported"),
+                "set origin_steering = { policy = \"least_connections\" } on the pools instead",
+            );
             None
         }
         other => {
-            errors.push(format!("{f}.steering_policy"), format!(
-                "unknown policy \"{other}\"; use \"off\" (standard failover), \"random\", \"dynamic_latency\", \"geo\" or \"proximity\""
-            ));
+            errors.invalid(
+                format!("{f}.steering_policy"),
+                format!("unknown policy \"{other}\""),
+                "use \"off\" (standard failover), \"random\", \"dynamic_latency\", \"geo\" or \"proximity\"",
+            );
             None
         }
     }
@@ -198,13 +215,14 @@ fn pool_list(
     errors: &mut FieldErrors,
 ) {
     if list.is_empty() {
-        errors.push(field, "empty; list at least one pool, in failover order");
+        errors.invalid(field, "empty", "list at least one pool, in failover order");
     }
     for (i, name) in list.iter().enumerate() {
         if !pool_names.contains_key(name) {
-            errors.push(
+            errors.missing(
                 format!("{field}[{i}]"),
-                format!("no pool is named \"{name}\"; define it under [[pools]] or fix the name"),
+                format!("no pool is named \"{name}\""),
+                DEFINE_POOL,
             );
         }
     }
@@ -228,10 +246,11 @@ fn geo_pools(
             Some(r) => {
                 region_pools.insert(r, list.clone());
             }
-            None => errors.push(
+            None => errors.invalid(
                 field,
+                format!("unknown region \"{code}\""),
                 format!(
-                    "unknown region \"{code}\"; use one of Cloudflare's region codes: {}",
+                    "use one of Cloudflare's region codes: {}",
                     Region::ALL.map(Region::code).join(", ")
                 ),
             ),
@@ -245,9 +264,11 @@ fn geo_pools(
             Some(c) => {
                 country_pools.insert(c, list.clone());
             }
-            None => errors.push(field, format!(
-                "\"{code}\" is not an ISO 3166-1 alpha-2 country code; write it like \"US\" or \"DE\""
-            )),
+            None => errors.invalid(
+                field,
+                format!("\"{code}\" is not an ISO 3166-1 alpha-2 country code"),
+                "write it like \"US\" or \"DE\"",
+            ),
         }
     }
     for (code, list) in &l.pop_pools {
@@ -258,29 +279,34 @@ fn geo_pools(
     (region_pools, country_pools)
 }
 
-/// `random_steering`: per-pool weights (on default pools only) and the default weight.
+/// `random_steering`: per-pool weights (on default pools only) and the default weight. A
+/// weight out of range is left out (or 1 for the default) after its error.
 fn random_steering(
     f: &str,
     l: &RawLoadBalancer,
     errors: &mut FieldErrors,
-) -> (BTreeMap<String, f64>, f64) {
+) -> (BTreeMap<String, Weight>, Weight) {
     let rs = l.random_steering.as_ref();
-    let default_weight = rs.map_or(1.0, |r| r.default_weight);
-    Weight::check(
-        default_weight,
+    let default_weight = Weight::check(
+        rs.map_or(1.0, |r| r.default_weight),
         &format!("{f}.random_steering.default_weight"),
         "",
         errors,
-    );
-    let pool_weights = rs.map(|r| r.pool_weights.clone()).unwrap_or_default();
-    for (name, w) in &pool_weights {
+    )
+    .unwrap_or(Weight::ONE);
+    let mut pool_weights = BTreeMap::new();
+    for (name, w) in rs.iter().flat_map(|r| &r.pool_weights) {
         let field = format!("{f}.random_steering.pool_weights.{name}");
         if !l.default_pools.contains(name) {
-            errors.push(&field, format!(
-                "\"{name}\" is not one of this load balancer's default_pools; random steering spreads over default_pools"
-            ));
+            errors.invalid(
+                &field,
+                format!("\"{name}\" is not one of this load balancer's default_pools"),
+                "random steering spreads over default_pools: add it there or remove its weight",
+            );
         }
-        Weight::check(*w, &field, " (0 sends no new connections there)", errors);
+        if let Some(w) = Weight::check(*w, &field, " (0 sends no new connections there)", errors) {
+            pool_weights.insert(name.clone(), w);
+        }
     }
     (pool_weights, default_weight)
 }
@@ -292,31 +318,39 @@ fn session_affinity(f: &str, l: &RawLoadBalancer, errors: &mut FieldErrors) -> O
         "ip" => {
             let ttl = l.session_affinity_ttl.unwrap_or(DEFAULT_AFFINITY_TTL);
             if !(1..=MAX_AFFINITY_TTL).contains(&ttl) {
-                errors.push(format!("{f}.session_affinity_ttl"), format!(
-                    "{ttl} is out of range; use 1-{MAX_AFFINITY_TTL} seconds (default {DEFAULT_AFFINITY_TTL})"
-                ));
+                errors.invalid(
+                    format!("{f}.session_affinity_ttl"),
+                    format!("{ttl} is out of range"),
+                    format!("use 1-{MAX_AFFINITY_TTL} seconds (default {DEFAULT_AFFINITY_TTL})"),
+                );
             }
             Some(ttl)
         }
         "cookie" | "ip_cookie" | "header" => {
-            errors.push(format!("{f}.session_affinity"), format!(
-                "\"{}\" needs HTTP, which a layer-4 load balancer does not parse; use \"ip\" (the client address) or \"none\"",
-                l.session_affinity
-            ));
+            errors.invalid(
+                format!("{f}.session_affinity"),
+                format!(
+                    "\"{}\" needs HTTP, which a layer-4 load balancer does not parse",
+                    l.session_affinity
+                ),
+                "use \"ip\" (the client address) or \"none\"",
+            );
             None
         }
         other => {
-            errors.push(
+            errors.invalid(
                 format!("{f}.session_affinity"),
-                format!("unknown value \"{other}\"; use \"none\" or \"ip\""),
+                format!("unknown value \"{other}\""),
+                "use \"none\" or \"ip\"",
             );
             None
         }
     };
     if l.session_affinity_ttl.is_some() && affinity_ttl.is_none() && l.session_affinity == "none" {
-        errors.push(
+        errors.invalid(
             format!("{f}.session_affinity_ttl"),
-            "set, but session_affinity is \"none\"; set session_affinity = \"ip\" or remove the TTL",
+            "set, but session_affinity is \"none\"",
+            "set session_affinity = \"ip\" or remove the TTL",
         );
     }
     affinity_ttl
@@ -348,6 +382,7 @@ fn vip_is_not_an_origin(
         }
     }
     let mut found: Vec<(usize, String, String)> = Vec::new();
+    let fix = "a VIP cannot be one of the origins it forwards to: give the load balancer another address or port, or fix the origin";
     for (pi, p) in raw.pools.iter().enumerate() {
         for (oi, o) in p.origins.iter().enumerate() {
             let Ok(address) = o.address.parse::<Ipv4Addr>() else {
@@ -369,7 +404,7 @@ fn vip_is_not_an_origin(
                         li,
                         format!("load_balancers[{li}].address"),
                         format!(
-                            "{address} with port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\"); a VIP cannot be one of the origins it forwards to: give the load balancer another address or port, or fix the origin",
+                            "{address} with port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\")",
                             o.name, p.name
                         ),
                     ));
@@ -380,7 +415,7 @@ fn vip_is_not_an_origin(
     found.sort();
     found.dedup();
     for (_, path, problem) in found {
-        errors.push(path, problem);
+        errors.conflict(path, problem, fix);
     }
 }
 

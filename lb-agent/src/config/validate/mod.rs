@@ -1,6 +1,6 @@
 //! Validation: `RawConfig` -> `Config`, pure. Every rule adds to one list of errors, each
-//! naming its field and the fix (`pools[1].origins[0].weight: ...`); nothing stops at the
-//! first error. One module per section, run in the file's order, so errors come in that
+//! naming its field, the problem, the fix and the kind of rule broken (`FieldErrors::invalid`,
+//! `missing`, `conflict`); nothing stops at the first error. One module per section, run in the file's order, so errors come in that
 //! order; the checks several sections share are here.
 
 mod agent;
@@ -13,7 +13,7 @@ mod pools;
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use super::{raw::RawConfig, types::Config, FieldError};
+use super::{raw::RawConfig, types::Config, ErrorKind, FieldError};
 use crate::geo as geodata;
 
 /// Validates a parsed config. Every rule adds to the list; nothing stops at the first error.
@@ -54,12 +54,42 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
 pub(super) struct FieldErrors(pub(super) Vec<FieldError>);
 
 impl FieldErrors {
-    /// Adds the problem (with its fix) of the field at `path`.
-    pub(super) fn push(&mut self, path: impl Into<String>, problem: impl Into<String>) {
-        self.0.push(FieldError {
-            path: path.into(),
-            problem: problem.into(),
-        });
+    /// A value at `path` that is out of range, malformed or does not fit the other
+    /// settings: the problem, and the fix (`""` when there is none to say).
+    pub(super) fn invalid(
+        &mut self,
+        path: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.0
+            .push(FieldError::new(ErrorKind::Invalid, path, problem, fix));
+    }
+
+    /// A name at `path` that no monitor or pool has.
+    pub(super) fn missing(
+        &mut self,
+        path: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.0.push(FieldError::new(
+            ErrorKind::MissingReference,
+            path,
+            problem,
+            fix,
+        ));
+    }
+
+    /// A name, address or listing at `path` that something else already has.
+    pub(super) fn conflict(
+        &mut self,
+        path: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.0
+            .push(FieldError::new(ErrorKind::Conflict, path, problem, fix));
     }
 
     pub(super) fn len(&self) -> usize {
@@ -78,9 +108,11 @@ pub fn file_name_errors(raw: &RawConfig) -> Vec<FieldError> {
                 continue;
             }
             if let Some(f) = first.get(n) {
-                errors.push(format!("{list}[{i}].name"), format!(
-                    "\"{n}\" is already the name of {list}[{f}]; names must be unique: rename or remove one of them"
-                ));
+                errors.conflict(
+                    format!("{list}[{i}].name"),
+                    format!("\"{n}\" is already the name of {list}[{f}]"),
+                    "names must be unique: rename or remove one of them",
+                );
             } else {
                 first.insert(n, i);
             }
@@ -103,29 +135,28 @@ pub fn file_name_errors(raw: &RawConfig) -> Vec<FieldError> {
 
 fn ipv4(s: &str, field: &str, errors: &mut FieldErrors) -> Option<Ipv4Addr> {
     if s.is_empty() {
-        errors.push(
+        errors.invalid(
             field,
-            "missing; set it to an IPv4 address such as \"10.0.0.10\"",
+            "missing",
+            "set it to an IPv4 address such as \"10.0.0.10\"",
         );
         return None;
     }
     match s.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(a)) => Some(a),
         Ok(std::net::IpAddr::V6(_)) => {
-            errors.push(
+            errors.invalid(
                 field,
-                format!(
-                    "\"{s}\" is IPv6, which this version does not forward yet; use an IPv4 address"
-                ),
+                format!("\"{s}\" is IPv6, which this version does not forward yet"),
+                "use an IPv4 address",
             );
             None
         }
         Err(_) => {
-            errors.push(
+            errors.invalid(
                 field,
-                format!(
-                    "\"{s}\" is not an IP address; write it as dotted IPv4, e.g. \"10.0.0.10\""
-                ),
+                format!("\"{s}\" is not an IP address"),
+                "write it as dotted IPv4, e.g. \"10.0.0.10\"",
             );
             None
         }
@@ -136,7 +167,7 @@ fn port(p: u32, field: &str, errors: &mut FieldErrors) -> Option<u16> {
     match u16::try_from(p) {
         Ok(p) if p != 0 => Some(p),
         _ => {
-            errors.push(field, format!("{p} is not a TCP port; use 1-65535"));
+            errors.invalid(field, format!("{p} is not a TCP port"), "use 1-65535");
             None
         }
     }
@@ -144,7 +175,7 @@ fn port(p: u32, field: &str, errors: &mut FieldErrors) -> Option<u16> {
 
 fn name_ok(name: &str, field: &str, errors: &mut FieldErrors) {
     if name.is_empty() {
-        errors.push(field, "missing; give it a unique name");
+        errors.invalid(field, "missing", "give it a unique name");
     }
 }
 
@@ -157,11 +188,10 @@ fn pop_ok(pop: &str, field: &str, errors: &mut FieldErrors) {
             .chars()
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
     if !ok {
-        errors.push(
+        errors.invalid(
             field,
-            format!(
-                "\"{pop}\" is not a PoP name; use upper-case letters, digits and '-', e.g. \"AMS\""
-            ),
+            format!("\"{pop}\" is not a PoP name"),
+            "use upper-case letters, digits and '-', e.g. \"AMS\"",
         );
     }
 }
@@ -185,32 +215,36 @@ fn position(
         (Some(lat), Some(lon)) => {
             let mut ok = true;
             if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
-                errors.push(
+                errors.invalid(
                     format!("{f}.latitude"),
-                    format!("{lat} is out of range; use degrees between -90 and 90"),
+                    format!("{lat} is out of range"),
+                    "use degrees between -90 and 90",
                 );
                 ok = false;
             }
             if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
-                errors.push(
+                errors.invalid(
                     format!("{f}.longitude"),
-                    format!("{lon} is out of range; use degrees between -180 and 180"),
+                    format!("{lon} is out of range"),
+                    "use degrees between -180 and 180",
                 );
                 ok = false;
             }
             ok.then_some((lat, lon))
         }
         (Some(_), None) => {
-            errors.push(
+            errors.invalid(
                 format!("{f}.longitude"),
-                "missing; latitude and longitude go together",
+                "missing",
+                "latitude and longitude go together",
             );
             None
         }
         (None, Some(_)) => {
-            errors.push(
+            errors.invalid(
                 format!("{f}.latitude"),
-                "missing; latitude and longitude go together",
+                "missing",
+                "latitude and longitude go together",
             );
             None
         }
@@ -219,9 +253,9 @@ fn position(
 
 #[cfg(test)]
 mod tests {
-    use super::file_name_errors;
+    use super::{file_name_errors, validate};
     use crate::config::testing::*;
-    use crate::config::{Config, OriginSteering, RawConfig, SteeringPolicy};
+    use crate::config::{Config, ErrorKind, OriginSteering, RawConfig, SteeringPolicy};
     use crate::geo::Region;
     use std::path::Path;
 
@@ -233,6 +267,40 @@ mod tests {
             .replace("default_pools = [\"web\"]", "default_pools = [\"nope\"]");
         let errors = errors_of(&text);
         assert_eq!(errors.len(), 3, "{errors:#?}");
+    }
+
+    #[test]
+    fn each_error_says_its_kind() {
+        let text = GOOD
+            .replace("weight = 0.5", "weight = 1.5")
+            .replace("default_pools = [\"web\"]", "default_pools = [\"nope\"]")
+            .replace("address = \"10.0.0.10\"", "address = \"10.0.0.1\"");
+        let raw = RawConfig::parse(&text, Path::new("t.toml")).expect("parses");
+        let errors = validate(raw).expect_err("invalid");
+        let kinds: Vec<(&str, ErrorKind)> =
+            errors.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("pools[0].origins[0].weight", ErrorKind::Invalid),
+                ("load_balancers[0].address", ErrorKind::Conflict),
+                (
+                    "load_balancers[0].default_pools[0]",
+                    ErrorKind::MissingReference
+                ),
+            ]
+        );
+        assert_eq!(
+            errors[0].to_string(),
+            "pools[0].origins[0].weight: 1.5 is out of range; use a number between 0 and 1 (0 drains the origin)"
+        );
+        assert_eq!(
+            (errors[2].problem.as_str(), errors[2].fix.as_str()),
+            (
+                "no pool is named \"nope\"",
+                "define it under [[pools]] or fix the name"
+            )
+        );
     }
 
     #[test]
@@ -271,8 +339,8 @@ mod tests {
         assert_eq!(lb.country_pools[b"JP"], vec!["us"]);
         assert_eq!(lb.pop_pools["LAX"], vec!["us"]);
         assert_eq!(lb.affinity_ttl, Some(600));
-        assert_eq!(lb.pool_weights["eu"], 0.2);
-        assert_eq!(lb.default_weight, 0.5);
+        assert_eq!(lb.pool_weights["eu"].get(), 0.2);
+        assert_eq!(lb.default_weight.get(), 0.5);
         let www = c
             .load_balancers
             .iter()

@@ -41,12 +41,10 @@ fn monitor(
     name_ok(&m.name, &format!("{f}.name"), errors);
     if !m.name.is_empty() {
         if let Some(first) = names.insert(m.name.clone(), mi) {
-            errors.push(
+            errors.conflict(
                 format!("{f}.name"),
-                format!(
-                    "\"{}\" is already the name of monitors[{first}]; monitor names must be unique",
-                    m.name
-                ),
+                format!("\"{}\" is already the name of monitors[{first}]", m.name),
+                "monitor names must be unique",
             );
         }
     }
@@ -63,15 +61,17 @@ fn monitor(
         .clone()
         .unwrap_or_else(|| DEFAULT_MONITOR_PATH.into());
     if !path.starts_with('/') || path.contains(char::is_whitespace) {
-        errors.push(
+        errors.invalid(
             format!("{f}.path"),
-            format!("\"{path}\" must start with '/' and contain no spaces"),
+            format!("\"{path}\" is not a path"),
+            "start it with '/' and leave out spaces",
         );
     }
     if !is_http && m.path.is_some() {
-        errors.push(
+        errors.invalid(
             format!("{f}.path"),
-            "only http and https monitors send a path; remove it or change type",
+            "only http and https monitors send a path",
+            "remove it or change type",
         );
     }
     let header = header(&f, m, is_http, errors);
@@ -89,9 +89,9 @@ fn monitor(
         port: port?,
         path,
         header,
-        timeout: timeout?.get(),
+        timeout: timeout?,
         retries: m.retries,
-        interval: interval?.get(),
+        interval: interval?,
         expected_codes: expected_codes?,
         expected_body: m.expected_body.clone().unwrap_or_default(),
         follow_redirects: m.follow_redirects,
@@ -107,9 +107,10 @@ fn kind(f: &str, kind: &str, errors: &mut FieldErrors) -> Option<MonitorKind> {
         "http" => Some(MonitorKind::Http),
         "https" => Some(MonitorKind::Https),
         other => {
-            errors.push(
+            errors.invalid(
                 format!("{f}.type"),
-                format!("\"{other}\" is not a monitor type; use \"tcp\", \"http\" or \"https\""),
+                format!("\"{other}\" is not a monitor type"),
+                "use \"tcp\", \"http\" or \"https\"",
             );
             None
         }
@@ -126,18 +127,20 @@ fn method(
         (Some(MonitorKind::Tcp), None) => HttpMethod::Get,
         (Some(MonitorKind::Tcp), Some(TCP_MONITOR_METHOD)) => HttpMethod::Get,
         (Some(MonitorKind::Tcp), Some(other)) => {
-            errors.push(
+            errors.invalid(
                 format!("{f}.method"),
-                format!("\"{other}\" does not apply to tcp monitors; use \"{TCP_MONITOR_METHOD}\""),
+                format!("\"{other}\" does not apply to tcp monitors"),
+                format!("use \"{TCP_MONITOR_METHOD}\""),
             );
             HttpMethod::Get
         }
         (_, None | Some(DEFAULT_HTTP_METHOD)) => HttpMethod::Get,
         (_, Some("HEAD")) => HttpMethod::Head,
         (_, Some(other)) => {
-            errors.push(
+            errors.invalid(
                 format!("{f}.method"),
-                format!("\"{other}\" is not supported; use \"GET\" or \"HEAD\""),
+                format!("\"{other}\" is not supported"),
+                "use \"GET\" or \"HEAD\"",
             );
             HttpMethod::Get
         }
@@ -154,20 +157,26 @@ fn header(
     let mut header = Vec::new();
     for (k, vs) in &m.header {
         if k.is_empty() || k.contains([':', ' ', '\r', '\n']) {
-            errors.push(
+            errors.invalid(
                 format!("{f}.header"),
                 format!("\"{k}\" is not a header name"),
+                "use a name without ':', spaces or line breaks",
             );
         }
         if !is_http {
-            errors.push(
+            errors.invalid(
                 format!("{f}.header.{k}"),
                 "only http and https monitors send headers",
+                "remove it or change type",
             );
         }
         for v in vs {
             if v.contains(['\r', '\n']) {
-                errors.push(format!("{f}.header.{k}"), "values must be one line");
+                errors.invalid(
+                    format!("{f}.header.{k}"),
+                    "a value has a line break",
+                    "values must be one line",
+                );
             }
             header.push((k.clone(), v.clone()));
         }
@@ -182,16 +191,21 @@ fn timing(f: &str, m: &RawMonitor, errors: &mut FieldErrors) -> (Option<Seconds>
     let interval = Seconds::check(m.interval, &format!("{f}.interval"), errors);
     if let (Some(t), Some(i)) = (timeout, interval) {
         if t > i {
-            errors.push(format!("{f}.timeout"), format!(
-                "{}s is longer than the interval ({}s); checks would overlap. Lower the timeout or raise the interval",
-                m.timeout, m.interval
-            ));
+            errors.invalid(
+                format!("{f}.timeout"),
+                format!(
+                    "{}s is longer than the interval ({}s), so checks would overlap",
+                    m.timeout, m.interval
+                ),
+                "lower the timeout or raise the interval",
+            );
         }
     }
     if m.retries > 5 {
-        errors.push(
+        errors.invalid(
             format!("{f}.retries"),
-            format!("{} is out of range; use 0-5", m.retries),
+            format!("{} is out of range", m.retries),
+            "use 0-5",
         );
     }
     for (v, n) in [
@@ -199,9 +213,10 @@ fn timing(f: &str, m: &RawMonitor, errors: &mut FieldErrors) -> (Option<Seconds>
         (m.consecutive_down, "consecutive_down"),
     ] {
         if v > 100 {
-            errors.push(
+            errors.invalid(
                 format!("{f}.{n}"),
-                format!("{v} is out of range; use 0-100 (0 means 1)"),
+                format!("{v} is out of range"),
+                "use 0-100 (0 means 1)",
             );
         }
     }
@@ -216,13 +231,19 @@ fn expected_codes(
 ) -> Option<CodePattern> {
     match (codes, is_http) {
         (Some(c), true) => CodePattern::parse(c).or_else(|| {
-            errors.push(format!("{f}.expected_codes"), format!(
-                "\"{c}\" is not a status pattern; use three characters, digits or x, e.g. \"200\" or \"2xx\""
-            ));
+            errors.invalid(
+                format!("{f}.expected_codes"),
+                format!("\"{c}\" is not a status pattern"),
+                "use three characters, digits or x, e.g. \"200\" or \"2xx\"",
+            );
             None
         }),
         (Some(_), false) => {
-            errors.push(format!("{f}.expected_codes"), "only http and https monitors check status codes; remove it");
+            errors.invalid(
+                format!("{f}.expected_codes"),
+                "only http and https monitors check status codes",
+                "remove it",
+            );
             None
         }
         (None, _) => CodePattern::parse(DEFAULT_EXPECTED_CODES),
@@ -233,21 +254,24 @@ fn expected_codes(
 fn http_only(f: &str, m: &RawMonitor, kind: Option<MonitorKind>, errors: &mut FieldErrors) {
     let is_http = matches!(kind, Some(MonitorKind::Http | MonitorKind::Https));
     if m.expected_body.is_some() && !is_http {
-        errors.push(
+        errors.invalid(
             format!("{f}.expected_body"),
-            "only http and https monitors read a body; remove it",
+            "only http and https monitors read a body",
+            "remove it",
         );
     }
     if m.follow_redirects && !is_http {
-        errors.push(
+        errors.invalid(
             format!("{f}.follow_redirects"),
             "only applies to http and https monitors",
+            "remove it or change type",
         );
     }
     if m.allow_insecure && kind != Some(MonitorKind::Https) {
-        errors.push(
+        errors.invalid(
             format!("{f}.allow_insecure"),
             "only applies to https monitors",
+            "remove it or change type",
         );
     }
 }
@@ -265,8 +289,8 @@ mod tests {
         assert_eq!(m.kind, MonitorKind::Http);
         assert_eq!(m.method, HttpMethod::Get);
         assert_eq!((m.port, m.path.as_str(), m.retries), (0, "/", 2));
-        assert_eq!(m.timeout, std::time::Duration::from_secs(5));
-        assert_eq!(m.interval, std::time::Duration::from_secs(60));
+        assert_eq!(m.timeout.get(), std::time::Duration::from_secs(5));
+        assert_eq!(m.interval.get(), std::time::Duration::from_secs(60));
         assert_eq!(m.expected_codes.to_string(), "200");
         assert!(!m.follow_redirects && !m.allow_insecure && m.expected_body.is_empty());
     }
@@ -287,7 +311,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            c.monitors[0].interval,
+            c.monitors[0].interval.get(),
             std::time::Duration::from_millis(250)
         );
     }

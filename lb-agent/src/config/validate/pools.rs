@@ -28,15 +28,17 @@ pub(super) fn validate(
         origin_count += p.origins.len();
     }
     if raw.len() > MAX_RINGS as usize {
-        errors.push(
+        errors.invalid(
             "pools",
-            format!("{} pools; at most {MAX_RINGS} are supported", raw.len()),
+            format!("{} pools", raw.len()),
+            format!("at most {MAX_RINGS} are supported"),
         );
     }
     if origin_count > MAX_ORIGINS as usize {
-        errors.push(
+        errors.invalid(
             "pools",
-            format!("{origin_count} origins in all; at most {MAX_ORIGINS} are supported"),
+            format!("{origin_count} origins in all"),
+            format!("at most {MAX_ORIGINS} are supported"),
         );
     }
     (pools, names)
@@ -53,49 +55,53 @@ fn pool(
     name_ok(&p.name, &format!("{f}.name"), errors);
     if !p.name.is_empty() {
         if let Some(first) = names.insert(p.name.clone(), pi) {
-            errors.push(
+            errors.conflict(
                 format!("{f}.name"),
-                format!(
-                    "\"{}\" is already the name of pools[{first}]; pool names must be unique",
-                    p.name
-                ),
+                format!("\"{}\" is already the name of pools[{first}]", p.name),
+                "pool names must be unique",
             );
         }
     }
     if p.origins.is_empty() {
-        errors.push(
+        errors.invalid(
             format!("{f}.origins"),
-            "empty; a pool needs at least one origin",
+            "empty",
+            "a pool needs at least one origin",
         );
     }
     let origins = origins(&f, &p.origins, errors);
     if let Some(m) = &p.monitor {
         if !monitor_names.contains_key(m) {
-            errors.push(
+            errors.missing(
                 format!("{f}.monitor"),
-                format!(
-                    "no monitor is named \"{m}\"; define it under [[monitors]] or fix the name"
-                ),
+                format!("no monitor is named \"{m}\""),
+                "define it under [[monitors]] or fix the name",
             );
         }
     }
     if p.minimum_origins == 0 {
-        errors.push(
+        errors.invalid(
             format!("{f}.minimum_origins"),
-            "0; a pool needs at least 1 healthy origin to be healthy",
+            "0",
+            "a pool needs at least 1 healthy origin to be healthy",
         );
     } else if !p.origins.is_empty() && p.minimum_origins as usize > p.origins.len() {
-        errors.push(format!("{f}.minimum_origins"), format!(
-            "{} but the pool has {} origin(s), so it could never be healthy; lower it or add origins",
-            p.minimum_origins,
-            p.origins.len()
-        ));
+        errors.invalid(
+            format!("{f}.minimum_origins"),
+            format!(
+                "{} but the pool has {} origin(s), so it could never be healthy",
+                p.minimum_origins,
+                p.origins.len()
+            ),
+            "lower it or add origins",
+        );
     }
     let pool_position = position(p.latitude, p.longitude, &f, errors);
     let origin_steering = origin_steering(&f, p, errors);
     for (i, url) in p.notification_webhooks.iter().enumerate() {
         if let Err(e) = crate::notify::validate_url(url) {
-            errors.push(format!("{f}.notification_webhooks[{i}]"), e);
+            // The message already says the fix (`notify` words it for every caller).
+            errors.invalid(format!("{f}.notification_webhooks[{i}]"), e, "");
         }
     }
     Pool {
@@ -119,12 +125,10 @@ fn origins(f: &str, raw: &[RawOrigin], errors: &mut FieldErrors) -> Vec<Origin> 
         let f = format!("{f}.origins[{oi}]");
         name_ok(&o.name, &format!("{f}.name"), errors);
         if !o.name.is_empty() && !origin_names.insert(o.name.as_str()) {
-            errors.push(
+            errors.conflict(
                 format!("{f}.name"),
-                format!(
-                    "\"{}\" appears twice in this pool; origin names must be unique within a pool",
-                    o.name
-                ),
+                format!("\"{}\" appears twice in this pool", o.name),
+                "origin names must be unique within a pool",
             );
         }
         let address = ipv4(&o.address, &format!("{f}.address"), errors);
@@ -140,7 +144,7 @@ fn origins(f: &str, raw: &[RawOrigin], errors: &mut FieldErrors) -> Vec<Origin> 
                 name: o.name.clone(),
                 address,
                 port,
-                weight: weight.get(),
+                weight,
                 enabled: o.enabled,
             });
         }
@@ -154,23 +158,30 @@ fn origin_steering(f: &str, p: &RawPool, errors: &mut FieldErrors) -> OriginStee
         Some("hash") => OriginSteering::Hash,
         Some("least_connections") => {
             if p.origins.len() > MAX_LC_MEMBERS {
-                errors.push(format!("{f}.origin_steering.policy"), format!(
-                    "least_connections compares every origin per new connection, so a pool may have at most {MAX_LC_MEMBERS}; this one has {}. Split the pool or use \"random\"",
-                    p.origins.len()
-                ));
+                errors.invalid(
+                    format!("{f}.origin_steering.policy"),
+                    format!(
+                        "least_connections compares every origin per new connection, so a pool may have at most {MAX_LC_MEMBERS}; this one has {}",
+                        p.origins.len()
+                    ),
+                    "split the pool or use \"random\"",
+                );
             }
             OriginSteering::LeastConnections
         }
         Some("least_outstanding_requests") => {
-            errors.push(format!("{f}.origin_steering.policy"), "least_outstanding_requests counts HTTP requests, which a layer-4 load balancer cannot see; use \"least_connections\"");
+            errors.invalid(
+                format!("{f}.origin_steering.policy"),
+                "least_outstanding_requests counts HTTP requests, which a layer-4 load balancer cannot see",
+                "use \"least_connections\"",
+            );
             OriginSteering::Random
         }
         Some(other) => {
-            errors.push(
+            errors.invalid(
                 format!("{f}.origin_steering.policy"),
-                format!(
-                    "unknown policy \"{other}\"; use \"random\", \"hash\" or \"least_connections\""
-                ),
+                format!("unknown policy \"{other}\""),
+                "use \"random\", \"hash\" or \"least_connections\"",
             );
             OriginSteering::Random
         }
