@@ -12,7 +12,7 @@ use std::ops::RangeInclusive;
 
 use etherparse::PacketBuilder;
 use lb_agent::dataplane::Maps;
-use lb_common::{event, FlowKey};
+use lb_common::{event, v4_mapped, FlowKey, VipKey};
 use lb_testbed::{
     fixture::{
         dataplane, first_snat_port, frag_needed, icmp_frame, ip_of, mac_of, neighbours, other_port,
@@ -1180,5 +1180,104 @@ fn syn_cookies_answer_without_state_and_translate_sequence_numbers() {
             })
             .collect();
         fx.expect_events(&moved);
+    });
+}
+
+/// Established flows find their VIP by id (`VIP_IDS`), not by a second hash lookup: a flow
+/// whose VIP is removed stops being forwarded, also when its id goes to another VIP, and
+/// flows into that other VIP are forwarded.
+#[test]
+fn a_flow_of_a_removed_vip_is_not_forwarded_even_when_its_vip_id_is_reused() {
+    fixture(|fx| {
+        rows(fx, &[OPEN_C1]);
+        let Frames {
+            mac_a, mac_b, p1, ..
+        } = Frames::new(fx);
+        let key = |a: [u8; 4]| VipKey {
+            addr: v4_mapped(a),
+            port: 80u16.to_be(),
+            proto: 6,
+            _pad: 0,
+        };
+        let www = key(VIP);
+        let www_id = fx.rec.assignment.vips[&www];
+        let by_id = fx.maps().vip_ids.get(&www_id, 0).expect("VIP_IDS entry");
+        assert_eq!(by_id.key, www, "VIP_IDS names www under its id");
+        let data = |d: &[u8]| tcp_frame(MAC_C1, mac_a, C1, VIP, 64, 40000, 80, Flags::Ack, d);
+        // www leaves; a new VIP on another address takes its id.
+        let other = LB_WWW
+            .replace("name = \"www\"", "name = \"other\"")
+            .replace("10.0.0.10", "10.0.0.12");
+        let text = config().replace(LB_WWW, &other);
+        fx.apply(&text);
+        let other_key = key([10, 0, 0, 12]);
+        assert_eq!(
+            fx.rec.assignment.vips[&other_key], www_id,
+            "the new VIP took www's id (the test's premise)"
+        );
+        let (verdict, _) = fx.run1(Side::A, &data(b"late"));
+        assert_ne!(
+            verdict, XDP_REDIRECT,
+            "client 1's flow into the removed www is not forwarded under the reused id"
+        );
+        // Whatever the edge did with it (FIB says), the flow was not hit.
+        let ev = fx.events();
+        let verdict_event = [event::PASS_NOT_VIP, event::DROP_TRANSIT]
+            .into_iter()
+            .find(|e| ev[*e as usize] > 0)
+            .expect("counted as not a VIP");
+        fx.expect_events(&[verdict_event]);
+        // The other VIP forwards its own flows (on its first SNAT port unless client 1's
+        // flow holds it: two ports in all).
+        let first = first_snat_port(C2, 40001, [10, 0, 0, 12], 80);
+        let port = if first == p1 { other_port(p1) } else { first };
+        fx.run(vec![Case {
+            desc: "a SYN to the VIP that took www's id goes to pool web",
+            ingress: Side::A,
+            input: tcp_frame(
+                MAC_C2,
+                mac_a,
+                C2,
+                [10, 0, 0, 12],
+                64,
+                40001,
+                80,
+                Flags::Syn,
+                &[],
+            ),
+            verdict: XDP_REDIRECT,
+            output: Some(tcp_frame(
+                mac_b,
+                MAC_O1,
+                SNAT,
+                O1,
+                63,
+                port,
+                8080,
+                Flags::Syn,
+                &[],
+            )),
+            events: &[event::FWD_REDIRECT],
+        }]);
+        // www back (a new id): client 1's old flow is found again and forwarded.
+        fx.apply(&config());
+        fx.run(vec![Case {
+            desc: "www re-added: client 1's flow is forwarded again through the VIP lookup",
+            ingress: Side::A,
+            input: data(b"again"),
+            verdict: XDP_REDIRECT,
+            output: Some(tcp_frame(
+                mac_b,
+                MAC_O1,
+                SNAT,
+                O1,
+                63,
+                p1,
+                8080,
+                Flags::Ack,
+                b"again",
+            )),
+            events: &[event::FLOW_HIT, event::FWD_REDIRECT],
+        }]);
     });
 }
