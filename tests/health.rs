@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_agent::{dataplane::Maps, reconcile::vip_key, status::Status};
-use lb_common::{v4_mapped, MAGLEV_M, MAX_ORIGINS, ORIGIN_F_PRESENT};
+use lb_common::{v4_mapped, MAX_ORIGINS, ORIGIN_F_PRESENT};
 use lb_testbed::{
     connect, origin_addr, request, require_prerequisites, serial, vip, Http, Server, TempFile,
     Topology, API_TOKEN, ORIGIN_PORT, VIP, VIP_PORT,
@@ -109,17 +109,21 @@ impl RingWatch {
             .expect("origin in ORIGINS")
     }
 
-    fn slot(&self, s: u32) -> u32 {
-        self.maps
-            .rings
-            .get(&(self.ring * MAGLEV_M + s), 0)
-            .expect("ring slot")
+    /// Where the ring's slots are and how many (`RING_META`).
+    fn place(&self) -> (u32, u32) {
+        let m = self.maps.ring_meta.get(&self.ring, 0).expect("ring meta");
+        (m.base, m.size)
     }
 
-    /// The highest slot holding `id`: the reconciler writes slots in ascending order, so when
+    fn slot_at(&self, abs: u32) -> u32 {
+        self.maps.rings.get(&abs, 0).expect("ring slot")
+    }
+
+    /// The highest slot (index into `RINGS`) holding `id`: the reconciler writes slots in ascending order, so when
     /// this one changes, the whole rewrite is done.
     fn last_slot_of(&self, id: u32) -> Option<u32> {
-        (0..MAGLEV_M).rev().find(|s| self.slot(*s) == id)
+        let (base, size) = self.place();
+        (base..base + size).rev().find(|s| self.slot_at(*s) == id)
     }
 }
 
@@ -199,7 +203,7 @@ fn measure_drains(interval: f64, retries: u32, timeout: f64, kills: usize) -> Ve
         let t0 = Instant::now();
         servers[1] = None; // o2's listener closes: connections to it are refused
         wait_for("o2 drained", bound + Duration::from_secs(3), || {
-            (watch.slot(slot) != o2).then_some(())
+            (watch.slot_at(slot) != o2).then_some(())
         });
         let d = t0.elapsed();
         drains.push(d);

@@ -24,8 +24,8 @@ use aya::{
 use lb_common::{
     event, map_names as names, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoKey, GeoPlanKey,
     GeoValue, OriginMeta, RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE,
-    GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAGLEV_M, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS,
-    POOL_SEL_M, PROGRAM_NAME,
+    GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M,
+    PROGRAM_NAME,
 };
 
 use crate::config;
@@ -131,7 +131,7 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
             s(size_of::<VipMeta>()),
             2 * MAX_VIPS,
         ),
-        names::RINGS => (4, 4, MAX_RINGS * MAGLEV_M),
+        names::RINGS => (4, 4, lb_common::RING_SLOTS),
         names::ORIGINS => (4, s(size_of::<OriginMeta>()), MAX_ORIGINS),
         names::FLOWS => (
             s(size_of::<FlowKey>()),
@@ -355,7 +355,7 @@ impl Maps {
         let rings_mem = match &rings_map {
             Map::Array(data) => RingMemory::map(
                 std::os::fd::AsFd::as_fd(data.fd()),
-                (MAX_RINGS * MAGLEV_M) as usize,
+                lb_common::RING_SLOTS as usize,
             )
             .map_err(|e| {
                 tracing::warn!("RINGS is not mmapable ({e}); ring slots are written by syscall")

@@ -207,6 +207,54 @@ mod tests {
         }
     }
 
+    /// Every ring size a pool may get keeps today's bounds for the pools that get it (the
+    /// most origins `ring_size` gives that size): balance, weights and disruption.
+    #[test]
+    fn each_ring_size_keeps_balance_weights_and_disruption_within_bounds() {
+        for m in lb_common::RING_SIZES {
+            let n = (1..=1000)
+                .rev()
+                .find(|n| lb_common::ring_size(*n) == m)
+                .unwrap_or(1000);
+            let all = backends(&vec![1.0; n]);
+            let before = build(&all, m);
+            let s = shares(&before, n);
+            let ratio = s.iter().copied().fold(0.0, f64::max) * n as f64;
+            let gone = n / 2;
+            let rest: Vec<Backend> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != gone)
+                .map(|(_, b)| *b)
+                .collect();
+            let after = build(&rest, m);
+            let orig = |i: u32| if (i as usize) < gone { i } else { i + 1 };
+            let changed = before
+                .iter()
+                .zip(&after)
+                .filter(|(b, a)| **b != a.map(orig))
+                .count();
+            let frac = changed as f64 / f64::from(m);
+            let bound = 1.0 / n as f64 + 0.01;
+            let w = [1.0, 0.5, 0.25, 0.75, 0.1];
+            let ws = shares(&build(&backends(&w), m), w.len());
+            let total: f64 = w.iter().sum();
+            let worst = ws
+                .iter()
+                .zip(w)
+                .map(|(share, wi)| (share - wi / total).abs() * 100.0)
+                .fold(0.0, f64::max);
+            println!(
+                "maglev M={m}, {n} origins: max/mean {ratio:.4}, remove one: {:.2}% moved (bound {:.2}%), weights off by {worst:.3} pt",
+                frac * 100.0,
+                bound * 100.0
+            );
+            assert!(ratio <= 1.01, "M={m}: max/mean {ratio}");
+            assert!(frac <= bound, "M={m}: disruption {frac} > {bound}");
+            assert!(worst <= 0.5, "M={m}: weighted share off by {worst} pt");
+        }
+    }
+
     #[test]
     fn same_input_same_table() {
         let b = backends(&[0.2, 0.9, 0.4]);

@@ -55,6 +55,9 @@ pub struct Plan {
 pub struct RingPlan {
     pub members: Vec<(OriginKey, f64)>,
     pub steering: OriginSteering,
+    /// Slots of the ring (`lb_common::ring_size` of the pool's origins in the config, so
+    /// that health and enabling change weights, never the size).
+    pub size: u32,
 }
 
 /// One VIP: its own ring and how new flows may be sent elsewhere.
@@ -200,6 +203,7 @@ pub fn plan(cfg: &Config, health: &HealthTable, locations: &[GeoValue]) -> Plan 
                 rings.entry(key).or_insert_with(|| RingPlan {
                     members: steering::ring_members(cfg, health, pool, lb.origin_port),
                     steering: pool.origin_steering,
+                    size: lb_common::ring_size(pool.origins.len()),
                 });
             }
         }
@@ -214,6 +218,7 @@ pub fn plan(cfg: &Config, health: &HealthTable, locations: &[GeoValue]) -> Plan 
                 rings.entry(key.clone()).or_insert_with(|| RingPlan {
                     members: Vec::new(),
                     steering: OriginSteering::Random,
+                    size: lb_common::ring_size(0),
                 });
                 key
             }

@@ -19,8 +19,8 @@ use std::{
 
 use lb_common::{
     v4_mapped, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta, IPPROTO_TCP,
-    MAGLEV_M, MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, NO_ORIGIN, NO_RING,
-    ORIGIN_F_PRESENT, POOL_SEL_M, RING_STEER_HASH, RING_STEER_LEAST_CONN, RING_STEER_RANDOM,
+    MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, NO_ORIGIN, NO_RING, ORIGIN_F_PRESENT,
+    POOL_SEL_M, RING_SLOTS, RING_STEER_HASH, RING_STEER_LEAST_CONN, RING_STEER_RANDOM,
     VIP_F_RANDOM, WEIGHT_SCALE,
 };
 
@@ -92,6 +92,17 @@ pub struct Assignment {
 pub struct Current {
     pub vips: HashMap<VipKey, VipMeta>,
     pub origins: BTreeMap<u32, OriginMeta>,
+    /// Ring id -> the size its `RING_META` entry gives it (absent or 0: not placed).
+    pub ring_sizes: HashMap<u32, u32>,
+}
+
+/// May ring `id` serve a ring of `size` slots? Only if it has that size or none yet: a ring's
+/// place and size never change while a VIP may read it (a size change takes another id, and
+/// the VIP moves to it with one write).
+fn fits(cur: &Current, id: u32, size: u32) -> bool {
+    cur.ring_sizes
+        .get(&id)
+        .is_none_or(|s| *s == 0 || *s == size)
 }
 
 /// `prev` is this reconciler's previous assignment (empty right after start): ring keys keep
@@ -141,8 +152,8 @@ fn assign_rings(want: &Plan, cur: &Current, prev: &Assignment) -> Result<HashMap
         .map(|(_, m)| m.ring_id)
         .collect();
     let mut taken = HashSet::new();
-    for ring in want.rings.keys() {
-        if let Some(id) = prev.rings.get(ring) {
+    for (ring, plan) in &want.rings {
+        if let Some(id) = prev.rings.get(ring).filter(|id| fits(cur, **id, plan.size)) {
             rings.insert(ring.clone(), *id);
             taken.insert(*id);
         }
@@ -154,8 +165,12 @@ fn assign_rings(want: &Plan, cur: &Current, prev: &Assignment) -> Result<HashMap
         .filter(|_| prev.rings.is_empty())
         .map(|v| (&v.key, &v.ring))
     {
+        let size = want.rings.get(ring).map_or(0, |p| p.size);
         if let Some(m) = cur.vips.get(key) {
-            if !rings.contains_key(ring) && !taken.contains(&m.ring_id) {
+            if !rings.contains_key(ring)
+                && !taken.contains(&m.ring_id)
+                && fits(cur, m.ring_id, size)
+            {
                 rings.insert(ring.clone(), m.ring_id);
                 taken.insert(m.ring_id);
             }
@@ -173,6 +188,7 @@ fn assign_rings(want: &Plan, cur: &Current, prev: &Assignment) -> Result<HashMap
                 .any(|(k, _)| m.addr == v4_mapped(k.addr.octets()) && m.port == k.port.to_be())
                 && !taken.contains(&m.ring_id)
                 && m.ring_id < MAX_RINGS
+                && fits(cur, m.ring_id, plan.size)
         });
         if let Some(m) = found {
             rings.insert(ring.clone(), m.ring_id);
@@ -237,8 +253,29 @@ fn assign_origins(want: &Plan, cur: &Current) -> Result<HashMap<OriginKey, u32>>
     Ok(origins)
 }
 
+/// The first gap of `size` slots in `RINGS` that no range of `live` covers; the range is
+/// added to `live`. None when `RING_SLOTS` has no such gap.
+pub fn place(size: u32, live: &mut Vec<(u32, u32)>) -> Option<u32> {
+    live.sort_unstable();
+    let mut at: u32 = 0;
+    for &(b, s) in live.iter() {
+        if b >= at + size {
+            break;
+        }
+        at = at.max(b + s);
+    }
+    (at + size <= RING_SLOTS).then(|| {
+        live.push((at, size));
+        at
+    })
+}
+
 /// The slots of one ring: Maglev over the members with positive weight, as origin ids.
-pub fn ring_slots(members: &[(OriginKey, f64)], ids: &HashMap<OriginKey, u32>) -> Vec<u32> {
+pub fn ring_slots(
+    members: &[(OriginKey, f64)],
+    ids: &HashMap<OriginKey, u32>,
+    size: u32,
+) -> Vec<u32> {
     let backends: Vec<maglev::Backend> = members
         .iter()
         .map(|(k, w)| maglev::Backend {
@@ -248,7 +285,7 @@ pub fn ring_slots(members: &[(OriginKey, f64)], ids: &HashMap<OriginKey, u32>) -
         .collect();
     // One id lookup per member, not per slot (65537 string-keyed lookups cost milliseconds).
     let member_ids: Vec<u32> = members.iter().map(|(k, _)| ids[k]).collect();
-    maglev::build(&backends, MAGLEV_M)
+    maglev::build(&backends, size)
         .into_iter()
         .map(|s| s.map_or(NO_ORIGIN, |i| member_ids[i as usize]))
         .collect()
@@ -327,7 +364,9 @@ impl<M: MapWriter> Reconciler<M> {
         let nh_gen = settings.map_or(0, |s| s.nh_gen.wrapping_add(1));
         let mut ring_meta = HashMap::new();
         for id in 0..MAX_RINGS {
-            ring_meta.insert(id, maps.read_ring_meta(id)?);
+            let m = maps.read_ring_meta(id)?;
+            current.ring_sizes.insert(id, m.size);
+            ring_meta.insert(id, m);
         }
         let geo_plan = maps.read_geo_plan()?.into_iter().collect();
         Ok(Self {
@@ -356,9 +395,9 @@ impl<M: MapWriter> Reconciler<M> {
         &self.plan
     }
 
-    fn ring(&mut self, id: u32) -> Result<&mut Vec<u32>> {
+    fn ring(&mut self, id: u32, base: u32, size: u32) -> Result<&mut Vec<u32>> {
         if !self.rings.contains_key(&id) {
-            let slots = self.maps.read_ring(id)?;
+            let slots = self.maps.read_ring(base, size)?;
             self.rings.insert(id, slots);
         }
         Ok(self.rings.get_mut(&id).expect("inserted above"))
@@ -472,17 +511,68 @@ impl<M: MapWriter> Reconciler<M> {
 
     /// Step 2: ring slots that changed (rings whose inputs changed), and each ring's
     /// steering.
+    /// A ring without a place of its size gets one (`place`), its slots are written there,
+    /// then its `RING_META` entry points at them.
     fn write_rings(&mut self, want: &Plan, a: &Assignment, r: &mut ApplyReport) -> Result<()> {
+        let mut live = self.live_ranges(want, a);
         for (key, plan) in &want.rings {
             let id = a.rings[key];
-            self.write_ring_slots(id, plan, &a.origins, r)?;
-            let meta = ring_meta(plan, &a.origins);
+            let placed = self
+                .ring_meta
+                .get(&id)
+                .filter(|m| m.size == plan.size && m.size != 0)
+                .map(|m| m.base);
+            let base = match placed {
+                Some(b) => b,
+                None => {
+                    let b = place(plan.size, &mut live).ok_or(ReconcileError::Capacity {
+                        what: "ring slot",
+                        needed: want.rings.values().map(|p| p.size as usize).sum(),
+                        max: RING_SLOTS,
+                    })?;
+                    // What the new place holds is another ring's leftovers: read it afresh.
+                    self.rings.remove(&id);
+                    self.ring_inputs.remove(&id);
+                    b
+                }
+            };
+            self.write_ring_slots(id, base, plan, &a.origins, r)?;
+            let mut meta = ring_meta(plan, &a.origins);
+            meta.base = base;
+            meta.size = plan.size;
             if self.ring_meta.get(&id) != Some(&meta) {
                 self.maps.write_ring_meta(id, meta)?;
                 self.ring_meta.insert(id, meta);
+                self.current.ring_sizes.insert(id, meta.size);
             }
         }
         Ok(())
+    }
+
+    /// The `RINGS` ranges nothing may be placed over: those of rings the maps' VIPs, geo
+    /// plans and pool selections point at now, and of the planned rings already placed at
+    /// their size.
+    fn live_ranges(&self, want: &Plan, a: &Assignment) -> Vec<(u32, u32)> {
+        let mut ids: HashSet<u32> = self
+            .current
+            .vips
+            .iter()
+            .filter(|(k, _)| k.port != 0)
+            .map(|(_, m)| m.ring_id)
+            .chain(self.geo_plan.values().copied())
+            .chain(self.pool_sel.values().flatten().copied())
+            .collect();
+        for (key, plan) in &want.rings {
+            let id = a.rings[key];
+            if self.ring_meta.get(&id).is_some_and(|m| m.size == plan.size) {
+                ids.insert(id);
+            }
+        }
+        ids.iter()
+            .filter_map(|id| self.ring_meta.get(id))
+            .filter(|m| m.size != 0)
+            .map(|m| (m.base, m.size))
+            .collect()
     }
 
     /// Rebuilds ring `id`'s Maglev table when its members, weights or member ids changed,
@@ -490,6 +580,7 @@ impl<M: MapWriter> Reconciler<M> {
     fn write_ring_slots(
         &mut self,
         id: u32,
+        base: u32,
         plan: &RingPlan,
         origins: &HashMap<OriginKey, u32>,
         r: &mut ApplyReport,
@@ -503,15 +594,14 @@ impl<M: MapWriter> Reconciler<M> {
             return Ok(());
         }
         let t = Instant::now();
-        let slots = ring_slots(&plan.members, origins);
+        let slots = ring_slots(&plan.members, origins, plan.size);
         r.compute += t.elapsed();
         r.rings_rebuilt += 1;
         let t = Instant::now();
-        let base = id * MAGLEV_M;
-        let old = std::mem::take(self.ring(id)?);
+        let old = std::mem::take(self.ring(id, base, plan.size)?);
         for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
             if new != old {
-                #[expect(clippy::cast_possible_truncation, reason = "i < MAGLEV_M")]
+                #[expect(clippy::cast_possible_truncation, reason = "i < ring size")]
                 let slot = base + i as u32;
                 if let Err(e) = self.maps.write_ring_slot(slot, *new) {
                     // What the ring holds is unknown now: read it again next time.
@@ -880,9 +970,11 @@ default_pools = ["b"]
         let d = plan::plan(&cfg(POOLS, LBS), &HealthTable::default(), &[]);
         let a = assign(&d, &Current::default(), &Assignment::default()).unwrap();
         let ring_y = &d.vips[1].ring;
-        assert!(ring_slots(&d.rings[ring_y].members, &a.origins)
-            .iter()
-            .all(|s| *s == NO_ORIGIN));
+        assert!(
+            ring_slots(&d.rings[ring_y].members, &a.origins, d.rings[ring_y].size)
+                .iter()
+                .all(|s| *s == NO_ORIGIN)
+        );
     }
 
     #[test]
@@ -1249,6 +1341,122 @@ default_pools = ["a", "b"]
     }
 
     #[test]
+    fn a_pool_that_outgrows_its_ring_size_moves_to_another_ring_and_place() {
+        let c = cfg(CFG);
+        let mut r = rec();
+        r.apply(&c, &all_up(&c)).expect("apply");
+        let old_id = r.assignment.rings[&key("a")];
+        let old = r.maps.ring_meta[&old_id];
+        assert_eq!((old.base, old.size), (0, 4093), "ring a first: {old:?}");
+        let before = r.maps.ring(old_id);
+        // Eleven origins need more than 4093 slots at 400 per origin: 16381.
+        let more: String = (4..=11)
+            .map(|i| format!("  {{ name = \"a{i}\", address = \"10.1.0.{i}\" }},\n"))
+            .collect();
+        let c2 = cfg(&CFG.replace(
+            "  { name = \"a3\", address = \"10.1.0.3\" },\n",
+            &format!("  {{ name = \"a3\", address = \"10.1.0.3\" }},\n{more}"),
+        ));
+        r.apply(&c2, &all_up(&c2)).expect("apply");
+        let new_id = r.assignment.rings[&key("a")];
+        assert_ne!(new_id, old_id, "a size change takes another ring id");
+        let m = r.maps.ring_meta[&new_id];
+        assert_eq!(m.size, 16381, "{m:?}");
+        assert!(
+            m.base >= old.base + old.size || m.base + m.size <= old.base,
+            "placed beside the old ring, which the VIP read until it moved: {m:?} {old:?}"
+        );
+        assert_eq!(
+            r.maps.ring(old_id),
+            before,
+            "the old ring's slots were not written"
+        );
+        assert_eq!(vip(&r).ring_id, new_id, "the VIP moved to the new ring");
+        assert_eq!(ring_share(&r, "a").len(), 11, "every origin has slots");
+    }
+
+    #[test]
+    fn place_takes_the_first_gap_that_fits_and_refuses_when_none_does() {
+        let mut live = vec![(1021, 1021), (0, 1021), (4093, 16381)];
+        assert_eq!(
+            place(1021, &mut live),
+            Some(2042),
+            "after the two first rings"
+        );
+        assert_eq!(
+            place(1021, &mut live),
+            Some(3063),
+            "the gap before 4093 fits 1030"
+        );
+        assert_eq!(
+            place(4093, &mut live),
+            Some(4093 + 16381),
+            "after the big ring"
+        );
+        let mut full = vec![(0, RING_SLOTS - 100)];
+        assert_eq!(place(1021, &mut full), None, "100 slots left");
+        assert_eq!(
+            place(100, &mut full),
+            Some(RING_SLOTS - 100),
+            "exactly fits"
+        );
+    }
+
+    /// The capacity the issue asks for, without root: 1000 load balancers, 1000 pools and
+    /// 10,000 origins, each pool on its own ring, placed in `RING_SLOTS` without overlap.
+    #[test]
+    fn a_thousand_load_balancers_pools_and_ten_thousand_origins_fit() {
+        let mut text =
+            String::from("[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n\n");
+        for p in 0..1000 {
+            text.push_str(&format!("[[pools]]\nname = \"p{p}\"\norigins = [\n"));
+            for o in 0..10 {
+                let n = p * 10 + o;
+                text.push_str(&format!(
+                    "  {{ name = \"o{o}\", address = \"10.{}.{}.{}\" }},\n",
+                    100 + n / 65536,
+                    (n / 256) % 256,
+                    n % 256
+                ));
+            }
+            text.push_str("]\n\n");
+        }
+        for l in 0..1000 {
+            text.push_str(&format!(
+                "[[load_balancers]]\nname = \"lb{l}\"\naddress = \"10.0.{}.{}\"\nport = 80\ndefault_pools = [\"p{l}\"]\n\n",
+                4 + l / 250,
+                l % 250 + 1
+            ));
+        }
+        let c = cfg(&text);
+        let mut r = rec();
+        let rep = r
+            .apply(&c, &HealthTable::default())
+            .expect("apply at full scale");
+        assert_eq!(r.assignment.rings.len(), 1000);
+        assert_eq!(r.assignment.origins.len(), 10_000);
+        assert_eq!(
+            rep.vips_written, 2000,
+            "1000 VIPs and their address markers"
+        );
+        let mut ranges: Vec<(u32, u32)> = r
+            .assignment
+            .rings
+            .values()
+            .map(|id| (r.maps.ring_meta[id].base, r.maps.ring_meta[id].size))
+            .collect();
+        ranges.sort_unstable();
+        assert!(
+            ranges.iter().all(|(_, s)| *s == 4093),
+            "10 origins: 4093 slots"
+        );
+        assert!(
+            ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0),
+            "no two rings overlap"
+        );
+    }
+
+    #[test]
     fn the_first_apply_writes_every_entry_the_plan_asks_for() {
         let c = cfg(CFG);
         let mut r = rec();
@@ -1263,7 +1471,11 @@ default_pools = ["a", "b"]
         );
         let a = ring_share(&r, "a");
         assert_eq!(a.len(), 3, "three origins share ring a: {a:?}");
-        assert!(a.values().all(|n| (21_800..=21_900).contains(n)), "{a:?}");
+        // A 3-origin pool gets a small ring (4093 slots): each origin holds M/3 rounded up
+        // or down.
+        let m = lb_common::ring_size(3) as usize;
+        assert_eq!(m, 4093);
+        assert!(a.values().all(|n| (m / 3..=m / 3 + 1).contains(n)), "{a:?}");
         assert_eq!(
             r.maps.counter_resets.len(),
             5 + 1,

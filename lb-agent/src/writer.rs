@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
     Counters, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipById, VipKey, VipMeta,
-    MAGLEV_M, MAX_ORIGINS, MAX_RINGS, POOL_SEL_M,
+    MAX_ORIGINS, MAX_RINGS, POOL_SEL_M, RING_SLOTS,
 };
 
 use crate::dataplane::Maps;
@@ -26,15 +26,15 @@ type Result<T> = std::result::Result<T, WriteError>;
 pub type GeoPrefix = (u32, [u8; 16]);
 
 /// What the reconciler reads (once, when it adopts the maps or first touches a table) and
-/// writes. Slots are absolute indexes (`ring_id * MAGLEV_M + i`, `vip_id * POOL_SEL_M + i`).
+/// writes. Slots are absolute indexes (`RingMeta::base + i`, `vip_id * POOL_SEL_M + i`).
 pub trait MapWriter {
     fn read_vips(&self) -> Result<Vec<(VipKey, VipMeta)>>;
     fn read_origin(&self, id: u32) -> Result<OriginMeta>;
     fn read_settings(&self) -> Option<Settings>;
     fn read_ring_meta(&self, id: u32) -> Result<RingMeta>;
     fn read_geo_plan(&self) -> Result<Vec<(GeoPlanKey, u32)>>;
-    /// The `MAGLEV_M` slots of ring `ring_id`.
-    fn read_ring(&self, ring_id: u32) -> Result<Vec<u32>>;
+    /// `size` slots of `RINGS` from `base` (one ring's).
+    fn read_ring(&self, base: u32, size: u32) -> Result<Vec<u32>>;
     /// The `POOL_SEL_M` slots of VIP `vip_id`.
     fn read_pool_sel(&self, vip_id: u32) -> Result<Vec<u32>>;
     fn read_geo(&self) -> Result<HashMap<GeoPrefix, GeoValue>>;
@@ -102,11 +102,10 @@ impl MapWriter for Maps {
             .collect()
     }
 
-    fn read_ring(&self, ring_id: u32) -> Result<Vec<u32>> {
-        let base = ring_id * MAGLEV_M;
+    fn read_ring(&self, base: u32, size: u32) -> Result<Vec<u32>> {
         match &self.rings_mem {
-            Some(mem) => Ok((0..MAGLEV_M).map(|s| mem.get(base + s)).collect()),
-            None => (0..MAGLEV_M)
+            Some(mem) => Ok((0..size).map(|s| mem.get(base + s)).collect()),
+            None => (0..size)
                 .map(|s| self.rings.get(&(base + s), 0).map_err(werr("RINGS")))
                 .collect(),
         }
@@ -244,8 +243,8 @@ pub struct MemMaps {
     /// `VIP_IDS`: VIP id -> its entry (absent: all zero).
     pub vip_ids: BTreeMap<u32, VipById>,
     pub origins: BTreeMap<u32, OriginMeta>,
-    /// Ring id -> its `MAGLEV_M` slots (absent: all zero).
-    pub rings: HashMap<u32, Vec<u32>>,
+    /// `RINGS`: slot -> origin id (absent: zero).
+    pub slots: HashMap<u32, u32>,
     pub ring_meta: HashMap<u32, RingMeta>,
     pub geo_plan: HashMap<GeoPlanKey, u32>,
     /// VIP id -> its `POOL_SEL_M` slots (absent: all zero).
@@ -258,12 +257,17 @@ pub struct MemMaps {
 }
 
 impl MemMaps {
-    /// The slots of ring `ring_id`.
+    /// The slots of ring `ring_id`, where its `RING_META` entry places them (none when it
+    /// has no place yet).
     pub fn ring(&self, ring_id: u32) -> Vec<u32> {
-        self.rings
-            .get(&ring_id)
-            .cloned()
-            .unwrap_or_else(|| vec![0; MAGLEV_M as usize])
+        let m = self.ring_meta.get(&ring_id).copied().unwrap_or_default();
+        self.slots_at(m.base, m.size)
+    }
+
+    fn slots_at(&self, base: u32, size: u32) -> Vec<u32> {
+        (base..base + size)
+            .map(|s| self.slots.get(&s).copied().unwrap_or(0))
+            .collect()
     }
 }
 
@@ -304,8 +308,8 @@ impl MapWriter for MemMaps {
         Ok(self.geo_plan.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn read_ring(&self, ring_id: u32) -> Result<Vec<u32>> {
-        Ok(self.ring(ring_id))
+    fn read_ring(&self, base: u32, size: u32) -> Result<Vec<u32>> {
+        Ok(self.slots_at(base, size))
     }
 
     fn read_pool_sel(&self, vip_id: u32) -> Result<Vec<u32>> {
@@ -347,10 +351,13 @@ impl MapWriter for MemMaps {
 
     fn write_ring_slot(&mut self, slot: u32, origin: u32) -> Result<()> {
         self.writes += 1;
-        let (ring, i) = split(slot, MAGLEV_M);
-        self.rings
-            .entry(ring)
-            .or_insert_with(|| vec![0; MAGLEV_M as usize])[i] = origin;
+        if slot >= RING_SLOTS {
+            return Err(WriteError {
+                map: "RINGS",
+                reason: format!("index {slot} out of bounds"),
+            });
+        }
+        self.slots.insert(slot, origin);
         Ok(())
     }
 

@@ -9,15 +9,39 @@
 
 pub mod hash;
 
-/// Slots per Maglev ring. Prime, as Maglev requires; 65537 keeps the per-origin share error
-/// below 0.01 % for a few hundred origins.
+/// Slots of the largest Maglev ring. Prime, as Maglev requires; 65537 keeps the per-origin
+/// share error below 0.01 % for a few hundred origins.
 pub const MAGLEV_M: u32 = 65537;
-/// Rings the `RINGS` map holds (one per pool). `RINGS` has `MAX_RINGS * MAGLEV_M` slots.
-pub const MAX_RINGS: u32 = 64;
+/// The ring sizes a pool may get, smallest first (all prime, as Maglev requires): a pool gets
+/// the smallest with at least `RING_SLOTS_PER_ORIGIN` slots per origin, so that 1000 pools of
+/// 10 origins take 4093 slots each and fit in `RING_SLOTS`, while large pools keep 65537
+/// (Cilium offers 1021 to 131071).
+pub const RING_SIZES: [u32; 4] = [1021, 4093, 16381, MAGLEV_M];
+/// Slots per origin a ring size must give, at least. At 400, removing one of N equal origins
+/// moves at most 1/N + 1 % of the slots and shares stay within 1 % of each other, as with
+/// 65537 slots (`maglev` tests each size); at 100, a 10-origin pool on 1021 slots moved 12.5 %.
+pub const RING_SLOTS_PER_ORIGIN: u32 = 400;
+/// The ring size for a pool of `origins` origins (see `RING_SIZES`).
+pub const fn ring_size(origins: usize) -> u32 {
+    let mut i = 0;
+    while i < RING_SIZES.len() - 1 {
+        if RING_SIZES[i] as usize >= origins * RING_SLOTS_PER_ORIGIN as usize {
+            return RING_SIZES[i];
+        }
+        i += 1;
+    }
+    MAGLEV_M
+}
+/// Rings (one per pool and origin port in use) `RING_META` describes.
+pub const MAX_RINGS: u32 = 1024;
+/// Slots of `RINGS`, shared by all rings: each ring holds `RingMeta::size` of them from
+/// `RingMeta::base`. 2^24 slots (64 MiB) hold 1024 rings of 16381 slots (pools of up to 40
+/// origins) or 256 of 65537.
+pub const RING_SLOTS: u32 = 1 << 24;
 /// Entries of the `ORIGINS` and `ORIGIN_STATS` arrays (an origin id indexes both).
-pub const MAX_ORIGINS: u32 = 4096;
+pub const MAX_ORIGINS: u32 = 16384;
 /// Entries of `VIPS` and `VIP_STATS`.
-pub const MAX_VIPS: u32 = 512;
+pub const MAX_VIPS: u32 = 1024;
 /// Default size of `FLOWS` and `REV_FLOWS` (plain hashes). The agent may change it when it
 /// creates the maps (`dataplane.flow_table_size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
@@ -152,7 +176,7 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 pub struct VipMeta {
     /// Index into `VIP_STATS`, host order.
     pub vip_id: u32,
-    /// Which ring of `RINGS` new flows use (slot = ring_id * MAGLEV_M + hash % MAGLEV_M), host.
+    /// Which ring new flows use (`RING_META[ring_id]` says where its slots are), host.
     /// Moving a VIP to another pool is one write of this field.
     pub ring_id: u32,
     /// `VIP_F_*` bits, host order: how new flows pick their ring and origin.
@@ -214,18 +238,24 @@ pub struct RingMeta {
     pub steering: u32,
     /// Used entries of `ids`/`weights` (`least_connections` rings only), host order.
     pub count: u32,
+    /// First slot of the ring in `RINGS`, host order.
+    pub base: u32,
+    /// Slots of the ring (one of `RING_SIZES`; 0 = no ring yet), host order.
+    pub size: u32,
     /// Origin ids with weight > 0, host order.
     pub ids: [u32; MAX_LC_MEMBERS],
     /// Their weights in 1/10000, host order.
     pub weights: [u32; MAX_LC_MEMBERS],
 }
-const _: () = assert!(core::mem::size_of::<RingMeta>() == 264);
+const _: () = assert!(core::mem::size_of::<RingMeta>() == 272);
 
 impl Default for RingMeta {
     fn default() -> Self {
         Self {
             steering: RING_STEER_RANDOM,
             count: 0,
+            base: 0,
+            size: 0,
             ids: [0; MAX_LC_MEMBERS],
             weights: [0; MAX_LC_MEMBERS],
         }

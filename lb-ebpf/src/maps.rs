@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::{
     event, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, GeoValue, Handshakes,
     OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipById, VipKey, VipMeta, AFFINITY_SIZE,
-    DEFAULT_FLOW_TABLE_SIZE, GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAGLEV_M, MAX_INTERFACES,
-    MAX_LOCAL_ADDRS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M,
+    DEFAULT_FLOW_TABLE_SIZE, GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAX_INTERFACES,
+    MAX_LOCAL_ADDRS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M, RING_SLOTS,
 };
 
 /// `[0]`: SNAT address and port range; the data path passes everything until it is set.
@@ -28,11 +28,12 @@ pub static VIPS: HashMap<VipKey, VipMeta, { 2 * MAX_VIPS as usize }> = HashMap::
 #[btf_map]
 pub static VIP_IDS: Array<VipById, { MAX_VIPS as usize }> = Array::new();
 
-/// `MAX_RINGS` Maglev rings of `MAGLEV_M` slots each; a slot holds an origin id or NO_ORIGIN.
+/// The slots of every Maglev ring (`RING_META` says where each ring's are); a slot holds an
+/// origin id or NO_ORIGIN.
 /// Mmapable: the agent writes changed slots with plain stores into a shared mapping instead
 /// of one bpf() syscall per slot.
 #[btf_map]
-pub static RINGS: Array<u32, { (MAX_RINGS * MAGLEV_M) as usize }, { BPF_F_MMAPABLE as usize }> =
+pub static RINGS: Array<u32, { RING_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> =
     Array::new();
 
 /// Origin id -> address and port.

@@ -6,7 +6,7 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
     event,
     hash::{addr_hash, flow_hash, SEED_POOL, SEED_RING},
-    AffinityKey, FlowKey, GeoPlanKey, RingMeta, VipMeta, MAGLEV_M, MAX_LC_MEMBERS, NO_ORIGIN,
+    AffinityKey, FlowKey, GeoPlanKey, RingMeta, VipMeta, MAX_LC_MEMBERS, NO_ORIGIN,
     NO_RING, ORIGIN_F_PRESENT, POOL_SEL_M, RING_STEER_HASH, RING_STEER_LEAST_CONN, VIP_F_AFFINITY,
     VIP_F_GEO, VIP_F_RANDOM,
 };
@@ -89,8 +89,12 @@ pub fn pick(key: &FlowKey, vip: &VipMeta, sc: &mut Scratch) -> u32 {
     if meta.steering == RING_STEER_LEAST_CONN {
         return least_conn(meta, h);
     }
+    // A ring the agent has not placed yet (size 0) holds no origin; BPF's `x % 0` is `x`.
+    if meta.size == 0 {
+        return NO_ORIGIN;
+    }
     RINGS
-        .get(ring * MAGLEV_M + h % MAGLEV_M)
+        .get(meta.base + h % meta.size)
         .copied()
         .unwrap_or(NO_ORIGIN)
 }
