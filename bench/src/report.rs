@@ -125,6 +125,59 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// The targets at scale: (key of the median, key of the max, what, target ms).
+const SCALE_TARGETS: [(&str, Option<&str>, &str, f64); 3] = [
+    ("scale_first_apply_ms", None, "first apply", 1000.0),
+    (
+        "scale_origin_down_median_ms",
+        Some("scale_origin_down_max_ms"),
+        "one origin down → maps written",
+        5.0,
+    ),
+    (
+        "scale_reload_one_change_median_ms",
+        Some("scale_reload_one_change_max_ms"),
+        "reload with one change (parse + apply)",
+        50.0,
+    ),
+];
+
+/// The scale the control-plane scale bench ran at, in words.
+fn scale_used(c: &BTreeMap<String, f64>) -> String {
+    let g = |k: &str| c.get(k).copied().unwrap_or(f64::NAN);
+    format!(
+        "{} VIPs, {} pools, {} origins{}",
+        g("scale_vips"),
+        g("scale_pools"),
+        g("scale_origins"),
+        if g("scale_is_full") == 1.0 {
+            " (the issue's full scale)".to_owned()
+        } else {
+            " (less than the issue's 1000 VIPs, 1000 pools, 10000 origins: the largest the data path's maps hold)".to_owned()
+        }
+    )
+}
+
+/// One line per target of the control-plane scale bench, and one for the scale used.
+pub fn scale_lines(c: &BTreeMap<String, f64>) -> Vec<String> {
+    if !c.contains_key("scale_vips") {
+        return Vec::new();
+    }
+    let mut out = vec![format!("scale: {}", scale_used(c))];
+    for (k, max, what, target) in SCALE_TARGETS {
+        let Some(v) = c.get(k) else { continue };
+        let max = max
+            .and_then(|m| c.get(m))
+            .map_or(String::new(), |m| format!(" (max {})", fmt(*m)));
+        out.push(format!(
+            "{what} ≤ {target} ms: {} ms{max} ({})",
+            fmt(*v),
+            verdict(*v <= target)
+        ));
+    }
+    out
+}
+
 pub fn write(out: &Path, r: &mut Report) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let mut md = String::new();
