@@ -388,3 +388,51 @@ pub fn run(object: &Path, want: Scale, report: &mut Report) -> Result<()> {
     report.control.extend(out);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_config_validates_at_the_scale_that_fits() {
+        let s = Scale::fitting(FULL);
+        let cfg = Config::parse(
+            &config_text(Path::new("/sys/fs/bpf/t"), s, Some((3, 0.5))),
+            Path::new("t.toml"),
+        )
+        .unwrap_or_else(|e| panic!("config at {s:?} does not validate: {e}"));
+        assert_eq!(cfg.load_balancers.len(), s.vips, "load balancers");
+        assert_eq!(cfg.pools.len(), s.pools, "pools");
+        let origins: usize = cfg.pools.iter().map(|p| p.origins.len()).sum();
+        assert_eq!(origins, s.origins, "origins in all");
+        assert_eq!(
+            health::targets(&cfg).len(),
+            s.origins,
+            "one target per origin"
+        );
+    }
+
+    #[test]
+    fn origins_spread_evenly_and_least_connections_pools_stay_small() {
+        for s in [
+            FULL,
+            Scale {
+                vips: 512,
+                pools: 64,
+                origins: 4096,
+            },
+        ] {
+            let c = origin_counts(s);
+            assert_eq!(c.iter().sum::<usize>(), s.origins, "{s:?}: total");
+            for (p, n) in c.iter().enumerate() {
+                if is_lc_pool(p) {
+                    assert!(*n <= MAX_LC_MEMBERS, "{s:?}: pool {p} has {n}");
+                }
+            }
+        }
+        assert!(
+            origin_counts(FULL).iter().all(|n| *n == 10),
+            "10 per pool at full scale"
+        );
+    }
+}
