@@ -5,13 +5,14 @@
 //! Maglev build times, the health tests' detection-to-drain) are passed in as files.
 //!
 //! Usage: `lb-bench --object <lb-ebpf object> --agent <lb-agent> [--out DIR] [--criterion DIR]
-//! [--failover FILE] [--quick] [--only per-packet|rate|e2e|control-plane]` (`--only` runs one part and
+//! [--failover FILE] [--quick] [--only per-packet|rate|e2e|control-plane|scale]` (`--only` runs one part and
 //! prints it without writing a report). Set `LB_BENCH_DEBUG=1` to print the data path's
 //! counters after the packet-rate and end-to-end runs.
 
 mod e2e;
 mod packet;
 mod report;
+mod scale;
 
 use std::{
     collections::BTreeMap,
@@ -738,7 +739,7 @@ struct Args {
     criterion: Option<PathBuf>,
     failover: Option<PathBuf>,
     quick: bool,
-    /// Run one part and print it (no report): per-packet, rate, e2e or control-plane.
+    /// Run one part and print it (no report): per-packet, rate, e2e, control-plane or scale.
     only: Option<String>,
 }
 
@@ -813,12 +814,26 @@ fn main() -> Result<()> {
             println!("{:#?}", report.control);
             return Ok(());
         }
-        Some(other) => anyhow::bail!("--only {other}: use per-packet, rate, e2e or control-plane"),
+        Some("scale") => {
+            scale::run(&a.object, scale::FULL, &mut report)?;
+            for l in report::scale_lines(&report.control) {
+                println!("{l}");
+            }
+            println!("{:#?}", report.control);
+            return Ok(());
+        }
+        Some(other) => {
+            anyhow::bail!("--only {other}: use per-packet, rate, e2e, control-plane or scale")
+        }
     }
     eprintln!("lb-bench: per-packet cost (BPF_PROG_TEST_RUN)");
     per_packet(&a.object, &mut report)?;
     eprintln!("lb-bench: control plane");
     control_plane(&a.object, &mut report)?;
+    eprintln!(
+        "lb-bench: control plane at scale (1000 VIPs, 1000 pools, 10k origins, or what fits)"
+    );
+    scale::run(&a.object, scale::FULL, &mut report)?;
     if let Some(dir) = &a.criterion {
         report.maglev_build_us = report::criterion_means(dir, "maglev_build");
     }

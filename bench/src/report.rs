@@ -125,6 +125,177 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// The targets at scale: (key of the median, key of the max, what, target ms).
+const SCALE_TARGETS: [(&str, Option<&str>, &str, f64); 3] = [
+    ("scale_first_apply_ms", None, "first apply", 1000.0),
+    (
+        "scale_origin_down_median_ms",
+        Some("scale_origin_down_max_ms"),
+        "one origin down → maps written",
+        5.0,
+    ),
+    (
+        "scale_reload_one_change_median_ms",
+        Some("scale_reload_one_change_max_ms"),
+        "reload with one change (parse + apply)",
+        50.0,
+    ),
+];
+
+/// The scale the control-plane scale bench ran at, in words.
+fn scale_used(c: &BTreeMap<String, f64>) -> String {
+    let g = |k: &str| c.get(k).copied().unwrap_or(f64::NAN);
+    format!(
+        "{} VIPs, {} pools, {} origins{}",
+        g("scale_vips"),
+        g("scale_pools"),
+        g("scale_origins"),
+        if g("scale_is_full") == 1.0 {
+            " (the issue's full scale)".to_owned()
+        } else {
+            " (less than the issue's 1000 VIPs, 1000 pools, 10000 origins: the largest the data path's maps hold)".to_owned()
+        }
+    )
+}
+
+/// One line per target of the control-plane scale bench, and one for the scale used.
+pub fn scale_lines(c: &BTreeMap<String, f64>) -> Vec<String> {
+    if !c.contains_key("scale_vips") {
+        return Vec::new();
+    }
+    let mut out = vec![format!("scale: {}", scale_used(c))];
+    for (k, max, what, target) in SCALE_TARGETS {
+        let Some(v) = c.get(k) else { continue };
+        let max = max
+            .and_then(|m| c.get(m))
+            .map_or(String::new(), |m| format!(" (max {})", fmt(*m)));
+        out.push(format!(
+            "{what} ≤ {target} ms: {} ms{max} ({})",
+            fmt(*v),
+            verdict(*v <= target)
+        ));
+    }
+    out
+}
+
+/// The "Control plane at scale" section: targets beside the figures, then the map memory.
+fn scale_section(md: &mut String, r: &mut Report) {
+    let c = &r.control;
+    if !c.contains_key("scale_vips") {
+        return;
+    }
+    let g = |k: &str| c.get(k).copied().unwrap_or(f64::NAN);
+    let _ = writeln!(
+        md,
+        "\n## Control plane at scale\n\n{}; load balancers share addresses 4 ports each and fail over between two default pools to a fallback pool; every pool is TCP-monitored. Mixed in: {} geo, {} random-steering and {} session-affinity VIPs, {} least-connections pools. Times are the reconciler's `apply` (plan, Maglev rings, map writes) on a loaded data path; one origin down is the median (max) over {} origins spread over the pools, each brought back after; a reload parses and validates a config text with one origin's weight changed, then applies it (median (max) of {}, each undone after; the agent's state-file merge is not included).\n",
+        scale_used(c),
+        g("scale_geo_vips"),
+        g("scale_random_vips"),
+        g("scale_affinity_vips"),
+        g("scale_least_connections_pools"),
+        g("scale_origin_down_samples"),
+        g("scale_reload_samples")
+    );
+    let _ = writeln!(md, "| figure | value | target | |\n|---|---:|---:|---|");
+    for (k, max, what, target) in SCALE_TARGETS {
+        let v = g(k);
+        let max = max.map_or(String::new(), |m| format!(" (max {})", fmt(g(m))));
+        let _ = writeln!(
+            md,
+            "| {what} | {} ms{max} | ≤ {} ms | {} |",
+            fmt(v),
+            fmt(target),
+            verdict(v <= target)
+        );
+    }
+    for (k, what, unit) in [
+        ("scale_reapply_unchanged_ms", "reapply unchanged", "ms"),
+        ("scale_config_parse_ms", "config parse and validation", "ms"),
+        ("scale_first_apply_plan_ms", "first apply: plan", "ms"),
+        (
+            "scale_first_apply_ring_compute_ms",
+            "first apply: Maglev rings",
+            "ms",
+        ),
+        (
+            "scale_first_apply_ring_writes_ms",
+            "first apply: ring slot writes",
+            "ms",
+        ),
+        (
+            "scale_origin_down_plan_median_ms",
+            "one origin down: plan (median)",
+            "ms",
+        ),
+        (
+            "scale_origin_down_ring_compute_median_ms",
+            "one origin down: Maglev ring and diff (median)",
+            "ms",
+        ),
+        (
+            "scale_origin_down_ring_writes_median_ms",
+            "one origin down: ring slot writes (median)",
+            "ms",
+        ),
+        (
+            "scale_reload_one_change_parse_median_ms",
+            "reload with one change: parse and validation (median)",
+            "ms",
+        ),
+        ("scale_rings", "rings", ""),
+        (
+            "scale_first_apply_slots_written",
+            "ring slots written, first apply",
+            "",
+        ),
+        (
+            "scale_origin_down_slots_written_median",
+            "ring slots written, one origin down (median)",
+            "",
+        ),
+        (
+            "scale_reload_one_change_slots_written_median",
+            "ring slots written, reload with one change (median)",
+            "",
+        ),
+        ("scale_map_memory_RINGS_mib", "map memory, RINGS", "MiB"),
+        ("scale_map_memory_VIPS_mib", "map memory, VIPS", "MiB"),
+        ("scale_map_memory_ORIGINS_mib", "map memory, ORIGINS", "MiB"),
+        (
+            "scale_map_memory_RING_META_mib",
+            "map memory, RING_META",
+            "MiB",
+        ),
+        (
+            "scale_map_memory_all_pins_mib",
+            "map memory, all maps (incl. flow tables)",
+            "MiB",
+        ),
+    ] {
+        if let Some(v) = c.get(k) {
+            let _ = writeln!(md, "| {what} | {} {unit} | | |", fmt(*v));
+        }
+    }
+    let missed: Vec<&str> = SCALE_TARGETS
+        .iter()
+        .filter(|(k, _, _, t)| g(k) > *t)
+        .map(|(_, _, what, _)| *what)
+        .collect();
+    if !missed.is_empty() {
+        r.notes.push(format!(
+            "Control plane at scale ({}): {} missed. An apply that changes nothing takes {} ms, so every apply pays that for planning and diffing the whole config; one origin down adds little to it (plan {} ms, Maglev ring and diff {} ms, {} slot writes in {} ms, medians), and a reload adds parsing and validating the whole file ({} ms). Proposed fix: apply only what a change touches (the pool of a health change, the objects a reload changed) instead of planning and diffing everything.",
+            scale_used(c),
+            missed.join(", "),
+            fmt(g("scale_reapply_unchanged_ms")),
+            fmt(g("scale_origin_down_plan_median_ms")),
+            fmt(g("scale_origin_down_ring_compute_median_ms")),
+            fmt(g("scale_origin_down_slots_written_median")),
+            fmt(g("scale_origin_down_ring_writes_median_ms")),
+            fmt(g("scale_reload_one_change_parse_median_ms"))
+        ));
+    }
+}
+
 pub fn write(out: &Path, r: &mut Report) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let mut md = String::new();
@@ -314,7 +485,7 @@ pub fn write(out: &Path, r: &mut Report) -> Result<()> {
             fmt(*v)
         );
     }
-    for (k, v) in &r.control {
+    for (k, v) in r.control.iter().filter(|(k, _)| !k.starts_with("scale_")) {
         let _ = writeln!(md, "| {} | {} |", k.replace('_', " "), fmt(*v));
     }
     if let Some(v) = r.maglev_build_us.get("1000") {
@@ -380,6 +551,8 @@ pub fn write(out: &Path, r: &mut Report) -> Result<()> {
         let _ = writeln!(md, "\n![maglev](maglev.svg)\n");
     }
 
+    scale_section(&mut md, r);
+
     // Failover.
     let _ = writeln!(
         md,
@@ -399,4 +572,54 @@ pub fn write(out: &Path, r: &mut Report) -> Result<()> {
     println!("{md}");
     println!("report: {}", out.join("report.md").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_rows_carry_targets_and_stay_out_of_the_plain_table() {
+        let mut r = Report::default();
+        for (k, v) in [
+            ("scale_vips", 512.0),
+            ("scale_pools", 64.0),
+            ("scale_origins", 4096.0),
+            ("scale_is_full", 0.0),
+            ("scale_first_apply_ms", 300.0),
+            ("scale_origin_down_median_ms", 20.0),
+            ("scale_origin_down_max_ms", 25.0),
+            ("scale_reload_one_change_median_ms", 40.0),
+            ("scale_reload_one_change_max_ms", 45.0),
+            ("scale_map_memory_RINGS_mib", 32.0),
+        ] {
+            r.control.insert(k.into(), v);
+        }
+        let mut md = String::new();
+        scale_section(&mut md, &mut r);
+        for want in [
+            "512 VIPs, 64 pools, 4096 origins (less than",
+            "| first apply | 300 ms | ≤ 1000 ms | met |",
+            "| one origin down → maps written | 20.00 ms (max 25.00) | ≤ 5.00 ms | **missed** |",
+            "| reload with one change (parse + apply) | 40.00 ms (max 45.00) | ≤ 50.00 ms | met |",
+            "| map memory, RINGS | 32.00 MiB | | |",
+        ] {
+            assert!(md.contains(want), "scale section lacks {want:?}:\n{md}");
+        }
+        assert_eq!(
+            r.notes.len(),
+            1,
+            "one note for the missed target: {:?}",
+            r.notes
+        );
+        let dir = std::env::temp_dir().join(format!("lb-bench-report-{}", std::process::id()));
+        write(&dir, &mut r).expect("report written");
+        let md = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            !md.contains("| scale vips |"),
+            "scale figures also in the plain control table:\n{md}"
+        );
+        assert!(md.contains("## Control plane at scale"), "{md}");
+    }
 }
