@@ -287,11 +287,7 @@ fn pools_and_origins(cfg: &Config, health: &HealthTable) -> (Vec<PoolPlan>, Vec<
     let mut pools = Vec::new();
     let mut origins = Vec::new();
     for pool in &cfg.pools {
-        let lb_port = cfg
-            .load_balancers
-            .iter()
-            .find(|l| l.all_pools().any(|p| *p == pool.name))
-            .map(|l| l.origin_port);
+        let lb_port = cfg.users_of(&pool.name).next().map(|l| l.origin_port);
         let port_of = |o: &crate::config::Origin| {
             lb_port.map_or(o.port.unwrap_or(0), |p| o.port.unwrap_or(p))
         };

@@ -35,9 +35,10 @@ pub const fn ring_size(origins: usize) -> u32 {
 /// Rings (one per pool and origin port in use) `RING_META` describes.
 pub const MAX_RINGS: u32 = 1024;
 /// Slots of `RINGS`, shared by all rings: each ring holds `RingMeta::size` of them from
-/// `RingMeta::base`. 2^24 slots (64 MiB) hold 1024 rings of 16381 slots (pools of up to 40
-/// origins) or 256 of 65537.
-pub const RING_SLOTS: u32 = 1 << 24;
+/// `RingMeta::base`. The kernel keeps array elements 8 bytes apart, so 2^23 slots take
+/// 64 MiB: 1000 pools of up to 10 origins (4093 slots each) and 64 pools of over 40 origins
+/// (65537 each) at once, or 2048 small pools.
+pub const RING_SLOTS: u32 = 1 << 23;
 /// Entries of the `ORIGINS` and `ORIGIN_STATS` arrays (an origin id indexes both).
 pub const MAX_ORIGINS: u32 = 16384;
 /// Entries of `VIPS` and `VIP_STATS`.

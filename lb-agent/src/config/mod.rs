@@ -210,12 +210,34 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The pool named `name` (by the name index; a search if the index does not match).
     pub fn pool(&self, name: &str) -> Option<&Pool> {
-        self.pools.iter().find(|p| p.name == name)
+        self.names
+            .pools
+            .get(name)
+            .and_then(|i| self.pools.get(*i))
+            .filter(|p| p.name == name)
+            .or_else(|| self.pools.iter().find(|p| p.name == name))
+    }
+
+    /// The load balancers that may use pool `name` (`LoadBalancer::all_pools`), in config
+    /// order.
+    pub fn users_of(&self, name: &str) -> impl Iterator<Item = &LoadBalancer> {
+        self.names
+            .pool_users
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.load_balancers.get(*i))
     }
 
     pub fn monitor(&self, name: &str) -> Option<&Monitor> {
-        self.monitors.iter().find(|m| m.name == name)
+        self.names
+            .monitors
+            .get(name)
+            .and_then(|i| self.monitors.get(*i))
+            .filter(|m| m.name == name)
+            .or_else(|| self.monitors.iter().find(|m| m.name == name))
     }
 }
 

@@ -20,6 +20,46 @@ pub struct Config {
     pub load_balancers: Vec<LoadBalancer>,
     pub geo: Geo,
     pub api: Api,
+    /// Where each pool and monitor is in the lists above, by name (`Config::pool`).
+    pub names: Names,
+}
+
+/// Pools and monitors by name: a plan over 1000 load balancers asks for pools by name
+/// thousands of times, and a linear search over 1000 pools made that most of its cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Names {
+    pub pools: std::collections::HashMap<String, usize>,
+    pub monitors: std::collections::HashMap<String, usize>,
+    /// Pool name -> the load balancers that may use it (`all_pools`), in config order.
+    pub pool_users: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl Names {
+    pub fn of(pools: &[Pool], monitors: &[Monitor], load_balancers: &[LoadBalancer]) -> Self {
+        let mut pool_users: std::collections::HashMap<String, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, lb) in load_balancers.iter().enumerate() {
+            for p in lb.all_pools() {
+                let users = pool_users.entry(p.clone()).or_default();
+                if users.last() != Some(&i) {
+                    users.push(i);
+                }
+            }
+        }
+        Self {
+            pool_users,
+            pools: pools
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.name.clone(), i))
+                .collect(),
+            monitors: monitors
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.name.clone(), i))
+                .collect(),
+        }
+    }
 }
 
 /// The HTTP API's settings (`[api]`). Credentials from the environment are added by the

@@ -34,9 +34,8 @@ pub fn targets(cfg: &Config) -> BTreeMap<Target, String> {
             continue;
         };
         let mut ring_ports: Vec<u16> = cfg
-            .load_balancers
-            .iter()
-            .filter(|l| l.enabled && l.all_pools().any(|p| *p == pool.name))
+            .users_of(&pool.name)
+            .filter(|l| l.enabled)
             .map(|l| l.origin_port)
             .collect();
         ring_ports.sort_unstable();

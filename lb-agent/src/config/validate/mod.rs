@@ -39,6 +39,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
         unreachable!("every None above pushed an error")
     };
     Ok(Config {
+        names: super::types::Names::of(&pools, &monitors, &load_balancers),
         dataplane,
         agent,
         monitors,
