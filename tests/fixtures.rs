@@ -1281,3 +1281,57 @@ fn a_flow_of_a_removed_vip_is_not_forwarded_even_when_its_vip_id_is_reused() {
         }]);
     });
 }
+
+/// `snat_address` as a prefix: new flows spread over its addresses by their hash, and the
+/// replies to each address come back to the client (the data path knows every address of
+/// the prefix as a SNAT address).
+#[test]
+fn new_flows_spread_over_a_snat_prefix_and_replies_to_each_address_return() {
+    fixture(|fx| {
+        let text = config()
+            .replace(
+                "snat_address = \"10.0.0.1\"",
+                "snat_address = \"10.0.0.4/30\"",
+            )
+            .replace("snat_ports = [61000, 61001]", "snat_ports = [61000, 61999]");
+        assert_ne!(text, config(), "fixture edit applied");
+        fx.apply(&text);
+        let Frames { mac_a, mac_b, .. } = Frames::new(fx);
+        let mut used = std::collections::BTreeSet::new();
+        for port in 41000..41032u16 {
+            let syn = tcp_frame(MAC_C1, mac_a, C1, VIP, 64, port, 80, Flags::Syn, &[]);
+            let (v, out) = fx.run1(Side::A, &syn);
+            assert_eq!(v, XDP_REDIRECT, "SYN from port {port}");
+            fx.expect_events(&[event::FWD_REDIRECT]);
+            let src = [out[26], out[27], out[28], out[29]];
+            let sport = u16::from_be_bytes([out[34], out[35]]);
+            assert!(
+                src[..3] == [10, 0, 0] && (4..=7).contains(&src[3]),
+                "SNAT source {src:?} is in 10.0.0.4/30"
+            );
+            assert_eq!(&out[30..34], &O1, "to o1");
+            used.insert(src);
+            let reply = tcp_segment(
+                MAC_O1,
+                mac_b,
+                O1,
+                src,
+                64,
+                (8080, sport),
+                SYN | ACK,
+                (5000, 1001),
+                &[],
+            );
+            let (v, out) = fx.run1(Side::B, &reply);
+            assert_eq!(v, XDP_REDIRECT, "o1's SYN-ACK to {src:?}:{sport}");
+            fx.expect_events(&[event::REPLY_NAT, event::FWD_REDIRECT]);
+            assert_eq!(&out[26..30], &VIP, "from the VIP");
+            assert_eq!(&out[30..34], &C1, "to the client");
+            assert_eq!(u16::from_be_bytes([out[36], out[37]]), port, "to its port");
+        }
+        assert!(
+            used.len() >= 3,
+            "32 flows spread over the prefix's 4 addresses: {used:?}"
+        );
+    });
+}

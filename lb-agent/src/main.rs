@@ -121,6 +121,7 @@ fn main() -> anyhow::Result<()> {
                 cfg.pools.iter().map(|p| p.origins.len()).sum::<usize>(),
                 cfg.dataplane.interfaces
             );
+            println!("{}", snat_summary(&cfg.dataplane));
         }
         Some(Command::Status { json }) => {
             let cfg = Config::load(&cli.config)?;
@@ -177,4 +178,30 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutdown signal received");
+}
+
+/// What `check` says about SNAT: the addresses and ports in use, and the connection rate
+/// each origin sustains with them.
+fn snat_summary(dp: &lb_agent::config::Dataplane) -> String {
+    let first = dp.snat_address;
+    let addrs = if dp.snat_count == 1 {
+        format!("SNAT address {first}")
+    } else {
+        let last = dp.snat_addresses().last().unwrap_or(first);
+        format!("{} SNAT addresses {first}-{last}", dp.snat_count)
+    };
+    let how = if !dp.snat_ports_auto {
+        "as set"
+    } else if dp.snat_port_min == lb_agent::config::DEFAULT_SNAT_PORTS[0] {
+        "the default full range: no SNAT address is the host's own"
+    } else {
+        "the default for a SNAT address the host also uses, above its ephemeral ports; a dedicated SNAT address gets [1024, 65535]"
+    };
+    format!(
+        "{addrs}, ports [{}, {}] ({how}): each origin sustains about {:.0} new connections/s (ports x addresses / snat_port_reuse_after_close = {} s); bursts use every free port at once",
+        dp.snat_port_min,
+        dp.snat_port_max,
+        dp.sustained_rate_per_origin(),
+        dp.snat_port_reuse_after_close
+    )
 }

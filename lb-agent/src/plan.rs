@@ -140,6 +140,8 @@ fn settings(cfg: &Config) -> Settings {
     let dp = &cfg.dataplane;
     Settings {
         snat_addr: v4_mapped(dp.snat_address.octets()),
+        snat_count: dp.snat_count,
+        _pad: 0,
         snat_port_min: dp.snat_port_min,
         snat_port_max: dp.snat_port_max,
         flags: SETTINGS_F_READY

@@ -503,7 +503,8 @@ impl RevFlow {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// Source address for traffic towards origins (IPv4-mapped), NBO.
+    /// The first source address for traffic towards origins (IPv4-mapped), NBO; with
+    /// `snat_count`, the first of a run of addresses (a prefix).
     pub snat_addr: [u8; 16],
     /// First SNAT source port, host order.
     pub snat_port_min: u16,
@@ -530,8 +531,41 @@ pub struct Settings {
     /// looked up again. The agent bumps it when links, routes or neighbours change. Host
     /// order.
     pub nh_gen: u32,
+    /// SNAT addresses: `snat_addr` and the `snat_count - 1` addresses after it (0 counts as
+    /// 1): a prefix, so a power of two (at most `MAX_SNAT_ADDRS`) and `snat_addr` its first
+    /// address. A new flow takes one by its hash, so the ports of all multiply. Host order.
+    pub snat_count: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 48);
+const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+
+/// SNAT addresses one agent may use (`Settings::snat_count`): a /24 at most.
+pub const MAX_SNAT_ADDRS: u32 = 256;
+
+impl Settings {
+    /// Is `a` (IPv4-mapped) one of the SNAT addresses?
+    #[inline(always)]
+    pub fn is_snat_addr(&self, a: &[u8; 16]) -> bool {
+        let b = &self.snat_addr;
+        let mut i = 0;
+        while i < 12 {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        self.is_snat_v4([a[12], a[13], a[14], a[15]])
+    }
+
+    /// Is IPv4 address `a` one of the SNAT addresses (which are IPv4)?
+    #[inline(always)]
+    pub fn is_snat_v4(&self, a: [u8; 4]) -> bool {
+        let b = &self.snat_addr;
+        let off =
+            u32::from_be_bytes(a).wrapping_sub(u32::from_be_bytes([b[12], b[13], b[14], b[15]]));
+        off < self.snat_count.max(1)
+    }
+}
 
 pub const SETTINGS_F_READY: u32 = 1;
 /// `Settings::flags`: answer ICMP echo requests to a VIP address (`[dataplane] answer_ping`);

@@ -104,7 +104,7 @@ pub fn not_tcp(ctx: &XdpContext) -> u32 {
     let dst = v4_mapped(dst4);
     let to_vip = is_vip_addr(dst);
     let whole = vihl == 0x45 && frags[0] & (IP_MF | IP_OFFSET_HI) == 0 && frags[1] == 0;
-    if proto == IPPROTO_ICMP && whole && (to_vip || dst == settings.snat_addr) {
+    if proto == IPPROTO_ICMP && whole && (to_vip || settings.is_snat_addr(&dst)) {
         if let Some(v) = icmp::handle(ctx, to_vip) {
             return v;
         }
@@ -147,7 +147,7 @@ pub fn not_ours(ctx: &XdpContext, reason: u32) -> u32 {
     // Broadcast and multicast (group bit of the destination MAC, 224/4 and 255.255.255.255)
     // are never forwarded by the FIB helper's answer; leave them to the stack.
     let dst = v4_mapped(dst4);
-    if dmac0 & 1 != 0 || dst4[0] >= 224 || dst == settings.snat_addr {
+    if dmac0 & 1 != 0 || dst4[0] >= 224 || settings.is_snat_addr(&dst) {
         return pass(reason);
     }
     // The host's own address: no need to ask the FIB.

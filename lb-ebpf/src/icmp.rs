@@ -352,7 +352,7 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
         return pass(event::PASS_TOO_BIG_NO_DF);
     }
     // Undo the rewrite: find what the sender sent from the flow tables.
-    let from_client = src4 == v4(&s.snat_addr);
+    let from_client = s.is_snat_v4(src4);
     let Some(key) = reverse_key(
         src4,
         u16::from_ne_bytes(sport),

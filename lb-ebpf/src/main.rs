@@ -158,10 +158,10 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         proto: IPPROTO_TCP,
         _pad: 0,
     };
-    // Replies first, by the reverse table alone (validation keeps VIPs off the SNAT address).
+    // Replies first, by the reverse table alone (validation keeps VIPs off the SNAT addresses).
     // A flow keeps its SNAT port when a reload narrows `snat_ports`, and its replies must
     // still come back (an earlier range check here broke them).
-    let rev = if dst == settings.snat_addr {
+    let rev = if settings.is_snat_addr(&dst) {
         REV_FLOWS.get_ptr_mut(key)
     } else {
         None

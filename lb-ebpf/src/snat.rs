@@ -146,6 +146,13 @@ pub fn new_flow(
     };
     let range = u32::from(settings.snat_port_max - settings.snat_port_min) + 1;
     let first = flow_hash(key, SEED_SNAT);
+    // The hash's SNAT address (its high half: the port takes it modulo the range). The
+    // addresses are a prefix of at most 256, so the count is a power of two and the first
+    // address's last byte has those low bits clear: one OR in place, no carry (and no stack:
+    // new_flow's frame is at its limit).
+    #[expect(clippy::cast_possible_truncation, reason = "below snat_count <= 256")]
+    let n = ((first >> 16) & (settings.snat_count.max(1) - 1)) as u8;
+    sc.rkey.dst[15] |= n;
     let mut found = false;
     // Under pressure, the oldest closed flow among the probed ports is the next best choice.
     let mut best_port: u16 = 0;
@@ -189,7 +196,7 @@ pub fn new_flow(
     }
     sc.flow = Flow {
         origin_addr: origin.addr,
-        snat_addr: settings.snat_addr,
+        snat_addr: sc.rkey.dst,
         origin_port: origin.port,
         snat_port: sc.rkey.dport,
         origin_id,

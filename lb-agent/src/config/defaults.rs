@@ -6,9 +6,12 @@
 
 /// Where pinned maps and links live unless the config says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
-/// Default SNAT port range: above Linux's default ephemeral range (32768-60999), so SNAT
-/// ports never collide with the host's own connections (health probes among them).
-pub const DEFAULT_SNAT_PORTS: [u16; 2] = [61000, 65535];
+/// Default SNAT port range for SNAT addresses the host does not use itself: every port above
+/// the well-known ones (ports are per SNAT address and origin, so nothing else competes).
+pub const DEFAULT_SNAT_PORTS: [u16; 2] = [1024, 65535];
+/// `snat_ports` when it is not set and a SNAT address is also the host's own: above Linux's
+/// default ephemeral range (32768-60999), so the host's connections keep their tuples.
+pub const DEFAULT_SNAT_PORTS_SHARED: [u16; 2] = [61000, 65535];
 pub const MIN_FLOW_TABLE: u32 = 1024;
 /// Above Linux's TIME_WAIT (60 s) with margin, so an origin never sees a port reused while
 /// it still remembers the previous connection on it.

@@ -194,6 +194,8 @@ impl Config {
 
     /// Validates `raw` and reads its geo database, unless `loaded` already holds the same
     /// database's prefixes (an API change does not re-read a file that did not change).
+    /// Settings that depend on the host are resolved here: `snat_ports`, when unset, is
+    /// narrowed if a SNAT address is one of this host's own (`Dataplane::resolve_snat_ports`).
     pub fn from_raw(
         raw: RawConfig,
         path: &Path,
@@ -207,6 +209,17 @@ impl Config {
         cfg.geo
             .load_database(path, loaded)
             .map_err(|e| invalid(vec![e]))?;
+        // If the host's addresses cannot be read, assume the SNAT address is one of them:
+        // the narrow range is the safe one.
+        let local: Vec<std::net::Ipv4Addr> = crate::netwatch::local_ipv4_addrs().map_or_else(
+            |_| vec![cfg.dataplane.snat_address],
+            |set| {
+                set.iter()
+                    .map(|a| std::net::Ipv4Addr::new(a[12], a[13], a[14], a[15]))
+                    .collect()
+            },
+        );
+        cfg.dataplane.resolve_snat_ports(&local);
         Ok(cfg)
     }
 

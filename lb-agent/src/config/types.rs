@@ -105,9 +105,15 @@ pub struct Dataplane {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub pin_dir: PathBuf,
+    /// The first SNAT address; with `snat_count` > 1, the first of a prefix.
     pub snat_address: Ipv4Addr,
+    /// SNAT addresses in all (1, or the size of the `snat_address` prefix).
+    pub snat_count: u32,
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// `snat_ports` was not set: the full range, narrowed to `DEFAULT_SNAT_PORTS_SHARED` by
+    /// `Dataplane::resolve_snat_ports` when a SNAT address is one of the host's own.
+    pub snat_ports_auto: bool,
     pub flow_table_size: u32,
     /// Seconds a closed (FIN/RST) flow must be idle before a new flow may take its SNAT port.
     pub snat_port_reuse_after_close: u32,
@@ -126,6 +132,38 @@ pub struct Dataplane {
     /// `Settings::syn_budget`: handshakes in flight before SYN cookies; 0 = always,
     /// `u32::MAX` = never.
     pub syn_budget: u32,
+}
+
+impl Dataplane {
+    /// Is `a` one of the SNAT addresses?
+    pub fn is_snat_address(&self, a: Ipv4Addr) -> bool {
+        u32::from(a).wrapping_sub(u32::from(self.snat_address)) < self.snat_count
+    }
+
+    /// The SNAT addresses, in order.
+    pub fn snat_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        (0..self.snat_count).map(|i| Ipv4Addr::from(u32::from(self.snat_address) + i))
+    }
+
+    /// With `snat_ports` unset: keeps the full range for SNAT addresses the host does not
+    /// use itself, else narrows it to `DEFAULT_SNAT_PORTS_SHARED`, above the host's ephemeral
+    /// ports, so that the host's own connections (health probes among them) never meet a
+    /// SNAT flow's tuple. `local` holds the host's addresses.
+    pub fn resolve_snat_ports(&mut self, local: &[Ipv4Addr]) {
+        if self.snat_ports_auto && local.iter().any(|a| self.is_snat_address(*a)) {
+            let [lo, hi] = super::defaults::DEFAULT_SNAT_PORTS_SHARED;
+            self.snat_port_min = lo;
+            self.snat_port_max = hi;
+        }
+    }
+
+    /// New connections per second each origin sustains with these SNAT ports: every port
+    /// of every SNAT address, each held for `snat_port_reuse_after_close` seconds after its
+    /// connection closes.
+    pub fn sustained_rate_per_origin(&self) -> f64 {
+        let ports = f64::from(self.snat_port_max - self.snat_port_min) + 1.0;
+        ports * f64::from(self.snat_count) / f64::from(self.snat_port_reuse_after_close.max(1))
+    }
 }
 
 /// Where the agent publishes health and steering state, and how hard it may probe.

@@ -22,7 +22,7 @@ use crate::config::{
 pub(super) fn validate(
     dp: &RawDataplane,
     errors: &mut FieldErrors,
-) -> (Option<Dataplane>, Option<Ipv4Addr>) {
+) -> (Option<Dataplane>, Option<(Ipv4Addr, u32)>) {
     interfaces(&dp.interfaces, errors);
     let pin_dir = dp
         .pin_dir
@@ -35,8 +35,8 @@ pub(super) fn validate(
             format!("use an absolute path on a bpffs, e.g. \"{DEFAULT_PIN_DIR}\""),
         );
     }
-    let snat_address = match &dp.snat_address {
-        Some(s) => ipv4(s, "dataplane.snat_address", errors),
+    let snat = match &dp.snat_address {
+        Some(s) => snat_prefix(s, errors),
         None => {
             errors.invalid(
                 "dataplane.snat_address",
@@ -59,18 +59,20 @@ pub(super) fn validate(
     }
     let t = timeouts(dp, errors);
     let syn_budget = syn_budget(dp, errors);
-    let (Some(snat_address), Some(snat_port_min), Some(snat_port_max)) =
-        (snat_address, snat_min, snat_max)
+    let (Some((snat_address, snat_count)), Some(snat_port_min), Some(snat_port_max)) =
+        (snat, snat_min, snat_max)
     else {
-        return (None, snat_address);
+        return (None, snat);
     };
     let dataplane = Dataplane {
         interfaces: dp.interfaces.clone(),
         xdp_mode: dp.xdp_mode,
         pin_dir,
         snat_address,
+        snat_count,
         snat_port_min,
         snat_port_max,
+        snat_ports_auto: dp.snat_ports.is_none(),
         flow_table_size,
         snat_port_reuse_after_close: t.reuse_close,
         snat_port_reuse_after_idle: t.reuse_idle,
@@ -80,7 +82,44 @@ pub(super) fn validate(
         half_closed_timeout: t.half_closed,
         syn_budget,
     };
-    (Some(dataplane), Some(snat_address))
+    (Some(dataplane), Some((snat_address, snat_count)))
+}
+
+/// `snat_address`: one address, or a prefix of at most `MAX_SNAT_ADDRS` addresses ("/24" to
+/// "/32"), every one of which is used. Returns the first address and the count.
+fn snat_prefix(s: &str, errors: &mut FieldErrors) -> Option<(Ipv4Addr, u32)> {
+    const F: &str = "dataplane.snat_address";
+    let Some((addr, len)) = s.split_once('/') else {
+        return ipv4(s, F, errors).map(|a| (a, 1));
+    };
+    let a = ipv4(addr, F, errors)?;
+    let min_len = 32 - lb_common::MAX_SNAT_ADDRS.trailing_zeros();
+    let Some(len) = len
+        .parse::<u32>()
+        .ok()
+        .filter(|l| (min_len..=32).contains(l))
+    else {
+        errors.invalid(
+            F,
+            format!("\"{s}\" has prefix length \"{len}\""),
+            format!(
+                "use /{min_len} to /32 (at most {} addresses)",
+                lb_common::MAX_SNAT_ADDRS
+            ),
+        );
+        return None;
+    };
+    let count = 1u32 << (32 - len);
+    if u32::from(a) % count != 0 {
+        let net = Ipv4Addr::from(u32::from(a) & !(count - 1));
+        errors.invalid(
+            F,
+            format!("\"{s}\" has host bits set"),
+            format!("write the prefix as \"{net}/{len}\""),
+        );
+        return None;
+    }
+    Some((a, count))
 }
 
 fn interfaces(interfaces: &[String], errors: &mut FieldErrors) {
@@ -290,6 +329,69 @@ mod tests {
             &errors_with("\"10.0.0.1\"", "\"fd00::1\""),
             "dataplane.snat_address",
         );
+    }
+
+    #[test]
+    fn snat_address_may_be_a_prefix_of_up_to_256_addresses() {
+        let c = Config::parse(
+            &GOOD.replace(
+                "snat_address = \"10.0.0.1\"",
+                "snat_address = \"10.0.9.0/30\"",
+            ),
+            Path::new("t"),
+        )
+        .expect("a /30 is valid");
+        let dp = &c.dataplane;
+        assert_eq!(
+            (dp.snat_address, dp.snat_count),
+            ("10.0.9.0".parse().unwrap(), 4)
+        );
+        let all: Vec<String> = dp.snat_addresses().map(|a| a.to_string()).collect();
+        assert_eq!(all, ["10.0.9.0", "10.0.9.1", "10.0.9.2", "10.0.9.3"]);
+        assert!(dp.is_snat_address("10.0.9.3".parse().unwrap()));
+        assert!(!dp.is_snat_address("10.0.9.4".parse().unwrap()));
+        assert!(!dp.is_snat_address("10.0.8.255".parse().unwrap()));
+        let e = errors_with("\"10.0.0.1\"", "\"10.0.9.1/30\"");
+        assert_one(&e, "dataplane.snat_address");
+        assert!(
+            e[0].contains("\"10.0.9.0/30\""),
+            "the fix names the prefix: {e:?}"
+        );
+        let e = errors_with("\"10.0.0.1\"", "\"10.0.0.0/23\"");
+        assert_one(&e, "dataplane.snat_address");
+        assert!(e[0].contains("/24 to /32"), "{e:?}");
+        assert_one(
+            &errors_with("\"10.0.0.1\"", "\"10.0.0.0/x\""),
+            "dataplane.snat_address",
+        );
+    }
+
+    #[test]
+    fn unset_snat_ports_are_the_full_range_unless_the_host_uses_a_snat_address() {
+        let text = GOOD.replace("snat_ports = [40000, 40100]\n", "");
+        assert_ne!(text, GOOD, "fixture edit applied");
+        let c = Config::parse(&text, Path::new("t")).expect("valid");
+        let mut dp = c.dataplane.clone();
+        assert!(dp.snat_ports_auto);
+        dp.resolve_snat_ports(&["192.0.2.7".parse().unwrap()]);
+        assert_eq!((dp.snat_port_min, dp.snat_port_max), (1024, 65535));
+        dp.resolve_snat_ports(&["10.0.0.1".parse().unwrap()]);
+        assert_eq!(
+            (dp.snat_port_min, dp.snat_port_max),
+            (61000, 65535),
+            "a SNAT address the host uses keeps its ports above the ephemeral range"
+        );
+        // Set by hand: left alone.
+        let mut set = Config::parse(GOOD, Path::new("t"))
+            .expect("valid")
+            .dataplane;
+        set.resolve_snat_ports(&["10.0.0.1".parse().unwrap()]);
+        assert_eq!((set.snat_port_min, set.snat_port_max), (40000, 40100));
+        // 64512 ports x 1 address / 120 s.
+        let rate = (64512.0 / 120.0_f64).round();
+        let mut full = c.dataplane.clone();
+        full.resolve_snat_ports(&[]);
+        assert_eq!(full.sustained_rate_per_origin().round(), rate);
     }
 
     #[test]

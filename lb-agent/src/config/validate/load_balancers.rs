@@ -27,7 +27,8 @@ const DEFINE_POOL: &str = "define it under [[pools]] or fix the name";
 pub(super) struct Context<'a> {
     /// Every pool's name, with its index.
     pub pool_names: &'a HashMap<String, usize>,
-    pub snat_address: Option<Ipv4Addr>,
+    /// The SNAT prefix: first address and count.
+    pub snat_address: Option<(Ipv4Addr, u32)>,
     /// This host's position (`agent.latitude/longitude`).
     pub host_position: Option<(f64, f64)>,
     /// No client location data (`[geo]`) is configured.
@@ -94,7 +95,10 @@ fn load_balancer(
                 "each address:port can serve one load balancer",
             );
         }
-        if Some(a) == ctx.snat_address {
+        if ctx
+            .snat_address
+            .is_some_and(|(s, n)| u32::from(a).wrapping_sub(u32::from(s)) < n)
+        {
             errors.conflict(
                 format!("{f}.address"),
                 format!("{a} is also dataplane.snat_address"),
@@ -500,6 +504,17 @@ mod tests {
             &errors_with("\"10.0.0.10\"", "\"10.0.0.1\""),
             "load_balancers[0].address",
         );
+        // Nor any address of a SNAT prefix (10.0.0.16-23 here).
+        let text = GOOD.replace(
+            "snat_address = \"10.0.0.1\"",
+            "snat_address = \"10.0.0.16/29\"",
+        );
+        assert!(
+            crate::config::Config::parse(&text, std::path::Path::new("t")).is_ok(),
+            "10.0.0.10 is outside the prefix"
+        );
+        let e = errors_of(&text.replacen("\"10.0.0.10\"", "\"10.0.0.23\"", 1));
+        assert_one(&e, "load_balancers[0].address");
     }
 
     #[test]
