@@ -125,6 +125,57 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// The target for an established packet with a million flows in the table: at most
+/// this many times the XDP_TX floor.
+const MANY_FLOWS_TARGET: f64 = 2.5;
+
+/// The many-flows figures in words: the flows in the table and how long making them took.
+fn many_flows_used(m: &BTreeMap<String, f64>) -> String {
+    let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    format!(
+        "{:.0} established flows in FLOWS/REV_FLOWS ({:.0} clients behind a router, {:.0} origins), made through the data path in {:.1} s ({:.0} SYNs refused for want of a SNAT port, skipped)",
+        g("flows_in_table"),
+        g("clients"),
+        g("origins"),
+        g("setup_seconds"),
+        g("syns_refused_snat_exhausted")
+    )
+}
+
+/// One line for the flows used, one per timed case (median, p10-p90, × floor), and the
+/// target's verdict; empty when the many-flows part did not run.
+pub fn many_flows_lines(m: &BTreeMap<String, f64>) -> Vec<String> {
+    if !m.contains_key("flows_in_table") {
+        return Vec::new();
+    }
+    let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    let mut out = vec![many_flows_used(m)];
+    out.push(format!(
+        "XDP_TX floor: {:.0} ns (p10 {:.0}, p90 {:.0})",
+        g("floor_ns"),
+        g("floor_p10_ns"),
+        g("floor_p90_ns")
+    ));
+    for (k, what) in [
+        ("established_1m_flows", "established, random flows"),
+        ("established_hot_flow", "established, one hot flow"),
+    ] {
+        out.push(format!(
+            "{what}: {:.0} ns (p10 {:.0}, p90 {:.0}), {:.2}× floor",
+            g(&format!("{k}_median_ns")),
+            g(&format!("{k}_p10_ns")),
+            g(&format!("{k}_p90_ns")),
+            g(&format!("{k}_ratio"))
+        ));
+    }
+    let r = g("established_1m_flows_ratio");
+    out.push(format!(
+        "established with the table full ≤ {MANY_FLOWS_TARGET}× floor: {r:.2}× ({})",
+        verdict(r <= MANY_FLOWS_TARGET)
+    ));
+    out
+}
+
 /// The targets at scale: (key of the median, key of the max, what, target ms).
 const SCALE_TARGETS: [(&str, Option<&str>, &str, f64); 3] = [
     ("scale_first_apply_ms", None, "first apply", 1000.0),
