@@ -1,15 +1,17 @@
 //! `lb-bench`: the measurements behind `cargo xtask bench`, which builds it in release mode
 //! and runs it as root. It measures per-packet cost (BPF_PROG_TEST_RUN), the control plane,
-//! end-to-end throughput against direct and HAProxy, and packet rate, then writes
+//! established flows with a million flows in the table, end-to-end throughput against direct
+//! and HAProxy, and packet rate, then writes
 //! `report.json`, `report.md` and SVG charts. Figures that come from other tools (criterion's
 //! Maglev build times, the health tests' detection-to-drain) are passed in as files.
 //!
 //! Usage: `lb-bench --object <lb-ebpf object> --agent <lb-agent> [--out DIR] [--criterion DIR]
-//! [--failover FILE] [--quick] [--only per-packet|rate|e2e|control-plane|scale]` (`--only` runs one part and
-//! prints it without writing a report). Set `LB_BENCH_DEBUG=1` to print the data path's
+//! [--failover FILE] [--quick] [--only per-packet|many-flows|rate|e2e|control-plane|scale]`
+//! (`--only` runs one part and prints it without writing a report). Set `LB_BENCH_DEBUG=1` to print the data path's
 //! counters after the packet-rate and end-to-end runs.
 
 mod e2e;
+mod many_flows;
 mod packet;
 mod report;
 mod scale;
@@ -54,6 +56,10 @@ pub struct Report {
     pub machine: BTreeMap<String, String>,
     pub per_packet: Vec<PacketCost>,
     pub per_packet_method: String,
+    /// Established packets with a million flows in the tables (`many_flows`); empty when
+    /// that part did not run.
+    #[serde(default)]
+    pub many_flows: BTreeMap<String, f64>,
     pub control: BTreeMap<String, f64>,
     pub maglev_build_us: BTreeMap<String, f64>,
     pub e2e: Vec<e2e::Row>,
@@ -739,7 +745,8 @@ struct Args {
     criterion: Option<PathBuf>,
     failover: Option<PathBuf>,
     quick: bool,
-    /// Run one part and print it (no report): per-packet, rate, e2e, control-plane or scale.
+    /// Run one part and print it (no report): per-packet, many-flows, rate, e2e,
+    /// control-plane or scale.
     only: Option<String>,
 }
 
@@ -801,6 +808,14 @@ fn main() -> Result<()> {
             }
             return Ok(());
         }
+        Some("many-flows") => {
+            many_flows::run(&a.object, &mut report)?;
+            for l in report::many_flows_lines(&report.many_flows) {
+                println!("{l}");
+            }
+            println!("{:#?}", report.many_flows);
+            return Ok(());
+        }
         Some("rate") => {
             println!("{:#?}", packet::rates(&a.object, 1)?);
             return Ok(());
@@ -823,11 +838,18 @@ fn main() -> Result<()> {
             return Ok(());
         }
         Some(other) => {
-            anyhow::bail!("--only {other}: use per-packet, rate, e2e, control-plane or scale")
+            anyhow::bail!(
+                "--only {other}: use per-packet, many-flows, rate, e2e, control-plane or scale"
+            )
         }
     }
     eprintln!("lb-bench: per-packet cost (BPF_PROG_TEST_RUN)");
     per_packet(&a.object, &mut report)?;
+    eprintln!(
+        "lb-bench: established flows with {} flows in the table",
+        many_flows::FLOWS
+    );
+    many_flows::run(&a.object, &mut report)?;
     eprintln!("lb-bench: control plane");
     control_plane(&a.object, &mut report)?;
     eprintln!(
