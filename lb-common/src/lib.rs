@@ -171,6 +171,20 @@ pub struct VipKey {
 }
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 
+impl VipKey {
+    /// `self == other`, without a branch per byte (see `Settings::is_snat_addr`).
+    #[inline(always)]
+    pub fn same(&self, other: &Self) -> bool {
+        let mut diff = 0u8;
+        let mut i = 0;
+        while i < 16 {
+            diff |= self.addr[i] ^ other.addr[i];
+            i += 1;
+        }
+        diff == 0 && self.port == other.port && self.proto == other.proto
+    }
+}
+
 /// Value of `VIPS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -546,15 +560,16 @@ impl Settings {
     /// Is `a` (IPv4-mapped) one of the SNAT addresses?
     #[inline(always)]
     pub fn is_snat_addr(&self, a: &[u8; 16]) -> bool {
+        // Differences folded without a branch per byte: each branch is more paths for the
+        // verifier to walk in every caller.
         let b = &self.snat_addr;
+        let mut diff = 0u8;
         let mut i = 0;
         while i < 12 {
-            if a[i] != b[i] {
-                return false;
-            }
+            diff |= a[i] ^ b[i];
             i += 1;
         }
-        self.is_snat_v4([a[12], a[13], a[14], a[15]])
+        diff == 0 && self.is_snat_v4([a[12], a[13], a[14], a[15]])
     }
 
     /// Is IPv4 address `a` one of the SNAT addresses (which are IPv4)?

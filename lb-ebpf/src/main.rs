@@ -175,7 +175,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         match FLOWS.get_ptr(&key) {
             // SAFETY: a live map value.
             Some(f) => match VIP_IDS.get(unsafe { (*f).vip_id }) {
-                Some(v) if v.key == vip_key => {
+                Some(v) if v.key.same(&vip_key) => {
                     vip = Some(&v.meta);
                     hit = f;
                     looked = true;
