@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use lb_testbed::{origin_addr, Agent, NetNs, TempFile, Topology, VIP};
+use lb_testbed::{origin_addr, Agent, NetNs, TempFile, Topology, SNAT, VIP};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,7 +188,9 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<Measured> {
 
     // A dedicated SNAT address with the full port range, as recommended for production: the
     // new-connection rate a full-NAT LB sustains per origin is bounded by SNAT ports over
-    // the origin's TIME_WAIT. The default range is measured below as a separate row.
+    // the origin's TIME_WAIT. The defaults (snat_ports unset) are measured below as separate
+    // rows: first with the SNAT address on the LB's loopback (the host's own: 61000-65535),
+    // then with it removed (a dedicated address: the full range).
     let mut cfg = topo.base_config(WIDE_SNAT);
     cfg.push_str(&format!(
         "[[pools]]\nname = \"web\"\norigins = [{{ name = \"o1\", address = \"{o}\", port = 8080 }}]\n\n\
@@ -253,6 +255,16 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<Measured> {
     agent.stop();
     drop(agent);
     teardown(agent_bin)?;
+    // The example config's SNAT settings: a dedicated SNAT address (none of the host's own:
+    // the origins reach it through the LB, their gateway, and XDP answers for it) with
+    // snat_ports unset, which is then the full range.
+    topo.lb
+        .ip(&["addr", "del", &format!("{SNAT}/32"), "dev", "lo"]);
+    let mut agent = Agent::start(agent_bin, &topo.lb, &cfg.path, &[]);
+    let ours_dedicated_default = wrk(&topo.client, &format!("http://{VIP}:80/"), secs, true)?;
+    agent.stop();
+    drop(agent);
+    teardown(agent_bin)?;
 
     topo.lb
         .ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
@@ -285,7 +297,14 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<Measured> {
         .map(|(i, (t, u))| row(t, u, direct[i], ours[i], hap[i]))
         .collect();
     rows.push(row(
-        "new connections, default SNAT range 61000-65535 (wrk, Connection: close)",
+        "new connections, example config's SNAT settings: dedicated SNAT address, snat_ports unset = 1024-65535 (wrk, Connection: close)",
+        "connections/s",
+        direct[1],
+        ours_dedicated_default,
+        hap[1],
+    ));
+    rows.push(row(
+        "new connections, SNAT address shared with the host, snat_ports unset = 61000-65535 (wrk, Connection: close)",
         "connections/s",
         direct[1],
         ours_default_range,
