@@ -604,6 +604,27 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
 
 /// Control-plane figures: map memory of a full-size flow table, config apply and
 /// health-change-to-map-write latency with 10 monitored origins.
+/// A health table with every target of `targets` up (one check each), and the outcomes
+/// that mark one up or down.
+fn all_up(targets: &BTreeMap<health::Target, String>) -> (HealthTable, Outcome, Outcome) {
+    let mut health = HealthTable::default();
+    health.retain(&targets.keys().map(|t| (t.clone(), (1, 1))).collect());
+    let ok = Outcome {
+        ok: true,
+        reason: "ok".into(),
+        rtt: Some(Duration::from_micros(100)),
+    };
+    let down = Outcome {
+        ok: false,
+        reason: "down".into(),
+        rtt: None,
+    };
+    for t in targets.keys() {
+        health.record(t, &ok);
+    }
+    (health, ok, down)
+}
+
 fn control_plane(object: &std::path::Path, report: &mut Report) -> Result<()> {
     let neighbours: Vec<([u8; 4], [u8; 6], Side)> = vec![(CLIENT, MAC_CLIENT, Side::A)];
     let bed = FibBed::new("bc", &neighbours);
@@ -615,22 +636,8 @@ fn control_plane(object: &std::path::Path, report: &mut Report) -> Result<()> {
         let mut out = BTreeMap::new();
         let mut dp = Dataplane::load(object, &bed.pin_dir, cfg.dataplane.flow_table_size)?;
         let mut rec = Reconciler::adopt(dp.take_maps()?)?;
-        let mut health = HealthTable::default();
         let targets = health::targets(&cfg);
-        health.retain(&targets.keys().map(|t| (t.clone(), (1, 1))).collect());
-        let ok = Outcome {
-            ok: true,
-            reason: "ok".into(),
-            rtt: Some(Duration::from_micros(100)),
-        };
-        let down = Outcome {
-            ok: false,
-            reason: "down".into(),
-            rtt: None,
-        };
-        for t in targets.keys() {
-            health.record(t, &ok);
-        }
+        let (mut health, ok, down) = all_up(&targets);
         let t0 = Instant::now();
         let first = rec.apply(&cfg, &health)?;
         out.insert(

@@ -15,12 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use lb_agent::{
-    config::Config,
-    dataplane::Dataplane,
-    health::{self, HealthTable, Outcome},
-    reconcile::Reconciler,
-};
+use lb_agent::{config::Config, dataplane::Dataplane, health, reconcile::Reconciler};
 use lb_common::{MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS};
 use lb_testbed::{FibBed, Side};
 
@@ -227,7 +222,6 @@ pub fn run(object: &Path, want: Scale, report: &mut Report) -> Result<()> {
         let mut out = BTreeMap::new();
         let mut dp = Dataplane::load(object, &bed.pin_dir, cfg.dataplane.flow_table_size)?;
         let mut rec = Reconciler::adopt(dp.take_maps()?)?;
-        let mut health = HealthTable::default();
         let targets = health::targets(&cfg);
         anyhow::ensure!(
             targets.len() == s.origins,
@@ -235,20 +229,7 @@ pub fn run(object: &Path, want: Scale, report: &mut Report) -> Result<()> {
             targets.len(),
             s.origins
         );
-        health.retain(&targets.keys().map(|t| (t.clone(), (1, 1))).collect());
-        let ok = Outcome {
-            ok: true,
-            reason: "ok".into(),
-            rtt: Some(Duration::from_micros(100)),
-        };
-        let down = Outcome {
-            ok: false,
-            reason: "down".into(),
-            rtt: None,
-        };
-        for t in targets.keys() {
-            health.record(t, &ok);
-        }
+        let (mut health, ok, down) = crate::all_up(&targets);
 
         let first = rec.apply(&cfg, &health)?;
         out.insert("scale_first_apply_ms".into(), ms(first.elapsed));

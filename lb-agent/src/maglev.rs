@@ -176,27 +176,32 @@ mod tests {
         assert!(build(&[], MAGLEV_M).iter().all(Option::is_none));
     }
 
+    /// The share of `m` slots that change owner when the middle backend of `all` is removed
+    /// (the survivors' indices mapped back to the originals).
+    fn moved_without_middle(all: &[Backend], m: u32) -> f64 {
+        let before = build(all, m);
+        let gone = all.len() / 2;
+        let rest: Vec<Backend> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != gone)
+            .map(|(_, b)| *b)
+            .collect();
+        let after = build(&rest, m);
+        let orig = |i: u32| if (i as usize) < gone { i } else { i + 1 };
+        let changed = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != a.map(orig))
+            .count();
+        changed as f64 / f64::from(m)
+    }
+
     #[test]
     fn removing_one_of_n_moves_at_most_1_over_n_plus_one_point() {
         for n in [3usize, 10, 100] {
             let all = backends(&vec![1.0; n]);
-            let before = build(&all, MAGLEV_M);
-            // Remove the middle backend; map indices of the survivors back to the originals.
-            let gone = n / 2;
-            let rest: Vec<Backend> = all
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != gone)
-                .map(|(_, b)| *b)
-                .collect();
-            let after = build(&rest, MAGLEV_M);
-            let orig = |i: u32| if (i as usize) < gone { i } else { i + 1 };
-            let changed = before
-                .iter()
-                .zip(&after)
-                .filter(|(b, a)| b.map(|x| x) != a.map(orig))
-                .count();
-            let frac = changed as f64 / f64::from(MAGLEV_M);
+            let frac = moved_without_middle(&all, MAGLEV_M);
             let bound = 1.0 / n as f64 + 0.01;
             println!(
                 "maglev disruption: remove 1 of {n}: {:.3}% of slots changed (bound {:.3}%)",
@@ -220,21 +225,7 @@ mod tests {
             let before = build(&all, m);
             let s = shares(&before, n);
             let ratio = s.iter().copied().fold(0.0, f64::max) * n as f64;
-            let gone = n / 2;
-            let rest: Vec<Backend> = all
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != gone)
-                .map(|(_, b)| *b)
-                .collect();
-            let after = build(&rest, m);
-            let orig = |i: u32| if (i as usize) < gone { i } else { i + 1 };
-            let changed = before
-                .iter()
-                .zip(&after)
-                .filter(|(b, a)| **b != a.map(orig))
-                .count();
-            let frac = changed as f64 / f64::from(m);
+            let frac = moved_without_middle(&all, m);
             let bound = 1.0 / n as f64 + 0.01;
             let w = [1.0, 0.5, 0.25, 0.75, 0.1];
             let ws = shares(&build(&backends(&w), m), w.len());

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     event, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, GeoValue, Handshakes,
-    OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipById, VipKey, VipMeta, AFFINITY_SIZE,
-    DEFAULT_FLOW_TABLE_SIZE, GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAX_INTERFACES,
+    OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipById, VipKey, VipMeta,
+    AFFINITY_SIZE, DEFAULT_FLOW_TABLE_SIZE, GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAX_INTERFACES,
     MAX_LOCAL_ADDRS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M, RING_SLOTS,
 };
 
@@ -33,8 +33,7 @@ pub static VIP_IDS: Array<VipById, { MAX_VIPS as usize }> = Array::new();
 /// Mmapable: the agent writes changed slots with plain stores into a shared mapping instead
 /// of one bpf() syscall per slot.
 #[btf_map]
-pub static RINGS: Array<u32, { RING_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> =
-    Array::new();
+pub static RINGS: Array<u32, { RING_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> = Array::new();
 
 /// Origin id -> address and port.
 #[btf_map]

@@ -6,8 +6,8 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
     event,
     hash::{addr_hash, flow_hash, SEED_POOL, SEED_RING},
-    AffinityKey, FlowKey, GeoPlanKey, RingMeta, VipMeta, MAX_LC_MEMBERS, NO_ORIGIN,
-    NO_RING, ORIGIN_F_PRESENT, POOL_SEL_M, RING_STEER_HASH, RING_STEER_LEAST_CONN, VIP_F_AFFINITY,
+    AffinityKey, FlowKey, GeoPlanKey, RingMeta, VipMeta, MAX_LC_MEMBERS, NO_ORIGIN, NO_RING,
+    ORIGIN_F_PRESENT, POOL_SEL_M, RING_STEER_HASH, RING_STEER_LEAST_CONN, VIP_F_AFFINITY,
     VIP_F_GEO, VIP_F_RANDOM,
 };
 
