@@ -97,17 +97,18 @@ pub struct Assignment {
 pub struct Current {
     pub vips: HashMap<VipKey, VipMeta>,
     pub origins: BTreeMap<u32, OriginMeta>,
-    /// Ring id -> the size its `RING_META` entry gives it (absent or 0: not placed).
-    pub ring_sizes: HashMap<u32, u32>,
+    /// `RING_META`: ring id -> steering, members, and where its slots are (size 0: not
+    /// placed).
+    pub ring_meta: HashMap<u32, RingMeta>,
 }
 
 /// May ring `id` serve a ring of `size` slots? Only if it has that size or none yet: a ring's
 /// place and size never change while a VIP may read it (a size change takes another id, and
 /// the VIP moves to it with one write).
 fn fits(cur: &Current, id: u32, size: u32) -> bool {
-    cur.ring_sizes
+    cur.ring_meta
         .get(&id)
-        .is_none_or(|s| *s == 0 || *s == size)
+        .is_none_or(|m| m.size == 0 || m.size == size)
 }
 
 /// `prev` is this reconciler's previous assignment (empty right after start): ring keys keep
@@ -343,7 +344,6 @@ pub struct Reconciler<M: MapWriter = Maps> {
     /// What `LOCAL_ADDRS` holds, read on first use.
     local_addrs: Option<BTreeSet<[u8; 16]>>,
     pub assignment: Assignment,
-    ring_meta: HashMap<u32, RingMeta>,
     geo_plan: HashMap<GeoPlanKey, u32>,
     /// VIP id -> `POOL_SEL` slots, read on first use.
     pool_sel: HashMap<u32, Vec<u32>>,
@@ -376,11 +376,8 @@ impl<M: MapWriter> Reconciler<M> {
         // Changes may have happened while no agent watched: the next hops the data path
         // cached under the old generation are looked up again.
         let nh_gen = settings.map_or(0, |s| s.nh_gen.wrapping_add(1));
-        let mut ring_meta = HashMap::new();
         for id in 0..MAX_RINGS {
-            let m = maps.read_ring_meta(id)?;
-            current.ring_sizes.insert(id, m.size);
-            ring_meta.insert(id, m);
+            current.ring_meta.insert(id, maps.read_ring_meta(id)?);
         }
         let geo_plan = maps.read_geo_plan()?.into_iter().collect();
         Ok(Self {
@@ -392,7 +389,6 @@ impl<M: MapWriter> Reconciler<M> {
             nh_gen,
             local_addrs: None,
             assignment: Assignment::default(),
-            ring_meta,
             geo_plan,
             pool_sel: HashMap::new(),
             pool_sel_inputs: HashMap::new(),
@@ -532,6 +528,7 @@ impl<M: MapWriter> Reconciler<M> {
         for (key, plan) in &want.rings {
             let id = a.rings[key];
             let placed = self
+                .current
                 .ring_meta
                 .get(&id)
                 .filter(|m| m.size == plan.size && m.size != 0)
@@ -554,10 +551,9 @@ impl<M: MapWriter> Reconciler<M> {
             let mut meta = ring_meta(plan, &a.origins);
             meta.base = base;
             meta.size = plan.size;
-            if self.ring_meta.get(&id) != Some(&meta) {
+            if self.current.ring_meta.get(&id) != Some(&meta) {
                 self.maps.write_ring_meta(id, meta)?;
-                self.ring_meta.insert(id, meta);
-                self.current.ring_sizes.insert(id, meta.size);
+                self.current.ring_meta.insert(id, meta);
             }
         }
         Ok(())
@@ -578,12 +574,17 @@ impl<M: MapWriter> Reconciler<M> {
             .collect();
         for (key, plan) in &want.rings {
             let id = a.rings[key];
-            if self.ring_meta.get(&id).is_some_and(|m| m.size == plan.size) {
+            if self
+                .current
+                .ring_meta
+                .get(&id)
+                .is_some_and(|m| m.size == plan.size)
+            {
                 ids.insert(id);
             }
         }
         ids.iter()
-            .filter_map(|id| self.ring_meta.get(id))
+            .filter_map(|id| self.current.ring_meta.get(id))
             .filter(|m| m.size != 0)
             .map(|m| (m.base, m.size))
             .collect()

@@ -161,7 +161,8 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     // Replies first, by the reverse table alone (validation keeps VIPs off the SNAT addresses).
     // A flow keeps its SNAT port when a reload narrows `snat_ports`, and its replies must
     // still come back (an earlier range check here broke them).
-    let rev = if settings.is_snat_addr(&dst) {
+    let to_snat = settings.is_snat_addr(&dst);
+    let rev = if to_snat {
         REV_FLOWS.get_ptr_mut(key)
     } else {
         None
@@ -171,7 +172,9 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     let mut vip: Option<&VipMeta> = None;
     let mut hit: *const Flow = core::ptr::null();
     let mut looked = false;
-    if rev.is_none() && s.flags & SYN == 0 {
+    // A SNAT address holds no VIP: a tuple the reverse table does not know is not ours
+    // (one lookup for a flood aimed at it, not three).
+    if !to_snat && s.flags & SYN == 0 {
         match FLOWS.get_ptr(&key) {
             // SAFETY: a live map value.
             Some(f) => match VIP_IDS.get(unsafe { (*f).vip_id }) {
@@ -187,7 +190,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
             None => looked = true,
         }
     }
-    if rev.is_none() && vip.is_none() {
+    if !to_snat && vip.is_none() {
         // SAFETY: a map value only the agent writes; read in place (not copied) because the
         // hot path's frame shares the 512-byte stack budget with new_flow's.
         vip = unsafe { VIPS.get(vip_key) };
