@@ -12,13 +12,13 @@ use std::ops::RangeInclusive;
 
 use etherparse::PacketBuilder;
 use lb_agent::dataplane::Maps;
-use lb_common::{event, v4_mapped, FlowKey, VipKey};
+use lb_common::{event, v4_mapped, FlowKey, VipKey, CT_ESTABLISHED, CT_FIN_CLIENT};
 use lb_testbed::{
     fixture::{
-        dataplane, first_snat_port, frag_needed, icmp_frame, ip_of, mac_of, neighbours, other_port,
-        with_loaded, Case, Loaded, C1, C2, C3, C4, C5, C6, LB_A, LB_ONE_ARMED, LB_WWW,
-        LOCAL_ORIGIN, O1, O2, POOL_LOCAL, POOL_WEB, R_CLIENT, SNAT, SNAT_MAX, SNAT_MIN, VIP, VIP2,
-        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        dataplane, first_snat_port, frag_needed, icmp_frame, ip_of, mac_of, neighbours,
+        next_second, other_port, with_loaded, Case, Loaded, C1, C2, C3, C4, C5, C6, LB_A,
+        LB_ONE_ARMED, LB_WWW, LOCAL_ORIGIN, O1, O2, POOL_LOCAL, POOL_WEB, R_CLIENT, SNAT, SNAT_MAX,
+        SNAT_MIN, VIP, VIP2, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     },
     serial,
     tcp_flags::{ACK, FIN, PSH, RST, SYN},
@@ -786,13 +786,16 @@ fn through(fx: &mut Loaded<'_>, last: u32) -> Later {
         return later;
     }
     // Phase five: half a pair. Client 3's flow-table half is lost; o1's next reply
-    // restores it from the reverse half and still reaches client 3.
+    // restores it from the reverse half and still reaches client 3. A reply checks its pair
+    // once per second of the flow's life (the first reply in a second it was not yet seen
+    // in), so the reply comes in a new second.
     let c3 = FlowKey::tcp_v4(C3, 40000, VIP, 80);
     fx.rec
         .maps
         .flows
         .remove(&c3)
         .expect("remove client 3's half");
+    next_second();
     fx.run(vec![Case {
         desc: "a reply whose flow-table half is missing: restored, reaches client 3",
         ingress: Side::B,
@@ -1332,6 +1335,120 @@ fn new_flows_spread_over_a_snat_prefix_and_replies_to_each_address_return() {
         assert!(
             used.len() >= 3,
             "32 flows spread over the prefix's 4 addresses: {used:?}"
+        );
+    });
+}
+
+/// The conntrack fast path (`lb_common::Flow::synced`): within the second of its last check
+/// against `REV_FLOWS`, an established flow's segments without SYN, FIN or RST are tracked in
+/// the flow-table half alone, and what they move reaches the tracking entry. The client's
+/// edge moves 70,000 bytes, past the 64,240-byte window it had at the check, then its FIN
+/// is accepted (the slow path takes the edge over first; without that it would be judged
+/// outside the window and dropped); a wider advertised window takes the slow path and is
+/// recorded; a forged RST past the window is still dropped.
+#[test]
+fn established_segments_skip_the_reverse_table_and_the_windows_they_move_still_hold() {
+    fixture(|fx| {
+        rows(fx, &[OPEN_C1]);
+        let fr = Frames::new(fx);
+        let from_c = |fl: u8, seq: u32, data: &[u8]| {
+            tcp_segment(
+                MAC_C1,
+                fr.mac_a,
+                C1,
+                VIP,
+                64,
+                (40000, 80),
+                fl,
+                (seq, 5001),
+                data,
+            )
+        };
+        let to_o1 = |fl: u8, seq: u32, data: &[u8]| {
+            tcp_segment(
+                fr.mac_b,
+                MAC_O1,
+                SNAT,
+                O1,
+                63,
+                (fr.p1, 8080),
+                fl,
+                (seq, 5001),
+                data,
+            )
+        };
+        let rkey = FlowKey::tcp_v4(O1, 8080, SNAT, fr.p1);
+        let rev = |fx: &Loaded<'_>| fx.maps().rev_flows.get(&rkey, 0).expect("reverse half");
+        assert!(
+            rev(fx).flags & CT_ESTABLISHED != 0,
+            "the flow is established"
+        );
+        // After the GET (18 bytes from ISN 1000) the client's edge is 1019.
+        let chunk = [b'a'; 1000];
+        let before = fx.events();
+        fx.run(
+            (0..70u32)
+                .map(|i| Case {
+                    desc: "a 1000-byte segment of the established flow: forwarded",
+                    ingress: Side::A,
+                    input: from_c(ACK | PSH, 1019 + i * 1000, &chunk),
+                    verdict: XDP_REDIRECT,
+                    output: Some(to_o1(ACK | PSH, 1019 + i * 1000, &chunk)),
+                    events: &[event::FLOW_HIT, event::FWD_REDIRECT],
+                })
+                .collect(),
+        );
+        let after = fx.events();
+        let d = |e: u32| after[e as usize] - before[e as usize];
+        // One check per second of the flow's life: two at most, should the clock tick
+        // during the 70 runs.
+        assert!(
+            d(event::FLOW_SYNCED) <= 2,
+            "{} of 70 segments took the slow path",
+            d(event::FLOW_SYNCED)
+        );
+        let wide = {
+            let b = PacketBuilder::ethernet2(MAC_C1, fr.mac_a)
+                .ipv4(C1, VIP, 64)
+                .tcp(40000, 80, 71_019, 65_535)
+                .ack(5001);
+            let mut v = Vec::with_capacity(b.size(0));
+            b.write(&mut v, &[]).expect("frame");
+            v
+        };
+        let synced = fx.events()[event::FLOW_SYNCED as usize];
+        let (verdict, _) = fx.run1(Side::A, &wide);
+        assert_eq!(verdict, XDP_REDIRECT, "the segment with a wider window");
+        fx.expect_events(&[event::FLOW_HIT, event::FWD_REDIRECT]);
+        assert_eq!(
+            fx.events()[event::FLOW_SYNCED as usize] - synced,
+            1,
+            "a wider window takes the slow path"
+        );
+        assert_eq!(rev(fx).client_win, 65_535, "the wider window is recorded");
+        fx.run(vec![
+            Case {
+                desc: "a RST from the client 10 MB past its edge: dropped",
+                ingress: Side::A,
+                input: from_c(RST | ACK, 71_019 + 10_000_000, &[]),
+                verdict: XDP_DROP,
+                output: None,
+                events: &[event::DROP_RST_INVALID],
+            },
+            Case {
+                desc: "the client's FIN 70,000 bytes past the edge of the last check: accepted",
+                ingress: Side::A,
+                input: from_c(FIN | ACK, 71_019, &[]),
+                verdict: XDP_REDIRECT,
+                output: Some(to_o1(FIN | ACK, 71_019, &[])),
+                events: &[event::FLOW_HIT, event::FWD_REDIRECT],
+            },
+        ]);
+        let r = rev(fx);
+        assert!(r.flags & CT_FIN_CLIENT != 0, "the FIN half-closed the flow");
+        assert_eq!(
+            r.client_end, 71_020,
+            "the tracking entry holds the client's edge"
         );
     });
 }

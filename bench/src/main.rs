@@ -328,6 +328,82 @@ fn geo_new_flows(
     Ok((t, v))
 }
 
+/// Completes the handshake of the flow `CLIENT:sport -> vip:80` that a SYN (seq 1000)
+/// made: the origin's SYN-ACK (seq 1999, so the client acknowledges 2000) and the client's
+/// ACK go through `prog`, and the flow must then be established in `REV_FLOWS`. Returns an
+/// established segment of each direction: the client's ACK (seq 1001, ack 2000) and the
+/// origin's (seq 2000, ack 1001), as a connection's packets look after its handshake.
+fn establish(
+    prog: &aya::programs::Xdp,
+    maps: &lb_agent::dataplane::Maps,
+    bed: &FibBed,
+    (sport, vip): (u16, [u8; 4]),
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    use lb_testbed::{tcp_flags::ACK, tcp_flags::SYN, tcp_segment};
+    let key = FlowKey::tcp_v4(CLIENT, sport, vip, 80);
+    let flow = maps
+        .flows
+        .get(&key, 0)
+        .with_context(|| format!("no flow for port {sport} to {vip:?}"))?;
+    let o: [u8; 4] = flow.origin_addr[12..16].try_into()?;
+    let omac = (WEB_ORIGINS.start..GEO_ORIGINS.end)
+        .map(origin)
+        .find(|(a, _)| *a == o)
+        .map(|(_, m)| m)
+        .context("origin mac")?;
+    let (oport, snat_port) = (u16::from_be(flow.origin_port), u16::from_be(flow.snat_port));
+    let synack = tcp_segment(
+        omac,
+        bed.mac_b,
+        o,
+        SNAT,
+        64,
+        (oport, snat_port),
+        SYN | ACK,
+        (1999, 1001),
+        &[],
+    );
+    let client = tcp_segment(
+        MAC_CLIENT,
+        bed.mac_a,
+        CLIENT,
+        vip,
+        64,
+        (sport, 80),
+        ACK,
+        (1001, 2000),
+        &[],
+    );
+    let origin_ack = tcp_segment(
+        omac,
+        bed.mac_b,
+        o,
+        SNAT,
+        64,
+        (oport, snat_port),
+        ACK,
+        (2000, 1001),
+        &[],
+    );
+    run_each(prog, std::slice::from_ref(&synack), &|l| {
+        bed.ctx(Side::B, l)
+    })?;
+    run_each(prog, std::slice::from_ref(&client), &|l| {
+        bed.ctx(Side::A, l)
+    })?;
+    let rkey = FlowKey::tcp_v4(o, oport, SNAT, snat_port);
+    let rev = maps
+        .rev_flows
+        .get(&rkey, 0)
+        .with_context(|| format!("no reverse entry for port {sport}"))?;
+    anyhow::ensure!(
+        rev.flags & lb_common::CT_ESTABLISHED != 0,
+        "flow of port {sport}: not established after its handshake (flags {:#x})",
+        rev.flags
+    );
+    Ok((client, origin_ack))
+}
+
 /// Per-packet cost of each path, beside the XDP_TX floor, and control-plane figures that
 /// need the same loaded program.
 fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
@@ -400,7 +476,6 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                     )
                 })
                 .collect();
-            let est = vec![tcp_frame(MAC_CLIENT, bed.mac_a, CLIENT, VIP, 1024, 80, false, true); N];
             let pass = vec![
                 tcp_frame(
                     MAC_CLIENT,
@@ -414,43 +489,11 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                 );
                 N
             ];
-            let (mut syn_t, syn_v, mut est_t, est_v) = {
-                let prog = dp.program()?;
-                let (syn_t, syn_v) = run_each(prog, &syns, &ctx_a)?;
-                let (est_t, est_v) = run_each(prog, &est, &ctx_a)?;
-                (syn_t, syn_v, est_t, est_v)
-            };
-            // The reply frame needs the SNAT port the first flow got.
-            let key = FlowKey::tcp_v4(CLIENT, 1024, VIP, 80);
-            let flow = rec
-                .maps
-                .flows
-                .get(&key, 0)
-                .context("flow of the established case")?;
-            let o = [
-                flow.origin_addr[12],
-                flow.origin_addr[13],
-                flow.origin_addr[14],
-                flow.origin_addr[15],
-            ];
-            let omac = (0..3)
-                .map(origin)
-                .find(|(a, _)| *a == o)
-                .map(|(_, m)| m)
-                .context("origin mac")?;
-            let reply = vec![
-                tcp_frame(
-                    omac,
-                    bed.mac_b,
-                    o,
-                    SNAT,
-                    8080,
-                    u16::from_be(flow.snat_port),
-                    true,
-                    true
-                );
-                N
-            ];
+            let (mut syn_t, syn_v) = run_each(dp.program()?, &syns, &ctx_a)?;
+            // An established connection's packets, both ways (not handshake segments).
+            let (est, reply) = establish(dp.program()?, &rec.maps, &bed, (1024, VIP))?;
+            let (est, reply) = (vec![est; N], vec![reply; N]);
+            let (mut est_t, est_v) = run_each(dp.program()?, &est, &ctx_a)?;
             let (mut rep_t, rep_v, mut pass_t, pass_v) = {
                 let prog = dp.program()?;
                 let (rep_t, rep_v) = run_each(prog, &reply, &ctx_b)?;
@@ -553,8 +596,8 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                 &big_case,
             )?;
             // Packets of the first of those flows: a flow-table hit, no geo lookup.
-            let geo_est =
-                vec![tcp_frame(MAC_CLIENT, bed.mac_a, CLIENT, GEO_VIP, 1024, 80, false, true); N];
+            let (geo_est, _) = establish(dp.program()?, &rec.maps, &bed, (1024, GEO_VIP))?;
+            let geo_est = vec![geo_est; N];
             let (mut gest_t, gest_v) = run_each(dp.program()?, &geo_est, &ctx_a)?;
             anyhow::ensure!(
                 (small_v, big_v, gest_v) == (syn_v, syn_v, est_v),

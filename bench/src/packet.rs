@@ -1,6 +1,7 @@
 //! Packet rate: an AF_PACKET generator (sendmmsg, qdisc bypass) in the client namespace sends
 //! the frame of an established flow into the LB's veth, where native XDP forwards it to the
-//! origin's veth (whose XDP drops it, so the origin's stack does not answer). Counted by the
+//! origin's veth (whose XDP drops it, so the origin's stack does not answer; the client's drops
+//! the forwarded SYN-ACK, so its stack does not reset the flow). Counted by the
 //! data path's own `fwd_redirect` counter. The floor: the same generator against a bare
 //! XDP_TX program on the same veth, counted as frames bounced back to the client.
 
@@ -19,7 +20,7 @@ use lb_agent::{
     reconcile::Reconciler,
 };
 use lb_common::event;
-use lb_testbed::{origin_addr, NetNs, Topology};
+use lb_testbed::{origin_addr, tcp_flags, tcp_segment, NetNs, Topology};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,18 +167,29 @@ pub fn rates(object: &Path, secs: u32) -> Result<Vec<Rate>> {
         "permanent",
     ]);
     let _sink = attach_aux(&topo.origins[0], object, "xdp_drop", &origin_if)?;
+    // The client's stack never sees the SYN-ACK either: it would reset the connection it
+    // did not open (the generator is a raw socket), and the flow would be closed.
+    let _client_sink = attach_aux(&topo.client, object, "xdp_drop", &client_if)?;
     let client_mac = mac(&topo.client, &client_if);
     let lb_mac = mac(&topo.lb, &lb_client_if);
+    // The client's SYN (seq 1000), then its established ACKs (seq 1001, ack 2000) once the
+    // origin's SYN-ACK (seq 1999) went through: an established connection's packets.
     let frame = |syn: bool| {
-        crate::tcp_frame(
+        let (flags, seq) = if syn {
+            (tcp_flags::SYN, (1000, 0))
+        } else {
+            (tcp_flags::ACK, (1001, 2000))
+        };
+        tcp_segment(
             client_mac,
             lb_mac,
             crate::CLIENT,
             crate::VIP,
-            41000,
-            80,
-            syn,
-            !syn,
+            64,
+            (41000, 80),
+            flags,
+            seq,
+            &[],
         )
     };
 
@@ -195,6 +207,45 @@ pub fn rates(object: &Path, secs: u32) -> Result<Vec<Rate>> {
             Ok((dp, rec))
         })?;
         generate(&topo.client, &client_if, &frame(true), 0.05)?; // the SYN creates the flow
+        let key = lb_common::FlowKey::tcp_v4(crate::CLIENT, 41000, crate::VIP, 80);
+        let flow = rec
+            .maps
+            .flows
+            .get(&key, 0)
+            .context("the SYN made no flow")?;
+        let synack = tcp_segment(
+            origin_mac,
+            mac(&topo.lb, &topo.lb_ifaces[1]),
+            o.octets(),
+            <[u8; 4]>::try_from(&flow.snat_addr[12..16])?,
+            64,
+            (8080, u16::from_be(flow.snat_port)),
+            tcp_flags::SYN | tcp_flags::ACK,
+            (1999, 1001),
+            &[],
+        );
+        generate(&topo.origins[0], &origin_if, &synack, 0.05)?;
+        generate(&topo.client, &client_if, &frame(false), 0.05)?;
+        let rkey = lb_common::FlowKey {
+            src: flow.origin_addr,
+            dst: flow.snat_addr,
+            sport: flow.origin_port,
+            dport: flow.snat_port,
+            proto: lb_common::IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let rev = rec
+            .maps
+            .rev_flows
+            .get(&rkey, 0)
+            .context("no reverse entry")?;
+
+        anyhow::ensure!(
+            rev.flags & (lb_common::CT_ESTABLISHED | lb_common::CT_RST)
+                == lb_common::CT_ESTABLISHED,
+            "rate bench: the flow is not established and open after its handshake (flags {:#x})",
+            rev.flags
+        );
         let before = rec.maps.event_totals()?[event::FWD_REDIRECT as usize];
         let s0 = prog_stats(&dp.program()?.info()?);
         let sent = generate(&topo.client, &client_if, &frame(false), secs)?;

@@ -361,9 +361,36 @@ pub struct Flow {
     pub origin_id: u32,
     /// VIP id (for counters), host order.
     pub vip_id: u32,
-    pub _pad: u32,
+    /// `FLOW_F_*` bits, host order. Written by the slow path only.
+    pub flags: u32,
+    /// Coarse second at which the slow path last checked the flow against its `REV_FLOWS`
+    /// half and refreshed the copies below, host order. The client's plain segments take
+    /// the fast path (no `REV_FLOWS` lookup) only within that second.
+    pub synced: u32,
+    /// One past the highest sequence number seen from the client, host order: while
+    /// `FLOW_F_FAST` is set, the fast path advances it here and the slow path moves it into
+    /// `RevFlow::client_end` at the next sync.
+    pub client_end: u32,
+    /// `RevFlow::origin_win` at the sync (the window the client's segments must fall in),
+    /// host order. It only grows there, so the copy is never wider than the truth.
+    pub peer_win: u32,
+    /// `RevFlow::client_win` at the sync, host order: a segment that advertises more takes
+    /// the slow path, which records it.
+    pub client_win: u32,
+    /// Added to the client's acknowledgement numbers (`RevFlow::seq_delta` of a SYN-cookie
+    /// flow; 0 for every other flow), host order.
+    pub ack_shift: u32,
+    /// `RevFlow::client_wscale` and `origin_wscale` at the sync.
+    pub client_wscale: u8,
+    pub origin_wscale: u8,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<Flow>() == 48);
+const _: () = assert!(core::mem::size_of::<Flow>() == 72);
+
+/// `Flow::flags`: the flow was established and open (no FIN, RST or stale answer, not a
+/// cookie flow waiting for its origin) at the last sync, so the client's segments without
+/// SYN, FIN or RST may take the fast path in the second `Flow::synced`.
+pub const FLOW_F_FAST: u32 = 1;
 
 /// A flow direction's next hop, as the last `bpf_fib_lookup` for it found it: kept in the
 /// flow entry so that a flow's packets skip the FIB lookup (about 150 ns each) while the
@@ -768,7 +795,13 @@ pub mod event {
     /// address in `LOCAL_ADDRS` (no open router). A note, counted with the verdict; a high
     /// rate against `fwd_tx` + `fwd_redirect` means the cache is not working.
     pub const FIB_LOOKUP: u32 = 53;
-    pub const COUNT: u32 = 54;
+    /// A client's segment of an established flow took the slow path: both halves of the
+    /// pair were looked up and checked, and the flow-table half's copies refreshed
+    /// (`Flow::synced`). The flow's other segments in that second take the fast path (one
+    /// lookup). A note, counted with the verdict: `flow_hit` minus this is the fast path's
+    /// share.
+    pub const FLOW_SYNCED: u32 = 54;
+    pub const COUNT: u32 = 55;
 
     /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
     pub const fn is_verdict(e: u32) -> bool {
@@ -790,6 +823,7 @@ pub mod event {
                 | ICMP_FROM_CLIENT
                 | ORIGIN_STALE_ANSWER
                 | FIB_LOOKUP
+                | FLOW_SYNCED
         )
     }
 
@@ -849,6 +883,7 @@ pub mod event {
         "drop_transit",
         "origin_stale_answer",
         "fib_lookup",
+        "flow_synced",
     ];
 }
 

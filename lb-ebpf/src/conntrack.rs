@@ -9,12 +9,16 @@
 //! - Each side's window edge (`*_end`) and largest advertised window (`*_win`) advance only
 //!   with in-window packets, so a blind spoofer cannot widen the window it must hit.
 //! - Each state has an idle timeout (`RevFlow::timeout`); expiry is lazy, checked on use.
+//! - Fast path: a client segment without SYN, FIN or RST of an open, established flow is
+//!   tracked in its `FLOWS` half alone (`fast`) when the slow path checked that half against
+//!   `REV_FLOWS` in the same second (`sync_in`, `sync_out`): one hash lookup, not two. The
+//!   result is the one `track` would give; everything else takes `track`.
 
 use core::intrinsics::{atomic_or, AtomicOrdering};
 
 use lb_common::{
-    event, RevFlow, Settings, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_RST, CT_STALE,
-    CT_SYNACK, REV_F_CLOSING, WSCALE_NONE,
+    event, Flow, RevFlow, Settings, CT_COOKIE, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_ORIGIN,
+    CT_RST, CT_STALE, CT_SYNACK, FLOW_F_FAST, REV_F_CLOSING, WSCALE_NONE,
 };
 
 use crate::{
@@ -82,6 +86,89 @@ fn scaled(win: u16, own: u8, peer: u8, syn: bool) -> u32 {
     } else {
         u32::from(win) << (own & 0x0f)
     }
+}
+
+/// Is the segment ahead of `end` (modulo 2^32)?
+#[inline(always)]
+fn ahead(new_end: u32, end: u32) -> bool {
+    #[expect(
+        clippy::cast_possible_wrap,
+        reason = "sequence arithmetic is modulo 2^32"
+    )]
+    let d = new_end.wrapping_sub(end) as i32;
+    d > 0
+}
+
+/// Is flow state `flags` established and open: no FIN, RST or stale answer seen, and not a
+/// cookie flow whose origin has not answered?
+#[inline(always)]
+pub fn open(flags: u32) -> bool {
+    flags & (CT_ESTABLISHED | CT_FIN_CLIENT | CT_FIN_ORIGIN | CT_RST | CT_STALE) == CT_ESTABLISHED
+        && flags & (CT_COOKIE | CT_SYNACK) != CT_COOKIE
+}
+
+/// Tracks a client segment in the flow's `FLOWS` half `f` alone, when it may (see the
+/// module's doc): then it is what `track` would do with it (the window edge advanced by an
+/// in-window segment; nothing for one outside, which is forwarded as `track` forwards it)
+/// and true. False: the segment takes the slow path. `now` within `Flow::synced` means the
+/// slow path checked the pair, refreshed `RevFlow::last_seen` and found the flow unexpired
+/// this second.
+#[inline(always)]
+pub fn fast(f: *mut Flow, seg: &Seg, now: u32) -> bool {
+    // SAFETY: a live map value, read and written field by field (the slow path may refresh
+    // it on another CPU; its copies only ever narrow what this accepts).
+    let fl = unsafe { &mut *f };
+    if fl.flags & FLOW_F_FAST == 0 || fl.synced != now || seg.flags & (SYN | FIN | RST) != 0 {
+        return false;
+    }
+    let end = fl.client_end;
+    if !in_window(seg.seq, end, fl.peer_win) {
+        return true;
+    }
+    // A wider window than `REV_FLOWS` knows is recorded there (the origin's segments are
+    // checked against it).
+    if scaled(seg.win, fl.client_wscale, fl.origin_wscale, false) > fl.client_win {
+        return false;
+    }
+    let new_end = seg.seq.wrapping_add(seg.len);
+    if ahead(new_end, end) {
+        fl.client_end = new_end;
+    }
+    true
+}
+
+/// Before `track` on the slow path: the window edge the fast path advanced in `f` moves into
+/// `r`, the pair's tracking entry.
+#[inline(always)]
+pub fn sync_in(f: *const Flow, r: *mut RevFlow) {
+    // SAFETY: live map values, read and written field by field.
+    unsafe {
+        if (*f).flags & FLOW_F_FAST != 0 && ahead((*f).client_end, (*r).client_end) {
+            (*r).client_end = (*f).client_end;
+        }
+    }
+}
+
+/// After `track` on the slow path: `f` takes the copies the fast path reads this second.
+#[inline(always)]
+pub fn sync_out(f: *mut Flow, r: *const RevFlow, now: u32) {
+    // SAFETY: live map values, read and written field by field.
+    unsafe {
+        let flags = (*r).flags;
+        (*f).client_end = (*r).client_end;
+        (*f).peer_win = (*r).origin_win;
+        (*f).client_win = (*r).client_win;
+        (*f).client_wscale = (*r).client_wscale;
+        (*f).origin_wscale = (*r).origin_wscale;
+        (*f).ack_shift = if flags & CT_COOKIE != 0 {
+            (*r).seq_delta
+        } else {
+            0
+        };
+        (*f).synced = now;
+        (*f).flags = if open(flags) { FLOW_F_FAST } else { 0 };
+    }
+    count(event::FLOW_SYNCED);
 }
 
 /// Advances the flow `r` with a non-SYN segment from the client, or any segment from the
@@ -185,11 +272,7 @@ pub fn track(r: *mut RevFlow, seg: &Seg, from_client: bool, now: u32) -> Result<
     }
     if inside {
         let new_end = seg.seq.wrapping_add(seg.len);
-        #[expect(
-            clippy::cast_possible_wrap,
-            reason = "sequence arithmetic is modulo 2^32"
-        )]
-        let ahead = new_end.wrapping_sub(end) as i32 > 0;
+        let ahead = ahead(new_end, end);
         let win = scaled(seg.win, own_ws, peer_ws, false);
         if from_client {
             if ahead {

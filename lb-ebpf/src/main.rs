@@ -170,12 +170,12 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     // Then an established flow: one flow-table lookup, and its VIP read by id (an array
     // read, no second hash). Only a SYN or a miss looks the VIP up by address and port.
     let mut vip: Option<&VipMeta> = None;
-    let mut hit: *const Flow = core::ptr::null();
+    let mut hit: *mut Flow = core::ptr::null_mut();
     let mut looked = false;
     // A SNAT address holds no VIP: a tuple the reverse table does not know is not ours
     // (one lookup for a flood aimed at it, not three).
     if !to_snat && s.flags & SYN == 0 {
-        match FLOWS.get_ptr(&key) {
+        match FLOWS.get_ptr_mut(&key) {
             // SAFETY: a live map value.
             Some(f) => match VIP_IDS.get(unsafe { (*f).vip_id }) {
                 Some(v) if v.key.same(&vip_key) => {
@@ -235,7 +235,7 @@ fn client_packet(
     vip: &VipMeta,
     settings: &Settings,
     s: &Seg,
-    hit: *const Flow,
+    hit: *mut Flow,
     looked: bool,
 ) -> Result<u32, u32> {
     if bad_client_flags(s.flags) {
@@ -253,9 +253,16 @@ fn client_packet(
     let found = if looked {
         (!hit.is_null()).then_some(hit)
     } else {
-        FLOWS.get_ptr(key)
+        FLOWS.get_ptr_mut(key)
     };
-    if let Some(f) = found {
+    let fast = !syn && found.is_some_and(|f| conntrack::fast(f, s, now));
+    if fast {
+        // SAFETY: `fast` is true only for a live map value.
+        let f = found.unwrap_or(core::ptr::null_mut());
+        // SAFETY: a live map value (found above).
+        shift.ack = unsafe { (*f).ack_shift };
+        flow = f;
+    } else if let Some(f) = found {
         // SAFETY: a live map value.
         let rkey = rev_key(unsafe { &*f });
         match REV_FLOWS.get_ptr_mut(&rkey) {
@@ -293,7 +300,9 @@ fn client_packet(
                         replaces = f;
                     }
                 } else {
+                    conntrack::sync_in(f, r);
                     track(r, s, true, now)?;
+                    conntrack::sync_out(f, r, now);
                     if flags & CT_COOKIE != 0 {
                         shift.ack = delta;
                     }
@@ -449,7 +458,11 @@ fn origin_packet(
         }
         return Err(drop(event::DROP_EXPIRED));
     }
-    if !check_client_half(key, r) {
+    // The pair is checked (and a missing client half restored) once per second of the
+    // flow's life: when it was seen this second by an open flow's slow path, the check ran.
+    // SAFETY: a live map value, read field by field.
+    let checked = unsafe { (*r).last_seen == now && conntrack::open((*r).flags) };
+    if !checked && !check_client_half(key, r) {
         // The client's tuple has moved on to another flow: this half is stale.
         conntrack::mark_closing(r);
         let _ = REV_FLOWS.remove(key);

@@ -29,6 +29,26 @@ pub struct CtInit {
     pub now: u32,
 }
 
+/// The fast-path fields of a client half the slow path has not synced yet: its first
+/// segments all look `REV_FLOWS` up (`Flow::flags` clear).
+const NEW_HALF: Flow = Flow {
+    origin_addr: [0; 16],
+    snat_addr: [0; 16],
+    origin_port: 0,
+    snat_port: 0,
+    origin_id: 0,
+    vip_id: 0,
+    flags: 0,
+    synced: 0,
+    client_end: 0,
+    peer_win: 0,
+    client_win: 0,
+    ack_shift: 0,
+    client_wscale: 0,
+    origin_wscale: 0,
+    _pad: [0; 2],
+};
+
 /// The `REV_FLOWS` key of `flow` (the tuple its replies carry).
 #[inline(always)]
 pub fn rev_key(flow: &Flow) -> FlowKey {
@@ -201,7 +221,7 @@ pub fn new_flow(
         snat_port: sc.rkey.dport,
         origin_id,
         vip_id: vip.vip_id,
-        _pad: 0,
+        ..NEW_HALF
     };
     if FLOWS.insert(key, &sc.flow, u64::from(BPF_ANY)).is_err() {
         let _ = REV_FLOWS.remove(&sc.rkey);
@@ -323,7 +343,7 @@ pub fn check_client_half(rkey: &FlowKey, r: *const RevFlow) -> bool {
             snat_port: rkey.dport,
             origin_id: (*r).origin_id,
             vip_id: (*r).vip_id,
-            _pad: 0,
+            ..NEW_HALF
         };
     }
     if FLOWS
