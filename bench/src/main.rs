@@ -15,6 +15,7 @@ mod many_flows;
 mod packet;
 mod report;
 mod scale;
+mod tables;
 
 use std::{
     collections::BTreeMap,
@@ -628,7 +629,10 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
     report.control.extend(control);
     report.per_packet_method = format!(
         "BPF_PROG_TEST_RUN with repeat = 1, {N} runs per case, median of the kernel's per-run time; \
-         each run is given its frame afresh, so rewritten frames are never re-run. The floor is \
+         each run is given its frame afresh, so rewritten frames are never re-run. The established \
+         and reply rows time the segments of a connection after its handshake (SYN, the origin's \
+         SYN-ACK, the client's ACK): they take the connection-tracking fast path, all but the first \
+         of each second (about one in 20,000 here). The floor is \
          the bare XDP_TX program on the same frames in the same process; ratios divide by it. The \
          kernel's timer overhead is inside every figure (and so inside the floor). Geo rows: a \
          second VIP with steering_policy = \"geo\" sends the client's country (DE) to its own \
@@ -879,6 +883,13 @@ fn main() -> Result<()> {
             println!("{:#?}", report.control);
             return Ok(());
         }
+        Some("tables") => {
+            tables::run(&a.object, &mut report)?;
+            for l in tables::lines(&report.control) {
+                println!("{l}");
+            }
+            return Ok(());
+        }
         Some("scale") => {
             scale::run(&a.object, scale::FULL, &mut report)?;
             for l in report::scale_lines(&report.control) {
@@ -889,7 +900,7 @@ fn main() -> Result<()> {
         }
         Some(other) => {
             anyhow::bail!(
-                "--only {other}: use per-packet, many-flows, rate, e2e, control-plane or scale"
+                "--only {other}: use per-packet, many-flows, tables, rate, e2e, control-plane or scale"
             )
         }
     }
@@ -900,6 +911,8 @@ fn main() -> Result<()> {
         many_flows::FLOWS
     );
     many_flows::run(&a.object, &mut report)?;
+    eprintln!("lb-bench: flow-table layouts (hash, LRU, per-CPU LRU)");
+    tables::run(&a.object, &mut report)?;
     eprintln!("lb-bench: control plane");
     control_plane(&a.object, &mut report)?;
     eprintln!(
