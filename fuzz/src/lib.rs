@@ -36,7 +36,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use lb_agent::{dataplane, reconcile::Reconciler};
-use lb_common::{event, Flow, FlowKey, RevFlow, Settings, REV_F_CLOSING};
+use lb_common::{event, Flow, FlowKey, RevFlow, Settings, FLOW_F_FAST, REV_F_CLOSING};
 use lb_testbed::{
     fixture::{
         self, mac_of, C1, C2, C3, C4, C5, C6, LB_ONE_ARMED, LB_WWW, LOCAL_ORIGIN, O1, O2, O3,
@@ -1184,6 +1184,14 @@ impl Fuzzer<'_> {
     ///
     /// Returns one line per problem.
     fn check_tables(&self) -> Vec<String> {
+        /// Is sequence number `a` behind `b` (modulo 2^32)?
+        #[expect(
+            clippy::cast_possible_wrap,
+            reason = "sequence arithmetic is modulo 2^32"
+        )]
+        fn seq_behind(a: u32, b: u32) -> bool {
+            (a.wrapping_sub(b) as i32) < 0
+        }
         let (flows, revs) = self.dump();
         self.seen.set((
             self.seen.get().0.max(flows.len()),
@@ -1208,6 +1216,20 @@ impl Fuzzer<'_> {
                     r.flags,
                     now.wrapping_sub(r.last_seen)
                 )),
+                // The fast path only moves the client's edge forward in its half, and the
+                // slow path moves it into the tracking entry before it tracks anything: a
+                // fast half is never behind its entry.
+                Some(r)
+                    if f.flags & FLOW_F_FAST != 0
+                        && seq_behind(f.client_end, r.client_end) =>
+                {
+                    problems.push(format!(
+                        "FLOWS {} (fast path) holds the client's edge {}, behind its tracking entry's {}",
+                        show_key(k),
+                        f.client_end,
+                        r.client_end
+                    ));
+                }
                 Some(_) => {}
             }
         }
