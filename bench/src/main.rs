@@ -620,6 +620,43 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                 costs.push(c);
             }
 
+            // The plain VIP with session affinity, then with least-connections origin
+            // steering: new flows (affinity: the client's entry is found after the first)
+            // and an established flow's packets, each from empty flow tables.
+            let plain_text = per_packet_config(&bed.pin_dir, WEB_ORIGINS.len(), false);
+            let variants = [
+                (
+                    "affinity VIP (session_affinity = \"ip\")",
+                    plain_text.replace(
+                        "default_pools = [\"web\"]",
+                        "default_pools = [\"web\"]\nsession_affinity = \"ip\"",
+                    ),
+                ),
+                (
+                    "least-connections pool",
+                    plain_text.replace(
+                        "name = \"web\"\n",
+                        "name = \"web\"\norigin_steering = { policy = \"least_connections\" }\n",
+                    ),
+                ),
+            ];
+            for (what, text) in variants {
+                anyhow::ensure!(text != plain_text, "{what}: config edit applied");
+                let c = Config::parse(&text, std::path::Path::new("bench-variant.toml"))?;
+                rec.apply(&c, &HealthTable::default())?;
+                clear_flows(&mut rec.maps)?;
+                let (mut new_t, new_v) = run_each(dp.program()?, &syns, &ctx_a)?;
+                let (est1, _) = establish(dp.program()?, &rec.maps, &bed, (1024, VIP))?;
+                let (mut e_t, e_v) = run_each(dp.program()?, &vec![est1; N], &ctx_a)?;
+                anyhow::ensure!(
+                    (new_v, e_v) == (syn_v, est_v),
+                    "{what}: verdicts {new_v}/{e_v}, plain VIP {syn_v}/{est_v}"
+                );
+                costs.push(cost(&format!("new flow, {what}"), &mut new_t, new_v));
+                costs.push(cost(&format!("established, {what}"), &mut e_t, e_v));
+            }
+            rec.apply(&cfg, &HealthTable::default())?;
+
             // Health change -> maps written, on a 10-origin monitored pool.
             drop(rec);
             drop(dp);
