@@ -79,6 +79,11 @@ pub struct PacketCost {
     pub ratio_to_floor: f64,
     /// Median minus floor: the program's own work.
     pub net_ns: f64,
+    /// The spread of the runs: 10th and 90th percentiles, ns.
+    #[serde(default)]
+    pub p10_ns: f64,
+    #[serde(default)]
+    pub p90_ns: f64,
     pub verdict: u32,
     /// Geo rows: this median minus the same path's median on the VIP without geo steering,
     /// i.e. what the client lookup adds. Absent for the other rows.
@@ -534,12 +539,16 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
             let floor_ns = median(&mut floor_t);
             let cost = |case: &str, t: &mut Vec<u64>, verdict: u32| {
                 let m = median(t);
+                #[expect(clippy::cast_precision_loss, reason = "nanoseconds")]
+                let pct = |p: usize| t[(t.len() - 1) * p / 100] as f64;
                 PacketCost {
                     case: case.into(),
                     median_ns: m,
                     floor_ns,
                     ratio_to_floor: m / floor_ns,
                     net_ns: m - floor_ns,
+                    p10_ns: pct(10),
+                    p90_ns: pct(90),
                     verdict,
                     geo_overhead_ns: None,
                 }

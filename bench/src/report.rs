@@ -433,13 +433,15 @@ pub fn write(out: &Path, r: &mut Report) -> Result<()> {
         "## Per-packet cost (BPF_PROG_TEST_RUN)\n\n{}\n",
         r.per_packet_method
     );
-    let _ = writeln!(md, "| case | median ns | XDP_TX floor ns | × floor | net ns | verdict | geo overhead ns |\n|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "| case | median ns | p10–p90 ns | XDP_TX floor ns | × floor | net ns | verdict | geo overhead ns |\n|---|---:|---:|---:|---:|---:|---:|---:|");
     for c in &r.per_packet {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {} | {} |",
+            "| {} | {:.0} | {:.0}–{:.0} | {:.0} | {:.2} | {:.0} | {} | {} |",
             c.case,
             c.median_ns,
+            c.p10_ns,
+            c.p90_ns,
             c.floor_ns,
             c.ratio_to_floor,
             c.net_ns,
