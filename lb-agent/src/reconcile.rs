@@ -531,7 +531,10 @@ impl<M: MapWriter> Reconciler<M> {
             }
         }
         debug_assert!(old == *cfg, "the kept config is the one applied");
-        Arc::make_mut(&mut self.plan).apply_patch(patch);
+        let plan = Arc::make_mut(&mut self.plan);
+        plan.apply_patch(patch);
+        // As `write` stamps a whole plan: links may have changed since the last apply.
+        plan.settings.nh_gen = self.nh_gen;
         self.last = Some((old, health.mark()));
         Ok(Some(r))
     }
@@ -2037,7 +2040,7 @@ mod patch_tests {
         );
         let mut patched = 0;
         for step in 0..400 {
-            match rng.u8(0..10) {
+            match rng.u8(0..11) {
                 // A target goes up or down, or only its RTT moves.
                 0..=4 => {
                     let t = &targets[rng.usize(..targets.len())];
@@ -2061,7 +2064,11 @@ mod patch_tests {
                     k.minimum[p] = rng.u32(1..=3);
                     k.random_weight = [0.0, 0.25, 0.75][rng.usize(..3)];
                 }
-                _ => k.swapped = !k.swapped,
+                9 => k.swapped = !k.swapped,
+                _ => {
+                    patching.next_hops_changed().expect("next hops");
+                    whole.next_hops_changed().expect("next hops");
+                }
             }
             cfg = Config::parse(&text(&k), Path::new("t")).expect("valid config");
             let report = patching.apply(&cfg, &health).expect("patched apply");
