@@ -11,6 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use lb_common::{
@@ -37,19 +38,23 @@ pub struct RingKey {
 }
 
 /// Everything decided for one config under one health table.
+///
+/// The entries are shared (`Arc`): the agent publishes the plan to the API while the
+/// reconciler patches its own copy, and a copy then costs a few thousand reference counts
+/// rather than every string of 10,000 origins again.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     /// The data path's settings; `nh_gen` is 0 here (the reconciler owns it).
     pub settings: Settings,
-    pub rings: BTreeMap<RingKey, RingPlan>,
+    pub rings: BTreeMap<RingKey, Arc<RingPlan>>,
     /// Enabled load balancers.
-    pub vips: Vec<VipPlan>,
+    pub vips: Vec<Arc<VipPlan>>,
     /// Every load balancer, in config order.
-    pub load_balancers: Vec<LbPlan>,
+    pub load_balancers: Vec<Arc<LbPlan>>,
     /// Every pool, in config order.
     pub pools: Vec<PoolPlan>,
     /// Every origin of every pool, in config order.
-    pub origins: Vec<OriginPlan>,
+    pub origins: Vec<Arc<OriginPlan>>,
 }
 
 /// One ring: every origin of the pool with its Maglev weight (0 = drained: no new flows),
@@ -179,21 +184,21 @@ pub fn plan(cfg: &Config, health: &HealthTable, locations: &[GeoValue]) -> Plan 
     let mut load_balancers = Vec::new();
     for lb in &cfg.load_balancers {
         let (lb_plan, vip) = lb_plan(cfg, health, locations, lb);
-        load_balancers.push(lb_plan);
+        load_balancers.push(Arc::new(lb_plan));
         let Some(vip) = vip else { continue };
         for key in vip.rings.iter().chain(std::iter::once(&vip.ring)) {
             if !rings.contains_key(key) {
-                rings.insert(key.clone(), ring_plan(cfg, health, key));
+                rings.insert(key.clone(), Arc::new(ring_plan(cfg, health, key)));
             }
         }
-        vips.push(vip);
+        vips.push(Arc::new(vip));
     }
     let mut pools = Vec::new();
     let mut origins = Vec::new();
     for pool in &cfg.pools {
         let (p, o) = pool_status(cfg, health, pool);
         pools.push(p);
-        origins.extend(o);
+        origins.extend(o.into_iter().map(Arc::new));
     }
     Plan {
         settings: settings(cfg),
@@ -551,18 +556,18 @@ impl Plan {
     /// ..)`, the plan is then `plan(cfg, health, ..)`.
     pub fn apply_patch(&mut self, patch: Patch) {
         for (key, ring) in patch.rings {
-            self.rings.insert(key, ring);
+            self.rings.insert(key, Arc::new(ring));
         }
         for l in patch.load_balancers {
-            self.load_balancers[l.index] = l.plan;
+            self.load_balancers[l.index] = Arc::new(l.plan);
             if let Some((v, vip)) = l.vip {
-                self.vips[v] = vip;
+                self.vips[v] = Arc::new(vip);
             }
         }
         for p in patch.pools {
             self.pools[p.index] = p.plan;
             for (k, o) in p.origins.into_iter().enumerate() {
-                self.origins[p.first_origin + k] = o;
+                self.origins[p.first_origin + k] = Arc::new(o);
             }
         }
     }
@@ -620,6 +625,6 @@ impl Plan {
     pub fn chosen(&self) -> impl Iterator<Item = (&LbPlan, &str)> {
         self.load_balancers
             .iter()
-            .filter_map(|l| l.choice.as_ref().map(|(p, _)| (l, p.as_str())))
+            .filter_map(|l| l.choice.as_ref().map(|(p, _)| (&**l, p.as_str())))
     }
 }
