@@ -28,7 +28,7 @@ pub use crate::plan::{vip_key, OriginKey, Plan, RingKey, RingPlan, VipPlan};
 use crate::{
     config::{Config, Geo, OriginSteering},
     dataplane::Maps,
-    health::HealthTable,
+    health::{HealthMark, HealthTable},
     maglev, plan,
     writer::{GeoPrefix, MapWriter, WriteError},
 };
@@ -316,6 +316,9 @@ pub struct ApplyReport {
     pub vips_removed: usize,
     /// Rings whose Maglev table was built (members, weights or ids changed).
     pub rings_rebuilt: usize,
+    /// Whether the apply patched the last plan (only what changed was planned and
+    /// written) rather than planning everything.
+    pub patched: bool,
     /// Time spent in `plan::plan` (and syncing the geo trie).
     pub plan: Duration,
     /// Time spent computing rings (Maglev builds) and diffing them.
@@ -354,6 +357,13 @@ pub struct Reconciler<M: MapWriter = Maps> {
     geo_locations: Vec<GeoValue>,
     /// The plan last written in full.
     plan: Arc<Plan>,
+    /// The config and health the maps were last made to hold, so that the next apply plans
+    /// and writes only what changed since (`None`: plan and write everything, as after a
+    /// failed write or a `write` of someone else's plan).
+    last: Option<(Config, HealthMark)>,
+    /// Whether `assign` would give every origin the id it has now if the plan's keys stay
+    /// the same (see `ids_are_settled`): then a patch keeps the assignment.
+    settled: bool,
 }
 
 impl<M: MapWriter> Reconciler<M> {
@@ -396,6 +406,8 @@ impl<M: MapWriter> Reconciler<M> {
             geo_applied: None,
             geo_locations: Vec::new(),
             plan: Arc::default(),
+            last: None,
+            settled: false,
         })
     }
 
@@ -451,15 +463,150 @@ impl<M: MapWriter> Reconciler<M> {
     /// Makes the maps hold exactly what `cfg` asks for under `health`: syncs the geo trie
     /// (this host's client locations), plans (`plan::plan`), then writes the plan's
     /// differences (`write`).
+    ///
+    /// When only pools' and load balancers' settings or origins' health changed since the
+    /// last apply, only their entries are planned again and written (`apply_patch`); the
+    /// maps end up the same as after a whole plan and `write`.
     pub fn apply(&mut self, cfg: &Config, health: &HealthTable) -> Result<ApplyReport> {
         let start = Instant::now();
         self.sync_geo(&cfg.geo)?;
+        if let Some(mut r) = self.apply_patch(cfg, health, start)? {
+            r.elapsed = start.elapsed();
+            return Ok(r);
+        }
         let want = plan::plan(cfg, health, &self.geo_locations);
         let planned = start.elapsed();
         let mut r = self.write(want)?;
+        self.last = Some((cfg.clone(), health.mark()));
         r.plan = planned;
         r.elapsed = start.elapsed();
         Ok(r)
+    }
+
+    /// What `apply` would do, by patching the last plan (`plan::patch`) and writing only
+    /// the entries of the patch; `None` when the whole plan must be made instead (see
+    /// `plan::config_dirty`, `HealthTable::changed_since`).
+    fn apply_patch(
+        &mut self,
+        cfg: &Config,
+        health: &HealthTable,
+        start: Instant,
+    ) -> Result<Option<ApplyReport>> {
+        let Some((old, mark)) = self.last.as_ref().filter(|_| self.settled) else {
+            return Ok(None);
+        };
+        let mut dirty = plan::Dirty::default();
+        if !plan::config_dirty(old, cfg, &mut dirty) {
+            return Ok(None);
+        }
+        let config_changed = !dirty.pools.is_empty() || !dirty.load_balancers.is_empty();
+        let Some(changed) = health.changed_since(*mark) else {
+            return Ok(None);
+        };
+        for c in changed {
+            let Some(&i) = cfg.names.pools.get(&c.target.pool) else {
+                continue;
+            };
+            if c.state {
+                dirty.pool(cfg, i);
+            } else if c.rtt {
+                dirty.pool_rtt(cfg, i);
+            }
+        }
+        let Some(patch) = plan::patch(&self.plan, cfg, health, &self.geo_locations, &dirty) else {
+            return Ok(None);
+        };
+        let planned = start.elapsed();
+        // Until the patch is written, nothing is known of what the maps hold.
+        let (mut old, _) = self.last.take().expect("checked above");
+        let mut r = self.write_patch(&patch)?;
+        r.plan = planned;
+        r.patched = true;
+        if config_changed {
+            for &i in &dirty.pools {
+                old.pools[i].clone_from(&cfg.pools[i]);
+            }
+            for &i in &dirty.load_balancers {
+                old.load_balancers[i].clone_from(&cfg.load_balancers[i]);
+            }
+        }
+        debug_assert!(old == *cfg, "the kept config is the one applied");
+        let plan = Arc::make_mut(&mut self.plan);
+        plan.apply_patch(patch);
+        // As `write` stamps a whole plan: links may have changed since the last apply.
+        plan.settings.nh_gen = self.nh_gen;
+        self.last = Some((old, health.mark()));
+        Ok(Some(r))
+    }
+
+    /// Writes a patch of the plan in the maps (`apply_patch`), in the order and with the
+    /// rules of `write`: the origins of its rings, its rings, its VIPs' geo plans and pool
+    /// tables, its VIPs. The assignment stands (the patch changes no key), and what the
+    /// patch does not name is already as `write` would leave it.
+    fn write_patch(&mut self, patch: &plan::Patch) -> Result<ApplyReport> {
+        let start = Instant::now();
+        let mut r = ApplyReport::default();
+        let a = std::mem::take(&mut self.assignment);
+        let result = self.write_patch_with(patch, &a, &mut r);
+        self.assignment = a;
+        result?;
+        r.elapsed = start.elapsed();
+        Ok(r)
+    }
+
+    fn write_patch_with(
+        &mut self,
+        patch: &plan::Patch,
+        a: &Assignment,
+        r: &mut ApplyReport,
+    ) -> Result<()> {
+        let mut origins = HashMap::new();
+        for (key, ring) in &patch.rings {
+            for (k, w) in &ring.members {
+                origins.insert(a.origins[k], origin_meta(k, a.rings[key], *w));
+            }
+        }
+        self.write_origins(&origins, r)?;
+        for (key, ring) in &patch.rings {
+            let id = a.rings[key];
+            let base = self
+                .current
+                .ring_meta
+                .get(&id)
+                .filter(|m| m.size == ring.size && m.size != 0)
+                .map(|m| m.base)
+                .expect("a patched ring keeps its place: its size follows the config");
+            self.write_ring(id, base, ring, &a.origins, r)?;
+        }
+        let vips: Vec<&VipPlan> = patch
+            .load_balancers
+            .iter()
+            .filter_map(|l| l.vip.as_ref().map(|(_, v)| v))
+            .collect();
+        let mut geo = HashMap::new();
+        for v in &vips {
+            add_geo_plans(v, a, &mut geo);
+        }
+        self.write_geo_plans(&geo)?;
+        for v in vips.iter().filter(|v| v.flags & VIP_F_RANDOM != 0) {
+            self.write_pool_sel(v, a)?;
+        }
+        let entries: HashMap<VipKey, VipMeta> =
+            vips.iter().map(|v| (v.key, vip_meta(v, a))).collect();
+        self.write_vips(&entries, r)?;
+        // Geo plan entries of these VIPs that their plans no longer name.
+        let ids: HashSet<u32> = vips.iter().map(|v| a.vips[&v.key]).collect();
+        let stale: Vec<GeoPlanKey> = self
+            .geo_plan
+            .keys()
+            .filter(|k| ids.contains(&k.vip_id) && !geo.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            self.maps.remove_geo_plan(&k)?;
+            self.geo_plan.remove(&k);
+        }
+        Ok(())
     }
 
     /// Makes the maps hold `want`, writing only differences; on success `want` becomes
@@ -467,6 +614,8 @@ impl<M: MapWriter> Reconciler<M> {
     /// plans and pool tables, VIPs, then the removal of what is stale.
     pub fn write(&mut self, mut want: Plan) -> Result<ApplyReport> {
         let start = Instant::now();
+        // `want` need not be the plan of any config: the next apply plans everything.
+        self.last = None;
         // New settings (a SNAT address, say) may route differently: cached next hops go.
         if self
             .settings
@@ -492,6 +641,7 @@ impl<M: MapWriter> Reconciler<M> {
         self.write_vips(&wanted_vips, &mut r)?;
         self.remove_stale(&wanted_vips, &wanted_plan, &wanted_origins, &mut r)?;
 
+        self.settled = ids_are_settled(&want, &a);
         self.assignment = a;
         self.plan = Arc::new(want);
         r.elapsed = start.elapsed();
@@ -547,14 +697,27 @@ impl<M: MapWriter> Reconciler<M> {
                     b
                 }
             };
-            self.write_ring_slots(id, base, plan, &a.origins, r)?;
-            let mut meta = ring_meta(plan, &a.origins);
-            meta.base = base;
-            meta.size = plan.size;
-            if self.current.ring_meta.get(&id) != Some(&meta) {
-                self.maps.write_ring_meta(id, meta)?;
-                self.current.ring_meta.insert(id, meta);
-            }
+            self.write_ring(id, base, plan, &a.origins, r)?;
+        }
+        Ok(())
+    }
+
+    /// One ring placed at `base`: its slots (`write_ring_slots`), then its `RING_META`.
+    fn write_ring(
+        &mut self,
+        id: u32,
+        base: u32,
+        plan: &RingPlan,
+        origins: &HashMap<OriginKey, u32>,
+        r: &mut ApplyReport,
+    ) -> Result<()> {
+        self.write_ring_slots(id, base, plan, origins, r)?;
+        let mut meta = ring_meta(plan, origins);
+        meta.base = base;
+        meta.size = plan.size;
+        if self.current.ring_meta.get(&id) != Some(&meta) {
+            self.maps.write_ring_meta(id, meta)?;
+            self.current.ring_meta.insert(id, meta);
         }
         Ok(())
     }
@@ -648,31 +811,37 @@ impl<M: MapWriter> Reconciler<M> {
     /// changed, before the VIPs that use them.
     fn write_pool_sels(&mut self, want: &Plan, a: &Assignment) -> Result<()> {
         for v in want.vips.iter().filter(|v| v.flags & VIP_F_RANDOM != 0) {
-            let vip_id = a.vips[&v.key];
-            let input: PoolSelInput = v
-                .pool_sel
-                .iter()
-                .map(|(k, w)| (k.pool.clone(), *w, a.rings[k]))
-                .collect();
-            if self.pool_sel_inputs.get(&vip_id) == Some(&input) {
-                continue;
-            }
-            let slots = pool_sel_slots(&v.pool_sel, &a.rings);
-            let old = std::mem::take(self.pool_sel(vip_id)?);
-            for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
-                if new != old {
-                    #[expect(clippy::cast_possible_truncation, reason = "i < POOL_SEL_M")]
-                    let slot = vip_id * POOL_SEL_M + i as u32;
-                    if let Err(e) = self.maps.write_pool_sel_slot(slot, *new) {
-                        self.pool_sel.remove(&vip_id);
-                        self.pool_sel_inputs.remove(&vip_id);
-                        return Err(e.into());
-                    }
+            self.write_pool_sel(v, a)?;
+        }
+        Ok(())
+    }
+
+    /// One `random` VIP's `POOL_SEL` table, if its pools, weights or ring ids changed.
+    fn write_pool_sel(&mut self, v: &VipPlan, a: &Assignment) -> Result<()> {
+        let vip_id = a.vips[&v.key];
+        let input: PoolSelInput = v
+            .pool_sel
+            .iter()
+            .map(|(k, w)| (k.pool.clone(), *w, a.rings[k]))
+            .collect();
+        if self.pool_sel_inputs.get(&vip_id) == Some(&input) {
+            return Ok(());
+        }
+        let slots = pool_sel_slots(&v.pool_sel, &a.rings);
+        let old = std::mem::take(self.pool_sel(vip_id)?);
+        for (i, (new, old)) in slots.iter().zip(old.iter()).enumerate() {
+            if new != old {
+                #[expect(clippy::cast_possible_truncation, reason = "i < POOL_SEL_M")]
+                let slot = vip_id * POOL_SEL_M + i as u32;
+                if let Err(e) = self.maps.write_pool_sel_slot(slot, *new) {
+                    self.pool_sel.remove(&vip_id);
+                    self.pool_sel_inputs.remove(&vip_id);
+                    return Err(e.into());
                 }
             }
-            self.pool_sel.insert(vip_id, slots);
-            self.pool_sel_inputs.insert(vip_id, input);
         }
+        self.pool_sel.insert(vip_id, slots);
+        self.pool_sel_inputs.insert(vip_id, input);
         Ok(())
     }
 
@@ -752,7 +921,11 @@ impl<M: MapWriter> Reconciler<M> {
     /// Makes the `GEO` trie hold `geo`'s prefixes (only when they changed since the last call:
     /// a full database has ~400k of them).
     fn sync_geo(&mut self, geo: &Geo) -> Result<()> {
-        if self.geo_applied.as_ref().is_some_and(|g| same_geo(g, geo)) {
+        if self
+            .geo_applied
+            .as_ref()
+            .is_some_and(|g| plan::same_geo(g, geo))
+        {
             return Ok(());
         }
         if self.geo_trie.is_none() {
@@ -815,19 +988,58 @@ fn origin_metas(want: &Plan, a: &Assignment) -> HashMap<u32, OriginMeta> {
         .collect()
 }
 
+/// The `ORIGINS` entry of member `k` of ring `ring_id` with Maglev weight `w` (what
+/// `origin_metas` gives it: a member key names one pool and port, so one ring).
+fn origin_meta(k: &OriginKey, ring_id: u32, w: f64) -> OriginMeta {
+    OriginMeta {
+        addr: v4_mapped(k.addr.octets()),
+        port: k.port.to_be(),
+        _pad: 0,
+        flags: ORIGIN_F_PRESENT,
+        ring_id,
+        weight: scaled(w),
+    }
+}
+
+/// Whether `assign` would give every origin of `want` the id `a` gives it, with the maps
+/// holding `a` and the plan's keys unchanged. VIPs and rings keep theirs (matched by key and
+/// by the previous assignment); origins are matched by address and port in `want`'s order,
+/// each taking the lowest id of its address left, so two members at one address (one origin
+/// in two pools or at two ports) keep theirs only if that order gives them rising ids. If it
+/// does not, the next apply is a whole one, which settles them.
+fn ids_are_settled(want: &Plan, a: &Assignment) -> bool {
+    let mut last: HashMap<(Ipv4Addr, u16), u32> = HashMap::new();
+    for (k, _) in want.rings.values().flat_map(|r| &r.members) {
+        let Some(&id) = a.origins.get(k) else {
+            return false;
+        };
+        if let Some(prev) = last.insert((k.addr, k.port), id) {
+            if prev >= id {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// The `GEO_PLAN` entries `want` asks for: (VIP id, client location) -> ring id.
 fn geo_plans(want: &Plan, a: &Assignment) -> HashMap<GeoPlanKey, u32> {
     let mut out = HashMap::new();
     for v in &want.vips {
-        for (geo_id, ring) in &v.geo {
-            let k = GeoPlanKey {
-                vip_id: a.vips[&v.key],
-                geo_id: *geo_id,
-            };
-            out.insert(k, a.rings[ring]);
-        }
+        add_geo_plans(v, a, &mut out);
     }
     out
+}
+
+/// VIP `v`'s `GEO_PLAN` entries.
+fn add_geo_plans(v: &VipPlan, a: &Assignment, out: &mut HashMap<GeoPlanKey, u32>) {
+    for (geo_id, ring) in &v.geo {
+        let k = GeoPlanKey {
+            vip_id: a.vips[&v.key],
+            geo_id: *geo_id,
+        };
+        out.insert(k, a.rings[ring]);
+    }
 }
 
 /// The `VIPS` entries `want` asks for: each VIP pointing at its ring, and one address
@@ -835,13 +1047,7 @@ fn geo_plans(want: &Plan, a: &Assignment) -> HashMap<GeoPlanKey, u32> {
 fn vip_entries(want: &Plan, a: &Assignment) -> HashMap<VipKey, VipMeta> {
     let mut out = HashMap::new();
     for v in &want.vips {
-        let meta = VipMeta {
-            vip_id: a.vips[&v.key],
-            ring_id: a.rings[&v.ring],
-            flags: v.flags,
-            affinity_ttl: v.affinity_ttl,
-        };
-        out.insert(v.key, meta);
+        out.insert(v.key, vip_meta(v, a));
         out.entry(vip_addr_marker(v.key.addr)).or_insert(VipMeta {
             vip_id: u32::MAX,
             ring_id: u32::MAX,
@@ -852,12 +1058,14 @@ fn vip_entries(want: &Plan, a: &Assignment) -> HashMap<VipKey, VipMeta> {
     out
 }
 
-/// Equal geo data; the database's prefixes compared by identity (they are loaded once per
-/// config load and shared).
-fn same_geo(a: &Geo, b: &Geo) -> bool {
-    a.database == b.database
-        && a.prefixes == b.prefixes
-        && std::sync::Arc::ptr_eq(&a.database_prefixes, &b.database_prefixes)
+/// VIP `v`'s `VIPS` entry.
+fn vip_meta(v: &VipPlan, a: &Assignment) -> VipMeta {
+    VipMeta {
+        vip_id: a.vips[&v.key],
+        ring_id: a.rings[&v.ring],
+        flags: v.flags,
+        affinity_ttl: v.affinity_ttl,
+    }
 }
 
 /// A Maglev weight in the data path's fixed point; a positive weight never rounds to 0.
@@ -1698,5 +1906,218 @@ default_pools = ["a", "b"]
         r.apply(&c2, &h).expect("new SNAT address");
         let s = r.maps.settings.expect("settings");
         assert_eq!((s.nh_gen, s.snat_addr), (g0 + 2, v4_mapped([10, 0, 0, 2])));
+    }
+}
+
+/// An apply that patches the last plan writes what a whole plan and write would have: two
+/// reconcilers take the same random changes of health and config, one as patches, the other
+/// planning everything each time, and their maps, plans and ids must stay equal.
+#[cfg(test)]
+mod patch_tests {
+    use std::{fmt::Write as _, path::Path, time::Duration};
+
+    use super::*;
+    use crate::{
+        health::{Outcome, Target},
+        writer::MemMaps,
+    };
+
+    const POOLS: usize = 8;
+    const ORIGINS: usize = 3;
+
+    /// What the random steps change in the config.
+    #[derive(Clone)]
+    struct Knobs {
+        weight: Vec<f64>,
+        enabled: Vec<bool>,
+        minimum: Vec<u32>,
+        random_weight: f64,
+        /// A structural change: load balancer 0 tries its pools in the other order.
+        swapped: bool,
+    }
+
+    /// Pools of 3 origins (`p7` shares an address with `p0`; `p5` uses hash steering),
+    /// and load balancers of every policy that reads health: failover, random, geo by
+    /// country, dynamic latency, affinity, a second origin port on `p0`, and a disabled one.
+    fn text(k: &Knobs) -> String {
+        let mut c = String::from(
+            "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n\n\
+             [[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\n\n\
+             [geo]\nprefixes = [{ prefix = \"10.9.0.0/16\", country = \"DE\" }, { prefix = \"10.8.0.0/16\", country = \"JP\" }]\n\n",
+        );
+        for p in 0..POOLS {
+            let _ = write!(
+                c,
+                "[[pools]]\nname = \"p{p}\"\nmonitor = \"tcp\"\nminimum_origins = {}\n",
+                k.minimum[p]
+            );
+            if p == 5 {
+                c.push_str("origin_steering = { policy = \"hash\" }\n");
+            }
+            c.push_str("origins = [\n");
+            for o in 0..ORIGINS {
+                let i = p * ORIGINS + o;
+                let host = if p == 7 { o } else { i };
+                let _ = writeln!(
+                    c,
+                    "  {{ name = \"o{i}\", address = \"10.1.0.{}\", weight = {}, enabled = {} }},",
+                    host + 1,
+                    k.weight[i],
+                    k.enabled[i]
+                );
+            }
+            c.push_str("]\n\n");
+        }
+        let lbs = [
+            if k.swapped {
+                "default_pools = [\"p1\", \"p0\"]\nfallback_pool = \"p2\"\n"
+            } else {
+                "default_pools = [\"p0\", \"p1\"]\nfallback_pool = \"p2\"\n"
+            },
+            "default_pools = [\"p1\", \"p2\"]\nsteering_policy = \"random\"\n",
+            "default_pools = [\"p3\", \"p4\"]\nsteering_policy = \"geo\"\ncountry_pools = { DE = [\"p5\", \"p6\"], JP = [\"p6\"] }\n",
+            "default_pools = [\"p4\", \"p5\", \"p6\"]\nsteering_policy = \"dynamic_latency\"\n",
+            "default_pools = [\"p6\", \"p7\"]\nsession_affinity = \"ip\"\n",
+            "default_pools = [\"p0\", \"p3\"]\norigin_port = 8080\n",
+            "default_pools = [\"p7\"]\nenabled = false\n",
+        ];
+        for (i, body) in lbs.iter().enumerate() {
+            let _ = write!(
+                c,
+                "[[load_balancers]]\nname = \"lb{i}\"\naddress = \"10.0.0.{}\"\nport = 80\n{body}",
+                10 + i
+            );
+            if i == 1 {
+                let _ = writeln!(
+                    c,
+                    "random_steering = {{ pool_weights = {{ p1 = {}, p2 = 0.5 }} }}",
+                    k.random_weight
+                );
+            }
+            c.push('\n');
+        }
+        c
+    }
+
+    fn outcome(ok: bool, rtt_ms: u64) -> Outcome {
+        Outcome {
+            ok,
+            reason: String::new(),
+            rtt: ok.then(|| Duration::from_millis(rtt_ms)),
+        }
+    }
+
+    /// Everything the maps hold.
+    fn assert_same_maps(a: &MemMaps, b: &MemMaps, step: usize) {
+        assert_eq!(a.settings, b.settings, "step {step}: settings");
+        assert_eq!(a.vips, b.vips, "step {step}: VIPS");
+        assert_eq!(a.vip_ids, b.vip_ids, "step {step}: VIP_IDS");
+        assert_eq!(a.origins, b.origins, "step {step}: ORIGINS");
+        assert_eq!(a.slots, b.slots, "step {step}: RINGS");
+        assert_eq!(a.ring_meta, b.ring_meta, "step {step}: RING_META");
+        assert_eq!(a.geo_plan, b.geo_plan, "step {step}: GEO_PLAN");
+        assert_eq!(a.pool_sel, b.pool_sel, "step {step}: POOL_SEL");
+        assert_eq!(a.geo, b.geo, "step {step}: GEO");
+    }
+
+    #[test]
+    fn patched_applies_write_what_whole_applies_write() {
+        let mut rng = fastrand::Rng::with_seed(12);
+        let mut k = Knobs {
+            weight: vec![1.0; POOLS * ORIGINS],
+            enabled: vec![true; POOLS * ORIGINS],
+            minimum: vec![1; POOLS],
+            random_weight: 0.75,
+            swapped: false,
+        };
+        let mut cfg = Config::parse(&text(&k), Path::new("t")).expect("valid config");
+        let targets: Vec<Target> = crate::health::targets(&cfg).into_keys().collect();
+        let mut health = HealthTable::default();
+        health.retain(&targets.iter().map(|t| (t.clone(), (1, 1))).collect());
+        let (mut patching, mut whole) = (
+            Reconciler::adopt(MemMaps::default()).expect("adopt"),
+            Reconciler::adopt(MemMaps::default()).expect("adopt"),
+        );
+        let mut patched = 0;
+        for step in 0..400 {
+            match rng.u8(0..11) {
+                // A target goes up or down, or only its RTT moves.
+                0..=4 => {
+                    let t = &targets[rng.usize(..targets.len())];
+                    health.record(t, &outcome(rng.bool(), rng.u64(1..50)));
+                }
+                5 => {
+                    let t = &targets[rng.usize(..targets.len())];
+                    let up = health.get(t).is_some_and(|h| h.state.healthy());
+                    health.record(t, &outcome(up, rng.u64(1..50)));
+                }
+                6 => {
+                    let i = rng.usize(..k.weight.len());
+                    k.weight[i] = [0.0, 0.25, 0.5, 1.0][rng.usize(..4)];
+                }
+                7 => {
+                    let i = rng.usize(..k.enabled.len());
+                    k.enabled[i] = !k.enabled[i];
+                }
+                8 => {
+                    let p = rng.usize(..POOLS);
+                    k.minimum[p] = rng.u32(1..=3);
+                    k.random_weight = [0.0, 0.25, 0.75][rng.usize(..3)];
+                }
+                9 => k.swapped = !k.swapped,
+                _ => {
+                    patching.next_hops_changed().expect("next hops");
+                    whole.next_hops_changed().expect("next hops");
+                }
+            }
+            cfg = Config::parse(&text(&k), Path::new("t")).expect("valid config");
+            let report = patching.apply(&cfg, &health).expect("patched apply");
+            patched += usize::from(report.patched);
+            whole.last = None;
+            let full = whole.apply(&cfg, &health).expect("whole apply");
+            assert!(!full.patched, "step {step}: the reference plans everything");
+            assert_eq!(**patching.plan(), **whole.plan(), "step {step}: plans");
+            assert_eq!(patching.assignment, whole.assignment, "step {step}: ids");
+            assert_same_maps(&patching.maps, &whole.maps, step);
+        }
+        assert!(
+            patched > 300,
+            "most applies were patches ({patched} of 400)"
+        );
+    }
+
+    #[test]
+    fn a_health_change_patches_only_its_pool_and_users() {
+        let k = Knobs {
+            weight: vec![1.0; POOLS * ORIGINS],
+            enabled: vec![true; POOLS * ORIGINS],
+            minimum: vec![1; POOLS],
+            random_weight: 0.75,
+            swapped: false,
+        };
+        let cfg = Config::parse(&text(&k), Path::new("t")).expect("valid config");
+        let targets = crate::health::targets(&cfg);
+        let mut health = HealthTable::default();
+        health.retain(&targets.keys().map(|t| (t.clone(), (1, 1))).collect());
+        for t in targets.keys() {
+            health.record(t, &outcome(true, 1));
+        }
+        let mut r = Reconciler::adopt(MemMaps::default()).expect("adopt");
+        assert!(
+            !r.apply(&cfg, &health).expect("apply").patched,
+            "first: whole"
+        );
+        let again = r.apply(&cfg, &health).expect("apply");
+        assert!(again.patched, "nothing changed: an empty patch");
+        assert_eq!(again.slots_written + again.origins_written, 0);
+        let t = targets.keys().find(|t| t.origin == "o4").expect("o4 of p1");
+        health.record(t, &outcome(false, 1));
+        let down = r.apply(&cfg, &health).expect("apply");
+        assert!(down.patched);
+        assert_eq!(down.rings_rebuilt, 1, "p1's one ring");
+        assert_eq!(down.origins_written, 1, "o4's weight");
+        // Another table (a clone) has its own history: everything is planned again.
+        let other = health.clone();
+        assert!(!r.apply(&cfg, &other).expect("apply").patched);
     }
 }

@@ -8,7 +8,9 @@ mod targets;
 use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc};
 
 pub use probe::check;
-pub use state::{HealthTable, Hysteresis, OriginHealth, Outcome, State, Target, Transition};
+pub use state::{
+    Changed, HealthMark, HealthTable, Hysteresis, OriginHealth, Outcome, State, Target, Transition,
+};
 pub use targets::{target, targets};
 use tokio::{
     sync::{mpsc, Semaphore},

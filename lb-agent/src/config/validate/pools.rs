@@ -2,7 +2,10 @@
 //! origin steering, webhooks, and the data path's limits on pools and origins.
 
 use super::FieldErrors;
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
 
 use lb_common::{MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS};
 
@@ -122,23 +125,30 @@ fn origins(f: &str, raw: &[RawOrigin], errors: &mut FieldErrors) -> Vec<Origin> 
     let mut origins = Vec::new();
     let mut origin_names = HashSet::new();
     for (oi, o) in raw.iter().enumerate() {
-        let f = format!("{f}.origins[{oi}]");
-        name_ok(&o.name, &format!("{f}.name"), errors);
-        if !o.name.is_empty() && !origin_names.insert(o.name.as_str()) {
+        // A field's path is written only for an error: five paths per origin were a third
+        // of the time a reload of 10,000 origins spent validating. Good values take the
+        // checks' own fast path; a bad one goes through the check that words its error.
+        let at = |leaf: &str| format!("{f}.origins[{oi}].{leaf}");
+        if o.name.is_empty() {
+            name_ok(&o.name, &at("name"), errors);
+        } else if !origin_names.insert(o.name.as_str()) {
             errors.conflict(
-                format!("{f}.name"),
+                at("name"),
                 format!("\"{}\" appears twice in this pool", o.name),
                 "origin names must be unique within a pool",
             );
         }
-        let address = ipv4(&o.address, &format!("{f}.address"), errors);
-        let port = o.port.and_then(|p| port(p, &format!("{f}.port"), errors));
-        let weight = Weight::check(
-            o.weight,
-            &format!("{f}.weight"),
-            " (0 drains the origin)",
-            errors,
-        );
+        let address = o
+            .address
+            .parse::<Ipv4Addr>()
+            .ok()
+            .or_else(|| ipv4(&o.address, &at("address"), errors));
+        let port = o.port.and_then(|p| match u16::try_from(p) {
+            Ok(p) if p != 0 => Some(p),
+            _ => port(p, &at("port"), errors),
+        });
+        let weight = Weight::new(o.weight)
+            .or_else(|| Weight::check(o.weight, &at("weight"), " (0 drains the origin)", errors));
         if let (Some(address), Some(weight)) = (address, weight) {
             origins.push(Origin {
                 name: o.name.clone(),
