@@ -374,4 +374,26 @@ mod loopback {
         let down = bounded(udp_icmp(closed)).await.expect("in time");
         assert_eq!(down, Err("ICMP port unreachable".to_owned()));
     }
+
+    /// The same over IPv6 (ICMPv6 echo 128/129, the kernel's checksum), where the host has
+    /// `::1`.
+    #[tokio::test]
+    async fn ping_and_udp_icmp_on_ipv6_loopback() {
+        let Ok(open) = std::net::UdpSocket::bind("[::1]:0") else {
+            eprintln!("no IPv6 loopback: skipped");
+            return;
+        };
+        if !icmp_allowed() || Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).is_err()
+        {
+            return;
+        }
+        let lo = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        assert_eq!(bounded(ping(lo)).await.expect("in time"), Ok(()));
+        let addr = open.local_addr().expect("addr");
+        let up = bounded(udp_icmp(addr)).await.expect("in time");
+        assert_eq!(up, Ok("ICMP echo reply, no port unreachable".to_owned()));
+        drop(open);
+        let down = bounded(udp_icmp(addr)).await.expect("in time");
+        assert_eq!(down, Err("ICMP port unreachable".to_owned()));
+    }
 }
