@@ -1389,8 +1389,18 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
     let topo = Topology::build(2);
     let mut servers: Vec<Option<Server>> = topo.start_servers().into_iter().map(Some).collect();
     let monitor = "[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\ninterval = 0.25\ntimeout = 0.2\nretries = 0\n\n";
-    let text =
-        config(&topo, 2, "monitor = \"tcp\"").replace("[[pools]]", &format!("{monitor}[[pools]]"));
+    // A second pool, after web, whose monitor is an icmp_ping: the dashboard shows the type.
+    let ping = format!(
+        "[[monitors]]\nname = \"ping\"\ntype = \"icmp_ping\"\ninterval = 0.25\ntimeout = 0.2\nretries = 0\n\n\
+         [[pools]]\nname = \"edge\"\nmonitor = \"ping\"\norigins = [{{ name = \"e1\", address = \"{}\", port = {ORIGIN_PORT} }}]\n\n",
+        origin_addr(2)
+    );
+    let text = config(&topo, 2, "monitor = \"tcp\"")
+        .replace("[[pools]]", &format!("{monitor}{ping}[[pools]]"))
+        .replace(
+            "default_pools = [\"web\"]",
+            "default_pools = [\"web\", \"edge\"]",
+        );
     let cfg = TempFile::new("api-dash.toml", &text);
     let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let ns = &topo.lb;
@@ -1409,6 +1419,13 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
     assert!(dom.contains("data-lb=\"www\""), "{dom}");
     assert_eq!(row_state(&dom, "web/o1").as_deref(), Some("up"), "{dom}");
     assert_eq!(row_state(&dom, "web/o2").as_deref(), Some("up"), "{dom}");
+    assert_eq!(row_state(&dom, "edge/e1").as_deref(), Some("up"), "{dom}");
+    for (ty, label) in [("tcp", "tcp origin port"), ("icmp_ping", "icmp_ping")] {
+        assert!(
+            dom.contains(&format!("data-monitor-type=\"{ty}\"")) && dom.contains(label),
+            "the pools show their monitor {ty}:\n{dom}"
+        );
+    }
 
     // Kill o1: the dashboard shows it down.
     servers[0] = None;
@@ -1464,7 +1481,11 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
     let (okk, out, err) = lbctl(ns, &["origin", "disable", "web", "o2"]);
     assert!(okk, "{err}");
     assert!(out.contains("o2"), "{out}");
-    let web = ok(ns, "GET", &format!("{USER}/pools"), None)[0].clone();
+    let pools = ok(ns, "GET", &format!("{USER}/pools"), None);
+    let web = pools
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "web"))
+        .expect("pool web");
     assert_eq!(web["origins"][1]["enabled"], false, "{web}");
     let (okk, _, err) = lbctl(ns, &["pools", "delete", "web"]);
     assert!(
