@@ -441,6 +441,99 @@ fn put_replaces_and_patch_merges_a_monitor() {
     assert_eq!(back["interval"], 15);
 }
 
+/// udp_icmp, icmp_ping and smtp monitors are made, read, replaced and patched like the
+/// others, get the shared defaults and none of the http ones, and the fields Cloudflare
+/// documents as http-only (and a port on icmp_ping) are refused, named.
+#[test]
+fn udp_icmp_icmp_ping_and_smtp_monitors_through_the_api() {
+    let api = Api::start();
+    let ns = api.ns();
+    let path = format!("{ACCOUNT}/monitors");
+    let mut ids = Vec::new();
+    for body in [
+        r#"{"type":"udp_icmp","port":53,"description":"dns"}"#,
+        r#"{"type":"icmp_ping","description":"reachable"}"#,
+        r#"{"type":"smtp","port":25,"consecutive_down":2,"description":"mail"}"#,
+    ] {
+        let m = ok(ns, "POST", &path, Some(body));
+        for (k, want) in [
+            ("interval", json!(60)),
+            ("timeout", json!(5)),
+            ("retries", json!(2)),
+            ("header", json!({})),
+        ] {
+            assert_eq!(m[k], want, "{body}: {k}: {m}");
+        }
+        for absent in ["method", "path", "expected_codes", "expected_body"] {
+            assert!(m.get(absent).is_none(), "{body}: no {absent}: {m}");
+        }
+        let id = m["id"].as_str().expect("id").to_owned();
+        assert_eq!(ok(ns, "GET", &format!("{USER}/monitors/{id}"), None), m);
+        ids.push(id);
+    }
+    let t = Auth::Token(API_TOKEN);
+    let (udp, ping, smtp) = (&ids[0], &ids[1], &ids[2]);
+    // PATCH merges a field Cloudflare keeps for http(s): refused, naming it and the fix.
+    refused(
+        ns,
+        t,
+        "PATCH",
+        &format!("{path}/{smtp}"),
+        Some(r#"{"expected_codes":"2xx"}"#),
+        400,
+        1001,
+        &["expected_codes", "only http and https", "remove it"],
+    );
+    refused(
+        ns,
+        t,
+        "PATCH",
+        &format!("{path}/{udp}"),
+        Some(r#"{"method":"GET"}"#),
+        400,
+        1001,
+        &["method", "udp_icmp monitors", "remove it"],
+    );
+    refused(
+        ns,
+        t,
+        "PUT",
+        &format!("{path}/{ping}"),
+        Some(r#"{"type":"icmp_ping","port":80}"#),
+        400,
+        1001,
+        &["port", "udp_icmp"],
+    );
+    refused(
+        ns,
+        t,
+        "POST",
+        &path,
+        Some(r#"{"type":"udp"}"#),
+        400,
+        1001,
+        &["type", "udp_icmp", "icmp_ping", "smtp"],
+    );
+    // PUT changes the type; PATCH changes a shared field.
+    let put = ok(
+        ns,
+        "PUT",
+        &format!("{path}/{ping}"),
+        Some(r#"{"type":"smtp","port":2525}"#),
+    );
+    assert_eq!((&put["type"], &put["port"]), (&json!("smtp"), &json!(2525)));
+    let patched = ok(
+        ns,
+        "PATCH",
+        &format!("{path}/{udp}"),
+        Some(r#"{"interval":15,"timeout":2}"#),
+    );
+    assert_eq!(
+        (&patched["type"], &patched["port"], &patched["interval"]),
+        (&json!("udp_icmp"), &json!(53), &json!(15))
+    );
+}
+
 #[test]
 fn pools_and_load_balancers_are_made_and_read_by_id() {
     let api = Api::start();
@@ -1296,8 +1389,18 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
     let topo = Topology::build(2);
     let mut servers: Vec<Option<Server>> = topo.start_servers().into_iter().map(Some).collect();
     let monitor = "[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\ninterval = 0.25\ntimeout = 0.2\nretries = 0\n\n";
-    let text =
-        config(&topo, 2, "monitor = \"tcp\"").replace("[[pools]]", &format!("{monitor}[[pools]]"));
+    // A second pool, after web, whose monitor is an icmp_ping: the dashboard shows the type.
+    let ping = format!(
+        "[[monitors]]\nname = \"ping\"\ntype = \"icmp_ping\"\ninterval = 0.25\ntimeout = 0.2\nretries = 0\n\n\
+         [[pools]]\nname = \"edge\"\nmonitor = \"ping\"\norigins = [{{ name = \"e1\", address = \"{}\", port = {ORIGIN_PORT} }}]\n\n",
+        origin_addr(2)
+    );
+    let text = config(&topo, 2, "monitor = \"tcp\"")
+        .replace("[[pools]]", &format!("{monitor}{ping}[[pools]]"))
+        .replace(
+            "default_pools = [\"web\"]",
+            "default_pools = [\"web\", \"edge\"]",
+        );
     let cfg = TempFile::new("api-dash.toml", &text);
     let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
     let ns = &topo.lb;
@@ -1316,6 +1419,13 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
     assert!(dom.contains("data-lb=\"www\""), "{dom}");
     assert_eq!(row_state(&dom, "web/o1").as_deref(), Some("up"), "{dom}");
     assert_eq!(row_state(&dom, "web/o2").as_deref(), Some("up"), "{dom}");
+    assert_eq!(row_state(&dom, "edge/e1").as_deref(), Some("up"), "{dom}");
+    for (ty, label) in [("tcp", "tcp origin port"), ("icmp_ping", "icmp_ping")] {
+        assert!(
+            dom.contains(&format!("data-monitor-type=\"{ty}\"")) && dom.contains(label),
+            "the pools show their monitor {ty}:\n{dom}"
+        );
+    }
 
     // Kill o1: the dashboard shows it down.
     servers[0] = None;
@@ -1371,7 +1481,11 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
     let (okk, out, err) = lbctl(ns, &["origin", "disable", "web", "o2"]);
     assert!(okk, "{err}");
     assert!(out.contains("o2"), "{out}");
-    let web = ok(ns, "GET", &format!("{USER}/pools"), None)[0].clone();
+    let pools = ok(ns, "GET", &format!("{USER}/pools"), None);
+    let web = pools
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "web"))
+        .expect("pool web");
     assert_eq!(web["origins"][1]["enabled"], false, "{web}");
     let (okk, _, err) = lbctl(ns, &["pools", "delete", "web"]);
     assert!(

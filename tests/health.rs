@@ -420,6 +420,127 @@ fn http_and_https_monitors_judge_codes_bodies_and_certificates() {
     );
 }
 
+/// A tiny SMTP responder for `Server::with_handler`: `greeting`, then, if the client sends
+/// `QUIT`, `bye`; an empty greeting closes at once. Reads are bounded by a timeout.
+fn smtp_responder(
+    greeting: &'static str,
+    bye: &'static str,
+) -> std::sync::Arc<dyn Fn(std::net::TcpStream) + Send + Sync> {
+    std::sync::Arc::new(move |mut s: std::net::TcpStream| {
+        if greeting.is_empty() {
+            return;
+        }
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(greeting.as_bytes()).is_err() {
+            return;
+        }
+        let mut line = String::new();
+        let _ = BufReader::new(&s).read_line(&mut line);
+        if line == "QUIT\r\n" {
+            let _ = s.write_all(bye.as_bytes());
+        }
+    })
+}
+
+/// icmp_ping, udp_icmp and smtp monitors against targets this test starts in its own
+/// namespaces: an origin's address answers pings and an unassigned address in its subnet
+/// does not; a bound UDP port is up and a closed one is down by the origin's ICMP port
+/// unreachable; an SMTP responder that greets with 220 and answers QUIT with 221 is up,
+/// one that greets with 554 or closes at once is down.
+#[test]
+fn icmp_ping_udp_icmp_and_smtp_monitors_judge_targets_the_test_started() {
+    let _serial = serial();
+    require_prerequisites();
+    let topo = Topology::build(2);
+    let (o1, o2) = (&topo.origins[0], &topo.origins[1]);
+    // Linux rate-limits ICMP errors per destination (1/s after a burst of 6): without this
+    // some probes of the closed port would get no port unreachable and pass.
+    o2.sysctl("net.ipv4.icmp_ratelimit", "0");
+    let _udp = o1.run(|| std::net::UdpSocket::bind(("0.0.0.0", 5353)).expect("bind udp"));
+    let _smtp = [
+        Server::with_handler(
+            o1,
+            2525,
+            smtp_responder("220-o1 ESMTP\r\n220 ready\r\n", "221 bye\r\n"),
+        ),
+        Server::with_handler(
+            o2,
+            2525,
+            smtp_responder("554 no service here\r\n", "221 bye\r\n"),
+        ),
+        Server::with_handler(o2, 2526, smtp_responder("", "")),
+    ];
+    let ghost = Ipv4Addr::new(10, 0, 11, 99);
+    let (a1, a2) = (origin_addr(1), origin_addr(2));
+    let mut c = topo.base_config("");
+    let timing = "interval = 0.25\ntimeout = 0.2\nretries = 0\n";
+    c.push_str(&format!(
+        "[[monitors]]\nname = \"ping\"\ntype = \"icmp_ping\"\n{timing}\n\
+         [[monitors]]\nname = \"udp\"\ntype = \"udp_icmp\"\n{timing}\n\
+         [[monitors]]\nname = \"mail\"\ntype = \"smtp\"\n{timing}\n\
+         [[pools]]\nname = \"ping\"\nmonitor = \"ping\"\norigins = [\
+         {{ name = \"o1\", address = \"{a1}\", port = {ORIGIN_PORT} }}, \
+         {{ name = \"ghost\", address = \"{ghost}\", port = {ORIGIN_PORT} }}]\n\n\
+         [[pools]]\nname = \"udp\"\nmonitor = \"udp\"\norigins = [\
+         {{ name = \"open\", address = \"{a1}\", port = 5353 }}, \
+         {{ name = \"closed\", address = \"{a2}\", port = 5353 }}]\n\n\
+         [[pools]]\nname = \"mail\"\nmonitor = \"mail\"\norigins = [\
+         {{ name = \"good\", address = \"{a1}\", port = 2525 }}, \
+         {{ name = \"refuses\", address = \"{a2}\", port = 2525 }}, \
+         {{ name = \"closes\", address = \"{a2}\", port = 2526 }}]\n\n\
+         [[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = {VIP_PORT}\ndefault_pools = [\"ping\"]\n"
+    ));
+    let cfg = TempFile::new("lb.toml", &c);
+    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
+    let t = Duration::from_secs(5);
+
+    assert_eq!(wait_state(&topo, "ping", "o1", "up", t), "ICMP echo reply");
+    let r = wait_state(&topo, "ping", "ghost", "down", t);
+    assert!(r.contains("timed out") || r.contains("unreachable"), "{r}");
+    assert_eq!(
+        wait_state(&topo, "udp", "open", "up", t),
+        "ICMP echo reply, no port unreachable"
+    );
+    let r = wait_state(&topo, "udp", "closed", "down", t);
+    assert!(r.contains("ICMP port unreachable"), "{r}");
+    assert_eq!(
+        wait_state(&topo, "mail", "good", "up", t),
+        "SMTP 220, 221 to QUIT"
+    );
+    let r = wait_state(&topo, "mail", "refuses", "down", t);
+    assert!(
+        r.contains("SMTP 554 no service here to the connection (expected 220)"),
+        "{r}"
+    );
+    let r = wait_state(&topo, "mail", "closes", "down", t);
+    assert!(
+        r.contains("connection closed before the SMTP greeting"),
+        "{r}"
+    );
+    // Verdicts hold over more rounds (no flapping from rate limits or stray replies):
+    // 2 s is 8 checks per target.
+    std::thread::sleep(Duration::from_secs(2));
+    let s = status(&topo).expect("status");
+    for (pool, origin, want) in [
+        ("ping", "o1", "up"),
+        ("ping", "ghost", "down"),
+        ("udp", "open", "up"),
+        ("udp", "closed", "down"),
+        ("mail", "good", "up"),
+        ("mail", "refuses", "down"),
+        ("mail", "closes", "down"),
+    ] {
+        assert_eq!(origin_state(&s, pool, origin).0, want, "{pool}/{origin}");
+    }
+    // The RTT of an ICMP check is recorded like any other.
+    let o1 = s
+        .origins
+        .iter()
+        .find(|o| o.pool == "ping" && o.origin == "o1")
+        .expect("ping/o1");
+    assert!(o1.rtt_ms.is_some_and(|r| r > 0.0), "{:?}", o1.rtt_ms);
+}
+
 #[test]
 fn tcp_monitor_port_override_and_hysteresis_against_flapping() {
     let _serial = serial();

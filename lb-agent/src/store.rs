@@ -147,23 +147,23 @@ pub fn is_id(s: &str) -> bool {
 // --- defaults filled in, so the API returns what is in force
 
 fn normalize_monitor(m: &mut RawMonitor) {
-    let http = m.kind != "tcp";
-    if m.method.is_none() {
-        m.method = Some(
-            if http {
-                config::DEFAULT_HTTP_METHOD
-            } else {
-                config::TCP_MONITOR_METHOD
-            }
-            .into(),
-        );
-    }
-    if http {
-        m.path
-            .get_or_insert_with(|| config::DEFAULT_MONITOR_PATH.into());
-        m.expected_codes
-            .get_or_insert_with(|| config::DEFAULT_EXPECTED_CODES.into());
-        m.expected_body.get_or_insert_with(String::new);
+    match config::MonitorKind::parse(&m.kind) {
+        Some(config::MonitorKind::Tcp) => {
+            m.method
+                .get_or_insert_with(|| config::TCP_MONITOR_METHOD.into());
+        }
+        Some(k) if k.is_http() => {
+            m.method
+                .get_or_insert_with(|| config::DEFAULT_HTTP_METHOD.into());
+            m.path
+                .get_or_insert_with(|| config::DEFAULT_MONITOR_PATH.into());
+            m.expected_codes
+                .get_or_insert_with(|| config::DEFAULT_EXPECTED_CODES.into());
+            m.expected_body.get_or_insert_with(String::new);
+        }
+        // udp_icmp, icmp_ping and smtp have no method, path or codes (validation refuses
+        // them); an unknown type is refused by validation.
+        _ => {}
     }
 }
 
@@ -1471,6 +1471,35 @@ default_pools = ["web", "spare"]
             r.errors,
             ["load_balancers[0]: uses pool \"spare\" (default_pools[1], fallback_pool), which is no longer defined in the file; define it under [[pools]] or remove it from this load balancer"]
         );
+    }
+
+    /// The API shows what is in force: tcp gets its method, http(s) method, path and codes;
+    /// udp_icmp, icmp_ping and smtp have none of these, so none is filled in.
+    #[test]
+    fn monitor_defaults_are_filled_per_type() {
+        for (ty, method, path) in [
+            ("tcp", Some("connection_established"), None),
+            ("https", Some("GET"), Some("/")),
+            ("udp_icmp", None, None),
+            ("icmp_ping", None, None),
+            ("smtp", None, None),
+        ] {
+            let (s, d) = seeded()
+                .mutate(Op::Create(Kind::Monitor, json!({"type": ty})), T0)
+                .expect("create");
+            let m = &s
+                .monitors
+                .iter()
+                .find(|m| m.id == d.id)
+                .expect("created")
+                .object;
+            assert_eq!(
+                (m.method.as_deref(), m.path.as_deref()),
+                (method, path),
+                "{ty}"
+            );
+            assert_eq!(m.expected_codes.is_some(), path.is_some(), "{ty}");
+        }
     }
 
     #[test]

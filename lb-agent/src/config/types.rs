@@ -177,11 +177,62 @@ pub struct Agent {
     pub rtt_smoothing: f64,
 }
 
+/// A monitor's `type`: what one check sends and what counts as healthy (see `health`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MonitorKind {
+    /// A TCP connection to the port is established.
     Tcp,
+    /// An HTTP/1.1 request over TCP; the status code and body are judged.
     Http,
+    /// As `Http`, over TLS.
     Https,
+    /// A UDP datagram to the port, then an ICMP echo: healthy when the echo reply comes back
+    /// and no ICMP port unreachable came for the datagram.
+    UdpIcmp,
+    /// An ICMP echo request: healthy on the echo reply. No port.
+    IcmpPing,
+    /// A TCP connection to the port: healthy on a 220 greeting and a 221 answer to `QUIT`.
+    Smtp,
+}
+
+impl MonitorKind {
+    /// Every type, as the config and the API spell them.
+    pub const ALL: [(&'static str, Self); 6] = [
+        ("tcp", Self::Tcp),
+        ("http", Self::Http),
+        ("https", Self::Https),
+        ("udp_icmp", Self::UdpIcmp),
+        ("icmp_ping", Self::IcmpPing),
+        ("smtp", Self::Smtp),
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("tcp", |(n, _)| n)
+    }
+
+    /// Sends an HTTP request (`method`, `path`, `header`, `expected_codes`, `expected_body`,
+    /// `follow_redirects` apply).
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Https)
+    }
+
+    /// Probes a port (`port` applies; 0 = the origin's). Only `icmp_ping` has none.
+    pub fn has_port(self) -> bool {
+        self != Self::IcmpPing
+    }
+}
+
+impl fmt::Display for MonitorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

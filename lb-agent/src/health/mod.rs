@@ -1,7 +1,11 @@
 //! Health monitoring: the pure state machine and table (`state`), what is probed
-//! (`targets`), the checks (`probe`) and the tokio tasks that run them (`Monitors`).
+//! (`targets`), the checks (`probe` for tcp, http and https and the dispatch by type,
+//! `icmp` for icmp_ping and udp_icmp, `smtp`) and the tokio tasks that run them
+//! (`Monitors`).
 
+pub mod icmp;
 mod probe;
+pub mod smtp;
 mod state;
 mod targets;
 

@@ -1,6 +1,7 @@
-//! One health check against one origin: TCP connect, or an HTTP/1.1 request over TCP or TLS.
-//! A check is an attempt plus up to `retries` immediate retries; it succeeds if any attempt
-//! does. Every attempt has the monitor's timeout. Probes use the host's own stack (ordinary
+//! One health check against one origin: TCP connect, an HTTP/1.1 request over TCP or TLS,
+//! or (by monitor type) an ICMP echo, a UDP datagram and an echo, or an SMTP greeting
+//! (`icmp`, `smtp`). A check is an attempt plus up to `retries` immediate retries; it
+//! succeeds if any attempt does. Every attempt has the monitor's timeout, whatever its type. Probes use the host's own stack (ordinary
 //! sockets from ephemeral ports); the XDP program passes them and their replies untouched.
 
 use std::{
@@ -64,8 +65,19 @@ pub async fn check(monitor: &Monitor, addr: SocketAddrV4, client: &HttpClient) -
     }
 }
 
+/// One attempt, by monitor type. Ok holds what the status shows of a good result.
 async fn attempt(m: &Monitor, addr: SocketAddrV4, client: &HttpClient) -> Result<String, String> {
-    attempt_path(m, addr, client, &m.path, 0).await
+    let sock = SocketAddr::V4(addr);
+    match m.kind {
+        MonitorKind::Tcp | MonitorKind::Http | MonitorKind::Https => {
+            attempt_path(m, addr, client, &m.path, 0).await
+        }
+        MonitorKind::IcmpPing => super::icmp::ping(sock.ip())
+            .await
+            .map(|()| "ICMP echo reply".to_owned()),
+        MonitorKind::UdpIcmp => super::icmp::udp_icmp(sock).await,
+        MonitorKind::Smtp => super::smtp::check(sock).await,
+    }
 }
 
 /// One connection and, for HTTP(S), one request for `path`. Redirects are followed (up to
@@ -86,7 +98,9 @@ async fn attempt_path(
         })?;
     let tls = match m.kind {
         MonitorKind::Tcp => return Ok("connection established".into()),
-        MonitorKind::Http => None,
+        MonitorKind::Http | MonitorKind::UdpIcmp | MonitorKind::IcmpPing | MonitorKind::Smtp => {
+            None
+        }
         MonitorKind::Https => {
             let ip = ServerName::IpAddress(IpAddr::V4(*addr.ip()).into());
             let name = host_header(m).map_or(ip.clone(), |h| {

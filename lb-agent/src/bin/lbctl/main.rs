@@ -42,6 +42,7 @@ Examples:
   lbctl --token $T monitors list
   lbctl --token $T monitors create --data '{\"type\":\"tcp\",\"port\":2048,\"interval\":5,\"timeout\":2,\"retries\":1}'
   lbctl --token $T monitors create --data '{\"type\":\"http\",\"method\":\"GET\",\"path\":\"/health\",\"expected_codes\":\"2xx\"}'
+  lbctl --token $T monitors create --data '{\"type\":\"smtp\",\"port\":25}'   (also udp_icmp, icmp_ping)
   lbctl --token $T monitors patch 0123456789abcdef0123456789abcdef --data '{\"interval\":10}'
   lbctl --token $T monitors delete 0123456789abcdef0123456789abcdef";
 

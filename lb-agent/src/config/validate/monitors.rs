@@ -1,5 +1,9 @@
 //! `[[monitors]]`: type and method, port, path and headers, timing, expected codes and body,
-//! and which fields apply to which type.
+//! and which fields apply to which type. The http-only fields (`method` other than tcp's
+//! `connection_established`, `path`, `header`, `expected_codes`, `expected_body`,
+//! `follow_redirects`, `allow_insecure`) are refused on the other types rather than ignored,
+//! so that a monitor never looks as if it checked something it does not; `icmp_ping` also
+//! refuses a `port` (ICMP has none).
 
 use super::FieldErrors;
 use std::collections::HashMap;
@@ -49,10 +53,17 @@ fn monitor(
         }
     }
     let kind = kind(&f, &m.kind, errors);
-    let is_http = matches!(kind, Some(MonitorKind::Http | MonitorKind::Https));
+    let is_http = kind.is_some_and(MonitorKind::is_http);
     let method = method(&f, kind, m.method.as_deref(), errors);
     let port = if m.port == 0 {
         Some(0)
+    } else if kind.is_some_and(|k| !k.has_port()) {
+        errors.invalid(
+            format!("{f}.port"),
+            "icmp_ping monitors send ICMP echo requests, which have no port",
+            "remove it, or use type \"udp_icmp\" to check a UDP port",
+        );
+        None
     } else {
         port(m.port, &format!("{f}.port"), errors)
     };
@@ -102,19 +113,14 @@ fn monitor(
 }
 
 fn kind(f: &str, kind: &str, errors: &mut FieldErrors) -> Option<MonitorKind> {
-    match kind {
-        "tcp" => Some(MonitorKind::Tcp),
-        "http" => Some(MonitorKind::Http),
-        "https" => Some(MonitorKind::Https),
-        other => {
-            errors.invalid(
-                format!("{f}.type"),
-                format!("\"{other}\" is not a monitor type"),
-                "use \"tcp\", \"http\" or \"https\"",
-            );
-            None
-        }
-    }
+    MonitorKind::parse(kind).or_else(|| {
+        errors.invalid(
+            format!("{f}.type"),
+            format!("\"{kind}\" is not a monitor type"),
+            "use \"http\", \"https\", \"tcp\", \"udp_icmp\", \"icmp_ping\" or \"smtp\"",
+        );
+        None
+    })
 }
 
 fn method(
@@ -131,6 +137,14 @@ fn method(
                 format!("{f}.method"),
                 format!("\"{other}\" does not apply to tcp monitors"),
                 format!("use \"{TCP_MONITOR_METHOD}\""),
+            );
+            HttpMethod::Get
+        }
+        (Some(k @ (MonitorKind::UdpIcmp | MonitorKind::IcmpPing | MonitorKind::Smtp)), Some(m)) => {
+            errors.invalid(
+                format!("{f}.method"),
+                format!("\"{m}\" does not apply to {k} monitors, which have no method"),
+                "remove it",
             );
             HttpMethod::Get
         }
@@ -252,7 +266,7 @@ fn expected_codes(
 
 /// Fields that only http(s) or only https monitors use.
 fn http_only(f: &str, m: &RawMonitor, kind: Option<MonitorKind>, errors: &mut FieldErrors) {
-    let is_http = matches!(kind, Some(MonitorKind::Http | MonitorKind::Https));
+    let is_http = kind.is_some_and(MonitorKind::is_http);
     if m.expected_body.is_some() && !is_http {
         errors.invalid(
             format!("{f}.expected_body"),
@@ -331,6 +345,83 @@ mod tests {
     #[test]
     fn monitor_type_known() {
         assert_one(&monitor_errors("type = \"icmp\""), "monitors[0].type");
+        let e = monitor_errors("type = \"udp\"");
+        assert!(
+            e[0].contains("\"udp_icmp\", \"icmp_ping\" or \"smtp\""),
+            "{e:?}"
+        );
+    }
+
+    /// Cloudflare's three other types parse with the shared defaults (timeout 5 s, interval
+    /// 60 s, retries 2, port 0 = the origin's) and no http fields.
+    #[test]
+    fn udp_icmp_icmp_ping_and_smtp_parse_with_defaults() {
+        for (ty, kind) in [
+            ("udp_icmp", MonitorKind::UdpIcmp),
+            ("icmp_ping", MonitorKind::IcmpPing),
+            ("smtp", MonitorKind::Smtp),
+        ] {
+            let c = Config::parse(&with_monitor(&format!("type = \"{ty}\"")), Path::new("t"))
+                .unwrap_or_else(|e| panic!("{ty}: {e}"));
+            let m = &c.monitors[0];
+            assert_eq!(m.kind, kind);
+            assert_eq!(m.kind.to_string(), ty);
+            assert_eq!((m.port, m.retries), (0, 2), "{ty}");
+            assert_eq!(m.timeout.get(), std::time::Duration::from_secs(5));
+            assert_eq!(m.interval.get(), std::time::Duration::from_secs(60));
+            assert!(m.header.is_empty() && m.expected_body.is_empty(), "{ty}");
+        }
+        let body = "type = \"smtp\"\nport = 25\ninterval = 10\ntimeout = 3\nretries = 1\nconsecutive_up = 2\nconsecutive_down = 3\ndescription = \"mail\"";
+        let c = Config::parse(&with_monitor(body), Path::new("t")).expect("valid");
+        let m = &c.monitors[0];
+        assert_eq!(
+            (m.port, m.retries, m.consecutive_up, m.consecutive_down),
+            (25, 1, 2, 3)
+        );
+        assert_eq!(m.description, "mail");
+        let c = Config::parse(
+            &with_monitor("type = \"udp_icmp\"\nport = 53"),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert_eq!(c.monitors[0].port, 53);
+    }
+
+    #[test]
+    fn icmp_ping_has_no_port() {
+        let e = monitor_errors("type = \"icmp_ping\"\nport = 80");
+        assert_one(&e, "monitors[0].port");
+        assert!(e[0].contains("udp_icmp"), "the fix names udp_icmp: {e:?}");
+    }
+
+    #[test]
+    fn udp_icmp_icmp_ping_and_smtp_have_no_method() {
+        for ty in ["udp_icmp", "icmp_ping", "smtp"] {
+            for method in ["GET", "connection_established"] {
+                let e = monitor_errors(&format!("type = \"{ty}\"\nmethod = \"{method}\""));
+                assert_one(&e, "monitors[0].method");
+                assert!(e[0].contains(&format!("{ty} monitors")), "{e:?}");
+            }
+        }
+    }
+
+    /// Cloudflare documents these as "only valid for HTTP and HTTPS monitors"; they are
+    /// refused on the other types, one error each, naming the field.
+    #[test]
+    fn http_fields_refused_on_udp_icmp_icmp_ping_and_smtp() {
+        for ty in ["udp_icmp", "icmp_ping", "smtp"] {
+            for (field, line) in [
+                ("path", "path = \"/\""),
+                ("header.Host", "header = { Host = [\"x\"] }"),
+                ("expected_codes", "expected_codes = \"200\""),
+                ("expected_body", "expected_body = \"ok\""),
+                ("follow_redirects", "follow_redirects = true"),
+                ("allow_insecure", "allow_insecure = true"),
+            ] {
+                let e = monitor_errors(&format!("type = \"{ty}\"\n{line}"));
+                assert_one(&e, &format!("monitors[0].{field}"));
+            }
+        }
     }
 
     #[test]

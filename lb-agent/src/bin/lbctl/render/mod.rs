@@ -113,6 +113,8 @@ fn name_or_dash(v: &Value) -> String {
     cell(v, "name")
 }
 
+/// What a monitor checks, by type: the port (or "origin port") for tcp, udp and smtp, the
+/// request for http(s), "echo" for icmp_ping.
 fn monitor_target(m: &Value) -> String {
     let ty = str_field(m, "type");
     let port = m
@@ -120,21 +122,36 @@ fn monitor_target(m: &Value) -> String {
         .and_then(Value::as_u64)
         .filter(|&p| p != 0)
         .map(|p| format!(":{p}"));
-    if ty == "tcp" {
-        port.unwrap_or_else(|| "origin port".to_owned())
-    } else {
-        let method = match str_field(m, "method") {
-            "" => "GET",
-            x => x,
-        };
-        let path = match str_field(m, "path") {
-            "" => "/",
-            x => x,
-        };
-        format!(
-            "{method} {path}{}",
-            port.map(|p| format!(" {p}")).unwrap_or_default()
-        )
+    let port_or_origin = || port.clone().unwrap_or_else(|| "origin port".to_owned());
+    match ty {
+        "tcp" | "smtp" => port_or_origin(),
+        "udp_icmp" => format!("udp {}, echo", port_or_origin()),
+        "icmp_ping" => "echo".to_owned(),
+        _ => {
+            let method = match str_field(m, "method") {
+                "" => "GET",
+                x => x,
+            };
+            let path = match str_field(m, "path") {
+                "" => "/",
+                x => x,
+            };
+            format!(
+                "{method} {path}{}",
+                port.map(|p| format!(" {p}")).unwrap_or_default()
+            )
+        }
+    }
+}
+
+/// What a monitor counts as healthy, by type.
+fn monitor_expect(m: &Value) -> String {
+    match str_field(m, "type") {
+        "tcp" => "-".to_owned(),
+        "smtp" => "220, 221".to_owned(),
+        "udp_icmp" => "echo reply, no unreachable".to_owned(),
+        "icmp_ping" => "echo reply".to_owned(),
+        _ => cell(m, "expected_codes"),
     }
 }
 
@@ -153,11 +170,7 @@ pub(crate) fn render_monitors(items: &[Value]) -> String {
                 cell(m, "interval"),
                 cell(m, "timeout"),
                 cell(m, "retries"),
-                if str_field(m, "type") == "tcp" {
-                    "-".to_owned()
-                } else {
-                    cell(m, "expected_codes")
-                },
+                monitor_expect(m),
                 str_field(m, "description").to_owned(),
             ]
         })
@@ -458,6 +471,23 @@ mod tests {
 ID                                NAME         TYPE  TARGET             INTERVAL  TIMEOUT  RETRIES  EXPECT  DESCRIPTION
 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee  http-health  http  GET /health :8080  5         2        1        2xx     app health
 ffffffffffffffffffffffffffffffff  -            tcp   :2048              60        5        2        -
+"
+        );
+        let others = [
+            json!({"id": "a", "name": "dns", "type": "udp_icmp", "port": 53, "interval": 60,
+                   "timeout": 5, "retries": 2}),
+            json!({"id": "b", "name": "ping", "type": "icmp_ping", "interval": 60, "timeout": 5,
+                   "retries": 2}),
+            json!({"id": "c", "name": "mail", "type": "smtp", "interval": 60, "timeout": 5,
+                   "retries": 2}),
+        ];
+        assert_eq!(
+            render_monitors(&others),
+            "\
+ID  NAME  TYPE       TARGET         INTERVAL  TIMEOUT  RETRIES  EXPECT                      DESCRIPTION
+a   dns   udp_icmp   udp :53, echo  60        5        2        echo reply, no unreachable
+b   ping  icmp_ping  echo           60        5        2        echo reply
+c   mail  smtp       origin port    60        5        2        220, 221
 "
         );
 
