@@ -111,6 +111,20 @@ fn tcp_frame(
     lb_testbed::tcp_frame(smac, dmac, src, dst, 64, sport, dport, flags, &[])
 }
 
+/// `n` pseudo-random numbers below `modulo` (xorshift64, a fixed sequence, so every run and
+/// every table sees the same picks).
+fn picks(n: usize, modulo: u64) -> Vec<u64> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % modulo
+        })
+        .collect()
+}
+
 fn median(v: &mut [u64]) -> f64 {
     v.sort_unstable();
     #[expect(clippy::cast_precision_loss, reason = "nanoseconds")]

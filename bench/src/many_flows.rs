@@ -272,16 +272,9 @@ pub fn run(object: &std::path::Path, report: &mut Report) -> Result<()> {
         );
 
         // Random flows (xorshift64, a fixed sequence), and one hot flow among them.
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let picks: Vec<u32> = (0..SAMPLES)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                #[expect(clippy::cast_possible_truncation, reason = "below FLOWS")]
-                let k = (x % made.len() as u64) as usize;
-                made[k]
-            })
+        let picks: Vec<u32> = crate::picks(SAMPLES, made.len() as u64)
+            .into_iter()
+            .map(|k| made[usize::try_from(k).expect("below FLOWS")])
             .collect();
         let many: Vec<Vec<u8>> = picks.iter().map(|&i| ack(i, bed.mac_a)).collect();
         let hot = ack(made[made.len() / 2], bed.mac_a);
@@ -325,14 +318,7 @@ pub fn run(object: &std::path::Path, report: &mut Report) -> Result<()> {
                 .flows
                 .get(&FlowKey::tcp_v4(addr, port, VIP, 80), 0)
                 .with_context(|| format!("no flow for flow {i}"))?;
-            let rkey = FlowKey {
-                src: flow.origin_addr,
-                dst: flow.snat_addr,
-                sport: flow.origin_port,
-                dport: flow.snat_port,
-                proto: lb_common::IPPROTO_TCP,
-                _pad: [0; 3],
-            };
+            let rkey = flow.rev_key();
             let rev = rec
                 .maps
                 .rev_flows

@@ -226,14 +226,7 @@ pub fn rates(object: &Path, secs: u32) -> Result<Vec<Rate>> {
         );
         generate(&topo.origins[0], &origin_if, &synack, 0.05)?;
         generate(&topo.client, &client_if, &frame(false), 0.05)?;
-        let rkey = lb_common::FlowKey {
-            src: flow.origin_addr,
-            dst: flow.snat_addr,
-            sport: flow.origin_port,
-            dport: flow.snat_port,
-            proto: lb_common::IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let rkey = flow.rev_key();
         let rev = rec
             .maps
             .rev_flows

@@ -143,17 +143,10 @@ pub fn run(object: &Path, report: &mut crate::Report) -> Result<()> {
         .context("table_lookup")?
         .try_into()?;
     prog.load()?;
-    // Random tuples (xorshift64, a fixed sequence), the same for every table.
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let picks: Vec<u32> = (0..SAMPLES)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            #[expect(clippy::cast_possible_truncation, reason = "below ENTRIES")]
-            let i = (x % u64::from(ENTRIES)) as u32;
-            i
-        })
+    // Random tuples, the same for every table.
+    let picks: Vec<u32> = crate::picks(SAMPLES, u64::from(ENTRIES))
+        .into_iter()
+        .map(|i| u32::try_from(i).expect("below ENTRIES"))
         .collect();
     // Per table: random and hot samples, the tables taking turns round by round so that
     // the drift of the kernel's per-run time hits all alike. A miss fails the bench (a

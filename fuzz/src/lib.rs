@@ -423,14 +423,7 @@ fn show_key(k: &FlowKey) -> String {
 }
 
 fn rev_key(f: &Flow) -> FlowKey {
-    FlowKey {
-        src: f.origin_addr,
-        dst: f.snat_addr,
-        sport: f.origin_port,
-        dport: f.snat_port,
-        proto: 6,
-        _pad: [0; 3],
-    }
+    f.rev_key()
 }
 
 fn client_key(r: &RevFlow) -> FlowKey {

@@ -570,11 +570,7 @@ impl<M: MapWriter> Reconciler<M> {
         for (key, ring) in &patch.rings {
             let id = a.rings[key];
             let base = self
-                .current
-                .ring_meta
-                .get(&id)
-                .filter(|m| m.size == ring.size && m.size != 0)
-                .map(|m| m.base)
+                .placed(id, ring.size)
                 .expect("a patched ring keeps its place: its size follows the config");
             self.write_ring(id, base, ring, &a.origins, r)?;
         }
@@ -671,19 +667,22 @@ impl<M: MapWriter> Reconciler<M> {
 
     /// Step 2: ring slots that changed (rings whose inputs changed), and each ring's
     /// steering.
+    /// Where ring `id`'s slots are, if it has a place of `size` slots already.
+    fn placed(&self, id: u32, size: u32) -> Option<u32> {
+        self.current
+            .ring_meta
+            .get(&id)
+            .filter(|m| m.size == size && m.size != 0)
+            .map(|m| m.base)
+    }
+
     /// A ring without a place of its size gets one (`place`), its slots are written there,
     /// then its `RING_META` entry points at them.
     fn write_rings(&mut self, want: &Plan, a: &Assignment, r: &mut ApplyReport) -> Result<()> {
         let mut live = self.live_ranges(want, a);
         for (key, plan) in &want.rings {
             let id = a.rings[key];
-            let placed = self
-                .current
-                .ring_meta
-                .get(&id)
-                .filter(|m| m.size == plan.size && m.size != 0)
-                .map(|m| m.base);
-            let base = match placed {
+            let base = match self.placed(id, plan.size) {
                 Some(b) => b,
                 None => {
                     let b = place(plan.size, &mut live).ok_or(ReconcileError::Capacity {

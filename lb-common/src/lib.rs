@@ -387,6 +387,21 @@ pub struct Flow {
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 72);
 
+impl Flow {
+    /// The `REV_FLOWS` key of this flow: the tuple its replies carry (origin -> SNAT).
+    #[inline(always)]
+    pub const fn rev_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.origin_addr,
+            dst: self.snat_addr,
+            sport: self.origin_port,
+            dport: self.snat_port,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// `Flow::flags`: the flow was established and open (no FIN, RST or stale answer, not a
 /// cookie flow waiting for its origin) at the last sync, so the client's segments without
 /// SYN, FIN or RST may take the fast path in the second `Flow::synced`.

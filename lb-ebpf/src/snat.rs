@@ -52,14 +52,7 @@ const NEW_HALF: Flow = Flow {
 /// The `REV_FLOWS` key of `flow` (the tuple its replies carry).
 #[inline(always)]
 pub fn rev_key(flow: &Flow) -> FlowKey {
-    FlowKey {
-        src: flow.origin_addr,
-        dst: flow.snat_addr,
-        sport: flow.origin_port,
-        dport: flow.snat_port,
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
-    }
+    flow.rev_key()
 }
 
 /// Does the tracking entry `r` belong to the client flow `key`? (The back-reference.)
