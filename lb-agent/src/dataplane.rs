@@ -161,7 +161,7 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
             AFFINITY_SIZE,
         ),
         names::ORIGIN_FLOWS => (4, 8, MAX_ORIGINS),
-        names::HANDSHAKES => (4, s(size_of::<lb_common::Handshakes>()), 1),
+        names::HANDSHAKES | names::UDP_PENDING => (4, s(size_of::<lb_common::Handshakes>()), 1),
         names::ORIGIN_NH => (4, s(size_of::<lb_common::OriginNextHop>()), MAX_ORIGINS),
         names::LOCAL_ADDRS => (16, 4, lb_common::MAX_LOCAL_ADDRS),
         names::VIP_IDS => (4, s(size_of::<lb_common::VipById>()), MAX_VIPS),
@@ -341,6 +341,8 @@ pub struct Maps {
     pub local_addrs: HashMap<MapData, [u8; 16], u32>,
     /// VIP id -> its `VIPS` entry, for established flows' packets.
     pub vip_ids: Array<MapData, lb_common::VipById>,
+    /// New UDP flows per second and those answered, for the UDP budget.
+    pub udp_pending: Array<MapData, lb_common::Handshakes>,
 }
 
 impl Maps {
@@ -385,6 +387,7 @@ impl Maps {
             origin_nh: typed!(names::ORIGIN_NH),
             local_addrs: typed!(names::LOCAL_ADDRS),
             vip_ids: typed!(names::VIP_IDS),
+            udp_pending: typed!(names::UDP_PENDING),
         })
     }
 

@@ -149,7 +149,6 @@ fn settings(cfg: &Config) -> Settings {
     Settings {
         snat_addr: v4_mapped(dp.snat_address.octets()),
         snat_count: dp.snat_count,
-        _pad: 0,
         snat_port_min: dp.snat_port_min,
         snat_port_max: dp.snat_port_max,
         flags: SETTINGS_F_READY
@@ -168,6 +167,10 @@ fn settings(cfg: &Config) -> Settings {
         syn_secs: dp.syn_timeout,
         half_closed_secs: dp.half_closed_timeout,
         syn_budget: dp.syn_budget,
+        // Placeholders until `dataplane.udp_*` exist in the config.
+        udp_secs: 120,
+        udp_unreplied_secs: 30,
+        udp_budget: 4096,
         // The reconciler's own counter (Reconciler::next_hops_changed); not config.
         nh_gen: 0,
     }

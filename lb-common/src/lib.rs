@@ -126,8 +126,9 @@ pub mod map_names {
     pub const ORIGIN_NH: &str = "ORIGIN_NH";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const VIP_IDS: &str = "VIP_IDS";
+    pub const UDP_PENDING: &str = "UDP_PENDING";
     /// Every map, in the order the agent pins and checks them.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         SETTINGS,
         VIPS,
         RINGS,
@@ -148,6 +149,7 @@ pub mod map_names {
         ORIGIN_NH,
         LOCAL_ADDRS,
         VIP_IDS,
+        UDP_PENDING,
     ];
 }
 
@@ -155,6 +157,7 @@ pub mod map_names {
 pub const PROGRAM_NAME: &str = "lb_xdp";
 
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMP: u8 = 1;
 
 /// Key of `VIPS`: which (address, port, protocol) is a virtual IP.
@@ -163,9 +166,10 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub struct VipKey {
     /// IPv4-mapped or IPv6 address, NBO.
     pub addr: [u8; 16],
-    /// TCP port, NBO.
+    /// TCP or UDP port, NBO. Port 0 with `IPPROTO_TCP` is the marker entry of a VIP
+    /// address (any protocol): "some VIP lives at this address".
     pub port: u16,
-    /// IP protocol number (6 = TCP).
+    /// IP protocol number (6 = TCP, 17 = UDP).
     pub proto: u8,
     pub _pad: u8,
 }
@@ -383,7 +387,10 @@ pub struct Flow {
     /// `RevFlow::client_wscale` and `origin_wscale` at the sync.
     pub client_wscale: u8,
     pub origin_wscale: u8,
-    pub _pad: [u8; 2],
+    /// 1: a UDP flow (its keys carry `IPPROTO_UDP`); 0: TCP (also every entry written
+    /// before this field existed, so pinned flows of an older agent stay TCP).
+    pub udp: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<Flow>() == 72);
 
@@ -396,8 +403,18 @@ impl Flow {
             dst: self.snat_addr,
             sport: self.origin_port,
             dport: self.snat_port,
-            proto: IPPROTO_TCP,
+            proto: self.proto(),
             _pad: [0; 3],
+        }
+    }
+
+    /// The flow's IP protocol (`udp` says which).
+    #[inline(always)]
+    pub const fn proto(&self) -> u8 {
+        if self.udp != 0 {
+            IPPROTO_UDP
+        } else {
+            IPPROTO_TCP
         }
     }
 }
@@ -531,6 +548,9 @@ pub const CT_STALE: u32 = 128;
 /// `RevFlow::flags`: opened through a SYN cookie; sequence numbers are translated by
 /// `seq_delta`. Until the origin answers (`CT_SYNACK`), `seq_delta` holds the cookie.
 pub const CT_COOKIE: u32 = 64;
+/// `RevFlow::flags`: a UDP flow. Of the other bits only `CT_ESTABLISHED` (the origin has
+/// answered) and `REV_F_CLOSING` apply; it never closes, it expires.
+pub const CT_UDP: u32 = 256;
 /// `RevFlow::client_wscale` / `origin_wscale`: no window-scale option was offered.
 pub const WSCALE_NONE: u8 = 0xff;
 
@@ -543,7 +563,13 @@ impl RevFlow {
 
     /// The idle timeout of a flow in state `flags`, in seconds.
     pub const fn timeout(flags: u32, s: &Settings) -> u32 {
-        if Self::closed(flags) {
+        if flags & CT_UDP != 0 {
+            if flags & CT_ESTABLISHED != 0 {
+                s.udp_secs
+            } else {
+                s.udp_unreplied_secs
+            }
+        } else if Self::closed(flags) {
             s.reuse_closed_secs
         } else if flags & CT_ESTABLISHED == 0 {
             s.syn_secs
@@ -591,9 +617,19 @@ pub struct Settings {
     /// 1): a prefix, so a power of two (at most `MAX_SNAT_ADDRS`) and `snat_addr` its first
     /// address. A new flow takes one by its hash, so the ports of all multiply. Host order.
     pub snat_count: u32,
-    pub _pad: u32,
+    /// A UDP flow the origin has answered is dead after this many idle seconds; its SNAT
+    /// port may then be taken (`dataplane.udp_timeout`), host order.
+    pub udp_secs: u32,
+    /// A UDP flow the origin has never answered is dead after this many idle seconds
+    /// (`dataplane.udp_unreplied_timeout`), host order.
+    pub udp_unreplied_secs: u32,
+    /// New UDP flows still waiting for their origin's first answer, counted over the last
+    /// `HANDSHAKE_BUCKETS` seconds (`UDP_PENDING`), above which a datagram that would make a
+    /// new flow is dropped (`DROP_UDP_BUDGET`): UDP has no SYN cookie
+    /// (`dataplane.udp_budget`). Host order.
+    pub udp_budget: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 
 /// SNAT addresses one agent may use (`Settings::snat_count`): a /24 at most.
 pub const MAX_SNAT_ADDRS: u32 = 256;
@@ -816,7 +852,19 @@ pub mod event {
     /// lookup). A note, counted with the verdict: `flow_hit` minus this is the fast path's
     /// share.
     pub const FLOW_SYNCED: u32 = 54;
-    pub const COUNT: u32 = 55;
+    /// A UDP datagram to a VIP would have made a new flow while more new UDP flows than
+    /// `dataplane.udp_budget` are waiting for their origin's first answer (a flood of
+    /// spoofed sources: UDP has no cookie to tell them apart): XDP_DROP. Flows that exist
+    /// are not affected.
+    pub const DROP_UDP_BUDGET: u32 = 55;
+    /// A UDP datagram met its flow expired (idle past `udp_timeout`, or
+    /// `udp_unreplied_timeout` if the origin never answered): the flow was replaced by a new
+    /// one, chosen afresh. A note, counted with the verdict.
+    pub const UDP_FLOW_EXPIRED: u32 = 56;
+    /// A UDP datagram to a VIP whose header is cut short, whose length field disagrees
+    /// with the IPv4 length, or whose source port is 0: XDP_DROP.
+    pub const DROP_MALFORMED_UDP: u32 = 57;
+    pub const COUNT: u32 = 58;
 
     /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
     pub const fn is_verdict(e: u32) -> bool {
@@ -839,6 +887,7 @@ pub mod event {
                 | ORIGIN_STALE_ANSWER
                 | FIB_LOOKUP
                 | FLOW_SYNCED
+                | UDP_FLOW_EXPIRED
         )
     }
 
@@ -899,6 +948,9 @@ pub mod event {
         "origin_stale_answer",
         "fib_lookup",
         "flow_synced",
+        "drop_udp_budget",
+        "udp_flow_expired",
+        "drop_malformed_udp",
     ];
 }
 

@@ -98,6 +98,12 @@ pub static REV_FLOWS: HashMap<FlowKey, RevFlow, { DEFAULT_FLOW_TABLE_SIZE as usi
 #[btf_map]
 pub static HANDSHAKES: Array<Handshakes, 1> = Array::new();
 
+/// `[0]`: new UDP flows started per second, and those whose origin answered (`done`),
+/// shared by all CPUs; above `Settings::udp_budget` waiting, no new UDP flow is made.
+/// (`last_cookie` is unused.)
+#[btf_map]
+pub static UDP_PENDING: Array<Handshakes, 1> = Array::new();
+
 /// Interfaces we may redirect to, keyed by ifindex.
 #[btf_map]
 pub static TX_PORTS: DevMapHash<{ MAX_INTERFACES as usize }> = DevMapHash::new();

@@ -46,7 +46,8 @@ const NEW_HALF: Flow = Flow {
     ack_shift: 0,
     client_wscale: 0,
     origin_wscale: 0,
-    _pad: [0; 2],
+    udp: 0,
+    _pad: 0,
 };
 
 /// The `REV_FLOWS` key of `flow` (the tuple its replies carry).
