@@ -20,7 +20,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, Geo, LoadBalancer, OriginSteering, Pool, SteeringPolicy},
+    config::{Config, Geo, LoadBalancer, OriginSteering, Pool, Protocol, SteeringPolicy},
     geo::Region,
     health::{HealthTable, Target},
     steering::{self, Choice, Member, PoolHealth},
@@ -95,6 +95,8 @@ pub struct LbPlan {
     pub name: String,
     /// `address:port`.
     pub vip: String,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
     pub enabled: bool,
     pub steering_policy: SteeringPolicy,
     /// The order its pools are tried in (`steering::pool_order`).
@@ -128,11 +130,17 @@ pub struct OriginPlan {
     pub weight: f64,
 }
 
+/// The `VIPS` key of a TCP VIP.
 pub fn vip_key(addr: Ipv4Addr, port: u16) -> VipKey {
+    vip_key_of(addr, port, IPPROTO_TCP)
+}
+
+/// The `VIPS` key of a VIP of IP protocol `proto` (`Protocol::ip_proto`).
+pub fn vip_key_of(addr: Ipv4Addr, port: u16, proto: u8) -> VipKey {
     VipKey {
         addr: v4_mapped(addr.octets()),
         port: port.to_be(),
-        proto: IPPROTO_TCP,
+        proto,
         _pad: 0,
     }
 }
@@ -167,10 +175,9 @@ fn settings(cfg: &Config) -> Settings {
         syn_secs: dp.syn_timeout,
         half_closed_secs: dp.half_closed_timeout,
         syn_budget: dp.syn_budget,
-        // Placeholders until `dataplane.udp_*` exist in the config.
-        udp_secs: 120,
-        udp_unreplied_secs: 30,
-        udp_budget: 4096,
+        udp_secs: dp.udp_timeout,
+        udp_unreplied_secs: dp.udp_unreplied_timeout,
+        udp_budget: dp.udp_budget,
         // The reconciler's own counter (Reconciler::next_hops_changed); not config.
         nh_gen: 0,
     }
@@ -246,6 +253,7 @@ fn lb_plan(
     let lb_plan = LbPlan {
         name: lb.name.clone(),
         vip: format!("{}:{}", lb.address, lb.port),
+        protocol: lb.protocol,
         enabled: lb.enabled,
         steering_policy: lb.steering_policy,
         order: order.iter().map(|s| (*s).clone()).collect(),
@@ -313,7 +321,7 @@ fn lb_plan(
         name: lb.name.clone(),
         address: lb.address,
         port: lb.port,
-        key: vip_key(lb.address, lb.port),
+        key: vip_key_of(lb.address, lb.port, lb.protocol.ip_proto()),
         ring,
         rings: own_rings,
         flags,
@@ -394,8 +402,10 @@ impl Dirty {
 /// is what. Returns false when the whole plan must be made again: another section changed
 /// (the plan's settings, monitors, PoP, position, geo data), pools or load balancers were
 /// added, removed, renamed or reordered, a pool's origins were added, removed or
-/// re-addressed (ring members and ids), or a load balancer changed its VIP, origin port,
-/// enabled state or the pools it may use (its rings, and which pools' status port it sets).
+/// re-addressed (ring members and ids), or a load balancer changed its VIP (address, port or
+/// protocol: another `VIPS` key, so the old entry goes and a new one is written), origin
+/// port, enabled state or the pools it may use (its rings, and which pools' status port it
+/// sets).
 pub fn config_dirty(old: &Config, new: &Config, dirty: &mut Dirty) -> bool {
     let same_sections = old.dataplane == new.dataplane
         && old.agent == new.agent
@@ -434,6 +444,7 @@ pub fn config_dirty(old: &Config, new: &Config, dirty: &mut Dirty) -> bool {
         let same_vip = a.name == b.name
             && a.address == b.address
             && a.port == b.port
+            && a.protocol == b.protocol
             && a.origin_port == b.origin_port
             && a.enabled == b.enabled
             && a.all_pools().eq(b.all_pools());

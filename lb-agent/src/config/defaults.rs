@@ -33,6 +33,29 @@ pub const DEFAULT_HALF_CLOSED_TIMEOUT: u32 = 300;
 /// flood of spoofed SYNs could otherwise hold for the SYN timeout.
 pub const DEFAULT_SYN_BUDGET: u32 = 1024;
 pub const MAX_FLOW_TABLE: u32 = 1 << 26;
+/// Idle seconds before a UDP flow the origin has answered is dead and its SNAT port free:
+/// Linux conntrack's `nf_conntrack_udp_timeout_stream` (120 s), long enough for the
+/// keepalives of UDP sessions (QUIC's idle pings, WireGuard's 25 s, SIP re-registrations)
+/// and short enough that request/response traffic (DNS) gives its ports back soon.
+pub const DEFAULT_UDP_TIMEOUT: u32 = 120;
+/// Idle seconds before a UDP flow the origin has never answered is dead: conntrack's
+/// `nf_conntrack_udp_timeout` (30 s), also AWS's default for UDP flows. Short, because
+/// spoofed datagrams make exactly such flows and hold a SNAT port for this long.
+pub const DEFAULT_UDP_UNREPLIED_TIMEOUT: u32 = 30;
+/// Longest accepted `udp_timeout` (one day, as `tcp_timeouts.established` by default): UDP
+/// has no close, so a longer one holds every idle flow's SNAT port for that long.
+pub const MAX_UDP_TIMEOUT: u32 = 86_400;
+/// New UDP flows still waiting for their origin's first answer (counted over the last
+/// `lb_common::HANDSHAKE_BUCKETS` seconds) before datagrams that would make a new flow are
+/// dropped. UDP has no handshake and no cookie to tell a spoofed source from a real one, so
+/// this budget is what keeps a flood of spoofed sources from taking every SNAT port and
+/// table entry. Request/response clients (DNS, QUIC, games) are answered within a round
+/// trip, so they count only for milliseconds: 4096 is far above what they keep waiting
+/// (10,000 new flows/s at 10 ms is 100), and a small share of the SNAT ports (64,512 per
+/// address and origin). One-way protocols with many senders (syslog, NetFlow/IPFIX,
+/// statsd) are never answered, so every sender that starts a flow in the window counts:
+/// they may need a larger budget (more than 256 new senders a second over 16 s).
+pub const DEFAULT_UDP_BUDGET: u32 = 4096;
 
 // --- agent
 
@@ -71,6 +94,9 @@ pub const MAX_PROBE_SECS: f64 = 86_400.0;
 pub const DEFAULT_ORIGIN_STEERING: &str = "random";
 
 // --- load balancers
+
+/// `protocol` when a load balancer names none.
+pub const DEFAULT_PROTOCOL: &str = "tcp";
 
 /// `steering_policy` when a load balancer names none: standard failover.
 pub const DEFAULT_STEERING_POLICY: &str = "off";

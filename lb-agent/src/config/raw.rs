@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::defaults::{
     DEFAULT_MONITOR_INTERVAL, DEFAULT_MONITOR_RETRIES, DEFAULT_MONITOR_TIMEOUT,
-    DEFAULT_MONITOR_TYPE, DEFAULT_ORIGIN_STEERING, DEFAULT_SESSION_AFFINITY,
+    DEFAULT_MONITOR_TYPE, DEFAULT_ORIGIN_STEERING, DEFAULT_PROTOCOL, DEFAULT_SESSION_AFFINITY,
     DEFAULT_STEERING_POLICY,
 };
 
@@ -107,6 +107,15 @@ pub struct RawDataplane {
     pub syn_cookies: Option<SynCookies>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syn_budget: Option<u32>,
+    /// Idle seconds before a UDP flow the origin has answered is dead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_timeout: Option<u32>,
+    /// Idle seconds before a UDP flow the origin has never answered is dead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_unreplied_timeout: Option<u32>,
+    /// New UDP flows waiting for their origin's first answer before new ones are dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_budget: Option<u32>,
 }
 
 /// `dataplane.syn_cookies`: when SYNs without a flow are answered with SYN cookies.
@@ -300,6 +309,9 @@ pub struct RawLoadBalancer {
     pub address: String,
     #[serde(default)]
     pub port: u32,
+    /// `"tcp"` or `"udp"`: the protocol of the VIP (and of its traffic to the origins).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
     /// Port on the origins when an origin does not name its own; defaults to `port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin_port: Option<u32>,
@@ -367,6 +379,9 @@ fn default_origin_steering() -> String {
 }
 fn default_affinity() -> String {
     DEFAULT_SESSION_AFFINITY.into()
+}
+fn default_protocol() -> String {
+    DEFAULT_PROTOCOL.into()
 }
 fn default_steering() -> String {
     DEFAULT_STEERING_POLICY.into()

@@ -132,6 +132,14 @@ pub struct Dataplane {
     /// `Settings::syn_budget`: handshakes in flight before SYN cookies; 0 = always,
     /// `u32::MAX` = never.
     pub syn_budget: u32,
+    /// Idle seconds before a UDP flow the origin has answered is dead (`udp_timeout`).
+    pub udp_timeout: u32,
+    /// Idle seconds before a UDP flow the origin never answered is dead
+    /// (`udp_unreplied_timeout`).
+    pub udp_unreplied_timeout: u32,
+    /// `Settings::udp_budget`: new UDP flows waiting for an answer before new ones are
+    /// dropped.
+    pub udp_budget: u32,
 }
 
 impl Dataplane {
@@ -364,6 +372,8 @@ pub struct LoadBalancer {
     pub description: String,
     pub address: Ipv4Addr,
     pub port: u16,
+    /// The VIP's protocol, also the one its flows use towards the origins.
+    pub protocol: Protocol,
     pub origin_port: u16,
     pub default_pools: Vec<String>,
     /// Used when every default pool is down, whatever its own health. Defaults to the last
@@ -391,6 +401,46 @@ impl LoadBalancer {
             .chain(self.region_pools.values().flatten())
             .chain(self.country_pools.values().flatten())
             .chain(self.pop_pools.values().flatten())
+    }
+}
+
+/// A load balancer's `protocol`: what its VIP (address, port) listens for. A TCP and a UDP
+/// load balancer may share an address and port; they are two VIPs (`lb_common::VipKey`
+/// holds the protocol).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Every protocol, as the config and the API spell them.
+    pub const ALL: [(&'static str, Self); 2] = [("tcp", Self::Tcp), ("udp", Self::Udp)];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, p)| *p)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+
+    /// The IP protocol number (`lb_common::IPPROTO_*`).
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Self::Tcp => lb_common::IPPROTO_TCP,
+            Self::Udp => lb_common::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

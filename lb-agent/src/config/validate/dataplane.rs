@@ -1,5 +1,5 @@
 //! `[dataplane]`: interfaces, pin directory, SNAT address and ports, table size, TCP
-//! timeouts and SYN cookies.
+//! timeouts and SYN cookies, UDP timeouts and the UDP budget.
 
 use super::FieldErrors;
 use std::{collections::HashSet, net::Ipv4Addr, path::PathBuf};
@@ -11,7 +11,8 @@ use crate::config::{
     defaults::{
         DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_PIN_DIR, DEFAULT_REUSE_AFTER_CLOSE,
         DEFAULT_REUSE_AFTER_IDLE, DEFAULT_SNAT_PORTS, DEFAULT_SYN_BUDGET, DEFAULT_SYN_TIMEOUT,
-        MAX_FLOW_TABLE, MIN_FLOW_TABLE,
+        DEFAULT_UDP_BUDGET, DEFAULT_UDP_TIMEOUT, DEFAULT_UDP_UNREPLIED_TIMEOUT, MAX_FLOW_TABLE,
+        MAX_UDP_TIMEOUT, MIN_FLOW_TABLE,
     },
     raw::{RawDataplane, SynCookies},
     types::Dataplane,
@@ -59,6 +60,7 @@ pub(super) fn validate(
     }
     let t = timeouts(dp, errors);
     let syn_budget = syn_budget(dp, errors);
+    let udp = udp(dp, errors);
     let (Some((snat_address, snat_count)), Some(snat_port_min), Some(snat_port_max)) =
         (snat, snat_min, snat_max)
     else {
@@ -81,6 +83,9 @@ pub(super) fn validate(
         syn_timeout: t.syn,
         half_closed_timeout: t.half_closed,
         syn_budget,
+        udp_timeout: udp.timeout,
+        udp_unreplied_timeout: udp.unreplied,
+        udp_budget: udp.budget,
     };
     (Some(dataplane), Some((snat_address, snat_count)))
 }
@@ -274,6 +279,49 @@ fn syn_budget(dp: &RawDataplane, errors: &mut FieldErrors) -> u32 {
             );
             0
         }
+    }
+}
+
+/// The UDP settings in force.
+struct Udp {
+    timeout: u32,
+    unreplied: u32,
+    budget: u32,
+}
+
+/// `udp_timeout`, `udp_unreplied_timeout` (1 <= unreplied <= timeout <= a day) and
+/// `udp_budget` (at least 1).
+fn udp(dp: &RawDataplane, errors: &mut FieldErrors) -> Udp {
+    let timeout = dp.udp_timeout.unwrap_or(DEFAULT_UDP_TIMEOUT);
+    if !(1..=MAX_UDP_TIMEOUT).contains(&timeout) {
+        errors.invalid(
+            "dataplane.udp_timeout",
+            format!("{timeout} s is out of range"),
+            format!("use 1-{MAX_UDP_TIMEOUT} seconds (default {DEFAULT_UDP_TIMEOUT}, conntrack's udp_timeout_stream)"),
+        );
+    }
+    let unreplied = dp
+        .udp_unreplied_timeout
+        .unwrap_or(DEFAULT_UDP_UNREPLIED_TIMEOUT.min(timeout));
+    if unreplied == 0 || unreplied > timeout.clamp(1, MAX_UDP_TIMEOUT) {
+        errors.invalid(
+            "dataplane.udp_unreplied_timeout",
+            format!("{unreplied} s is out of range"),
+            format!("use 1 to udp_timeout ({timeout} s): a flow nobody answers is not kept longer than one that is answered"),
+        );
+    }
+    let budget = dp.udp_budget.unwrap_or(DEFAULT_UDP_BUDGET);
+    if budget == 0 {
+        errors.invalid(
+            "dataplane.udp_budget",
+            "0 would drop every new UDP flow",
+            format!("use 1-4294967295 (default {DEFAULT_UDP_BUDGET}; raise it for one-way protocols with many senders, such as syslog)"),
+        );
+    }
+    Udp {
+        timeout,
+        unreplied,
+        budget,
     }
 }
 
@@ -472,6 +520,71 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.dataplane.syn_budget, 0);
+    }
+
+    #[test]
+    fn udp_settings_default_to_conntracks() {
+        let dp = Config::parse(GOOD, Path::new("t"))
+            .expect("valid")
+            .dataplane;
+        assert_eq!(
+            (dp.udp_timeout, dp.udp_unreplied_timeout, dp.udp_budget),
+            (120, 30, 4096)
+        );
+        let dp = Config::parse(
+            &GOOD.replace(
+                "pin_dir",
+                "udp_timeout = 20\nudp_unreplied_timeout = 5\nudp_budget = 100000\npin_dir",
+            ),
+            Path::new("t"),
+        )
+        .expect("valid")
+        .dataplane;
+        assert_eq!(
+            (dp.udp_timeout, dp.udp_unreplied_timeout, dp.udp_budget),
+            (20, 5, 100_000)
+        );
+        // A short udp_timeout alone brings the unreplied default down with it.
+        let dp = Config::parse(
+            &GOOD.replace("pin_dir", "udp_timeout = 10\npin_dir"),
+            Path::new("t"),
+        )
+        .expect("valid")
+        .dataplane;
+        assert_eq!((dp.udp_timeout, dp.udp_unreplied_timeout), (10, 10));
+    }
+
+    #[test]
+    fn udp_timeout_in_range() {
+        for bad in ["0", "86401"] {
+            let e = errors_with(
+                "pin_dir",
+                &format!("udp_timeout = {bad}\nudp_unreplied_timeout = 1\npin_dir"),
+            );
+            assert_one(&e, "dataplane.udp_timeout");
+            assert!(e[0].contains("use 1-86400"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn udp_unreplied_timeout_between_1_and_udp_timeout() {
+        assert_one(
+            &errors_with("pin_dir", "udp_unreplied_timeout = 0\npin_dir"),
+            "dataplane.udp_unreplied_timeout",
+        );
+        let e = errors_with(
+            "pin_dir",
+            "udp_timeout = 60\nudp_unreplied_timeout = 61\npin_dir",
+        );
+        assert_one(&e, "dataplane.udp_unreplied_timeout");
+        assert!(e[0].contains("udp_timeout (60 s)"), "{e:?}");
+    }
+
+    #[test]
+    fn udp_budget_not_zero() {
+        let e = errors_with("pin_dir", "udp_budget = 0\npin_dir");
+        assert_one(&e, "dataplane.udp_budget");
+        assert!(e[0].contains("syslog"), "{e:?}");
     }
 
     #[test]

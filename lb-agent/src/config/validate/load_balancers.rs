@@ -1,5 +1,10 @@
-//! `[[load_balancers]]`: name, VIP (unique, not the SNAT address, not one of its own
-//! origins), pool lists, steering policy and its settings, session affinity.
+//! `[[load_balancers]]`: name, protocol, VIP (address, port and protocol unique, not the
+//! SNAT address, not one of its own origins), pool lists, steering policy and its settings,
+//! session affinity.
+//!
+//! A UDP load balancer may use pools with any monitor: monitors probe origins, not the VIP,
+//! so an http or tcp check of a service that also speaks UDP is a fair health signal.
+//! `udp_icmp` is the natural one (it probes the origin's UDP port itself).
 
 use super::FieldErrors;
 use std::{
@@ -14,11 +19,14 @@ use crate::{
     config::{
         defaults::{DEFAULT_AFFINITY_TTL, MAX_AFFINITY_TTL},
         raw::{RawConfig, RawLoadBalancer},
-        types::{LoadBalancer, SteeringPolicy},
+        types::{LoadBalancer, Protocol, SteeringPolicy},
         units::Weight,
     },
     geo::Region,
 };
+
+/// A VIP as the data path keys it: address, port, protocol.
+type Vip = (Ipv4Addr, u16, Protocol);
 
 /// The fix of a pool list naming no pool.
 const DEFINE_POOL: &str = "define it under [[pools]] or fix the name";
@@ -42,7 +50,7 @@ pub(super) fn validate(
 ) -> Vec<LoadBalancer> {
     let mut lbs = Vec::new();
     let mut names = HashMap::new();
-    let mut vips: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();
+    let mut vips: HashMap<Vip, usize> = HashMap::new();
     for (li, l) in raw.load_balancers.iter().enumerate() {
         if let Some(lb) = load_balancer(li, l, ctx, &mut names, &mut vips, errors) {
             lbs.push(lb);
@@ -64,7 +72,7 @@ fn load_balancer(
     l: &RawLoadBalancer,
     ctx: &Context<'_>,
     names: &mut HashMap<String, usize>,
-    vips: &mut HashMap<(Ipv4Addr, u16), usize>,
+    vips: &mut HashMap<Vip, usize>,
     errors: &mut FieldErrors,
 ) -> Option<LoadBalancer> {
     let f = format!("load_balancers[{li}]");
@@ -83,16 +91,19 @@ fn load_balancer(
     }
     let address = ipv4(&l.address, &format!("{f}.address"), errors);
     let vport = port(l.port, &format!("{f}.port"), errors);
+    let protocol = protocol(&f, &l.protocol, errors);
     let origin_port = match l.origin_port {
         Some(p) => port(p, &format!("{f}.origin_port"), errors),
         None => vport,
     };
     if let (Some(a), Some(p)) = (address, vport) {
-        if let Some(first) = vips.insert((a, p), li) {
+        // An unknown protocol has its own error; checked as the default meanwhile.
+        let proto = protocol.unwrap_or_default();
+        if let Some(first) = vips.insert((a, p, proto), li) {
             errors.conflict(
                 &f,
-                format!("{a}:{p} is already the VIP of load_balancers[{first}]"),
-                "each address:port can serve one load balancer",
+                format!("{proto} {a}:{p} is already the VIP of load_balancers[{first}]"),
+                "each address, port and protocol can serve one load balancer (a tcp and a udp one may share an address and port)",
             );
         }
         if ctx
@@ -138,6 +149,7 @@ fn load_balancer(
         description: l.description.clone(),
         address: address?,
         port: vport?,
+        protocol: protocol?,
         origin_port: origin_port?,
         default_pools: l.default_pools.clone(),
         fallback_pool,
@@ -183,6 +195,18 @@ fn default_and_fallback_pools(
             );
         }
     }
+}
+
+fn protocol(f: &str, protocol: &str, errors: &mut FieldErrors) -> Option<Protocol> {
+    let p = Protocol::parse(protocol);
+    if p.is_none() {
+        errors.invalid(
+            format!("{f}.protocol"),
+            format!("unknown protocol \"{protocol}\""),
+            "use \"tcp\" (the default) or \"udp\" (lowercase)",
+        );
+    }
+    p
 }
 
 fn steering_policy(f: &str, policy: &str, errors: &mut FieldErrors) -> Option<SteeringPolicy> {
@@ -360,17 +384,17 @@ fn session_affinity(f: &str, l: &RawLoadBalancer, errors: &mut FieldErrors) -> O
     affinity_ttl
 }
 
-/// A VIP that is also an origin's address and port would send the load balancer's own
-/// forwarded packets back into itself. An origin without a `port` is reached on the
-/// `origin_port` of each load balancer that uses its pool.
-fn vip_is_not_an_origin(
-    raw: &RawConfig,
-    vips: &HashMap<(Ipv4Addr, u16), usize>,
-    errors: &mut FieldErrors,
-) {
-    let mut ports_of_pool: HashMap<&str, HashSet<u32>> = HashMap::new();
+/// A VIP that is also an origin's address, port and protocol would send the load balancer's
+/// own forwarded packets back into itself. An origin is reached with the protocol of each
+/// load balancer that uses its pool, and an origin without a `port` on that load balancer's
+/// `origin_port`. A TCP VIP on a UDP origin's address and port (or the other way round) is
+/// another socket.
+fn vip_is_not_an_origin(raw: &RawConfig, vips: &HashMap<Vip, usize>, errors: &mut FieldErrors) {
+    // Pool -> (origin port, protocol) of each load balancer that uses it.
+    let mut users_of_pool: HashMap<&str, HashSet<(u32, Protocol)>> = HashMap::new();
     for l in &raw.load_balancers {
         let origin_port = l.origin_port.unwrap_or(l.port);
+        let proto = Protocol::parse(&l.protocol).unwrap_or_default();
         let used = l
             .default_pools
             .iter()
@@ -379,36 +403,38 @@ fn vip_is_not_an_origin(
             .chain(l.country_pools.values().flatten())
             .chain(l.pop_pools.values().flatten());
         for name in used {
-            ports_of_pool
+            users_of_pool
                 .entry(name.as_str())
                 .or_default()
-                .insert(origin_port);
+                .insert((origin_port, proto));
         }
     }
     let mut found: Vec<(usize, String, String)> = Vec::new();
     let fix = "a VIP cannot be one of the origins it forwards to: give the load balancer another address or port, or fix the origin";
     for (pi, p) in raw.pools.iter().enumerate() {
+        let users = users_of_pool.get(p.name.as_str());
         for (oi, o) in p.origins.iter().enumerate() {
             let Ok(address) = o.address.parse::<Ipv4Addr>() else {
                 continue;
             };
-            let ports: Vec<u32> = match o.port {
-                Some(port) => vec![port],
-                None => ports_of_pool
-                    .get(p.name.as_str())
-                    .map(|s| s.iter().copied().collect())
-                    .unwrap_or_default(),
+            let targets: HashSet<(u32, Protocol)> = match (o.port, users) {
+                (Some(port), Some(users)) => {
+                    users.iter().map(|(_, proto)| (port, *proto)).collect()
+                }
+                // A pool nobody uses yet: its origin's own port, as TCP.
+                (Some(port), None) => HashSet::from([(port, Protocol::Tcp)]),
+                (None, users) => users.cloned().unwrap_or_default(),
             };
-            for port in ports {
+            for (port, proto) in targets {
                 let Ok(port) = u16::try_from(port) else {
                     continue;
                 };
-                if let Some(&li) = vips.get(&(address, port)) {
+                if let Some(&li) = vips.get(&(address, port, proto)) {
                     found.push((
                         li,
                         format!("load_balancers[{li}].address"),
                         format!(
-                            "{address} with port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\")",
+                            "{address} with {proto} port {port} is also the address and port of pools[{pi}].origins[{oi}] (origin \"{}\" of pool \"{}\")",
                             o.name, p.name
                         ),
                     ));
@@ -426,7 +452,7 @@ fn vip_is_not_an_origin(
 #[cfg(test)]
 mod tests {
     use crate::config::testing::*;
-    use crate::config::Config;
+    use crate::config::{Config, Protocol};
     use std::path::Path;
 
     #[test]
@@ -468,6 +494,72 @@ mod tests {
     fn vip_address_port_unique() {
         let text = format!("{GOOD}\n[[load_balancers]]\nname = \"two\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n");
         assert_one(&errors_of(&text), "load_balancers[1]");
+    }
+
+    #[test]
+    fn protocol_defaults_to_tcp_and_takes_udp() {
+        let c = Config::parse(GOOD, Path::new("t")).expect("valid");
+        assert_eq!(c.load_balancers[0].protocol, Protocol::Tcp);
+        let c = Config::parse(
+            &GOOD.replacen("port = 80\n", "port = 80\nprotocol = \"udp\"\n", 1),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert_eq!(c.load_balancers[0].protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn protocol_must_be_tcp_or_udp() {
+        for bad in ["UDP", "sctp", ""] {
+            let e = errors_with("port = 80\n", &format!("port = 80\nprotocol = \"{bad}\"\n"));
+            assert_one(&e, "load_balancers[0].protocol");
+            assert!(e[0].contains("\"udp\""), "the fix names the choices: {e:?}");
+        }
+    }
+
+    #[test]
+    fn vip_address_port_and_protocol_unique() {
+        // The same address and port with the other protocol is another VIP.
+        let two = |proto: &str| {
+            format!("{GOOD}\n[[load_balancers]]\nname = \"two\"\naddress = \"10.0.0.10\"\nport = 80\nprotocol = \"{proto}\"\ndefault_pools = [\"web\"]\n")
+        };
+        Config::parse(&two("udp"), Path::new("t")).expect("tcp and udp on 10.0.0.10:80");
+        let e = errors_of(&two("tcp"));
+        assert_one(&e, "load_balancers[1]");
+        assert!(e[0].contains("tcp 10.0.0.10:80"), "{e:?}");
+        let both_udp = two("udp").replacen("port = 80\n", "port = 80\nprotocol = \"udp\"\n", 1);
+        let e = errors_of(&both_udp);
+        assert_one(&e, "load_balancers[1]");
+        assert!(e[0].contains("udp 10.0.0.10:80"), "{e:?}");
+    }
+
+    #[test]
+    fn vip_is_not_an_origin_of_its_own_protocol() {
+        // Origin b has no port: www reaches it on 80 with www's protocol. A UDP VIP on its
+        // address and port loops; a TCP VIP there does not (another socket).
+        let text = GOOD.replacen("\"10.0.3.2\"", "\"10.0.0.10\"", 1);
+        let udp = text.replacen("port = 80\n", "port = 80\nprotocol = \"udp\"\n", 1);
+        let e = errors_of(&udp);
+        assert_one(&e, "load_balancers[0].address");
+        assert!(e[0].contains("udp port 80"), "{e:?}");
+        let other = format!("{text}\n[[load_balancers]]\nname = \"dns\"\naddress = \"10.0.0.10\"\nport = 80\nprotocol = \"udp\"\norigin_port = 53\ndefault_pools = [\"web\"]\n");
+        let e = errors_of(&other);
+        assert_one(&e, "load_balancers[0].address");
+        assert!(e[0].contains("tcp port 80"), "only www loops: {e:?}");
+        // A UDP VIP on an origin's address and port that only TCP load balancers use is
+        // another socket.
+        let fine = format!("{GOOD}\n[[pools]]\nname = \"dns\"\norigins = [{{ name = \"c\", address = \"10.0.4.2\" }}]\n\n[[load_balancers]]\nname = \"dns\"\naddress = \"10.0.2.2\"\nport = 8080\nprotocol = \"udp\"\ndefault_pools = [\"dns\"]\n");
+        Config::parse(&fine, Path::new("t")).expect("udp 10.0.2.2:8080 is not tcp 10.0.2.2:8080");
+    }
+
+    #[test]
+    fn a_udp_load_balancer_may_use_any_monitor() {
+        for kind in ["http", "https", "tcp", "smtp", "udp_icmp", "icmp_ping"] {
+            let text = with_monitor(&format!("type = \"{kind}\""))
+                .replacen("name = \"web\"\n", "name = \"web\"\nmonitor = \"m\"\n", 1)
+                .replacen("port = 80\n", "port = 80\nprotocol = \"udp\"\n", 1);
+            Config::parse(&text, Path::new("t")).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        }
     }
 
     #[test]

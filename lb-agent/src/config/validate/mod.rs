@@ -168,7 +168,7 @@ fn port(p: u32, field: &str, errors: &mut FieldErrors) -> Option<u16> {
     match u16::try_from(p) {
         Ok(p) if p != 0 => Some(p),
         _ => {
-            errors.invalid(field, format!("{p} is not a TCP port"), "use 1-65535");
+            errors.invalid(field, format!("{p} is not a port"), "use 1-65535");
             None
         }
     }
