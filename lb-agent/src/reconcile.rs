@@ -1711,6 +1711,65 @@ default_pools = ["a", "b"]
     }
 
     #[test]
+    fn a_protocol_change_removes_the_old_vip_and_writes_the_new_one() {
+        let c = cfg(CFG);
+        let h = all_up(&c);
+        let mut r = rec();
+        r.apply(&c, &h).expect("apply");
+        let addr = Ipv4Addr::new(10, 0, 0, 10);
+        let tcp = vip_key(addr, 80);
+        let udp = plan::vip_key_of(addr, 80, lb_common::IPPROTO_UDP);
+        let marker = vip_addr_marker(tcp.addr);
+        assert!(r.maps.vips.contains_key(&tcp) && !r.maps.vips.contains_key(&udp));
+        let ring = r.maps.vips[&tcp].ring_id;
+        let udp_cfg = cfg(&CFG.replacen("port = 80\n", "port = 80\nprotocol = \"udp\"\n", 1));
+        let rep = r.apply(&udp_cfg, &h).expect("reload as udp");
+        assert!(!rep.patched, "another VIPS key: planned whole");
+        assert_eq!((rep.vips_written, rep.vips_removed), (1, 1), "{rep:?}");
+        assert!(!r.maps.vips.contains_key(&tcp), "the tcp entry is gone");
+        assert_eq!(
+            r.maps.vips[&udp].ring_id, ring,
+            "the same ring, now for udp"
+        );
+        assert_eq!(
+            r.maps.vips[&marker].vip_id,
+            u32::MAX,
+            "the address marker (proto tcp, port 0) stays for a udp VIP"
+        );
+        assert_eq!(
+            rep.origins_written + rep.rings_rebuilt,
+            0,
+            "origins and rings stand"
+        );
+        // And a tcp and a udp load balancer on the same address and port: two VIPs, two
+        // ids, one marker.
+        let both = cfg(&format!(
+            "{CFG}\n[[load_balancers]]\nname = \"x-udp\"\naddress = \"10.0.0.10\"\nport = 80\nprotocol = \"udp\"\ndefault_pools = [\"b\"]\n"
+        ));
+        r.apply(&both, &all_up(&both)).expect("tcp and udp");
+        assert_eq!(r.maps.vips.len(), 3, "{:?}", r.maps.vips);
+        assert_ne!(r.maps.vips[&tcp].vip_id, r.maps.vips[&udp].vip_id);
+        assert_eq!(r.maps.vips[&udp].ring_id, r.assignment.rings[&key("b")]);
+        assert_eq!(r.maps.vips[&tcp].ring_id, r.assignment.rings[&key("a")]);
+    }
+
+    #[test]
+    fn udp_settings_come_from_the_config() {
+        let c = cfg(&CFG.replacen(
+            "[dataplane]\n",
+            "[dataplane]\nudp_timeout = 60\nudp_unreplied_timeout = 7\nudp_budget = 9000\n",
+            1,
+        ));
+        let mut r = rec();
+        r.apply(&c, &all_up(&c)).expect("apply");
+        let s = r.maps.settings.expect("settings");
+        assert_eq!(
+            (s.udp_secs, s.udp_unreplied_secs, s.udp_budget),
+            (60, 7, 9000)
+        );
+    }
+
+    #[test]
     fn reapplying_the_same_plan_writes_nothing_and_builds_no_ring() {
         let c = cfg(CFG);
         let h = all_up(&c);
@@ -1933,6 +1992,8 @@ mod patch_tests {
         random_weight: f64,
         /// A structural change: load balancer 0 tries its pools in the other order.
         swapped: bool,
+        /// Another structural change: load balancer 5 is a udp one (another VIPS key).
+        udp: bool,
     }
 
     /// Pools of 3 origins (`p7` shares an address with `p0`; `p5` uses hash steering),
@@ -1986,6 +2047,9 @@ mod patch_tests {
                 "[[load_balancers]]\nname = \"lb{i}\"\naddress = \"10.0.0.{}\"\nport = 80\n{body}",
                 10 + i
             );
+            if i == 5 && k.udp {
+                c.push_str("protocol = \"udp\"\n");
+            }
             if i == 1 {
                 let _ = writeln!(
                     c,
@@ -2028,6 +2092,7 @@ mod patch_tests {
             minimum: vec![1; POOLS],
             random_weight: 0.75,
             swapped: false,
+            udp: false,
         };
         let mut cfg = Config::parse(&text(&k), Path::new("t")).expect("valid config");
         let targets: Vec<Target> = crate::health::targets(&cfg).into_keys().collect();
@@ -2039,7 +2104,7 @@ mod patch_tests {
         );
         let mut patched = 0;
         for step in 0..400 {
-            match rng.u8(0..11) {
+            match rng.u8(0..12) {
                 // A target goes up or down, or only its RTT moves.
                 0..=4 => {
                     let t = &targets[rng.usize(..targets.len())];
@@ -2064,6 +2129,7 @@ mod patch_tests {
                     k.random_weight = [0.0, 0.25, 0.75][rng.usize(..3)];
                 }
                 9 => k.swapped = !k.swapped,
+                10 => k.udp = !k.udp,
                 _ => {
                     patching.next_hops_changed().expect("next hops");
                     whole.next_hops_changed().expect("next hops");
@@ -2093,6 +2159,7 @@ mod patch_tests {
             minimum: vec![1; POOLS],
             random_weight: 0.75,
             swapped: false,
+            udp: false,
         };
         let cfg = Config::parse(&text(&k), Path::new("t")).expect("valid config");
         let targets = crate::health::targets(&cfg);
