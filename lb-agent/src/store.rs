@@ -1539,6 +1539,117 @@ default_pools = ["web", "spare"]
     }
 
     #[test]
+    fn a_load_balancers_protocol_is_created_patched_replaced_and_stored() {
+        let s = seeded();
+        let web = s.pools[0].id.clone();
+        let www = s.load_balancers[0].id.clone();
+        assert_eq!(
+            s.get(Kind::LoadBalancer, &www).expect("www")["protocol"],
+            json!("tcp"),
+            "the default is shown"
+        );
+        let (s, d) = s
+            .mutate(
+                Op::Create(
+                    Kind::LoadBalancer,
+                    json!({"name": "dns", "address": "10.0.0.10", "port": 53, "protocol": "udp", "default_pools": [web]}),
+                ),
+                T0,
+            )
+            .expect("create");
+        let dns = d.id;
+        assert_eq!(
+            s.get(Kind::LoadBalancer, &dns).expect("dns")["protocol"],
+            json!("udp")
+        );
+        let c = valid(&s, FILE);
+        assert_eq!(c.load_balancers[1].protocol, crate::config::Protocol::Udp);
+        // PATCH merges: the protocol stays unless sent.
+        let (s, _) = s
+            .mutate(
+                Op::Patch(Kind::LoadBalancer, dns.clone(), json!({"description": "x"})),
+                T1,
+            )
+            .expect("patch");
+        assert_eq!(
+            s.get(Kind::LoadBalancer, &dns).expect("dns")["protocol"],
+            json!("udp")
+        );
+        let (s, _) = s
+            .mutate(
+                Op::Patch(
+                    Kind::LoadBalancer,
+                    www.clone(),
+                    json!({"protocol": "udp", "port": 53}),
+                ),
+                T1,
+            )
+            .expect("patch www to udp");
+        // Now www and dns are both udp 10.0.0.10:53: the config refuses it.
+        let errors =
+            crate::config::Config::from_raw(s.to_raw(&file(FILE)), Path::new("t.toml"), None)
+                .expect_err("two udp VIPs on 10.0.0.10:53");
+        assert!(errors.to_string().contains("udp 10.0.0.10:53"), "{errors}");
+        // PUT replaces: a body without the protocol is tcp again.
+        let (s, _) = s
+            .mutate(
+                Op::Replace(
+                    Kind::LoadBalancer,
+                    www.clone(),
+                    json!({"name": "www", "address": "10.0.0.10", "port": 53, "default_pools": [web]}),
+                ),
+                T1,
+            )
+            .expect("put");
+        assert_eq!(
+            s.get(Kind::LoadBalancer, &www).expect("www")["protocol"],
+            json!("tcp")
+        );
+        let c = valid(&s, FILE);
+        assert_eq!(
+            c.load_balancers
+                .iter()
+                .map(|l| l.protocol.as_str())
+                .collect::<Vec<_>>(),
+            ["tcp", "udp"],
+            "tcp and udp on 10.0.0.10:53"
+        );
+        // The state file keeps it.
+        let dir =
+            std::env::temp_dir().join(format!("lb-store-{}-{}", std::process::id(), new_id()));
+        let path = dir.join("state.json");
+        s.save(&path).expect("save");
+        let back = Store::load(&path).expect("load").expect("there");
+        assert_eq!(back.load_balancers, s.load_balancers);
+        assert_eq!(
+            back.load_balancer(&dns).expect("dns").object.protocol,
+            "udp"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        // A wrong type is refused at once; a wrong value by validation, naming the field.
+        let r = rejection(s.mutate(
+            Op::Patch(Kind::LoadBalancer, dns.clone(), json!({"protocol": 17})),
+            T1,
+        ));
+        assert_eq!(r.reason, Reason::BadBody);
+        assert!(r.errors[0].to_string().starts_with("protocol: "), "{r:?}");
+        let (bad, _) = s
+            .mutate(
+                Op::Patch(Kind::LoadBalancer, dns, json!({"protocol": "sctp"})),
+                T1,
+            )
+            .expect("a string");
+        let errors = crate::config::validate(bad.to_raw(&file(FILE))).expect_err("sctp");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with("load_balancers[1].protocol: unknown protocol \"sctp\""),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_with_microseconds() {
         let t = std::time::SystemTime::UNIX_EPOCH
             + std::time::Duration::from_micros(1_764_100_862_123_456);

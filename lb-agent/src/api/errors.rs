@@ -175,6 +175,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_protocol_is_refused_naming_the_field_of_the_body() {
+        let text = "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n\n[[pools]]\nname = \"web\"\norigins = [{ name = \"a\", address = \"10.0.2.2\" }]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n";
+        let raw = RawConfig::parse(text, std::path::Path::new("t.toml")).expect("parses");
+        let mut s = Store::default();
+        s.merge_file(&raw, "2026-11-25T20:00:00.000000Z");
+        let www = s.load_balancers[0].id.clone();
+        let bad = RawConfig::parse(
+            &text.replace("port = 80\n", "port = 80\nprotocol = \"quic\"\n"),
+            std::path::Path::new("t.toml"),
+        )
+        .expect("parses");
+        let errors = crate::config::validate(bad).expect_err("quic");
+        let r: Rejection = Refusal::invalid(Kind::LoadBalancer, www, s, errors).into();
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.errors,
+            [(
+                code::INVALID,
+                "protocol: unknown protocol \"quic\"; use \"tcp\" (the default) or \"udp\" (lowercase)"
+                    .to_owned()
+            )]
+        );
+    }
+
+    #[test]
     fn each_reason_has_its_status_and_code() {
         for (reason, want) in [
             (Reason::BadBody, (400, code::BAD_BODY)),

@@ -97,14 +97,15 @@ fn load_balancer(
         None => vport,
     };
     if let (Some(a), Some(p)) = (address, vport) {
-        // An unknown protocol has its own error; checked as the default meanwhile.
-        let proto = protocol.unwrap_or_default();
-        if let Some(first) = vips.insert((a, p, proto), li) {
-            errors.conflict(
-                &f,
-                format!("{proto} {a}:{p} is already the VIP of load_balancers[{first}]"),
-                "each address, port and protocol can serve one load balancer (a tcp and a udp one may share an address and port)",
-            );
+        // An unknown protocol has its own error and no VIP to conflict with.
+        if let Some(proto) = protocol {
+            if let Some(first) = vips.insert((a, p, proto), li) {
+                errors.conflict(
+                    &f,
+                    format!("{proto} {a}:{p} is already the VIP of load_balancers[{first}]"),
+                    "each address, port and protocol can serve one load balancer (a tcp and a udp one may share an address and port)",
+                );
+            }
         }
         if ctx
             .snat_address
