@@ -1134,6 +1134,7 @@ fallback_pool = "b"
 name = "off"
 address = "10.0.0.11"
 port = 80
+protocol = "udp"
 default_pools = ["b"]
 enabled = false
 "#;
@@ -1256,6 +1257,17 @@ enabled = false
             "disabled: no pool"
         );
         assert_eq!(s.load_balancers[0].vip, "10.0.0.10:80");
+        assert_eq!(
+            (
+                s.load_balancers[0].protocol.as_str(),
+                s.load_balancers[1].protocol.as_str()
+            ),
+            ("tcp", "udp")
+        );
+        assert!(
+            s.to_string().contains("udp 10.0.0.11:80"),
+            "the text shows the protocol with the VIP:\n{s}"
+        );
         assert_eq!(s.load_balancers[0].steering_policy, "off");
         assert_eq!(s.origins.len(), 3);
         let a2 = &s.origins[1];

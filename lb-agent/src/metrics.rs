@@ -8,7 +8,7 @@
 //!
 //! | family | type | labels | from |
 //! | --- | --- | --- | --- |
-//! | `lb_vip_{packets,bytes,new_flows,reply_packets,reply_bytes}_total` | counter | load_balancer, vip | `Stats` |
+//! | `lb_vip_{packets,bytes,new_flows,reply_packets,reply_bytes}_total` | counter | load_balancer, vip, protocol | `Stats` |
 //! | `lb_load_balancer_active_pool` | gauge (1) | load_balancer, pool | `Status` |
 //! | `lb_load_balancer_fallback` | gauge 0/1 | load_balancer | `Status` |
 //! | `lb_origin_{packets,bytes,new_flows,reply_packets,reply_bytes}_total` | counter | load_balancer, pool, origin, address | `Stats` |
@@ -18,7 +18,9 @@
 //! | `lb_origin_probe_rtt_seconds` | histogram | pool, origin | [`RttHistograms`] |
 //! | `lb_dataplane_events_total` | counter | event | `Stats::events` |
 //! | `lb_flow_table_entries`, `lb_flow_table_capacity` | gauge | - | [`FlowTableFill`] |
+//! | `lb_flows` | gauge | protocol (tcp, udp), state (tcp: handshake, established, half_closed, closed, expired; udp: answered, unanswered, expired) | [`FlowTableFill`] |
 //! | `lb_handshakes_in_flight`, `lb_syn_cookies_active`, `lb_syn_budget` | gauge | - | `Stats::syn_flood` |
+//! | `lb_udp_unanswered_new_flows`, `lb_udp_budget` | gauge | - | `Stats::udp_budget` |
 //! | `lb_notifications_total` | counter | result (sent, failed, dropped, retried) | notifier |
 //!
 //! Choices worth knowing when writing queries:
@@ -129,6 +131,8 @@ impl RttHistograms {
 pub struct FlowTableFill {
     pub entries: u64,
     pub capacity: u64,
+    /// The flows by protocol and state (`None`: not read).
+    pub states: Option<crate::stats::FlowStates>,
 }
 
 /// Everything `GET /metrics` shows. `None` leaves the families of that input out (no data
@@ -355,7 +359,14 @@ impl Families {
                         v.reply_packets,
                         v.reply_bytes,
                     ];
-                    (l([("load_balancer", &v.name), ("vip", &vip)]), c[i])
+                    (
+                        l([
+                            ("load_balancer", &v.name),
+                            ("vip", &vip),
+                            ("protocol", &v.protocol),
+                        ]),
+                        c[i],
+                    )
                 }),
             );
         }
@@ -508,6 +519,17 @@ impl Families {
             "1 while SYNs are being answered with SYN cookies (one sent in the last 2 s).",
             [(vec![], sf.cookies_active.into())],
         );
+        let ub = &stats.udp_budget;
+        self.gauge(
+            "lb_udp_unanswered_new_flows",
+            "New UDP flows of the last 16 s their origin has not answered (the UDP budget's count).",
+            [(vec![], Val::U(ub.unanswered_new_flows))],
+        );
+        self.gauge(
+            "lb_udp_budget",
+            "Unanswered new UDP flows above which datagrams that would make a new flow are dropped.",
+            [(vec![], Val::U(u64::from(ub.udp_budget)))],
+        );
         if let Some(b) = sf.syn_budget {
             self.gauge(
                 "lb_syn_budget",
@@ -529,6 +551,16 @@ impl Families {
             "Entries the flow table can hold.",
             [(vec![], Val::U(f.capacity))],
         );
+        if let Some(states) = f.states {
+            self.gauge(
+                "lb_flows",
+                "Flows in the tables by protocol and state; udp flows are answered (the origin replied) or unanswered; expired ones wait to be replaced.",
+                states
+                    .rows()
+                    .into_iter()
+                    .map(|(p, st, n)| (l([("protocol", p), ("state", st)]), Val::U(n))),
+            );
+        }
     }
 
     /// `lb_notifications_total`: sent, failed, dropped, retried.
@@ -656,6 +688,7 @@ mod tests {
             name: name.into(),
             address: addr.into(),
             port,
+            protocol: if name == "api" { "udp" } else { "tcp" }.into(),
             vip_id: 0,
             pool: "web".into(),
             packets: n,
@@ -703,6 +736,11 @@ mod tests {
                 syn_budget: Some(1024),
                 cookies_active: true,
             },
+            udp_budget: crate::stats::UdpBudget {
+                unanswered_new_flows: 12,
+                udp_budget: 4096,
+            },
+            flows: None,
         }
     }
 
@@ -728,6 +766,12 @@ mod tests {
             flow_table: Some(FlowTableFill {
                 entries: 1234,
                 capacity: 65536,
+                states: Some(crate::stats::FlowStates {
+                    tcp_established: 1200,
+                    udp_answered: 30,
+                    udp_unanswered: 4,
+                    ..crate::stats::FlowStates::default()
+                }),
             }),
             notifications: Some([5, 1, 2, 3]),
         })
@@ -783,8 +827,11 @@ mod tests {
             "lb_handshakes_in_flight",
             "lb_syn_cookies_active",
             "lb_syn_budget",
+            "lb_udp_unanswered_new_flows",
+            "lb_udp_budget",
             "lb_flow_table_entries",
             "lb_flow_table_capacity",
+            "lb_flows",
             "lb_notifications_total",
         ]
         .into_iter()
@@ -835,12 +882,20 @@ mod tests {
     #[test]
     fn per_load_balancer_and_per_origin_values() {
         let p = parse(&full_text()).expect("parses");
-        let www = [("load_balancer", "www"), ("vip", "192.0.2.1:80")];
+        let www = [
+            ("load_balancer", "www"),
+            ("vip", "192.0.2.1:80"),
+            ("protocol", "tcp"),
+        ];
         assert_eq!(value(&p, "lb_vip_packets_total", &www), 1000.0);
         assert_eq!(value(&p, "lb_vip_bytes_total", &www), 64000.0);
         assert_eq!(value(&p, "lb_vip_new_flows_total", &www), 250.0);
         assert_eq!(value(&p, "lb_vip_reply_packets_total", &www), 1001.0);
-        let api = [("load_balancer", "api"), ("vip", "192.0.2.2:443")];
+        let api = [
+            ("load_balancer", "api"),
+            ("vip", "192.0.2.2:443"),
+            ("protocol", "udp"),
+        ];
         assert_eq!(value(&p, "lb_vip_reply_bytes_total", &api), 6400.0);
 
         let lbp = |lb, pool| [("load_balancer", lb), ("pool", pool)];
@@ -930,6 +985,10 @@ mod tests {
         assert_eq!(value(&p, "lb_syn_cookies_active", &[]), 1.0);
         assert_eq!(value(&p, "lb_syn_budget", &[]), 1024.0);
         assert_eq!(value(&p, "lb_flow_table_capacity", &[]), 65536.0);
+        let flows = |p_: &str, st: &str| value(&p, "lb_flows", &[("protocol", p_), ("state", st)]);
+        assert_eq!(flows("tcp", "established"), 1200.0);
+        assert_eq!(flows("udp", "answered"), 30.0);
+        assert_eq!(flows("udp", "expired"), 0.0, "every state has a series");
         let n = |r| value(&p, "lb_notifications_total", &[("result", r)]);
         assert_eq!(
             [n("sent"), n("failed"), n("dropped"), n("retried")],
@@ -1029,7 +1088,8 @@ mod tests {
             "lb_origin_probe_rtt_seconds_bucket{pool=\"web\",origin=\"a\",le=\"10\"} 4\n",
             "lb_origin_probe_rtt_seconds_bucket{pool=\"web\",origin=\"a\",le=\"+Inf\"} 4\n",
             "lb_origin_weight{pool=\"web\",origin=\"b\",address=\"10.0.0.2\"} 0.5\n",
-            "lb_vip_packets_total{load_balancer=\"www\",vip=\"192.0.2.1:80\"} 1000\n",
+            "lb_vip_packets_total{load_balancer=\"www\",vip=\"192.0.2.1:80\",protocol=\"tcp\"} 1000\n",
+            "lb_flows{protocol=\"udp\",state=\"unanswered\"} 4\n",
             "# TYPE lb_vip_packets_total counter\n",
         ] {
             assert!(text.contains(want), "{want:?} in\n{text}");
@@ -1081,7 +1141,8 @@ mod tests {
                     && !name.ends_with("_total")
                     && name != "lb_origin_open_flows"
                     && name != "lb_origin_probe_rtt_seconds"
-                    && !name.starts_with("lb_flow_table"),
+                    && !name.starts_with("lb_flow_table")
+                    && name != "lb_flows",
                 "{name} without its input"
             );
         }

@@ -130,6 +130,15 @@ pub struct OriginPlan {
     pub weight: f64,
 }
 
+/// `tcp` or `udp` for an IP protocol number of a `VipKey` (the data path knows no other).
+pub fn protocol_name(proto: u8) -> &'static str {
+    if proto == lb_common::IPPROTO_UDP {
+        Protocol::Udp.as_str()
+    } else {
+        Protocol::Tcp.as_str()
+    }
+}
+
 /// The `VIPS` key of a TCP VIP.
 pub fn vip_key(addr: Ipv4Addr, port: u16) -> VipKey {
     vip_key_of(addr, port, IPPROTO_TCP)

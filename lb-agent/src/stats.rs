@@ -17,6 +17,88 @@ pub struct Stats {
     pub vips: Vec<VipStats>,
     pub events: std::collections::BTreeMap<String, u64>,
     pub syn_flood: SynFlood,
+    pub udp_budget: UdpBudget,
+    /// Flows by protocol and state (`lb-agent stats` only: walking the table is not for
+    /// every second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flows: Option<FlowStates>,
+}
+
+/// The flows the tables hold, by protocol and state, from `REV_FLOWS` (one entry per flow,
+/// with its state bits). A flow idle past its state's timeout is dead but stays in the
+/// tables until its tuple or SNAT port is met again: it counts as expired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FlowStates {
+    /// TCP: handshake not finished (SYN seen, not established).
+    pub tcp_handshake: u64,
+    pub tcp_established: u64,
+    /// TCP: a FIN from one side only.
+    pub tcp_half_closed: u64,
+    /// TCP: FINs from both sides, or a RST (kept to hold the SNAT port).
+    pub tcp_closed: u64,
+    pub tcp_expired: u64,
+    /// UDP: the origin has answered.
+    pub udp_answered: u64,
+    /// UDP: the origin has not answered (yet, or ever: one-way traffic, spoofed sources).
+    pub udp_unanswered: u64,
+    pub udp_expired: u64,
+}
+
+impl FlowStates {
+    /// Counts flow `r` as of coarse monotonic second `now` under `settings`' timeouts.
+    pub fn add(&mut self, r: &lb_common::RevFlow, settings: &lb_common::Settings, now: u32) {
+        use lb_common::{RevFlow, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_UDP};
+        let f = r.flags;
+        let expired = now.wrapping_sub(r.last_seen) > RevFlow::timeout(f, settings);
+        let n = if f & CT_UDP != 0 {
+            if expired {
+                &mut self.udp_expired
+            } else if f & CT_ESTABLISHED != 0 {
+                &mut self.udp_answered
+            } else {
+                &mut self.udp_unanswered
+            }
+        } else if expired {
+            &mut self.tcp_expired
+        } else if RevFlow::closed(f) {
+            &mut self.tcp_closed
+        } else if f & (CT_FIN_CLIENT | CT_FIN_ORIGIN) != 0 {
+            &mut self.tcp_half_closed
+        } else if f & CT_ESTABLISHED != 0 {
+            &mut self.tcp_established
+        } else {
+            &mut self.tcp_handshake
+        };
+        *n += 1;
+    }
+
+    /// (protocol, state, flows) for each state, TCP's first.
+    pub fn rows(&self) -> [(&'static str, &'static str, u64); 8] {
+        [
+            ("tcp", "handshake", self.tcp_handshake),
+            ("tcp", "established", self.tcp_established),
+            ("tcp", "half_closed", self.tcp_half_closed),
+            ("tcp", "closed", self.tcp_closed),
+            ("tcp", "expired", self.tcp_expired),
+            ("udp", "answered", self.udp_answered),
+            ("udp", "unanswered", self.udp_unanswered),
+            ("udp", "expired", self.udp_expired),
+        ]
+    }
+
+    /// Walks `REV_FLOWS` (at most `limit` entries) with the data path's settings.
+    pub fn read(maps: &Maps, limit: usize) -> Result<Self, DataplaneError> {
+        let settings = maps
+            .settings
+            .get(&0, 0)
+            .map_err(crate::dataplane::map_err("SETTINGS"))?;
+        let now = coarse_now();
+        let mut out = Self::default();
+        for (_, r) in maps.rev_flows.iter().take(limit).flatten() {
+            out.add(&r, &settings, now);
+        }
+        Ok(out)
+    }
 }
 
 /// The SYN-flood defence as the data path sees it (`HANDSHAKES`, `SETTINGS`).
@@ -47,6 +129,30 @@ impl SynFlood {
     }
 }
 
+/// The UDP budget as the data path sees it (`UDP_PENDING`, `SETTINGS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UdpBudget {
+    /// New UDP flows of the last `HANDSHAKE_BUCKETS` seconds their origin has not answered.
+    pub unanswered_new_flows: u64,
+    /// Above this, datagrams that would make a new flow are dropped (`drop_udp_budget`).
+    pub udp_budget: u32,
+}
+
+impl UdpBudget {
+    /// Reads `p` at coarse monotonic second `now`, as the data path would.
+    pub fn from_maps(p: &lb_common::Handshakes, settings: &lb_common::Settings, now: u32) -> Self {
+        let (started, done) = p
+            .buckets
+            .iter()
+            .filter(|b| now.wrapping_sub(b.sec) < lb_common::HANDSHAKE_BUCKETS)
+            .fold((0u64, 0u64), |(s, d), b| (s + b.started, d + b.done));
+        Self {
+            unanswered_new_flows: started.saturating_sub(done),
+            udp_budget: settings.udp_budget,
+        }
+    }
+}
+
 /// Whole seconds of CLOCK_MONOTONIC_COARSE: the clock the data path stamps with
 /// (`bpf_ktime_get_coarse_ns`).
 fn coarse_now() -> u32 {
@@ -70,6 +176,8 @@ pub struct VipStats {
     pub name: String,
     pub address: String,
     pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
     pub vip_id: u32,
     pub pool: String,
     pub packets: u64,
@@ -104,7 +212,12 @@ pub fn collect(cfg: &Config, maps: &Maps) -> Result<Stats, DataplaneError> {
     let want = plan::plan(cfg, &HealthTable::default(), &[]);
     let ids = reconcile::assign(&want, &cur, &reconcile::Assignment::default())
         .map_err(|e| DataplaneError::Host(e.to_string()))?;
-    read(&want, &ids, maps)
+    let mut stats = read(&want, &ids, maps)?;
+    stats.flows = Some(FlowStates::read(
+        maps,
+        cfg.dataplane.flow_table_size as usize,
+    )?);
+    Ok(stats)
 }
 
 /// What the maps hold: their VIPs and present origins.
@@ -181,6 +294,7 @@ pub fn read(plan: &Plan, ids: &Assignment, maps: &Maps) -> Result<Stats, Datapla
             name: v.name.clone(),
             address: v.address.to_string(),
             port: v.port,
+            protocol: plan::protocol_name(v.key.proto).to_owned(),
             vip_id: meta.vip_id,
             pool: pool.unwrap_or_else(|| "-".into()),
             packets: c.packets,
@@ -201,10 +315,16 @@ pub fn read(plan: &Plan, ids: &Assignment, maps: &Maps) -> Result<Stats, Datapla
         (Ok(h), Ok(s)) => SynFlood::from_maps(&h, &s, coarse_now()),
         _ => SynFlood::default(),
     };
+    let udp_budget = match (maps.udp_pending.get(&0, 0), maps.settings.get(&0, 0)) {
+        (Ok(p), Ok(s)) => UdpBudget::from_maps(&p, &s, coarse_now()),
+        _ => UdpBudget::default(),
+    };
     Ok(Stats {
         vips,
         events,
         syn_flood,
+        udp_budget,
+        flows: None,
     })
 }
 
@@ -213,8 +333,8 @@ impl std::fmt::Display for Stats {
         for v in &self.vips {
             writeln!(
                 f,
-                "load balancer {} {}:{} (pool {}): {} new flows, {} packets / {} bytes in, {} packets / {} bytes back",
-                v.name, v.address, v.port, v.pool, v.new_flows, v.packets, v.bytes, v.reply_packets, v.reply_bytes
+                "load balancer {} {} {}:{} (pool {}): {} new flows, {} packets / {} bytes in, {} packets / {} bytes back",
+                v.name, v.protocol, v.address, v.port, v.pool, v.new_flows, v.packets, v.bytes, v.reply_packets, v.reply_bytes
             )?;
             writeln!(
                 f,
@@ -258,6 +378,21 @@ impl std::fmt::Display for Stats {
                 ""
             }
         )?;
+        writeln!(
+            f,
+            "new UDP flows unanswered (last {} s): {} (budget {})",
+            lb_common::HANDSHAKE_BUCKETS,
+            self.udp_budget.unanswered_new_flows,
+            self.udp_budget.udp_budget
+        )?;
+        if let Some(flows) = &self.flows {
+            let rows: Vec<String> = flows
+                .rows()
+                .iter()
+                .map(|(p, s, n)| format!("{p} {s} {n}"))
+                .collect();
+            writeln!(f, "flows: {}", rows.join(", "))?;
+        }
         writeln!(f, "data path events:")?;
         for (k, v) in self.events.iter().filter(|(_, v)| **v > 0) {
             writeln!(f, "  {k:<22} {v}")?;
@@ -268,8 +403,58 @@ impl std::fmt::Display for Stats {
 
 #[cfg(test)]
 mod tests {
-    use super::SynFlood;
-    use lb_common::{HandshakeBucket, Handshakes, Settings};
+    use super::{FlowStates, SynFlood};
+    use lb_common::{
+        HandshakeBucket, Handshakes, RevFlow, Settings, CT_ESTABLISHED, CT_FIN_CLIENT,
+        CT_FIN_ORIGIN, CT_SYNACK, CT_UDP,
+    };
+
+    #[test]
+    fn flows_are_counted_by_protocol_and_state_udp_as_answered_or_not() {
+        let s = Settings {
+            syn_secs: 10,
+            established_secs: 1000,
+            half_closed_secs: 300,
+            reuse_closed_secs: 120,
+            udp_secs: 120,
+            udp_unreplied_secs: 30,
+            ..Settings::default()
+        };
+        let now = 10_000;
+        let mut f = FlowStates::default();
+        for (flags, idle) in [
+            (0, 1),
+            (CT_SYNACK | CT_ESTABLISHED, 500),
+            (CT_ESTABLISHED | CT_FIN_CLIENT, 1),
+            (CT_ESTABLISHED | CT_FIN_CLIENT | CT_FIN_ORIGIN, 1),
+            (0, 11),
+            (CT_UDP | CT_ESTABLISHED, 100),
+            (CT_UDP | CT_ESTABLISHED, 121),
+            (CT_UDP, 29),
+            (CT_UDP, 31),
+        ] {
+            let r = RevFlow {
+                flags,
+                last_seen: now - idle,
+                ..RevFlow::default()
+            };
+            f.add(&r, &s, now);
+        }
+        assert_eq!(
+            f,
+            FlowStates {
+                tcp_handshake: 1,
+                tcp_established: 1,
+                tcp_half_closed: 1,
+                tcp_closed: 1,
+                tcp_expired: 1,
+                udp_answered: 1,
+                udp_unanswered: 1,
+                udp_expired: 2,
+            }
+        );
+        assert_eq!(f.rows()[5], ("udp", "answered", 1));
+    }
 
     #[test]
     fn handshakes_in_flight_count_only_the_syn_window() {

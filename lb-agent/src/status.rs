@@ -92,6 +92,8 @@ pub struct LbStatus {
     pub name: String,
     /// `address:port`.
     pub vip: String,
+    /// `tcp` or `udp` (a status file of an agent before UDP has none: tcp).
+    pub protocol: String,
     /// `steering_policy` as configured ("off", "geo", ...).
     pub steering_policy: String,
     pub active_pool: Option<String>,
@@ -109,6 +111,7 @@ impl Default for LbStatus {
             id: None,
             name: String::new(),
             vip: String::new(),
+            protocol: crate::config::DEFAULT_PROTOCOL.to_owned(),
             steering_policy: String::new(),
             active_pool: None,
             active_pool_id: None,
@@ -235,6 +238,7 @@ impl Status {
                 id: None,
                 name: lb.name.clone(),
                 vip: lb.vip.clone(),
+                protocol: lb.protocol.as_str().to_owned(),
                 steering_policy: lb.steering_policy.as_str().to_owned(),
                 active_pool: lb.choice.as_ref().map(|(p, _)| p.clone()),
                 active_pool_id: None,
@@ -298,15 +302,15 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{:<16} {:<22} {:<16} {:<12}",
+            "{:<16} {:<26} {:<16} {:<12}",
             "load balancer", "vip", "steering", "active pool"
         )?;
         for l in &self.load_balancers {
             writeln!(
                 f,
-                "{:<16} {:<22} {:<16} {:<12} {}",
+                "{:<16} {:<26} {:<16} {:<12} {}",
                 l.name,
-                l.vip,
+                format!("{} {}", l.protocol, l.vip),
                 l.steering_policy,
                 l.active_pool.as_deref().unwrap_or("-"),
                 if l.fallback {
@@ -441,6 +445,7 @@ mod tests {
                 "fallback",
                 "id",
                 "name",
+                "protocol",
                 "steering_policy",
                 "vip"
             ])

@@ -98,6 +98,11 @@ impl Sampler {
                                 FlowTableFill {
                                     entries,
                                     capacity: u64::from(v.cfg.dataplane.flow_table_size),
+                                    states: stats::FlowStates::read(
+                                        m,
+                                        v.cfg.dataplane.flow_table_size as usize,
+                                    )
+                                    .ok(),
                                 },
                             ));
                         }
