@@ -63,17 +63,22 @@ impl Ctx {
                 Self::note_messages(&env);
                 return self.print_json(&env.result);
             }
-            CrudCmd::Create { body } => ("POST", coll.clone(), Some(body.read()?), "created"),
+            CrudCmd::Create { body } => (
+                "POST",
+                coll.clone(),
+                Some(body.read_for(kind == Kind::Lb)?),
+                "created",
+            ),
             CrudCmd::Update { id, body } => (
                 "PUT",
                 object_path(&coll, &self.resolve(kind, id)?),
-                Some(body.read()?),
+                Some(body.read_for(kind == Kind::Lb)?),
                 "replaced",
             ),
             CrudCmd::Patch { id, body } => (
                 "PATCH",
                 object_path(&coll, &self.resolve(kind, id)?),
-                Some(body.read()?),
+                Some(body.read_for(kind == Kind::Lb)?),
                 "updated",
             ),
             CrudCmd::Delete { id } => (

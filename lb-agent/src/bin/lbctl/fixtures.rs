@@ -16,7 +16,7 @@ pub(crate) fn lbs_config() -> Vec<Value> {
         {"id": LB1, "name": "www", "address": "10.0.0.10", "port": 80, "enabled": true,
          "default_pools": [WEB_A, WEB_B], "fallback_pool": SORRY, "steering_policy": "off",
          "session_affinity": "ip", "session_affinity_ttl": 300},
-        {"id": LB2, "name": "api", "address": "10.0.0.11", "port": 443, "enabled": true,
+        {"id": LB2, "name": "api", "address": "10.0.0.11", "port": 443, "protocol": "udp", "enabled": true,
          "default_pools": [WEB_B], "fallback_pool": SORRY, "steering_policy": "geo",
          "region_pools": {"WNAM": [WEB_A]}, "session_affinity": "none"}
     ]))
@@ -48,7 +48,7 @@ pub(crate) fn status_value() -> Value {
              "active_pool": "web-a", "active_pool_id": WEB_A, "fallback": false, "enabled": true,
              "packets": 1_234_567, "bytes": 3_400_000_000_u64, "new_flows": 45_000,
              "packets_per_sec": 1234.0, "bytes_per_sec": 3_400_000.0, "new_flows_per_sec": 12.0},
-            {"id": LB2, "name": "api", "vip": "10.0.0.11:443", "steering_policy": "geo",
+            {"id": LB2, "name": "api", "vip": "10.0.0.11:443", "protocol": "udp", "steering_policy": "geo",
              "active_pool": "sorry", "active_pool_id": SORRY, "fallback": true, "enabled": true,
              "packets": 0, "bytes": 0, "new_flows": 0,
              "packets_per_sec": 0.0, "bytes_per_sec": 0.0, "new_flows_per_sec": 0.0}

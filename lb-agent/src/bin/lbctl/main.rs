@@ -59,7 +59,9 @@ const LB_EXAMPLES: &str = "\
 Examples:
   lbctl --token $T lbs list
   lbctl --token $T --zone example.com lbs create --data '{\"name\":\"www\",\"address\":\"10.0.0.10\",\"port\":80,\"default_pools\":[\"0123456789abcdef0123456789abcdef\"],\"fallback_pool\":\"0123456789abcdef0123456789abcdef\"}'
-  lbctl --token $T lbs patch www --data '{\"session_affinity\":\"ip\",\"session_affinity_ttl\":300}'";
+  lbctl --token $T lbs patch www --data '{\"session_affinity\":\"ip\",\"session_affinity_ttl\":300}'
+  lbctl --token $T lbs create --protocol udp --data '{\"name\":\"dns\",\"address\":\"10.0.0.10\",\"port\":53,\"default_pools\":[\"dns-pool\"]}'
+  lbctl --token $T lbs patch dns --protocol tcp";
 
 const ORIGIN_EXAMPLES: &str = "\
 Examples:
@@ -211,17 +213,49 @@ enum OriginCmd {
 
 /// The JSON body of create/update/patch.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
-struct BodyArgs {
+#[group(multiple = false)]
+struct BodySource {
     /// The JSON body inline, e.g. --data '{"type":"tcp","port":2048}'.
-    #[arg(long)]
+    #[arg(long, required_unless_present_any = ["file", "protocol"])]
     data: Option<String>,
     /// Read the JSON body from a file (`-` = standard input).
     #[arg(long)]
     file: Option<PathBuf>,
 }
 
+/// The JSON body of create/update/patch, and the fields flags may set in it.
+#[derive(Debug, Args)]
+struct BodyArgs {
+    #[command(flatten)]
+    source: BodySource,
+    /// Load balancers only: the VIP's protocol, set in the body (`"protocol"`); with it the
+    /// body may be left out (`lbctl lbs patch dns --protocol udp`).
+    #[arg(long, value_parser = ["tcp", "udp"])]
+    protocol: Option<String>,
+}
+
 impl BodyArgs {
+    /// The body, with the flags' fields set; `lb`: the object is a load balancer.
+    fn read_for(&self, lb: bool) -> Result<Value, CtlError> {
+        let Some(p) = &self.protocol else {
+            return self.source.read();
+        };
+        if !lb {
+            return Err(CtlError::Input(
+                "--protocol applies to load balancers (lbctl lbs ...) only".to_owned(),
+            ));
+        }
+        let mut body = if self.source.data.is_none() && self.source.file.is_none() {
+            Value::Object(serde_json::Map::new())
+        } else {
+            self.source.read()?
+        };
+        body["protocol"] = Value::String(p.clone());
+        Ok(body)
+    }
+}
+
+impl BodySource {
     fn read(&self) -> Result<Value, CtlError> {
         let (text, from) = match (&self.data, &self.file) {
             (Some(d), _) => (d.clone(), "--data".to_owned()),
@@ -400,14 +434,55 @@ mod tests {
             panic!("parsed as {:?}", cli.command);
         };
         assert_eq!(
-            body.read().expect("body"),
+            body.read_for(false).expect("body"),
             json!({"type": "tcp", "port": 2048})
         );
-        let bad = BodyArgs {
+        let bad = BodySource {
             data: Some("[1]".into()),
             file: None,
         };
         assert!(bad.read().is_err(), "a body must be an object");
+
+        // --protocol sets the load balancer's protocol, with or without a body.
+        let cli = Cli::try_parse_from([
+            "lbctl",
+            "lbs",
+            "create",
+            "--protocol",
+            "udp",
+            "--data",
+            r#"{"name":"dns","port":53}"#,
+        ])
+        .expect("create --protocol");
+        let Command::Lbs {
+            cmd: CrudCmd::Create { body },
+        } = &cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(
+            body.read_for(true).expect("body"),
+            json!({"name": "dns", "port": 53, "protocol": "udp"})
+        );
+        assert!(
+            body.read_for(false).is_err(),
+            "--protocol on a monitor or pool"
+        );
+        let cli = Cli::try_parse_from(["lbctl", "lbs", "patch", "dns", "--protocol", "tcp"])
+            .expect("patch with --protocol alone");
+        let Command::Lbs {
+            cmd: CrudCmd::Patch { body, .. },
+        } = &cli.command
+        else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(
+            body.read_for(true).expect("body"),
+            json!({"protocol": "tcp"})
+        );
+        assert!(
+            Cli::try_parse_from(["lbctl", "lbs", "patch", "dns", "--protocol", "sctp"]).is_err()
+        );
 
         let cli =
             Cli::try_parse_from(["lbctl", "origin", "disable", "web-a", "a1"]).expect("origin");

@@ -273,6 +273,11 @@ pub(crate) fn render_lbs(items: &[Value], pool_names: &HashMap<String, String>) 
                 (a, Some(p)) => join_host_port(a, p),
                 (a, None) => a.to_owned(),
             };
+            // The protocol with the VIP ("udp 10.0.0.10:53"); an older agent has none: tcp.
+            let vip = match str_field(lb, "protocol") {
+                "" => format!("tcp {vip}"),
+                p => format!("{p} {vip}"),
+            };
             let defaults = lb
                 .get("default_pools")
                 .and_then(Value::as_array)
@@ -511,17 +516,19 @@ c   mail  smtp       origin port    60        5        2        220, 221
         let lines: Vec<&str> = lbs.lines().collect();
         assert_eq!(
             lines[0],
-            "ID                                NAME  VIP            ENABLED  STEERING  DEFAULT POOLS  FALLBACK  AFFINITY  DESCRIPTION"
+            "ID                                NAME  VIP                ENABLED  STEERING  DEFAULT POOLS  FALLBACK  AFFINITY  DESCRIPTION"
         );
         assert_eq!(
             lines[1],
             format!(
-                "{LB1}  www   10.0.0.10:80   yes      off       web-a,web-b    sorry     ip 300s"
+                "{LB1}  www   tcp 10.0.0.10:80   yes      off       web-a,web-b    sorry     ip 300s"
             )
         );
         assert_eq!(
             lines[2],
-            format!("{LB2}  api   10.0.0.11:443  yes      geo       web-b          sorry     none")
+            format!(
+                "{LB2}  api   udp 10.0.0.11:443  yes      geo       web-b          sorry     none"
+            )
         );
         assert_eq!(render_lbs(&[], &HashMap::new()), "no load balancers\n");
         assert_eq!(join_host_port("2001:db8::1", 80), "[2001:db8::1]:80");

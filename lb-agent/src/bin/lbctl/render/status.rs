@@ -255,11 +255,12 @@ impl<'a> Live<'a> {
 fn lb_lines(out: &mut String, lb: &LbStatus, active_id: &str) {
     let _ = write!(
         out,
-        "\nload balancer {}  vip {}  steering {}",
+        "\nload balancer {}  vip {} {}  steering {}",
         match lb.name.as_str() {
             "" => lb.id.as_deref().unwrap_or(""),
             n => n,
         },
+        lb.protocol,
         lb.vip,
         lb.steering_policy,
     );
@@ -361,7 +362,7 @@ mod tests {
         let want = "\
 agent status, 2s old, PoP AMS
 
-load balancer www  vip 10.0.0.10:80  steering off
+load balancer www  vip tcp 10.0.0.10:80  steering off
   1.2k pkt/s  3.4M B/s  12 new flows/s  (totals: 1.2M packets, 3.4G bytes, 45k flows)
   * pool web-a [default, active]  healthy  1/1 origins healthy (min 1)  rtt 0.80 ms
       ORIGIN  ADDRESS        STATE             FOR  RTT      FLOWS  PKT/S  BYTES/S  NEW/S  WEIGHT  REASON
@@ -374,7 +375,7 @@ load balancer www  vip 10.0.0.10:80  steering off
       ORIGIN  ADDRESS        STATE             FOR  RTT      FLOWS  PKT/S  BYTES/S  NEW/S  WEIGHT  REASON
       s1      10.0.9.1:80    up                1d   12 ms    2      0.4    150      0.1    1       connect ok
 
-load balancer api  vip 10.0.0.11:443  steering geo  FALLBACK: no default pool is healthy
+load balancer api  vip udp 10.0.0.11:443  steering geo  FALLBACK: no default pool is healthy
   0 pkt/s  0 B/s  0 new flows/s  (totals: 0 packets, 0 bytes, 0 flows)
     pool web-b [default]  UNHEALTHY  0/1 origins healthy (min 1)  rtt -
       ORIGIN  ADDRESS        STATE             FOR  RTT      FLOWS  PKT/S  BYTES/S  NEW/S  WEIGHT  REASON
@@ -408,7 +409,7 @@ pools used by no load balancer
         let out = render_status(&st, &lbs, &pools_config(), 1_000_000);
         assert!(out.contains("  * pool web-a [active]  healthy"), "{out}");
         assert!(
-            out.contains("load balancer api  vip 10.0.0.11:443  steering geo  FALLBACK: no default pool is healthy  NO ACTIVE POOL\n"),
+            out.contains("load balancer api  vip udp 10.0.0.11:443  steering geo  FALLBACK: no default pool is healthy  NO ACTIVE POOL\n"),
             "{out}"
         );
         // The active pool found by name when the id is absent (older agent).
