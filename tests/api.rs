@@ -1417,6 +1417,10 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
         "the page loaded its data:\n{dom}"
     );
     assert!(dom.contains("data-lb=\"www\""), "{dom}");
+    assert!(
+        dom.contains("tcp 10.0.0.10:80"),
+        "the VIP with its protocol: {dom}"
+    );
     assert_eq!(row_state(&dom, "web/o1").as_deref(), Some("up"), "{dom}");
     assert_eq!(row_state(&dom, "web/o2").as_deref(), Some("up"), "{dom}");
     assert_eq!(row_state(&dom, "edge/e1").as_deref(), Some("up"), "{dom}");
@@ -1460,7 +1464,7 @@ fn dashboard_in_chromium_shows_a_killed_origin_and_lbctl_drives_the_api() {
     // lbctl: the status tree, then changes over the API.
     let (okk, out, err) = lbctl(ns, &["status"]);
     assert!(okk, "{err}");
-    for w in ["www", "10.0.0.10:80", "web", "o1", "o2", "down", "up"] {
+    for w in ["www", "tcp 10.0.0.10:80", "web", "o1", "o2", "down", "up"] {
         assert!(out.contains(w), "lbctl status lacks {w:?}:\n{out}");
     }
     let (okk, out, err) = lbctl(
