@@ -943,6 +943,88 @@ fn put_and_patch_of_a_load_balancer() {
 }
 
 #[test]
+fn the_protocol_of_a_load_balancer_is_created_patched_replaced_and_checked() {
+    let api = Api::start();
+    let ns = api.ns();
+    let Seeded { web_id, l, lid, .. } = seed(ns);
+    let t = Auth::Token(API_TOKEN);
+    let at = format!("{ZONE}/{lid}");
+    assert_eq!(l["protocol"], json!("tcp"), "the default is shown: {l}");
+    let l2 = ok(ns, "PATCH", &at, Some(r#"{"protocol":"udp"}"#));
+    assert_eq!(
+        (&l2["protocol"], &l2["port"]),
+        (&json!("udp"), &json!(8080)),
+        "{l2}"
+    );
+    assert_eq!(ok(ns, "GET", &at, None)["protocol"], json!("udp"));
+    refused(
+        ns,
+        t,
+        "PATCH",
+        &at,
+        Some(r#"{"protocol":"sctp"}"#),
+        400,
+        1001,
+        &["protocol", "sctp", "\"udp\""],
+    );
+    refused(
+        ns,
+        t,
+        "PATCH",
+        &at,
+        Some(r#"{"protocol":17}"#),
+        400,
+        1000,
+        &["protocol"],
+    );
+    // Another udp VIP on 10.0.0.20:8080 conflicts; a tcp one there is another VIP.
+    let twin = |name: &str, proto: &str| {
+        json!({"name": name, "address": "10.0.0.20", "port": 8080, "protocol": proto, "default_pools": [web_id]})
+            .to_string()
+    };
+    refused(
+        ns,
+        t,
+        "POST",
+        ZONE,
+        Some(&twin("dup", "udp")),
+        400,
+        1001,
+        &["udp 10.0.0.20:8080"],
+    );
+    let tcp_twin = ok(ns, "POST", ZONE, Some(&twin("tcp-twin", "tcp")));
+    assert_eq!(tcp_twin["protocol"], json!("tcp"));
+    // PUT replaces: a body without a protocol is tcp, which tcp-twin now holds.
+    let mut whole = l2.clone();
+    whole.as_object_mut().expect("object").remove("protocol");
+    refused(
+        ns,
+        t,
+        "PUT",
+        &at,
+        Some(&whole.to_string()),
+        400,
+        1001,
+        &["tcp 10.0.0.20:8080"],
+    );
+    let st = ok(ns, "GET", "/lb-agent/v1/status", None);
+    let protos: BTreeMap<String, String> = st["load_balancers"]
+        .as_array()
+        .expect("load balancers")
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap_or("").to_owned(),
+                l["protocol"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(protos["api-lb"], "udp", "{st}");
+    assert_eq!(protos["tcp-twin"], "tcp", "{st}");
+    assert_eq!(protos["www"], "tcp", "{st}");
+}
+
+#[test]
 fn delete_removes_objects_of_every_kind() {
     let api = Api::start();
     let ns = api.ns();

@@ -8,8 +8,8 @@
 //!
 //! - `fixtures`, `icmp_fixtures`, `next_hop`, `steering_fixtures`: packet fixtures through
 //!   `BPF_PROG_TEST_RUN` (`lb_testbed::fixture`).
-//! - `e2e`, `icmp_e2e`, `conntrack`, `health`, `steering`: the real agent in network
-//!   namespace topologies, real clients and servers.
+//! - `e2e`, `icmp_e2e`, `conntrack`, `health`, `steering`, `udp_e2e`: the real agent in
+//!   network namespace topologies, real clients and servers.
 //! - `api`: the HTTP API, `/metrics`, webhooks, the dashboard in headless Chromium, `lbctl`.
 
 mod api;
@@ -22,3 +22,4 @@ mod icmp_fixtures;
 mod next_hop;
 mod steering;
 mod steering_fixtures;
+mod udp_e2e;
