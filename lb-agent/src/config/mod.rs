@@ -286,6 +286,28 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_example_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).expect("examples/") {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "lb.toml and udp.toml at least");
+        let udp = Config::load(&dir.join("udp.toml")).expect("udp.toml");
+        let protos: Vec<&str> = udp
+            .load_balancers
+            .iter()
+            .map(|l| l.protocol.as_str())
+            .collect();
+        assert_eq!(protos, ["udp", "tcp", "udp"]);
+        assert_eq!(udp.dataplane.udp_budget, 16384);
+    }
+
+    #[test]
     fn unknown_field_is_a_parse_error_naming_it() {
         let text = GOOD.replace("port = 80\n", "port = 80\nprot = 1\n");
         match Config::parse(&text, Path::new("t.toml")) {
