@@ -957,38 +957,27 @@ fn the_protocol_of_a_load_balancer_is_created_patched_replaced_and_checked() {
         "{l2}"
     );
     assert_eq!(ok(ns, "GET", &at, None)["protocol"], json!("udp"));
-    refused(
-        ns,
-        t,
+    // Refused with HTTP 400, `code` and `words` in the message.
+    let no = |method: &str, path: &str, body: &str, code: u64, words: &[&str]| {
+        refused(ns, t, method, path, Some(body), 400, code, words);
+    };
+    no(
         "PATCH",
         &at,
-        Some(r#"{"protocol":"sctp"}"#),
-        400,
+        r#"{"protocol":"sctp"}"#,
         1001,
         &["protocol", "sctp", "\"udp\""],
     );
-    refused(
-        ns,
-        t,
-        "PATCH",
-        &at,
-        Some(r#"{"protocol":17}"#),
-        400,
-        1000,
-        &["protocol"],
-    );
+    no("PATCH", &at, r#"{"protocol":17}"#, 1000, &["protocol"]);
     // Another udp VIP on 10.0.0.20:8080 conflicts; a tcp one there is another VIP.
     let twin = |name: &str, proto: &str| {
         json!({"name": name, "address": "10.0.0.20", "port": 8080, "protocol": proto, "default_pools": [web_id]})
             .to_string()
     };
-    refused(
-        ns,
-        t,
+    no(
         "POST",
         ZONE,
-        Some(&twin("dup", "udp")),
-        400,
+        &twin("dup", "udp"),
         1001,
         &["udp 10.0.0.20:8080"],
     );
@@ -997,13 +986,10 @@ fn the_protocol_of_a_load_balancer_is_created_patched_replaced_and_checked() {
     // PUT replaces: a body without a protocol is tcp, which tcp-twin now holds.
     let mut whole = l2.clone();
     whole.as_object_mut().expect("object").remove("protocol");
-    refused(
-        ns,
-        t,
+    no(
         "PUT",
         &at,
-        Some(&whole.to_string()),
-        400,
+        &whole.to_string(),
         1001,
         &["tcp 10.0.0.20:8080"],
     );

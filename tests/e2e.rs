@@ -25,6 +25,24 @@ fn read_stats(cfg: &Path) -> stats::Stats {
     stats::collect(&cfg, &maps).expect("stats")
 }
 
+/// `counts` (origin -> answers, `n` in all) are o1, o2 and o3's only, within 3 points of
+/// 1/6, 2/6 and 3/6 (weights 1:2:3); prints each share. Also used by `udp_e2e`.
+pub(crate) fn assert_one_two_three(counts: &BTreeMap<String, usize>, n: usize) {
+    for (name, target) in [("o1", 1.0 / 6.0), ("o2", 2.0 / 6.0), ("o3", 3.0 / 6.0)] {
+        let share = *counts.get(name).unwrap_or(&0) as f64 / n as f64;
+        println!(
+            "split: {name} {:.1}% (target {:.1}%)",
+            share * 100.0,
+            target * 100.0
+        );
+        assert!(
+            (share - target).abs() <= 0.03,
+            "{name}: {share:.3} vs {target:.3}; {counts:?}"
+        );
+    }
+    assert_eq!(counts.len(), 3, "only the three origins answer: {counts:?}");
+}
+
 #[test]
 fn three_thousand_connections_split_by_weight() {
     let _serial = serial();
@@ -46,20 +64,7 @@ fn three_thousand_connections_split_by_weight() {
         N,
         "every connection answered: {counts:?}"
     );
-    let targets = [("o1", 1.0 / 6.0), ("o2", 2.0 / 6.0), ("o3", 3.0 / 6.0)];
-    for (name, target) in targets {
-        let share = *counts.get(name).unwrap_or(&0) as f64 / N as f64;
-        println!(
-            "split: {name} {:.1}% (target {:.1}%)",
-            share * 100.0,
-            target * 100.0
-        );
-        assert!(
-            (share - target).abs() <= 0.03,
-            "{name}: {share:.3} vs {target:.3}; {counts:?}"
-        );
-    }
-    assert_eq!(counts.len(), 3, "only the three origins answer: {counts:?}");
+    assert_one_two_three(&counts, N);
 
     // The data path's own counters tell the same story.
     let s = read_stats(&cfg.path);

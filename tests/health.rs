@@ -80,24 +80,26 @@ fn answers_from(
     })
 }
 
-/// Origin id and the VIP's ring, read from the pinned maps.
-struct RingWatch {
+/// Origin id and a VIP's ring, read from the pinned maps (also used by `udp_e2e`).
+pub(crate) struct RingWatch {
     maps: Maps,
     ring: u32,
 }
 
 impl RingWatch {
+    /// The ring of the test bed's TCP VIP.
     fn open(topo: &Topology) -> Self {
+        Self::open_vip(topo, &vip_key(VIP, VIP_PORT))
+    }
+
+    /// The ring of the VIP `key`.
+    pub(crate) fn open_vip(topo: &Topology, key: &lb_common::VipKey) -> Self {
         let maps = Maps::open_pinned(&topo.pin_dir).expect("pins");
-        let ring = maps
-            .vips
-            .get(&vip_key(VIP, VIP_PORT), 0)
-            .expect("VIP entry")
-            .ring_id;
+        let ring = maps.vips.get(key, 0).expect("VIP entry").ring_id;
         Self { maps, ring }
     }
 
-    fn origin_id(&self, addr: Ipv4Addr, port: u16) -> u32 {
+    pub(crate) fn origin_id(&self, addr: Ipv4Addr, port: u16) -> u32 {
         (0..MAX_ORIGINS)
             .find(|id| {
                 self.maps.origins.get(id, 0).is_ok_and(|m| {
@@ -124,6 +126,14 @@ impl RingWatch {
     fn last_slot_of(&self, id: u32) -> Option<u32> {
         let (base, size) = self.place();
         (base..base + size).rev().find(|s| self.slot_at(*s) == id)
+    }
+
+    /// How many of the ring's slots hold `id`.
+    pub(crate) fn slots_of(&self, id: u32) -> usize {
+        let (base, size) = self.place();
+        (base..base + size)
+            .filter(|s| self.slot_at(*s) == id)
+            .count()
     }
 }
 

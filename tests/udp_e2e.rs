@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{SocketAddrV4, UdpSocket},
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -19,7 +19,9 @@ use std::{
 };
 
 use lb_agent::{config::Config, dataplane::Maps, plan::vip_key_of, stats, status::Status};
-use lb_common::{v4_mapped, IPPROTO_UDP, MAX_ORIGINS, ORIGIN_F_PRESENT};
+use lb_common::IPPROTO_UDP;
+
+use crate::health::RingWatch;
 use lb_testbed::{
     enter_netns, origin_addr, require_prerequisites, serial, NetNs, Server, TempFile, Topology,
     CLIENT, VIP,
@@ -88,6 +90,41 @@ impl Drop for UdpEcho {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// A running UDP test bed: the agent under test (dropped first), the echo servers, the
+/// config, the namespaces (last).
+struct UdpBed {
+    agent: lb_testbed::Agent,
+    echo: Vec<Option<UdpEcho>>,
+    cfg: TempFile,
+    topo: Topology,
+}
+
+impl UdpBed {
+    /// `weights.len()` origins with echo servers, and the agent on
+    /// `udp_config(weights, extra_dataplane, monitor, extra)`. Origins rate-limit ICMP
+    /// errors (1/s per destination after a burst): here they do not, so a `udp_icmp`
+    /// monitor hears every port unreachable.
+    fn start(weights: &[f64], extra_dataplane: &str, monitor: Option<&str>, extra: &str) -> Self {
+        require_prerequisites();
+        let topo = Topology::build(weights.len());
+        for o in &topo.origins {
+            o.sysctl("net.ipv4.icmp_ratelimit", "0");
+        }
+        let echo = UdpEcho::on_every_origin(&topo);
+        let cfg = TempFile::new(
+            "lb.toml",
+            &udp_config(&topo, weights, extra_dataplane, monitor, extra),
+        );
+        let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
+        Self {
+            agent,
+            echo,
+            cfg,
+            topo,
         }
     }
 }
@@ -205,41 +242,8 @@ fn origin_up(topo: &Topology, origin: &str) -> bool {
 }
 
 /// The UDP VIP's ring and origin ids, read from the pinned maps.
-struct RingWatch {
-    maps: Maps,
-    ring: u32,
-}
-
-impl RingWatch {
-    fn open(topo: &Topology) -> Self {
-        let maps = Maps::open_pinned(&topo.pin_dir).expect("pins");
-        let ring = maps
-            .vips
-            .get(&vip_key_of(VIP, UDP_VIP_PORT, IPPROTO_UDP), 0)
-            .expect("the UDP VIP's entry (proto 17)")
-            .ring_id;
-        Self { maps, ring }
-    }
-
-    fn origin_id(&self, addr: Ipv4Addr, port: u16) -> u32 {
-        (0..MAX_ORIGINS)
-            .find(|id| {
-                self.maps.origins.get(id, 0).is_ok_and(|m| {
-                    m.flags & ORIGIN_F_PRESENT != 0
-                        && m.addr == v4_mapped(addr.octets())
-                        && m.port == port.to_be()
-                })
-            })
-            .expect("origin in ORIGINS")
-    }
-
-    /// Ring slots holding origin `id`.
-    fn slots_of(&self, id: u32) -> usize {
-        let m = self.maps.ring_meta.get(&self.ring, 0).expect("ring meta");
-        (m.base..m.base + m.size)
-            .filter(|s| self.maps.rings.get(s, 0).is_ok_and(|o| o == id))
-            .count()
-    }
+fn ring_watch(topo: &Topology) -> RingWatch {
+    RingWatch::open_vip(topo, &vip_key_of(VIP, UDP_VIP_PORT, IPPROTO_UDP))
 }
 
 /// Exchanges one datagram from each of `ports`: origin name -> answers ("lost" when none).
@@ -261,28 +265,22 @@ fn answers_from(topo: &Topology, ports: std::ops::Range<u16>) -> BTreeMap<String
 #[test]
 fn three_thousand_udp_exchanges_split_by_weight() {
     let _serial = serial();
-    require_prerequisites();
-    let topo = Topology::build(3);
-    let _echo = UdpEcho::on_every_origin(&topo);
     // A TCP load balancer on the same address and port, to TCP name servers on the same
     // origin port: another VIP, served alongside.
+    let tcp_lb = format!(
+        "[[load_balancers]]\nname = \"dns-tcp\"\naddress = \"{VIP}\"\nport = {UDP_VIP_PORT}\ndefault_pools = [\"dns\"]\n"
+    );
+    let b = UdpBed::start(&[1.0 / 3.0, 2.0 / 3.0, 1.0], "", None, &tcp_lb);
+    let (topo, cfg) = (&b.topo, &b.cfg);
     let _tcp: Vec<Server> = topo
         .origins
         .iter()
         .enumerate()
         .map(|(i, ns)| Server::start(ns, &format!("o{}", i + 1), ECHO_PORT))
         .collect();
-    let tcp_lb = format!(
-        "[[load_balancers]]\nname = \"dns-tcp\"\naddress = \"{VIP}\"\nport = {UDP_VIP_PORT}\ndefault_pools = [\"dns\"]\n"
-    );
-    let cfg = TempFile::new(
-        "lb.toml",
-        &udp_config(&topo, &[1.0 / 3.0, 2.0 / 3.0, 1.0], "", None, &tcp_lb),
-    );
-    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
 
     const N: u16 = 3000;
-    let counts = answers_from(&topo, 20000..20000 + N);
+    let counts = answers_from(topo, 20000..20000 + N);
     println!("udp answers: {counts:?}");
     assert_eq!(
         counts.get("lost"),
@@ -290,19 +288,7 @@ fn three_thousand_udp_exchanges_split_by_weight() {
         "every exchange answered: {counts:?}; {}",
         dataplane_view(&cfg.path)
     );
-    assert_eq!(counts.len(), 3, "only the three origins answer: {counts:?}");
-    for (name, target) in [("o1", 1.0 / 6.0), ("o2", 2.0 / 6.0), ("o3", 3.0 / 6.0)] {
-        let share = *counts.get(name).unwrap_or(&0) as f64 / f64::from(N);
-        println!(
-            "udp split: {name} {:.1}% (target {:.1}%)",
-            share * 100.0,
-            target * 100.0
-        );
-        assert!(
-            (share - target).abs() <= 0.03,
-            "{name}: {share:.3} vs {target:.3}; {counts:?}"
-        );
-    }
+    crate::e2e::assert_one_two_three(&counts, usize::from(N));
     // TCP on the same address and port still reaches the same origins.
     let tcp = topo.client.run(|| {
         (0..30)
@@ -364,21 +350,10 @@ fn three_thousand_udp_exchanges_split_by_weight() {
 #[test]
 fn a_killed_udp_origin_is_drained_by_udp_icmp_within_the_bound() {
     let _serial = serial();
-    require_prerequisites();
-    let topo = Topology::build(3);
-    // Origins rate-limit ICMP errors (1/s per destination after a burst): the monitor's
-    // port unreachable must not be the one left out.
-    for o in &topo.origins {
-        o.sysctl("net.ipv4.icmp_ratelimit", "0");
-    }
-    let mut echo = UdpEcho::on_every_origin(&topo);
     let (interval, retries, timeout) = (0.5, 1u32, 0.25);
     let timing = format!("interval = {interval}\nretries = {retries}\ntimeout = {timeout}");
-    let cfg = TempFile::new(
-        "lb.toml",
-        &udp_config(&topo, &[1.0, 1.0, 1.0], "", Some(&timing), ""),
-    );
-    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
+    let mut b = UdpBed::start(&[1.0, 1.0, 1.0], "", Some(&timing), "");
+    let (topo, cfg) = (&b.topo, &b.cfg);
     let bound = Duration::from_secs_f64(interval * f64::from(retries + 1) + timeout);
     lb_testbed::wait_for(
         "o1-o3 up",
@@ -387,11 +362,11 @@ fn a_killed_udp_origin_is_drained_by_udp_icmp_within_the_bound() {
         || {
             ["o1", "o2", "o3"]
                 .iter()
-                .all(|o| origin_up(&topo, o))
+                .all(|o| origin_up(topo, o))
                 .then_some(())
         },
     );
-    let watch = RingWatch::open(&topo);
+    let watch = ring_watch(topo);
     let o2 = watch.origin_id(origin_addr(2), ECHO_PORT);
     lb_testbed::wait_for(
         "o2 in the ring",
@@ -421,7 +396,7 @@ fn a_killed_udp_origin_is_drained_by_udp_icmp_within_the_bound() {
         // Kill at a random phase of the probe schedule.
         std::thread::sleep(Duration::from_secs_f64(interval * fastrand::f64()));
         let t0 = Instant::now();
-        echo[1] = None; // o2's echo server stops: its port answers with port unreachable
+        b.echo[1] = None; // o2's echo server stops: its port answers with port unreachable
         lb_testbed::wait_for(
             "o2 drained from the ring",
             bound + Duration::from_secs(3),
@@ -468,7 +443,7 @@ fn a_killed_udp_origin_is_drained_by_udp_icmp_within_the_bound() {
         after.iter().all(|k| *k == "o1" || *k == "o3"),
         "new flows after the drain reach o1 and o3 only: {after:?}"
     );
-    let fresh = answers_from(&topo, 41000..41300);
+    let fresh = answers_from(topo, 41000..41300);
     assert_eq!(
         fresh.keys().map(String::as_str).collect::<Vec<_>>(),
         ["o1", "o3"],
@@ -484,15 +459,9 @@ fn a_killed_udp_origin_is_drained_by_udp_icmp_within_the_bound() {
 #[test]
 fn a_udp_session_keeps_its_origin_across_a_reload() {
     let _serial = serial();
-    require_prerequisites();
-    let topo = Topology::build(3);
-    let _echo = UdpEcho::on_every_origin(&topo);
-    let cfg = TempFile::new(
-        "lb.toml",
-        &udp_config(&topo, &[1.0, 1.0, 1.0], "", None, ""),
-    );
-    let agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
-    let watch = RingWatch::open(&topo);
+    let b = UdpBed::start(&[1.0, 1.0, 1.0], "", None, "");
+    let (topo, cfg, agent) = (&b.topo, &b.cfg, &b.agent);
+    let watch = ring_watch(topo);
 
     // One source port, a datagram every 200 ms, for 6 s; the reload comes 2 s in.
     let answers: Mutex<Vec<(Instant, Option<String>)>> = Mutex::new(Vec::new());
@@ -528,7 +497,7 @@ fn a_udp_session_keeps_its_origin_across_a_reload() {
         w[n - 1] = 0.0;
         let x = watch.origin_id(origin_addr(n), ECHO_PORT);
         assert!(watch.slots_of(x) > 0, "{first} holds ring slots before");
-        std::fs::write(&cfg.path, udp_config(&topo, &w, "", None, "")).expect("write config");
+        std::fs::write(&cfg.path, udp_config(topo, &w, "", None, "")).expect("write config");
         agent.reload().expect("reload accepted");
         let at = Instant::now();
         assert_eq!(watch.slots_of(x), 0, "{first}'s slots all moved");
@@ -549,7 +518,7 @@ fn a_udp_session_keeps_its_origin_across_a_reload() {
             "datagram {i} of the session: {answers:?}"
         );
     }
-    let fresh = answers_from(&topo, 46000..46200);
+    let fresh = answers_from(topo, 46000..46200);
     assert!(
         !fresh.contains_key(&first) && !fresh.contains_key("lost"),
         "new flows avoid {first}: {fresh:?}"
@@ -559,20 +528,13 @@ fn a_udp_session_keeps_its_origin_across_a_reload() {
 #[test]
 fn idle_udp_flows_expire_after_their_timeouts() {
     let _serial = serial();
-    require_prerequisites();
-    let topo = Topology::build(1);
-    let _echo = UdpEcho::on_every_origin(&topo);
-    let cfg = TempFile::new(
-        "lb.toml",
-        &udp_config(
-            &topo,
-            &[1.0],
-            "udp_timeout = 6\nudp_unreplied_timeout = 2",
-            None,
-            "",
-        ),
+    let b = UdpBed::start(
+        &[1.0],
+        "udp_timeout = 6\nudp_unreplied_timeout = 2",
+        None,
+        "",
     );
-    let _agent = lb_testbed::start_agent(&topo.lb, &cfg.path, &[]);
+    let (topo, cfg) = (&b.topo, &b.cfg);
     let expired = || read_stats(&cfg.path).events["udp_flow_expired"];
     let e0 = expired();
     let (answered, silent) = topo

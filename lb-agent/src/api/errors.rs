@@ -174,20 +174,30 @@ mod tests {
         assert_eq!(r.errors[2].1, "no origin");
     }
 
+    /// A config with pool `web` (origin a) and load balancer `www` on 10.0.0.10:80.
+    const GOOD: &str = "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n\n[[pools]]\nname = \"web\"\norigins = [{ name = \"a\", address = \"10.0.2.2\" }]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n";
+
+    /// The validation errors of `bad`, and the API's answer to a change of the `kind` object
+    /// `id_of` names in the store of `GOOD` that would make the config `bad`.
+    fn refused_change(
+        bad: &str,
+        kind: Kind,
+        id_of: impl Fn(&Store) -> String,
+    ) -> (Vec<FieldError>, Rejection) {
+        let parse =
+            |text: &str| RawConfig::parse(text, std::path::Path::new("t.toml")).expect("parses");
+        let mut s = Store::default();
+        s.merge_file(&parse(GOOD), "2026-11-25T20:00:00.000000Z");
+        let id = id_of(&s);
+        let errors = crate::config::validate(parse(bad)).expect_err("invalid");
+        let r = Refusal::invalid(kind, id, s, errors.clone()).into();
+        (errors, r)
+    }
+
     #[test]
     fn an_unknown_protocol_is_refused_naming_the_field_of_the_body() {
-        let text = "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n\n[[pools]]\nname = \"web\"\norigins = [{ name = \"a\", address = \"10.0.2.2\" }]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n";
-        let raw = RawConfig::parse(text, std::path::Path::new("t.toml")).expect("parses");
-        let mut s = Store::default();
-        s.merge_file(&raw, "2026-11-25T20:00:00.000000Z");
-        let www = s.load_balancers[0].id.clone();
-        let bad = RawConfig::parse(
-            &text.replace("port = 80\n", "port = 80\nprotocol = \"quic\"\n"),
-            std::path::Path::new("t.toml"),
-        )
-        .expect("parses");
-        let errors = crate::config::validate(bad).expect_err("quic");
-        let r: Rejection = Refusal::invalid(Kind::LoadBalancer, www, s, errors).into();
+        let bad = GOOD.replace("port = 80\n", "port = 80\nprotocol = \"quic\"\n");
+        let (_, r) = refused_change(&bad, Kind::LoadBalancer, |s| s.load_balancers[0].id.clone());
         assert_eq!(r.status, 400);
         assert_eq!(
             r.errors,
@@ -231,17 +241,10 @@ mod tests {
 
     #[test]
     fn a_missing_monitor_in_validation_is_a_missing_reference() {
-        let good = "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"10.0.0.1\"\n\n[[pools]]\nname = \"web\"\norigins = [{ name = \"a\", address = \"10.0.2.2\" }]\n\n[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n";
-        let parse =
-            |text: &str| RawConfig::parse(text, std::path::Path::new("t.toml")).expect("parses");
-        let mut s = Store::default();
-        s.merge_file(&parse(good), "2026-11-25T20:00:00.000000Z");
-        let web = s.pools[0].id.clone();
-        let bad = good.replace("name = \"web\"\n", "name = \"web\"\nmonitor = \"gone\"\n");
-        let errors = crate::config::validate(parse(&bad)).expect_err("no monitor \"gone\"");
+        let bad = GOOD.replace("name = \"web\"\n", "name = \"web\"\nmonitor = \"gone\"\n");
+        let (errors, r) = refused_change(&bad, Kind::Pool, |s| s.pools[0].id.clone());
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].kind, ErrorKind::MissingReference);
-        let r: Rejection = Refusal::invalid(Kind::Pool, web, s, errors).into();
         assert_eq!(r.status, 400);
         assert_eq!(
             r.errors,

@@ -378,6 +378,21 @@ mod tests {
 
     use super::*;
 
+    /// The body `args` (a create, update or patch) would send, for a load balancer (`lb`)
+    /// or another object.
+    fn sent_body(args: &[&str], lb: bool) -> Result<Value, CtlError> {
+        let cli = Cli::try_parse_from(args).expect("parses");
+        let (Command::Monitors { cmd } | Command::Lbs { cmd }) = &cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        match cmd {
+            CrudCmd::Create { body }
+            | CrudCmd::Update { body, .. }
+            | CrudCmd::Patch { body, .. } => body.read_for(lb),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
     #[test]
     fn command_line() {
         Cli::command().debug_assert();
@@ -419,22 +434,18 @@ mod tests {
             "lbctl", "monitors", "create", "--data", "{}", "--file", "x.json"
         ])
         .is_err());
-        let cli = Cli::try_parse_from([
-            "lbctl",
-            "monitors",
-            "create",
-            "--data",
-            r#"{"type":"tcp","port":2048}"#,
-        ])
-        .expect("create");
-        let Command::Monitors {
-            cmd: CrudCmd::Create { body },
-        } = &cli.command
-        else {
-            panic!("parsed as {:?}", cli.command);
-        };
         assert_eq!(
-            body.read_for(false).expect("body"),
+            sent_body(
+                &[
+                    "lbctl",
+                    "monitors",
+                    "create",
+                    "--data",
+                    r#"{"type":"tcp","port":2048}"#
+                ],
+                false
+            )
+            .expect("body"),
             json!({"type": "tcp", "port": 2048})
         );
         let bad = BodySource {
@@ -444,7 +455,7 @@ mod tests {
         assert!(bad.read().is_err(), "a body must be an object");
 
         // --protocol sets the load balancer's protocol, with or without a body.
-        let cli = Cli::try_parse_from([
+        let create = [
             "lbctl",
             "lbs",
             "create",
@@ -452,32 +463,18 @@ mod tests {
             "udp",
             "--data",
             r#"{"name":"dns","port":53}"#,
-        ])
-        .expect("create --protocol");
-        let Command::Lbs {
-            cmd: CrudCmd::Create { body },
-        } = &cli.command
-        else {
-            panic!("parsed as {:?}", cli.command);
-        };
+        ];
         assert_eq!(
-            body.read_for(true).expect("body"),
+            sent_body(&create, true).expect("body"),
             json!({"name": "dns", "port": 53, "protocol": "udp"})
         );
         assert!(
-            body.read_for(false).is_err(),
+            sent_body(&create, false).is_err(),
             "--protocol on a monitor or pool"
         );
-        let cli = Cli::try_parse_from(["lbctl", "lbs", "patch", "dns", "--protocol", "tcp"])
-            .expect("patch with --protocol alone");
-        let Command::Lbs {
-            cmd: CrudCmd::Patch { body, .. },
-        } = &cli.command
-        else {
-            panic!("parsed as {:?}", cli.command);
-        };
         assert_eq!(
-            body.read_for(true).expect("body"),
+            sent_body(&["lbctl", "lbs", "patch", "dns", "--protocol", "tcp"], true)
+                .expect("patch with --protocol alone"),
             json!({"protocol": "tcp"})
         );
         assert!(
