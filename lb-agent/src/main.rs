@@ -11,7 +11,7 @@ use lb_agent::{
     stats,
 };
 
-/// Kernel-accelerated TCP load balancer agent.
+/// Kernel-accelerated TCP and UDP load balancer agent.
 ///
 /// Without a subcommand it runs: loads the XDP program, pins its maps and links under
 /// `dataplane.pin_dir`, writes the load balancers of the config, attaches to the
