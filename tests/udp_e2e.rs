@@ -377,6 +377,7 @@ fn a_killed_udp_origin_is_drained_by_udp_icmp_within_the_bound() {
 
     // Traffic through the kill: a new source port per exchange, every 5 ms.
     let stop = AtomicBool::new(false);
+    // (when the exchange started, who answered or "lost").
     let log: Mutex<Vec<(Instant, String)>> = Mutex::new(Vec::new());
     let drained_after = std::thread::scope(|sc| {
         sc.spawn(|| {
@@ -385,9 +386,11 @@ fn a_killed_udp_origin_is_drained_by_udp_icmp_within_the_bound() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
+                    // Logged with its start: the flow is made by its first datagram.
+                    let start = Instant::now();
                     let s = client_socket(p);
                     let k = ask(&s, &format!("t{p}"), 1).unwrap_or_else(|| "lost".to_owned());
-                    log.lock().expect("log").push((Instant::now(), k));
+                    log.lock().expect("log").push((start, k));
                     std::thread::sleep(Duration::from_millis(5));
                 }
             });
@@ -421,7 +424,8 @@ fn a_killed_udp_origin_is_drained_by_udp_icmp_within_the_bound() {
     let log = log.into_inner().expect("log");
     let before: Vec<&String> = log
         .iter()
-        .filter(|(t, _)| *t < t0)
+        // Done before the kill (an exchange waits 300 ms at most for its answer).
+        .filter(|(t, _)| *t + Duration::from_millis(350) < t0)
         .map(|(_, k)| k)
         .collect();
     assert!(
@@ -435,6 +439,7 @@ fn a_killed_udp_origin_is_drained_by_udp_icmp_within_the_bound() {
     );
     let after: Vec<&String> = log
         .iter()
+        // Started after the drain was seen in the maps.
         .filter(|(t, _)| *t > t0 + d + Duration::from_millis(50))
         .map(|(_, k)| k)
         .collect();
