@@ -13,7 +13,10 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, Map, MapData, MapInfo, PerCpuArray},
+    maps::{
+        lpm_trie::LpmTrie, Array, DevMapHash, HashMap, Map, MapData, MapInfo, PerCpuArray,
+        ProgramArray,
+    },
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -25,7 +28,7 @@ use lb_common::{
     event, map_names as names, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoKey, GeoPlanKey,
     GeoValue, OriginMeta, RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE,
     GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M,
-    PROGRAM_NAME,
+    PROGRAM_NAME, UDP_PROGRAM_NAME,
 };
 
 use crate::config;
@@ -161,6 +164,7 @@ fn expected_layout(name: &str, flow_table_size: u32) -> (u32, u32, u32) {
             AFFINITY_SIZE,
         ),
         names::ORIGIN_FLOWS => (4, 8, MAX_ORIGINS),
+        names::TAILS => (4, 4, lb_common::TAIL_SLOTS),
         names::HANDSHAKES | names::UDP_PENDING => (4, s(size_of::<lb_common::Handshakes>()), 1),
         names::ORIGIN_NH => (4, s(size_of::<lb_common::OriginNextHop>()), MAX_ORIGINS),
         names::LOCAL_ADDRS => (16, 4, lb_common::MAX_LOCAL_ADDRS),
@@ -472,11 +476,33 @@ impl Dataplane {
             path: object.to_owned(),
             source: Box::new(e),
         })?;
-        let prog = program(&mut ebpf, PROGRAM_NAME)?;
-        prog.load().map_err(|e| DataplaneError::Program {
-            name: PROGRAM_NAME.into(),
-            source: Box::new(e),
+        for name in [PROGRAM_NAME, UDP_PROGRAM_NAME] {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|e| DataplaneError::Program {
+                    name: name.into(),
+                    source: Box::new(e),
+                })?;
+        }
+        // The UDP program into its tail-call slot (replacing an earlier agent's, in a pinned
+        // map: the running lb_xdp switches to it at once).
+        let udp_fd = program(&mut ebpf, UDP_PROGRAM_NAME)?
+            .fd()
+            .map_err(|e| DataplaneError::Program {
+                name: UDP_PROGRAM_NAME.into(),
+                source: Box::new(e),
+            })?
+            .try_clone()
+            .map_err(|e| DataplaneError::Host(format!("duplicating the UDP program's fd: {e}")))?;
+        let tails = ebpf.map_mut(names::TAILS).ok_or(DataplaneError::Map {
+            name: names::TAILS,
+            reason: "not in the object".into(),
         })?;
+        let mut tails: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(tails).map_err(map_err(names::TAILS))?;
+        tails
+            .set(lb_common::TAIL_UDP, &udp_fd, 0)
+            .map_err(map_err(names::TAILS))?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),

@@ -127,8 +127,9 @@ pub mod map_names {
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const VIP_IDS: &str = "VIP_IDS";
     pub const UDP_PENDING: &str = "UDP_PENDING";
+    pub const TAILS: &str = "TAILS";
     /// Every map, in the order the agent pins and checks them.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         SETTINGS,
         VIPS,
         RINGS,
@@ -150,11 +151,22 @@ pub mod map_names {
         LOCAL_ADDRS,
         VIP_IDS,
         UDP_PENDING,
+        TAILS,
     ];
 }
 
 /// Name of the load-balancing XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
+/// Name of the UDP program, which `lb_xdp` tail-calls (`TAILS[TAIL_UDP]`) for every UDP
+/// datagram: a program of its own is verified on its own, so the TCP path's verifier budget
+/// does not pay for UDP.
+pub const UDP_PROGRAM_NAME: &str = "lb_udp";
+/// `TAILS` slot of `UDP_PROGRAM_NAME`.
+pub const TAIL_UDP: u32 = 0;
+/// Slots of `TAILS` (program array). Pinned: the kernel empties a program array when its
+/// last user-space reference goes, so an unpinned one would stop UDP while the agent is
+/// down.
+pub const TAIL_SLOTS: u32 = 8;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -408,14 +420,11 @@ impl Flow {
         }
     }
 
-    /// The flow's IP protocol (`udp` says which).
+    /// The flow's IP protocol (`udp` says which). Without a branch: every branch is more
+    /// paths for the verifier to walk in each caller.
     #[inline(always)]
     pub const fn proto(&self) -> u8 {
-        if self.udp != 0 {
-            IPPROTO_UDP
-        } else {
-            IPPROTO_TCP
-        }
+        IPPROTO_TCP + (IPPROTO_UDP - IPPROTO_TCP) * (self.udp & 1)
     }
 }
 
@@ -564,12 +573,24 @@ impl RevFlow {
     /// The idle timeout of a flow in state `flags`, in seconds.
     pub const fn timeout(flags: u32, s: &Settings) -> u32 {
         if flags & CT_UDP != 0 {
-            if flags & CT_ESTABLISHED != 0 {
-                s.udp_secs
-            } else {
-                s.udp_unreplied_secs
-            }
-        } else if Self::closed(flags) {
+            Self::udp_timeout(flags, s)
+        } else {
+            Self::tcp_timeout(flags, s)
+        }
+    }
+
+    /// The idle timeout of a UDP flow in state `flags`, in seconds.
+    pub const fn udp_timeout(flags: u32, s: &Settings) -> u32 {
+        if flags & CT_ESTABLISHED != 0 {
+            s.udp_secs
+        } else {
+            s.udp_unreplied_secs
+        }
+    }
+
+    /// The idle timeout of a TCP flow in state `flags`, in seconds.
+    pub const fn tcp_timeout(flags: u32, s: &Settings) -> u32 {
+        if Self::closed(flags) {
             s.reuse_closed_secs
         } else if flags & CT_ESTABLISHED == 0 {
             s.syn_secs

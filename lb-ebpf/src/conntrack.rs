@@ -26,15 +26,28 @@ use crate::{
     stats::{count, drop, flows_add, handshake, DEC},
 };
 
-/// Has the flow been idle past its state's timeout at `now`?
+/// Has the TCP flow been idle past its state's timeout at `now`? (One function per
+/// protocol: the verifier walks each inlined copy's branches, and a TCP flow is never UDP.)
 #[inline(always)]
-pub fn expired(r: *const RevFlow, now: u32, s: &Settings) -> bool {
+pub fn tcp_expired(r: *const RevFlow, now: u32, s: &Settings) -> bool {
     // SAFETY: a live map value, read field by field.
     let (last, flags) = unsafe { ((*r).last_seen, (*r).flags) };
-    // Strictly more whole seconds than the timeout: the clock ticks in whole seconds, so
-    // this means at least `timeout` seconds idle (at most one more), never fewer. A
-    // timeout of 0 means at once.
-    let t = RevFlow::timeout(flags, s);
+    idle_past(now, last, RevFlow::tcp_timeout(flags, s))
+}
+
+/// Has the UDP flow been idle past its state's timeout at `now`?
+#[inline(always)]
+pub fn udp_expired(r: *const RevFlow, now: u32, s: &Settings) -> bool {
+    // SAFETY: a live map value, read field by field.
+    let (last, flags) = unsafe { ((*r).last_seen, (*r).flags) };
+    idle_past(now, last, RevFlow::udp_timeout(flags, s))
+}
+
+/// Strictly more whole seconds than the timeout `t`: the clock ticks in whole seconds, so
+/// this means at least `t` seconds idle (at most one more), never fewer. A timeout of 0
+/// means at once.
+#[inline(always)]
+fn idle_past(now: u32, last: u32, t: u32) -> bool {
     t == 0 || now.wrapping_sub(last) > t
 }
 

@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{event, NextHop, IPPROTO_TCP, NH_MAX_AGE};
+use lb_common::{event, NextHop, NH_MAX_AGE};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
@@ -61,7 +61,7 @@ pub fn forward(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: *mut NextHop, now: u32) -
     // SAFETY: headers bounds-checked by the caller.
     unsafe {
         p.family = AF_INET;
-        p.l4_protocol = IPPROTO_TCP;
+        p.l4_protocol = (*ip).proto;
         p.__bindgen_anon_1.tot_len = tot_len;
         p.ifindex = ingress;
         p.__bindgen_anon_2.tos = (*ip).tos;

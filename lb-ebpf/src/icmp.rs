@@ -22,7 +22,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    event, v4_mapped, Flow, FlowKey, CT_COOKIE, IPPROTO_ICMP, IPPROTO_TCP, SETTINGS_F_ANSWER_PING,
+    event, v4_mapped, Flow, FlowKey, CT_COOKIE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    SETTINGS_F_ANSWER_PING,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -30,7 +31,7 @@ use crate::{
     count, csum, drop,
     edge::{DO_ECHO, DO_FORWARD, DO_ICMP_ERROR},
     maps::{FLOWS, REV_FLOWS, SETTINGS},
-    pass, ptr_at, verdict,
+    nat, pass, ptr_at, verdict,
 };
 
 /// The flow-table key of the packet being handled: BPF stacks are 512 bytes for the whole
@@ -47,7 +48,13 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 /// This CPU's scratch key, set to the reverse of the tuple `src:sport -> dst:dport`, which
 /// is the key the flow tables know a quoted (or rewritten) packet by.
 #[inline(always)]
-fn reverse_key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Option<&'static FlowKey> {
+fn reverse_key(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    proto: u8,
+) -> Option<&'static FlowKey> {
     let k = ICMP_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch entry; nothing else uses it while we run.
     unsafe {
@@ -55,7 +62,7 @@ fn reverse_key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Option<&'s
         (*k).dst = v4_mapped(src);
         (*k).sport = dport;
         (*k).dport = sport;
-        (*k).proto = IPPROTO_TCP;
+        (*k).proto = proto;
         (*k)._pad = [0; 3];
         Some(&*k)
     }
@@ -68,6 +75,9 @@ fn reverse_key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Option<&'s
 /// ignored). Uses `ICMP_SCRATCH` for the reverse key.
 #[inline(always)]
 fn cookie_delta(f: &Flow) -> u32 {
+    if f.udp != 0 {
+        return 0;
+    }
     let Some(k) = ICMP_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -213,11 +223,11 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
             u16::from_be_bytes((*ip).tot_len),
         )
     };
-    if ivihl != 0x45 || iproto != IPPROTO_TCP {
+    if ivihl != 0x45 || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) {
         return not_ours(event::DROP_ICMP_MALFORMED);
     }
     // The quoted packet is one we sent, so its reverse is the key the flow tables know.
-    let Some(key) = reverse_key(isrc, sport, idst, dport) else {
+    let Some(key) = reverse_key(isrc, sport, idst, dport, iproto) else {
         return not_ours(event::DROP_ICMP_UNKNOWN_FLOW);
     };
     // The outer packet goes where the quoted one's new source is, from its new destination:
@@ -300,9 +310,24 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
         cc = csum::replace16(cc, sport, nsport);
         cc = csum::replace16(cc, dport, ndport);
 
+        // The quoted UDP checksum is in the 8 bytes every error quotes (the "sequence
+        // number" above was its length and checksum, unchanged with a delta of 0).
+        if iproto == IPPROTO_UDP {
+            if let Some(uc) = ptr_at::<[u8; 2]>(ctx, INNER_L4_OFF + 6) {
+                let old_uc = u16::from_ne_bytes(*uc);
+                let n = nat::udp_check(
+                    old_uc,
+                    (isrc, idst),
+                    (nisrc, nidst),
+                    (sport, dport),
+                    (nsport, ndport),
+                );
+                *uc = n.to_ne_bytes();
+                cc = csum::replace16(cc, old_uc, n);
+            }
         // The quoted TCP checksum (pseudo-header addresses and ports), when quoted: inside
         // the frame and inside the outer packet's length (not Ethernet padding).
-        if usize::from(tot_len) >= INNER_TCP_CHECK_OFF + 2 - EthHdr::LEN {
+        } else if usize::from(tot_len) >= INNER_TCP_CHECK_OFF + 2 - EthHdr::LEN {
             if let Some(tc) = ptr_at::<[u8; 2]>(ctx, INNER_TCP_CHECK_OFF) {
                 let old_tc = u16::from_ne_bytes(*tc);
                 let mut n = csum::replace32(old_tc, isrc, nisrc);
@@ -345,7 +370,7 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
             (*l4).dport,
         )
     };
-    if proto != IPPROTO_TCP {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return drop(event::DROP_TOO_BIG);
     }
     if !df {
@@ -358,6 +383,7 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
         u16::from_ne_bytes(sport),
         dst4,
         u16::from_ne_bytes(dport),
+        proto,
     ) else {
         return drop(event::DROP_TOO_BIG);
     };
@@ -406,12 +432,26 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
         (*ip).check = c.to_ne_bytes();
         (*ip).src_addr = osrc;
         (*ip).dst_addr = odst;
+        if proto == IPPROTO_UDP {
+            // The UDP checksum is inside the quote: back to what the sender computed.
+            let [l0, l1, c0, c1] = (*l4).seq;
+            let c = nat::udp_check(
+                u16::from_ne_bytes([c0, c1]),
+                (src4, dst4),
+                (osrc, odst),
+                (u16::from_ne_bytes(sport), u16::from_ne_bytes(dport)),
+                (osport, odport),
+            )
+            .to_ne_bytes();
+            (*l4).seq = [l0, l1, c[0], c[1]];
+        } else {
+            // Not covered by any checksum kept: the quote's TCP checksum is cut off below.
+            (*l4).seq = u32::from_be_bytes((*l4).seq)
+                .wrapping_add(delta)
+                .to_be_bytes();
+        }
         (*l4).sport = osport.to_ne_bytes();
         (*l4).dport = odport.to_ne_bytes();
-        // Not covered by any checksum kept: the quote's TCP checksum is cut off below.
-        (*l4).seq = u32::from_be_bytes((*l4).seq)
-            .wrapping_add(delta)
-            .to_be_bytes();
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return drop(event::DROP_TOO_BIG);

@@ -39,19 +39,21 @@ mod reply;
 mod select;
 mod snat;
 mod stats;
+mod udp;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     event, v4_mapped, Flow, FlowKey, NextHop, RevFlow, Settings, VipKey, VipMeta, CT_COOKIE,
-    CT_ESTABLISHED, CT_SYNACK, IPPROTO_TCP, SETTINGS_F_READY,
+    CT_ESTABLISHED, CT_SYNACK, IPPROTO_TCP, IPPROTO_UDP, SETTINGS_F_READY, TAIL_UDP,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
 use crate::{
-    conntrack::{expired, track},
+    conntrack::{tcp_expired, track},
     forward::forward,
     maps::{
-        FLOWS, ORIGIN_NH, ORIGIN_STATS, REV_FLOWS, SCRATCH, SETTINGS, VIPS, VIP_IDS, VIP_STATS,
+        FLOWS, ORIGIN_NH, ORIGIN_STATS, REV_FLOWS, SCRATCH, SETTINGS, TAILS, VIPS, VIP_IDS,
+        VIP_STATS,
     },
     nat::{rewrite, SeqShift, NO_SHIFT},
     parse::{ptr_at, seg, Seg, ACK, FIN, RST, SYN, TCP_OFF},
@@ -73,6 +75,13 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Ok(v) | Err(v) => v,
     };
     // Work requested from deep in the call chain (ICMP), run here for the stack's sake.
+    edge::finish(&ctx, v)
+}
+
+/// UDP datagrams, tail-called from `lb_xdp` (`TAILS[TAIL_UDP]`): see `udp`.
+#[xdp]
+pub fn lb_udp(ctx: XdpContext) -> u32 {
+    let v = udp::packet(&ctx);
     edge::finish(&ctx, v)
 }
 
@@ -102,6 +111,12 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(pass(event::PASS_MALFORMED));
     }
     if proto != IPPROTO_TCP {
+        if proto == IPPROTO_UDP {
+            // SAFETY: a tail call either does not return or returns because the slot is
+            // empty: then (an agent that has not filled it) UDP is treated as any protocol
+            // but TCP, as before UDP load balancing.
+            unsafe { TAILS.tail_call(ctx, TAIL_UDP) };
+        }
         return Err(edge::not_tcp(ctx));
     }
     let settings: &Settings = match SETTINGS.get(0) {
@@ -270,7 +285,7 @@ fn client_packet(
                 // SAFETY: a live map value, read field by field.
                 let (flags, origin_id, delta) =
                     unsafe { ((*r).flags, (*r).origin_id, (*r).seq_delta) };
-                if flags & (CT_COOKIE | CT_SYNACK) == CT_COOKIE && !expired(r, now, settings) {
+                if flags & (CT_COOKIE | CT_SYNACK) == CT_COOKIE && !tcp_expired(r, now, settings) {
                     // A cookie flow whose origin has not answered yet: send the SYN again.
                     // SAFETY: a live map value.
                     let (isn, win) = unsafe { ((*r).client_end.wrapping_sub(1), (*r).client_win) };
@@ -280,7 +295,7 @@ fn client_packet(
                     count(event::COOKIE_SYN_RESENT);
                     return forward_rebuilt(ctx);
                 }
-                if expired(r, now, settings) {
+                if tcp_expired(r, now, settings) {
                     if !syn {
                         remove_pair(key, &rkey, r);
                         return Err(drop(event::DROP_EXPIRED));
@@ -328,7 +343,7 @@ fn client_packet(
                 (*sc).init = cookie::init(s, now);
                 &(*sc).init
             };
-            new_flow(key, vip, init, core::ptr::null())?;
+            new_flow::<false>(key, vip, init, core::ptr::null())?;
             count(event::SYN_COOKIE_OK);
             // SAFETY: the flow new_flow left in the scratch entry.
             let (vip_id, origin_id) = unsafe { ((*sc).flow.vip_id, (*sc).flow.origin_id) };
@@ -365,7 +380,7 @@ fn client_packet(
             };
             &(*sc).init
         };
-        new_flow(key, vip, init, replaces)?;
+        new_flow::<false>(key, vip, init, replaces)?;
         match SCRATCH.get_ptr(0) {
             // SAFETY: offset computation inside the scratch entry, no read.
             Some(sc) => flow = unsafe { &raw const (*sc).flow },
@@ -447,7 +462,7 @@ fn origin_packet(
     s: &Seg,
 ) -> Result<u32, u32> {
     let now = now_secs();
-    if expired(r, now, settings) {
+    if tcp_expired(r, now, settings) {
         // SAFETY: a live map value.
         let handshake = unsafe { (*r).flags } & CT_ESTABLISHED == 0;
         if handshake && s.flags & (SYN | ACK | RST) == SYN | ACK {

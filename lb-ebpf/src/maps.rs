@@ -3,14 +3,16 @@
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    btf_maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{
+        lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray,
+    },
     macros::btf_map,
 };
 use lb_common::{
     event, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoPlanKey, GeoValue, Handshakes,
     OriginMeta, OriginNextHop, RevFlow, RingMeta, Settings, VipById, VipKey, VipMeta,
     AFFINITY_SIZE, DEFAULT_FLOW_TABLE_SIZE, GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAX_INTERFACES,
-    MAX_LOCAL_ADDRS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M, RING_SLOTS,
+    MAX_LOCAL_ADDRS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M, RING_SLOTS, TAIL_SLOTS,
 };
 
 /// `[0]`: SNAT address and port range; the data path passes everything until it is set.
@@ -98,6 +100,10 @@ pub static REV_FLOWS: HashMap<FlowKey, RevFlow, { DEFAULT_FLOW_TABLE_SIZE as usi
 #[btf_map]
 pub static HANDSHAKES: Array<Handshakes, 1> = Array::new();
 
+/// Programs `lb_xdp` tail-calls, by `lb_common::TAIL_*` slot; filled by the agent.
+#[btf_map]
+pub static TAILS: ProgramArray<{ TAIL_SLOTS as usize }> = ProgramArray::new();
+
 /// `[0]`: new UDP flows started per second, and those whose origin answered (`done`),
 /// shared by all CPUs; above `Settings::udp_budget` waiting, no new UDP flow is made.
 /// (`last_cookie` is unused.)
@@ -140,6 +146,9 @@ pub struct Scratch {
     pub plan_key: GeoPlanKey,
     pub aff_key: AffinityKey,
     pub aff: Affinity,
+    /// The UDP datagram's flow key, and the reverse key of its flow (`udp`).
+    pub ukey: FlowKey,
+    pub urkey: FlowKey,
 }
 
 #[btf_map]

@@ -6,12 +6,12 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     event,
     hash::{flow_hash, SEED_SNAT},
-    Affinity, Flow, FlowKey, NextHop, RevFlow, Settings, VipMeta, IPPROTO_TCP, ORIGIN_F_PRESENT,
-    REV_F_CLOSING, SNAT_PROBES, VIP_F_AFFINITY,
+    Affinity, Flow, FlowKey, NextHop, RevFlow, Settings, VipMeta, IPPROTO_TCP, IPPROTO_UDP,
+    ORIGIN_F_PRESENT, REV_F_CLOSING, SNAT_PROBES, VIP_F_AFFINITY,
 };
 
 use crate::{
-    conntrack::{expired, mark_closing},
+    conntrack::{mark_closing, tcp_expired, udp_expired},
     maps::{Scratch, AFFINITY, FLOWS, ORIGINS, REV_FLOWS, SCRATCH, SETTINGS},
     select::pick,
     stats::{count, drop, flows_add, handshake, DEC},
@@ -83,8 +83,11 @@ pub fn remove_pair(key: &FlowKey, rkey: &FlowKey, r: *mut RevFlow) {
 ///
 /// Not inlined, and working in the per-CPU scratch entry: a BPF subprogram keeps its stack
 /// frame apart from the hot path's, which keeps the call chain under the 512-byte limit.
+///
+/// `UDP`: the flow is UDP (`key.proto` is `IPPROTO_UDP`). A copy per protocol, so that
+/// neither pays the verifier for the other's expiry rules in its port-probing loop.
 #[inline(never)]
-pub fn new_flow(
+pub fn new_flow<const UDP: bool>(
     key: &FlowKey,
     vip: &VipMeta,
     init: &CtInit,
@@ -155,7 +158,8 @@ pub fn new_flow(
         dst: settings.snat_addr,
         sport: origin.port,
         dport: 0,
-        proto: IPPROTO_TCP,
+        // TCP and UDP ports are separate spaces, as in the kernel.
+        proto: proto::<UDP>(),
         _pad: [0; 3],
     };
     let range = u32::from(settings.snat_port_max - settings.snat_port_min) + 1;
@@ -183,7 +187,7 @@ pub fn new_flow(
             found = true;
             break;
         }
-        let r = recycle(sc, settings, false);
+        let r = recycle::<UDP>(sc, settings, false);
         if r == TAKEN {
             count(event::SNAT_RECYCLED);
             found = true;
@@ -197,7 +201,7 @@ pub fn new_flow(
     }
     if !found && best_score > 0 {
         sc.rkey.dport = best_port;
-        if recycle(sc, settings, true) == TAKEN {
+        if recycle::<UDP>(sc, settings, true) == TAKEN {
             count(event::SNAT_REUSED_EARLY);
             found = true;
         }
@@ -215,6 +219,7 @@ pub fn new_flow(
         snat_port: sc.rkey.dport,
         origin_id,
         vip_id: vip.vip_id,
+        udp: u8::from(UDP),
         ..NEW_HALF
     };
     if FLOWS.insert(key, &sc.flow, u64::from(BPF_ANY)).is_err() {
@@ -243,7 +248,7 @@ const TAKEN: u32 = u32::MAX;
 /// or for a closed flow not yet reusable a score (1 + idle seconds: the older the better),
 /// or 0 for an open flow (never taken).
 #[inline(never)]
-fn recycle(sc: &mut Scratch, settings: &Settings, force: bool) -> u32 {
+fn recycle<const UDP: bool>(sc: &mut Scratch, settings: &Settings, force: bool) -> u32 {
     let Some(old) = REV_FLOWS.get_ptr_mut(&sc.rkey) else {
         // Freed since the insert failed: take it the normal way.
         let ok = REV_FLOWS
@@ -255,7 +260,12 @@ fn recycle(sc: &mut Scratch, settings: &Settings, force: bool) -> u32 {
     // SAFETY: a live map value, read field by field.
     let (last, flags) = unsafe { ((*old).last_seen, (*old).flags) };
     let closed = RevFlow::closed(flags);
-    if !(expired(old, now, settings) || (force && closed)) {
+    let expired = if UDP {
+        udp_expired(old, now, settings)
+    } else {
+        tcp_expired(old, now, settings)
+    };
+    if !(expired || (force && closed)) {
         return if closed {
             now.wrapping_sub(last).saturating_add(1).min(TAKEN - 1)
         } else {
@@ -273,7 +283,7 @@ fn recycle(sc: &mut Scratch, settings: &Settings, force: bool) -> u32 {
             dst: (*old).vip_addr,
             sport: (*old).client_port,
             dport: (*old).vip_port,
-            proto: IPPROTO_TCP,
+            proto: proto::<UDP>(),
             _pad: [0; 3],
         };
     }
@@ -315,7 +325,7 @@ pub fn check_client_half(rkey: &FlowKey, r: *const RevFlow) -> bool {
             dst: (*r).vip_addr,
             sport: (*r).client_port,
             dport: (*r).vip_port,
-            proto: IPPROTO_TCP,
+            proto: rkey.proto,
             _pad: [0; 3],
         };
     }
@@ -337,6 +347,7 @@ pub fn check_client_half(rkey: &FlowKey, r: *const RevFlow) -> bool {
             snat_port: rkey.dport,
             origin_id: (*r).origin_id,
             vip_id: (*r).vip_id,
+            udp: is_udp(rkey.proto),
             ..NEW_HALF
         };
     }
@@ -347,4 +358,21 @@ pub fn check_client_half(rkey: &FlowKey, r: *const RevFlow) -> bool {
         count(event::PAIR_RESTORED);
     }
     true
+}
+
+/// The IP protocol of `new_flow::<UDP>`'s flows.
+#[inline(always)]
+const fn proto<const UDP: bool>() -> u8 {
+    if UDP {
+        IPPROTO_UDP
+    } else {
+        IPPROTO_TCP
+    }
+}
+
+/// `Flow::udp` for protocol `proto` (TCP or UDP), without a branch: 17 has bit 4 set, 6 not.
+#[inline(always)]
+fn is_udp(proto: u8) -> u8 {
+    const _: () = assert!(IPPROTO_UDP & 0x10 != 0 && IPPROTO_TCP & 0x10 == 0);
+    (proto >> 4) & 1
 }

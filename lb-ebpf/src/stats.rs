@@ -1,5 +1,6 @@
 //! Counters and the clock: per-CPU verdict reasons (`EVENTS`), per-VIP and per-origin
-//! traffic, open flows per origin (`ORIGIN_FLOWS`) and handshakes in flight (`HANDSHAKES`).
+//! traffic, open flows per origin (`ORIGIN_FLOWS`), handshakes in flight (`HANDSHAKES`) and
+//! new UDP flows waiting for an answer (`UDP_PENDING`).
 //! Nothing is logged per packet; every outcome increments one of these.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
@@ -7,9 +8,9 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     bindings::xdp_action, btf_maps::PerCpuArray, helpers::generated::bpf_ktime_get_coarse_ns,
 };
-use lb_common::{Counters, HANDSHAKE_BUCKETS};
+use lb_common::{Counters, Handshakes, HANDSHAKE_BUCKETS};
 
-use crate::maps::{EVENTS, HANDSHAKES, ORIGIN_FLOWS};
+use crate::maps::{EVENTS, HANDSHAKES, ORIGIN_FLOWS, UDP_PENDING};
 
 #[inline(always)]
 pub fn count(reason: u32) {
@@ -84,13 +85,28 @@ pub fn flows_add(id: u32, delta: u64) {
 }
 
 /// Counts a handshake started (`done` false) or finished (true) in this second's bucket of
-/// `HANDSHAKES`. A bucket still holding an older second is reset first (two CPUs may both
-/// reset it at a second boundary and lose a count or two: an estimate is all we need).
+/// `HANDSHAKES`.
 #[inline(always)]
 pub fn handshake(now: u32, done: bool) {
-    let Some(h) = HANDSHAKES.get_ptr_mut(0) else {
-        return;
-    };
+    if let Some(h) = HANDSHAKES.get_ptr_mut(0) {
+        bucket_add(h, now, done);
+    }
+}
+
+/// Counts a new UDP flow (`done` false), or the first answer of one (true), in this second's
+/// bucket of `UDP_PENDING`.
+#[inline(always)]
+pub fn udp_pending(now: u32, done: bool) {
+    if let Some(h) = UDP_PENDING.get_ptr_mut(0) {
+        bucket_add(h, now, done);
+    }
+}
+
+/// Counts one start or finish in this second's bucket of `h`. A bucket still holding an
+/// older second is reset first (two CPUs may both reset it at a second boundary and lose a
+/// count or two: an estimate is all we need).
+#[inline(always)]
+fn bucket_add(h: *mut Handshakes, now: u32, done: bool) {
     let i = (now % HANDSHAKE_BUCKETS) as usize;
     // SAFETY: a shared array value; counters change only by atomic adds, the second stamp
     // by plain stores (a race there costs accuracy, never memory safety).
@@ -114,11 +130,25 @@ pub fn handshake(now: u32, done: bool) {
 
 /// Handshakes started and not finished over the last `window` seconds (at most
 /// `HANDSHAKE_BUCKETS`): the load SYN cookies protect against.
-#[inline(never)]
+#[inline(always)]
 pub fn handshakes_in_flight(now: u32, window: u32) -> u64 {
-    let Some(h) = HANDSHAKES.get_ptr(0) else {
-        return 0;
-    };
+    HANDSHAKES
+        .get_ptr(0)
+        .map_or(0, |h| in_flight(h, now, window))
+}
+
+/// New UDP flows not answered yet, over the last `window` seconds (at most
+/// `HANDSHAKE_BUCKETS`): what `Settings::udp_budget` limits.
+#[inline(always)]
+pub fn udp_in_flight(now: u32, window: u32) -> u64 {
+    UDP_PENDING
+        .get_ptr(0)
+        .map_or(0, |h| in_flight(h, now, window))
+}
+
+/// Started minus finished in the buckets of `h` younger than `window` seconds.
+#[inline(never)]
+fn in_flight(h: *const Handshakes, now: u32, window: u32) -> u64 {
     let mut started: u64 = 0;
     let mut done: u64 = 0;
     let mut i = 0;
