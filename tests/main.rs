@@ -23,3 +23,4 @@ mod next_hop;
 mod steering;
 mod steering_fixtures;
 mod udp_e2e;
+mod udp_fixtures;

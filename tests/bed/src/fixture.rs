@@ -128,9 +128,22 @@ pub fn first_snat_port_in(
     dst: [u8; 4],
     dport: u16,
 ) -> u16 {
-    let key = FlowKey::tcp_v4(src, sport, dst, dport);
+    first_snat_port_of((min, max), &FlowKey::tcp_v4(src, sport, dst, dport))
+}
+
+/// The first SNAT port of a UDP flow in the fixtures' range.
+pub fn first_snat_port_udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> u16 {
+    let key = FlowKey {
+        proto: lb_common::IPPROTO_UDP,
+        ..FlowKey::tcp_v4(src, sport, dst, dport)
+    };
+    first_snat_port_of((SNAT_MIN, SNAT_MAX), &key)
+}
+
+/// The first SNAT port the data path tries for `key`, in `min..=max`.
+fn first_snat_port_of((min, max): (u16, u16), key: &FlowKey) -> u16 {
     let range = u32::from(max - min) + 1;
-    min + u16::try_from(hash::flow_hash(&key, hash::SEED_SNAT) % range).expect("range")
+    min + u16::try_from(hash::flow_hash(key, hash::SEED_SNAT) % range).expect("range")
 }
 
 /// The other port of the two-port fixture range.
@@ -161,17 +174,30 @@ pub fn csum(b: &[u8]) -> [u8; 2] {
 
 /// The sum of a TCP segment with its IPv4 pseudo-header (0xffff when its checksum is right).
 pub fn tcp_sum(src: &[u8], dst: &[u8], seg: &[u8]) -> u16 {
+    l4_sum(src, dst, 6, seg)
+}
+
+/// The sum of a TCP segment or UDP datagram (`proto`) with its IPv4 pseudo-header.
+pub fn l4_sum(src: &[u8], dst: &[u8], proto: u8, seg: &[u8]) -> u16 {
     let len = u16::try_from(seg.len()).expect("len").to_be_bytes();
     let mut b = src.to_vec();
     b.extend_from_slice(dst);
-    b.extend_from_slice(&[0, 6, len[0], len[1]]);
+    b.extend_from_slice(&[0, proto, len[0], len[1]]);
     b.extend_from_slice(seg);
     sum16(&b)
 }
 
-/// Recomputes every checksum of an output frame: IPv4; TCP; for ICMP the ICMP checksum
-/// (over the quote too), the quoted IPv4 header and, when the whole quoted segment is
-/// there, its TCP checksum.
+/// A UDP datagram's checksum is right: 0 (none, RFC 768) or summing to 0xffff with its
+/// pseudo-header.
+fn assert_udp_sum(desc: &str, what: &str, src: &[u8], dst: &[u8], dgram: &[u8]) {
+    if dgram[6..8] != [0, 0] {
+        assert_eq!(l4_sum(src, dst, 17, dgram), 0xffff, "{desc}: {what}");
+    }
+}
+
+/// Recomputes every checksum of an output frame: IPv4; TCP or UDP; for ICMP the ICMP
+/// checksum (over the quote too), the quoted IPv4 header and, when the whole quoted segment
+/// is there, its TCP or UDP checksum.
 pub fn assert_checksums(desc: &str, f: &[u8]) {
     assert_eq!(&f[12..14], &[8, 0], "{desc}: IPv4");
     assert_eq!(sum16(&f[14..34]), 0xffff, "{desc}: IPv4 header checksum");
@@ -189,11 +215,21 @@ pub fn assert_checksums(desc: &str, f: &[u8]) {
                 );
                 let qlen = usize::from(u16::from_be_bytes([q[2], q[3]]));
                 if q.len() >= qlen {
-                    assert_eq!(
-                        tcp_sum(&q[12..16], &q[16..20], &q[20..qlen]),
-                        0xffff,
-                        "{desc}: quoted TCP checksum"
-                    );
+                    if q[9] == 17 {
+                        assert_udp_sum(
+                            desc,
+                            "quoted UDP checksum",
+                            &q[12..16],
+                            &q[16..20],
+                            &q[20..qlen],
+                        );
+                    } else {
+                        assert_eq!(
+                            tcp_sum(&q[12..16], &q[16..20], &q[20..qlen]),
+                            0xffff,
+                            "{desc}: quoted TCP checksum"
+                        );
+                    }
                 }
             }
         }
@@ -202,6 +238,7 @@ pub fn assert_checksums(desc: &str, f: &[u8]) {
             0xffff,
             "{desc}: TCP checksum"
         ),
+        17 => assert_udp_sum(desc, "UDP checksum", &f[26..30], &f[30..34], l4),
         p => panic!("{desc}: protocol {p}"),
     }
 }
@@ -211,16 +248,28 @@ pub fn ip_of(frame: &[u8]) -> Vec<u8> {
     frame[14..].to_vec()
 }
 
-/// A UDP frame built by etherparse.
+/// A UDP frame built by etherparse (TTL 64).
 pub fn udp_frame(
     smac: [u8; 6],
     dmac: [u8; 6],
+    addrs: ([u8; 4], [u8; 4]),
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    udp_frame_ttl(smac, dmac, addrs, 64, ports, payload)
+}
+
+/// A UDP frame built by etherparse, with its TTL.
+pub fn udp_frame_ttl(
+    smac: [u8; 6],
+    dmac: [u8; 6],
     (src, dst): ([u8; 4], [u8; 4]),
+    ttl: u8,
     (sport, dport): (u16, u16),
     payload: &[u8],
 ) -> Vec<u8> {
     let b = etherparse::PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src, dst, 64)
+        .ipv4(src, dst, ttl)
         .udp(sport, dport);
     let mut v = Vec::new();
     b.write(&mut v, payload).expect("udp frame");
