@@ -56,6 +56,18 @@ fn no_checksum(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
+/// The frame as a fragment at 8-byte `offset` with MF set (its header checksum fixed):
+/// offset 0 is the first fragment of a larger datagram.
+fn fragment(mut v: Vec<u8>, offset: u16) -> Vec<u8> {
+    let w = (0x2000 | offset).to_be_bytes();
+    v[20] = (v[20] & 0x40) | w[0];
+    v[21] = w[1];
+    v[24..26].copy_from_slice(&[0, 0]);
+    let c = lb_testbed::fixture::csum(&v[14..34]);
+    v[24..26].copy_from_slice(&c);
+    v
+}
+
 /// Runs `f` on a freshly loaded program with the `dns` load balancer and `udp` dataplane
 /// lines, then checks every event counter.
 fn with_udp(udp: &str, f: impl FnOnce(&mut Loaded<'_>) + Send) {
@@ -74,12 +86,8 @@ fn datagrams_are_balanced_answered_and_checked() {
         let p1 = first_snat_port_udp(C1, 40000, VIP, 53);
         let mut bad_len = to_vip(C1, 40001, mac_a, 64, QUERY);
         bad_len[38..40].copy_from_slice(&200u16.to_be_bytes());
-        let mut frag = to_vip(C2, 40000, mac_a, 64, QUERY);
-        // MF set (and the header checksum fixed): the first fragment of a larger datagram.
-        frag[20] |= 0x20;
-        frag[24..26].copy_from_slice(&[0, 0]);
-        let c = lb_testbed::fixture::csum(&frag[14..34]);
-        frag[24..26].copy_from_slice(&c);
+        let frag = fragment(to_vip(C2, 40000, mac_a, 64, QUERY), 0);
+        let answer = udp_frame_ttl(MAC_O1, mac_b, (O1, SNAT), 64, (8080, p1), ANSWER);
         fx.run(vec![
             Case {
                 desc: "client 1's first datagram to the UDP VIP: a new flow, to o1 from the SNAT address",
@@ -177,6 +185,22 @@ fn datagrams_are_balanced_answered_and_checked() {
                 verdict: XDP_DROP,
                 output: None,
                 events: &[event::DROP_FRAGMENT],
+            },
+            Case {
+                desc: "the first fragment of an answer on client 1's flow: dropped, so the host's stack never reassembles it (and answers port unreachable)",
+                ingress: Side::B,
+                input: fragment(answer.clone(), 0),
+                verdict: XDP_DROP,
+                output: None,
+                events: &[event::DROP_FRAGMENT],
+            },
+            Case {
+                desc: "a later fragment to the SNAT address: no ports to know it by, the host's (where it expires unassembled)",
+                ingress: Side::B,
+                input: fragment(answer, 185),
+                verdict: XDP_PASS,
+                output: None,
+                events: &[event::PASS_NOT_TCP],
             },
             Case {
                 desc: "TTL 1: dropped before anything changes",

@@ -82,6 +82,27 @@ fn try_packet(ctx: &XdpContext) -> Result<u32, u32> {
                 event::DROP_FRAGMENT
             }));
         }
+        // The first fragment of an origin's answer on one of our flows: dropped too, so the
+        // host's stack never reassembles it and answers "port unreachable" for a port it
+        // has no socket on. (The later fragments reach the stack and expire there quietly:
+        // without the first, no ICMP is sent.)
+        if to_snat && vihl == 0x45 && frags[0] & IP_OFFSET_HI == 0 && frags[1] == 0 {
+            if let Some(udp) = ptr_at::<UdpHdr>(ctx, UDP_OFF) {
+                let key = FlowKey {
+                    src: v4_mapped(src4),
+                    dst,
+                    // SAFETY: bounds checked by ptr_at.
+                    sport: u16::from_ne_bytes(unsafe { (*udp).src }),
+                    // SAFETY: as above.
+                    dport: u16::from_ne_bytes(unsafe { (*udp).dst }),
+                    proto: IPPROTO_UDP,
+                    _pad: [0; 3],
+                };
+                if REV_FLOWS.get_ptr(&key).is_some() {
+                    return Err(drop(event::DROP_FRAGMENT));
+                }
+            }
+        }
         return Err(DO_NOT_OURS);
     }
     let Some(udp) = ptr_at::<UdpHdr>(ctx, UDP_OFF) else {
