@@ -345,6 +345,7 @@ fn three_thousand_udp_exchanges_split_by_weight() {
     }
     let f = s.flows.expect("flow states");
     println!("flows: {f:?}");
+    // One exchange per source port: answered, never continued.
     assert_eq!(f.udp_answered, u64::from(N), "{f:?}");
     for bad in [
         "drop_no_origin",
@@ -559,18 +560,20 @@ fn idle_udp_flows_expire_after_their_timeouts() {
         .run(|| (client_socket(47000), client_socket(47001)));
     let ask_in = |s: &UdpSocket, msg: &str| topo.client.run(|| ask(s, msg, 3));
 
-    // An answered flow: idle 3.5 s (under udp_timeout, over udp_unreplied_timeout) is kept.
+    // A conversation (answered, and continued after the answer): idle 3.5 s (under
+    // udp_timeout, over udp_unreplied_timeout) is kept.
     assert_eq!(
         ask_in(&answered, "a1").as_deref(),
         Some("o1"),
         "{}",
         dataplane_view(&cfg.path)
     );
+    assert_eq!(ask_in(&answered, "a1b").as_deref(), Some("o1"));
     // An unanswered flow: the origin ignores SILENT.
     assert_eq!(ask_in(&silent, "SILENT b1"), None);
     let f = read_stats(&cfg.path).flows.expect("flow states");
     assert_eq!(
-        (f.udp_answered, f.udp_unanswered),
+        (f.udp_conversation, f.udp_unanswered),
         (1, 1),
         "{}",
         dataplane_view(&cfg.path)

@@ -234,7 +234,7 @@ fn idle_flows_expire_after_their_timeouts_and_are_replaced() {
         c1(fx, "client 1: a new flow", &[event::FWD_REDIRECT]);
         fx.run(vec![
             Case {
-                desc: "o1 answers it: the flow is answered (udp_timeout applies)",
+                desc: "o1 answers it: the flow is answered, a one-shot exchange so far (udp_unreplied_timeout still applies)",
                 ingress: Side::B,
                 input: udp_frame_ttl(MAC_O1, mac_b, (O1, SNAT), 64, (8080, p1), ANSWER),
                 verdict: XDP_REDIRECT,
@@ -249,6 +249,14 @@ fn idle_flows_expire_after_their_timeouts_and_are_replaced() {
                 events: &[event::REPLY_NAT, event::FWD_REDIRECT],
             },
             Case {
+                desc: "client 1 speaks again after the answer, in the same second: a conversation (udp_timeout applies)",
+                ingress: Side::A,
+                input: to_vip(C1, 40000, mac_a, 64, QUERY),
+                verdict: XDP_REDIRECT,
+                output: Some(to_origin(mac_b, p1, 63, QUERY)),
+                events: &[event::FLOW_HIT, event::FWD_REDIRECT],
+            },
+            Case {
                 desc: "client 2: a new flow o1 never answers (udp_unreplied_timeout applies)",
                 ingress: Side::A,
                 input: to_vip(C2, 40000, mac_a, 64, QUERY),
@@ -257,7 +265,24 @@ fn idle_flows_expire_after_their_timeouts_and_are_replaced() {
                 events: &[event::FWD_REDIRECT],
             },
         ]);
-        // Two whole seconds idle: past the unanswered flow's 1 s, within the answered 3 s.
+        let states = |fx: &Loaded<'_>| -> Vec<u32> {
+            let mut v: Vec<u32> = fx
+                .maps()
+                .rev_flows
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(_, r)| r.flags)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        use lb_common::{CT_ESTABLISHED, CT_UDP, CT_UDP_STREAM};
+        assert_eq!(
+            states(fx),
+            vec![CT_UDP, CT_UDP | CT_ESTABLISHED | CT_UDP_STREAM],
+            "client 2's flow unanswered, client 1's a conversation"
+        );
+        // Two whole seconds idle: past the unanswered flow's 1 s, within the conversation's 3 s.
         next_second();
         next_second();
         c1(
@@ -274,7 +299,7 @@ fn idle_flows_expire_after_their_timeouts_and_are_replaced() {
             events: &[event::UDP_FLOW_EXPIRED, event::FWD_REDIRECT],
         }]);
         fx.run(vec![Case {
-            desc: "o1's late answer on client 2's port: the new flow's, forwarded",
+            desc: "o1's answer on client 2's port: the new flow's, forwarded (a one-shot exchange: never continued)",
             ingress: Side::B,
             input: udp_frame_ttl(MAC_O1, mac_b, (O1, SNAT), 64, (8080, p2), ANSWER),
             verdict: XDP_REDIRECT,
@@ -288,9 +313,18 @@ fn idle_flows_expire_after_their_timeouts_and_are_replaced() {
             )),
             events: &[event::REPLY_NAT, event::FWD_REDIRECT],
         }]);
-        for _ in 0..4 {
-            next_second();
-        }
+        next_second();
+        next_second();
+        fx.run(vec![Case {
+            desc: "client 2 after 2 s more: its answered but never continued flow expired after udp_unreplied_timeout, replaced",
+            ingress: Side::A,
+            input: to_vip(C2, 40000, mac_a, 64, QUERY),
+            verdict: XDP_REDIRECT,
+            output: Some(to_origin(mac_b, p2, 63, QUERY)),
+            events: &[event::UDP_FLOW_EXPIRED, event::FWD_REDIRECT],
+        }]);
+        next_second();
+        next_second();
         fx.run(vec![Case {
             desc: "o1 answering client 1 after 4 idle seconds: the flow expired, dropped",
             ingress: Side::B,
