@@ -652,7 +652,7 @@ pub struct Settings {
     /// after this many idle seconds (`dataplane.udp_unreplied_timeout`), host order.
     pub udp_unreplied_secs: u32,
     /// New UDP flows still waiting for their origin's first answer, counted over the last
-    /// `HANDSHAKE_BUCKETS` seconds (`UDP_PENDING`), above which a datagram that would make a
+    /// `udp_unreplied_secs` (at most `HANDSHAKE_BUCKETS`) seconds (`UDP_PENDING`), above which a datagram that would make a
     /// new flow is dropped (`DROP_UDP_BUDGET`): UDP has no SYN cookie
     /// (`dataplane.udp_budget`). Host order.
     pub udp_budget: u32,

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! There is no handshake to prove a source address, so every datagram without a flow makes
-//! one: at most `udp_budget` unanswered ones in any 16 s. A flow lives `udp_timeout` idle
+//! one: at most `udp_budget` unanswered ones within `udp_unreplied_timeout` (at most 16 s). A flow lives `udp_timeout` idle
 //! seconds (conntrack's "stream" timeout, 120 s) once it is a conversation: answered, and
 //! the client spoke again after the answer (`CT_UDP_STREAM`, noted at the next once-a-second
 //! check); every other flow, unanswered or a one-shot exchange, `udp_unreplied_timeout`
