@@ -80,20 +80,25 @@ fn wrk(ns: &NetNs, url: &str, secs: u32, close: bool) -> Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk output: {out}"))
 }
 
+/// iperf3's JSON report of a test against `host:port` for `secs` seconds, with `extra`
+/// options.
+fn iperf_json(
+    ns: &NetNs,
+    host: &str,
+    port: u16,
+    secs: u32,
+    extra: &[&str],
+) -> Result<(serde_json::Value, String)> {
+    let (port, secs) = (port.to_string(), secs.to_string());
+    let mut args = vec!["-c", host, "-p", &port, "-t", &secs, "-J"];
+    args.extend_from_slice(extra);
+    let out = ns.exec("iperf3", &args);
+    let v = serde_json::from_str(&out).context("iperf3 JSON")?;
+    Ok((v, out))
+}
+
 fn iperf(ns: &NetNs, host: &str, port: u16, secs: u32) -> Result<f64> {
-    let out = ns.exec(
-        "iperf3",
-        &[
-            "-c",
-            host,
-            "-p",
-            &port.to_string(),
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ],
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let (v, _) = iperf_json(ns, host, port, secs, &[])?;
     v.pointer("/end/sum_received/bits_per_second")
         .and_then(serde_json::Value::as_f64)
         .map(|b| b / 1e9)
@@ -103,24 +108,7 @@ fn iperf(ns: &NetNs, host: &str, port: u16, secs: u32) -> Result<f64> {
 /// UDP datagrams of 64 bytes per second received by the iperf3 server (thousands), the
 /// client sending as fast as it can (`-b 0`): sent minus lost, over the test's seconds.
 fn iperf_udp(ns: &NetNs, host: &str, port: u16, secs: u32) -> Result<f64> {
-    let out = ns.exec(
-        "iperf3",
-        &[
-            "-c",
-            host,
-            "-p",
-            &port.to_string(),
-            "-u",
-            "-b",
-            "0",
-            "-l",
-            "64",
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ],
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let (v, out) = iperf_json(ns, host, port, secs, &["-u", "-b", "0", "-l", "64"])?;
     let f = |p: &str| {
         v.pointer(p)
             .and_then(serde_json::Value::as_f64)

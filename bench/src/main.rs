@@ -111,6 +111,29 @@ fn tcp_frame(
     lb_testbed::tcp_frame(smac, dmac, src, dst, 64, sport, dport, flags, &[])
 }
 
+/// The origin of the flow `key` (address, MAC, port) and its SNAT port, host order.
+fn flow_origin(
+    maps: &lb_agent::dataplane::Maps,
+    key: &FlowKey,
+) -> Result<([u8; 4], [u8; 6], u16, u16)> {
+    let flow = maps
+        .flows
+        .get(key, 0)
+        .with_context(|| format!("no flow for {key:?}"))?;
+    let o: [u8; 4] = flow.origin_addr[12..16].try_into()?;
+    let omac = (WEB_ORIGINS.start..GEO_ORIGINS.end)
+        .map(origin)
+        .find(|(a, _)| *a == o)
+        .map(|(_, m)| m)
+        .context("origin mac")?;
+    Ok((
+        o,
+        omac,
+        u16::from_be(flow.origin_port),
+        u16::from_be(flow.snat_port),
+    ))
+}
+
 /// A UDP datagram with TTL 64 and a 32-byte payload.
 fn udp_frame(
     smac: [u8; 6],
@@ -138,17 +161,7 @@ fn udp_flow(
         proto: lb_common::IPPROTO_UDP,
         ..FlowKey::tcp_v4(CLIENT, sport, VIP, 53)
     };
-    let flow = maps
-        .flows
-        .get(&key, 0)
-        .with_context(|| format!("no UDP flow for port {sport}"))?;
-    let o: [u8; 4] = flow.origin_addr[12..16].try_into()?;
-    let omac = (WEB_ORIGINS.start..GEO_ORIGINS.end)
-        .map(origin)
-        .find(|(a, _)| *a == o)
-        .map(|(_, m)| m)
-        .context("origin mac")?;
-    let (oport, snat_port) = (u16::from_be(flow.origin_port), u16::from_be(flow.snat_port));
+    let (o, omac, oport, snat_port) = flow_origin(maps, &key)?;
     Ok((
         udp_frame(MAC_CLIENT, bed.mac_a, (CLIENT, VIP), (sport, 53)),
         udp_frame(omac, bed.mac_b, (o, SNAT), (oport, snat_port)),
@@ -405,17 +418,7 @@ fn establish(
 ) -> Result<(Vec<u8>, Vec<u8>)> {
     use lb_testbed::{tcp_flags::ACK, tcp_flags::SYN, tcp_segment};
     let key = FlowKey::tcp_v4(CLIENT, sport, vip, 80);
-    let flow = maps
-        .flows
-        .get(&key, 0)
-        .with_context(|| format!("no flow for port {sport} to {vip:?}"))?;
-    let o: [u8; 4] = flow.origin_addr[12..16].try_into()?;
-    let omac = (WEB_ORIGINS.start..GEO_ORIGINS.end)
-        .map(origin)
-        .find(|(a, _)| *a == o)
-        .map(|(_, m)| m)
-        .context("origin mac")?;
-    let (oport, snat_port) = (u16::from_be(flow.origin_port), u16::from_be(flow.snat_port));
+    let (o, omac, oport, snat_port) = flow_origin(maps, &key)?;
     let synack = tcp_segment(
         omac,
         bed.mac_b,
