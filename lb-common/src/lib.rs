@@ -1066,3 +1066,44 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for OriginNextHop {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        Flow, RevFlow, Settings, CT_ESTABLISHED, CT_FIN_CLIENT, CT_UDP, CT_UDP_STREAM, IPPROTO_TCP,
+        IPPROTO_UDP,
+    };
+
+    #[test]
+    fn a_flow_half_knows_its_protocol_and_its_reverse_key_carries_it() {
+        let tcp = Flow::default();
+        let udp = Flow { udp: 1, ..tcp };
+        assert_eq!((tcp.proto(), udp.proto()), (IPPROTO_TCP, IPPROTO_UDP));
+        assert_eq!(udp.rev_key().proto, IPPROTO_UDP);
+        assert_eq!(tcp.rev_key().proto, IPPROTO_TCP);
+    }
+
+    #[test]
+    fn udp_flows_take_the_long_timeout_only_as_conversations() {
+        let s = Settings {
+            udp_secs: 120,
+            udp_unreplied_secs: 30,
+            established_secs: 86_400,
+            half_closed_secs: 300,
+            ..Settings::default()
+        };
+        assert_eq!(RevFlow::timeout(CT_UDP, &s), 30, "never answered");
+        assert_eq!(
+            RevFlow::timeout(CT_UDP | CT_ESTABLISHED, &s),
+            30,
+            "answered once"
+        );
+        assert_eq!(
+            RevFlow::timeout(CT_UDP | CT_ESTABLISHED | CT_UDP_STREAM, &s),
+            120,
+            "a conversation"
+        );
+        assert_eq!(RevFlow::timeout(CT_ESTABLISHED, &s), 86_400, "TCP");
+        assert_eq!(RevFlow::timeout(CT_ESTABLISHED | CT_FIN_CLIENT, &s), 300);
+    }
+}
