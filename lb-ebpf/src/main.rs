@@ -51,15 +51,12 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 use crate::{
     conntrack::{tcp_expired, track},
     forward::forward,
-    maps::{
-        FLOWS, ORIGIN_NH, ORIGIN_STATS, REV_FLOWS, SCRATCH, SETTINGS, TAILS, VIPS, VIP_IDS,
-        VIP_STATS,
-    },
+    maps::{FLOWS, ORIGIN_NH, REV_FLOWS, SCRATCH, SETTINGS, TAILS, VIPS, VIP_IDS},
     nat::{rewrite, SeqShift, NO_SHIFT},
     parse::{ptr_at, seg, Seg, ACK, FIN, RST, SYN, TCP_OFF},
     select::usable,
     snat::{check_client_half, names_client, new_flow, remove_pair, rev_key, CtInit},
-    stats::{add, cookies_recent, count, drop, now_secs, pass, verdict},
+    stats::{add_frame, cookies_recent, count, drop, now_secs, pass, verdict},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -347,9 +344,7 @@ fn client_packet(
             count(event::SYN_COOKIE_OK);
             // SAFETY: the flow new_flow left in the scratch entry.
             let (vip_id, origin_id) = unsafe { ((*sc).flow.vip_id, (*sc).flow.origin_id) };
-            let len = (ctx.data_end() - ctx.data()) as u64;
-            add(&VIP_STATS, vip_id, len, false, true);
-            add(&ORIGIN_STATS, origin_id, len, false, true);
+            add_frame(ctx, vip_id, origin_id, false, true);
             // SAFETY: the flow new_flow left in the scratch entry.
             let f = unsafe { &(*sc).flow };
             cookie::syn_to_origin(ctx, f, s.seq.wrapping_sub(1), s.win)?;
@@ -403,9 +398,7 @@ fn client_packet(
         flow.origin_port,
         shift,
     );
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    add(&VIP_STATS, flow.vip_id, len, false, is_new);
-    add(&ORIGIN_STATS, flow.origin_id, len, false, is_new);
+    add_frame(ctx, flow.vip_id, flow.origin_id, false, is_new);
     forward(ctx, ip, nh, now)
 }
 
@@ -518,9 +511,7 @@ fn origin_packet(
     };
     rewrite(ip, tcp, vip_addr, vip_port, client_addr, client_port, shift);
     count(event::REPLY_NAT);
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    add(&VIP_STATS, vip_id, len, true, false);
-    add(&ORIGIN_STATS, origin_id, len, true, false);
+    add_frame(ctx, vip_id, origin_id, true, false);
     // SAFETY: a live map value; the field's address, no read.
     forward(ctx, ip, unsafe { &raw mut (*r).nh }, now)
 }

@@ -7,10 +7,11 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::xdp_action, btf_maps::PerCpuArray, helpers::generated::bpf_ktime_get_coarse_ns,
+    programs::XdpContext,
 };
 use lb_common::{Counters, Handshakes, HANDSHAKE_BUCKETS};
 
-use crate::maps::{EVENTS, HANDSHAKES, ORIGIN_FLOWS, UDP_PENDING};
+use crate::maps::{EVENTS, HANDSHAKES, ORIGIN_FLOWS, ORIGIN_STATS, UDP_PENDING, VIP_STATS};
 
 #[inline(always)]
 pub fn count(reason: u32) {
@@ -48,7 +49,7 @@ pub fn now_secs() -> u32 {
 
 /// Adds one packet to the counters of VIP or origin `id`; `new_flow` also counts a flow.
 #[inline(always)]
-pub fn add<const N: usize>(
+fn add<const N: usize>(
     map: &PerCpuArray<Counters, N>,
     id: u32,
     len: u64,
@@ -70,6 +71,15 @@ pub fn add<const N: usize>(
             }
         }
     }
+}
+
+/// Adds the frame in `ctx` to the counters of VIP `vip_id` and origin `origin_id`: a
+/// client packet (`new_flow`: its flow's first) or an origin's answer (`reply`).
+#[inline(always)]
+pub fn add_frame(ctx: &XdpContext, vip_id: u32, origin_id: u32, reply: bool, new_flow: bool) {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    add(&VIP_STATS, vip_id, len, reply, new_flow);
+    add(&ORIGIN_STATS, origin_id, len, reply, new_flow);
 }
 
 /// -1 for `flows_add`.

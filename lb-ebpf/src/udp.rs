@@ -34,12 +34,12 @@ use crate::{
     edge::DO_NOT_OURS,
     forward::forward,
     is_vip_addr,
-    maps::{FLOWS, ORIGIN_STATS, REV_FLOWS, SCRATCH, SETTINGS, VIPS, VIP_IDS, VIP_STATS},
+    maps::{FLOWS, REV_FLOWS, SCRATCH, SETTINGS, VIPS, VIP_IDS},
     nat::rewrite_udp,
     origin_next_hop,
     parse::ptr_at,
     snat::{check_client_half, names_client, new_flow, CtInit},
-    stats::{add, count, drop, now_secs, pass, udp_in_flight, udp_pending},
+    stats::{add_frame, count, drop, now_secs, pass, udp_in_flight, udp_pending},
     IP_MF, IP_OFFSET_HI,
 };
 
@@ -312,9 +312,7 @@ fn client_datagram(
         flow.origin_addr,
         flow.origin_port,
     );
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    add(&VIP_STATS, flow.vip_id, len, false, is_new);
-    add(&ORIGIN_STATS, flow.origin_id, len, false, is_new);
+    add_frame(ctx, flow.vip_id, flow.origin_id, false, is_new);
     forward(ctx, ip, nh, now)
 }
 
@@ -369,9 +367,7 @@ fn origin_datagram(
     };
     rewrite_udp(ip, udp, vip_addr, vip_port, client_addr, client_port);
     count(event::REPLY_NAT);
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    add(&VIP_STATS, vip_id, len, true, false);
-    add(&ORIGIN_STATS, origin_id, len, true, false);
+    add_frame(ctx, vip_id, origin_id, true, false);
     // SAFETY: a live map value; the field's address, no read.
     forward(ctx, ip, unsafe { &raw mut (*r).nh }, now)
 }
