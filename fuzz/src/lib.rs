@@ -36,16 +36,19 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use lb_agent::{dataplane, reconcile::Reconciler};
-use lb_common::{event, Flow, FlowKey, RevFlow, Settings, FLOW_F_FAST, REV_F_CLOSING};
+use lb_common::{
+    event, Flow, FlowKey, RevFlow, Settings, CT_COOKIE, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_RST,
+    CT_STALE, CT_SYNACK, CT_UDP, FLOW_F_FAST, IPPROTO_TCP, IPPROTO_UDP, REV_F_CLOSING,
+};
 use lb_testbed::{
     fixture::{
         self, mac_of, C1, C2, C3, C4, C5, C6, LB_ONE_ARMED, LB_WWW, LOCAL_ORIGIN, O1, O2, O3,
-        POOL_LOCAL, SNAT, VIP, VIP2,
+        POOL_LOCAL, R_CLIENT, R_ORIGIN, SNAT, VIP, VIP2,
     },
     FibBed, Side,
 };
 
-use crate::frame::{hex, mutate, Rng, Seg, ACK, FIN, IP, PSH, RST, SYN, TCP};
+use crate::frame::{hex, mutate, Dgram, Rng, Seg, UdpSum, ACK, FIN, IP, PSH, RST, SYN, TCP, UDP};
 
 pub use lb_testbed::fixture::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 const VERDICT_NAMES: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
@@ -60,7 +63,7 @@ const O4: [u8; 4] = O3;
 /// The one-armed VIP's origin, behind the client side (XDP_TX).
 const LOCAL: [u8; 4] = LOCAL_ORIGIN;
 /// (address, port, side) of every origin in `config()`.
-const ORIGINS: [([u8; 4], u16, Side); 7] = [
+const ORIGINS: [([u8; 4], u16, Side); 9] = [
     (O1, 8080, Side::B),
     (O2, 8080, Side::B),
     (O1, 8081, Side::B),
@@ -68,30 +71,82 @@ const ORIGINS: [([u8; 4], u16, Side); 7] = [
     (O1, 8443, Side::B),
     (O1, 8444, Side::B),
     (LOCAL, 8080, Side::A),
+    (O1, 5353, Side::B),
+    (O2, 5353, Side::B),
 ];
-/// (VIP, port) pairs of `config()`.
+/// (VIP, port) pairs of `config()`'s TCP load balancers.
 const VIPS: [([u8; 4], u16); 3] = [(VIP, 80), (VIP, 443), (VIP2, 80)];
+/// (VIP, port) pairs of its UDP load balancers: VIP:80 is also a TCP VIP (same address and
+/// port, other protocol, same pool).
+const UDP_VIPS: [([u8; 4], u16); 3] = [(VIP, 53), (VIP, 80), (VIP2, 53)];
+/// VIP address and port pairs with no UDP load balancer (TCP only).
+const TCP_ONLY: [([u8; 4], u16); 2] = [(VIP, 443), (VIP2, 80)];
 
 /// Timeouts short enough that flows expire, close and give up their ports during a run.
 const SYN_SECS: u32 = 1;
 const HALF_CLOSED_SECS: u32 = 2;
 const ESTABLISHED_SECS: u32 = 3;
 const REUSE_CLOSED_SECS: u32 = 1;
+const UDP_SECS: u32 = 2;
+/// Frames in each stretch of the UDP generator's phases (flood of new flows, or not).
+const FLOOD_FRAMES: u64 = 60_000;
+/// Percent of generated frames drawn from the UDP generator (`udp_base`).
+const UDP_SHARE: u32 = 25;
+const UDP_UNREPLIED_SECS: u32 = 1;
 
 /// Two VIP addresses, three VIPs; pool `web` has two origins on one address (o1:8080 and
 /// o1:8081: same address, other port), pool `lc` uses least connections (o5 and o6 share an
 /// address too, and one client tuple may meet either), pool `local` sits
 /// behind the client-side interface. Sixteen SNAT ports, so ports run out and are recycled.
+/// Three UDP VIPs: `dns` (pool `dns`), `www-udp` on the TCP VIP's own address and port
+/// (pool `web`, so one origin holds flows of both protocols), `one-armed-udp` (pool
+/// `local`); UDP flows expire within seconds and the UDP budget is small.
 fn config() -> String {
     let dataplane = fixture::dataplane(
         (SNAT_MIN, SNAT_MAX),
         "snat_port_reuse_after_close = 1
 tcp_timeouts = { syn = 1, half_closed = 2, established = 3 }
 # Few handshakes in flight before SYN cookies, so the cookie paths are fuzzed too.
-syn_budget = 8",
+syn_budget = 8
+# UDP flows expire during a run, and floods of new ones meet the budget.
+udp_timeout = 2
+udp_unreplied_timeout = 1
+udp_budget = 8",
     );
-    format!("{dataplane}{POOLS}{POOL_LOCAL}{LB_WWW}{LB_TLS}{LB_ONE_ARMED}")
+    format!("{dataplane}{POOLS}{POOL_LOCAL}{LB_WWW}{LB_TLS}{LB_ONE_ARMED}{POOL_DNS}{LBS_UDP}")
 }
+
+const POOL_DNS: &str = r#"
+[[pools]]
+name = "dns"
+origins = [
+  { name = "d1", address = "10.0.11.2", port = 5353 },
+  { name = "d2", address = "10.0.11.3", port = 5353 },
+]
+"#;
+
+const LBS_UDP: &str = r#"
+[[load_balancers]]
+name = "dns"
+protocol = "udp"
+address = "10.0.0.10"
+port = 53
+default_pools = ["dns"]
+
+[[load_balancers]]
+name = "www-udp"
+protocol = "udp"
+address = "10.0.0.10"
+port = 80
+default_pools = ["web"]
+
+[[load_balancers]]
+name = "one-armed-udp"
+protocol = "udp"
+address = "10.0.0.11"
+port = 53
+default_pools = ["local"]
+"#;
 
 const POOLS: &str = r#"
 [[pools]]
@@ -223,8 +278,11 @@ pub struct Report {
     pub table_checks: u64,
     /// Most `FLOWS` and `REV_FLOWS` entries a check saw.
     pub max_entries: (usize, usize),
-    /// Rewritten frames whose input TCP checksum was wrong (forwarded with the error kept).
+    /// Rewritten frames whose input TCP or UDP checksum was wrong (forwarded with the error
+    /// kept).
     pub forwarded_bad_checksum: u64,
+    /// Rewritten UDP datagrams without a checksum (0, kept 0).
+    pub forwarded_zero_udp_checksum: u64,
     /// Rewritten frames whose IPv4 total length disagrees with the frame's length.
     pub forwarded_bad_length: u64,
     pub violations: Vec<Violation>,
@@ -263,13 +321,14 @@ impl std::fmt::Display for Report {
         writeln!(f, "fuzz: events: {}", e.join(", "))?;
         write!(
             f,
-            "fuzz: rewritten frames with a wrong input TCP checksum (kept wrong): {}; with an IPv4 total length that disagrees with the frame: {}",
-            self.forwarded_bad_checksum, self.forwarded_bad_length
+            "fuzz: rewritten frames with a wrong input TCP/UDP checksum (kept wrong): {}; UDP without a checksum (kept 0): {}; with an IPv4 total length that disagrees with the frame: {}",
+            self.forwarded_bad_checksum, self.forwarded_zero_udp_checksum, self.forwarded_bad_length
         )
     }
 }
 
-/// A flow the generator knows, from a clean handshake.
+/// A flow the generator knows, from a clean handshake (TCP) or a first datagram (UDP; the
+/// sequence numbers unused).
 #[derive(Clone, Debug)]
 struct Known {
     client: [u8; 4],
@@ -385,6 +444,10 @@ struct Fuzzer<'a> {
     mac_a: [u8; 6],
     mac_b: [u8; 6],
     known: Vec<Known>,
+    known_udp: Vec<Known>,
+    /// UDP flows dropped from `known_udp`, with when: revisited once idle past both UDP
+    /// timeouts, so that flows expire (and their ports are taken) during a run.
+    dormant: std::collections::VecDeque<(Known, Instant)>,
     /// Frames run so far (the next frame's index).
     index: u64,
     report: Report,
@@ -413,8 +476,13 @@ fn now_coarse() -> u32 {
 
 fn show_key(k: &FlowKey) -> String {
     let a = |x: &[u8; 16]| std::net::Ipv4Addr::new(x[12], x[13], x[14], x[15]);
+    let p = match k.proto {
+        IPPROTO_TCP => "tcp".to_string(),
+        IPPROTO_UDP => "udp".to_string(),
+        n => format!("proto {n}"),
+    };
     format!(
-        "{}:{} -> {}:{}",
+        "{p} {}:{} -> {}:{}",
         a(&k.src),
         u16::from_be(k.sport),
         a(&k.dst),
@@ -426,15 +494,57 @@ fn rev_key(f: &Flow) -> FlowKey {
     f.rev_key()
 }
 
-fn client_key(r: &RevFlow) -> FlowKey {
+/// The `FLOWS` key a `REV_FLOWS` entry (key `rk`) names: its client tuple, in the
+/// protocol of its own key (as the data path's `check_client_half` reads it).
+fn client_key(rk: &FlowKey, r: &RevFlow) -> FlowKey {
     FlowKey {
         src: r.client_addr,
         dst: r.vip_addr,
         sport: r.client_port,
         dport: r.vip_port,
-        proto: 6,
+        proto: rk.proto,
         _pad: [0; 3],
     }
+}
+
+/// `RevFlow` bits only a TCP flow may carry.
+const CT_TCP_ONLY: u32 = CT_SYNACK | CT_FIN_CLIENT | CT_FIN_ORIGIN | CT_RST | CT_COOKIE | CT_STALE;
+
+/// The part of a `FLOWS` or `REV_FLOWS` entry's protocol story that is wrong (`None`:
+/// nothing): the key is TCP or UDP; a `FLOWS` half's `udp` says its key's protocol; a
+/// `REV_FLOWS` entry of a UDP key has `CT_UDP` and no TCP state bits, one of a TCP key no
+/// `CT_UDP`.
+fn proto_problem(k: &FlowKey, f: Option<&Flow>, r: Option<&RevFlow>) -> Option<String> {
+    if k.proto != IPPROTO_TCP && k.proto != IPPROTO_UDP {
+        return Some(format!("key {} has protocol {}", show_key(k), k.proto));
+    }
+    let udp = k.proto == IPPROTO_UDP;
+    if let Some(f) = f {
+        if f.udp > 1 || (f.udp == 1) != udp {
+            return Some(format!(
+                "FLOWS {} (protocol {}) has udp = {}",
+                show_key(k),
+                k.proto,
+                f.udp
+            ));
+        }
+    }
+    if let Some(r) = r {
+        let bad = if udp {
+            r.flags & CT_UDP == 0 || r.flags & CT_TCP_ONLY != 0
+        } else {
+            r.flags & CT_UDP != 0
+        };
+        if bad {
+            return Some(format!(
+                "REV_FLOWS {} (protocol {}) has flags {:#x}",
+                show_key(k),
+                k.proto,
+                r.flags
+            ));
+        }
+    }
+    None
 }
 
 /// Is the frame addressed to a VIP address or the SNAT address (as the data path reads it)?
@@ -683,13 +793,27 @@ impl Fuzzer<'_> {
             let input_ok = if input.get(IP + 9) == Some(&1) {
                 frame::icmp_problem(input).is_none()
             } else {
-                frame::verify(input).is_some_and(|v| v.ip && v.tcp == Some(true))
+                frame::verify(input).is_some_and(|v| {
+                    v.ip && (v.tcp == Some(true)
+                        || matches!(v.udp, Some(UdpSum::Good | UdpSum::Zero)))
+                })
             };
-            return if input_ok {
-                frame::icmp_problem(out)
-            } else {
-                None
-            };
+            if input_ok {
+                if let Some(p) = frame::icmp_problem(out) {
+                    return Some(p);
+                }
+            }
+            // A translated error quoting a whole UDP datagram: the quoted checksum is
+            // translated too, so it verifies as the quote in the input did (0 stays 0).
+            if let Some(q) = frame::quoted_udp(input) {
+                let after = frame::quoted_udp(out);
+                if after != Some(q) {
+                    return Some(format!(
+                        "quoted UDP checksum before: {q:?}, after: {after:?}"
+                    ));
+                }
+            }
+            return None;
         }
         if ev == event::RST_TO_ORIGIN
             || ev == event::SYN_COOKIE_SENT
@@ -714,6 +838,7 @@ impl Fuzzer<'_> {
                 != (frame::Sums {
                     ip: true,
                     tcp: Some(true),
+                    udp: None,
                 })
             {
                 return Some(format!("RST checksums: {after:?}"));
@@ -727,13 +852,19 @@ impl Fuzzer<'_> {
                 out.len()
             ));
         }
-        // Only MACs, TTL, the IPv4 checksum, addresses, ports and the TCP checksum change.
+        // Only MACs, TTL, the IPv4 checksum, addresses, ports and the TCP or UDP checksum
+        // change.
+        let check = if input[IP + 9] == IPPROTO_UDP {
+            UDP + 6
+        } else {
+            TCP + 16
+        };
         let allowed = |i: usize| {
             i < 12
                 || i == IP + 8
                 || (IP + 10..IP + 20).contains(&i)
                 || (TCP..TCP + 4).contains(&i)
-                || (TCP + 16..TCP + 18).contains(&i)
+                || (check..check + 2).contains(&i)
         };
         if let Some(i) = (0..input.len()).find(|&i| input[i] != out[i] && !allowed(i)) {
             return Some(format!(
@@ -759,8 +890,17 @@ impl Fuzzer<'_> {
         if tot + IP != input.len() {
             self.report.forwarded_bad_length += 1;
         }
-        if before.tcp == Some(false) {
+        if before.tcp == Some(false) || before.udp == Some(UdpSum::Bad) {
             self.report.forwarded_bad_checksum += 1;
+        }
+        if before.udp == Some(UdpSum::Zero) {
+            self.report.forwarded_zero_udp_checksum += 1;
+        }
+        if after.udp != before.udp {
+            return Some(format!(
+                "UDP checksum before: {:?}, after: {:?}",
+                before.udp, after.udp
+            ));
         }
         if after.tcp != before.tcp {
             return Some(format!(
@@ -894,6 +1034,337 @@ impl Fuzzer<'_> {
         }
     }
 
+    /// A clean first datagram of a new UDP flow, answered by its origin if `answer`.
+    fn open_udp(&mut self, client: [u8; 4], cport: u16, vip: ([u8; 4], u16), answer: bool) {
+        let payload = self.udp_payload();
+        let d = Dgram {
+            smac: mac_of(client),
+            dmac: self.mac_a,
+            src: client,
+            dst: vip.0,
+            ttl: 64,
+            sport: cport,
+            dport: vip.1,
+            checksum: true,
+            payload,
+        }
+        .build();
+        let Some((v, out)) = self.step(&d, Side::A, "UDP: first datagram") else {
+            return;
+        };
+        if !(v == XDP_TX || v == XDP_REDIRECT) || out.len() < UDP + 8 {
+            return;
+        }
+        let origin = [out[IP + 16], out[IP + 17], out[IP + 18], out[IP + 19]];
+        let oport = u16::from_be_bytes([out[UDP + 2], out[UDP + 3]]);
+        let Some(&(_, _, oside)) = ORIGINS.iter().find(|(a, p, _)| *a == origin && *p == oport)
+        else {
+            return;
+        };
+        let k = Known {
+            client,
+            cport,
+            vip: vip.0,
+            vport: vip.1,
+            origin,
+            oport,
+            oside,
+            snat_port: u16::from_be_bytes([out[UDP], out[UDP + 1]]),
+            cseq: 0,
+            oseq: 0,
+        };
+        if answer {
+            let (d, side) = self.known_dgram(&k, false);
+            self.step(&d.build(), side, "UDP: the origin's answer");
+        }
+        if self.known_udp.len() < 16 {
+            self.known_udp.push(k);
+        } else {
+            let i = self.rng.below(self.known_udp.len());
+            let old = std::mem::replace(&mut self.known_udp[i], k);
+            if self.dormant.len() >= 1024 {
+                self.dormant.pop_front();
+            }
+            self.dormant.push_back((old, Instant::now()));
+        }
+    }
+
+    /// A UDP payload: empty, DNS-sized, or up to a full MTU.
+    fn udp_payload(&mut self) -> Vec<u8> {
+        let n = self.rng.pick(&[0, 1, 12, 40, 512, 1200, 1472]);
+        self.rng.bytes(n)
+    }
+
+    /// A clean datagram of a known UDP flow: from the client (`from_client`) or the origin
+    /// (to its SNAT port); one in five without a checksum.
+    fn known_dgram(&mut self, k: &Known, from_client: bool) -> (Dgram, Side) {
+        let payload = self.udp_payload();
+        let checksum = !self.rng.chance(20);
+        if from_client {
+            (
+                Dgram {
+                    smac: mac_of(k.client),
+                    dmac: self.mac_a,
+                    src: k.client,
+                    dst: k.vip,
+                    ttl: 64,
+                    sport: k.cport,
+                    dport: k.vport,
+                    checksum,
+                    payload,
+                },
+                Side::A,
+            )
+        } else {
+            (
+                Dgram {
+                    smac: mac_of(k.origin),
+                    dmac: self.lb_mac(k.oside),
+                    src: k.origin,
+                    dst: SNAT,
+                    ttl: 64,
+                    sport: k.oport,
+                    dport: k.snat_port,
+                    checksum,
+                    payload,
+                },
+                k.oside,
+            )
+        }
+    }
+
+    /// An ICMP error about a known flow (`udp`: a UDP one, else TCP), quoting what the load
+    /// balancer sent: from the origin's side (the origin or a router, about the packet to
+    /// the origin) or from the client's side (about the packet to the client).
+    fn icmp_error(&mut self, udp: bool) -> Option<(Vec<u8>, Side, String)> {
+        let pool = if udp { &self.known_udp } else { &self.known };
+        if pool.is_empty() {
+            return None;
+        }
+        let k = pool[self.rng.below(pool.len())].clone();
+        let origin_side = self.rng.chance(60);
+        let (lb_src, lb_sport, dst, dport) = if origin_side {
+            (SNAT, k.snat_port, k.origin, k.oport)
+        } else {
+            (k.vip, k.vport, k.client, k.cport)
+        };
+        let whole_tcp = self.rng.chance(50);
+        let sent = if udp {
+            let payload = self.udp_payload();
+            Dgram {
+                smac: [0; 6],
+                dmac: [0; 6],
+                src: lb_src,
+                dst,
+                ttl: 63,
+                sport: lb_sport,
+                dport,
+                checksum: !self.rng.chance(20),
+                payload,
+            }
+            .build()
+        } else {
+            Seg {
+                smac: [0; 6],
+                dmac: [0; 6],
+                src: lb_src,
+                dst,
+                ttl: 63,
+                sport: lb_sport,
+                dport,
+                seq: if origin_side { k.cseq } else { k.oseq },
+                ack: if origin_side { k.oseq } else { k.cseq },
+                flags: ACK,
+                win: 64240,
+                options: Vec::new(),
+                payload: vec![0x61; if whole_tcp { 100 } else { 0 }],
+            }
+            .build()
+        };
+        let mut quote = sent[IP..].to_vec();
+        let whole = self.rng.chance(50);
+        if !whole {
+            quote.truncate(28);
+        }
+        let (kind, code, rest) = self.rng.pick(&[
+            (3u8, 3u8, [0u8; 4]),
+            (3, 1, [0; 4]),
+            (3, 4, [0, 0, 0x05, 0x78]),
+            (3, 4, [0, 0, 0x02, 0x40]),
+            (11, 0, [0; 4]),
+        ]);
+        let (from, side, lb) = if origin_side {
+            let from = if kind == 3 && code == 3 {
+                k.origin
+            } else {
+                R_ORIGIN
+            };
+            (from, k.oside, SNAT)
+        } else {
+            let from = if kind == 3 && code == 3 {
+                k.client
+            } else {
+                R_CLIENT
+            };
+            (from, Side::A, k.vip)
+        };
+        let f = frame::icmp(
+            mac_of(from),
+            self.lb_mac(side),
+            from,
+            lb,
+            kind,
+            code,
+            rest,
+            &quote,
+        );
+        let proto = if udp { "UDP" } else { "TCP" };
+        let dir = if origin_side { "origin" } else { "client" };
+        let q = if whole { "whole" } else { "28 bytes" };
+        Some((
+            f,
+            side,
+            format!("ICMP {kind}/{code} from the {dir} side about a known {proto} flow, quote {q}"),
+        ))
+    }
+
+    /// A UDP frame: datagrams of known flows from either side (some forged: another SNAT
+    /// port, origin or origin port), new flows from known and spoofed clients, UDP to
+    /// TCP-only VIPs and TCP to UDP-only ports, ICMP errors about known flows.
+    fn udp_base(&mut self) -> (Vec<u8>, Side, String) {
+        // Datagrams that make new flows come in floods (one stretch of frames in three),
+        // which meet the UDP budget; between them, new flows are mostly `open_udp`'s, which
+        // then get through.
+        let new = if (self.index / FLOOD_FRAMES).is_multiple_of(3) {
+            15
+        } else {
+            1
+        };
+        let r = self.rng.below(85 + new);
+        if r < 50 && !self.known_udp.is_empty() {
+            let idle = u64::from(UDP_SECS.max(UDP_UNREPLIED_SECS) + 1);
+            let woken = match self.dormant.front() {
+                Some((_, t)) if r.is_multiple_of(4) && t.elapsed().as_secs() >= idle => {
+                    self.dormant.pop_front().map(|(k, _)| k)
+                }
+                _ => None,
+            };
+            let k = woken
+                .clone()
+                .unwrap_or_else(|| self.known_udp[self.rng.below(self.known_udp.len())].clone());
+            let from_client = r < 28;
+            let (mut d, side) = self.known_dgram(&k, from_client);
+            let mut what = format!(
+                "UDP {} datagram of a known{} flow ({} bytes{})",
+                if from_client { "client" } else { "origin" },
+                if woken.is_some() { ", long idle," } else { "" },
+                d.payload.len(),
+                if d.checksum { "" } else { ", no checksum" }
+            );
+            if !from_client && r >= 43 {
+                match self.rng.below(3) {
+                    0 => {
+                        d.dport =
+                            SNAT_MIN + self.rng.below(usize::from(SNAT_MAX - SNAT_MIN) + 1) as u16;
+                        what.push_str("; to another SNAT port");
+                    }
+                    1 => {
+                        let (o, _, _) = self.rng.pick(&ORIGINS);
+                        d.src = o;
+                        d.smac = mac_of(o);
+                        what.push_str("; from another origin address");
+                    }
+                    _ => {
+                        let x = self.rng.u16();
+                        d.sport = self.rng.pick(&[5353, 8080, 8081, 53, x]);
+                        what.push_str("; from another origin port");
+                    }
+                }
+            }
+            return (d.build(), side, what);
+        }
+        if r < 75 {
+            if let Some(e) = self.icmp_error(r < 68) {
+                return e;
+            }
+        }
+        let client = if self.rng.chance(70) {
+            self.rng.pick(&CLIENTS)
+        } else {
+            [198, 18, self.rng.u8(), self.rng.u8()]
+        };
+        let sport = if self.rng.chance(50) {
+            self.fresh_cport()
+        } else {
+            self.rng.u16()
+        };
+        if r < 75 + new {
+            let vip = self.rng.pick(&UDP_VIPS);
+            let payload = self.udp_payload();
+            let d = Dgram {
+                smac: mac_of(client),
+                dmac: self.mac_a,
+                src: client,
+                dst: vip.0,
+                ttl: 64,
+                sport,
+                dport: vip.1,
+                checksum: !self.rng.chance(20),
+                payload,
+            };
+            return (d.build(), Side::A, "UDP datagram, new flow".into());
+        }
+        if r < 81 + new {
+            let (dst, dport) = if self.rng.chance(70) {
+                self.rng.pick(&TCP_ONLY)
+            } else {
+                (
+                    self.rng.pick(&[VIP, VIP2, SNAT]),
+                    self.rng.pick(&[22, 123, 8080]),
+                )
+            };
+            let payload = self.udp_payload();
+            let d = Dgram {
+                smac: mac_of(client),
+                dmac: self.mac_a,
+                src: client,
+                dst,
+                ttl: 64,
+                sport,
+                dport,
+                checksum: true,
+                payload,
+            };
+            return (
+                d.build(),
+                Side::A,
+                "UDP to a VIP address, a port with no UDP load balancer".into(),
+            );
+        }
+        let vip = self.rng.pick(&UDP_VIPS);
+        let flags = self.rng.pick(&[SYN, ACK, SYN | ACK]);
+        let s = Seg {
+            smac: mac_of(client),
+            dmac: self.mac_a,
+            src: client,
+            dst: vip.0,
+            ttl: 64,
+            sport,
+            dport: vip.1,
+            seq: self.rng.u32(),
+            ack: self.rng.u32(),
+            flags,
+            win: 64240,
+            options: Vec::new(),
+            payload: Vec::new(),
+        };
+        (
+            s.build(),
+            Side::A,
+            format!("TCP (flags {flags:02x}) to a UDP VIP's port"),
+        )
+    }
+
     fn fresh_cport(&mut self) -> u16 {
         self.next_cport = if self.next_cport >= 60000 {
             32768
@@ -920,146 +1391,156 @@ impl Fuzzer<'_> {
     /// The next fuzz frame: a base frame, then mutations. Returns frame, ingress, description.
     fn generate(&mut self) -> (Vec<u8>, Side, String) {
         let r = self.rng.below(100);
-        let (mut f, mut side, mut what) = match r {
-            0..=44 if !self.known.is_empty() => {
-                let k = self.known[self.rng.below(self.known.len())].clone();
-                let from_client = r < 25;
-                let flags = self.rng.pick(&[
-                    ACK,
-                    ACK,
-                    ACK | PSH,
-                    FIN | ACK,
-                    RST,
-                    RST | ACK,
-                    SYN,
-                    SYN | ACK,
-                ]);
-                let payload = if self.rng.chance(40) {
-                    let n = self.rng.pick(&[1, 18, 100, 1400]);
-                    self.rng.bytes(n)
-                } else {
-                    Vec::new()
-                };
-                let (mut s, side) = self.known_seg(&k, from_client, flags, payload);
-                if self.rng.chance(30) {
-                    s.seq = s
-                        .seq
-                        .wrapping_add(self.rng.below(131_072) as u32)
-                        .wrapping_sub(65536);
-                }
-                if self.rng.chance(10) {
-                    s.options = frame::random_options(&mut self.rng);
-                }
-                let dir = if from_client { "client" } else { "origin" };
-                (
-                    s.build(),
-                    side,
-                    format!("{dir} segment of a known flow, flags {flags:02x}"),
-                )
-            }
-            45..=47 if !self.known.is_empty() => {
-                // A SYN on a known tuple: a retransmission, a reused closed tuple, a SYN on
-                // an established flow.
-                let k = self.known[self.rng.below(self.known.len())].clone();
-                let (mut s, side) = self.known_seg(&k, true, SYN, Vec::new());
-                s.seq = self.rng.u32();
-                s.options = frame::syn_options(&mut self.rng);
-                (s.build(), side, "SYN on a known tuple".to_string())
-            }
-            0..=59 => {
-                let vip = self.rng.pick(&VIPS);
-                let client = if self.rng.chance(80) {
-                    self.rng.pick(&CLIENTS)
-                } else {
-                    [198, 18, self.rng.u8(), self.rng.u8()]
-                };
-                let cport = if self.rng.chance(50) {
-                    self.fresh_cport()
-                } else {
-                    self.rng.u16()
-                };
-                let isn = self.rng.u32();
-                let s = Seg {
-                    smac: mac_of(client),
-                    dmac: self.mac_a,
-                    src: client,
-                    dst: vip.0,
-                    ttl: 64,
-                    sport: cport,
-                    dport: vip.1,
-                    seq: isn,
-                    ack: 0,
-                    flags: SYN,
-                    win: 64240,
-                    options: if self.rng.chance(70) {
-                        frame::syn_options(&mut self.rng)
+        let (mut f, mut side, mut what) = if self.rng.chance(UDP_SHARE) {
+            self.udp_base()
+        } else {
+            match r {
+                0..=44 if !self.known.is_empty() => {
+                    let k = self.known[self.rng.below(self.known.len())].clone();
+                    let from_client = r < 25;
+                    let flags = self.rng.pick(&[
+                        ACK,
+                        ACK,
+                        ACK | PSH,
+                        FIN | ACK,
+                        RST,
+                        RST | ACK,
+                        SYN,
+                        SYN | ACK,
+                    ]);
+                    let payload = if self.rng.chance(40) {
+                        let n = self.rng.pick(&[1, 18, 100, 1400]);
+                        self.rng.bytes(n)
                     } else {
-                        frame::random_options(&mut self.rng)
-                    },
-                    payload: Vec::new(),
-                };
-                (s.build(), Side::A, "SYN".to_string())
-            }
-            60..=67 => {
-                let (o, op, side) = self.rng.pick(&ORIGINS);
-                let s = Seg {
-                    smac: mac_of(o),
-                    dmac: self.lb_mac(side),
-                    src: o,
-                    dst: SNAT,
-                    ttl: 64,
-                    sport: op,
-                    dport: SNAT_MIN + self.rng.below(usize::from(SNAT_MAX - SNAT_MIN) + 1) as u16,
-                    seq: self.rng.u32(),
-                    ack: self.rng.u32(),
-                    flags: self
-                        .rng
-                        .pick(&[SYN | ACK, ACK, RST, RST | ACK, FIN | ACK, ACK | PSH]),
-                    win: 65160,
-                    options: Vec::new(),
-                    payload: Vec::new(),
-                };
-                (s.build(), side, "origin segment to a SNAT port".to_string())
-            }
-            68..=77 => self.non_vip(),
-            78..=84 => {
-                let n = 14 + self.rng.below(200);
-                let mut f = self.rng.bytes(n);
-                if self.rng.chance(50) {
-                    f[12..14].copy_from_slice(&[0x08, 0x00]);
-                    if n > IP + 20 && self.rng.chance(50) {
-                        f[IP] = 0x45;
-                        f[IP + 9] = 6;
-                        let d = self.rng.pick(&Self::ADDRS);
-                        f[IP + 16..IP + 20].copy_from_slice(&d);
+                        Vec::new()
+                    };
+                    let (mut s, side) = self.known_seg(&k, from_client, flags, payload);
+                    if self.rng.chance(30) {
+                        s.seq = s
+                            .seq
+                            .wrapping_add(self.rng.below(131_072) as u32)
+                            .wrapping_sub(65536);
                     }
+                    if self.rng.chance(10) {
+                        s.options = frame::random_options(&mut self.rng);
+                    }
+                    let dir = if from_client { "client" } else { "origin" };
+                    (
+                        s.build(),
+                        side,
+                        format!("{dir} segment of a known flow, flags {flags:02x}"),
+                    )
                 }
-                let side = if self.rng.chance(50) {
-                    Side::A
-                } else {
-                    Side::B
-                };
-                return (f, side, format!("{n} random bytes"));
-            }
-            _ => {
-                let vip = self.rng.pick(&VIPS);
-                let client = self.rng.pick(&CLIENTS);
-                let s = Seg {
-                    smac: mac_of(client),
-                    dmac: self.mac_a,
-                    src: client,
-                    dst: vip.0,
-                    ttl: 64,
-                    sport: self.rng.u16(),
-                    dport: vip.1,
-                    seq: self.rng.u32(),
-                    ack: self.rng.u32(),
-                    flags: self.rng.u8(),
-                    win: self.rng.u16(),
-                    options: Vec::new(),
-                    payload: Vec::new(),
-                };
-                (s.build(), Side::A, "forged client segment".to_string())
+                45..=47 if !self.known.is_empty() => {
+                    // A SYN on a known tuple: a retransmission, a reused closed tuple, a SYN on
+                    // an established flow.
+                    let k = self.known[self.rng.below(self.known.len())].clone();
+                    let (mut s, side) = self.known_seg(&k, true, SYN, Vec::new());
+                    s.seq = self.rng.u32();
+                    s.options = frame::syn_options(&mut self.rng);
+                    (s.build(), side, "SYN on a known tuple".to_string())
+                }
+                0..=59 => {
+                    let vip = self.rng.pick(&VIPS);
+                    let client = if self.rng.chance(80) {
+                        self.rng.pick(&CLIENTS)
+                    } else {
+                        [198, 18, self.rng.u8(), self.rng.u8()]
+                    };
+                    let cport = if self.rng.chance(50) {
+                        self.fresh_cport()
+                    } else {
+                        self.rng.u16()
+                    };
+                    let isn = self.rng.u32();
+                    let s = Seg {
+                        smac: mac_of(client),
+                        dmac: self.mac_a,
+                        src: client,
+                        dst: vip.0,
+                        ttl: 64,
+                        sport: cport,
+                        dport: vip.1,
+                        seq: isn,
+                        ack: 0,
+                        flags: SYN,
+                        win: 64240,
+                        options: if self.rng.chance(70) {
+                            frame::syn_options(&mut self.rng)
+                        } else {
+                            frame::random_options(&mut self.rng)
+                        },
+                        payload: Vec::new(),
+                    };
+                    (s.build(), Side::A, "SYN".to_string())
+                }
+                60..=67 => {
+                    let (o, op, side) = self.rng.pick(&ORIGINS);
+                    let s = Seg {
+                        smac: mac_of(o),
+                        dmac: self.lb_mac(side),
+                        src: o,
+                        dst: SNAT,
+                        ttl: 64,
+                        sport: op,
+                        dport: SNAT_MIN
+                            + self.rng.below(usize::from(SNAT_MAX - SNAT_MIN) + 1) as u16,
+                        seq: self.rng.u32(),
+                        ack: self.rng.u32(),
+                        flags: self.rng.pick(&[
+                            SYN | ACK,
+                            ACK,
+                            RST,
+                            RST | ACK,
+                            FIN | ACK,
+                            ACK | PSH,
+                        ]),
+                        win: 65160,
+                        options: Vec::new(),
+                        payload: Vec::new(),
+                    };
+                    (s.build(), side, "origin segment to a SNAT port".to_string())
+                }
+                68..=77 => self.non_vip(),
+                78..=84 => {
+                    let n = 14 + self.rng.below(200);
+                    let mut f = self.rng.bytes(n);
+                    if self.rng.chance(50) {
+                        f[12..14].copy_from_slice(&[0x08, 0x00]);
+                        if n > IP + 20 && self.rng.chance(50) {
+                            f[IP] = 0x45;
+                            f[IP + 9] = 6;
+                            let d = self.rng.pick(&Self::ADDRS);
+                            f[IP + 16..IP + 20].copy_from_slice(&d);
+                        }
+                    }
+                    let side = if self.rng.chance(50) {
+                        Side::A
+                    } else {
+                        Side::B
+                    };
+                    return (f, side, format!("{n} random bytes"));
+                }
+                _ => {
+                    let vip = self.rng.pick(&VIPS);
+                    let client = self.rng.pick(&CLIENTS);
+                    let s = Seg {
+                        smac: mac_of(client),
+                        dmac: self.mac_a,
+                        src: client,
+                        dst: vip.0,
+                        ttl: 64,
+                        sport: self.rng.u16(),
+                        dport: vip.1,
+                        seq: self.rng.u32(),
+                        ack: self.rng.u32(),
+                        flags: self.rng.u8(),
+                        win: self.rng.u16(),
+                        options: Vec::new(),
+                        payload: Vec::new(),
+                    };
+                    (s.build(), Side::A, "forged client segment".to_string())
+                }
             }
         };
         if self.rng.chance(85) {
@@ -1173,7 +1654,13 @@ impl Fuzzer<'_> {
     /// - every `REV_FLOWS` entry is named by its client's `FLOWS` entry, unless it is closed
     ///   (a closed flow keeps its port through the grace period while its client tuple moves
     ///   on to a new flow) or expired (removal is lazy);
-    /// - `ORIGIN_FLOWS[o]` is the number of `REV_FLOWS` entries of `o` not marked closing.
+    /// - `ORIGIN_FLOWS[o]` is the number of `REV_FLOWS` entries of `o` not marked closing,
+    ///   of both protocols (a UDP entry is open until it is replaced or its port taken);
+    /// - keys are TCP or UDP, and a pair is of one protocol: a `FLOWS` half's `udp` is 1
+    ///   exactly when its key is UDP, so it names a reverse entry of its own protocol (whose
+    ///   client tuple is read in the reverse key's protocol); a UDP `REV_FLOWS` entry has
+    ///   `CT_UDP` and no TCP state bit (SYN-ACK, FIN, RST, cookie, stale), a TCP one no
+    ///   `CT_UDP`.
     ///
     /// Returns one line per problem.
     fn check_tables(&self) -> Vec<String> {
@@ -1197,15 +1684,24 @@ impl Fuzzer<'_> {
         let rev_map: std::collections::HashMap<FlowKey, RevFlow> = revs.iter().copied().collect();
         let flow_map: std::collections::HashMap<FlowKey, Flow> = flows.iter().copied().collect();
         let mut problems = Vec::new();
+        problems.extend(
+            flows
+                .iter()
+                .filter_map(|(k, f)| proto_problem(k, Some(f), None))
+                .chain(
+                    revs.iter()
+                        .filter_map(|(k, r)| proto_problem(k, None, Some(r))),
+                ),
+        );
         for (k, f) in &flows {
             let rk = rev_key(f);
             match rev_map.get(&rk) {
                 None => problems.push(format!("FLOWS {} names reverse entry {}, which does not exist", show_key(k), show_key(&rk))),
-                Some(r) if client_key(r) != *k => problems.push(format!(
+                Some(r) if client_key(&rk, r) != *k => problems.push(format!(
                     "FLOWS {} names reverse entry {}, which names client {} (flags {:#x}, idle {} s)",
                     show_key(k),
                     show_key(&rk),
-                    show_key(&client_key(r)),
+                    show_key(&client_key(&rk, r)),
                     r.flags,
                     now.wrapping_sub(r.last_seen)
                 )),
@@ -1227,8 +1723,10 @@ impl Fuzzer<'_> {
             }
         }
         for (rk, r) in &revs {
-            let ck = client_key(r);
+            let ck = client_key(rk, r);
             let paired = flow_map.get(&ck).is_some_and(|f| rev_key(f) == *rk);
+            // A UDP flow never closes: an entry marked closing (left `ORIGIN_FLOWS`) is
+            // removed at once, so one left behind unpaired is a leak.
             if !paired && !RevFlow::closed(r.flags) && !expired(r) {
                 let other = flow_map.get(&ck).map_or_else(
                     || "missing".to_string(),
@@ -1407,6 +1905,8 @@ pub fn run(opts: &Options) -> Report {
             mac_a,
             mac_b,
             known: Vec::new(),
+            known_udp: Vec::new(),
+            dormant: std::collections::VecDeque::new(),
             index: 0,
             report: Report {
                 seed: opts.seed,
@@ -1416,6 +1916,8 @@ pub fn run(opts: &Options) -> Report {
             snapshot: None,
             reported: BTreeSet::new(),
             settings: Settings {
+                udp_secs: UDP_SECS,
+                udp_unreplied_secs: UDP_UNREPLIED_SECS,
                 reuse_closed_secs: REUSE_CLOSED_SECS,
                 established_secs: ESTABLISHED_SECS,
                 syn_secs: SYN_SECS,
@@ -1436,6 +1938,11 @@ pub fn run(opts: &Options) -> Report {
                 fz.establish(c, p, vip, stage % 5);
                 stage += 1;
             }
+            for vip in UDP_VIPS {
+                let p = fz.fresh_cport();
+                fz.open_udp(c, p, vip, stage % 2 == 0);
+                stage += 1;
+            }
         }
         fz.check();
         let mut next_check = fz.index + opts.check_every;
@@ -1450,6 +1957,11 @@ pub fn run(opts: &Options) -> Report {
                 let vip = fz.rng.pick(&VIPS);
                 let st = fz.rng.below(5) as u32;
                 fz.establish(c, p, vip, st);
+                let c = fz.rng.pick(&CLIENTS);
+                let p = fz.fresh_cport();
+                let vip = fz.rng.pick(&UDP_VIPS);
+                let answer = fz.rng.chance(70);
+                fz.open_udp(c, p, vip, answer);
             }
             let (f, side, what) = fz.generate();
             fz.step(&f, side, &what);
