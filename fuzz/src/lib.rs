@@ -4,10 +4,21 @@
 //! every frame.
 //!
 //! # Layout
-//! - `frame`: the seeded PRNG, valid-frame builder, structured mutations, checksum verifier.
-//! - this module: the bed and config, flows established by clean handshakes first, the
-//!   frame generator (client segments and origin replies of known flows, SYNs, forged
-//!   segments, non-VIP traffic, random bytes), the invariants and the report.
+//! - `frame`: the seeded PRNG, TCP and UDP frame builders, structured mutations, checksum
+//!   verifier (TCP, UDP with "no checksum", UDP quoted in ICMP errors).
+//! - this module: the bed and config (TCP and UDP load balancers, one of each on the same
+//!   address and port), flows established by clean handshakes or first datagrams first,
+//!   the frame generator, the invariants and the report. The generator's TCP frames: client
+//!   segments and origin replies of known flows, SYNs, forged segments, non-VIP traffic,
+//!   random bytes. Its UDP frames (a quarter): datagrams of known flows from either side
+//!   (payloads of 0 to 1472 bytes, one in five without a checksum), forged answers (another
+//!   SNAT port, origin address or origin port), new flows from known and spoofed clients in
+//!   floods that meet the UDP budget, flows left idle past their timeout and then revisited,
+//!   UDP to TCP-only VIPs and TCP to UDP-only ports, and ICMP errors (unreachable,
+//!   fragmentation needed, time exceeded) about known UDP and TCP flows from either side,
+//!   quoting a whole datagram or 28 bytes. Every frame of either protocol may then be
+//!   mutated (header fields including the UDP length and checksum, IP options, truncation,
+//!   junk, VLAN tags, fragments, payload sizes).
 //!
 //! # Invariants
 //! After every frame: the verdict is DROP, PASS, TX or REDIRECT (never ABORTED); exactly one
@@ -16,9 +27,11 @@
 //! the frame unchanged unless it is a rewritten frame handed to the stack (`pass_no_neigh`);
 //! a rewritten frame changes only MACs, TTL (by one), addresses, ports and checksums, and
 //! its checksums verify when the input's did (and stay wrong when the input's were wrong:
-//! a forwarder must not launder a corrupted segment); a RST built for an origin has valid
-//! checksums. Every `check_every` frames and at the end, the flow tables are paired as the
-//! README promises (see `check_tables`), and `ORIGIN_FLOWS` counts the open flows. A pairing
+//! a forwarder must not launder a corrupted segment; a zero UDP checksum stays zero); a
+//! translated ICMP error quoting a whole UDP datagram keeps the quoted checksum's verdict;
+//! a RST built for an origin has valid checksums. Every `check_every` frames and at the
+//! end, the flow tables are paired as the README promises, per protocol (see
+//! `check_tables`), and `ORIGIN_FLOWS` counts the open flows of both protocols. A pairing
 //! violation is pinned to its frame by restoring the tables as they were at the last good
 //! check and replaying the frames since, checking after each.
 
@@ -1077,16 +1090,23 @@ impl Fuzzer<'_> {
             let (d, side) = self.known_dgram(&k, false);
             self.step(&d.build(), side, "UDP: the origin's answer");
         }
-        if self.known_udp.len() < 16 {
+        if self.rng.chance(30) {
+            // Left alone until it expires, then revisited (`udp_base`).
+            self.sleep(k);
+        } else if self.known_udp.len() < 16 {
             self.known_udp.push(k);
         } else {
             let i = self.rng.below(self.known_udp.len());
             let old = std::mem::replace(&mut self.known_udp[i], k);
-            if self.dormant.len() >= 1024 {
-                self.dormant.pop_front();
-            }
-            self.dormant.push_back((old, Instant::now()));
+            self.sleep(old);
         }
+    }
+
+    fn sleep(&mut self, k: Known) {
+        if self.dormant.len() >= 1024 {
+            self.dormant.pop_front();
+        }
+        self.dormant.push_back((k, Instant::now()));
     }
 
     /// A UDP payload: empty, DNS-sized, or up to a full MTU.
