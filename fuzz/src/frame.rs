@@ -224,14 +224,7 @@ pub fn icmp(
     body: &[u8],
 ) -> Vec<u8> {
     let tot = u16::try_from(28 + body.len()).unwrap_or(u16::MAX);
-    let mut f = Vec::with_capacity(IP + 28 + body.len());
-    f.extend_from_slice(&dmac);
-    f.extend_from_slice(&smac);
-    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
-    f.extend_from_slice(&tot.to_be_bytes());
-    f.extend_from_slice(&[0x56, 0x78, 0, 0, 64, 1, 0, 0]);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&dst);
+    let mut f = headers((smac, dmac), (src, dst), 64, 1, tot);
     f.extend_from_slice(&[kind, code, 0, 0]);
     f.extend_from_slice(&rest);
     f.extend_from_slice(body);
@@ -272,6 +265,26 @@ pub fn fix_checksums(frame: &mut [u8]) {
     }
 }
 
+/// The Ethernet header and an option-less IPv4 header (DF set, checksum left 0 for
+/// `fix_checksums`) of a packet of IPv4 length `tot`, with room for the rest.
+fn headers(
+    (smac, dmac): ([u8; 6], [u8; 6]),
+    (src, dst): ([u8; 4], [u8; 4]),
+    ttl: u8,
+    proto: u8,
+    tot: u16,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(IP + usize::from(tot));
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    f.extend_from_slice(&tot.to_be_bytes());
+    f.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, ttl, proto, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f
+}
+
 /// A valid TCP segment to build.
 #[derive(Clone, Debug)]
 pub struct Seg {
@@ -300,15 +313,13 @@ impl Seg {
         opts.truncate(40);
         let tcp_len = 20 + opts.len() + self.payload.len();
         let tot = u16::try_from(20 + tcp_len).unwrap_or(u16::MAX);
-        let mut f = Vec::with_capacity(14 + 20 + tcp_len);
-        f.extend_from_slice(&self.dmac);
-        f.extend_from_slice(&self.smac);
-        f.extend_from_slice(&[0x08, 0x00]);
-        f.extend_from_slice(&[0x45, 0]);
-        f.extend_from_slice(&tot.to_be_bytes());
-        f.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, self.ttl, 6, 0, 0]);
-        f.extend_from_slice(&self.src);
-        f.extend_from_slice(&self.dst);
+        let mut f = headers(
+            (self.smac, self.dmac),
+            (self.src, self.dst),
+            self.ttl,
+            6,
+            tot,
+        );
         f.extend_from_slice(&self.sport.to_be_bytes());
         f.extend_from_slice(&self.dport.to_be_bytes());
         f.extend_from_slice(&self.seq.to_be_bytes());
@@ -344,15 +355,13 @@ impl Dgram {
     pub fn build(&self) -> Vec<u8> {
         let ulen = u16::try_from(8 + self.payload.len()).unwrap_or(u16::MAX);
         let tot = ulen.saturating_add(20);
-        let mut f = Vec::with_capacity(IP + 28 + self.payload.len());
-        f.extend_from_slice(&self.dmac);
-        f.extend_from_slice(&self.smac);
-        f.extend_from_slice(&[0x08, 0x00]);
-        f.extend_from_slice(&[0x45, 0]);
-        f.extend_from_slice(&tot.to_be_bytes());
-        f.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, self.ttl, 17, 0, 0]);
-        f.extend_from_slice(&self.src);
-        f.extend_from_slice(&self.dst);
+        let mut f = headers(
+            (self.smac, self.dmac),
+            (self.src, self.dst),
+            self.ttl,
+            17,
+            tot,
+        );
         f.extend_from_slice(&self.sport.to_be_bytes());
         f.extend_from_slice(&self.dport.to_be_bytes());
         f.extend_from_slice(&ulen.to_be_bytes());

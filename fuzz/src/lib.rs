@@ -973,6 +973,41 @@ impl Fuzzer<'_> {
         }
     }
 
+    /// Runs a new flow's first packet (a SYN or a datagram from `client`:`cport` to `vip`)
+    /// and learns the flow from what it became (sequence numbers left 0): `None` if it was
+    /// not forwarded to a known origin.
+    fn first_packet(
+        &mut self,
+        first: &[u8],
+        what: &str,
+        client: [u8; 4],
+        cport: u16,
+        vip: ([u8; 4], u16),
+    ) -> Option<Known> {
+        let (v, out) = self.step(first, Side::A, what)?;
+        // TCP and UDP ports are at the same offsets.
+        if !(v == XDP_TX || v == XDP_REDIRECT) || out.len() < TCP + 4 {
+            return None;
+        }
+        let origin = [out[IP + 16], out[IP + 17], out[IP + 18], out[IP + 19]];
+        let oport = u16::from_be_bytes([out[TCP + 2], out[TCP + 3]]);
+        let &(_, _, oside) = ORIGINS
+            .iter()
+            .find(|(a, p, _)| *a == origin && *p == oport)?;
+        Some(Known {
+            client,
+            cport,
+            vip: vip.0,
+            vport: vip.1,
+            origin,
+            oport,
+            oside,
+            snat_port: u16::from_be_bytes([out[TCP], out[TCP + 1]]),
+            cseq: 0,
+            oseq: 0,
+        })
+    }
+
     /// A clean handshake of a new flow, taken to `stage`: 0 SYN only, 1 SYN-ACK, 2
     /// established, 3 established and closed by FINs from both sides, 4 reset by the client.
     fn establish(&mut self, client: [u8; 4], cport: u16, vip: ([u8; 4], u16), stage: u32) {
@@ -993,30 +1028,11 @@ impl Fuzzer<'_> {
             payload: Vec::new(),
         }
         .build();
-        let Some((v, out)) = self.step(&syn, Side::A, "handshake: SYN") else {
+        let Some(mut k) = self.first_packet(&syn, "handshake: SYN", client, cport, vip) else {
             return;
         };
-        if !(v == XDP_TX || v == XDP_REDIRECT) || out.len() < TCP + 4 {
-            return;
-        }
-        let origin = [out[IP + 16], out[IP + 17], out[IP + 18], out[IP + 19]];
-        let oport = u16::from_be_bytes([out[TCP + 2], out[TCP + 3]]);
-        let Some(&(_, _, oside)) = ORIGINS.iter().find(|(a, p, _)| *a == origin && *p == oport)
-        else {
-            return;
-        };
-        let mut k = Known {
-            client,
-            cport,
-            vip: vip.0,
-            vport: vip.1,
-            origin,
-            oport,
-            oside,
-            snat_port: u16::from_be_bytes([out[TCP], out[TCP + 1]]),
-            cseq: isn.wrapping_add(1),
-            oseq: self.rng.u32(),
-        };
+        k.cseq = isn.wrapping_add(1);
+        k.oseq = self.rng.u32();
         if stage >= 1 {
             let (mut s, side) = self.known_seg(&k.clone(), false, SYN | ACK, Vec::new());
             s.options = frame::syn_options(&mut self.rng);
@@ -1049,42 +1065,11 @@ impl Fuzzer<'_> {
 
     /// A clean first datagram of a new UDP flow, answered by its origin if `answer`.
     fn open_udp(&mut self, client: [u8; 4], cport: u16, vip: ([u8; 4], u16), answer: bool) {
-        let payload = self.udp_payload();
-        let d = Dgram {
-            smac: mac_of(client),
-            dmac: self.mac_a,
-            src: client,
-            dst: vip.0,
-            ttl: 64,
-            sport: cport,
-            dport: vip.1,
-            checksum: true,
-            payload,
-        }
-        .build();
-        let Some((v, out)) = self.step(&d, Side::A, "UDP: first datagram") else {
-            return;
-        };
-        if !(v == XDP_TX || v == XDP_REDIRECT) || out.len() < UDP + 8 {
-            return;
-        }
-        let origin = [out[IP + 16], out[IP + 17], out[IP + 18], out[IP + 19]];
-        let oport = u16::from_be_bytes([out[UDP + 2], out[UDP + 3]]);
-        let Some(&(_, _, oside)) = ORIGINS.iter().find(|(a, p, _)| *a == origin && *p == oport)
+        let mut d = self.dgram((client, cport), vip, Side::A);
+        d.checksum = true;
+        let Some(k) = self.first_packet(&d.build(), "UDP: first datagram", client, cport, vip)
         else {
             return;
-        };
-        let k = Known {
-            client,
-            cport,
-            vip: vip.0,
-            vport: vip.1,
-            origin,
-            oport,
-            oside,
-            snat_port: u16::from_be_bytes([out[UDP], out[UDP + 1]]),
-            cseq: 0,
-            oseq: 0,
         };
         if answer {
             let (d, side) = self.known_dgram(&k, false);
@@ -1115,41 +1100,31 @@ impl Fuzzer<'_> {
         self.rng.bytes(n)
     }
 
+    /// A datagram from `src` (at its fixture MAC) to `dst`, arriving on `side`: TTL 64, a
+    /// `udp_payload`, one in five without a checksum.
+    fn dgram(&mut self, src: ([u8; 4], u16), dst: ([u8; 4], u16), side: Side) -> Dgram {
+        Dgram {
+            smac: mac_of(src.0),
+            dmac: self.lb_mac(side),
+            src: src.0,
+            dst: dst.0,
+            ttl: 64,
+            sport: src.1,
+            dport: dst.1,
+            checksum: !self.rng.chance(20),
+            payload: self.udp_payload(),
+        }
+    }
+
     /// A clean datagram of a known UDP flow: from the client (`from_client`) or the origin
-    /// (to its SNAT port); one in five without a checksum.
+    /// (to its SNAT port).
     fn known_dgram(&mut self, k: &Known, from_client: bool) -> (Dgram, Side) {
-        let payload = self.udp_payload();
-        let checksum = !self.rng.chance(20);
         if from_client {
-            (
-                Dgram {
-                    smac: mac_of(k.client),
-                    dmac: self.mac_a,
-                    src: k.client,
-                    dst: k.vip,
-                    ttl: 64,
-                    sport: k.cport,
-                    dport: k.vport,
-                    checksum,
-                    payload,
-                },
-                Side::A,
-            )
+            let d = self.dgram((k.client, k.cport), (k.vip, k.vport), Side::A);
+            (d, Side::A)
         } else {
-            (
-                Dgram {
-                    smac: mac_of(k.origin),
-                    dmac: self.lb_mac(k.oside),
-                    src: k.origin,
-                    dst: SNAT,
-                    ttl: 64,
-                    sport: k.oport,
-                    dport: k.snat_port,
-                    checksum,
-                    payload,
-                },
-                k.oside,
-            )
+            let d = self.dgram((k.origin, k.oport), (SNAT, k.snat_port), k.oside);
+            (d, k.oside)
         }
     }
 
@@ -1170,19 +1145,9 @@ impl Fuzzer<'_> {
         };
         let whole_tcp = self.rng.chance(50);
         let sent = if udp {
-            let payload = self.udp_payload();
-            Dgram {
-                smac: [0; 6],
-                dmac: [0; 6],
-                src: lb_src,
-                dst,
-                ttl: 63,
-                sport: lb_sport,
-                dport,
-                checksum: !self.rng.chance(20),
-                payload,
-            }
-            .build()
+            let mut d = self.dgram((lb_src, lb_sport), (dst, dport), Side::A);
+            d.ttl = 63;
+            d.build()
         } else {
             Seg {
                 smac: [0; 6],
@@ -1320,18 +1285,7 @@ impl Fuzzer<'_> {
         };
         if r < 75 + new {
             let vip = self.rng.pick(&UDP_VIPS);
-            let payload = self.udp_payload();
-            let d = Dgram {
-                smac: mac_of(client),
-                dmac: self.mac_a,
-                src: client,
-                dst: vip.0,
-                ttl: 64,
-                sport,
-                dport: vip.1,
-                checksum: !self.rng.chance(20),
-                payload,
-            };
+            let d = self.dgram((client, sport), vip, Side::A);
             return (d.build(), Side::A, "UDP datagram, new flow".into());
         }
         if r < 81 + new {
@@ -1343,18 +1297,7 @@ impl Fuzzer<'_> {
                     self.rng.pick(&[22, 123, 8080]),
                 )
             };
-            let payload = self.udp_payload();
-            let d = Dgram {
-                smac: mac_of(client),
-                dmac: self.mac_a,
-                src: client,
-                dst,
-                ttl: 64,
-                sport,
-                dport,
-                checksum: true,
-                payload,
-            };
+            let d = self.dgram((client, sport), (dst, dport), Side::A);
             return (
                 d.build(),
                 Side::A,
@@ -1411,156 +1354,148 @@ impl Fuzzer<'_> {
     /// The next fuzz frame: a base frame, then mutations. Returns frame, ingress, description.
     fn generate(&mut self) -> (Vec<u8>, Side, String) {
         let r = self.rng.below(100);
-        let (mut f, mut side, mut what) = if self.rng.chance(UDP_SHARE) {
-            self.udp_base()
-        } else {
-            match r {
-                0..=44 if !self.known.is_empty() => {
-                    let k = self.known[self.rng.below(self.known.len())].clone();
-                    let from_client = r < 25;
-                    let flags = self.rng.pick(&[
-                        ACK,
-                        ACK,
-                        ACK | PSH,
-                        FIN | ACK,
-                        RST,
-                        RST | ACK,
-                        SYN,
-                        SYN | ACK,
-                    ]);
-                    let payload = if self.rng.chance(40) {
-                        let n = self.rng.pick(&[1, 18, 100, 1400]);
-                        self.rng.bytes(n)
+        let udp = self.rng.chance(UDP_SHARE);
+        let (mut f, mut side, mut what) = match r {
+            _ if udp => self.udp_base(),
+            0..=44 if !self.known.is_empty() => {
+                let k = self.known[self.rng.below(self.known.len())].clone();
+                let from_client = r < 25;
+                let flags = self.rng.pick(&[
+                    ACK,
+                    ACK,
+                    ACK | PSH,
+                    FIN | ACK,
+                    RST,
+                    RST | ACK,
+                    SYN,
+                    SYN | ACK,
+                ]);
+                let payload = if self.rng.chance(40) {
+                    let n = self.rng.pick(&[1, 18, 100, 1400]);
+                    self.rng.bytes(n)
+                } else {
+                    Vec::new()
+                };
+                let (mut s, side) = self.known_seg(&k, from_client, flags, payload);
+                if self.rng.chance(30) {
+                    s.seq = s
+                        .seq
+                        .wrapping_add(self.rng.below(131_072) as u32)
+                        .wrapping_sub(65536);
+                }
+                if self.rng.chance(10) {
+                    s.options = frame::random_options(&mut self.rng);
+                }
+                let dir = if from_client { "client" } else { "origin" };
+                (
+                    s.build(),
+                    side,
+                    format!("{dir} segment of a known flow, flags {flags:02x}"),
+                )
+            }
+            45..=47 if !self.known.is_empty() => {
+                // A SYN on a known tuple: a retransmission, a reused closed tuple, a SYN on
+                // an established flow.
+                let k = self.known[self.rng.below(self.known.len())].clone();
+                let (mut s, side) = self.known_seg(&k, true, SYN, Vec::new());
+                s.seq = self.rng.u32();
+                s.options = frame::syn_options(&mut self.rng);
+                (s.build(), side, "SYN on a known tuple".to_string())
+            }
+            0..=59 => {
+                let vip = self.rng.pick(&VIPS);
+                let client = if self.rng.chance(80) {
+                    self.rng.pick(&CLIENTS)
+                } else {
+                    [198, 18, self.rng.u8(), self.rng.u8()]
+                };
+                let cport = if self.rng.chance(50) {
+                    self.fresh_cport()
+                } else {
+                    self.rng.u16()
+                };
+                let isn = self.rng.u32();
+                let s = Seg {
+                    smac: mac_of(client),
+                    dmac: self.mac_a,
+                    src: client,
+                    dst: vip.0,
+                    ttl: 64,
+                    sport: cport,
+                    dport: vip.1,
+                    seq: isn,
+                    ack: 0,
+                    flags: SYN,
+                    win: 64240,
+                    options: if self.rng.chance(70) {
+                        frame::syn_options(&mut self.rng)
                     } else {
-                        Vec::new()
-                    };
-                    let (mut s, side) = self.known_seg(&k, from_client, flags, payload);
-                    if self.rng.chance(30) {
-                        s.seq = s
-                            .seq
-                            .wrapping_add(self.rng.below(131_072) as u32)
-                            .wrapping_sub(65536);
+                        frame::random_options(&mut self.rng)
+                    },
+                    payload: Vec::new(),
+                };
+                (s.build(), Side::A, "SYN".to_string())
+            }
+            60..=67 => {
+                let (o, op, side) = self.rng.pick(&ORIGINS);
+                let s = Seg {
+                    smac: mac_of(o),
+                    dmac: self.lb_mac(side),
+                    src: o,
+                    dst: SNAT,
+                    ttl: 64,
+                    sport: op,
+                    dport: SNAT_MIN + self.rng.below(usize::from(SNAT_MAX - SNAT_MIN) + 1) as u16,
+                    seq: self.rng.u32(),
+                    ack: self.rng.u32(),
+                    flags: self
+                        .rng
+                        .pick(&[SYN | ACK, ACK, RST, RST | ACK, FIN | ACK, ACK | PSH]),
+                    win: 65160,
+                    options: Vec::new(),
+                    payload: Vec::new(),
+                };
+                (s.build(), side, "origin segment to a SNAT port".to_string())
+            }
+            68..=77 => self.non_vip(),
+            78..=84 => {
+                let n = 14 + self.rng.below(200);
+                let mut f = self.rng.bytes(n);
+                if self.rng.chance(50) {
+                    f[12..14].copy_from_slice(&[0x08, 0x00]);
+                    if n > IP + 20 && self.rng.chance(50) {
+                        f[IP] = 0x45;
+                        f[IP + 9] = 6;
+                        let d = self.rng.pick(&Self::ADDRS);
+                        f[IP + 16..IP + 20].copy_from_slice(&d);
                     }
-                    if self.rng.chance(10) {
-                        s.options = frame::random_options(&mut self.rng);
-                    }
-                    let dir = if from_client { "client" } else { "origin" };
-                    (
-                        s.build(),
-                        side,
-                        format!("{dir} segment of a known flow, flags {flags:02x}"),
-                    )
                 }
-                45..=47 if !self.known.is_empty() => {
-                    // A SYN on a known tuple: a retransmission, a reused closed tuple, a SYN on
-                    // an established flow.
-                    let k = self.known[self.rng.below(self.known.len())].clone();
-                    let (mut s, side) = self.known_seg(&k, true, SYN, Vec::new());
-                    s.seq = self.rng.u32();
-                    s.options = frame::syn_options(&mut self.rng);
-                    (s.build(), side, "SYN on a known tuple".to_string())
-                }
-                0..=59 => {
-                    let vip = self.rng.pick(&VIPS);
-                    let client = if self.rng.chance(80) {
-                        self.rng.pick(&CLIENTS)
-                    } else {
-                        [198, 18, self.rng.u8(), self.rng.u8()]
-                    };
-                    let cport = if self.rng.chance(50) {
-                        self.fresh_cport()
-                    } else {
-                        self.rng.u16()
-                    };
-                    let isn = self.rng.u32();
-                    let s = Seg {
-                        smac: mac_of(client),
-                        dmac: self.mac_a,
-                        src: client,
-                        dst: vip.0,
-                        ttl: 64,
-                        sport: cport,
-                        dport: vip.1,
-                        seq: isn,
-                        ack: 0,
-                        flags: SYN,
-                        win: 64240,
-                        options: if self.rng.chance(70) {
-                            frame::syn_options(&mut self.rng)
-                        } else {
-                            frame::random_options(&mut self.rng)
-                        },
-                        payload: Vec::new(),
-                    };
-                    (s.build(), Side::A, "SYN".to_string())
-                }
-                60..=67 => {
-                    let (o, op, side) = self.rng.pick(&ORIGINS);
-                    let s = Seg {
-                        smac: mac_of(o),
-                        dmac: self.lb_mac(side),
-                        src: o,
-                        dst: SNAT,
-                        ttl: 64,
-                        sport: op,
-                        dport: SNAT_MIN
-                            + self.rng.below(usize::from(SNAT_MAX - SNAT_MIN) + 1) as u16,
-                        seq: self.rng.u32(),
-                        ack: self.rng.u32(),
-                        flags: self.rng.pick(&[
-                            SYN | ACK,
-                            ACK,
-                            RST,
-                            RST | ACK,
-                            FIN | ACK,
-                            ACK | PSH,
-                        ]),
-                        win: 65160,
-                        options: Vec::new(),
-                        payload: Vec::new(),
-                    };
-                    (s.build(), side, "origin segment to a SNAT port".to_string())
-                }
-                68..=77 => self.non_vip(),
-                78..=84 => {
-                    let n = 14 + self.rng.below(200);
-                    let mut f = self.rng.bytes(n);
-                    if self.rng.chance(50) {
-                        f[12..14].copy_from_slice(&[0x08, 0x00]);
-                        if n > IP + 20 && self.rng.chance(50) {
-                            f[IP] = 0x45;
-                            f[IP + 9] = 6;
-                            let d = self.rng.pick(&Self::ADDRS);
-                            f[IP + 16..IP + 20].copy_from_slice(&d);
-                        }
-                    }
-                    let side = if self.rng.chance(50) {
-                        Side::A
-                    } else {
-                        Side::B
-                    };
-                    return (f, side, format!("{n} random bytes"));
-                }
-                _ => {
-                    let vip = self.rng.pick(&VIPS);
-                    let client = self.rng.pick(&CLIENTS);
-                    let s = Seg {
-                        smac: mac_of(client),
-                        dmac: self.mac_a,
-                        src: client,
-                        dst: vip.0,
-                        ttl: 64,
-                        sport: self.rng.u16(),
-                        dport: vip.1,
-                        seq: self.rng.u32(),
-                        ack: self.rng.u32(),
-                        flags: self.rng.u8(),
-                        win: self.rng.u16(),
-                        options: Vec::new(),
-                        payload: Vec::new(),
-                    };
-                    (s.build(), Side::A, "forged client segment".to_string())
-                }
+                let side = if self.rng.chance(50) {
+                    Side::A
+                } else {
+                    Side::B
+                };
+                return (f, side, format!("{n} random bytes"));
+            }
+            _ => {
+                let vip = self.rng.pick(&VIPS);
+                let client = self.rng.pick(&CLIENTS);
+                let s = Seg {
+                    smac: mac_of(client),
+                    dmac: self.mac_a,
+                    src: client,
+                    dst: vip.0,
+                    ttl: 64,
+                    sport: self.rng.u16(),
+                    dport: vip.1,
+                    seq: self.rng.u32(),
+                    ack: self.rng.u32(),
+                    flags: self.rng.u8(),
+                    win: self.rng.u16(),
+                    options: Vec::new(),
+                    payload: Vec::new(),
+                };
+                (s.build(), Side::A, "forged client segment".to_string())
             }
         };
         if self.rng.chance(85) {
