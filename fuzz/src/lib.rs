@@ -1247,7 +1247,10 @@ impl Fuzzer<'_> {
                 if d.checksum { "" } else { ", no checksum" }
             );
             if !from_client && r >= 43 {
-                match self.rng.below(3) {
+                // From a real origin endpoint, a forged answer answers (and keeps alive)
+                // whatever flow holds that SNAT port: rarely that, mostly from an address
+                // or port that is no origin's, so that flows still expire.
+                match self.rng.below(6) {
                     0 => {
                         d.dport =
                             SNAT_MIN + self.rng.below(usize::from(SNAT_MAX - SNAT_MIN) + 1) as u16;
@@ -1257,12 +1260,18 @@ impl Fuzzer<'_> {
                         let (o, _, _) = self.rng.pick(&ORIGINS);
                         d.src = o;
                         d.smac = mac_of(o);
-                        what.push_str("; from another origin address");
+                        what.push_str("; from an origin address, maybe another");
+                    }
+                    2 | 3 => {
+                        let a = self.rng.pick(&[O4, R_ORIGIN, [10, 0, 11, 9], C1]);
+                        d.src = a;
+                        d.smac = mac_of(a);
+                        what.push_str("; from an address that is no origin's");
                     }
                     _ => {
                         let x = self.rng.u16();
-                        d.sport = self.rng.pick(&[5353, 8080, 8081, 53, x]);
-                        what.push_str("; from another origin port");
+                        d.sport = self.rng.pick(&[53, 5354, 8443, x]);
+                        what.push_str("; from another port");
                     }
                 }
             }
