@@ -3,8 +3,9 @@
 //! servers (written here) that answer each datagram with their own name. Shown: the
 //! weighted split of 3000 exchanges from distinct source ports, the drain of a killed
 //! origin by a `udp_icmp` monitor within its bound, a long-lived session that keeps its
-//! origin across a reload that moves ring slots, and the expiry of idle flows after
-//! `udp_timeout` / `udp_unreplied_timeout` (the `udp_flow_expired` event).
+//! origin across a reload that moves ring slots, the expiry of idle flows after
+//! `udp_timeout` / `udp_unreplied_timeout` (the `udp_flow_expired` event), and an hping3
+//! flood of datagrams from random sources that meets `udp_budget` while a session goes on.
 
 use std::{
     collections::BTreeMap,
@@ -345,6 +346,7 @@ fn three_thousand_udp_exchanges_split_by_weight() {
     }
     let f = s.flows.expect("flow states");
     println!("flows: {f:?}");
+    // One exchange per source port: answered, never continued.
     assert_eq!(f.udp_answered, u64::from(N), "{f:?}");
     for bad in [
         "drop_no_origin",
@@ -559,18 +561,20 @@ fn idle_udp_flows_expire_after_their_timeouts() {
         .run(|| (client_socket(47000), client_socket(47001)));
     let ask_in = |s: &UdpSocket, msg: &str| topo.client.run(|| ask(s, msg, 3));
 
-    // An answered flow: idle 3.5 s (under udp_timeout, over udp_unreplied_timeout) is kept.
+    // A conversation (answered, and continued after the answer): idle 3.5 s (under
+    // udp_timeout, over udp_unreplied_timeout) is kept.
     assert_eq!(
         ask_in(&answered, "a1").as_deref(),
         Some("o1"),
         "{}",
         dataplane_view(&cfg.path)
     );
+    assert_eq!(ask_in(&answered, "a1b").as_deref(), Some("o1"));
     // An unanswered flow: the origin ignores SILENT.
     assert_eq!(ask_in(&silent, "SILENT b1"), None);
     let f = read_stats(&cfg.path).flows.expect("flow states");
     assert_eq!(
-        (f.udp_answered, f.udp_unanswered),
+        (f.udp_conversation, f.udp_unanswered),
         (1, 1),
         "{}",
         dataplane_view(&cfg.path)
@@ -607,4 +611,95 @@ fn idle_udp_flows_expire_after_their_timeouts() {
     for bad in ["drop_udp_budget", "drop_malformed_udp", "drop_no_origin"] {
         assert_eq!(s.events[bad], 0, "{bad}");
     }
+}
+
+#[test]
+fn a_spoofed_udp_flood_meets_the_budget_and_sessions_continue() {
+    const BUDGET: u64 = 256;
+    const FLOOD: Duration = Duration::from_secs(8);
+    let _serial = serial();
+    // Window of the budget: min(udp_unreplied_timeout, 16 s) = 3 s.
+    let b = UdpBed::start(
+        &[1.0, 1.0],
+        &format!("udp_budget = {BUDGET}\nudp_unreplied_timeout = 3"),
+        None,
+        "",
+    );
+    let (topo, cfg) = (&b.topo, &b.cfg);
+    let session = topo.client.run(|| client_socket(47200));
+    let ask_in = |s: &UdpSocket, msg: &str| topo.client.run(|| ask(s, msg, 3));
+    let origin = ask_in(&session, "s0").expect("the session is answered");
+    assert_eq!(ask_in(&session, "s1").as_deref(), Some(origin.as_str()));
+    let before = read_stats(&cfg.path);
+    // hping3: UDP datagrams from random source addresses, as fast as it goes, whose payload
+    // the echo servers never answer (SILENT): each would be a new, unanswered flow.
+    let payload = TempFile::new("udp-flood-payload", "SILENT flood!");
+    let mut hping = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.client.name,
+            "hping3",
+            "-q",
+            "--udp",
+            "--flood",
+            "--rand-source",
+            "-p",
+            &UDP_VIP_PORT.to_string(),
+            "-d",
+            "13",
+            "-E",
+        ])
+        .arg(&payload.path)
+        .arg(VIP.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("hping3 (apt-get install hping3)");
+    let t0 = Instant::now();
+    let (mut ok, mut failed, mut i) = (0u32, 0u32, 2u32);
+    while t0.elapsed() < FLOOD {
+        match ask_in(&session, &format!("s{i}")) {
+            Some(o) if o == origin => ok += 1,
+            _ => failed += 1,
+        }
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = hping.kill();
+    let _ = hping.wait();
+    let secs = t0.elapsed().as_secs_f64();
+    let after = read_stats(&cfg.path);
+    let d = |e: &str| after.events[e] - before.events[e];
+    let new_flows = after.vips[0].new_flows - before.vips[0].new_flows;
+    let refused = d("drop_udp_budget");
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    let rate = (refused + new_flows) as f64 / secs;
+    println!(
+        "UDP flood: {rate:.0} datagrams/s for {secs:.1} s from random sources; {new_flows} new flows, {refused} refused by the budget ({BUDGET} per 3 s); flows now {:?}; the session: {ok} answered by {origin}, {failed} not",
+        after.flows
+    );
+    assert!(refused > 0, "the flood met the budget");
+    // At most BUDGET unanswered new flows per 3 s window (a window boundary lets one more
+    // budget in), so about BUDGET per 3 s over the flood.
+    let bound = BUDGET * (FLOOD.as_secs() / 3 + 2);
+    assert!(
+        new_flows <= bound,
+        "{new_flows} new flows during the flood, bound {bound}"
+    );
+    #[expect(clippy::cast_precision_loss, reason = "counts")]
+    let share = f64::from(ok) / f64::from(ok + failed) * 100.0;
+    assert!(
+        share >= 99.0,
+        "the existing session kept its origin through the flood: {share:.1} % ({failed} not)"
+    );
+    // The flood's flows expire after udp_unreplied_timeout and leave the budget's window:
+    // a new client is served again.
+    std::thread::sleep(Duration::from_millis(4500));
+    let fresh = topo.client.run(|| client_socket(47300));
+    assert!(
+        ask_in(&fresh, "after").is_some(),
+        "a new client after the flood; {}",
+        dataplane_view(&cfg.path)
+    );
 }

@@ -56,6 +56,56 @@ fn no_checksum(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
+/// The frame as a fragment at 8-byte `offset` with MF set (its header checksum fixed):
+/// offset 0 is the first fragment of a larger datagram.
+fn fragment(mut v: Vec<u8>, offset: u16) -> Vec<u8> {
+    let w = (0x2000 | offset).to_be_bytes();
+    v[20] = (v[20] & 0x40) | w[0];
+    v[21] = w[1];
+    v[24..26].copy_from_slice(&[0, 0]);
+    let c = lb_testbed::fixture::csum(&v[14..34]);
+    v[24..26].copy_from_slice(&c);
+    v
+}
+
+/// A datagram of client `c` (port 40000) forwarded to o1 from SNAT port `p`, counting
+/// `events`.
+fn datagram_case(
+    desc: &'static str,
+    (mac_a, mac_b): ([u8; 6], [u8; 6]),
+    (c, p): ([u8; 4], u16),
+    payload: &[u8],
+    events: &'static [u32],
+) -> Case {
+    Case {
+        desc,
+        ingress: Side::A,
+        input: to_vip(c, 40000, mac_a, 64, payload),
+        verdict: XDP_REDIRECT,
+        output: Some(to_origin(mac_b, p, 63, payload)),
+        events,
+    }
+}
+
+/// o1's answer on SNAT port `p`, back to client `c` (port 40000) from the VIP.
+fn answer_case(desc: &'static str, (mac_a, mac_b): ([u8; 6], [u8; 6]), p: u16, c: [u8; 4]) -> Case {
+    Case {
+        desc,
+        ingress: Side::B,
+        input: udp_frame_ttl(MAC_O1, mac_b, (O1, SNAT), 64, (8080, p), ANSWER),
+        verdict: XDP_REDIRECT,
+        output: Some(udp_frame_ttl(
+            mac_a,
+            mac_of(c),
+            (VIP, c),
+            63,
+            (53, 40000),
+            ANSWER,
+        )),
+        events: &[event::REPLY_NAT, event::FWD_REDIRECT],
+    }
+}
+
 /// Runs `f` on a freshly loaded program with the `dns` load balancer and `udp` dataplane
 /// lines, then checks every event counter.
 fn with_udp(udp: &str, f: impl FnOnce(&mut Loaded<'_>) + Send) {
@@ -74,44 +124,12 @@ fn datagrams_are_balanced_answered_and_checked() {
         let p1 = first_snat_port_udp(C1, 40000, VIP, 53);
         let mut bad_len = to_vip(C1, 40001, mac_a, 64, QUERY);
         bad_len[38..40].copy_from_slice(&200u16.to_be_bytes());
-        let mut frag = to_vip(C2, 40000, mac_a, 64, QUERY);
-        // MF set (and the header checksum fixed): the first fragment of a larger datagram.
-        frag[20] |= 0x20;
-        frag[24..26].copy_from_slice(&[0, 0]);
-        let c = lb_testbed::fixture::csum(&frag[14..34]);
-        frag[24..26].copy_from_slice(&c);
+        let frag = fragment(to_vip(C2, 40000, mac_a, 64, QUERY), 0);
+        let answer = udp_frame_ttl(MAC_O1, mac_b, (O1, SNAT), 64, (8080, p1), ANSWER);
         fx.run(vec![
-            Case {
-                desc: "client 1's first datagram to the UDP VIP: a new flow, to o1 from the SNAT address",
-                ingress: Side::A,
-                input: to_vip(C1, 40000, mac_a, 64, QUERY),
-                verdict: XDP_REDIRECT,
-                output: Some(to_origin(mac_b, p1, 63, QUERY)),
-                events: &[event::FWD_REDIRECT],
-            },
-            Case {
-                desc: "its second datagram: the same flow",
-                ingress: Side::A,
-                input: to_vip(C1, 40000, mac_a, 64, b"again"),
-                verdict: XDP_REDIRECT,
-                output: Some(to_origin(mac_b, p1, 63, b"again")),
-                events: &[event::FLOW_HIT, event::FWD_REDIRECT],
-            },
-            Case {
-                desc: "o1's answer: back to client 1 from the VIP's address and port",
-                ingress: Side::B,
-                input: udp_frame_ttl(MAC_O1, mac_b, (O1, SNAT), 64, (8080, p1), ANSWER),
-                verdict: XDP_REDIRECT,
-                output: Some(udp_frame_ttl(
-                    mac_a,
-                    MAC_C1,
-                    (VIP, C1),
-                    63,
-                    (53, 40000),
-                    ANSWER,
-                )),
-                events: &[event::REPLY_NAT, event::FWD_REDIRECT],
-            },
+            datagram_case("client 1's first datagram to the UDP VIP: a new flow, to o1 from the SNAT address", (mac_a, mac_b), (C1, p1), QUERY, &[event::FWD_REDIRECT]),
+            datagram_case("its second datagram: the same flow", (mac_a, mac_b), (C1, p1), b"again", &[event::FLOW_HIT, event::FWD_REDIRECT]),
+            answer_case("o1's answer: back to client 1 from the VIP's address and port", (mac_a, mac_b), p1, C1),
             Case {
                 desc: "a datagram without checksum (0): rewritten, still without one",
                 ingress: Side::A,
@@ -179,6 +197,22 @@ fn datagrams_are_balanced_answered_and_checked() {
                 events: &[event::DROP_FRAGMENT],
             },
             Case {
+                desc: "the first fragment of an answer on client 1's flow: dropped, so the host's stack never reassembles it (and answers port unreachable)",
+                ingress: Side::B,
+                input: fragment(answer.clone(), 0),
+                verdict: XDP_DROP,
+                output: None,
+                events: &[event::DROP_FRAGMENT],
+            },
+            Case {
+                desc: "a later fragment to the SNAT address: no ports to know it by, the host's (where it expires unassembled)",
+                ingress: Side::B,
+                input: fragment(answer, 185),
+                verdict: XDP_PASS,
+                output: None,
+                events: &[event::PASS_NOT_TCP],
+            },
+            Case {
                 desc: "TTL 1: dropped before anything changes",
                 ingress: Side::A,
                 input: to_vip(C1, 40000, mac_a, 1, QUERY),
@@ -209,31 +243,28 @@ fn idle_flows_expire_after_their_timeouts_and_are_replaced() {
         };
         c1(fx, "client 1: a new flow", &[event::FWD_REDIRECT]);
         fx.run(vec![
-            Case {
-                desc: "o1 answers it: the flow is answered (udp_timeout applies)",
-                ingress: Side::B,
-                input: udp_frame_ttl(MAC_O1, mac_b, (O1, SNAT), 64, (8080, p1), ANSWER),
-                verdict: XDP_REDIRECT,
-                output: Some(udp_frame_ttl(
-                    mac_a,
-                    MAC_C1,
-                    (VIP, C1),
-                    63,
-                    (53, 40000),
-                    ANSWER,
-                )),
-                events: &[event::REPLY_NAT, event::FWD_REDIRECT],
-            },
-            Case {
-                desc: "client 2: a new flow o1 never answers (udp_unreplied_timeout applies)",
-                ingress: Side::A,
-                input: to_vip(C2, 40000, mac_a, 64, QUERY),
-                verdict: XDP_REDIRECT,
-                output: Some(to_origin(mac_b, p2, 63, QUERY)),
-                events: &[event::FWD_REDIRECT],
-            },
+            answer_case("o1 answers it: the flow is answered, a one-shot exchange so far (udp_unreplied_timeout still applies)", (mac_a, mac_b), p1, C1),
+            datagram_case("client 1 speaks again after the answer, in the same second: a conversation (udp_timeout applies)", (mac_a, mac_b), (C1, p1), QUERY, &[event::FLOW_HIT, event::FWD_REDIRECT]),
+            datagram_case("client 2: a new flow o1 never answers (udp_unreplied_timeout applies)", (mac_a, mac_b), (C2, p2), QUERY, &[event::FWD_REDIRECT]),
         ]);
-        // Two whole seconds idle: past the unanswered flow's 1 s, within the answered 3 s.
+        let states = |fx: &Loaded<'_>| -> Vec<u32> {
+            let mut v: Vec<u32> = fx
+                .maps()
+                .rev_flows
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(_, r)| r.flags)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        use lb_common::{CT_ESTABLISHED, CT_UDP, CT_UDP_STREAM};
+        assert_eq!(
+            states(fx),
+            vec![CT_UDP, CT_UDP | CT_ESTABLISHED | CT_UDP_STREAM],
+            "client 2's flow unanswered, client 1's a conversation"
+        );
+        // Two whole seconds idle: past the unanswered flow's 1 s, within the conversation's 3 s.
         next_second();
         next_second();
         c1(
@@ -241,32 +272,13 @@ fn idle_flows_expire_after_their_timeouts_and_are_replaced() {
             "client 1 after 2 s: its answered flow lives on",
             &[event::FLOW_HIT, event::FWD_REDIRECT],
         );
-        fx.run(vec![Case {
-            desc: "client 2 after 2 s: its unanswered flow expired and is replaced (same port: it went with the old pair)",
-            ingress: Side::A,
-            input: to_vip(C2, 40000, mac_a, 64, QUERY),
-            verdict: XDP_REDIRECT,
-            output: Some(to_origin(mac_b, p2, 63, QUERY)),
-            events: &[event::UDP_FLOW_EXPIRED, event::FWD_REDIRECT],
-        }]);
-        fx.run(vec![Case {
-            desc: "o1's late answer on client 2's port: the new flow's, forwarded",
-            ingress: Side::B,
-            input: udp_frame_ttl(MAC_O1, mac_b, (O1, SNAT), 64, (8080, p2), ANSWER),
-            verdict: XDP_REDIRECT,
-            output: Some(udp_frame_ttl(
-                mac_a,
-                MAC_C2,
-                (VIP, C2),
-                63,
-                (53, 40000),
-                ANSWER,
-            )),
-            events: &[event::REPLY_NAT, event::FWD_REDIRECT],
-        }]);
-        for _ in 0..4 {
-            next_second();
-        }
+        fx.run(vec![datagram_case("client 2 after 2 s: its unanswered flow expired and is replaced (same port: it went with the old pair)", (mac_a, mac_b), (C2, p2), QUERY, &[event::UDP_FLOW_EXPIRED, event::FWD_REDIRECT])]);
+        fx.run(vec![answer_case("o1's answer on client 2's port: the new flow's, forwarded (a one-shot exchange: never continued)", (mac_a, mac_b), p2, C2)]);
+        next_second();
+        next_second();
+        fx.run(vec![datagram_case("client 2 after 2 s more: its answered but never continued flow expired after udp_unreplied_timeout, replaced", (mac_a, mac_b), (C2, p2), QUERY, &[event::UDP_FLOW_EXPIRED, event::FWD_REDIRECT])]);
+        next_second();
+        next_second();
         fx.run(vec![Case {
             desc: "o1 answering client 1 after 4 idle seconds: the flow expired, dropped",
             ingress: Side::B,
@@ -313,29 +325,19 @@ fn new_flows_over_the_budget_of_unanswered_ones_are_dropped() {
             output: None,
             events: &[event::DROP_UDP_BUDGET],
         });
-        cases.push(Case {
-            desc: "client 1's flow is not affected",
-            ingress: Side::A,
-            input: to_vip(C1, 40000, mac_a, 64, QUERY),
-            verdict: XDP_REDIRECT,
-            output: Some(to_origin(mac_b, p1, 63, QUERY)),
-            events: &[event::FLOW_HIT, event::FWD_REDIRECT],
-        });
-        cases.push(Case {
-            desc: "o1 answers client 1: one unanswered flow left",
-            ingress: Side::B,
-            input: udp_frame_ttl(MAC_O1, mac_b, (O1, SNAT), 64, (8080, p1), ANSWER),
-            verdict: XDP_REDIRECT,
-            output: Some(udp_frame_ttl(
-                mac_a,
-                MAC_C1,
-                (VIP, C1),
-                63,
-                (53, 40000),
-                ANSWER,
-            )),
-            events: &[event::REPLY_NAT, event::FWD_REDIRECT],
-        });
+        cases.push(datagram_case(
+            "client 1's flow is not affected",
+            (mac_a, mac_b),
+            (C1, p1),
+            QUERY,
+            &[event::FLOW_HIT, event::FWD_REDIRECT],
+        ));
+        cases.push(answer_case(
+            "o1 answers client 1: one unanswered flow left",
+            (mac_a, mac_b),
+            p1,
+            C1,
+        ));
         fx.run(cases);
         // Client 4 (not 3: the two-port fixture range is taken by clients 1 and 2, so any
         // new flow now meets SNAT_EXHAUSTED after the budget lets it through).

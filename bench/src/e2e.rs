@@ -1,7 +1,8 @@
 //! End to end, one topology, same run: client -> origin directly (through the LB namespace's
 //! kernel forwarding, no XDP), client -> our VIP (XDP full NAT), client -> HAProxy in TCP mode
 //! on the LB namespace. Real tools: wrk (keep-alive requests/s; `Connection: close`, i.e. new
-//! connections/s) and iperf3 (one stream, Gbit/s). One origin, so the three paths differ only
+//! connections/s), iperf3 (one stream, Gbit/s) and iperf3 -u (64-byte datagrams received
+//! per second; no HAProxy column: it has no UDP mode). One origin, so the paths differ only
 //! in the load balancer.
 
 use std::{
@@ -79,24 +80,47 @@ fn wrk(ns: &NetNs, url: &str, secs: u32, close: bool) -> Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk output: {out}"))
 }
 
+/// iperf3's JSON report of a test against `host:port` for `secs` seconds, with `extra`
+/// options.
+fn iperf_json(
+    ns: &NetNs,
+    host: &str,
+    port: u16,
+    secs: u32,
+    extra: &[&str],
+) -> Result<(serde_json::Value, String)> {
+    let (port, secs) = (port.to_string(), secs.to_string());
+    let mut args = vec!["-c", host, "-p", &port, "-t", &secs, "-J"];
+    args.extend_from_slice(extra);
+    let out = ns.exec("iperf3", &args);
+    let v = serde_json::from_str(&out).context("iperf3 JSON")?;
+    Ok((v, out))
+}
+
 fn iperf(ns: &NetNs, host: &str, port: u16, secs: u32) -> Result<f64> {
-    let out = ns.exec(
-        "iperf3",
-        &[
-            "-c",
-            host,
-            "-p",
-            &port.to_string(),
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ],
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let (v, _) = iperf_json(ns, host, port, secs, &[])?;
     v.pointer("/end/sum_received/bits_per_second")
         .and_then(serde_json::Value::as_f64)
         .map(|b| b / 1e9)
         .context("iperf3: no end.sum_received.bits_per_second")
+}
+
+/// UDP datagrams of 64 bytes per second received by the iperf3 server (thousands), the
+/// client sending as fast as it can (`-b 0`): sent minus lost, over the test's seconds.
+fn iperf_udp(ns: &NetNs, host: &str, port: u16, secs: u32) -> Result<f64> {
+    let (v, out) = iperf_json(ns, host, port, secs, &["-u", "-b", "0", "-l", "64"])?;
+    let f = |p: &str| {
+        v.pointer(p)
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("iperf3 -u: no {p} in {out}"))
+    };
+    let (sent, lost, secs) = (
+        f("/end/sum/packets")?,
+        f("/end/sum/lost_packets")?,
+        f("/end/sum/seconds")?,
+    );
+    anyhow::ensure!(secs > 0.0 && sent > 0.0, "iperf3 -u sent nothing: {out}");
+    Ok((sent - lost) / secs / 1e3)
 }
 
 fn measure(
@@ -185,6 +209,7 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<Measured> {
     wait_port(&topo.lb, SocketAddrV4::new(o, 5201))?;
 
     let direct = measure(&topo, &o.to_string(), 8080, 5201, secs)?;
+    let direct_udp = iperf_udp(&topo.client, &o.to_string(), 5201, secs)?;
 
     // A dedicated SNAT address with the full port range, as recommended for production: the
     // new-connection rate a full-NAT LB sustains per origin is bounded by SNAT ports over
@@ -196,7 +221,8 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<Measured> {
         "[[pools]]\nname = \"web\"\norigins = [{{ name = \"o1\", address = \"{o}\", port = 8080 }}]\n\n\
          [[pools]]\nname = \"iperf\"\norigins = [{{ name = \"o1\", address = \"{o}\", port = 5201 }}]\n\n\
          [[load_balancers]]\nname = \"www\"\naddress = \"{VIP}\"\nport = 80\ndefault_pools = [\"web\"]\n\n\
-         [[load_balancers]]\nname = \"iperf\"\naddress = \"{VIP}\"\nport = 5201\ndefault_pools = [\"iperf\"]\n"
+         [[load_balancers]]\nname = \"iperf\"\naddress = \"{VIP}\"\nport = 5201\ndefault_pools = [\"iperf\"]\n\n\
+         [[load_balancers]]\nname = \"iperf-udp\"\nprotocol = \"udp\"\naddress = \"{VIP}\"\nport = 5201\ndefault_pools = [\"iperf\"]\n"
     ));
     let default_range_cfg = cfg.replace(WIDE_SNAT, "");
     let cfg = TempFile::new("bench-lb.toml", &cfg);
@@ -216,6 +242,9 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<Measured> {
     let rss = (field("VmRSS:"), field("RssAnon:"));
     let api = api_latency(&topo.lb, 50)?;
     let ours = measure(&topo, &VIP.to_string(), 80, 5201, secs)?;
+    // iperf3's UDP test: its control connection through the TCP VIP, the datagrams through
+    // the UDP VIP on the same port (one origin, so both reach the same server).
+    let ours_udp = iperf_udp(&topo.client, &VIP.to_string(), 5201, secs)?;
     if std::env::var_os("LB_BENCH_DEBUG").is_some() {
         let out = Command::new(agent_bin)
             .arg("--config")
@@ -289,13 +318,21 @@ pub fn run(agent_bin: &Path, secs: u32) -> Result<Measured> {
         lb: l,
         haproxy: h,
         lb_vs_direct: l / d,
-        lb_vs_haproxy: l / h,
+        lb_vs_haproxy: if h > 0.0 { l / h } else { 0.0 },
     };
     let mut rows: Vec<Row> = names
         .iter()
         .enumerate()
         .map(|(i, (t, u))| row(t, u, direct[i], ours[i], hap[i]))
         .collect();
+    // HAProxy has no UDP mode: 0 there (the report prints "n/a").
+    rows.push(row(
+        "UDP datagrams of 64 bytes, one flow, sender unthrottled (iperf3 -u -b 0)",
+        "thousand datagrams/s received",
+        direct_udp,
+        ours_udp,
+        0.0,
+    ));
     rows.push(row(
         "new connections, example config's SNAT settings: dedicated SNAT address, snat_ports unset = 1024-65535 (wrk, Connection: close)",
         "connections/s",

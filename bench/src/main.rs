@@ -111,6 +111,63 @@ fn tcp_frame(
     lb_testbed::tcp_frame(smac, dmac, src, dst, 64, sport, dport, flags, &[])
 }
 
+/// The origin of the flow `key` (address, MAC, port) and its SNAT port, host order.
+fn flow_origin(
+    maps: &lb_agent::dataplane::Maps,
+    key: &FlowKey,
+) -> Result<([u8; 4], [u8; 6], u16, u16)> {
+    let flow = maps
+        .flows
+        .get(key, 0)
+        .with_context(|| format!("no flow for {key:?}"))?;
+    let o: [u8; 4] = flow.origin_addr[12..16].try_into()?;
+    let omac = (WEB_ORIGINS.start..GEO_ORIGINS.end)
+        .map(origin)
+        .find(|(a, _)| *a == o)
+        .map(|(_, m)| m)
+        .context("origin mac")?;
+    Ok((
+        o,
+        omac,
+        u16::from_be(flow.origin_port),
+        u16::from_be(flow.snat_port),
+    ))
+}
+
+/// A UDP datagram with TTL 64 and a 32-byte payload.
+fn udp_frame(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    addrs: ([u8; 4], [u8; 4]),
+    ports: (u16, u16),
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(addrs.0, addrs.1, 64)
+        .udp(ports.0, ports.1)
+        .write(&mut v, &[0x42; 32])
+        .expect("udp frame");
+    v
+}
+
+/// The UDP flow of `CLIENT:sport` to the VIP's port 53 (made by a datagram already run):
+/// its next datagram, and its origin's answer.
+fn udp_flow(
+    maps: &lb_agent::dataplane::Maps,
+    bed: &FibBed,
+    sport: u16,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let key = FlowKey {
+        proto: lb_common::IPPROTO_UDP,
+        ..FlowKey::tcp_v4(CLIENT, sport, VIP, 53)
+    };
+    let (o, omac, oport, snat_port) = flow_origin(maps, &key)?;
+    Ok((
+        udp_frame(MAC_CLIENT, bed.mac_a, (CLIENT, VIP), (sport, 53)),
+        udp_frame(omac, bed.mac_b, (o, SNAT), (oport, snat_port)),
+    ))
+}
+
 /// `n` pseudo-random numbers below `modulo` (xorshift64, a fixed sequence, so every run and
 /// every table sees the same picks).
 fn picks(n: usize, modulo: u64) -> Vec<u64> {
@@ -361,17 +418,7 @@ fn establish(
 ) -> Result<(Vec<u8>, Vec<u8>)> {
     use lb_testbed::{tcp_flags::ACK, tcp_flags::SYN, tcp_segment};
     let key = FlowKey::tcp_v4(CLIENT, sport, vip, 80);
-    let flow = maps
-        .flows
-        .get(&key, 0)
-        .with_context(|| format!("no flow for port {sport} to {vip:?}"))?;
-    let o: [u8; 4] = flow.origin_addr[12..16].try_into()?;
-    let omac = (WEB_ORIGINS.start..GEO_ORIGINS.end)
-        .map(origin)
-        .find(|(a, _)| *a == o)
-        .map(|(_, m)| m)
-        .context("origin mac")?;
-    let (oport, snat_port) = (u16::from_be(flow.origin_port), u16::from_be(flow.snat_port));
+    let (o, omac, oport, snat_port) = flow_origin(maps, &key)?;
     let synack = tcp_segment(
         omac,
         bed.mac_b,
@@ -678,6 +725,30 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
                 costs.push(cost(&format!("new flow, {what}"), &mut new_t, new_v));
                 costs.push(cost(&format!("established, {what}"), &mut e_t, e_v));
             }
+
+            // A UDP VIP on the same pool (53/udp): new flows (one datagram each, distinct
+            // 5-tuples; a budget above N so none is refused), a flow's datagrams, and its
+            // origin's answers (lb_xdp tail-calls lb_udp for each).
+            let udp_text = format!(
+                "{}\n[[load_balancers]]\nname = \"dns\"\nprotocol = \"udp\"\naddress = \"10.0.0.10\"\nport = 53\ndefault_pools = [\"web\"]\n",
+                plain_text.replace("[dataplane]\n", "[dataplane]\nudp_budget = 1000000\n")
+            );
+            let udp_cfg = Config::parse(&udp_text, std::path::Path::new("bench-udp.toml"))?;
+            rec.apply(&udp_cfg, &HealthTable::default())?;
+            clear_flows(&mut rec.maps)?;
+            let datagram = |sport: u16| udp_frame(MAC_CLIENT, bed.mac_a, (CLIENT, VIP), (sport, 53));
+            let udp_new: Vec<Vec<u8>> = (0..N).map(|i| datagram(1024 + i as u16)).collect();
+            let (mut unew_t, unew_v) = run_each(dp.program()?, &udp_new, &ctx_a)?;
+            let (uest, ureply) = udp_flow(&rec.maps, &bed, 1024)?;
+            let (mut uest_t, uest_v) = run_each(dp.program()?, &vec![uest; N], &ctx_a)?;
+            let (mut urep_t, urep_v) = run_each(dp.program()?, &vec![ureply; N], &ctx_b)?;
+            anyhow::ensure!(
+                (unew_v, uest_v, urep_v) == (syn_v, est_v, rep_v),
+                "UDP verdicts {unew_v}/{uest_v}/{urep_v}, TCP {syn_v}/{est_v}/{rep_v}"
+            );
+            costs.push(cost("new flow, UDP VIP (distinct 5-tuples)", &mut unew_t, unew_v));
+            costs.push(cost("established, UDP VIP (flow-table hit)", &mut uest_t, uest_v));
+            costs.push(cost("reply, UDP VIP (reverse NAT)", &mut urep_t, urep_v));
             rec.apply(&cfg, &HealthTable::default())?;
 
             // Health change -> maps written, on a 10-origin monitored pool.

@@ -317,6 +317,7 @@ fn load_dataplane(
         pin_dir = %dp_cfg.pin_dir.display(),
         adopted_pins = adopting,
         verified_insns = dp.verified_insns(),
+        verified_insns_udp = dp.verified_insns_of(lb_common::UDP_PROGRAM_NAME),
         "BPF object loaded"
     );
     let rec = Reconciler::adopt(dp.take_maps()?)?;

@@ -609,7 +609,13 @@ impl Dataplane {
 
     /// Instructions the kernel verifier processed when it loaded `lb_xdp`.
     pub fn verified_insns(&mut self) -> Option<u32> {
-        self.program()
+        self.verified_insns_of(PROGRAM_NAME)
+    }
+
+    /// Instructions the kernel verifier processed when it loaded program `name` (`lb_xdp`,
+    /// `lb_udp`).
+    pub fn verified_insns_of(&mut self, name: &str) -> Option<u32> {
+        program(&mut self.ebpf, name)
             .ok()?
             .info()
             .ok()?

@@ -18,7 +18,7 @@
 //! | `lb_origin_probe_rtt_seconds` | histogram | pool, origin | [`RttHistograms`] |
 //! | `lb_dataplane_events_total` | counter | event | `Stats::events` |
 //! | `lb_flow_table_entries`, `lb_flow_table_capacity` | gauge | - | [`FlowTableFill`] |
-//! | `lb_flows` | gauge | protocol (tcp, udp), state (tcp: handshake, established, half_closed, closed, expired; udp: answered, unanswered, expired) | [`FlowTableFill`] |
+//! | `lb_flows` | gauge | protocol (tcp, udp), state (tcp: handshake, established, half_closed, closed, expired; udp: conversation, answered, unanswered, expired) | [`FlowTableFill`] |
 //! | `lb_handshakes_in_flight`, `lb_syn_cookies_active`, `lb_syn_budget` | gauge | - | `Stats::syn_flood` |
 //! | `lb_udp_unanswered_new_flows`, `lb_udp_budget` | gauge | - | `Stats::udp_budget` |
 //! | `lb_notifications_total` | counter | result (sent, failed, dropped, retried) | notifier |

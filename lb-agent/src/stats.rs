@@ -37,8 +37,11 @@ pub struct FlowStates {
     /// TCP: FINs from both sides, or a RST (kept to hold the SNAT port).
     pub tcp_closed: u64,
     pub tcp_expired: u64,
-    /// UDP: the origin has answered.
+    /// UDP: the origin has answered, the client has not spoken since (a one-shot exchange so
+    /// far: `udp_unreplied_timeout` applies).
     pub udp_answered: u64,
+    /// UDP: answered, and the client spoke again after the answer (`udp_timeout` applies).
+    pub udp_conversation: u64,
     /// UDP: the origin has not answered (yet, or ever: one-way traffic, spoofed sources).
     pub udp_unanswered: u64,
     pub udp_expired: u64,
@@ -47,12 +50,16 @@ pub struct FlowStates {
 impl FlowStates {
     /// Counts flow `r` as of coarse monotonic second `now` under `settings`' timeouts.
     pub fn add(&mut self, r: &lb_common::RevFlow, settings: &lb_common::Settings, now: u32) {
-        use lb_common::{RevFlow, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_UDP};
+        use lb_common::{
+            RevFlow, CT_ESTABLISHED, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_UDP, CT_UDP_STREAM,
+        };
         let f = r.flags;
         let expired = now.wrapping_sub(r.last_seen) > RevFlow::timeout(f, settings);
         let n = if f & CT_UDP != 0 {
             if expired {
                 &mut self.udp_expired
+            } else if f & CT_UDP_STREAM != 0 {
+                &mut self.udp_conversation
             } else if f & CT_ESTABLISHED != 0 {
                 &mut self.udp_answered
             } else {
@@ -73,13 +80,14 @@ impl FlowStates {
     }
 
     /// (protocol, state, flows) for each state, TCP's first.
-    pub fn rows(&self) -> [(&'static str, &'static str, u64); 8] {
+    pub fn rows(&self) -> [(&'static str, &'static str, u64); 9] {
         [
             ("tcp", "handshake", self.tcp_handshake),
             ("tcp", "established", self.tcp_established),
             ("tcp", "half_closed", self.tcp_half_closed),
             ("tcp", "closed", self.tcp_closed),
             ("tcp", "expired", self.tcp_expired),
+            ("udp", "conversation", self.udp_conversation),
             ("udp", "answered", self.udp_answered),
             ("udp", "unanswered", self.udp_unanswered),
             ("udp", "expired", self.udp_expired),
@@ -406,7 +414,7 @@ mod tests {
     use super::{FlowStates, SynFlood};
     use lb_common::{
         HandshakeBucket, Handshakes, RevFlow, Settings, CT_ESTABLISHED, CT_FIN_CLIENT,
-        CT_FIN_ORIGIN, CT_SYNACK, CT_UDP,
+        CT_FIN_ORIGIN, CT_SYNACK, CT_UDP, CT_UDP_STREAM,
     };
 
     #[test]
@@ -428,8 +436,10 @@ mod tests {
             (CT_ESTABLISHED | CT_FIN_CLIENT, 1),
             (CT_ESTABLISHED | CT_FIN_CLIENT | CT_FIN_ORIGIN, 1),
             (0, 11),
-            (CT_UDP | CT_ESTABLISHED, 100),
-            (CT_UDP | CT_ESTABLISHED, 121),
+            (CT_UDP | CT_ESTABLISHED | CT_UDP_STREAM, 100),
+            (CT_UDP | CT_ESTABLISHED | CT_UDP_STREAM, 121),
+            (CT_UDP | CT_ESTABLISHED, 20),
+            (CT_UDP | CT_ESTABLISHED, 31),
             (CT_UDP, 29),
             (CT_UDP, 31),
         ] {
@@ -448,12 +458,13 @@ mod tests {
                 tcp_half_closed: 1,
                 tcp_closed: 1,
                 tcp_expired: 1,
+                udp_conversation: 1,
                 udp_answered: 1,
                 udp_unanswered: 1,
-                udp_expired: 2,
+                udp_expired: 3,
             }
         );
-        assert_eq!(f.rows()[5], ("udp", "answered", 1));
+        assert_eq!(f.rows()[5], ("udp", "conversation", 1));
     }
 
     #[test]

@@ -558,8 +558,14 @@ pub const CT_STALE: u32 = 128;
 /// `seq_delta`. Until the origin answers (`CT_SYNACK`), `seq_delta` holds the cookie.
 pub const CT_COOKIE: u32 = 64;
 /// `RevFlow::flags`: a UDP flow. Of the other bits only `CT_ESTABLISHED` (the origin has
-/// answered) and `REV_F_CLOSING` apply; it never closes, it expires.
+/// answered), `CT_UDP_STREAM` and `REV_F_CLOSING` apply; it never closes, it expires.
 pub const CT_UDP: u32 = 256;
+/// `RevFlow::flags` of a UDP flow: the client sent again after the origin's answer (a
+/// conversation, not a one-shot exchange), so the flow lives `udp_secs` idle; until then
+/// `udp_unreplied_secs`, as Linux conntrack keeps its long UDP timeout for flows that have
+/// seen traffic both ways more than once. A DNS query from a spoofed source is answered
+/// once and never continued: it gives its port back after the short timeout.
+pub const CT_UDP_STREAM: u32 = 512;
 /// `RevFlow::client_wscale` / `origin_wscale`: no window-scale option was offered.
 pub const WSCALE_NONE: u8 = 0xff;
 
@@ -581,7 +587,7 @@ impl RevFlow {
 
     /// The idle timeout of a UDP flow in state `flags`, in seconds.
     pub const fn udp_timeout(flags: u32, s: &Settings) -> u32 {
-        if flags & CT_ESTABLISHED != 0 {
+        if flags & CT_UDP_STREAM != 0 {
             s.udp_secs
         } else {
             s.udp_unreplied_secs
@@ -638,14 +644,15 @@ pub struct Settings {
     /// 1): a prefix, so a power of two (at most `MAX_SNAT_ADDRS`) and `snat_addr` its first
     /// address. A new flow takes one by its hash, so the ports of all multiply. Host order.
     pub snat_count: u32,
-    /// A UDP flow the origin has answered is dead after this many idle seconds; its SNAT
-    /// port may then be taken (`dataplane.udp_timeout`), host order.
+    /// A UDP flow with a conversation (`CT_UDP_STREAM`: the client spoke again after the
+    /// origin's answer) is dead after this many idle seconds; its SNAT port may then be
+    /// taken (`dataplane.udp_timeout`), host order.
     pub udp_secs: u32,
-    /// A UDP flow the origin has never answered is dead after this many idle seconds
-    /// (`dataplane.udp_unreplied_timeout`), host order.
+    /// Any other UDP flow (never answered, or answered once and not continued) is dead
+    /// after this many idle seconds (`dataplane.udp_unreplied_timeout`), host order.
     pub udp_unreplied_secs: u32,
     /// New UDP flows still waiting for their origin's first answer, counted over the last
-    /// `HANDSHAKE_BUCKETS` seconds (`UDP_PENDING`), above which a datagram that would make a
+    /// `udp_unreplied_secs` (at most `HANDSHAKE_BUCKETS`) seconds (`UDP_PENDING`), above which a datagram that would make a
     /// new flow is dropped (`DROP_UDP_BUDGET`): UDP has no SYN cookie
     /// (`dataplane.udp_budget`). Host order.
     pub udp_budget: u32,
@@ -1058,4 +1065,45 @@ mod pod {
     unsafe impl aya::Pod for Handshakes {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for OriginNextHop {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        Flow, RevFlow, Settings, CT_ESTABLISHED, CT_FIN_CLIENT, CT_UDP, CT_UDP_STREAM, IPPROTO_TCP,
+        IPPROTO_UDP,
+    };
+
+    #[test]
+    fn a_flow_half_knows_its_protocol_and_its_reverse_key_carries_it() {
+        let tcp = Flow::default();
+        let udp = Flow { udp: 1, ..tcp };
+        assert_eq!((tcp.proto(), udp.proto()), (IPPROTO_TCP, IPPROTO_UDP));
+        assert_eq!(udp.rev_key().proto, IPPROTO_UDP);
+        assert_eq!(tcp.rev_key().proto, IPPROTO_TCP);
+    }
+
+    #[test]
+    fn udp_flows_take_the_long_timeout_only_as_conversations() {
+        let s = Settings {
+            udp_secs: 120,
+            udp_unreplied_secs: 30,
+            established_secs: 86_400,
+            half_closed_secs: 300,
+            ..Settings::default()
+        };
+        assert_eq!(RevFlow::timeout(CT_UDP, &s), 30, "never answered");
+        assert_eq!(
+            RevFlow::timeout(CT_UDP | CT_ESTABLISHED, &s),
+            30,
+            "answered once"
+        );
+        assert_eq!(
+            RevFlow::timeout(CT_UDP | CT_ESTABLISHED | CT_UDP_STREAM, &s),
+            120,
+            "a conversation"
+        );
+        assert_eq!(RevFlow::timeout(CT_ESTABLISHED, &s), 86_400, "TCP");
+        assert_eq!(RevFlow::timeout(CT_ESTABLISHED | CT_FIN_CLIENT, &s), 300);
+    }
 }

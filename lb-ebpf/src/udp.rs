@@ -13,17 +13,19 @@
 //! ```
 //!
 //! There is no handshake to prove a source address, so every datagram without a flow makes
-//! one: flows the origin has not answered expire after `udp_unreplied_timeout` (Linux
-//! conntrack's 30 s), and at most `udp_budget` of them are made in any 16 s. Answered flows
-//! live `udp_timeout` idle seconds (conntrack's "stream" timeout, 120 s). Their SNAT port is
-//! reused only after that (`snat::recycle`).
+//! one: at most `udp_budget` unanswered ones within `udp_unreplied_timeout` (at most 16 s). A flow lives `udp_timeout` idle
+//! seconds (conntrack's "stream" timeout, 120 s) once it is a conversation: answered, and
+//! the client spoke again after the answer (`CT_UDP_STREAM`, noted at the next once-a-second
+//! check); every other flow, unanswered or a one-shot exchange, `udp_unreplied_timeout`
+//! (conntrack's 30 s), so a spoofed flood the origins answer gives its ports back soon.
+//! A SNAT port is reused only after its flow's timeout (`snat::recycle`).
 //!
 //! A program of its own (`lb_udp`, tail-called by `lb_xdp`), verified on its own.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     event, v4_mapped, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, CT_ESTABLISHED, CT_UDP,
-    HANDSHAKE_BUCKETS, IPPROTO_UDP, SETTINGS_F_READY, WSCALE_NONE,
+    CT_UDP_STREAM, HANDSHAKE_BUCKETS, IPPROTO_UDP, SETTINGS_F_READY, WSCALE_NONE,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 
@@ -81,6 +83,27 @@ fn try_packet(ctx: &XdpContext) -> Result<u32, u32> {
             } else {
                 event::DROP_FRAGMENT
             }));
+        }
+        // The first fragment of an origin's answer on one of our flows: dropped too, so the
+        // host's stack never reassembles it and answers "port unreachable" for a port it
+        // has no socket on. (The later fragments reach the stack and expire there quietly:
+        // without the first, no ICMP is sent.)
+        if to_snat && vihl == 0x45 && frags[0] & IP_OFFSET_HI == 0 && frags[1] == 0 {
+            if let Some(udp) = ptr_at::<UdpHdr>(ctx, UDP_OFF) {
+                let key = FlowKey {
+                    src: v4_mapped(src4),
+                    dst,
+                    // SAFETY: bounds checked by ptr_at.
+                    sport: u16::from_ne_bytes(unsafe { (*udp).src }),
+                    // SAFETY: as above.
+                    dport: u16::from_ne_bytes(unsafe { (*udp).dst }),
+                    proto: IPPROTO_UDP,
+                    _pad: [0; 3],
+                };
+                if REV_FLOWS.get_ptr(&key).is_some() {
+                    return Err(drop(event::DROP_FRAGMENT));
+                }
+            }
         }
         return Err(DO_NOT_OURS);
     }
@@ -213,6 +236,12 @@ fn client_datagram(
                         replaces = f;
                     } else {
                         touch(r, now);
+                        // Speaking again after an answer makes it a conversation.
+                        // SAFETY: a live map value.
+                        let flags = unsafe { (*r).flags };
+                        if flags & (CT_ESTABLISHED | CT_UDP_STREAM) == CT_ESTABLISHED {
+                            set_flags(r, CT_UDP_STREAM);
+                        }
                         // SAFETY: a live map value; a plain store of one word.
                         unsafe { (*f).synced = now };
                         flow = f;
@@ -314,6 +343,17 @@ fn origin_datagram(
     }
     if !answered(r) && set_flags(r, CT_ESTABLISHED) & CT_ESTABLISHED == 0 {
         udp_pending(now, true);
+        // The client's next datagram takes the slow path, which notes the conversation
+        // (`CT_UDP_STREAM`) even within this second. `ckey` is the client key
+        // check_client_half just looked up (it ran: the flow was not answered).
+        if let Some(sc) = SCRATCH.get_ptr(0) {
+            // SAFETY: this CPU's scratch entry; a live map value, one word stored.
+            unsafe {
+                if let Some(f) = FLOWS.get_ptr_mut(&(*sc).ckey) {
+                    (*f).synced = 0;
+                }
+            }
+        }
     }
     touch(r, now);
     // SAFETY: a live map value; copied out field by field.

@@ -54,7 +54,7 @@ pub const MAX_UDP_TIMEOUT: u32 = 86_400;
 /// (10,000 new flows/s at 10 ms is 100), and a small share of the SNAT ports (64,512 per
 /// address and origin). One-way protocols with many senders (syslog, NetFlow/IPFIX,
 /// statsd) are never answered, so every sender that starts a flow in the window counts:
-/// they may need a larger budget (more than 256 new senders a second over 16 s).
+/// they may need a larger budget (more than about 256 new senders a second: the window is udp_unreplied_timeout, at most 16 s).
 pub const DEFAULT_UDP_BUDGET: u32 = 4096;
 
 // --- agent
