@@ -50,8 +50,9 @@ use aya::{
 };
 use lb_agent::{dataplane, reconcile::Reconciler};
 use lb_common::{
-    event, Flow, FlowKey, RevFlow, Settings, CT_COOKIE, CT_FIN_CLIENT, CT_FIN_ORIGIN, CT_RST,
-    CT_STALE, CT_SYNACK, CT_UDP, FLOW_F_FAST, IPPROTO_TCP, IPPROTO_UDP, REV_F_CLOSING,
+    event, Flow, FlowKey, RevFlow, Settings, CT_COOKIE, CT_ESTABLISHED, CT_FIN_CLIENT,
+    CT_FIN_ORIGIN, CT_RST, CT_STALE, CT_SYNACK, CT_UDP, CT_UDP_STREAM, FLOW_F_FAST, IPPROTO_TCP,
+    IPPROTO_UDP, REV_F_CLOSING,
 };
 use lb_testbed::{
     fixture::{
@@ -520,13 +521,16 @@ fn client_key(rk: &FlowKey, r: &RevFlow) -> FlowKey {
     }
 }
 
+/// `RevFlow` bits only a UDP flow may carry.
+const CT_UDP_ONLY: u32 = CT_UDP | CT_UDP_STREAM;
 /// `RevFlow` bits only a TCP flow may carry.
 const CT_TCP_ONLY: u32 = CT_SYNACK | CT_FIN_CLIENT | CT_FIN_ORIGIN | CT_RST | CT_COOKIE | CT_STALE;
 
 /// The part of a `FLOWS` or `REV_FLOWS` entry's protocol story that is wrong (`None`:
 /// nothing): the key is TCP or UDP; a `FLOWS` half's `udp` says its key's protocol; a
-/// `REV_FLOWS` entry of a UDP key has `CT_UDP` and no TCP state bits, one of a TCP key no
-/// `CT_UDP`.
+/// `REV_FLOWS` entry of a UDP key has `CT_UDP` and no TCP state bits, and a conversation
+/// (`CT_UDP_STREAM`) only once answered (`CT_ESTABLISHED`); one of a TCP key has neither
+/// UDP bit.
 fn proto_problem(k: &FlowKey, f: Option<&Flow>, r: Option<&RevFlow>) -> Option<String> {
     if k.proto != IPPROTO_TCP && k.proto != IPPROTO_UDP {
         return Some(format!("key {} has protocol {}", show_key(k), k.proto));
@@ -544,9 +548,11 @@ fn proto_problem(k: &FlowKey, f: Option<&Flow>, r: Option<&RevFlow>) -> Option<S
     }
     if let Some(r) = r {
         let bad = if udp {
-            r.flags & CT_UDP == 0 || r.flags & CT_TCP_ONLY != 0
+            r.flags & CT_UDP == 0
+                || r.flags & CT_TCP_ONLY != 0
+                || (r.flags & CT_UDP_STREAM != 0 && r.flags & CT_ESTABLISHED == 0)
         } else {
-            r.flags & CT_UDP != 0
+            r.flags & CT_UDP_ONLY != 0
         };
         if bad {
             return Some(format!(
@@ -1623,8 +1629,8 @@ impl Fuzzer<'_> {
     /// - keys are TCP or UDP, and a pair is of one protocol: a `FLOWS` half's `udp` is 1
     ///   exactly when its key is UDP, so it names a reverse entry of its own protocol (whose
     ///   client tuple is read in the reverse key's protocol); a UDP `REV_FLOWS` entry has
-    ///   `CT_UDP` and no TCP state bit (SYN-ACK, FIN, RST, cookie, stale), a TCP one no
-    ///   `CT_UDP`.
+    ///   `CT_UDP` and no TCP state bit (SYN-ACK, FIN, RST, cookie, stale), and
+    ///   `CT_UDP_STREAM` only with `CT_ESTABLISHED`; a TCP one neither UDP bit.
     ///
     /// Returns one line per problem.
     fn check_tables(&self) -> Vec<String> {
