@@ -1,5 +1,5 @@
-//! Frames: a seeded PRNG, a builder for valid Ethernet/IPv4/TCP frames, the structured
-//! mutations the fuzzer applies to them, and an independent checksum verifier.
+//! Frames: a seeded PRNG, builders for valid Ethernet/IPv4/TCP and /UDP frames, the
+//! structured mutations the fuzzer applies to them, and an independent checksum verifier.
 //!
 //! Offsets are those of a frame without a VLAN tag and without IP options (`IP`, `TCP`);
 //! mutations that insert a tag or options shift everything after them, as on the wire.
@@ -8,6 +8,8 @@
 pub const IP: usize = 14;
 /// Where the TCP header starts when the IPv4 header has no options.
 pub const TCP: usize = 34;
+/// Where the UDP header starts when the IPv4 header has no options (as `TCP`).
+pub const UDP: usize = 34;
 
 pub use lb_testbed::tcp_flags::{ACK, FIN, PSH, RST, SYN};
 
@@ -87,10 +89,47 @@ pub struct Sums {
     /// TCP checksum verifies over the pseudo-header and `tot_len - ihl * 4` bytes; `None`
     /// when the IPv4 header's lengths do not describe a segment inside the frame.
     pub tcp: Option<bool>,
+    /// The UDP checksum; `None` when the frame is not UDP or its lengths (IPv4 total
+    /// length, UDP length) do not describe a datagram inside the frame.
+    pub udp: Option<UdpSum>,
 }
 
-/// Verifies both checksums of `frame` (untagged Ethernet, IPv4, TCP) the way a receiving
-/// host does (RFC 1071 §4.1: the sum including the checksum field is all ones); `None` if
+/// A UDP checksum as a receiver reads it (RFC 768).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpSum {
+    /// Zero: the sender computed none.
+    Zero,
+    /// Verifies over the pseudo-header and the UDP length's bytes.
+    Good,
+    Bad,
+}
+
+/// The UDP header's start and length field of an IPv4/UDP frame, when the IPv4 total length
+/// fits the frame and the UDP length fits the IPv4 payload (the datagram a receiver sums).
+fn udp_extent(frame: &[u8], ihl: usize) -> Option<(usize, usize)> {
+    let tot = usize::from(u16::from_be_bytes([frame[IP + 2], frame[IP + 3]]));
+    if frame[IP + 9] != 17 || tot < ihl + 8 || IP + tot > frame.len() {
+        return None;
+    }
+    let u = IP + ihl;
+    let ulen = usize::from(u16::from_be_bytes([frame[u + 4], frame[u + 5]]));
+    (ulen >= 8 && ulen <= tot - ihl).then_some((u, ulen))
+}
+
+/// The UDP checksum field `frame` should carry (never 0: a computed 0 is sent as 0xffff).
+fn udp_sum(frame: &[u8], u: usize, ulen: usize) -> u16 {
+    let mut s = sum(&frame[IP + 12..IP + 20], 0);
+    s += 17 + ulen as u64;
+    s = sum(&frame[u..u + 6], s);
+    s = sum(&frame[u + 8..u + ulen], s);
+    match !fold(s) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// Verifies the checksums of `frame` (untagged Ethernet, IPv4, TCP or UDP) the way a
+/// receiving host does (RFC 1071 §4.1: the sum including the checksum field is all ones); `None` if
 /// the frame is not IPv4 with a complete header.
 pub fn verify(frame: &[u8]) -> Option<Sums> {
     if frame.len() < IP + 20 || frame[12..14] != [0x08, 0x00] || frame[IP] >> 4 != 4 {
@@ -110,7 +149,24 @@ pub fn verify(frame: &[u8]) -> Option<Sums> {
     } else {
         None
     };
-    Some(Sums { ip: ip_ok, tcp })
+    let udp = udp_extent(frame, ihl).map(|(u, ulen)| {
+        let field = u16::from_be_bytes([frame[u + 6], frame[u + 7]]);
+        if field == 0 {
+            UdpSum::Zero
+        } else if fold(
+            sum(&frame[IP + 12..IP + 20], 17 + ulen as u64) + sum(&frame[u..u + ulen], 0),
+        ) == 0xffff
+        {
+            UdpSum::Good
+        } else {
+            UdpSum::Bad
+        }
+    });
+    Some(Sums {
+        ip: ip_ok,
+        tcp,
+        udp,
+    })
 }
 
 /// What is wrong with an ICMP frame the data path sent (`None`: nothing): its IPv4 header
@@ -133,8 +189,54 @@ pub fn icmp_problem(frame: &[u8]) -> Option<String> {
     None
 }
 
-/// Recomputes both checksums of a frame in place (after a mutation), where the frame's own
-/// lengths allow it. Frames that are not IPv4/TCP are left alone.
+/// The UDP checksum of the datagram an ICMP error (destination unreachable, time exceeded)
+/// in `frame` quotes, when it quotes a whole one (`None`: not such an error, or a shorter
+/// quote).
+pub fn quoted_udp(frame: &[u8]) -> Option<UdpSum> {
+    if frame.len() < IP + 28 + 28 || frame[12..14] != [0x08, 0x00] || frame[IP] != 0x45 {
+        return None;
+    }
+    if frame[IP + 9] != 1 || !matches!(frame[IP + 20], 3 | 11) {
+        return None;
+    }
+    let tot = usize::from(u16::from_be_bytes([frame[IP + 2], frame[IP + 3]]));
+    let end = (IP + tot).min(frame.len());
+    if end < IP + 28 + 28 {
+        return None;
+    }
+    let mut q = vec![0u8; 12];
+    q.extend_from_slice(&[0x08, 0x00]);
+    q.extend_from_slice(&frame[IP + 28..end]);
+    verify(&q)?.udp
+}
+
+/// An ICMP message of `kind`/`code` with the type-specific word `rest` and `body`, IPv4
+/// TTL 64, checksums computed.
+#[expect(clippy::too_many_arguments, reason = "a frame has this many fields")]
+pub fn icmp(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    body: &[u8],
+) -> Vec<u8> {
+    let tot = u16::try_from(28 + body.len()).unwrap_or(u16::MAX);
+    let mut f = headers((smac, dmac), (src, dst), 64, 1, tot);
+    f.extend_from_slice(&[kind, code, 0, 0]);
+    f.extend_from_slice(&rest);
+    f.extend_from_slice(body);
+    let c = !fold(sum(&f[IP + 20..], 0));
+    f[IP + 22..IP + 24].copy_from_slice(&c.to_be_bytes());
+    fix_checksums(&mut f);
+    f
+}
+
+/// Recomputes the checksums of a frame in place (after a mutation), where the frame's own
+/// lengths allow it; a zero UDP checksum (none) stays zero. Frames that are not IPv4 are
+/// left alone.
 pub fn fix_checksums(frame: &mut [u8]) {
     if frame.len() < IP + 20 || frame[12..14] != [0x08, 0x00] {
         return;
@@ -155,6 +257,32 @@ pub fn fix_checksums(frame: &mut [u8]) {
         let c = !fold(sum(&frame[t..IP + tot], s));
         frame[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
     }
+    if let Some((u, ulen)) = udp_extent(frame, ihl) {
+        if frame[u + 6..u + 8] != [0, 0] {
+            let c = udp_sum(frame, u, ulen);
+            frame[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
+        }
+    }
+}
+
+/// The Ethernet header and an option-less IPv4 header (DF set, checksum left 0 for
+/// `fix_checksums`) of a packet of IPv4 length `tot`, with room for the rest.
+fn headers(
+    (smac, dmac): ([u8; 6], [u8; 6]),
+    (src, dst): ([u8; 4], [u8; 4]),
+    ttl: u8,
+    proto: u8,
+    tot: u16,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(IP + usize::from(tot));
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    f.extend_from_slice(&tot.to_be_bytes());
+    f.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, ttl, proto, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&dst);
+    f
 }
 
 /// A valid TCP segment to build.
@@ -185,15 +313,13 @@ impl Seg {
         opts.truncate(40);
         let tcp_len = 20 + opts.len() + self.payload.len();
         let tot = u16::try_from(20 + tcp_len).unwrap_or(u16::MAX);
-        let mut f = Vec::with_capacity(14 + 20 + tcp_len);
-        f.extend_from_slice(&self.dmac);
-        f.extend_from_slice(&self.smac);
-        f.extend_from_slice(&[0x08, 0x00]);
-        f.extend_from_slice(&[0x45, 0]);
-        f.extend_from_slice(&tot.to_be_bytes());
-        f.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, self.ttl, 6, 0, 0]);
-        f.extend_from_slice(&self.src);
-        f.extend_from_slice(&self.dst);
+        let mut f = headers(
+            (self.smac, self.dmac),
+            (self.src, self.dst),
+            self.ttl,
+            6,
+            tot,
+        );
         f.extend_from_slice(&self.sport.to_be_bytes());
         f.extend_from_slice(&self.dport.to_be_bytes());
         f.extend_from_slice(&self.seq.to_be_bytes());
@@ -204,6 +330,43 @@ impl Seg {
         f.extend_from_slice(&self.win.to_be_bytes());
         f.extend_from_slice(&[0, 0, 0, 0]);
         f.extend_from_slice(&opts);
+        f.extend_from_slice(&self.payload);
+        fix_checksums(&mut f);
+        f
+    }
+}
+
+/// A valid UDP datagram to build.
+#[derive(Clone, Debug)]
+pub struct Dgram {
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub ttl: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// false: checksum 0 (none, RFC 768).
+    pub checksum: bool,
+    pub payload: Vec<u8>,
+}
+
+impl Dgram {
+    pub fn build(&self) -> Vec<u8> {
+        let ulen = u16::try_from(8 + self.payload.len()).unwrap_or(u16::MAX);
+        let tot = ulen.saturating_add(20);
+        let mut f = headers(
+            (self.smac, self.dmac),
+            (self.src, self.dst),
+            self.ttl,
+            17,
+            tot,
+        );
+        f.extend_from_slice(&self.sport.to_be_bytes());
+        f.extend_from_slice(&self.dport.to_be_bytes());
+        f.extend_from_slice(&ulen.to_be_bytes());
+        let mark = if self.checksum { [0xff, 0xff] } else { [0, 0] };
+        f.extend_from_slice(&mark);
         f.extend_from_slice(&self.payload);
         fix_checksums(&mut f);
         f
@@ -282,6 +445,8 @@ pub const FIELDS: &[(&str, usize, usize)] = &[
     ("tcp.win", TCP + 14, 2),
     ("tcp.check", TCP + 16, 2),
     ("tcp.urg", TCP + 18, 2),
+    ("udp.len", UDP + 4, 2),
+    ("udp.check", UDP + 6, 2),
 ];
 
 /// Interesting values for a field of `width` bytes, as big-endian bytes.
@@ -334,7 +499,7 @@ fn field_value(rng: &mut Rng, name: &str, width: usize, cur: &[u8], addrs: &[[u8
         "tcp.sport" | "tcp.dport" => {
             let x = rng.u16();
             rng.pick(&[
-                0u16, 80, 443, 8080, 8081, 8443, 61000, 61007, 61015, 65535, x,
+                0u16, 53, 80, 443, 5353, 8080, 8081, 8443, 61000, 61007, 61015, 65535, x,
             ])
         }
         .to_be_bytes()
@@ -369,6 +534,22 @@ fn field_value(rng: &mut Rng, name: &str, width: usize, cur: &[u8], addrs: &[[u8
             ]),
             _ => rng.u8(),
         }],
+        "udp.len" => {
+            let c = i32::from(u16::from_be_bytes([cur[0], cur[1]]));
+            let v = match rng.below(4) {
+                0 => rng.pick(&[0, 1, 7, 8, 9, 0xffff]),
+                1 => c + rng.pick(&[-1, 1, -8, 8, 20, -20]),
+                2 => c - i32::from(rng.u8()),
+                _ => i32::from(rng.u16()),
+            };
+            (v.clamp(0, 0xffff) as u16).to_be_bytes().to_vec()
+        }
+        "udp.check" => {
+            let x = rng.u16();
+            rng.pick(&[0u16, 0xffff, 1, x])
+        }
+        .to_be_bytes()
+        .to_vec(),
         "tcp.win" => {
             let x = rng.u16();
             rng.pick(&[0u16, 1, 0xffff, x])
@@ -493,10 +674,15 @@ pub fn mutate(rng: &mut Rng, f: &mut Vec<u8>, addrs: &[[u8; 4]]) -> String {
             format!("{n} random bytes")
         }
         14 => {
-            // Payload grown or shrunk, lengths kept consistent.
+            // Payload grown or shrunk, lengths (the UDP length too) kept consistent.
             let ihl = usize::from(f.get(IP).copied().unwrap_or(0x45) & 0x0f) * 4;
-            let doff = usize::from(f.get(IP + ihl + 12).copied().unwrap_or(0x50) >> 4) * 4;
-            let start = IP + ihl + doff;
+            let udp = f.get(IP + 9) == Some(&17);
+            let l4 = if udp {
+                8
+            } else {
+                usize::from(f.get(IP + ihl + 12).copied().unwrap_or(0x50) >> 4) * 4
+            };
+            let start = IP + ihl + l4;
             if start > f.len() || start < TCP {
                 return "payload: no room".into();
             }
@@ -505,6 +691,10 @@ pub fn mutate(rng: &mut Rng, f: &mut Vec<u8>, addrs: &[[u8; 4]]) -> String {
             f.extend(rng.bytes(n));
             let tot = u16::try_from(f.len() - IP).unwrap_or(u16::MAX);
             f[IP + 2..IP + 4].copy_from_slice(&tot.to_be_bytes());
+            if udp {
+                let ulen = u16::try_from(f.len() - IP - ihl).unwrap_or(u16::MAX);
+                f[IP + ihl + 4..IP + ihl + 6].copy_from_slice(&ulen.to_be_bytes());
+            }
             format!("payload of {n} bytes")
         }
         _ => {
@@ -559,7 +749,8 @@ mod tests {
             verify(&f),
             Some(Sums {
                 ip: true,
-                tcp: Some(true)
+                tcp: Some(true),
+                udp: None
             })
         );
         let mut g = f.clone();
@@ -568,7 +759,8 @@ mod tests {
             verify(&g),
             Some(Sums {
                 ip: true,
-                tcp: Some(false)
+                tcp: Some(false),
+                udp: None
             })
         );
         fix_checksums(&mut g);
@@ -576,9 +768,47 @@ mod tests {
             verify(&g),
             Some(Sums {
                 ip: true,
-                tcp: Some(true)
+                tcp: Some(true),
+                udp: None
             })
         );
+    }
+
+    #[test]
+    fn built_datagrams_verify_and_zero_stays_zero() {
+        let mut d = Dgram {
+            smac: [2, 0, 0, 0, 0, 1],
+            dmac: [2, 0, 0, 0, 0, 2],
+            src: [10, 0, 1, 2],
+            dst: [10, 0, 0, 10],
+            ttl: 64,
+            sport: 40000,
+            dport: 53,
+            checksum: true,
+            payload: b"odd".to_vec(),
+        };
+        let f = d.build();
+        assert_eq!(verify(&f).and_then(|s| s.udp), Some(UdpSum::Good));
+        let mut g = f.clone();
+        g[UDP + 8] ^= 1;
+        assert_eq!(verify(&g).and_then(|s| s.udp), Some(UdpSum::Bad));
+        fix_checksums(&mut g);
+        assert_eq!(verify(&g).and_then(|s| s.udp), Some(UdpSum::Good));
+        d.checksum = false;
+        let mut z = d.build();
+        assert_eq!(verify(&z).and_then(|s| s.udp), Some(UdpSum::Zero));
+        fix_checksums(&mut z);
+        assert_eq!(verify(&z).and_then(|s| s.udp), Some(UdpSum::Zero));
+        // Padding after the UDP length is outside the sum; a length past the IPv4 payload
+        // describes no datagram.
+        let mut p = f.clone();
+        p.extend_from_slice(&[9, 9]);
+        let tot = u16::try_from(p.len() - IP).unwrap();
+        p[IP + 2..IP + 4].copy_from_slice(&tot.to_be_bytes());
+        fix_checksums(&mut p);
+        assert_eq!(verify(&p).and_then(|s| s.udp), Some(UdpSum::Good));
+        p[UDP + 4..UDP + 6].copy_from_slice(&100u16.to_be_bytes());
+        assert_eq!(verify(&p).and_then(|s| s.udp), None);
     }
 
     #[test]

@@ -4,10 +4,21 @@
 //! every frame.
 //!
 //! # Layout
-//! - `frame`: the seeded PRNG, valid-frame builder, structured mutations, checksum verifier.
-//! - this module: the bed and config, flows established by clean handshakes first, the
-//!   frame generator (client segments and origin replies of known flows, SYNs, forged
-//!   segments, non-VIP traffic, random bytes), the invariants and the report.
+//! - `frame`: the seeded PRNG, TCP and UDP frame builders, structured mutations, checksum
+//!   verifier (TCP, UDP with "no checksum", UDP quoted in ICMP errors).
+//! - this module: the bed and config (TCP and UDP load balancers, one of each on the same
+//!   address and port), flows established by clean handshakes or first datagrams first,
+//!   the frame generator, the invariants and the report. The generator's TCP frames: client
+//!   segments and origin replies of known flows, SYNs, forged segments, non-VIP traffic,
+//!   random bytes. Its UDP frames (a quarter): datagrams of known flows from either side
+//!   (payloads of 0 to 1472 bytes, one in five without a checksum), forged answers (another
+//!   SNAT port, origin address or origin port), new flows from known and spoofed clients in
+//!   floods that meet the UDP budget, flows left idle past their timeout and then revisited,
+//!   UDP to TCP-only VIPs and TCP to UDP-only ports, and ICMP errors (unreachable,
+//!   fragmentation needed, time exceeded) about known UDP and TCP flows from either side,
+//!   quoting a whole datagram or 28 bytes. Every frame of either protocol may then be
+//!   mutated (header fields including the UDP length and checksum, IP options, truncation,
+//!   junk, VLAN tags, fragments, payload sizes).
 //!
 //! # Invariants
 //! After every frame: the verdict is DROP, PASS, TX or REDIRECT (never ABORTED); exactly one
@@ -16,9 +27,11 @@
 //! the frame unchanged unless it is a rewritten frame handed to the stack (`pass_no_neigh`);
 //! a rewritten frame changes only MACs, TTL (by one), addresses, ports and checksums, and
 //! its checksums verify when the input's did (and stay wrong when the input's were wrong:
-//! a forwarder must not launder a corrupted segment); a RST built for an origin has valid
-//! checksums. Every `check_every` frames and at the end, the flow tables are paired as the
-//! README promises (see `check_tables`), and `ORIGIN_FLOWS` counts the open flows. A pairing
+//! a forwarder must not launder a corrupted segment; a zero UDP checksum stays zero); a
+//! translated ICMP error quoting a whole UDP datagram keeps the quoted checksum's verdict;
+//! a RST built for an origin has valid checksums. Every `check_every` frames and at the
+//! end, the flow tables are paired as the README promises, per protocol (see
+//! `check_tables`), and `ORIGIN_FLOWS` counts the open flows of both protocols. A pairing
 //! violation is pinned to its frame by restoring the tables as they were at the last good
 //! check and replaying the frames since, checking after each.
 
@@ -36,16 +49,20 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use lb_agent::{dataplane, reconcile::Reconciler};
-use lb_common::{event, Flow, FlowKey, RevFlow, Settings, FLOW_F_FAST, REV_F_CLOSING};
+use lb_common::{
+    event, Flow, FlowKey, RevFlow, Settings, CT_COOKIE, CT_ESTABLISHED, CT_FIN_CLIENT,
+    CT_FIN_ORIGIN, CT_RST, CT_STALE, CT_SYNACK, CT_UDP, CT_UDP_STREAM, FLOW_F_FAST, IPPROTO_TCP,
+    IPPROTO_UDP, REV_F_CLOSING,
+};
 use lb_testbed::{
     fixture::{
         self, mac_of, C1, C2, C3, C4, C5, C6, LB_ONE_ARMED, LB_WWW, LOCAL_ORIGIN, O1, O2, O3,
-        POOL_LOCAL, SNAT, VIP, VIP2,
+        POOL_LOCAL, R_CLIENT, R_ORIGIN, SNAT, VIP, VIP2,
     },
     FibBed, Side,
 };
 
-use crate::frame::{hex, mutate, Rng, Seg, ACK, FIN, IP, PSH, RST, SYN, TCP};
+use crate::frame::{hex, mutate, Dgram, Rng, Seg, UdpSum, ACK, FIN, IP, PSH, RST, SYN, TCP, UDP};
 
 pub use lb_testbed::fixture::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 const VERDICT_NAMES: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
@@ -60,7 +77,7 @@ const O4: [u8; 4] = O3;
 /// The one-armed VIP's origin, behind the client side (XDP_TX).
 const LOCAL: [u8; 4] = LOCAL_ORIGIN;
 /// (address, port, side) of every origin in `config()`.
-const ORIGINS: [([u8; 4], u16, Side); 7] = [
+const ORIGINS: [([u8; 4], u16, Side); 9] = [
     (O1, 8080, Side::B),
     (O2, 8080, Side::B),
     (O1, 8081, Side::B),
@@ -68,30 +85,82 @@ const ORIGINS: [([u8; 4], u16, Side); 7] = [
     (O1, 8443, Side::B),
     (O1, 8444, Side::B),
     (LOCAL, 8080, Side::A),
+    (O1, 5353, Side::B),
+    (O2, 5353, Side::B),
 ];
-/// (VIP, port) pairs of `config()`.
+/// (VIP, port) pairs of `config()`'s TCP load balancers.
 const VIPS: [([u8; 4], u16); 3] = [(VIP, 80), (VIP, 443), (VIP2, 80)];
+/// (VIP, port) pairs of its UDP load balancers: VIP:80 is also a TCP VIP (same address and
+/// port, other protocol, same pool).
+const UDP_VIPS: [([u8; 4], u16); 3] = [(VIP, 53), (VIP, 80), (VIP2, 53)];
+/// VIP address and port pairs with no UDP load balancer (TCP only).
+const TCP_ONLY: [([u8; 4], u16); 2] = [(VIP, 443), (VIP2, 80)];
 
 /// Timeouts short enough that flows expire, close and give up their ports during a run.
 const SYN_SECS: u32 = 1;
 const HALF_CLOSED_SECS: u32 = 2;
 const ESTABLISHED_SECS: u32 = 3;
 const REUSE_CLOSED_SECS: u32 = 1;
+const UDP_SECS: u32 = 2;
+/// Frames in each stretch of the UDP generator's phases (flood of new flows, or not).
+const FLOOD_FRAMES: u64 = 60_000;
+/// Percent of generated frames drawn from the UDP generator (`udp_base`).
+const UDP_SHARE: u32 = 25;
+const UDP_UNREPLIED_SECS: u32 = 1;
 
 /// Two VIP addresses, three VIPs; pool `web` has two origins on one address (o1:8080 and
 /// o1:8081: same address, other port), pool `lc` uses least connections (o5 and o6 share an
 /// address too, and one client tuple may meet either), pool `local` sits
 /// behind the client-side interface. Sixteen SNAT ports, so ports run out and are recycled.
+/// Three UDP VIPs: `dns` (pool `dns`), `www-udp` on the TCP VIP's own address and port
+/// (pool `web`, so one origin holds flows of both protocols), `one-armed-udp` (pool
+/// `local`); UDP flows expire within seconds and the UDP budget is small.
 fn config() -> String {
     let dataplane = fixture::dataplane(
         (SNAT_MIN, SNAT_MAX),
         "snat_port_reuse_after_close = 1
 tcp_timeouts = { syn = 1, half_closed = 2, established = 3 }
 # Few handshakes in flight before SYN cookies, so the cookie paths are fuzzed too.
-syn_budget = 8",
+syn_budget = 8
+# UDP flows expire during a run, and floods of new ones meet the budget.
+udp_timeout = 2
+udp_unreplied_timeout = 1
+udp_budget = 8",
     );
-    format!("{dataplane}{POOLS}{POOL_LOCAL}{LB_WWW}{LB_TLS}{LB_ONE_ARMED}")
+    format!("{dataplane}{POOLS}{POOL_LOCAL}{LB_WWW}{LB_TLS}{LB_ONE_ARMED}{POOL_DNS}{LBS_UDP}")
 }
+
+const POOL_DNS: &str = r#"
+[[pools]]
+name = "dns"
+origins = [
+  { name = "d1", address = "10.0.11.2", port = 5353 },
+  { name = "d2", address = "10.0.11.3", port = 5353 },
+]
+"#;
+
+const LBS_UDP: &str = r#"
+[[load_balancers]]
+name = "dns"
+protocol = "udp"
+address = "10.0.0.10"
+port = 53
+default_pools = ["dns"]
+
+[[load_balancers]]
+name = "www-udp"
+protocol = "udp"
+address = "10.0.0.10"
+port = 80
+default_pools = ["web"]
+
+[[load_balancers]]
+name = "one-armed-udp"
+protocol = "udp"
+address = "10.0.0.11"
+port = 53
+default_pools = ["local"]
+"#;
 
 const POOLS: &str = r#"
 [[pools]]
@@ -223,8 +292,11 @@ pub struct Report {
     pub table_checks: u64,
     /// Most `FLOWS` and `REV_FLOWS` entries a check saw.
     pub max_entries: (usize, usize),
-    /// Rewritten frames whose input TCP checksum was wrong (forwarded with the error kept).
+    /// Rewritten frames whose input TCP or UDP checksum was wrong (forwarded with the error
+    /// kept).
     pub forwarded_bad_checksum: u64,
+    /// Rewritten UDP datagrams without a checksum (0, kept 0).
+    pub forwarded_zero_udp_checksum: u64,
     /// Rewritten frames whose IPv4 total length disagrees with the frame's length.
     pub forwarded_bad_length: u64,
     pub violations: Vec<Violation>,
@@ -263,13 +335,14 @@ impl std::fmt::Display for Report {
         writeln!(f, "fuzz: events: {}", e.join(", "))?;
         write!(
             f,
-            "fuzz: rewritten frames with a wrong input TCP checksum (kept wrong): {}; with an IPv4 total length that disagrees with the frame: {}",
-            self.forwarded_bad_checksum, self.forwarded_bad_length
+            "fuzz: rewritten frames with a wrong input TCP/UDP checksum (kept wrong): {}; UDP without a checksum (kept 0): {}; with an IPv4 total length that disagrees with the frame: {}",
+            self.forwarded_bad_checksum, self.forwarded_zero_udp_checksum, self.forwarded_bad_length
         )
     }
 }
 
-/// A flow the generator knows, from a clean handshake.
+/// A flow the generator knows, from a clean handshake (TCP) or a first datagram (UDP; the
+/// sequence numbers unused).
 #[derive(Clone, Debug)]
 struct Known {
     client: [u8; 4],
@@ -385,6 +458,10 @@ struct Fuzzer<'a> {
     mac_a: [u8; 6],
     mac_b: [u8; 6],
     known: Vec<Known>,
+    known_udp: Vec<Known>,
+    /// UDP flows dropped from `known_udp`, with when: revisited once idle past both UDP
+    /// timeouts, so that flows expire (and their ports are taken) during a run.
+    dormant: std::collections::VecDeque<(Known, Instant)>,
     /// Frames run so far (the next frame's index).
     index: u64,
     report: Report,
@@ -413,8 +490,13 @@ fn now_coarse() -> u32 {
 
 fn show_key(k: &FlowKey) -> String {
     let a = |x: &[u8; 16]| std::net::Ipv4Addr::new(x[12], x[13], x[14], x[15]);
+    let p = match k.proto {
+        IPPROTO_TCP => "tcp".to_string(),
+        IPPROTO_UDP => "udp".to_string(),
+        n => format!("proto {n}"),
+    };
     format!(
-        "{}:{} -> {}:{}",
+        "{p} {}:{} -> {}:{}",
         a(&k.src),
         u16::from_be(k.sport),
         a(&k.dst),
@@ -426,15 +508,62 @@ fn rev_key(f: &Flow) -> FlowKey {
     f.rev_key()
 }
 
-fn client_key(r: &RevFlow) -> FlowKey {
+/// The `FLOWS` key a `REV_FLOWS` entry (key `rk`) names: its client tuple, in the
+/// protocol of its own key (as the data path's `check_client_half` reads it).
+fn client_key(rk: &FlowKey, r: &RevFlow) -> FlowKey {
     FlowKey {
         src: r.client_addr,
         dst: r.vip_addr,
         sport: r.client_port,
         dport: r.vip_port,
-        proto: 6,
+        proto: rk.proto,
         _pad: [0; 3],
     }
+}
+
+/// `RevFlow` bits only a UDP flow may carry.
+const CT_UDP_ONLY: u32 = CT_UDP | CT_UDP_STREAM;
+/// `RevFlow` bits only a TCP flow may carry.
+const CT_TCP_ONLY: u32 = CT_SYNACK | CT_FIN_CLIENT | CT_FIN_ORIGIN | CT_RST | CT_COOKIE | CT_STALE;
+
+/// The part of a `FLOWS` or `REV_FLOWS` entry's protocol story that is wrong (`None`:
+/// nothing): the key is TCP or UDP; a `FLOWS` half's `udp` says its key's protocol; a
+/// `REV_FLOWS` entry of a UDP key has `CT_UDP` and no TCP state bits, and a conversation
+/// (`CT_UDP_STREAM`) only once answered (`CT_ESTABLISHED`); one of a TCP key has neither
+/// UDP bit.
+fn proto_problem(k: &FlowKey, f: Option<&Flow>, r: Option<&RevFlow>) -> Option<String> {
+    if k.proto != IPPROTO_TCP && k.proto != IPPROTO_UDP {
+        return Some(format!("key {} has protocol {}", show_key(k), k.proto));
+    }
+    let udp = k.proto == IPPROTO_UDP;
+    if let Some(f) = f {
+        if f.udp > 1 || (f.udp == 1) != udp {
+            return Some(format!(
+                "FLOWS {} (protocol {}) has udp = {}",
+                show_key(k),
+                k.proto,
+                f.udp
+            ));
+        }
+    }
+    if let Some(r) = r {
+        let bad = if udp {
+            r.flags & CT_UDP == 0
+                || r.flags & CT_TCP_ONLY != 0
+                || (r.flags & CT_UDP_STREAM != 0 && r.flags & CT_ESTABLISHED == 0)
+        } else {
+            r.flags & CT_UDP_ONLY != 0
+        };
+        if bad {
+            return Some(format!(
+                "REV_FLOWS {} (protocol {}) has flags {:#x}",
+                show_key(k),
+                k.proto,
+                r.flags
+            ));
+        }
+    }
+    None
 }
 
 /// Is the frame addressed to a VIP address or the SNAT address (as the data path reads it)?
@@ -683,13 +812,27 @@ impl Fuzzer<'_> {
             let input_ok = if input.get(IP + 9) == Some(&1) {
                 frame::icmp_problem(input).is_none()
             } else {
-                frame::verify(input).is_some_and(|v| v.ip && v.tcp == Some(true))
+                frame::verify(input).is_some_and(|v| {
+                    v.ip && (v.tcp == Some(true)
+                        || matches!(v.udp, Some(UdpSum::Good | UdpSum::Zero)))
+                })
             };
-            return if input_ok {
-                frame::icmp_problem(out)
-            } else {
-                None
-            };
+            if input_ok {
+                if let Some(p) = frame::icmp_problem(out) {
+                    return Some(p);
+                }
+            }
+            // A translated error quoting a whole UDP datagram: the quoted checksum is
+            // translated too, so it verifies as the quote in the input did (0 stays 0).
+            if let Some(q) = frame::quoted_udp(input) {
+                let after = frame::quoted_udp(out);
+                if after != Some(q) {
+                    return Some(format!(
+                        "quoted UDP checksum before: {q:?}, after: {after:?}"
+                    ));
+                }
+            }
+            return None;
         }
         if ev == event::RST_TO_ORIGIN
             || ev == event::SYN_COOKIE_SENT
@@ -714,6 +857,7 @@ impl Fuzzer<'_> {
                 != (frame::Sums {
                     ip: true,
                     tcp: Some(true),
+                    udp: None,
                 })
             {
                 return Some(format!("RST checksums: {after:?}"));
@@ -727,13 +871,19 @@ impl Fuzzer<'_> {
                 out.len()
             ));
         }
-        // Only MACs, TTL, the IPv4 checksum, addresses, ports and the TCP checksum change.
+        // Only MACs, TTL, the IPv4 checksum, addresses, ports and the TCP or UDP checksum
+        // change.
+        let check = if input[IP + 9] == IPPROTO_UDP {
+            UDP + 6
+        } else {
+            TCP + 16
+        };
         let allowed = |i: usize| {
             i < 12
                 || i == IP + 8
                 || (IP + 10..IP + 20).contains(&i)
                 || (TCP..TCP + 4).contains(&i)
-                || (TCP + 16..TCP + 18).contains(&i)
+                || (check..check + 2).contains(&i)
         };
         if let Some(i) = (0..input.len()).find(|&i| input[i] != out[i] && !allowed(i)) {
             return Some(format!(
@@ -759,8 +909,17 @@ impl Fuzzer<'_> {
         if tot + IP != input.len() {
             self.report.forwarded_bad_length += 1;
         }
-        if before.tcp == Some(false) {
+        if before.tcp == Some(false) || before.udp == Some(UdpSum::Bad) {
             self.report.forwarded_bad_checksum += 1;
+        }
+        if before.udp == Some(UdpSum::Zero) {
+            self.report.forwarded_zero_udp_checksum += 1;
+        }
+        if after.udp != before.udp {
+            return Some(format!(
+                "UDP checksum before: {:?}, after: {:?}",
+                before.udp, after.udp
+            ));
         }
         if after.tcp != before.tcp {
             return Some(format!(
@@ -820,6 +979,41 @@ impl Fuzzer<'_> {
         }
     }
 
+    /// Runs a new flow's first packet (a SYN or a datagram from `client`:`cport` to `vip`)
+    /// and learns the flow from what it became (sequence numbers left 0): `None` if it was
+    /// not forwarded to a known origin.
+    fn first_packet(
+        &mut self,
+        first: &[u8],
+        what: &str,
+        client: [u8; 4],
+        cport: u16,
+        vip: ([u8; 4], u16),
+    ) -> Option<Known> {
+        let (v, out) = self.step(first, Side::A, what)?;
+        // TCP and UDP ports are at the same offsets.
+        if !(v == XDP_TX || v == XDP_REDIRECT) || out.len() < TCP + 4 {
+            return None;
+        }
+        let origin = [out[IP + 16], out[IP + 17], out[IP + 18], out[IP + 19]];
+        let oport = u16::from_be_bytes([out[TCP + 2], out[TCP + 3]]);
+        let &(_, _, oside) = ORIGINS
+            .iter()
+            .find(|(a, p, _)| *a == origin && *p == oport)?;
+        Some(Known {
+            client,
+            cport,
+            vip: vip.0,
+            vport: vip.1,
+            origin,
+            oport,
+            oside,
+            snat_port: u16::from_be_bytes([out[TCP], out[TCP + 1]]),
+            cseq: 0,
+            oseq: 0,
+        })
+    }
+
     /// A clean handshake of a new flow, taken to `stage`: 0 SYN only, 1 SYN-ACK, 2
     /// established, 3 established and closed by FINs from both sides, 4 reset by the client.
     fn establish(&mut self, client: [u8; 4], cport: u16, vip: ([u8; 4], u16), stage: u32) {
@@ -840,30 +1034,11 @@ impl Fuzzer<'_> {
             payload: Vec::new(),
         }
         .build();
-        let Some((v, out)) = self.step(&syn, Side::A, "handshake: SYN") else {
+        let Some(mut k) = self.first_packet(&syn, "handshake: SYN", client, cport, vip) else {
             return;
         };
-        if !(v == XDP_TX || v == XDP_REDIRECT) || out.len() < TCP + 4 {
-            return;
-        }
-        let origin = [out[IP + 16], out[IP + 17], out[IP + 18], out[IP + 19]];
-        let oport = u16::from_be_bytes([out[TCP + 2], out[TCP + 3]]);
-        let Some(&(_, _, oside)) = ORIGINS.iter().find(|(a, p, _)| *a == origin && *p == oport)
-        else {
-            return;
-        };
-        let mut k = Known {
-            client,
-            cport,
-            vip: vip.0,
-            vport: vip.1,
-            origin,
-            oport,
-            oside,
-            snat_port: u16::from_be_bytes([out[TCP], out[TCP + 1]]),
-            cseq: isn.wrapping_add(1),
-            oseq: self.rng.u32(),
-        };
+        k.cseq = isn.wrapping_add(1);
+        k.oseq = self.rng.u32();
         if stage >= 1 {
             let (mut s, side) = self.known_seg(&k.clone(), false, SYN | ACK, Vec::new());
             s.options = frame::syn_options(&mut self.rng);
@@ -894,6 +1069,280 @@ impl Fuzzer<'_> {
         }
     }
 
+    /// A clean first datagram of a new UDP flow, answered by its origin if `answer`.
+    fn open_udp(&mut self, client: [u8; 4], cport: u16, vip: ([u8; 4], u16), answer: bool) {
+        let mut d = self.dgram((client, cport), vip, Side::A);
+        d.checksum = true;
+        let Some(k) = self.first_packet(&d.build(), "UDP: first datagram", client, cport, vip)
+        else {
+            return;
+        };
+        if answer {
+            let (d, side) = self.known_dgram(&k, false);
+            self.step(&d.build(), side, "UDP: the origin's answer");
+        }
+        if self.rng.chance(30) {
+            // Left alone until it expires, then revisited (`udp_base`).
+            self.sleep(k);
+        } else if self.known_udp.len() < 16 {
+            self.known_udp.push(k);
+        } else {
+            let i = self.rng.below(self.known_udp.len());
+            let old = std::mem::replace(&mut self.known_udp[i], k);
+            self.sleep(old);
+        }
+    }
+
+    fn sleep(&mut self, k: Known) {
+        if self.dormant.len() >= 1024 {
+            self.dormant.pop_front();
+        }
+        self.dormant.push_back((k, Instant::now()));
+    }
+
+    /// A UDP payload: empty, DNS-sized, or up to a full MTU.
+    fn udp_payload(&mut self) -> Vec<u8> {
+        let n = self.rng.pick(&[0, 1, 12, 40, 512, 1200, 1472]);
+        self.rng.bytes(n)
+    }
+
+    /// A datagram from `src` (at its fixture MAC) to `dst`, arriving on `side`: TTL 64, a
+    /// `udp_payload`, one in five without a checksum.
+    fn dgram(&mut self, src: ([u8; 4], u16), dst: ([u8; 4], u16), side: Side) -> Dgram {
+        Dgram {
+            smac: mac_of(src.0),
+            dmac: self.lb_mac(side),
+            src: src.0,
+            dst: dst.0,
+            ttl: 64,
+            sport: src.1,
+            dport: dst.1,
+            checksum: !self.rng.chance(20),
+            payload: self.udp_payload(),
+        }
+    }
+
+    /// A clean datagram of a known UDP flow: from the client (`from_client`) or the origin
+    /// (to its SNAT port).
+    fn known_dgram(&mut self, k: &Known, from_client: bool) -> (Dgram, Side) {
+        if from_client {
+            let d = self.dgram((k.client, k.cport), (k.vip, k.vport), Side::A);
+            (d, Side::A)
+        } else {
+            let d = self.dgram((k.origin, k.oport), (SNAT, k.snat_port), k.oside);
+            (d, k.oside)
+        }
+    }
+
+    /// An ICMP error about a known flow (`udp`: a UDP one, else TCP), quoting what the load
+    /// balancer sent: from the origin's side (the origin or a router, about the packet to
+    /// the origin) or from the client's side (about the packet to the client).
+    fn icmp_error(&mut self, udp: bool) -> Option<(Vec<u8>, Side, String)> {
+        let pool = if udp { &self.known_udp } else { &self.known };
+        if pool.is_empty() {
+            return None;
+        }
+        let k = pool[self.rng.below(pool.len())].clone();
+        let origin_side = self.rng.chance(60);
+        let (lb_src, lb_sport, dst, dport) = if origin_side {
+            (SNAT, k.snat_port, k.origin, k.oport)
+        } else {
+            (k.vip, k.vport, k.client, k.cport)
+        };
+        let whole_tcp = self.rng.chance(50);
+        let sent = if udp {
+            let mut d = self.dgram((lb_src, lb_sport), (dst, dport), Side::A);
+            d.ttl = 63;
+            d.build()
+        } else {
+            Seg {
+                smac: [0; 6],
+                dmac: [0; 6],
+                src: lb_src,
+                dst,
+                ttl: 63,
+                sport: lb_sport,
+                dport,
+                seq: if origin_side { k.cseq } else { k.oseq },
+                ack: if origin_side { k.oseq } else { k.cseq },
+                flags: ACK,
+                win: 64240,
+                options: Vec::new(),
+                payload: vec![0x61; if whole_tcp { 100 } else { 0 }],
+            }
+            .build()
+        };
+        let mut quote = sent[IP..].to_vec();
+        let whole = self.rng.chance(50);
+        if !whole {
+            quote.truncate(28);
+        }
+        let (kind, code, rest) = self.rng.pick(&[
+            (3u8, 3u8, [0u8; 4]),
+            (3, 1, [0; 4]),
+            (3, 4, [0, 0, 0x05, 0x78]),
+            (3, 4, [0, 0, 0x02, 0x40]),
+            (11, 0, [0; 4]),
+        ]);
+        let (from, side, lb) = if origin_side {
+            let from = if kind == 3 && code == 3 {
+                k.origin
+            } else {
+                R_ORIGIN
+            };
+            (from, k.oside, SNAT)
+        } else {
+            let from = if kind == 3 && code == 3 {
+                k.client
+            } else {
+                R_CLIENT
+            };
+            (from, Side::A, k.vip)
+        };
+        let f = frame::icmp(
+            mac_of(from),
+            self.lb_mac(side),
+            from,
+            lb,
+            kind,
+            code,
+            rest,
+            &quote,
+        );
+        let proto = if udp { "UDP" } else { "TCP" };
+        let dir = if origin_side { "origin" } else { "client" };
+        let q = if whole { "whole" } else { "28 bytes" };
+        Some((
+            f,
+            side,
+            format!("ICMP {kind}/{code} from the {dir} side about a known {proto} flow, quote {q}"),
+        ))
+    }
+
+    /// A UDP frame: datagrams of known flows from either side (some forged: another SNAT
+    /// port, origin or origin port), new flows from known and spoofed clients, UDP to
+    /// TCP-only VIPs and TCP to UDP-only ports, ICMP errors about known flows.
+    fn udp_base(&mut self) -> (Vec<u8>, Side, String) {
+        // Datagrams that make new flows come in floods (one stretch of frames in three),
+        // which meet the UDP budget; between them, new flows are mostly `open_udp`'s, which
+        // then get through.
+        let new = if (self.index / FLOOD_FRAMES).is_multiple_of(3) {
+            15
+        } else {
+            1
+        };
+        let r = self.rng.below(85 + new);
+        if r < 50 && !self.known_udp.is_empty() {
+            let idle = u64::from(UDP_SECS.max(UDP_UNREPLIED_SECS) + 1);
+            let woken = match self.dormant.front() {
+                Some((_, t)) if r.is_multiple_of(4) && t.elapsed().as_secs() >= idle => {
+                    self.dormant.pop_front().map(|(k, _)| k)
+                }
+                _ => None,
+            };
+            let k = woken
+                .clone()
+                .unwrap_or_else(|| self.known_udp[self.rng.below(self.known_udp.len())].clone());
+            let from_client = r < 28;
+            let (mut d, side) = self.known_dgram(&k, from_client);
+            let mut what = format!(
+                "UDP {} datagram of a known{} flow ({} bytes{})",
+                if from_client { "client" } else { "origin" },
+                if woken.is_some() { ", long idle," } else { "" },
+                d.payload.len(),
+                if d.checksum { "" } else { ", no checksum" }
+            );
+            if !from_client && r >= 43 {
+                // From a real origin endpoint, a forged answer answers (and keeps alive)
+                // whatever flow holds that SNAT port: rarely that, mostly from an address
+                // or port that is no origin's, so that flows still expire.
+                match self.rng.below(6) {
+                    0 => {
+                        d.dport =
+                            SNAT_MIN + self.rng.below(usize::from(SNAT_MAX - SNAT_MIN) + 1) as u16;
+                        what.push_str("; to another SNAT port");
+                    }
+                    1 => {
+                        let (o, _, _) = self.rng.pick(&ORIGINS);
+                        d.src = o;
+                        d.smac = mac_of(o);
+                        what.push_str("; from an origin address, maybe another");
+                    }
+                    2 | 3 => {
+                        let a = self.rng.pick(&[O4, R_ORIGIN, [10, 0, 11, 9], C1]);
+                        d.src = a;
+                        d.smac = mac_of(a);
+                        what.push_str("; from an address that is no origin's");
+                    }
+                    _ => {
+                        let x = self.rng.u16();
+                        d.sport = self.rng.pick(&[53, 5354, 8443, x]);
+                        what.push_str("; from another port");
+                    }
+                }
+            }
+            return (d.build(), side, what);
+        }
+        if r < 75 {
+            if let Some(e) = self.icmp_error(r < 68) {
+                return e;
+            }
+        }
+        let client = if self.rng.chance(70) {
+            self.rng.pick(&CLIENTS)
+        } else {
+            [198, 18, self.rng.u8(), self.rng.u8()]
+        };
+        let sport = if self.rng.chance(50) {
+            self.fresh_cport()
+        } else {
+            self.rng.u16()
+        };
+        if r < 75 + new {
+            let vip = self.rng.pick(&UDP_VIPS);
+            let d = self.dgram((client, sport), vip, Side::A);
+            return (d.build(), Side::A, "UDP datagram, new flow".into());
+        }
+        if r < 81 + new {
+            let (dst, dport) = if self.rng.chance(70) {
+                self.rng.pick(&TCP_ONLY)
+            } else {
+                (
+                    self.rng.pick(&[VIP, VIP2, SNAT]),
+                    self.rng.pick(&[22, 123, 8080]),
+                )
+            };
+            let d = self.dgram((client, sport), (dst, dport), Side::A);
+            return (
+                d.build(),
+                Side::A,
+                "UDP to a VIP address, a port with no UDP load balancer".into(),
+            );
+        }
+        let vip = self.rng.pick(&UDP_VIPS);
+        let flags = self.rng.pick(&[SYN, ACK, SYN | ACK]);
+        let s = Seg {
+            smac: mac_of(client),
+            dmac: self.mac_a,
+            src: client,
+            dst: vip.0,
+            ttl: 64,
+            sport,
+            dport: vip.1,
+            seq: self.rng.u32(),
+            ack: self.rng.u32(),
+            flags,
+            win: 64240,
+            options: Vec::new(),
+            payload: Vec::new(),
+        };
+        (
+            s.build(),
+            Side::A,
+            format!("TCP (flags {flags:02x}) to a UDP VIP's port"),
+        )
+    }
+
     fn fresh_cport(&mut self) -> u16 {
         self.next_cport = if self.next_cport >= 60000 {
             32768
@@ -920,7 +1369,9 @@ impl Fuzzer<'_> {
     /// The next fuzz frame: a base frame, then mutations. Returns frame, ingress, description.
     fn generate(&mut self) -> (Vec<u8>, Side, String) {
         let r = self.rng.below(100);
+        let udp = self.rng.chance(UDP_SHARE);
         let (mut f, mut side, mut what) = match r {
+            _ if udp => self.udp_base(),
             0..=44 if !self.known.is_empty() => {
                 let k = self.known[self.rng.below(self.known.len())].clone();
                 let from_client = r < 25;
@@ -1173,7 +1624,13 @@ impl Fuzzer<'_> {
     /// - every `REV_FLOWS` entry is named by its client's `FLOWS` entry, unless it is closed
     ///   (a closed flow keeps its port through the grace period while its client tuple moves
     ///   on to a new flow) or expired (removal is lazy);
-    /// - `ORIGIN_FLOWS[o]` is the number of `REV_FLOWS` entries of `o` not marked closing.
+    /// - `ORIGIN_FLOWS[o]` is the number of `REV_FLOWS` entries of `o` not marked closing,
+    ///   of both protocols (a UDP entry is open until it is replaced or its port taken);
+    /// - keys are TCP or UDP, and a pair is of one protocol: a `FLOWS` half's `udp` is 1
+    ///   exactly when its key is UDP, so it names a reverse entry of its own protocol (whose
+    ///   client tuple is read in the reverse key's protocol); a UDP `REV_FLOWS` entry has
+    ///   `CT_UDP` and no TCP state bit (SYN-ACK, FIN, RST, cookie, stale), and
+    ///   `CT_UDP_STREAM` only with `CT_ESTABLISHED`; a TCP one neither UDP bit.
     ///
     /// Returns one line per problem.
     fn check_tables(&self) -> Vec<String> {
@@ -1197,15 +1654,24 @@ impl Fuzzer<'_> {
         let rev_map: std::collections::HashMap<FlowKey, RevFlow> = revs.iter().copied().collect();
         let flow_map: std::collections::HashMap<FlowKey, Flow> = flows.iter().copied().collect();
         let mut problems = Vec::new();
+        problems.extend(
+            flows
+                .iter()
+                .filter_map(|(k, f)| proto_problem(k, Some(f), None))
+                .chain(
+                    revs.iter()
+                        .filter_map(|(k, r)| proto_problem(k, None, Some(r))),
+                ),
+        );
         for (k, f) in &flows {
             let rk = rev_key(f);
             match rev_map.get(&rk) {
                 None => problems.push(format!("FLOWS {} names reverse entry {}, which does not exist", show_key(k), show_key(&rk))),
-                Some(r) if client_key(r) != *k => problems.push(format!(
+                Some(r) if client_key(&rk, r) != *k => problems.push(format!(
                     "FLOWS {} names reverse entry {}, which names client {} (flags {:#x}, idle {} s)",
                     show_key(k),
                     show_key(&rk),
-                    show_key(&client_key(r)),
+                    show_key(&client_key(&rk, r)),
                     r.flags,
                     now.wrapping_sub(r.last_seen)
                 )),
@@ -1227,8 +1693,10 @@ impl Fuzzer<'_> {
             }
         }
         for (rk, r) in &revs {
-            let ck = client_key(r);
+            let ck = client_key(rk, r);
             let paired = flow_map.get(&ck).is_some_and(|f| rev_key(f) == *rk);
+            // A UDP flow never closes: an entry marked closing (left `ORIGIN_FLOWS`) is
+            // removed at once, so one left behind unpaired is a leak.
             if !paired && !RevFlow::closed(r.flags) && !expired(r) {
                 let other = flow_map.get(&ck).map_or_else(
                     || "missing".to_string(),
@@ -1407,6 +1875,8 @@ pub fn run(opts: &Options) -> Report {
             mac_a,
             mac_b,
             known: Vec::new(),
+            known_udp: Vec::new(),
+            dormant: std::collections::VecDeque::new(),
             index: 0,
             report: Report {
                 seed: opts.seed,
@@ -1416,6 +1886,8 @@ pub fn run(opts: &Options) -> Report {
             snapshot: None,
             reported: BTreeSet::new(),
             settings: Settings {
+                udp_secs: UDP_SECS,
+                udp_unreplied_secs: UDP_UNREPLIED_SECS,
                 reuse_closed_secs: REUSE_CLOSED_SECS,
                 established_secs: ESTABLISHED_SECS,
                 syn_secs: SYN_SECS,
@@ -1436,6 +1908,11 @@ pub fn run(opts: &Options) -> Report {
                 fz.establish(c, p, vip, stage % 5);
                 stage += 1;
             }
+            for vip in UDP_VIPS {
+                let p = fz.fresh_cport();
+                fz.open_udp(c, p, vip, stage % 2 == 0);
+                stage += 1;
+            }
         }
         fz.check();
         let mut next_check = fz.index + opts.check_every;
@@ -1450,6 +1927,11 @@ pub fn run(opts: &Options) -> Report {
                 let vip = fz.rng.pick(&VIPS);
                 let st = fz.rng.below(5) as u32;
                 fz.establish(c, p, vip, st);
+                let c = fz.rng.pick(&CLIENTS);
+                let p = fz.fresh_cport();
+                let vip = fz.rng.pick(&UDP_VIPS);
+                let answer = fz.rng.chance(70);
+                fz.open_udp(c, p, vip, answer);
             }
             let (f, side, what) = fz.generate();
             fz.step(&f, side, &what);
