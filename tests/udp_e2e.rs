@@ -687,7 +687,6 @@ fn a_spoofed_udp_flood_meets_the_budget_and_sessions_continue() {
         new_flows <= bound,
         "{new_flows} new flows during the flood, bound {bound}"
     );
-    #[expect(clippy::cast_precision_loss, reason = "counts")]
     let share = f64::from(ok) / f64::from(ok + failed) * 100.0;
     assert!(
         share >= 99.0,
