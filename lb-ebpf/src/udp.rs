@@ -38,7 +38,7 @@ use crate::{
     nat::rewrite_udp,
     origin_next_hop,
     parse::ptr_at,
-    snat::{check_client_half, names_client, new_flow, CtInit},
+    snat::{check_client_half, names_client, new_flow, remove_pair, CtInit},
     stats::{add_frame, count, drop, now_secs, pass, udp_in_flight, udp_pending},
     IP_MF, IP_OFFSET_HI,
 };
@@ -215,6 +215,8 @@ fn client_datagram(
     let now = now_secs();
     let mut flow: *const Flow = core::ptr::null();
     let mut replaces: *const Flow = core::ptr::null();
+    // The tracking entry of the expired flow `replaces`.
+    let mut expired_rev: *mut RevFlow = core::ptr::null_mut();
     if let Some(f) = found {
         // SAFETY: a live map value.
         if unsafe { (*f).synced } == now {
@@ -234,6 +236,7 @@ fn client_datagram(
                     if udp_expired(r, now, settings) {
                         count(event::UDP_FLOW_EXPIRED);
                         replaces = f;
+                        expired_rev = r;
                     } else {
                         touch(r, now);
                         // Speaking again after an answer makes it a conversation.
@@ -259,20 +262,13 @@ fn client_datagram(
         if udp_in_flight(now, settings.udp_unreplied_secs.min(HANDSHAKE_BUCKETS))
             >= u64::from(settings.udp_budget)
         {
-            if !replaces.is_null() {
+            if !expired_rev.is_null() {
                 // The expired pair goes now, not at the next datagram's expiry check.
-                let sc = SCRATCH
-                    .get_ptr_mut(0)
-                    .ok_or_else(|| drop(event::DROP_UDP_BUDGET))?;
-                // SAFETY: as above; `replaces` is a live map value.
-                unsafe {
-                    (*sc).urkey = (*replaces).rev_key();
-                    if let Some(r) = REV_FLOWS.get_ptr_mut(&(*sc).urkey) {
-                        mark_closing(r);
-                        let _ = REV_FLOWS.remove(&(*sc).urkey);
-                    }
+                if let Some(sc) = SCRATCH.get_ptr(0) {
+                    // SAFETY: this CPU's scratch entry: `urkey` still holds the expired
+                    // flow's reverse key, whose entry is `expired_rev`.
+                    remove_pair(key, unsafe { &(*sc).urkey }, expired_rev);
                 }
-                let _ = FLOWS.remove(key);
             }
             return Err(drop(event::DROP_UDP_BUDGET));
         }
