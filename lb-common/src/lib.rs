@@ -163,6 +163,23 @@ pub const PROGRAM_NAME: &str = "lb_xdp";
 pub const UDP_PROGRAM_NAME: &str = "lb_udp";
 /// `TAILS` slot of `UDP_PROGRAM_NAME`.
 pub const TAIL_UDP: u32 = 0;
+/// Name of the IPv6 program, which `lb_xdp` tail-calls (`TAILS[TAIL_V6]`) for every IPv6
+/// frame: TCP to IPv6 VIPs and from origins to IPv6 SNAT addresses, ICMPv6 (neighbour
+/// discovery and router messages passed untouched, echo to VIP addresses, errors about our
+/// flows), extension headers.
+pub const V6_PROGRAM_NAME: &str = "lb_v6";
+/// `TAILS` slot of `V6_PROGRAM_NAME`.
+pub const TAIL_V6: u32 = 1;
+/// Name of the IPv6 UDP program, which `lb_v6` tail-calls (`TAILS[TAIL_V6_UDP]`).
+pub const V6_UDP_PROGRAM_NAME: &str = "lb_v6_udp";
+/// `TAILS` slot of `V6_UDP_PROGRAM_NAME`.
+pub const TAIL_V6_UDP: u32 = 2;
+/// Every program the agent loads besides `PROGRAM_NAME`, with its `TAILS` slot.
+pub const TAIL_PROGRAMS: [(&str, u32); 3] = [
+    (UDP_PROGRAM_NAME, TAIL_UDP),
+    (V6_PROGRAM_NAME, TAIL_V6),
+    (V6_UDP_PROGRAM_NAME, TAIL_V6_UDP),
+];
 /// Slots of `TAILS` (program array). Pinned: the kernel empties a program array when its
 /// last user-space reference goes, so an unpinned one would stop UDP while the agent is
 /// down.
@@ -171,6 +188,17 @@ pub const TAIL_SLOTS: u32 = 8;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// `addr` is IPv4-mapped (`::ffff:a.b.c.d`): the IPv4 address `a.b.c.d` in a 16-byte field.
+#[inline(always)]
+pub const fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])
+        | u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]])
+        == 0
+        && u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]])
+            == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
 
 /// Key of `VIPS`: which (address, port, protocol) is a virtual IP.
 #[repr(C)]
@@ -656,8 +684,15 @@ pub struct Settings {
     /// new flow is dropped (`DROP_UDP_BUDGET`): UDP has no SYN cookie
     /// (`dataplane.udp_budget`). Host order.
     pub udp_budget: u32,
+    /// The first IPv6 source address for traffic towards IPv6 origins, NBO; with
+    /// `snat_count6`, the first of a run of addresses (a prefix, as `snat_addr`).
+    pub snat_addr6: [u8; 16],
+    /// IPv6 SNAT addresses: `snat_addr6` and the `snat_count6 - 1` addresses after it in its
+    /// last 32 bits. 0 = none (no IPv6 origins). Host order.
+    pub snat_count6: u32,
+    pub _pad6: [u32; 3],
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 64);
+const _: () = assert!(core::mem::size_of::<Settings>() == 96);
 
 /// SNAT addresses one agent may use (`Settings::snat_count`): a /24 at most.
 pub const MAX_SNAT_ADDRS: u32 = 256;
@@ -676,6 +711,21 @@ impl Settings {
             i += 1;
         }
         diff == 0 && self.is_snat_v4([a[12], a[13], a[14], a[15]])
+    }
+
+    /// Is IPv6 address `a` one of the IPv6 SNAT addresses (`snat_addr6`, `snat_count6`)?
+    #[inline(always)]
+    pub fn is_snat_v6(&self, a: &[u8; 16]) -> bool {
+        let b = &self.snat_addr6;
+        let mut diff = 0u8;
+        let mut i = 0;
+        while i < 12 {
+            diff |= a[i] ^ b[i];
+            i += 1;
+        }
+        let off = u32::from_be_bytes([a[12], a[13], a[14], a[15]])
+            .wrapping_sub(u32::from_be_bytes([b[12], b[13], b[14], b[15]]));
+        diff == 0 && off < self.snat_count6
     }
 
     /// Is IPv4 address `a` one of the SNAT addresses (which are IPv4)?
@@ -718,7 +768,8 @@ const _: () = assert!(core::mem::size_of::<Counters>() == 48);
 /// Each odd case the data path meets has its own counter, and its verdict is documented
 /// here (and in ARCHITECTURE.md).
 pub mod event {
-    /// Not IPv4 (ARP, IPv6, VLAN-tagged, LLDP ...): XDP_PASS.
+    /// Neither IPv4 nor IPv6 (ARP, VLAN-tagged, LLDP ...), or IPv6 while no agent has filled
+    /// the IPv6 program's slot: XDP_PASS. (The name is kept for dashboards.)
     pub const PASS_NOT_IPV4: u32 = 0;
     /// IPv4 but not TCP (UDP, ICMP ...), not addressed to a VIP address and not an ICMP
     /// error about one of our flows, for the host itself (or routed, see `DROP_TRANSIT`):
@@ -892,7 +943,18 @@ pub mod event {
     /// A UDP datagram to a VIP whose header is cut short, whose length field disagrees
     /// with the IPv4 length, or whose source port is 0: XDP_DROP.
     pub const DROP_MALFORMED_UDP: u32 = 57;
-    pub const COUNT: u32 = 58;
+    /// An IPv6 packet to a VIP or SNAT address whose extension headers we do not pass: a
+    /// routing header with segments left, AH or ESP (NAT would break them), more than
+    /// `lb_ebpf`'s bound of headers, or one cut short: XDP_DROP.
+    pub const DROP_EXT_HEADER: u32 = 58;
+    /// Hop-by-hop, destination-options or spent routing headers of an IPv6 packet to a VIP
+    /// or SNAT address were consumed (the load balancer is the packet's destination, as a
+    /// proxy is) and removed before forwarding. A note, counted with the verdict.
+    pub const EXT_HEADERS_REMOVED: u32 = 59;
+    /// ICMPv6 neighbour discovery or router messages (RFC 4861: types 133-137): passed to
+    /// the host's stack untouched, whatever their destination.
+    pub const PASS_ND: u32 = 60;
+    pub const COUNT: u32 = 61;
 
     /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
     pub const fn is_verdict(e: u32) -> bool {
@@ -916,6 +978,7 @@ pub mod event {
                 | FIB_LOOKUP
                 | FLOW_SYNCED
                 | UDP_FLOW_EXPIRED
+                | EXT_HEADERS_REMOVED
         )
     }
 
@@ -979,6 +1042,9 @@ pub mod event {
         "drop_udp_budget",
         "udp_flow_expired",
         "drop_malformed_udp",
+        "drop_ext_header",
+        "ext_headers_removed",
+        "pass_nd",
     ];
 }
 
