@@ -189,6 +189,10 @@ fn settings(cfg: &Config) -> Settings {
         udp_budget: dp.udp_budget,
         // The reconciler's own counter (Reconciler::next_hops_changed); not config.
         nh_gen: 0,
+        // No IPv6 SNAT address until the config accepts one.
+        snat_addr6: [0; 16],
+        snat_count6: 0,
+        _pad6: [0; 3],
     }
 }
 
