@@ -464,7 +464,7 @@ fn phase_one(fr: Frames) -> Vec<Case> {
             events: &[event::PASS_NOT_IPV4],
         },
         Case {
-            desc: "IPv6 TCP: passed untouched (IPv6 is not forwarded yet)",
+            desc: "IPv6 TCP to an address that is no VIP: passed untouched (lb_v6: the host's)",
             ingress: Side::A,
             input: {
                 let b = PacketBuilder::ethernet2(MAC_C1, lb_mac)
@@ -481,7 +481,7 @@ fn phase_one(fr: Frames) -> Vec<Case> {
             },
             verdict: XDP_PASS,
             output: None,
-            events: &[event::PASS_NOT_IPV4],
+            events: &[event::PASS_NOT_VIP],
         },
         Case {
             desc: "frame cut inside the IPv4 header: passed, the stack drops it",

@@ -318,6 +318,8 @@ fn load_dataplane(
         adopted_pins = adopting,
         verified_insns = dp.verified_insns(),
         verified_insns_udp = dp.verified_insns_of(lb_common::UDP_PROGRAM_NAME),
+        verified_insns_v6 = dp.verified_insns_of(lb_common::V6_PROGRAM_NAME),
+        verified_insns_v6_udp = dp.verified_insns_of(lb_common::V6_UDP_PROGRAM_NAME),
         "BPF object loaded"
     );
     let rec = Reconciler::adopt(dp.take_maps()?)?;

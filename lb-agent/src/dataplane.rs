@@ -28,7 +28,7 @@ use lb_common::{
     event, map_names as names, Affinity, AffinityKey, Counters, Flow, FlowKey, GeoKey, GeoPlanKey,
     GeoValue, OriginMeta, RevFlow, RingMeta, Settings, VipKey, VipMeta, AFFINITY_SIZE,
     GEO_MAX_PREFIXES, GEO_PLAN_SIZE, MAX_INTERFACES, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, POOL_SEL_M,
-    PROGRAM_NAME, UDP_PROGRAM_NAME,
+    PROGRAM_NAME, TAIL_PROGRAMS,
 };
 
 use crate::config;
@@ -476,7 +476,8 @@ impl Dataplane {
             path: object.to_owned(),
             source: Box::new(e),
         })?;
-        for name in [PROGRAM_NAME, UDP_PROGRAM_NAME] {
+        let all = std::iter::once(PROGRAM_NAME).chain(TAIL_PROGRAMS.iter().map(|(n, _)| *n));
+        for name in all {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|e| DataplaneError::Program {
@@ -484,25 +485,29 @@ impl Dataplane {
                     source: Box::new(e),
                 })?;
         }
-        // The UDP program into its tail-call slot (replacing an earlier agent's, in a pinned
-        // map: the running lb_xdp switches to it at once).
-        let udp_fd = program(&mut ebpf, UDP_PROGRAM_NAME)?
-            .fd()
-            .map_err(|e| DataplaneError::Program {
-                name: UDP_PROGRAM_NAME.into(),
-                source: Box::new(e),
-            })?
-            .try_clone()
-            .map_err(|e| DataplaneError::Host(format!("duplicating the UDP program's fd: {e}")))?;
+        // The tail-called programs (UDP, IPv6, IPv6 UDP) into their slots (replacing an
+        // earlier agent's, in a pinned map: the running lb_xdp switches to them at once).
+        let mut fds = Vec::with_capacity(TAIL_PROGRAMS.len());
+        for (name, slot) in TAIL_PROGRAMS {
+            let fd = program(&mut ebpf, name)?
+                .fd()
+                .map_err(|e| DataplaneError::Program {
+                    name: name.into(),
+                    source: Box::new(e),
+                })?
+                .try_clone()
+                .map_err(|e| DataplaneError::Host(format!("duplicating {name}'s fd: {e}")))?;
+            fds.push((slot, fd));
+        }
         let tails = ebpf.map_mut(names::TAILS).ok_or(DataplaneError::Map {
             name: names::TAILS,
             reason: "not in the object".into(),
         })?;
         let mut tails: ProgramArray<&mut MapData> =
             ProgramArray::try_from(tails).map_err(map_err(names::TAILS))?;
-        tails
-            .set(lb_common::TAIL_UDP, &udp_fd, 0)
-            .map_err(map_err(names::TAILS))?;
+        for (slot, fd) in &fds {
+            tails.set(*slot, fd, 0).map_err(map_err(names::TAILS))?;
+        }
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),

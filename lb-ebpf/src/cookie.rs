@@ -1,6 +1,6 @@
 //! SYN cookies, when more handshakes are in flight than `Settings::syn_budget` allows: a
 //! SYN without a flow is answered with a SYN-ACK whose sequence number is a kernel SYN
-//! cookie (`bpf_tcp_raw_gen_syncookie_ipv4`, as the kernel's xdp_synproxy sample), and
+//! cookie (`bpf_tcp_raw_gen_syncookie_ipv4`/`_ipv6`, as the kernel's xdp_synproxy sample), and
 //! nothing is stored. Only a client that returns a valid cookie (so one that receives at
 //! its address) gets a flow: its ACK becomes the SYN to the origin, the origin's SYN-ACK
 //! becomes the ACK that completes the origin side, and from then on the flow's sequence
@@ -12,21 +12,18 @@
 //! client's pace); its data is retransmitted by the client.
 
 use aya_ebpf::{
-    bindings::{iphdr, tcphdr, xdp_action},
-    helpers::generated::{
-        bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_load_bytes,
-    },
-    programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, programs::XdpContext,
 };
 use lb_common::{
     event, Flow, RevFlow, Settings, CT_COOKIE, CT_ESTABLISHED, CT_SYNACK, WSCALE_NONE,
 };
-use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
+use network_types::{eth::EthHdr, tcp::TcpHdr};
 
 use crate::{
     conntrack::{mark_closing, set_flags},
+    family::Family,
     maps::SCRATCH,
-    parse::{ptr_at, Seg, ACK, RST, SYN, TCP_OFF},
+    parse::{ptr_at, Seg, ACK, RST, SYN},
     reply::{cookie_syn_ack, write_segment, Segment},
     snat::CtInit,
     stats::{cookie_sent, count, drop, handshakes_in_flight},
@@ -48,7 +45,7 @@ pub fn admit_by_cookie(settings: &Settings, now: u32) -> bool {
 /// Answers the SYN in the frame with a cookie SYN-ACK. `None` when the kernel cannot make a
 /// cookie for it (then the caller makes a flow as usual).
 #[inline(never)]
-pub fn send_cookie(ctx: &XdpContext, s: &Seg) -> Option<u32> {
+pub fn send_cookie<F: Family>(ctx: &XdpContext, s: &Seg) -> Option<u32> {
     let sc = SCRATCH.get_ptr_mut(0)?;
     let hlen = s.hlen & 0x3c;
     if hlen < 20 {
@@ -56,14 +53,23 @@ pub fn send_cookie(ctx: &XdpContext, s: &Seg) -> Option<u32> {
     }
     // SAFETY: this CPU's scratch entry; the loads are bounded by the buffers' sizes.
     let value = unsafe {
-        if bpf_xdp_load_bytes(ctx.ctx, 14, (&raw mut (*sc).ck_ip).cast(), 20) != 0
-            || bpf_xdp_load_bytes(ctx.ctx, TCP_OFF as u32, (&raw mut (*sc).ck_th).cast(), hlen) != 0
+        #[expect(clippy::cast_possible_truncation, reason = "20 or 40")]
+        let ip_len = F::IP_LEN as u32;
+        #[expect(clippy::cast_possible_truncation, reason = "34 or 54")]
+        let l4_off = F::L4_OFF as u32;
+        if bpf_xdp_load_bytes(
+            ctx.ctx,
+            EthHdr::LEN as u32,
+            (&raw mut (*sc).ck_ip).cast(),
+            ip_len,
+        ) != 0
+            || bpf_xdp_load_bytes(ctx.ctx, l4_off, (&raw mut (*sc).ck_th).cast(), hlen) != 0
         {
             return None;
         }
-        bpf_tcp_raw_gen_syncookie_ipv4(
-            (&raw mut (*sc).ck_ip).cast::<iphdr>(),
-            (&raw mut (*sc).ck_th).cast::<tcphdr>(),
+        F::gen_cookie(
+            (&raw mut (*sc).ck_ip).cast(),
+            (&raw mut (*sc).ck_th).cast(),
             hlen,
         )
     };
@@ -76,12 +82,12 @@ pub fn send_cookie(ctx: &XdpContext, s: &Seg) -> Option<u32> {
         reason = "cookie | mss << 32"
     )]
     let (cookie, mss) = (value as u32, (value >> 32) as u16);
-    let ip = ptr_at::<Ipv4Hdr>(ctx, 14)?;
-    let tcp = ptr_at::<TcpHdr>(ctx, TCP_OFF)?;
+    let ip = ptr_at::<F::Ip>(ctx, EthHdr::LEN)?;
+    let tcp = ptr_at::<TcpHdr>(ctx, F::L4_OFF)?;
     let now = crate::stats::now_secs();
     cookie_sent(now);
     count(event::SYN_COOKIE_SENT);
-    Some(cookie_syn_ack(
+    Some(cookie_syn_ack::<F>(
         ctx,
         ip,
         tcp,
@@ -93,9 +99,10 @@ pub fn send_cookie(ctx: &XdpContext, s: &Seg) -> Option<u32> {
 
 /// Does the ACK (headers `ip`, `tcp`, bounds-checked by the caller) carry a valid SYN cookie?
 #[inline(never)]
-pub fn valid(ip: *mut Ipv4Hdr, tcp: *mut TcpHdr) -> bool {
-    // SAFETY: both headers bounds-checked (20 bytes each, as the helper reads).
-    unsafe { bpf_tcp_raw_check_syncookie_ipv4(ip.cast::<iphdr>(), tcp.cast::<tcphdr>()) == 0 }
+pub fn valid<F: Family>(ip: *mut F::Ip, tcp: *mut TcpHdr) -> bool {
+    // SAFETY: both headers bounds-checked (the IP header and 20 bytes of TCP, as the helper
+    // reads).
+    unsafe { F::check_cookie(ip, tcp.cast()) }
 }
 
 /// The flow-tracking start of a cookie-validated ACK `s`.
@@ -116,23 +123,13 @@ pub fn init(s: &Seg, now: u32) -> CtInit {
 /// Turns the frame, a client segment of cookie flow `f` whose client ISN is `isn`, into the
 /// SYN to the origin, addressed and checksummed; the caller forwards it.
 #[inline(never)]
-pub fn syn_to_origin(ctx: &XdpContext, f: &Flow, isn: u32, win: u16) -> Result<(), u32> {
+pub fn syn_to_origin<F: Family>(ctx: &XdpContext, f: &Flow, isn: u32, win: u16) -> Result<(), u32> {
     let sc = SCRATCH.get_ptr_mut(0).ok_or(xdp_action::XDP_DROP)?;
     // SAFETY: this CPU's scratch entry: the segment to write.
     let seg = unsafe {
         (*sc).out = Segment {
-            src: [
-                f.snat_addr[12],
-                f.snat_addr[13],
-                f.snat_addr[14],
-                f.snat_addr[15],
-            ],
-            dst: [
-                f.origin_addr[12],
-                f.origin_addr[13],
-                f.origin_addr[14],
-                f.origin_addr[15],
-            ],
+            src: f.snat_addr,
+            dst: f.origin_addr,
             sport: f.snat_port.to_ne_bytes(),
             dport: f.origin_port.to_ne_bytes(),
             seq: isn,
@@ -144,7 +141,7 @@ pub fn syn_to_origin(ctx: &XdpContext, f: &Flow, isn: u32, win: u16) -> Result<(
         };
         &(*sc).out
     };
-    if write_segment(ctx, seg) {
+    if write_segment::<F>(ctx, seg) {
         Ok(())
     } else {
         Err(drop(event::DROP_MALFORMED_TCP))
@@ -164,7 +161,11 @@ pub enum Pending {
 /// The origin's answer to a cookie flow's SYN: a SYN-ACK completes the flow (and becomes
 /// our ACK to the origin); a RST that acknowledges the SYN becomes a RST to the client.
 #[inline(never)]
-pub fn origin_answer(ctx: &XdpContext, r: *mut RevFlow, s: &Seg) -> Result<Pending, u32> {
+pub fn origin_answer<F: Family>(
+    ctx: &XdpContext,
+    r: *mut RevFlow,
+    s: &Seg,
+) -> Result<Pending, u32> {
     // SAFETY: a live map value, fields read one by one.
     let (client_end, cookie, client_win) =
         unsafe { ((*r).client_end, (*r).seq_delta, (*r).client_win) };
@@ -179,7 +180,10 @@ pub fn origin_answer(ctx: &XdpContext, r: *mut RevFlow, s: &Seg) -> Result<Pendi
         // it, as for any flow; the client's next segment sends the SYN again.
         return Ok(Pending::ResetOrigin);
     }
-    let (Some(ip), Some(tcp)) = (ptr_at::<Ipv4Hdr>(ctx, 14), ptr_at::<TcpHdr>(ctx, TCP_OFF)) else {
+    let (Some(ip), Some(tcp)) = (
+        ptr_at::<F::Ip>(ctx, EthHdr::LEN),
+        ptr_at::<TcpHdr>(ctx, F::L4_OFF),
+    ) else {
         return Err(drop(event::DROP_MALFORMED_TCP));
     };
     if s.flags & RST != 0 {
@@ -189,18 +193,8 @@ pub fn origin_answer(ctx: &XdpContext, r: *mut RevFlow, s: &Seg) -> Result<Pendi
         // SAFETY: this CPU's scratch entry; a live map value; headers bounds-checked above.
         let seg = unsafe {
             (*sc).out = Segment {
-                src: [
-                    (*r).vip_addr[12],
-                    (*r).vip_addr[13],
-                    (*r).vip_addr[14],
-                    (*r).vip_addr[15],
-                ],
-                dst: [
-                    (*r).client_addr[12],
-                    (*r).client_addr[13],
-                    (*r).client_addr[14],
-                    (*r).client_addr[15],
-                ],
+                src: (*r).vip_addr,
+                dst: (*r).client_addr,
                 sport: (*r).vip_port.to_ne_bytes(),
                 dport: (*r).client_port.to_ne_bytes(),
                 seq: cookie.wrapping_add(1),
@@ -213,7 +207,7 @@ pub fn origin_answer(ctx: &XdpContext, r: *mut RevFlow, s: &Seg) -> Result<Pendi
             &(*sc).out
         };
         count(event::COOKIE_REFUSED);
-        return if write_segment(ctx, seg) {
+        return if write_segment::<F>(ctx, seg) {
             Ok(Pending::RstToClient)
         } else {
             Err(drop(event::DROP_MALFORMED_TCP))
@@ -234,9 +228,10 @@ pub fn origin_answer(ctx: &XdpContext, r: *mut RevFlow, s: &Seg) -> Result<Pendi
     // SAFETY: this CPU's scratch entry; headers bounds-checked above, copied before the
     // frame is rewritten.
     let seg = unsafe {
+        let (src, dst) = F::addrs(ip);
         (*sc).out = Segment {
-            src: (*ip).dst_addr,
-            dst: (*ip).src_addr,
+            src: dst,
+            dst: src,
             sport: (*tcp).dest,
             dport: (*tcp).source,
             seq: client_end,
@@ -250,7 +245,7 @@ pub fn origin_answer(ctx: &XdpContext, r: *mut RevFlow, s: &Seg) -> Result<Pendi
         &(*sc).out
     };
     count(event::COOKIE_ORIGIN_ACK);
-    if write_segment(ctx, seg) {
+    if write_segment::<F>(ctx, seg) {
         Ok(Pending::AckToOrigin)
     } else {
         Err(drop(event::DROP_MALFORMED_TCP))

@@ -27,3 +27,17 @@ pub fn replace32(csum: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     let n1 = u16::from_ne_bytes([new[2], new[3]]);
     !fold(u32::from(!csum) + u32::from(!o0) + u32::from(!o1) + u32::from(n0) + u32::from(n1))
 }
+
+/// Checksum after a 16-byte field (an IPv6 address) changed from `old` to `new`. A
+/// subprogram: eight words each side, inlined at every call, crowd the caller's stack.
+#[inline(never)]
+pub fn replace128(csum: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
+    let mut s = u32::from(!csum);
+    let mut i = 0;
+    while i < 16 {
+        s += u32::from(!u16::from_ne_bytes([old[i], old[i + 1]]));
+        s += u32::from(u16::from_ne_bytes([new[i], new[i + 1]]));
+        i += 2;
+    }
+    !fold(s)
+}

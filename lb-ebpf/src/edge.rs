@@ -28,11 +28,13 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    drop, forward, icmp, is_vip_addr,
+    drop,
+    family::Family,
+    forward, icmp, icmp6, is_vip_addr,
     maps::{LOCAL_ADDRS, SETTINGS},
     pass, ptr_at,
     stats::count,
-    AF_INET, IP_MF, IP_OFFSET_HI,
+    IP_MF, IP_OFFSET_HI,
 };
 
 // Requests. Verdicts are 0..=4; values with these bits ask `finish`, called by `lb_xdp`, to
@@ -52,34 +54,46 @@ pub const DO_TOO_BIG: u32 = 0x8000_0000;
 
 /// Turns a request left by the data path into a verdict; verdicts pass through.
 #[inline(always)]
-pub fn finish(ctx: &XdpContext, mut v: u32) -> u32 {
+pub fn finish<F: Family>(ctx: &XdpContext, mut v: u32) -> u32 {
     if v <= xdp_action::XDP_REDIRECT {
         return v;
     }
     if v == DO_NOT_OURS {
-        return not_ours(ctx, event::PASS_NOT_TCP);
+        return not_ours::<F>(ctx, event::PASS_NOT_TCP);
     }
     if v == DO_ECHO {
-        return icmp::echo(ctx);
+        return if F::V6 {
+            icmp6::echo(ctx)
+        } else {
+            icmp::echo(ctx)
+        };
     }
     if v & DO_ICMP_ERROR != 0 {
-        v = icmp::error(ctx, v & 1 != 0);
+        v = if F::V6 {
+            icmp6::error(ctx, v & 1 != 0)
+        } else {
+            icmp::error(ctx, v & 1 != 0)
+        };
     }
     if v == DO_FORWARD {
-        v = forward_again(ctx);
+        v = forward_again::<F>(ctx);
     }
     if v & DO_TOO_BIG != 0 {
         #[expect(clippy::cast_possible_truncation, reason = "the low 16 bits")]
-        return icmp::too_big(ctx, v as u16);
+        return if F::V6 {
+            icmp6::too_big(ctx, v as u16)
+        } else {
+            icmp::too_big(ctx, v as u16)
+        };
     }
     v
 }
 
 /// `forward` for a packet rewritten further down the call chain.
 #[inline(never)]
-fn forward_again(ctx: &XdpContext) -> u32 {
-    match ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) {
-        Some(ip) => match forward(ctx, ip, core::ptr::null_mut(), 0) {
+fn forward_again<F: Family>(ctx: &XdpContext) -> u32 {
+    match ptr_at::<F::Ip>(ctx, EthHdr::LEN) {
+        Some(ip) => match forward::<F>(ctx, ip, core::ptr::null_mut(), 0) {
             Ok(v) | Err(v) => v,
         },
         None => drop(event::DROP_ICMP_MALFORMED),
@@ -119,7 +133,7 @@ pub fn not_tcp(ctx: &XdpContext) -> u32 {
 /// the host itself or `route_other` is set; dropped when the kernel would only route it on
 /// (no open router: an edge host must not forward traffic somebody aimed at its MAC).
 #[inline(never)]
-pub fn not_ours(ctx: &XdpContext, reason: u32) -> u32 {
+pub fn not_ours<F: Family>(ctx: &XdpContext, reason: u32) -> u32 {
     let settings = match SETTINGS.get(0) {
         Some(s) => s,
         None => return pass(reason),
@@ -127,27 +141,21 @@ pub fn not_ours(ctx: &XdpContext, reason: u32) -> u32 {
     if settings.flags & SETTINGS_F_ROUTE_OTHER != 0 {
         return pass(reason);
     }
-    let (Some(eth), Some(ip)) = (
-        ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
-    ) else {
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<F::Ip>(ctx, EthHdr::LEN))
+    else {
         return pass(reason);
     };
     // SAFETY: bounds-checked by the caller.
-    let (dmac0, src4, dst4, tos, tot_len, proto) = unsafe {
-        (
-            (*eth).dst_addr[0],
-            (*ip).src_addr,
-            (*ip).dst_addr,
-            (*ip).tos,
-            (*ip).tot_len,
-            (*ip).proto,
-        )
+    let (dmac0, dst) = unsafe { ((*eth).dst_addr[0], F::addrs(ip).1) };
+    // Broadcast and multicast (group bit of the destination MAC, 224/4 and 255.255.255.255,
+    // ff00::/8) are never forwarded by the FIB helper's answer; leave them to the stack.
+    // IPv6 link-local destinations (fe80::/10) are never routed either.
+    let multicast = if F::V6 {
+        dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80)
+    } else {
+        dst[12] >= 224
     };
-    // Broadcast and multicast (group bit of the destination MAC, 224/4 and 255.255.255.255)
-    // are never forwarded by the FIB helper's answer; leave them to the stack.
-    let dst = v4_mapped(dst4);
-    if dmac0 & 1 != 0 || dst4[0] >= 224 || settings.is_snat_addr(&dst) {
+    if dmac0 & 1 != 0 || multicast || F::is_snat(settings, &dst) {
         return pass(reason);
     }
     // The host's own address: no need to ask the FIB.
@@ -157,16 +165,12 @@ pub fn not_ours(ctx: &XdpContext, reason: u32) -> u32 {
     count(event::FIB_LOOKUP);
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut p: FibParams = unsafe { mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = proto;
     // The length is passed so an oversized transit packet answers FRAG_NEEDED: transit too.
-    p.__bindgen_anon_1.tot_len = u16::from_be_bytes(tot_len);
+    // SAFETY: bounds-checked above.
+    unsafe { F::fib(&mut p, ip) };
     #[expect(clippy::cast_possible_truncation, reason = "ifindex fits in u32")]
     let ingress = ctx.ingress_ifindex() as u32;
     p.ifindex = ingress;
-    p.__bindgen_anon_2.tos = tos;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src4);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst4);
     // SAFETY: p is a valid, fully initialised request of the size we pass.
     let rc =
         unsafe { bpf_fib_lookup(ctx.ctx.cast(), &raw mut p, size_of::<FibParams>() as i32, 0) };

@@ -12,15 +12,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{event, NextHop, NH_MAX_AGE};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::eth::EthHdr;
 
 use crate::{
+    family::Family,
     maps::{SETTINGS, TX_PORTS},
     parse::ptr_at,
     stats::{count, drop, pass, verdict},
 };
-
-use crate::AF_INET;
 
 /// Sends a rewritten frame on: next hop and MACs from `nh` when it is fresh (see
 /// `lb_common::NextHop`), else from the kernel FIB, whose answer then refills `nh`; then
@@ -28,7 +27,12 @@ use crate::AF_INET;
 /// direction's cache (the origin's `ORIGIN_NH` entry, or the flow's `REV_FLOWS` entry), or
 /// null for frames built in place. Its own subprogram (stack frame).
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: *mut NextHop, now: u32) -> Result<u32, u32> {
+pub fn forward<F: Family>(
+    ctx: &XdpContext,
+    ip: *mut F::Ip,
+    nh: *mut NextHop,
+    now: u32,
+) -> Result<u32, u32> {
     // Found again here rather than passed: a BPF call takes at most five arguments, the
     // verdict's return slot included.
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or_else(|| drop(event::DROP_MALFORMED_TCP))?;
@@ -36,7 +40,7 @@ pub fn forward(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: *mut NextHop, now: u32) -
     let ingress = ctx.ingress_ifindex() as u32;
     let gen = SETTINGS.get(0).map_or(0, |s| s.nh_gen);
     // SAFETY: bounds-checked by the caller.
-    let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+    let tot_len = unsafe { F::wire_len(ip) };
     if !nh.is_null() {
         // SAFETY: a live map value, read field by field; another CPU may refill it meanwhile,
         // with the same values unless the next hop changed.
@@ -59,15 +63,8 @@ pub fn forward(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: *mut NextHop, now: u32) -
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut p: FibParams = unsafe { mem::zeroed() };
     // SAFETY: headers bounds-checked by the caller.
-    unsafe {
-        p.family = AF_INET;
-        p.l4_protocol = (*ip).proto;
-        p.__bindgen_anon_1.tot_len = tot_len;
-        p.ifindex = ingress;
-        p.__bindgen_anon_2.tos = (*ip).tos;
-        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).src_addr);
-        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).dst_addr);
-    }
+    unsafe { F::fib(&mut p, ip) };
+    p.ifindex = ingress;
     // SAFETY: p is a valid, fully initialised request of the size we pass.
     let rc =
         unsafe { bpf_fib_lookup(ctx.ctx.cast(), &raw mut p, size_of::<FibParams>() as i32, 0) };

@@ -74,7 +74,7 @@ fn reverse_key(
 /// (RFC 5927 §4.1: an ICMP error whose quoted sequence number is not in flight may be
 /// ignored). Uses `ICMP_SCRATCH` for the reverse key.
 #[inline(always)]
-fn cookie_delta(f: &Flow) -> u32 {
+pub fn cookie_delta(f: &Flow) -> u32 {
     if f.udp != 0 {
         return 0;
     }
@@ -118,12 +118,12 @@ pub struct IcmpHdr {
     pub rest: [u8; 4],
 }
 
-/// The first 8 bytes of a quoted TCP header: all RFC 792 guarantees.
+/// The first 8 bytes of a quoted TCP (or UDP) header: all RFC 792 guarantees.
 #[repr(C)]
-struct Quoted {
-    sport: [u8; 2],
-    dport: [u8; 2],
-    seq: [u8; 4],
+pub struct Quoted {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub seq: [u8; 4],
 }
 
 const ICMP_OFF: usize = EthHdr::LEN + Ipv4Hdr::LEN;
@@ -489,7 +489,7 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
     unsafe {
         (*eth).dst_addr = peer_mac;
         (*eth).src_addr = our_mac;
-        (*eth).ether_type = crate::ETH_P_IP.to_be();
+        (*eth).ether_type = crate::family::ETH_P_IP.to_be();
 
         (*ip).vihl = 0x45;
         (*ip).tos = ICMP_ERROR_TOS;

@@ -30,8 +30,10 @@ mod conntrack;
 mod cookie;
 mod csum;
 mod edge;
+mod family;
 mod forward;
 mod icmp;
+mod icmp6;
 mod maps;
 mod nat;
 mod parse;
@@ -40,27 +42,29 @@ mod select;
 mod snat;
 mod stats;
 mod udp;
+mod v6;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     event, v4_mapped, Flow, FlowKey, NextHop, RevFlow, Settings, VipKey, VipMeta, CT_COOKIE,
-    CT_ESTABLISHED, CT_SYNACK, IPPROTO_TCP, IPPROTO_UDP, SETTINGS_F_READY, TAIL_UDP,
+    CT_ESTABLISHED, CT_SYNACK, IPPROTO_TCP, IPPROTO_UDP, SETTINGS_F_READY, TAIL_UDP, TAIL_V6,
+    TAIL_V6_UDP,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+
+use crate::family::{Family, ETH_P_IP, ETH_P_IPV6, V4, V6};
 
 use crate::{
     conntrack::{tcp_expired, track},
     forward::forward,
     maps::{FLOWS, ORIGIN_NH, REV_FLOWS, SCRATCH, SETTINGS, TAILS, VIPS, VIP_IDS},
     nat::{rewrite, SeqShift, NO_SHIFT},
-    parse::{ptr_at, seg, Seg, ACK, FIN, RST, SYN, TCP_OFF},
+    parse::{ptr_at, seg, Seg, ACK, FIN, RST, SYN},
     select::usable,
     snat::{check_client_half, names_client, new_flow, remove_pair, rev_key, CtInit},
     stats::{add_frame, cookies_recent, count, drop, now_secs, pass, verdict},
 };
 
-const ETH_P_IP: u16 = 0x0800;
-const AF_INET: u8 = 2;
 const IP_MF: u8 = 0x20;
 const IP_OFFSET_HI: u8 = 0x1f;
 
@@ -72,17 +76,36 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Ok(v) | Err(v) => v,
     };
     // Work requested from deep in the call chain (ICMP), run here for the stack's sake.
-    edge::finish(&ctx, v)
+    edge::finish::<V4>(&ctx, v)
 }
 
 /// UDP datagrams, tail-called from `lb_xdp` (`TAILS[TAIL_UDP]`): see `udp`.
 #[xdp]
 pub fn lb_udp(ctx: XdpContext) -> u32 {
     let v = udp::packet(&ctx);
-    edge::finish(&ctx, v)
+    edge::finish::<V4>(&ctx, v)
 }
 
-/// Is `addr` (IPv4-mapped) the address of some VIP? Uses the port-0 marker entries.
+/// IPv6 frames, tail-called from `lb_xdp` (`TAILS[TAIL_V6]`): see `v6`.
+#[xdp]
+pub fn lb_v6(ctx: XdpContext) -> u32 {
+    let mut v = v6::packet(&ctx);
+    if v & !1 == v6::DO_UDP {
+        // SAFETY: returns only when the slot is empty (no agent has filled it).
+        unsafe { TAILS.tail_call(&ctx, TAIL_V6_UDP) };
+        v = v6::udp_missing(v);
+    }
+    edge::finish::<V6>(&ctx, v)
+}
+
+/// IPv6 UDP datagrams, tail-called from `lb_v6` (`TAILS[TAIL_V6_UDP]`): see `udp`.
+#[xdp]
+pub fn lb_v6_udp(ctx: XdpContext) -> u32 {
+    let v = udp::packet6(&ctx);
+    edge::finish::<V6>(&ctx, v)
+}
+
+/// Is `addr` (IPv4-mapped, or IPv6) the address of some VIP? Uses the port-0 marker entries.
 #[inline(always)]
 fn is_vip_addr(addr: [u8; 16]) -> bool {
     let key = VipKey {
@@ -97,7 +120,13 @@ fn is_vip_addr(addr: [u8; 16]) -> bool {
 fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or_else(|| pass(event::PASS_MALFORMED))?;
     // SAFETY: bounds checked by ptr_at.
-    if unsafe { (*eth).ether_type } != ETH_P_IP.to_be() {
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type != ETH_P_IP.to_be() {
+        if ether_type == ETH_P_IPV6.to_be() {
+            // SAFETY: as for UDP below: returns only when the slot is empty (no agent has
+            // filled it), and then IPv6 passes as it did before IPv6 load balancing.
+            unsafe { TAILS.tail_call(ctx, TAIL_V6) };
+        }
         return Err(pass(event::PASS_NOT_IPV4));
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or_else(|| pass(event::PASS_MALFORMED))?;
@@ -123,7 +152,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     let dst = v4_mapped(dst4);
     if vihl & 0x0f != 5 || frags[0] & (IP_MF | IP_OFFSET_HI) != 0 || frags[1] != 0 {
         if !is_vip_addr(dst) {
-            return Err(edge::not_ours(ctx, event::PASS_NOT_VIP));
+            return Err(edge::not_ours::<V4>(ctx, event::PASS_NOT_VIP));
         }
         return Err(drop(if vihl & 0x0f != 5 {
             event::DROP_IP_OPTIONS
@@ -131,15 +160,27 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
             event::DROP_FRAGMENT
         }));
     }
-    let tcp: *mut TcpHdr = match ptr_at::<TcpHdr>(ctx, TCP_OFF) {
+    tcp_packet::<V4>(ctx, ip, settings)
+}
+
+/// A TCP segment whose IP header `ip` (at `EthHdr::LEN`, transport at `F::L4_OFF`) the
+/// caller checked: a client's to a VIP, an origin's to a SNAT address, or not ours.
+#[inline(always)]
+fn tcp_packet<F: Family>(
+    ctx: &XdpContext,
+    ip: *mut F::Ip,
+    settings: &Settings,
+) -> Result<u32, u32> {
+    let tcp: *mut TcpHdr = match ptr_at::<TcpHdr>(ctx, F::L4_OFF) {
         // SAFETY: bounds checked by ptr_at.
         Some(t) if unsafe { (*t).doff() } >= 5 => t,
         _ => {
-            return Err(if is_vip_addr(dst) {
+            // SAFETY: bounds-checked by the caller.
+            return Err(if is_vip_addr(unsafe { F::addrs(ip).1 }) {
                 drop(event::DROP_MALFORMED_TCP)
             } else {
                 pass(event::PASS_MALFORMED)
-            })
+            });
         }
     };
     // Read here, where few verifier states meet: the SYN option walk inside is explored
@@ -150,22 +191,26 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         .ok_or_else(|| pass(event::PASS_NOT_READY))?;
     // SAFETY: this CPU's scratch entry; `seg` is a field nothing else writes.
     let s: &Seg = unsafe {
-        (*sc).seg = seg(ctx, ip, tcp);
+        (*sc).seg = seg::<F>(ctx, ip, tcp);
         &(*sc).seg
     };
     // SAFETY: bounds checked above.
-    let (src4, sport, dport, ttl) =
-        unsafe { ((*ip).src_addr, (*tcp).source, (*tcp).dest, (*ip).ttl) };
-    let key = FlowKey {
-        src: v4_mapped(src4),
-        dst,
-        sport: u16::from_ne_bytes(sport),
-        dport: u16::from_ne_bytes(dport),
-        proto: IPPROTO_TCP,
-        _pad: [0; 3],
+    let (sport, dport, ttl) = unsafe { ((*tcp).source, (*tcp).dest, F::ttl(ip)) };
+    // The key lives in the scratch entry (IPv6's stack frame has no room for it), its
+    // addresses read only now, straight into it: held across the calls above, or loaded
+    // ahead of their stores, IPv6's would be spilled byte by byte.
+    // SAFETY: this CPU's scratch entry; `tkey` is a field only this path writes; the IP
+    // header bounds-checked by the caller.
+    let key: &FlowKey = unsafe {
+        (*sc).tkey.sport = u16::from_ne_bytes(sport);
+        (*sc).tkey.dport = u16::from_ne_bytes(dport);
+        (*sc).tkey.proto = IPPROTO_TCP;
+        (*sc).tkey._pad = [0; 3];
+        F::key_addrs(ip, &raw mut (*sc).tkey.src, &raw mut (*sc).tkey.dst);
+        &(*sc).tkey
     };
     let vip_key = VipKey {
-        addr: dst,
+        addr: key.dst,
         port: key.dport,
         proto: IPPROTO_TCP,
         _pad: 0,
@@ -173,7 +218,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     // Replies first, by the reverse table alone (validation keeps VIPs off the SNAT addresses).
     // A flow keeps its SNAT port when a reload narrows `snat_ports`, and its replies must
     // still come back (an earlier range check here broke them).
-    let to_snat = settings.is_snat_addr(&dst);
+    let to_snat = F::is_snat(settings, &key.dst);
     let rev = if to_snat {
         REV_FLOWS.get_ptr_mut(key)
     } else {
@@ -187,7 +232,7 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
     // A SNAT address holds no VIP: a tuple the reverse table does not know is not ours
     // (one lookup for a flood aimed at it, not three).
     if !to_snat && s.flags & SYN == 0 {
-        match FLOWS.get_ptr_mut(&key) {
+        match FLOWS.get_ptr_mut(key) {
             // SAFETY: a live map value.
             Some(f) => match VIP_IDS.get(unsafe { (*f).vip_id }) {
                 Some(v) if v.key.same(&vip_key) => {
@@ -208,15 +253,15 @@ fn try_lb(ctx: &XdpContext) -> Result<u32, u32> {
         vip = unsafe { VIPS.get(vip_key) };
     }
     if vip.is_none() && rev.is_none() {
-        return Err(edge::not_ours(ctx, event::PASS_NOT_VIP));
+        return Err(edge::not_ours::<F>(ctx, event::PASS_NOT_VIP));
     }
     // Refused before anything changes: forwarding would send it out with TTL 0.
     if ttl <= 1 {
         return Err(drop(event::DROP_TTL));
     }
     match (vip, rev) {
-        (Some(vip), _) => client_packet(ctx, ip, tcp, &key, vip, settings, s, hit, looked),
-        (None, Some(r)) => origin_packet(ctx, ip, tcp, &key, r, settings, s),
+        (Some(vip), _) => client_packet::<F>(ctx, ip, tcp, key, vip, settings, s, hit, looked),
+        (None, Some(r)) => origin_packet::<F>(ctx, ip, tcp, key, r, settings, s),
         (None, None) => Err(pass(event::PASS_NOT_VIP)),
     }
 }
@@ -239,9 +284,9 @@ fn bad_client_flags(f: u8) -> bool {
     reason = "inlined: no BPF call limit applies"
 )]
 #[inline(always)]
-fn client_packet(
+fn client_packet<F: Family>(
     ctx: &XdpContext,
-    ip: *mut Ipv4Hdr,
+    ip: *mut F::Ip,
     tcp: *mut TcpHdr,
     key: &FlowKey,
     vip: &VipMeta,
@@ -288,9 +333,9 @@ fn client_packet(
                     let (isn, win) = unsafe { ((*r).client_end.wrapping_sub(1), (*r).client_win) };
                     #[expect(clippy::cast_possible_truncation, reason = "unscaled window")]
                     // SAFETY: a live map value (the flow-table half).
-                    cookie::syn_to_origin(ctx, unsafe { &*f }, isn, win.min(65535) as u16)?;
+                    cookie::syn_to_origin::<F>(ctx, unsafe { &*f }, isn, win.min(65535) as u16)?;
                     count(event::COOKIE_SYN_RESENT);
-                    return forward_rebuilt(ctx);
+                    return forward_rebuilt::<F>(ctx);
                 }
                 if tcp_expired(r, now, settings) {
                     if !syn {
@@ -331,7 +376,7 @@ fn client_packet(
         }
     } else if !syn {
         if s.flags & (ACK | RST | FIN) == ACK && cookies_recent(now) {
-            if !cookie::valid(ip, tcp) {
+            if !cookie::valid::<F>(ip, tcp) {
                 return Err(drop(event::DROP_COOKIE_INVALID));
             }
             let sc = SCRATCH.get_ptr_mut(0).ok_or(xdp_action::XDP_DROP)?;
@@ -347,12 +392,12 @@ fn client_packet(
             add_frame(ctx, vip_id, origin_id, false, true);
             // SAFETY: the flow new_flow left in the scratch entry.
             let f = unsafe { &(*sc).flow };
-            cookie::syn_to_origin(ctx, f, s.seq.wrapping_sub(1), s.win)?;
-            return forward_rebuilt(ctx);
+            cookie::syn_to_origin::<F>(ctx, f, s.seq.wrapping_sub(1), s.win)?;
+            return forward_rebuilt::<F>(ctx);
         }
         return Err(drop(event::DROP_NO_FLOW));
     } else if cookie::admit_by_cookie(settings, now) {
-        if let Some(v) = cookie::send_cookie(ctx, s) {
+        if let Some(v) = cookie::send_cookie::<F>(ctx, s) {
             return Ok(v);
         }
     }
@@ -389,17 +434,17 @@ fn client_packet(
     // SAFETY: a map value pointer (or this CPU's scratch entry), valid for this program run.
     let flow = unsafe { &*flow };
     let nh = origin_next_hop(flow);
-    rewrite(
+    rewrite::<F>(
         ip,
         tcp,
-        flow.snat_addr,
+        &flow.snat_addr,
         flow.snat_port,
-        flow.origin_addr,
+        &flow.origin_addr,
         flow.origin_port,
         shift,
     );
     add_frame(ctx, flow.vip_id, flow.origin_id, false, is_new);
-    forward(ctx, ip, nh, now)
+    forward::<F>(ctx, ip, nh, now)
 }
 
 /// The cached next hop towards `flow`'s origin (`ORIGIN_NH`), claimed for its address if it
@@ -422,9 +467,9 @@ fn origin_next_hop(flow: &Flow) -> *mut NextHop {
 
 /// Forwards a frame `reply` rebuilt in place (its header pointers are new).
 #[inline(always)]
-fn forward_rebuilt(ctx: &XdpContext) -> Result<u32, u32> {
-    match ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) {
-        Some(ip) => forward(ctx, ip, core::ptr::null_mut(), 0),
+fn forward_rebuilt<F: Family>(ctx: &XdpContext) -> Result<u32, u32> {
+    match ptr_at::<F::Ip>(ctx, EthHdr::LEN) {
+        Some(ip) => forward::<F>(ctx, ip, core::ptr::null_mut(), 0),
         None => Err(drop(event::DROP_MALFORMED_TCP)),
     }
 }
@@ -445,9 +490,9 @@ fn vip_ring(key: &FlowKey, vip: &VipMeta) -> u32 {
     reason = "inlined: no BPF call limit applies"
 )]
 #[inline(always)]
-fn origin_packet(
+fn origin_packet<F: Family>(
     ctx: &XdpContext,
-    ip: *mut Ipv4Hdr,
+    ip: *mut F::Ip,
     tcp: *mut TcpHdr,
     key: &FlowKey,
     r: *mut RevFlow,
@@ -462,7 +507,7 @@ fn origin_packet(
             // The origin still retransmits its SYN-ACK to a client that never answered:
             // reset its half-open connection, so the port's next flow starts clean.
             count(event::RST_TO_ORIGIN);
-            return Ok(reply::rst_back(ctx));
+            return Ok(reply::rst_back::<F>(ctx));
         }
         return Err(drop(event::DROP_EXPIRED));
     }
@@ -478,22 +523,20 @@ fn origin_packet(
     }
     // SAFETY: a live map value.
     if unsafe { (*r).flags } & (CT_COOKIE | CT_SYNACK) == CT_COOKIE {
-        return match cookie::origin_answer(ctx, r, s)? {
+        return match cookie::origin_answer::<F>(ctx, r, s)? {
             cookie::Pending::AckToOrigin => Ok(reply::bounce(ctx)),
-            cookie::Pending::RstToClient => forward_rebuilt(ctx),
+            cookie::Pending::RstToClient => forward_rebuilt::<F>(ctx),
             cookie::Pending::ResetOrigin => {
                 count(event::RST_TO_ORIGIN);
-                Ok(reply::rst_back(ctx))
+                Ok(reply::rst_back::<F>(ctx))
             }
         };
     }
     track(r, s, false, now)?;
     // SAFETY: a live map value; copied out field by field.
-    let (client_addr, client_port, vip_addr, vip_port, vip_id, origin_id, flags, delta) = unsafe {
+    let (client_port, vip_port, vip_id, origin_id, flags, delta) = unsafe {
         (
-            (*r).client_addr,
             (*r).client_port,
-            (*r).vip_addr,
             (*r).vip_port,
             (*r).vip_id,
             (*r).origin_id,
@@ -509,11 +552,13 @@ fn origin_packet(
     } else {
         NO_SHIFT
     };
-    rewrite(ip, tcp, vip_addr, vip_port, client_addr, client_port, shift);
+    // SAFETY: a live map value; the addresses read in place.
+    let (vip_addr, client_addr) = unsafe { (&(*r).vip_addr, &(*r).client_addr) };
+    rewrite::<F>(ip, tcp, vip_addr, vip_port, client_addr, client_port, shift);
     count(event::REPLY_NAT);
     add_frame(ctx, vip_id, origin_id, true, false);
     // SAFETY: a live map value; the field's address, no read.
-    forward(ctx, ip, unsafe { &raw mut (*r).nh }, now)
+    forward::<F>(ctx, ip, unsafe { &raw mut (*r).nh }, now)
 }
 
 #[cfg(not(test))]

@@ -126,9 +126,9 @@ pub static ORIGIN_STATS: PerCpuArray<Counters, { MAX_ORIGINS as usize }> = PerCp
 pub struct Scratch {
     /// The TCP fields of the frame being handled.
     pub seg: crate::parse::Seg,
-    /// Copies of a SYN's IPv4 and TCP headers (with options) for the cookie helper, which
+    /// Copies of a SYN's IP and TCP headers (with options) for the cookie helper, which
     /// wants the TCP header's whole length readable.
-    pub ck_ip: [u8; 20],
+    pub ck_ip: [u8; 40],
     pub ck_th: [u8; 60],
     /// How the flow `snat::new_flow` is about to make starts.
     pub init: crate::snat::CtInit,
@@ -146,6 +146,8 @@ pub struct Scratch {
     pub plan_key: GeoPlanKey,
     pub aff_key: AffinityKey,
     pub aff: Affinity,
+    /// The TCP segment's flow key (`tcp_packet`).
+    pub tkey: FlowKey,
     /// The UDP datagram's flow key, and the reverse key of its flow (`udp`).
     pub ukey: FlowKey,
     pub urkey: FlowKey,

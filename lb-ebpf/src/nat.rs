@@ -1,9 +1,9 @@
 //! The NAT rewrite of TCP and UDP: addresses, ports, TTL and (for SYN-cookie flows) sequence
 //! numbers, with incremental checksum updates (RFC 1624).
 
-use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
-use crate::csum;
+use crate::{csum, family::Family};
 
 /// Sequence-number translation of a SYN-cookie flow: added to the segment's sequence and
 /// acknowledgement numbers (0 = none).
@@ -15,60 +15,25 @@ pub struct SeqShift {
 
 pub const NO_SHIFT: SeqShift = SeqShift { seq: 0, ack: 0 };
 
-/// Rewrites the IPv4 addresses, decrements the TTL (the caller has refused TTL <= 1) and
-/// patches the header checksum; returns the old (source, destination) for the transport
-/// checksum, whose pseudo-header covers them.
-#[inline(always)]
-fn rewrite_ip(ip: *mut Ipv4Hdr, src4: [u8; 4], dst4: [u8; 4]) -> ([u8; 4], [u8; 4]) {
-    // SAFETY: bounds-checked by the caller and valid (no adjust_head).
-    unsafe {
-        let old_src = (*ip).src_addr;
-        let old_dst = (*ip).dst_addr;
-        // TTL and protocol share one 16-bit word (RFC 791): update it as a word.
-        let ttl_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
-        (*ip).ttl -= 1;
-        let new_ttl_word = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
-
-        let mut ipc = u16::from_ne_bytes((*ip).check);
-        ipc = csum::replace32(ipc, old_src, src4);
-        ipc = csum::replace32(ipc, old_dst, dst4);
-        ipc = csum::replace16(ipc, ttl_word, new_ttl_word);
-        (*ip).check = ipc.to_ne_bytes();
-        (*ip).src_addr = src4;
-        (*ip).dst_addr = dst4;
-        (old_src, old_dst)
-    }
-}
-
-/// The IPv4 address in an IPv4-mapped one.
-#[inline(always)]
-fn v4(a: &[u8; 16]) -> [u8; 4] {
-    [a[12], a[13], a[14], a[15]]
-}
-
 /// Rewrites a TCP segment's source and destination (address and port), decrements the TTL
-/// (the caller has refused TTL <= 1) and patches both checksums incrementally. Addresses are
-/// IPv4-mapped; their last four bytes are the IPv4 ones.
+/// (the caller has refused TTL <= 1) and patches the checksums incrementally.
 #[inline(always)]
-pub fn rewrite(
-    ip: *mut Ipv4Hdr,
+pub fn rewrite<F: Family>(
+    ip: *mut F::Ip,
     tcp: *mut TcpHdr,
-    new_src: [u8; 16],
+    new_src: &[u8; 16],
     new_sport: u16,
-    new_dst: [u8; 16],
+    new_dst: &[u8; 16],
     new_dport: u16,
     shift: SeqShift,
 ) {
-    let (src4, dst4) = (v4(&new_src), v4(&new_dst));
-    let (old_src, old_dst) = rewrite_ip(ip, src4, dst4);
     // SAFETY: bounds-checked by the caller and valid (no adjust_head).
     unsafe {
-        // The TCP checksum covers the pseudo-header addresses (RFC 793) and the ports.
+        // The TCP checksum covers the pseudo-header addresses (RFC 793, RFC 8200 §8.1) and
+        // the ports.
+        let mut tc = F::rewrite(ip, new_src, new_dst, u16::from_ne_bytes((*tcp).check));
         let old_sport = u16::from_ne_bytes((*tcp).source);
         let old_dport = u16::from_ne_bytes((*tcp).dest);
-        let mut tc = u16::from_ne_bytes((*tcp).check);
-        tc = csum::replace32(tc, old_src, src4);
-        tc = csum::replace32(tc, old_dst, dst4);
         tc = csum::replace16(tc, old_sport, new_sport);
         tc = csum::replace16(tc, old_dport, new_dport);
         if shift.seq != 0 {
@@ -118,31 +83,29 @@ pub fn udp_check(
 }
 
 /// Rewrites a UDP datagram's source and destination (address and port), decrements the TTL
-/// (the caller has refused TTL <= 1) and patches both checksums incrementally.
+/// (the caller has refused TTL <= 1) and patches the checksums incrementally. An IPv4
+/// checksum of 0 ("none", RFC 768) stays 0; IPv6 has none such (RFC 8200 §8.1: the caller
+/// drops them).
 #[inline(always)]
-pub fn rewrite_udp(
-    ip: *mut Ipv4Hdr,
+pub fn rewrite_udp<F: Family>(
+    ip: *mut F::Ip,
     udp: *mut UdpHdr,
-    new_src: [u8; 16],
+    new_src: &[u8; 16],
     new_sport: u16,
-    new_dst: [u8; 16],
+    new_dst: &[u8; 16],
     new_dport: u16,
 ) {
-    let new = (v4(&new_src), v4(&new_dst));
-    let old = rewrite_ip(ip, new.0, new.1);
     // SAFETY: bounds-checked by the caller and valid (no adjust_head).
     unsafe {
-        let ports = (
-            u16::from_ne_bytes((*udp).src),
-            u16::from_ne_bytes((*udp).dst),
-        );
-        let c = udp_check(
-            u16::from_ne_bytes((*udp).check),
-            old,
-            new,
-            ports,
-            (new_sport, new_dport),
-        );
+        let old = u16::from_ne_bytes((*udp).check);
+        let mut c = F::rewrite(ip, new_src, new_dst, old);
+        c = csum::replace16(c, u16::from_ne_bytes((*udp).src), new_sport);
+        c = csum::replace16(c, u16::from_ne_bytes((*udp).dst), new_dport);
+        if old == 0 && !F::V6 {
+            c = 0;
+        } else if c == 0 {
+            c = 0xffff;
+        }
         (*udp).check = c.to_ne_bytes();
         (*udp).src = new_sport.to_ne_bytes();
         (*udp).dst = new_dport.to_ne_bytes();

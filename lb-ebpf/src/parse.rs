@@ -1,13 +1,14 @@
 //! Header access: bounds-checked pointers into the frame and the TCP fields the rest of the
-//! program reads. The TCP header of a frame we handle always sits at `TCP_OFF` (Ethernet,
-//! then IPv4 without options: frames with options are refused before this point).
+//! program reads. The TCP header of a frame we handle always sits at `Family::L4_OFF`
+//! (Ethernet, then the IP header alone: IPv4 options are refused and IPv6 extension headers
+//! removed or refused before this point).
 
 use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
 use lb_common::WSCALE_NONE;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+use network_types::tcp::TcpHdr;
 
-pub const TCP_OFF: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+use crate::family::Family;
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -44,20 +45,19 @@ pub struct Seg {
 
 /// Reads the segment's fields; `ip` and `tcp` are bounds-checked by the caller.
 #[inline(always)]
-pub fn seg(ctx: &XdpContext, ip: *const Ipv4Hdr, tcp: *const TcpHdr) -> Seg {
+pub fn seg<F: Family>(ctx: &XdpContext, ip: *const F::Ip, tcp: *const TcpHdr) -> Seg {
     // SAFETY: both headers bounds-checked by the caller; byte 13 is inside the TCP header.
-    let (flags, doff, win, seq, ack, tot) = unsafe {
+    let (flags, doff, win, seq, ack, l4) = unsafe {
         (
             *tcp.cast::<u8>().add(13),
             (*tcp).doff(),
             u16::from_be_bytes((*tcp).window),
             u32::from_be_bytes((*tcp).seq),
             u32::from_be_bytes((*tcp).ack_seq),
-            u16::from_be_bytes((*ip).tot_len),
+            F::l4_len(ip),
         )
     };
-    let hdrs = Ipv4Hdr::LEN as u32 + u32::from(doff) * 4;
-    let mut len = u32::from(tot).saturating_sub(hdrs);
+    let mut len = l4.saturating_sub(u32::from(doff) * 4);
     if flags & SYN != 0 {
         len += 1;
     }
@@ -66,7 +66,7 @@ pub fn seg(ctx: &XdpContext, ip: *const Ipv4Hdr, tcp: *const TcpHdr) -> Seg {
     }
     let wscale = if flags & SYN != 0 {
         #[expect(clippy::cast_possible_truncation, reason = "doff is 4 bits")]
-        window_scale(ctx, doff as u8)
+        window_scale::<F>(ctx, doff as u8)
     } else {
         WSCALE_NONE
     };
@@ -88,9 +88,9 @@ pub fn seg(ctx: &XdpContext, ip: *const Ipv4Hdr, tcp: *const TcpHdr) -> Seg {
 /// at 14 as the RFC says; `WSCALE_NONE` when absent or unreadable. Its own subprogram: the
 /// option walk is a bounded loop the verifier explores once.
 #[inline(never)]
-fn window_scale(ctx: &XdpContext, doff: u8) -> u8 {
-    let end = TCP_OFF + usize::from(doff & 0x0f) * 4;
-    let mut off = TCP_OFF + TcpHdr::LEN;
+fn window_scale<F: Family>(ctx: &XdpContext, doff: u8) -> u8 {
+    let end = F::L4_OFF + usize::from(doff & 0x0f) * 4;
+    let mut off = F::L4_OFF + TcpHdr::LEN;
     let mut i = 0;
     // Eight steps reach the window scale in the SYNs of Linux (MSS, SACK-permitted,
     // timestamps, NOP, WS), Windows (MSS, NOP, WS, NOP, NOP, SACK-permitted) and macOS

@@ -5,18 +5,18 @@
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+use network_types::{eth::EthHdr, tcp::TcpHdr};
 
-use crate::parse::{ptr_at, ACK, RST, SYN, TCP_OFF};
+use crate::{
+    family::{fold, sum_words, Family},
+    parse::{ptr_at, ACK, RST, SYN},
+};
 
-/// Length of a bare RST: Ethernet, IPv4 without options, TCP without options.
-const RST_LEN: usize = TCP_OFF + TcpHdr::LEN;
-
-/// A TCP segment to write over the frame: IPv4 addresses as on the wire, ports in network
-/// byte order, the rest in host order. `mss` 0 = no options.
+/// A TCP segment to write over the frame: addresses as flow tables hold them (IPv4-mapped
+/// for IPv4), ports in network byte order, the rest in host order. `mss` 0 = no options.
 pub struct Segment {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub seq: u32,
@@ -28,17 +28,17 @@ pub struct Segment {
     pub back: bool,
 }
 
-/// Rewrites the whole frame as `seg` (Ethernet addresses swapped if `seg.back`, IPv4 without
-/// options, TCP with an MSS option if asked, no payload), with full checksums. False if the
-/// frame cannot be resized.
+/// Rewrites the whole frame as `seg` (Ethernet addresses swapped if `seg.back`, the IP
+/// header alone, TCP with an MSS option if asked, no payload), with full checksums. False if
+/// the frame cannot be resized.
 #[inline(never)]
-pub fn write_segment(ctx: &XdpContext, seg: &Segment) -> bool {
+pub fn write_segment<F: Family>(ctx: &XdpContext, seg: &Segment) -> bool {
     let tcp_len = if seg.mss != 0 {
         TcpHdr::LEN + 4
     } else {
         TcpHdr::LEN
     };
-    let want = TCP_OFF + tcp_len;
+    let want = F::L4_OFF + tcp_len;
     let len = ctx.data_end() - ctx.data();
     if len != want {
         #[expect(
@@ -54,69 +54,60 @@ pub fn write_segment(ctx: &XdpContext, seg: &Segment) -> bool {
     }
     let (Some(eth), Some(ip), Some(tcp), Some(opt)) = (
         ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
-        ptr_at::<TcpHdr>(ctx, TCP_OFF),
-        ptr_at::<[u8; 4]>(ctx, TCP_OFF + TcpHdr::LEN),
+        ptr_at::<F::Ip>(ctx, EthHdr::LEN),
+        ptr_at::<TcpHdr>(ctx, F::L4_OFF),
+        ptr_at::<[u8; 4]>(ctx, F::L4_OFF + TcpHdr::LEN),
     ) else {
-        // A bare segment (no option) still fits: 54 bytes, checked below.
-        return seg.mss == 0 && write_bare(ctx, seg);
+        // A bare segment (no option) still fits, checked below.
+        return seg.mss == 0 && write_bare::<F>(ctx, seg);
     };
     // SAFETY: all four bounds-checked just above.
     unsafe {
-        fill(eth, ip, tcp, seg, tcp_len);
+        let pseudo = fill::<F>(eth, ip, tcp, seg, tcp_len);
         *opt = [2, 4, (seg.mss >> 8) as u8, seg.mss as u8];
-        checksums(ip, tcp, opt.cast(), tcp_len);
+        checksum(tcp, opt.cast(), tcp_len, pseudo);
     }
     true
 }
 
-/// `write_segment` for a 54-byte frame (no room for an option).
+/// `write_segment` for a frame with no room for an option.
 #[inline(always)]
-fn write_bare(ctx: &XdpContext, seg: &Segment) -> bool {
+fn write_bare<F: Family>(ctx: &XdpContext, seg: &Segment) -> bool {
     let (Some(eth), Some(ip), Some(tcp)) = (
         ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
-        ptr_at::<TcpHdr>(ctx, TCP_OFF),
+        ptr_at::<F::Ip>(ctx, EthHdr::LEN),
+        ptr_at::<TcpHdr>(ctx, F::L4_OFF),
     ) else {
         return false;
     };
     // SAFETY: all three bounds-checked just above.
     unsafe {
-        fill(eth, ip, tcp, seg, TcpHdr::LEN);
-        checksums(ip, tcp, core::ptr::null(), TcpHdr::LEN);
+        let pseudo = fill::<F>(eth, ip, tcp, seg, TcpHdr::LEN);
+        checksum(tcp, core::ptr::null(), TcpHdr::LEN, pseudo);
     }
     true
 }
 
-/// Writes every header field of `seg` (checksums zeroed).
+/// Writes every header field of `seg` (the TCP checksum zeroed); returns the TCP
+/// pseudo-header's sum.
 ///
 /// # Safety
 /// `eth`, `ip` and `tcp` point at bounds-checked headers of the frame.
 #[inline(always)]
-unsafe fn fill(
+unsafe fn fill<F: Family>(
     eth: *mut EthHdr,
-    ip: *mut Ipv4Hdr,
+    ip: *mut F::Ip,
     tcp: *mut TcpHdr,
     seg: &Segment,
     tcp_len: usize,
-) {
+) -> u32 {
     if seg.back {
         let mac = (*eth).dst_addr;
         (*eth).dst_addr = (*eth).src_addr;
         (*eth).src_addr = mac;
     }
-    (*ip).vihl = 0x45;
-    (*ip).tos = 0;
-    #[expect(clippy::cast_possible_truncation, reason = "at most 44")]
-    let tot = ((Ipv4Hdr::LEN + tcp_len) as u16).to_be_bytes();
-    (*ip).tot_len = tot;
-    (*ip).id = [0, 0];
-    (*ip).frags = [0x40, 0];
-    (*ip).ttl = 64;
-    (*ip).proto = 6;
-    (*ip).check = [0, 0];
-    (*ip).src_addr = seg.src;
-    (*ip).dst_addr = seg.dst;
+    #[expect(clippy::cast_possible_truncation, reason = "20 or 24")]
+    let pseudo = F::fill_tcp(ip, &seg.src, &seg.dst, tcp_len as u16);
     (*tcp).source = seg.sport;
     (*tcp).dest = seg.dport;
     (*tcp).seq = seg.seq.to_be_bytes();
@@ -129,21 +120,17 @@ unsafe fn fill(
     (*tcp).window = seg.win.to_be_bytes();
     (*tcp).urg_ptr = [0, 0];
     (*tcp).check = [0, 0];
+    pseudo
 }
 
-/// Fills in the IPv4 header checksum and the TCP checksum (pseudo-header, the 20-byte
-/// header, and the 4-byte option at `opt` when `tcp_len` is 24).
+/// Fills in the TCP checksum: the pseudo-header's sum, the 20-byte header, and the 4-byte
+/// option at `opt` when `tcp_len` is 24.
 ///
 /// # Safety
 /// As for `fill`; `opt` is bounds-checked when `tcp_len` is 24.
 #[inline(always)]
-unsafe fn checksums(ip: *mut Ipv4Hdr, tcp: *mut TcpHdr, opt: *const u8, tcp_len: usize) {
-    (*ip).check = fold(sum_words::<10>(ip.cast(), 0)).to_ne_bytes();
-    let mut s = sum_words::<4>((&raw const (*ip).src_addr).cast(), 0);
-    #[expect(clippy::cast_possible_truncation, reason = "20 or 24")]
-    let l = tcp_len as u16;
-    s += u32::from(6u16.to_be()) + u32::from(l.to_be());
-    s = sum_words::<10>(tcp.cast(), s);
+unsafe fn checksum(tcp: *mut TcpHdr, opt: *const u8, tcp_len: usize, pseudo: u32) {
+    let mut s = sum_words::<10>(tcp.cast(), pseudo);
     if tcp_len > TcpHdr::LEN {
         s = sum_words::<2>(opt, s);
     }
@@ -153,9 +140,9 @@ unsafe fn checksums(ip: *mut Ipv4Hdr, tcp: *mut TcpHdr, opt: *const u8, tcp_len:
 /// Answers a SYN with a SYN-ACK carrying `cookie` as its sequence number and an MSS option;
 /// no window scaling, SACK or timestamps (the cookie cannot carry them), sent back (`bounce`).
 #[inline(always)]
-pub fn cookie_syn_ack(
+pub fn cookie_syn_ack<F: Family>(
     ctx: &XdpContext,
-    ip: *const Ipv4Hdr,
+    ip: *const F::Ip,
     tcp: *const TcpHdr,
     cookie: u32,
     client_seq: u32,
@@ -167,9 +154,10 @@ pub fn cookie_syn_ack(
     // SAFETY: this CPU's scratch entry; headers bounds-checked by the caller, copied before
     // the frame is rewritten.
     let seg = unsafe {
+        let (src, dst) = F::addrs(ip);
         (*sc).out = Segment {
-            src: (*ip).dst_addr,
-            dst: (*ip).src_addr,
+            src: dst,
+            dst: src,
             sport: (*tcp).dest,
             dport: (*tcp).source,
             seq: cookie,
@@ -181,7 +169,7 @@ pub fn cookie_syn_ack(
         };
         &(*sc).out
     };
-    if write_segment(ctx, seg) {
+    if write_segment::<F>(ctx, seg) {
         bounce(ctx)
     } else {
         xdp_action::XDP_DROP
@@ -200,41 +188,21 @@ pub fn bounce(ctx: &XdpContext) -> u32 {
         .unwrap_or(xdp_action::XDP_TX)
 }
 
-/// One's-complement sum of `N` 16-bit words at `p` (as they sit in memory).
-#[inline(always)]
-fn sum_words<const N: usize>(p: *const u8, mut acc: u32) -> u32 {
-    let mut i = 0;
-    while i < N {
-        // SAFETY: the caller bounds-checked N * 2 bytes at p.
-        acc += u32::from(unsafe { p.add(i * 2).cast::<u16>().read_unaligned() });
-        i += 1;
-    }
-    acc
-}
-
-#[inline(always)]
-fn fold(mut s: u32) -> u16 {
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
-    let v = !(s as u16);
-    v
-}
-
 /// Turns the frame, a TCP segment with the ACK flag, into the RST its receiver would send
 /// for an unacceptable ACK (RFC 793 §3.4: sequence number = the segment's ACK, no ACK
 /// flag), addressed back to its sender. Returns the verdict that sends it back (`bounce`),
 /// or XDP_DROP if the frame cannot be reshaped.
 #[inline(never)]
-pub fn rst_back(ctx: &XdpContext) -> u32 {
+pub fn rst_back<F: Family>(ctx: &XdpContext) -> u32 {
+    let rst_len = F::L4_OFF + TcpHdr::LEN;
     let len = ctx.data_end() - ctx.data();
-    if len > RST_LEN {
+    if len > rst_len {
         #[expect(
             clippy::cast_possible_truncation,
             clippy::cast_possible_wrap,
             reason = "frames are < 64 KiB"
         )]
-        let shrink = -((len - RST_LEN) as i32);
+        let shrink = -((len - rst_len) as i32);
         // SAFETY: shrinking the tail of the frame this program owns.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
             return xdp_action::XDP_DROP;
@@ -242,8 +210,8 @@ pub fn rst_back(ctx: &XdpContext) -> u32 {
     }
     let (Some(eth), Some(ip), Some(tcp)) = (
         ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
-        ptr_at::<TcpHdr>(ctx, TCP_OFF),
+        ptr_at::<F::Ip>(ctx, EthHdr::LEN),
+        ptr_at::<TcpHdr>(ctx, F::L4_OFF),
     ) else {
         return xdp_action::XDP_DROP;
     };
@@ -253,19 +221,8 @@ pub fn rst_back(ctx: &XdpContext) -> u32 {
         (*eth).dst_addr = (*eth).src_addr;
         (*eth).src_addr = mac;
 
-        let a = (*ip).src_addr;
-        (*ip).src_addr = (*ip).dst_addr;
-        (*ip).dst_addr = a;
-        (*ip).vihl = 0x45;
-        (*ip).tos = 0;
-        #[expect(clippy::cast_possible_truncation, reason = "40")]
-        let tot = ((Ipv4Hdr::LEN + TcpHdr::LEN) as u16).to_be_bytes();
-        (*ip).tot_len = tot;
-        (*ip).id = [0, 0];
-        (*ip).frags = [0x40, 0];
-        (*ip).ttl = 64;
-        (*ip).check = [0, 0];
-        (*ip).check = fold(sum_words::<10>(ip.cast(), 0)).to_ne_bytes();
+        #[expect(clippy::cast_possible_truncation, reason = "20")]
+        let pseudo = F::fill_tcp_back(ip, TcpHdr::LEN as u16);
 
         let p = (*tcp).source;
         (*tcp).source = (*tcp).dest;
@@ -278,11 +235,7 @@ pub fn rst_back(ctx: &XdpContext) -> u32 {
         (*tcp).window = [0, 0];
         (*tcp).urg_ptr = [0, 0];
         (*tcp).check = [0, 0];
-        // Pseudo-header (RFC 793 §3.1): addresses, protocol 6, TCP length 20.
-        let mut s = sum_words::<4>((&raw const (*ip).src_addr).cast(), 0);
-        s += u32::from(u16::from_be_bytes([0, 6]).to_be()) + u32::from(20u16.to_be());
-        s = sum_words::<10>(tcp.cast(), s);
-        (*tcp).check = fold(s).to_ne_bytes();
+        (*tcp).check = fold(sum_words::<10>(tcp.cast(), pseudo)).to_ne_bytes();
     }
     bounce(ctx)
 }

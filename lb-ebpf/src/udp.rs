@@ -27,11 +27,16 @@ use lb_common::{
     event, v4_mapped, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, CT_ESTABLISHED, CT_UDP,
     CT_UDP_STREAM, HANDSHAKE_BUCKETS, IPPROTO_UDP, SETTINGS_F_READY, WSCALE_NONE,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
 
 use crate::{
     conntrack::{mark_closing, set_flags, udp_expired},
     edge::DO_NOT_OURS,
+    family::{Family, V4, V6},
     forward::forward,
     is_vip_addr,
     maps::{FLOWS, REV_FLOWS, SCRATCH, SETTINGS, VIPS, VIP_IDS},
@@ -42,8 +47,6 @@ use crate::{
     stats::{add_frame, count, drop, now_secs, pass, udp_in_flight, udp_pending},
     IP_MF, IP_OFFSET_HI,
 };
-
-const UDP_OFF: usize = EthHdr::LEN + Ipv4Hdr::LEN;
 
 /// An IPv4 UDP datagram (version and header length checked by `lb_xdp`): a verdict, or a
 /// request for `edge::finish` (`DO_NOT_OURS`, `DO_TOO_BIG`).
@@ -63,16 +66,8 @@ fn try_packet(ctx: &XdpContext) -> Result<u32, u32> {
     // Packet pointers do not survive a BPF function call: derive them again.
     let ip: *mut Ipv4Hdr = ptr_at(ctx, EthHdr::LEN).ok_or_else(|| pass(event::PASS_MALFORMED))?;
     // SAFETY: bounds checked by ptr_at.
-    let (vihl, frags, src4, dst4, ttl, tot_len) = unsafe {
-        (
-            (*ip).vihl,
-            (*ip).frags,
-            (*ip).src_addr,
-            (*ip).dst_addr,
-            (*ip).ttl,
-            u16::from_be_bytes((*ip).tot_len),
-        )
-    };
+    let (vihl, frags, src4, dst4) =
+        unsafe { ((*ip).vihl, (*ip).frags, (*ip).src_addr, (*ip).dst_addr) };
     let dst = v4_mapped(dst4);
     let to_snat = settings.is_snat_addr(&dst);
     if vihl != 0x45 || frags[0] & (IP_MF | IP_OFFSET_HI) != 0 || frags[1] != 0 {
@@ -89,7 +84,7 @@ fn try_packet(ctx: &XdpContext) -> Result<u32, u32> {
         // has no socket on. (The later fragments reach the stack and expire there quietly:
         // without the first, no ICMP is sent.)
         if to_snat && vihl == 0x45 && frags[0] & IP_OFFSET_HI == 0 && frags[1] == 0 {
-            if let Some(udp) = ptr_at::<UdpHdr>(ctx, UDP_OFF) {
+            if let Some(udp) = ptr_at::<UdpHdr>(ctx, V4::L4_OFF) {
                 let key = FlowKey {
                     src: v4_mapped(src4),
                     dst,
@@ -107,28 +102,63 @@ fn try_packet(ctx: &XdpContext) -> Result<u32, u32> {
         }
         return Err(DO_NOT_OURS);
     }
-    let Some(udp) = ptr_at::<UdpHdr>(ctx, UDP_OFF) else {
-        return Err(if is_vip_addr(dst) {
+    datagram::<V4>(ctx, ip, settings)
+}
+
+/// An IPv6 UDP datagram (`lb_v6_udp`: `lb_v6` found the UDP header right after the IPv6
+/// header, extension headers removed). A subprogram, so that `lb_v6_udp`'s own frame, under
+/// which `edge::finish` runs the ICMPv6 work, stays small.
+#[inline(never)]
+pub fn packet6(ctx: &XdpContext) -> u32 {
+    let settings: &Settings = match SETTINGS.get(0) {
+        Some(s) if s.flags & SETTINGS_F_READY != 0 => s,
+        _ => return pass(event::PASS_NOT_READY),
+    };
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
+        return pass(event::PASS_MALFORMED);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*ip).next_hdr } != IPPROTO_UDP {
+        return pass(event::PASS_MALFORMED);
+    }
+    match datagram::<V6>(ctx, ip, settings) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// A UDP datagram whose IP header `ip` the caller checked (no options or extension headers,
+/// not a fragment): a client's to a VIP, an origin's to a SNAT address, or not ours.
+#[inline(always)]
+fn datagram<F: Family>(ctx: &XdpContext, ip: *mut F::Ip, settings: &Settings) -> Result<u32, u32> {
+    // SAFETY: bounds-checked by the caller.
+    let (ttl, l4_len) = unsafe { (F::ttl(ip), F::l4_len(ip)) };
+    let sc = SCRATCH
+        .get_ptr_mut(0)
+        .ok_or_else(|| pass(event::PASS_NOT_READY))?;
+    // The key is built in the scratch entry, its addresses read straight into it (held in
+    // registers, IPv6's would be spilled byte by byte).
+    // SAFETY: this CPU's scratch entry; `ukey` is a field only this module writes; the IP
+    // header bounds-checked by the caller.
+    let key: &mut FlowKey = unsafe {
+        F::key_addrs(ip, &raw mut (*sc).ukey.src, &raw mut (*sc).ukey.dst);
+        (*sc).ukey.proto = IPPROTO_UDP;
+        (*sc).ukey._pad = [0; 3];
+        &mut (*sc).ukey
+    };
+    let to_snat = F::is_snat(settings, &key.dst);
+    let Some(udp) = ptr_at::<UdpHdr>(ctx, F::L4_OFF) else {
+        return Err(if is_vip_addr(key.dst) {
             drop(event::DROP_MALFORMED_UDP)
         } else {
             DO_NOT_OURS
         });
     };
-    let sc = SCRATCH
-        .get_ptr_mut(0)
-        .ok_or_else(|| pass(event::PASS_NOT_READY))?;
-    // SAFETY: this CPU's scratch entry; `ukey` is a field only this module writes.
-    let key: &FlowKey = unsafe {
-        (*sc).ukey = FlowKey {
-            src: v4_mapped(src4),
-            dst,
-            sport: u16::from_ne_bytes((*udp).src),
-            dport: u16::from_ne_bytes((*udp).dst),
-            proto: IPPROTO_UDP,
-            _pad: [0; 3],
-        };
-        &(*sc).ukey
-    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        key.sport = u16::from_ne_bytes((*udp).src);
+        key.dport = u16::from_ne_bytes((*udp).dst);
+    }
+    let key: &FlowKey = key;
     if to_snat {
         // Replies by the reverse table alone (validation keeps VIPs off the SNAT addresses).
         let Some(r) = REV_FLOWS.get_ptr_mut(key) else {
@@ -137,10 +167,10 @@ fn try_packet(ctx: &XdpContext) -> Result<u32, u32> {
         if ttl <= 1 {
             return Err(drop(event::DROP_TTL));
         }
-        return origin_datagram(ctx, ip, udp, key, r, settings);
+        return origin_datagram::<F>(ctx, ip, udp, key, r, settings);
     }
     let vip_key = VipKey {
-        addr: dst,
+        addr: key.dst,
         port: key.dport,
         proto: IPPROTO_UDP,
         _pad: 0,
@@ -161,26 +191,28 @@ fn try_packet(ctx: &XdpContext) -> Result<u32, u32> {
         vip = unsafe { VIPS.get(vip_key) };
     }
     let Some(vip) = vip else {
-        return Err(if is_vip_addr(dst) {
+        return Err(if is_vip_addr(key.dst) {
             drop(event::DROP_VIP_OTHER_PROTO)
         } else {
             DO_NOT_OURS
         });
     };
-    // The UDP length covers header and payload; less than the IPv4 payload is padding
+    // The UDP length covers header and payload; less than the IP payload is padding
     // (RFC 768), more is a lie. Source port 0 (RFC 768's "no reply") cannot be answered.
+    // IPv6 has no checksum-less datagrams (RFC 8200 §8.1).
     // SAFETY: bounds checked by ptr_at.
-    let ulen = u16::from_be_bytes(unsafe { (*udp).len });
+    let (ulen, check) = unsafe { (u16::from_be_bytes((*udp).len), (*udp).check) };
     if ulen < UdpHdr::LEN as u16
-        || usize::from(ulen) + Ipv4Hdr::LEN > usize::from(tot_len)
+        || u32::from(ulen) > l4_len
         || key.sport == 0
+        || (F::V6 && check == [0, 0])
     {
         return Err(drop(event::DROP_MALFORMED_UDP));
     }
     if ttl <= 1 {
         return Err(drop(event::DROP_TTL));
     }
-    client_datagram(ctx, ip, udp, key, vip, settings, found)
+    client_datagram::<F>(ctx, ip, udp, key, vip, settings, found)
 }
 
 /// Is `r`'s flow answered (`CT_ESTABLISHED`)?
@@ -203,9 +235,9 @@ fn touch(r: *mut RevFlow, now: u32) {
 
 /// A datagram from a client to the UDP VIP `vip`; `found` is its flow-table entry, if any.
 #[inline(always)]
-fn client_datagram(
+fn client_datagram<F: Family>(
     ctx: &XdpContext,
-    ip: *mut Ipv4Hdr,
+    ip: *mut F::Ip,
     udp: *mut UdpHdr,
     key: &FlowKey,
     vip: &VipMeta,
@@ -300,23 +332,23 @@ fn client_datagram(
     // SAFETY: a map value pointer (or this CPU's scratch entry), valid for this program run.
     let flow = unsafe { &*flow };
     let nh = origin_next_hop(flow);
-    rewrite_udp(
+    rewrite_udp::<F>(
         ip,
         udp,
-        flow.snat_addr,
+        &flow.snat_addr,
         flow.snat_port,
-        flow.origin_addr,
+        &flow.origin_addr,
         flow.origin_port,
     );
     add_frame(ctx, flow.vip_id, flow.origin_id, false, is_new);
-    forward(ctx, ip, nh, now)
+    forward::<F>(ctx, ip, nh, now)
 }
 
 /// A datagram from an origin to one of our SNAT ports, whose tracking entry is `r`.
 #[inline(always)]
-fn origin_datagram(
+fn origin_datagram<F: Family>(
     ctx: &XdpContext,
-    ip: *mut Ipv4Hdr,
+    ip: *mut F::Ip,
     udp: *mut UdpHdr,
     key: &FlowKey,
     r: *mut RevFlow,
@@ -353,17 +385,17 @@ fn origin_datagram(
     // SAFETY: a live map value; copied out field by field.
     let (client_addr, client_port, vip_addr, vip_port, vip_id, origin_id) = unsafe {
         (
-            (*r).client_addr,
+            &(*r).client_addr,
             (*r).client_port,
-            (*r).vip_addr,
+            &(*r).vip_addr,
             (*r).vip_port,
             (*r).vip_id,
             (*r).origin_id,
         )
     };
-    rewrite_udp(ip, udp, vip_addr, vip_port, client_addr, client_port);
+    rewrite_udp::<F>(ip, udp, vip_addr, vip_port, client_addr, client_port);
     count(event::REPLY_NAT);
     add_frame(ctx, vip_id, origin_id, true, false);
     // SAFETY: a live map value; the field's address, no read.
-    forward(ctx, ip, unsafe { &raw mut (*r).nh }, now)
+    forward::<F>(ctx, ip, unsafe { &raw mut (*r).nh }, now)
 }
