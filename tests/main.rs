@@ -24,3 +24,4 @@ mod steering;
 mod steering_fixtures;
 mod udp_e2e;
 mod udp_fixtures;
+mod v6_fixtures;

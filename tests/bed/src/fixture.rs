@@ -141,7 +141,7 @@ pub fn first_snat_port_udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -
 }
 
 /// The first SNAT port the data path tries for `key`, in `min..=max`.
-fn first_snat_port_of((min, max): (u16, u16), key: &FlowKey) -> u16 {
+pub fn first_snat_port_of((min, max): (u16, u16), key: &FlowKey) -> u16 {
     let range = u32::from(max - min) + 1;
     min + u16::try_from(hash::flow_hash(key, hash::SEED_SNAT) % range).expect("range")
 }
@@ -199,6 +199,9 @@ fn assert_udp_sum(desc: &str, what: &str, src: &[u8], dst: &[u8], dgram: &[u8]) 
 /// checksum (over the quote too), the quoted IPv4 header and, when the whole quoted segment
 /// is there, its TCP or UDP checksum.
 pub fn assert_checksums(desc: &str, f: &[u8]) {
+    if f[12..14] == [0x86, 0xdd] {
+        return assert_checksums6(desc, f);
+    }
     assert_eq!(&f[12..14], &[8, 0], "{desc}: IPv4");
     assert_eq!(sum16(&f[14..34]), 0xffff, "{desc}: IPv4 header checksum");
     let tot = usize::from(u16::from_be_bytes([f[16], f[17]]));
@@ -240,6 +243,45 @@ pub fn assert_checksums(desc: &str, f: &[u8]) {
         ),
         17 => assert_udp_sum(desc, "UDP checksum", &f[26..30], &f[30..34], l4),
         p => panic!("{desc}: protocol {p}"),
+    }
+}
+
+/// `assert_checksums` for IPv6 (no header checksum, RFC 8200): TCP, UDP (never 0) or
+/// ICMPv6 with their pseudo-headers; for ICMPv6 errors (types 1-4) the quoted TCP or UDP
+/// checksum when the whole quoted segment is there.
+fn assert_checksums6(desc: &str, f: &[u8]) {
+    let plen = usize::from(u16::from_be_bytes([f[18], f[19]]));
+    let (src, dst, l4) = (&f[22..38], &f[38..54], &f[54..54 + plen]);
+    match f[20] {
+        6 => assert_eq!(l4_sum(src, dst, 6, l4), 0xffff, "{desc}: TCP checksum"),
+        17 => {
+            assert_ne!(
+                &l4[6..8],
+                &[0, 0],
+                "{desc}: IPv6 UDP checksum must not be 0"
+            );
+            assert_udp_sum(desc, "UDP checksum", src, dst, l4);
+        }
+        58 => {
+            assert_eq!(l4_sum(src, dst, 58, l4), 0xffff, "{desc}: ICMPv6 checksum");
+            if (1..=4).contains(&l4[0]) {
+                let q = &l4[8..];
+                let qlen = 40 + usize::from(u16::from_be_bytes([q[4], q[5]]));
+                if q.len() >= qlen {
+                    let what = if q[6] == 17 {
+                        "quoted UDP"
+                    } else {
+                        "quoted TCP"
+                    };
+                    assert_eq!(
+                        l4_sum(&q[8..24], &q[24..40], q[6], &q[40..qlen]),
+                        0xffff,
+                        "{desc}: {what} checksum"
+                    );
+                }
+            }
+        }
+        p => panic!("{desc}: IPv6 next header {p}"),
     }
 }
 
