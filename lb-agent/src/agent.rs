@@ -484,7 +484,7 @@ fn pool_changes(plan: &Plan, chosen: &mut BTreeMap<String, String>) -> Vec<Strin
     out
 }
 
-fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
+fn origin_addresses(cfg: &Config) -> Vec<std::net::IpAddr> {
     cfg.pools
         .iter()
         .flat_map(|p| p.origins.iter().map(|o| o.address))
@@ -541,8 +541,12 @@ impl Agent {
     fn bring_up(&mut self) -> Result<(), AgentError> {
         for (t, h) in self.health.iter() {
             info!(
-                "origin {}/{} ({}:{}) {}: {}",
-                t.pool, t.origin, t.address, t.port, h.state, h.reason
+                "origin {}/{} ({}) {}: {}",
+                t.pool,
+                t.origin,
+                std::net::SocketAddr::new(t.address, t.port),
+                h.state,
+                h.reason
             );
         }
         self.apply("start")?;
@@ -574,7 +578,7 @@ impl Agent {
     /// Tells the data path the host's own addresses (no FIB lookup for traffic to them).
     /// On failure the data path keeps asking the FIB, which is slower, not wrong.
     fn sync_local_addrs(&mut self) {
-        match netwatch::local_ipv4_addrs() {
+        match netwatch::local_addrs() {
             Ok(a) => {
                 if let Err(e) = self.rec.sync_local_addrs(&a) {
                     warn!("writing the host's addresses to LOCAL_ADDRS: {e}");
@@ -605,7 +609,7 @@ impl Agent {
             pool: tg.pool.clone(),
             pool_id: self.store.pool_id(&tg.pool).unwrap_or_default().to_owned(),
             origin: Some(tg.origin.clone()),
-            address: Some(format!("{}:{}", tg.address, tg.port)),
+            address: Some(std::net::SocketAddr::new(tg.address, tg.port).to_string()),
             healthy: t.to.healthy(),
             previous_healthy: Some(t.from.healthy()),
             reason: r.outcome.reason.clone(),
@@ -614,13 +618,20 @@ impl Agent {
         });
         if t.to.healthy() {
             info!(
-                "origin {}/{} ({}:{}) up: {}",
-                tg.pool, tg.origin, tg.address, tg.port, r.outcome.reason
+                "origin {}/{} ({}) up: {}",
+                tg.pool,
+                tg.origin,
+                std::net::SocketAddr::new(tg.address, tg.port),
+                r.outcome.reason
             );
         } else {
             warn!(
-                "origin {}/{} ({}:{}) {}: {}",
-                tg.pool, tg.origin, tg.address, tg.port, t.to, r.outcome.reason
+                "origin {}/{} ({}) {}: {}",
+                tg.pool,
+                tg.origin,
+                std::net::SocketAddr::new(tg.address, tg.port),
+                t.to,
+                r.outcome.reason
             );
         }
         if let Err(e) = self.apply(&format!("origin {}/{} {}", tg.pool, tg.origin, t.to)) {

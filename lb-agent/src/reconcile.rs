@@ -12,13 +12,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use lb_common::{
-    v4_mapped, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta, IPPROTO_TCP,
+    addr16, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta, IPPROTO_TCP,
     MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, NO_ORIGIN, NO_RING, ORIGIN_F_PRESENT,
     POOL_SEL_M, RING_SLOTS, RING_STEER_HASH, RING_STEER_LEAST_CONN, RING_STEER_RANDOM,
     VIP_F_RANDOM, WEIGHT_SCALE,
@@ -194,7 +194,7 @@ fn assign_rings(want: &Plan, cur: &Current, prev: &Assignment) -> Result<HashMap
         let found = cur.origins.values().find(|m| {
             plan.members
                 .iter()
-                .any(|(k, _)| m.addr == v4_mapped(k.addr.octets()) && m.port == k.port.to_be())
+                .any(|(k, _)| m.addr == addr16(k.addr) && m.port == k.port.to_be())
                 && !taken.contains(&m.ring_id)
                 && m.ring_id < MAX_RINGS
                 && fits(cur, m.ring_id, plan.size)
@@ -239,7 +239,7 @@ fn assign_origins(want: &Plan, cur: &Current) -> Result<HashMap<OriginKey, u32>>
         .map(|(k, _)| k)
         .collect();
     for k in &all {
-        let addr_key = (v4_mapped(k.addr.octets()), k.port.to_be());
+        let addr_key = (addr16(k.addr), k.port.to_be());
         if origins.contains_key(*k) {
             continue;
         }
@@ -294,7 +294,7 @@ pub fn ring_slots(
     let backends: Vec<maglev::Backend> = members
         .iter()
         .map(|(k, w)| maglev::Backend {
-            key: maglev::backend_key(&format!("{}:{}", k.addr, k.port)),
+            key: maglev::backend_key(&std::net::SocketAddr::new(k.addr, k.port).to_string()),
             weight: *w,
         })
         .collect();
@@ -329,7 +329,7 @@ pub struct ApplyReport {
 }
 
 /// What a ring's table was built from: each member's Maglev key, weight and origin id.
-type RingInput = Vec<(Ipv4Addr, u16, f64, u32)>;
+type RingInput = Vec<(IpAddr, u16, f64, u32)>;
 /// What a `POOL_SEL` table was built from: each pool's name, weight and ring id.
 type PoolSelInput = Vec<(String, f64, u32)>;
 
@@ -975,7 +975,7 @@ fn origin_metas(want: &Plan, a: &Assignment) -> HashMap<u32, OriginMeta> {
         .map(|(k, id)| {
             let (ring_id, weight) = place.get(k).copied().unwrap_or((NO_RING, 0));
             let meta = OriginMeta {
-                addr: v4_mapped(k.addr.octets()),
+                addr: addr16(k.addr),
                 port: k.port.to_be(),
                 _pad: 0,
                 flags: ORIGIN_F_PRESENT,
@@ -991,7 +991,7 @@ fn origin_metas(want: &Plan, a: &Assignment) -> HashMap<u32, OriginMeta> {
 /// `origin_metas` gives it: a member key names one pool and port, so one ring).
 fn origin_meta(k: &OriginKey, ring_id: u32, w: f64) -> OriginMeta {
     OriginMeta {
-        addr: v4_mapped(k.addr.octets()),
+        addr: addr16(k.addr),
         port: k.port.to_be(),
         _pad: 0,
         flags: ORIGIN_F_PRESENT,
@@ -1007,7 +1007,7 @@ fn origin_meta(k: &OriginKey, ring_id: u32, w: f64) -> OriginMeta {
 /// in two pools or at two ports) keep theirs only if that order gives them rising ids. If it
 /// does not, the next apply is a whole one, which settles them.
 fn ids_are_settled(want: &Plan, a: &Assignment) -> bool {
-    let mut last: HashMap<(Ipv4Addr, u16), u32> = HashMap::new();
+    let mut last: HashMap<(IpAddr, u16), u32> = HashMap::new();
     for (k, _) in want.rings.values().flat_map(|r| &r.members) {
         let Some(&id) = a.origins.get(k) else {
             return false;
@@ -1126,7 +1126,7 @@ pub fn pool_sel_slots(pools: &[(RingKey, f64)], rings: &HashMap<RingKey, u32>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use std::{net::Ipv4Addr, path::Path};
 
     fn cfg(pools: &str, lbs: &str) -> Config {
         let text = format!(
@@ -1234,7 +1234,7 @@ default_pools = ["b"]
             cur.origins.insert(
                 *id,
                 OriginMeta {
-                    addr: v4_mapped(k.addr.octets()),
+                    addr: addr16(k.addr),
                     port: k.port.to_be(),
                     _pad: 0,
                     flags: ORIGIN_F_PRESENT,
@@ -1271,10 +1271,7 @@ default_pools = ["b"]
         for (k, _) in &d.rings[ring_y].members {
             let e = m[&a.origins[k]];
             assert_eq!(e.flags, ORIGIN_F_PRESENT);
-            assert_eq!(
-                (e.addr, e.port),
-                (v4_mapped(k.addr.octets()), k.port.to_be())
-            );
+            assert_eq!((e.addr, e.port), (addr16(k.addr), k.port.to_be()));
             assert_eq!(
                 (e.ring_id, e.weight),
                 (a.rings[ring_y], 0),
@@ -1457,7 +1454,9 @@ mod move_tests {
 /// The reconciler against in-memory maps (`MemMaps`): no root, no kernel.
 #[cfg(test)]
 mod apply_tests {
-    use std::{path::Path, time::Duration};
+    use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+    use lb_common::v4_mapped;
 
     use super::*;
     use crate::{

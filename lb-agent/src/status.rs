@@ -16,6 +16,16 @@ use crate::{
 };
 
 /// The health of one origin as the status shows it.
+/// `address:port` for display, with an IPv6 address in brackets (`[2001:db8::1]:443`, RFC
+/// 3986), for addresses kept as text in the status and stats shapes.
+pub fn join_host_port(address: &str, port: u16) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OriginState {
@@ -349,7 +359,7 @@ impl std::fmt::Display for Status {
                 f,
                 "{:<24} {:<22} {:<12} {:>9}  {}",
                 format!("{}/{}", o.pool, o.origin),
-                format!("{}:{}", o.address, o.port),
+                join_host_port(&o.address, o.port),
                 if o.enabled {
                     o.state.to_string()
                 } else {
