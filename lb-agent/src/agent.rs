@@ -285,7 +285,7 @@ async fn prepare(opts: &RunOptions) -> Result<(Effective, Option<TcpListener>), 
         let e = e.to_string().replace('\n', " ");
         error!("config rejected at start, the objects of api.state_file stay in force: {e}");
     }
-    for w in dataplane::check_host(&eff.cfg.dataplane)? {
+    for w in dataplane::check_host(&eff.cfg)? {
         warn!("{w}");
     }
     let listener = match eff.cfg.api.listen {
@@ -779,8 +779,9 @@ impl Agent {
             )
             .into());
         }
-        if dp_changed {
-            for w in dataplane::check_host(b)? {
+        // The first IPv6 VIP or origin needs IPv6 forwarding, wherever it came from.
+        if dp_changed || (next.uses_ipv6() && !self.cfg.uses_ipv6()) {
+            for w in dataplane::check_host(&next)? {
                 warn!("{w}");
             }
         }

@@ -109,7 +109,7 @@ fn main() -> anyhow::Result<()> {
             }
             let cfg = eff.cfg;
             // The same host checks as a start: interfaces exist, forwarding is on.
-            for w in dataplane::check_host(&cfg.dataplane)? {
+            for w in dataplane::check_host(&cfg)? {
                 eprintln!("warning: {w}");
             }
             println!(

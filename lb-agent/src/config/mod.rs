@@ -219,6 +219,16 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Whether a load balancer's VIP or an origin is IPv6: the host then needs IPv6
+    /// forwarding (`dataplane::check_host`).
+    pub fn uses_ipv6(&self) -> bool {
+        self.load_balancers.iter().any(|l| l.address.is_ipv6())
+            || self
+                .pools
+                .iter()
+                .any(|p| p.origins.iter().any(|o| o.address.is_ipv6()))
+    }
+
     /// The pool named `name` (by the name index; a search if the index does not match).
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.names
