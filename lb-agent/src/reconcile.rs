@@ -1753,6 +1753,65 @@ default_pools = ["a", "b"]
     }
 
     #[test]
+    fn ipv6_vips_origins_and_snat_addresses_are_written_natively() {
+        let c = cfg(&(CFG
+            .replacen(
+                "snat_address = \"10.0.0.1\"",
+                "snat_address = [\"10.0.0.1\", \"2001:db8:ff::/127\"]",
+                1,
+            )
+            .replacen("\"10.2.0.1\"", "\"2001:db8:2::1\"", 1)
+            .replacen("\"10.2.0.2\"", "\"2001:db8:2::2\"", 1)
+            .replacen("default_pools = [\"a\", \"b\"]", "default_pools = [\"a\"]", 1)
+            + "\n[[load_balancers]]\nname = \"y\"\naddress = \"2001:db8::10\"\nport = 443\norigin_port = 80\ndefault_pools = [\"b\"]\n"));
+        let h = all_up(&c);
+        let mut r = rec();
+        r.apply(&c, &h).expect("apply");
+        let vip6: std::net::IpAddr = "2001:db8::10".parse().expect("ip");
+        let key6 = vip_key(vip6, 443);
+        assert_eq!(key6.addr, lb_common::addr16(vip6));
+        assert!(!lb_common::is_v4_mapped(&key6.addr));
+        let meta = r.maps.vips[&key6];
+        assert_eq!(meta.ring_id, r.assignment.rings[&key("b")]);
+        assert_eq!(r.maps.vip_ids[&meta.vip_id].key, key6, "VIP_IDS names it");
+        assert_eq!(
+            r.maps.vips[&vip_addr_marker(key6.addr)].vip_id,
+            u32::MAX,
+            "the IPv6 address has its marker"
+        );
+        let origin6: Vec<[u8; 16]> = r
+            .maps
+            .origins
+            .values()
+            .filter(|m| m.ring_id == meta.ring_id)
+            .map(|m| m.addr)
+            .collect();
+        let want: Vec<[u8; 16]> = ["2001:db8:2::1", "2001:db8:2::2"]
+            .iter()
+            .map(|a| a.parse::<std::net::Ipv6Addr>().expect("ip").octets())
+            .collect();
+        assert_eq!(origin6, want, "origins native, in id order");
+        let s = r.maps.settings.expect("settings");
+        assert_eq!(s.snat_addr, v4_mapped([10, 0, 0, 1]));
+        assert_eq!(
+            (s.snat_addr6, s.snat_count6),
+            (
+                "2001:db8:ff::"
+                    .parse::<std::net::Ipv6Addr>()
+                    .expect("ip")
+                    .octets(),
+                2
+            )
+        );
+        assert!(s.is_snat_v6(
+            &"2001:db8:ff::1"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("ip")
+                .octets()
+        ));
+    }
+
+    #[test]
     fn udp_settings_come_from_the_config() {
         let c = cfg(&CFG.replacen(
             "[dataplane]\n",

@@ -391,6 +391,25 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_are_shown_in_brackets_with_their_port() {
+        assert_eq!(join_host_port("2001:db8::1", 443), "[2001:db8::1]:443");
+        assert_eq!(join_host_port("[2001:db8::1]", 443), "[2001:db8::1]:443");
+        assert_eq!(join_host_port("10.0.0.1", 80), "10.0.0.1:80");
+        let cfg = Config::parse(
+            "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"2001:db8:ff::1\"\n\n[[pools]]\nname = \"p\"\norigins = [{ name = \"o\", address = \"2001:db8:2::2\", port = 8080 }]\n\n[[load_balancers]]\nname = \"www6\"\naddress = \"2001:db8::10\"\nport = 443\ndefault_pools = [\"p\"]\n",
+            std::path::Path::new("t"),
+        )
+        .expect("valid");
+        let health = HealthTable::default();
+        let plan = crate::plan::plan(&cfg, &health, &[]);
+        let status = Status::collect(&cfg, &plan, &health);
+        assert_eq!(status.load_balancers[0].vip, "[2001:db8::10]:443");
+        let text = status.to_string();
+        assert!(text.contains("[2001:db8:2::2]:8080"), "{text}");
+        assert!(text.contains("[2001:db8::10]:443"), "{text}");
+    }
+
+    #[test]
     fn origin_states_are_the_lower_case_words_and_unknown_words_read_as_unknown() {
         for s in [
             OriginState::Up,
