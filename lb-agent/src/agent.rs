@@ -285,7 +285,7 @@ async fn prepare(opts: &RunOptions) -> Result<(Effective, Option<TcpListener>), 
         let e = e.to_string().replace('\n', " ");
         error!("config rejected at start, the objects of api.state_file stay in force: {e}");
     }
-    for w in dataplane::check_host(&eff.cfg.dataplane)? {
+    for w in dataplane::check_host(&eff.cfg)? {
         warn!("{w}");
     }
     let listener = match eff.cfg.api.listen {
@@ -486,7 +486,7 @@ fn pool_changes(plan: &Plan, chosen: &mut BTreeMap<String, String>) -> Vec<Strin
     out
 }
 
-fn origin_addresses(cfg: &Config) -> Vec<std::net::Ipv4Addr> {
+fn origin_addresses(cfg: &Config) -> Vec<std::net::IpAddr> {
     cfg.pools
         .iter()
         .flat_map(|p| p.origins.iter().map(|o| o.address))
@@ -543,8 +543,12 @@ impl Agent {
     fn bring_up(&mut self) -> Result<(), AgentError> {
         for (t, h) in self.health.iter() {
             info!(
-                "origin {}/{} ({}:{}) {}: {}",
-                t.pool, t.origin, t.address, t.port, h.state, h.reason
+                "origin {}/{} ({}) {}: {}",
+                t.pool,
+                t.origin,
+                std::net::SocketAddr::new(t.address, t.port),
+                h.state,
+                h.reason
             );
         }
         self.apply("start")?;
@@ -576,7 +580,7 @@ impl Agent {
     /// Tells the data path the host's own addresses (no FIB lookup for traffic to them).
     /// On failure the data path keeps asking the FIB, which is slower, not wrong.
     fn sync_local_addrs(&mut self) {
-        match netwatch::local_ipv4_addrs() {
+        match netwatch::local_addrs() {
             Ok(a) => {
                 if let Err(e) = self.rec.sync_local_addrs(&a) {
                     warn!("writing the host's addresses to LOCAL_ADDRS: {e}");
@@ -607,7 +611,7 @@ impl Agent {
             pool: tg.pool.clone(),
             pool_id: self.store.pool_id(&tg.pool).unwrap_or_default().to_owned(),
             origin: Some(tg.origin.clone()),
-            address: Some(format!("{}:{}", tg.address, tg.port)),
+            address: Some(std::net::SocketAddr::new(tg.address, tg.port).to_string()),
             healthy: t.to.healthy(),
             previous_healthy: Some(t.from.healthy()),
             reason: r.outcome.reason.clone(),
@@ -616,13 +620,20 @@ impl Agent {
         });
         if t.to.healthy() {
             info!(
-                "origin {}/{} ({}:{}) up: {}",
-                tg.pool, tg.origin, tg.address, tg.port, r.outcome.reason
+                "origin {}/{} ({}) up: {}",
+                tg.pool,
+                tg.origin,
+                std::net::SocketAddr::new(tg.address, tg.port),
+                r.outcome.reason
             );
         } else {
             warn!(
-                "origin {}/{} ({}:{}) {}: {}",
-                tg.pool, tg.origin, tg.address, tg.port, t.to, r.outcome.reason
+                "origin {}/{} ({}) {}: {}",
+                tg.pool,
+                tg.origin,
+                std::net::SocketAddr::new(tg.address, tg.port),
+                t.to,
+                r.outcome.reason
             );
         }
         if let Err(e) = self.apply(&format!("origin {}/{} {}", tg.pool, tg.origin, t.to)) {
@@ -770,8 +781,9 @@ impl Agent {
             )
             .into());
         }
-        if dp_changed {
-            for w in dataplane::check_host(b)? {
+        // The first IPv6 VIP or origin needs IPv6 forwarding, wherever it came from.
+        if dp_changed || (next.uses_ipv6() && !self.cfg.uses_ipv6()) {
+            for w in dataplane::check_host(&next)? {
                 warn!("{w}");
             }
         }

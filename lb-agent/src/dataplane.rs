@@ -707,10 +707,30 @@ pub fn teardown(dir: &Path) -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// `bpf_fib_lookup` answers FWD_DISABLED for IPv6 unless forwarding is on for the
+/// interface (`idev->cnf.forwarding`, net/core/filter.c `bpf_ipv6_fib_lookup`).
+fn check_ipv6_forwarding(iface: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{iface}/forwarding");
+    match fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "1" => Ok(()),
+        Ok(_) => Err(DataplaneError::Host(format!(
+            "IPv6 forwarding is off on {iface}, and the config has IPv6 VIPs or origins: the kernel FIB refuses to route their rewritten packets; enable it with `sysctl -w net.ipv6.conf.all.forwarding=1` (and net.ipv6.conf.{iface}.accept_ra=2 if this interface takes its address or routes from router advertisements)"
+        ))),
+        Err(_) => Err(DataplaneError::Host(format!(
+            "IPv6 is off on {iface} (no {path}), and the config has IPv6 VIPs or origins; enable IPv6 (net.ipv6.conf.{iface}.disable_ipv6=0, or boot without ipv6.disable=1)"
+        ))),
+    }
+}
+
 /// Checks host settings the data path depends on; returns warnings for soft problems and
-/// an error for hard ones.
-pub fn check_host(dp: &config::Dataplane) -> Result<Vec<String>> {
+/// an error for hard ones. IPv6 forwarding is required only when `cfg` has an IPv6 VIP or
+/// origin (`Config::uses_ipv6`): turning it on changes how the host treats router
+/// advertisements (`accept_ra` 1 is ignored on a forwarding interface), which a host that
+/// balances only IPv4 should not have to take.
+pub fn check_host(cfg: &config::Config) -> Result<Vec<String>> {
+    let dp = &cfg.dataplane;
     let mut warnings = Vec::new();
+    let ipv6 = cfg.uses_ipv6();
     for (i, iface) in dp.interfaces.iter().enumerate() {
         let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
         match fs::read_to_string(&path) {
@@ -725,6 +745,9 @@ pub fn check_host(dp: &config::Dataplane) -> Result<Vec<String>> {
                     "dataplane.interfaces[{i}]: interface \"{iface}\" does not exist in this network namespace (no {path}); list interfaces that `ip link` shows here, or create it first"
                 )))
             }
+        }
+        if ipv6 {
+            check_ipv6_forwarding(iface)?;
         }
     }
     if let Ok(range) = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
@@ -741,4 +764,61 @@ pub fn check_host(dp: &config::Dataplane) -> Result<Vec<String>> {
         }
     }
     Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// `check_host` in a namespace of the test's own (needs root, as the data path's tests
+    /// do): IPv4 forwarding always, IPv6 forwarding only for a config with IPv6.
+    #[test]
+    fn ipv6_forwarding_is_required_only_with_ipv6_vips_or_origins() {
+        let ns = format!("lbfw{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {ns} failed (needs root and iproute2)");
+        struct Ns(String);
+        impl Drop for Ns {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &self.0])
+                    .status();
+            }
+        }
+        let _guard = Ns(ns.clone());
+        let cfg = |vip: &str, origin: &str| {
+            let text = format!(
+                "[dataplane]\ninterfaces = [\"lo\"]\nsnat_address = [\"10.0.0.1\", \"2001:db8:ff::1\"]\n\n[[pools]]\nname = \"p\"\norigins = [{{ name = \"o\", address = \"{origin}\" }}]\n\n[[load_balancers]]\nname = \"l\"\naddress = \"{vip}\"\nport = 80\ndefault_pools = [\"p\"]\n"
+            );
+            config::Config::parse(&text, Path::new("t")).expect("valid")
+        };
+        let v4 = cfg("10.0.0.10", "10.0.2.2");
+        let v6 = cfg("2001:db8::10", "2001:db8:2::2");
+        // On a thread of our own that enters the namespace: /proc/sys/net is the opener's.
+        std::thread::spawn(move || {
+            let f = fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+            // SAFETY: setns on this thread only, with a valid namespace descriptor.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let set = |path: &str, v: &str| fs::write(path, v).expect(path);
+            set("/proc/sys/net/ipv4/conf/all/forwarding", "1");
+            set("/proc/sys/net/ipv6/conf/all/forwarding", "0");
+            check_host(&v4).expect("IPv4 only: IPv6 forwarding not needed");
+            let e = check_host(&v6)
+                .expect_err("IPv6 forwarding off")
+                .to_string();
+            assert!(
+                e.contains("sysctl -w net.ipv6.conf.all.forwarding=1"),
+                "{e}"
+            );
+            set("/proc/sys/net/ipv6/conf/all/forwarding", "1");
+            check_host(&v6).expect("IPv6 forwarding on");
+        })
+        .join()
+        .expect("check thread");
+    }
 }

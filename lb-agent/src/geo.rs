@@ -1,6 +1,6 @@
 //! Client geography for `geo` steering: Cloudflare's 13 load-balancing regions, the
 //! country -> region table, and a MaxMind DB loader that turns a GeoIP2/GeoLite2 Country or
-//! City database into the IPv4 prefixes of the `GEO` LPM trie.
+//! City database into the IPv4 and IPv6 prefixes of the `GEO` LPM trie.
 //!
 //! Pure code: the loader reads one file and returns values; writing maps is the
 //! reconciler's job.
@@ -8,11 +8,11 @@
 use std::{
     collections::{hash_map::Entry, HashMap},
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
-use lb_common::{v4_mapped, GeoKey, GeoValue};
+use lb_common::{addr16, GeoKey, GeoValue};
 use maxminddb::{MaxMindDbError, Reader, WithinOptions};
 
 /// One of Cloudflare's load-balancing regions, as used in `region_pools`.
@@ -230,12 +230,13 @@ const COUNTRIES: [(&str, Region); 250] = [
     ("ZA", Saf), ("ZM", Saf), ("ZW", Saf),
 ];
 
-/// One IPv4 prefix of the client geography: what the agent writes into the `GEO` trie.
+/// One IPv4 or IPv6 prefix of the client geography: what the agent writes into the `GEO`
+/// trie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GeoPrefix {
     /// The network, host bits zero.
-    pub net: Ipv4Addr,
-    /// Prefix length, 0..=32.
+    pub net: IpAddr,
+    /// Prefix length in the network's family: 0..=32 for IPv4, 0..=128 for IPv6.
     pub len: u8,
     /// ISO 3166-1 alpha-2 country code in uppercase ASCII, if known.
     pub country: Option<[u8; 2]>,
@@ -257,15 +258,29 @@ impl GeoPrefix {
         )
     }
 
-    /// The `GEO` key: the prefix as an IPv4-mapped IPv6 prefix (`::ffff:a.b.c.d/96+len`), the
-    /// form the XDP program looks IPv4 clients up in. Host bits are cleared here too, and a
-    /// `len` above 32 counts as 32, so a hand-made prefix cannot produce a key the trie rejects.
+    /// The `GEO` key. IPv4: the prefix as an IPv4-mapped IPv6 prefix
+    /// (`::ffff:a.b.c.d/96+len`), the form the XDP program looks IPv4 clients up in. IPv6:
+    /// the prefix itself (`len` bits of the native address). Host bits are cleared here too,
+    /// and a `len` above the family's width counts as the width, so a hand-made prefix
+    /// cannot produce a key the trie rejects.
     pub fn key(&self) -> GeoKey {
-        let len = self.len.min(32);
-        let net = u32::from(self.net) & prefix_mask(len);
-        GeoKey {
-            prefixlen: 96 + u32::from(len),
-            addr: v4_mapped(Ipv4Addr::from(net).octets()),
+        match self.net {
+            IpAddr::V4(net) => {
+                let len = self.len.min(32);
+                let net = u32::from(net) & prefix_mask(len);
+                GeoKey {
+                    prefixlen: 96 + u32::from(len),
+                    addr: addr16(IpAddr::V4(Ipv4Addr::from(net))),
+                }
+            }
+            IpAddr::V6(net) => {
+                let len = self.len.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                GeoKey {
+                    prefixlen: u32::from(len),
+                    addr: (u128::from(net) & mask).to_be_bytes(),
+                }
+            }
         }
     }
 }
@@ -273,6 +288,21 @@ impl GeoPrefix {
 fn prefix_mask(len: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
 }
+
+/// Does the IPv6 prefix `net/len` overlap `other/other_len` (one contains the other)?
+pub fn v6_overlaps(net: Ipv6Addr, len: u8, other: Ipv6Addr, other_len: u8) -> bool {
+    let l = u32::from(len.min(other_len).min(128));
+    let mask = u128::MAX.checked_shl(128 - l).unwrap_or(0);
+    u128::from(net) & mask == u128::from(other) & mask
+}
+
+/// `::ffff:0:0/96`, where the trie keeps IPv4 prefixes (IPv4-mapped): an IPv6 prefix that
+/// overlaps it would be matched by, or shadow, IPv4 clients.
+pub const V4_MAPPED_NET: (Ipv6Addr, u8) = (Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96);
+
+/// `::/96`, the IPv4 subtree of an `ip_version` 6 MaxMind DB (IPv4-compatible addresses,
+/// deprecated by RFC 4291 §2.5.5.1; no client sends from them).
+const V4_COMPAT_NET: (Ipv6Addr, u8) = (Ipv6Addr::UNSPECIFIED, 96);
 
 /// Why a geo database could not be loaded; every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -285,14 +315,24 @@ pub enum GeoError {
     Format { path: PathBuf, reason: String },
 }
 
-/// Reads every IPv4 network of a MaxMind DB shaped like GeoIP2/GeoLite2 Country or City
-/// (`country.iso_code`, else `registered_country.iso_code`) and returns them sorted by
-/// (net, len), each with its country and that country's region.
+/// Reads every IPv4 network, and for an `ip_version` 6 database every IPv6 network, of a
+/// MaxMind DB shaped like GeoIP2/GeoLite2 Country or City (`country.iso_code`, else
+/// `registered_country.iso_code`) and returns them sorted by (net, len), each with its
+/// country and that country's region.
 ///
 /// Networks whose record has no two-letter country code are left out (clients there get the
-/// VIP's default pools). A database in which no IPv4 network has a country is an error: it is
+/// VIP's default pools). A database in which no network has a country is an error: it is
 /// almost certainly another kind of database (ASN, ISP), and an empty table would quietly turn
 /// geo steering off.
+///
+/// IPv6 databases restate the IPv4 tree under other prefixes: `::ffff:0:0/96` (IPv4-mapped),
+/// `2001::/32` (Teredo) and `2002::/16` (6to4) point at the IPv4 subtree (`::/96`). The IPv4
+/// networks are read once, as IPv4 (keys `::ffff:a.b.c.d/96+n`, where the data path looks
+/// IPv4 clients up). The aliases are skipped (the reader's default): 6to4 relays are
+/// deprecated (RFC 7526) and Teredo is rare, so clients with such source addresses get the
+/// default pools unless a `geo.prefixes` entry lists them. Real records (not aliases) inside
+/// `::ffff:0:0/96` are skipped too, since IPv4 clients are looked up there; other IPv6
+/// networks keep their native prefix.
 pub fn load_mmdb(path: &Path) -> Result<Vec<GeoPrefix>, GeoError> {
     let reader = Reader::open_readfile(path).map_err(|error| match error {
         MaxMindDbError::Io(io) => GeoError::Read {
@@ -301,12 +341,12 @@ pub fn load_mmdb(path: &Path) -> Result<Vec<GeoPrefix>, GeoError> {
         },
         other => format_error(path, other.to_string()),
     })?;
-    let prefixes = ipv4_prefixes(&reader).map_err(|error| format_error(path, error.to_string()))?;
+    let prefixes = prefixes(&reader).map_err(|error| format_error(path, error.to_string()))?;
     if prefixes.is_empty() {
         return Err(format_error(
             path,
             format!(
-                "no IPv4 network has a country (database_type {:?}); expected a GeoIP2 or \
+                "no network has a country (database_type {:?}); expected a GeoIP2 or \
                  GeoLite2 Country or City database",
                 reader.metadata().database_type
             ),
@@ -336,16 +376,21 @@ struct Place<'a> {
     iso_code: Option<&'a str>,
 }
 
-fn ipv4_prefixes(reader: &Reader<Vec<u8>>) -> Result<Vec<GeoPrefix>, MaxMindDbError> {
-    // Databases with ip_version 6 keep IPv4 under ::/96 (and alias it at ::ffff:0:0/96 and
-    // 2002::/16); iterating an IPv4 network starts at that subtree and yields IPv4 networks,
-    // and the default options skip the aliases, so each network comes once.
-    let all_ipv4 = "0.0.0.0/0".parse()?;
+fn prefixes(reader: &Reader<Vec<u8>>) -> Result<Vec<GeoPrefix>, MaxMindDbError> {
+    // Databases with ip_version 6 keep IPv4 under ::/96 (and alias it at ::ffff:0:0/96,
+    // 2001::/32 and 2002::/16). Iterating ::/0 yields the ::/96 subtree as IPv4 networks, and
+    // the default options skip the aliases, so each IPv4 network comes once. An ip_version 4
+    // database has only IPv4.
+    let all = if reader.metadata().ip_version == 6 {
+        "::/0".parse()?
+    } else {
+        "0.0.0.0/0".parse()?
+    };
     // Many networks share one record (GeoLite2-Country has a few hundred records for hundreds
     // of thousands of networks), so each record is decoded once, keyed by its data offset.
     let mut countries: HashMap<usize, Option<[u8; 2]>> = HashMap::new();
     let mut prefixes = Vec::new();
-    for item in reader.within(all_ipv4, WithinOptions::default())? {
+    for item in reader.within(all, WithinOptions::default())? {
         let lookup = item?;
         let Some(offset) = lookup.offset() else {
             continue;
@@ -361,15 +406,8 @@ fn ipv4_prefixes(reader: &Reader<Vec<u8>>) -> Result<Vec<GeoPrefix>, MaxMindDbEr
             continue;
         };
         let network = lookup.network()?;
-        let (net, len) = match network.ip() {
-            IpAddr::V4(net) => (net, network.prefix()),
-            // An ip_version 6 database whose IPv4 space sits inside one IPv6 record above
-            // ::/96 (no IPv4 subtree) yields that IPv6 network: all of IPv4 is in it.
-            IpAddr::V6(_) if network.prefix() <= 96 => (Ipv4Addr::UNSPECIFIED, 0),
-            IpAddr::V6(net) => {
-                let low = u32::try_from(u128::from(net) & u128::from(u32::MAX)).unwrap_or(0);
-                (Ipv4Addr::from(low), network.prefix() - 96)
-            }
+        let Some((net, len)) = network_prefix(network.ip(), network.prefix()) else {
+            continue;
         };
         prefixes.push(GeoPrefix {
             net,
@@ -379,7 +417,31 @@ fn ipv4_prefixes(reader: &Reader<Vec<u8>>) -> Result<Vec<GeoPrefix>, MaxMindDbEr
         });
     }
     prefixes.sort_by_key(|p| (p.net, p.len));
+    prefixes.dedup_by_key(|p| (p.net, p.len));
     Ok(prefixes)
+}
+
+/// The trie prefix of a network the reader yields, `None` to leave it out. IPv4 networks
+/// are IPv4. An IPv6 network over the IPv4 subtree (`::/96` or a record above it, when a
+/// database keeps all of IPv4 in one record) is IPv4: all of it, or the part inside
+/// `::/96`. One inside or over `::ffff:0:0/96` is left out (IPv4 clients are looked up
+/// there, from the IPv4 networks). Any other is native IPv6.
+fn network_prefix(ip: IpAddr, len: u8) -> Option<(IpAddr, u8)> {
+    let net = match ip {
+        IpAddr::V4(net) => return Some((IpAddr::V4(net), len)),
+        IpAddr::V6(net) => net,
+    };
+    if v6_overlaps(net, len, V4_COMPAT_NET.0, V4_COMPAT_NET.1) {
+        if len <= 96 {
+            return Some((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+        }
+        let low = u32::try_from(u128::from(net) & u128::from(u32::MAX)).unwrap_or(0);
+        return Some((IpAddr::V4(Ipv4Addr::from(low)), len - 96));
+    }
+    if v6_overlaps(net, len, V4_MAPPED_NET.0, V4_MAPPED_NET.1) {
+        return None;
+    }
+    Some((IpAddr::V6(net), len))
 }
 
 /// The record's country code as uppercase ASCII; `None` when it has none or it is not two
@@ -406,7 +468,8 @@ fn record_country(record: &Record<'_>) -> Option<[u8; 2]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_testbed::mmdb::write_country_db;
+    use lb_common::v4_mapped;
+    use lb_testbed::mmdb::{write_country_db, write_country_db_ip};
 
     #[test]
     fn region_codes_and_indices_round_trip() {
@@ -491,7 +554,7 @@ mod tests {
     #[test]
     fn key_is_ipv4_mapped_with_host_bits_cleared() {
         let prefix = GeoPrefix {
-            net: Ipv4Addr::new(192, 0, 2, 77),
+            net: Ipv4Addr::new(192, 0, 2, 77).into(),
             len: 24,
             country: None,
             region: None,
@@ -503,7 +566,7 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 0]
         );
         let everything = GeoPrefix {
-            net: Ipv4Addr::new(1, 2, 3, 4),
+            net: Ipv4Addr::new(1, 2, 3, 4).into(),
             len: 0,
             ..prefix
         };
@@ -517,7 +580,7 @@ mod tests {
     #[test]
     fn value_carries_country_and_region() {
         let de = GeoPrefix {
-            net: Ipv4Addr::new(10, 0, 0, 0),
+            net: Ipv4Addr::new(10, 0, 0, 0).into(),
             len: 8,
             country: Some(*b"DE"),
             region: None,
@@ -586,7 +649,7 @@ mod tests {
 
     fn prefix(net: [u8; 4], len: u8, country: &[u8; 2]) -> GeoPrefix {
         GeoPrefix {
-            net: Ipv4Addr::from(net),
+            net: Ipv4Addr::from(net).into(),
             len,
             country: Some(*country),
             region: std::str::from_utf8(country).ok().and_then(country_region),
@@ -635,7 +698,7 @@ mod tests {
         );
         // 10.0.0.0/8 comes back as the pieces of it outside 10.1.0.0/16, all DE, which
         // together with the JP /16 cover exactly the /8.
-        let in_10 = |p: &&GeoPrefix| p.net.octets()[0] == 10;
+        let in_10 = |p: &&GeoPrefix| matches!(p.net, IpAddr::V4(a) if a.octets()[0] == 10);
         let de_addresses: u64 = prefixes
             .iter()
             .filter(in_10)
@@ -654,7 +717,9 @@ mod tests {
         assert!(prefixes.contains(&prefix([198, 51, 100, 0], 24, b"US")));
         assert!(prefixes.contains(&prefix([203, 0, 113, 128], 25, b"AU")));
         assert!(
-            !prefixes.iter().any(|p| p.net.octets()[0] == 192),
+            !prefixes
+                .iter()
+                .any(|p| matches!(p.net, IpAddr::V4(a) if a.octets()[0] == 192)),
             "the record without a country is skipped"
         );
         assert_eq!(prefixes.len(), 11);
@@ -673,6 +738,103 @@ mod tests {
         write_country_db(&file.0, &[(Ipv4Addr::UNSPECIFIED, 0, Some("ZA"))]).expect("write");
         let prefixes = load_mmdb(&file.0).expect("load");
         assert_eq!(prefixes, [prefix([0, 0, 0, 0], 0, b"ZA")]);
+    }
+
+    #[test]
+    fn ipv6_keys_are_native_with_host_bits_cleared() {
+        let p = GeoPrefix {
+            net: "2001:db8:1:2::77".parse().expect("ip"),
+            len: 48,
+            country: Some(*b"DE"),
+            region: None,
+        };
+        let k = p.key();
+        assert_eq!(k.prefixlen, 48);
+        assert_eq!(
+            k.addr,
+            "2001:db8:1::".parse::<Ipv6Addr>().expect("ip").octets()
+        );
+        let all = GeoPrefix { len: 0, ..p };
+        assert_eq!((all.key().prefixlen, all.key().addr), (0, [0; 16]));
+        let over = GeoPrefix { len: 200, ..p };
+        assert_eq!(over.key().prefixlen, 128, "clamped to the family's width");
+    }
+
+    #[test]
+    fn load_mmdb_reads_ipv6_networks_and_skips_the_ipv4_aliases() {
+        let file = TempFile::new("v6");
+        let v6 = |s: &str| s.parse::<IpAddr>().expect("ip");
+        write_country_db_ip(
+            &file.0,
+            &[
+                (IpAddr::V4(Ipv4Addr::new(198, 51, 100, 0)), 24, Some("US")),
+                (v6("2001:db8:100::"), 48, Some("DE")),
+                (v6("2400:cb00::"), 32, Some("JP")),
+                (v6("2001:db8:200::"), 48, None),
+            ],
+            true,
+        )
+        .expect("write");
+        let prefixes = load_mmdb(&file.0).expect("load");
+        let v6_prefix = |net: &str, len: u8, cc: &[u8; 2]| GeoPrefix {
+            net: v6(net),
+            len,
+            country: Some(*cc),
+            region: std::str::from_utf8(cc).ok().and_then(country_region),
+        };
+        assert_eq!(
+            prefixes,
+            [
+                prefix([198, 51, 100, 0], 24, b"US"),
+                v6_prefix("2001:db8:100::", 48, b"DE"),
+                v6_prefix("2400:cb00::", 32, b"JP"),
+            ],
+            "IPv4 once (not again under ::ffff:0:0/96, 2001::/32 or 2002::/16), IPv6 natively"
+        );
+        let keys: Vec<(u32, [u8; 16])> = prefixes
+            .iter()
+            .map(|p| (p.key().prefixlen, p.key().addr))
+            .collect();
+        assert_eq!(keys[0], (96 + 24, v4_mapped([198, 51, 100, 0])));
+        assert_eq!(keys[2].0, 32);
+        // The aliases are in the file: a reader asked for them finds 198.51.100.0/24 again
+        // under ::ffff:0:0/96, 2001::/32 and 2002::/16.
+        let reader = Reader::open_readfile(&file.0).expect("open");
+        let all = reader
+            .within(
+                "::/0".parse().expect("net"),
+                WithinOptions::default().include_aliased_networks(),
+            )
+            .expect("within")
+            .filter_map(Result::ok)
+            .filter_map(|l| l.network().ok())
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>();
+        for alias in ["::ffff:198.51.100.0/120", "2002:c633:6400::/40"] {
+            assert!(all.iter().any(|n| n == alias), "{alias} in {all:?}");
+        }
+    }
+
+    #[test]
+    fn database_networks_over_the_mapped_space_are_left_out() {
+        let v6 = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // Real records (not aliases) inside ::ffff:0:0/96 would shadow IPv4 clients.
+        assert_eq!(network_prefix(v6("::ffff:192.0.2.0"), 120), None);
+        assert_eq!(network_prefix(v6("::ffff:0:0"), 96), None);
+        // Over ::/96: the IPv4 space.
+        assert_eq!(
+            network_prefix(v6("::"), 64),
+            Some((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        );
+        assert_eq!(
+            network_prefix(v6("::c000:200"), 120),
+            Some((IpAddr::V4(Ipv4Addr::new(192, 0, 2, 0)), 24))
+        );
+        // 6to4 data that is not an alias is an IPv6 network like any other.
+        assert_eq!(
+            network_prefix(v6("2002:c000:200::"), 40),
+            Some((v6("2002:c000:200::"), 40))
+        );
     }
 
     #[test]
@@ -706,10 +868,7 @@ mod tests {
             message.contains(&no_country.0.display().to_string()),
             "{message}"
         );
-        assert!(
-            message.contains("no IPv4 network has a country"),
-            "{message}"
-        );
+        assert!(message.contains("no network has a country"), "{message}");
     }
 
     /// A real database, when one is at hand: `LB_TEST_GEOLITE2=/path/GeoLite2-Country.mmdb
@@ -731,7 +890,7 @@ mod tests {
             prefixes
                 .iter()
                 .rev()
-                .find(|p| u32::from(ip) & prefix_mask(p.len) == u32::from(p.net))
+                .find(|p| p.net == IpAddr::V4(Ipv4Addr::from(u32::from(ip) & prefix_mask(p.len))))
                 .and_then(|p| p.country)
         };
         // Google's public resolver is registered in the US in every GeoLite2 release.

@@ -109,7 +109,7 @@ fn main() -> anyhow::Result<()> {
             }
             let cfg = eff.cfg;
             // The same host checks as a start: interfaces exist, forwarding is on.
-            for w in dataplane::check_host(&cfg.dataplane)? {
+            for w in dataplane::check_host(&cfg)? {
                 eprintln!("warning: {w}");
             }
             println!(
@@ -183,13 +183,25 @@ async fn shutdown_signal() {
 /// What `check` says about SNAT: the addresses and ports in use, and the connection rate
 /// each origin sustains with them.
 fn snat_summary(dp: &lb_agent::config::Dataplane) -> String {
-    let first = dp.snat_address;
-    let addrs = if dp.snat_count == 1 {
-        format!("SNAT address {first}")
-    } else {
-        let last = dp.snat_addresses().last().unwrap_or(first);
-        format!("{} SNAT addresses {first}-{last}", dp.snat_count)
-    };
+    fn run<A: std::fmt::Display>(family: &str, count: u32, first: A, last: Option<A>) -> String {
+        match (count, last) {
+            (1, _) | (_, None) => format!("{family} SNAT address {first}"),
+            (n, Some(last)) => format!("{n} {family} SNAT addresses {first}-{last}"),
+        }
+    }
+    let mut families = Vec::new();
+    if dp.snat_count > 0 {
+        families.push(run(
+            "IPv4",
+            dp.snat_count,
+            dp.snat_address,
+            dp.snat_addresses().last(),
+        ));
+    }
+    if let Some(s6) = dp.snat6 {
+        families.push(run("IPv6", s6.count, s6.address, s6.addresses().last()));
+    }
+    let addrs = families.join(" and ");
     let how = if !dp.snat_ports_auto {
         "as set"
     } else if dp.snat_port_min == lb_agent::config::DEFAULT_SNAT_PORTS[0] {

@@ -351,7 +351,7 @@ impl Families {
                 &format!("lb_vip_{stem}"),
                 &format!("{help}, per load balancer."),
                 vips.iter().map(|v| {
-                    let vip = format!("{}:{}", v.address, v.port);
+                    let vip = crate::status::join_host_port(&v.address, v.port);
                     let c = [
                         v.packets,
                         v.bytes,

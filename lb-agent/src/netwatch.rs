@@ -1,4 +1,4 @@
-//! Watches the kernel's links, IPv4 routes, addresses and neighbours (rtnetlink multicast
+//! Watches the kernel's links, IPv4 and IPv6 routes, addresses and neighbours (rtnetlink multicast
 //! groups), so that the reconciler can bump `Settings::nh_gen` and the data path looks up the
 //! next hops it caches per flow (`lb_common::NextHop`) again. Without a notification a
 //! cached next hop still lives at most `NH_MAX_AGE` seconds; with one, a route, MTU or MAC
@@ -6,7 +6,7 @@
 //!
 //! The messages are not parsed: any change in these groups is reason enough to look again,
 //! and a lost notification (the socket's buffer overran, ENOBUFS) is one too. The same
-//! changes refresh the host's own addresses in `LOCAL_ADDRS` (`local_ipv4_addrs`).
+//! changes refresh the host's own addresses in `LOCAL_ADDRS` (`local_addrs`).
 
 use std::{
     collections::BTreeSet,
@@ -14,6 +14,8 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
+#[cfg(test)]
+use lb_common::addr16;
 use lb_common::v4_mapped;
 
 use tokio::io::unix::AsyncFd;
@@ -23,10 +25,13 @@ const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_NEIGH: u32 = 0x4;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
-/// The host's IPv4 addresses (IPv4-mapped, as the data path keys them), from
-/// getifaddrs(3) in the calling thread's network namespace.
-pub fn local_ipv4_addrs() -> io::Result<BTreeSet<[u8; 16]>> {
+/// The host's IPv4 and IPv6 addresses (IPv4 ones IPv4-mapped, IPv6 ones native, as the
+/// data path keys them), from getifaddrs(3) in the calling thread's network namespace.
+/// Link-local IPv6 addresses are the host's too, and listed.
+pub fn local_addrs() -> io::Result<BTreeSet<[u8; 16]>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
@@ -44,6 +49,13 @@ pub fn local_ipv4_addrs() -> io::Result<BTreeSet<[u8; 16]>> {
             // SAFETY: an AF_INET sockaddr is a sockaddr_in.
             let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
             out.insert(v4_mapped(sin.sin_addr.s_addr.to_ne_bytes()));
+        } else if !ifa.ifa_addr.is_null()
+            // SAFETY: as above.
+            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET6
+        {
+            // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+            let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+            out.insert(sin6.sin6_addr.s6_addr);
         }
         p = ifa.ifa_next;
     }
@@ -81,7 +93,12 @@ impl NetWatch {
         {
             addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         }
-        addr.nl_groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE;
+        addr.nl_groups = RTMGRP_LINK
+            | RTMGRP_NEIGH
+            | RTMGRP_IPV4_IFADDR
+            | RTMGRP_IPV4_ROUTE
+            | RTMGRP_IPV6_IFADDR
+            | RTMGRP_IPV6_ROUTE;
         // SAFETY: addr is a valid sockaddr_nl of the size passed.
         let rc = unsafe {
             libc::bind(
@@ -204,10 +221,19 @@ mod tests {
 
     #[test]
     fn local_addresses_include_loopback() {
-        let addrs = local_ipv4_addrs().expect("getifaddrs");
+        let addrs = local_addrs().expect("getifaddrs");
         assert!(
             addrs.contains(&v4_mapped([127, 0, 0, 1])),
             "127.0.0.1 among {addrs:?}"
         );
+        // ::1 is there unless IPv6 is off on this host.
+        let v6_on = std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+            .is_ok_and(|s| s.trim() == "0");
+        if v6_on {
+            assert!(
+                addrs.contains(&addr16(std::net::Ipv6Addr::LOCALHOST.into())),
+                "::1 among {addrs:?}"
+            );
+        }
     }
 }

@@ -10,12 +10,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
 };
 
 use lb_common::{
-    v4_mapped, GeoValue, Settings, VipKey, IPPROTO_TCP, SETTINGS_F_ANSWER_PING, SETTINGS_F_READY,
+    addr16, GeoValue, Settings, VipKey, IPPROTO_TCP, SETTINGS_F_ANSWER_PING, SETTINGS_F_READY,
     SETTINGS_F_ROUTE_OTHER, VIP_F_AFFINITY, VIP_F_GEO, VIP_F_RANDOM,
 };
 
@@ -72,7 +72,7 @@ pub struct RingPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VipPlan {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub key: VipKey,
     /// The ring for clients nothing else applies to (the load balancer's chosen pool).
@@ -121,7 +121,7 @@ pub struct PoolPlan {
 pub struct OriginPlan {
     pub pool: String,
     pub origin: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// The port its health is checked on (the monitor's), else the one it serves on.
     pub port: u16,
     /// Its health target; `None` when its pool has no monitor.
@@ -140,14 +140,14 @@ pub fn protocol_name(proto: u8) -> &'static str {
 }
 
 /// The `VIPS` key of a TCP VIP.
-pub fn vip_key(addr: Ipv4Addr, port: u16) -> VipKey {
+pub fn vip_key(addr: impl Into<IpAddr>, port: u16) -> VipKey {
     vip_key_of(addr, port, IPPROTO_TCP)
 }
 
 /// The `VIPS` key of a VIP of IP protocol `proto` (`Protocol::ip_proto`).
-pub fn vip_key_of(addr: Ipv4Addr, port: u16, proto: u8) -> VipKey {
+pub fn vip_key_of(addr: impl Into<IpAddr>, port: u16, proto: u8) -> VipKey {
     VipKey {
-        addr: v4_mapped(addr.octets()),
+        addr: addr16(addr.into()),
         port: port.to_be(),
         proto,
         _pad: 0,
@@ -164,7 +164,7 @@ fn ring_key(lb: &LoadBalancer, pool: &str) -> RingKey {
 fn settings(cfg: &Config) -> Settings {
     let dp = &cfg.dataplane;
     Settings {
-        snat_addr: v4_mapped(dp.snat_address.octets()),
+        snat_addr: addr16(dp.snat_address.into()),
         snat_count: dp.snat_count,
         snat_port_min: dp.snat_port_min,
         snat_port_max: dp.snat_port_max,
@@ -189,9 +189,8 @@ fn settings(cfg: &Config) -> Settings {
         udp_budget: dp.udp_budget,
         // The reconciler's own counter (Reconciler::next_hops_changed); not config.
         nh_gen: 0,
-        // No IPv6 SNAT address until the config accepts one.
-        snat_addr6: [0; 16],
-        snat_count6: 0,
+        snat_addr6: dp.snat6.map_or([0; 16], |s| s.address.octets()),
+        snat_count6: dp.snat6.map_or(0, |s| s.count),
         _pad6: [0; 3],
     }
 }
@@ -265,7 +264,7 @@ fn lb_plan(
         .flatten();
     let lb_plan = LbPlan {
         name: lb.name.clone(),
-        vip: format!("{}:{}", lb.address, lb.port),
+        vip: std::net::SocketAddr::new(lb.address, lb.port).to_string(),
         protocol: lb.protocol,
         enabled: lb.enabled,
         steering_policy: lb.steering_policy,

@@ -12,13 +12,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use lb_common::{
-    v4_mapped, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta, IPPROTO_TCP,
+    addr16, GeoPlanKey, GeoValue, OriginMeta, RingMeta, Settings, VipKey, VipMeta, IPPROTO_TCP,
     MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS, MAX_VIPS, NO_ORIGIN, NO_RING, ORIGIN_F_PRESENT,
     POOL_SEL_M, RING_SLOTS, RING_STEER_HASH, RING_STEER_LEAST_CONN, RING_STEER_RANDOM,
     VIP_F_RANDOM, WEIGHT_SCALE,
@@ -194,7 +194,7 @@ fn assign_rings(want: &Plan, cur: &Current, prev: &Assignment) -> Result<HashMap
         let found = cur.origins.values().find(|m| {
             plan.members
                 .iter()
-                .any(|(k, _)| m.addr == v4_mapped(k.addr.octets()) && m.port == k.port.to_be())
+                .any(|(k, _)| m.addr == addr16(k.addr) && m.port == k.port.to_be())
                 && !taken.contains(&m.ring_id)
                 && m.ring_id < MAX_RINGS
                 && fits(cur, m.ring_id, plan.size)
@@ -239,7 +239,7 @@ fn assign_origins(want: &Plan, cur: &Current) -> Result<HashMap<OriginKey, u32>>
         .map(|(k, _)| k)
         .collect();
     for k in &all {
-        let addr_key = (v4_mapped(k.addr.octets()), k.port.to_be());
+        let addr_key = (addr16(k.addr), k.port.to_be());
         if origins.contains_key(*k) {
             continue;
         }
@@ -294,7 +294,7 @@ pub fn ring_slots(
     let backends: Vec<maglev::Backend> = members
         .iter()
         .map(|(k, w)| maglev::Backend {
-            key: maglev::backend_key(&format!("{}:{}", k.addr, k.port)),
+            key: maglev::backend_key(&std::net::SocketAddr::new(k.addr, k.port).to_string()),
             weight: *w,
         })
         .collect();
@@ -329,7 +329,7 @@ pub struct ApplyReport {
 }
 
 /// What a ring's table was built from: each member's Maglev key, weight and origin id.
-type RingInput = Vec<(Ipv4Addr, u16, f64, u32)>;
+type RingInput = Vec<(IpAddr, u16, f64, u32)>;
 /// What a `POOL_SEL` table was built from: each pool's name, weight and ring id.
 type PoolSelInput = Vec<(String, f64, u32)>;
 
@@ -975,7 +975,7 @@ fn origin_metas(want: &Plan, a: &Assignment) -> HashMap<u32, OriginMeta> {
         .map(|(k, id)| {
             let (ring_id, weight) = place.get(k).copied().unwrap_or((NO_RING, 0));
             let meta = OriginMeta {
-                addr: v4_mapped(k.addr.octets()),
+                addr: addr16(k.addr),
                 port: k.port.to_be(),
                 _pad: 0,
                 flags: ORIGIN_F_PRESENT,
@@ -991,7 +991,7 @@ fn origin_metas(want: &Plan, a: &Assignment) -> HashMap<u32, OriginMeta> {
 /// `origin_metas` gives it: a member key names one pool and port, so one ring).
 fn origin_meta(k: &OriginKey, ring_id: u32, w: f64) -> OriginMeta {
     OriginMeta {
-        addr: v4_mapped(k.addr.octets()),
+        addr: addr16(k.addr),
         port: k.port.to_be(),
         _pad: 0,
         flags: ORIGIN_F_PRESENT,
@@ -1007,7 +1007,7 @@ fn origin_meta(k: &OriginKey, ring_id: u32, w: f64) -> OriginMeta {
 /// in two pools or at two ports) keep theirs only if that order gives them rising ids. If it
 /// does not, the next apply is a whole one, which settles them.
 fn ids_are_settled(want: &Plan, a: &Assignment) -> bool {
-    let mut last: HashMap<(Ipv4Addr, u16), u32> = HashMap::new();
+    let mut last: HashMap<(IpAddr, u16), u32> = HashMap::new();
     for (k, _) in want.rings.values().flat_map(|r| &r.members) {
         let Some(&id) = a.origins.get(k) else {
             return false;
@@ -1126,7 +1126,7 @@ pub fn pool_sel_slots(pools: &[(RingKey, f64)], rings: &HashMap<RingKey, u32>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use std::{net::Ipv4Addr, path::Path};
 
     fn cfg(pools: &str, lbs: &str) -> Config {
         let text = format!(
@@ -1234,7 +1234,7 @@ default_pools = ["b"]
             cur.origins.insert(
                 *id,
                 OriginMeta {
-                    addr: v4_mapped(k.addr.octets()),
+                    addr: addr16(k.addr),
                     port: k.port.to_be(),
                     _pad: 0,
                     flags: ORIGIN_F_PRESENT,
@@ -1271,10 +1271,7 @@ default_pools = ["b"]
         for (k, _) in &d.rings[ring_y].members {
             let e = m[&a.origins[k]];
             assert_eq!(e.flags, ORIGIN_F_PRESENT);
-            assert_eq!(
-                (e.addr, e.port),
-                (v4_mapped(k.addr.octets()), k.port.to_be())
-            );
+            assert_eq!((e.addr, e.port), (addr16(k.addr), k.port.to_be()));
             assert_eq!(
                 (e.ring_id, e.weight),
                 (a.rings[ring_y], 0),
@@ -1457,7 +1454,9 @@ mod move_tests {
 /// The reconciler against in-memory maps (`MemMaps`): no root, no kernel.
 #[cfg(test)]
 mod apply_tests {
-    use std::{path::Path, time::Duration};
+    use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+    use lb_common::v4_mapped;
 
     use super::*;
     use crate::{
@@ -1751,6 +1750,65 @@ default_pools = ["a", "b"]
         assert_ne!(r.maps.vips[&tcp].vip_id, r.maps.vips[&udp].vip_id);
         assert_eq!(r.maps.vips[&udp].ring_id, r.assignment.rings[&key("b")]);
         assert_eq!(r.maps.vips[&tcp].ring_id, r.assignment.rings[&key("a")]);
+    }
+
+    #[test]
+    fn ipv6_vips_origins_and_snat_addresses_are_written_natively() {
+        let c = cfg(&(CFG
+            .replacen(
+                "snat_address = \"10.0.0.1\"",
+                "snat_address = [\"10.0.0.1\", \"2001:db8:ff::/127\"]",
+                1,
+            )
+            .replacen("\"10.2.0.1\"", "\"2001:db8:2::1\"", 1)
+            .replacen("\"10.2.0.2\"", "\"2001:db8:2::2\"", 1)
+            .replacen("default_pools = [\"a\", \"b\"]", "default_pools = [\"a\"]", 1)
+            + "\n[[load_balancers]]\nname = \"y\"\naddress = \"2001:db8::10\"\nport = 443\norigin_port = 80\ndefault_pools = [\"b\"]\n"));
+        let h = all_up(&c);
+        let mut r = rec();
+        r.apply(&c, &h).expect("apply");
+        let vip6: std::net::IpAddr = "2001:db8::10".parse().expect("ip");
+        let key6 = vip_key(vip6, 443);
+        assert_eq!(key6.addr, lb_common::addr16(vip6));
+        assert!(!lb_common::is_v4_mapped(&key6.addr));
+        let meta = r.maps.vips[&key6];
+        assert_eq!(meta.ring_id, r.assignment.rings[&key("b")]);
+        assert_eq!(r.maps.vip_ids[&meta.vip_id].key, key6, "VIP_IDS names it");
+        assert_eq!(
+            r.maps.vips[&vip_addr_marker(key6.addr)].vip_id,
+            u32::MAX,
+            "the IPv6 address has its marker"
+        );
+        let origin6: Vec<[u8; 16]> = r
+            .maps
+            .origins
+            .values()
+            .filter(|m| m.ring_id == meta.ring_id)
+            .map(|m| m.addr)
+            .collect();
+        let want: Vec<[u8; 16]> = ["2001:db8:2::1", "2001:db8:2::2"]
+            .iter()
+            .map(|a| a.parse::<std::net::Ipv6Addr>().expect("ip").octets())
+            .collect();
+        assert_eq!(origin6, want, "origins native, in id order");
+        let s = r.maps.settings.expect("settings");
+        assert_eq!(s.snat_addr, v4_mapped([10, 0, 0, 1]));
+        assert_eq!(
+            (s.snat_addr6, s.snat_count6),
+            (
+                "2001:db8:ff::"
+                    .parse::<std::net::Ipv6Addr>()
+                    .expect("ip")
+                    .octets(),
+                2
+            )
+        );
+        assert!(s.is_snat_v6(
+            &"2001:db8:ff::1"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("ip")
+                .octets()
+        ));
     }
 
     #[test]

@@ -341,8 +341,8 @@ impl std::fmt::Display for Stats {
         for v in &self.vips {
             writeln!(
                 f,
-                "load balancer {} {} {}:{} (pool {}): {} new flows, {} packets / {} bytes in, {} packets / {} bytes back",
-                v.name, v.protocol, v.address, v.port, v.pool, v.new_flows, v.packets, v.bytes, v.reply_packets, v.reply_bytes
+                "load balancer {} {} {} (pool {}): {} new flows, {} packets / {} bytes in, {} packets / {} bytes back",
+                v.name, v.protocol, crate::status::join_host_port(&v.address, v.port), v.pool, v.new_flows, v.packets, v.bytes, v.reply_packets, v.reply_bytes
             )?;
             writeln!(
                 f,
@@ -361,7 +361,7 @@ impl std::fmt::Display for Stats {
                     f,
                     "  {:<20} {:<22} {:>10} {:>6.1}% {:>10} {:>12} {:>12}",
                     format!("{}/{}", o.pool, o.name),
-                    format!("{}:{}", o.address, o.port),
+                    crate::status::join_host_port(&o.address, o.port),
                     o.new_flows,
                     share,
                     o.open_flows,

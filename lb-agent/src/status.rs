@@ -16,6 +16,16 @@ use crate::{
 };
 
 /// The health of one origin as the status shows it.
+/// `address:port` for display, with an IPv6 address in brackets (`[2001:db8::1]:443`, RFC
+/// 3986), for addresses kept as text in the status and stats shapes.
+pub fn join_host_port(address: &str, port: u16) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OriginState {
@@ -349,7 +359,7 @@ impl std::fmt::Display for Status {
                 f,
                 "{:<24} {:<22} {:<12} {:>9}  {}",
                 format!("{}/{}", o.pool, o.origin),
-                format!("{}:{}", o.address, o.port),
+                join_host_port(&o.address, o.port),
                 if o.enabled {
                     o.state.to_string()
                 } else {
@@ -378,6 +388,25 @@ mod tests {
             .collect();
         k.sort_unstable();
         k
+    }
+
+    #[test]
+    fn ipv6_addresses_are_shown_in_brackets_with_their_port() {
+        assert_eq!(join_host_port("2001:db8::1", 443), "[2001:db8::1]:443");
+        assert_eq!(join_host_port("[2001:db8::1]", 443), "[2001:db8::1]:443");
+        assert_eq!(join_host_port("10.0.0.1", 80), "10.0.0.1:80");
+        let cfg = Config::parse(
+            "[dataplane]\ninterfaces = [\"eth0\"]\nsnat_address = \"2001:db8:ff::1\"\n\n[[pools]]\nname = \"p\"\norigins = [{ name = \"o\", address = \"2001:db8:2::2\", port = 8080 }]\n\n[[load_balancers]]\nname = \"www6\"\naddress = \"2001:db8::10\"\nport = 443\ndefault_pools = [\"p\"]\n",
+            std::path::Path::new("t"),
+        )
+        .expect("valid");
+        let health = HealthTable::default();
+        let plan = crate::plan::plan(&cfg, &health, &[]);
+        let status = Status::collect(&cfg, &plan, &health);
+        assert_eq!(status.load_balancers[0].vip, "[2001:db8::10]:443");
+        let text = status.to_string();
+        assert!(text.contains("[2001:db8:2::2]:8080"), "{text}");
+        assert!(text.contains("[2001:db8::10]:443"), "{text}");
     }
 
     #[test]

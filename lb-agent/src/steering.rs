@@ -15,7 +15,7 @@
 //!   `random` spreads new connections over all healthy pools by weight (`random_pools`).
 //!   Unhealthy pools are skipped in every list, and the fallback rule holds for all.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -242,7 +242,7 @@ pub fn random_pools<'a>(
 pub struct Member {
     pub pool: String,
     pub name: String,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub ring_port: u16,
 }

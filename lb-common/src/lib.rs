@@ -1106,6 +1106,27 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// The 16-byte map form of an address: IPv4 IPv4-mapped (`v4_mapped`), IPv6 as is. For the
+/// agent and tools (the data path works on bytes).
+pub const fn addr16(ip: core::net::IpAddr) -> [u8; 16] {
+    match ip {
+        core::net::IpAddr::V4(a) => v4_mapped(a.octets()),
+        core::net::IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The address a 16-byte map field holds: IPv4 when it is IPv4-mapped, else IPv6. The
+/// inverse of `addr16`.
+pub const fn ip_of(addr: &[u8; 16]) -> core::net::IpAddr {
+    if is_v4_mapped(addr) {
+        core::net::IpAddr::V4(core::net::Ipv4Addr::new(
+            addr[12], addr[13], addr[14], addr[15],
+        ))
+    } else {
+        core::net::IpAddr::V6(core::net::Ipv6Addr::from_octets(*addr))
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::{
@@ -1139,6 +1160,34 @@ mod tests {
         Flow, RevFlow, Settings, CT_ESTABLISHED, CT_FIN_CLIENT, CT_UDP, CT_UDP_STREAM, IPPROTO_TCP,
         IPPROTO_UDP,
     };
+
+    #[test]
+    fn addresses_round_trip_through_their_map_form() {
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        assert_eq!(super::addr16(v4), super::v4_mapped([192, 0, 2, 7]));
+        assert_eq!(super::ip_of(&super::addr16(v4)), v4);
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        assert!(!super::is_v4_mapped(&super::addr16(v6)));
+        assert_eq!(super::ip_of(&super::addr16(v6)), v6);
+    }
+
+    #[test]
+    fn ipv6_snat_addresses_are_a_run_in_the_last_32_bits() {
+        let mut s = Settings::default();
+        let first = [0x20, 1, 0xd, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        s.snat_addr6 = first;
+        assert!(!s.is_snat_v6(&first), "snat_count6 0 = none");
+        s.snat_count6 = 4;
+        let mut a = first;
+        a[15] = 0x13;
+        assert!(s.is_snat_v6(&first) && s.is_snat_v6(&a));
+        a[15] = 0x14;
+        assert!(!s.is_snat_v6(&a));
+        a[15] = 0x10;
+        a[3] = 0xb9;
+        assert!(!s.is_snat_v6(&a));
+    }
 
     #[test]
     fn a_flow_half_knows_its_protocol_and_its_reverse_key_carries_it() {

@@ -211,16 +211,22 @@ impl Config {
             .map_err(|e| invalid(vec![e]))?;
         // If the host's addresses cannot be read, assume the SNAT address is one of them:
         // the narrow range is the safe one.
-        let local: Vec<std::net::Ipv4Addr> = crate::netwatch::local_ipv4_addrs().map_or_else(
-            |_| vec![cfg.dataplane.snat_address],
-            |set| {
-                set.iter()
-                    .map(|a| std::net::Ipv4Addr::new(a[12], a[13], a[14], a[15]))
-                    .collect()
-            },
+        let local: Vec<std::net::IpAddr> = crate::netwatch::local_addrs().map_or_else(
+            |_| cfg.dataplane.all_snat_addresses().take(1).collect(),
+            |set| set.iter().map(lb_common::ip_of).collect(),
         );
         cfg.dataplane.resolve_snat_ports(&local);
         Ok(cfg)
+    }
+
+    /// Whether a load balancer's VIP or an origin is IPv6: the host then needs IPv6
+    /// forwarding (`dataplane::check_host`).
+    pub fn uses_ipv6(&self) -> bool {
+        self.load_balancers.iter().any(|l| l.address.is_ipv6())
+            || self
+                .pools
+                .iter()
+                .any(|p| p.origins.iter().any(|o| o.address.is_ipv6()))
     }
 
     /// The pool named `name` (by the name index; a search if the index does not match).

@@ -84,8 +84,9 @@ pub struct RawDataplane {
     pub xdp_mode: XdpMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_dir: Option<PathBuf>,
+    /// One address or prefix (either family), or a list of at most one IPv4 and one IPv6.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub snat_address: Option<String>,
+    pub snat_address: Option<RawSnatAddress>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snat_ports: Option<[u32; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,6 +117,62 @@ pub struct RawDataplane {
     /// New UDP flows waiting for their origin's first answer before new ones are dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub udp_budget: Option<u32>,
+}
+
+/// `dataplane.snat_address` as written: one string (`"192.0.2.1"`, `"2001:db8::1"`, a
+/// prefix), as before IPv6, or a list of them (`["192.0.2.1", "2001:db8::1"]`); which
+/// entries make sense (one per family) is `validate`'s business.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RawSnatAddress {
+    One(String),
+    List(Vec<String>),
+}
+
+impl RawSnatAddress {
+    /// Each entry with its field path: `dataplane.snat_address` for the single form,
+    /// `dataplane.snat_address[i]` in a list.
+    pub fn entries(&self) -> Vec<(String, &str)> {
+        const F: &str = "dataplane.snat_address";
+        match self {
+            Self::One(s) => vec![(F.to_owned(), s.as_str())],
+            Self::List(l) => l
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("{F}[{i}]"), s.as_str()))
+                .collect(),
+        }
+    }
+}
+
+// By hand rather than `#[serde(untagged)]`, whose error ("data did not match any variant")
+// names neither form.
+impl<'de> Deserialize<'de> for RawSnatAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawSnatAddress;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "an address or prefix (\"192.0.2.1\"), or a list of at most one IPv4 and one IPv6 (\"[\"192.0.2.1\", \"2001:db8::1\"]\")",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawSnatAddress::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut list = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    list.push(s);
+                }
+                Ok(RawSnatAddress::List(list))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `dataplane.syn_cookies`: when SYNs without a flow are answered with SYN cookies.

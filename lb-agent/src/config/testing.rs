@@ -26,6 +26,44 @@ port = 80
 default_pools = ["web"]
 "#;
 
+/// An IPv6 load balancer beside GOOD's IPv4 one: an IPv6 VIP, a pool of IPv6 origins, and
+/// one SNAT address per family.
+pub(crate) const GOOD6: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+snat_address = ["10.0.0.1", "2001:db8:ff::1"]
+pin_dir = "/sys/fs/bpf/lbtest"
+
+[[pools]]
+name = "web"
+origins = [{ name = "a", address = "10.0.2.2" }]
+
+[[pools]]
+name = "web6"
+origins = [
+  { name = "a6", address = "2001:db8:2::2", port = 8080 },
+  { name = "b6", address = "fd00:3::2" },
+]
+
+[[load_balancers]]
+name = "www"
+address = "10.0.0.10"
+port = 80
+default_pools = ["web"]
+
+[[load_balancers]]
+name = "www6"
+address = "2001:db8::10"
+port = 443
+default_pools = ["web6"]
+"#;
+
+/// Replaces `from` (which must occur) in GOOD6 and returns the errors of the result.
+pub(crate) fn errors6_with(from: &str, to: &str) -> Vec<String> {
+    assert!(GOOD6.contains(from), "fixture lacks {from:?}");
+    errors_of(&GOOD6.replacen(from, to, 1))
+}
+
 pub(crate) fn errors_of(text: &str) -> Vec<String> {
     match Config::parse(text, Path::new("t.toml")) {
         Err(ConfigError::Invalid { errors, .. }) => {

@@ -2,7 +2,13 @@
 //! every value here is in range; weights and probe timings are `Weight` and `Seconds`, which
 //! cannot hold an out-of-range value at all.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::PathBuf, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use crate::geo::{GeoPrefix, Region};
 
@@ -91,7 +97,7 @@ impl Geo {
     }
 
     /// Every prefix the trie should hold, the config's winning over the database's.
-    pub fn merged(&self) -> BTreeMap<(Ipv4Addr, u8), GeoPrefix> {
+    pub fn merged(&self) -> BTreeMap<(IpAddr, u8), GeoPrefix> {
         let mut out = BTreeMap::new();
         for p in self.database_prefixes.iter().chain(self.prefixes.iter()) {
             out.insert((p.net, p.len), *p);
@@ -105,10 +111,14 @@ pub struct Dataplane {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub pin_dir: PathBuf,
-    /// The first SNAT address; with `snat_count` > 1, the first of a prefix.
+    /// The first IPv4 SNAT address; with `snat_count` > 1, the first of a prefix.
+    /// `0.0.0.0` when `snat_count` is 0.
     pub snat_address: Ipv4Addr,
-    /// SNAT addresses in all (1, or the size of the `snat_address` prefix).
+    /// IPv4 SNAT addresses in all (1, or the size of the prefix); 0 = no IPv4 SNAT address
+    /// (allowed when no load balancer has IPv4 origins).
     pub snat_count: u32,
+    /// The IPv6 SNAT address or prefix, if one is configured (needed by IPv6 origins).
+    pub snat6: Option<Snat6>,
     pub snat_port_min: u16,
     pub snat_port_max: u16,
     /// `snat_ports` was not set: the full range, narrowed to `DEFAULT_SNAT_PORTS_SHARED` by
@@ -142,23 +152,61 @@ pub struct Dataplane {
     pub udp_budget: u32,
 }
 
+/// The IPv6 SNAT addresses: `address` and the `count - 1` after it (a prefix of at most
+/// `lb_common::MAX_SNAT_ADDRS`, so the run stays in the last 32 bits, as
+/// `Settings::is_snat_v6` reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snat6 {
+    pub address: Ipv6Addr,
+    pub count: u32,
+}
+
+impl Snat6 {
+    pub fn contains(&self, a: Ipv6Addr) -> bool {
+        u128::from(a).wrapping_sub(u128::from(self.address)) < u128::from(self.count)
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        (0..self.count).map(|i| Ipv6Addr::from(u128::from(self.address) + u128::from(i)))
+    }
+}
+
 impl Dataplane {
-    /// Is `a` one of the SNAT addresses?
+    /// Is `a` one of the IPv4 SNAT addresses?
     pub fn is_snat_address(&self, a: Ipv4Addr) -> bool {
         u32::from(a).wrapping_sub(u32::from(self.snat_address)) < self.snat_count
     }
 
-    /// The SNAT addresses, in order.
+    /// Is `a` one of the SNAT addresses of its family?
+    pub fn is_snat_ip(&self, a: IpAddr) -> bool {
+        match a {
+            IpAddr::V4(a) => self.is_snat_address(a),
+            IpAddr::V6(a) => self.snat6.is_some_and(|s| s.contains(a)),
+        }
+    }
+
+    /// The IPv4 SNAT addresses, in order.
     pub fn snat_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         (0..self.snat_count).map(|i| Ipv4Addr::from(u32::from(self.snat_address) + i))
+    }
+
+    /// Every SNAT address, IPv4 first.
+    pub fn all_snat_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.snat_addresses().map(IpAddr::V4).chain(
+            self.snat6
+                .iter()
+                .flat_map(|s| s.addresses().collect::<Vec<_>>())
+                .map(IpAddr::V6),
+        )
     }
 
     /// With `snat_ports` unset: keeps the full range for SNAT addresses the host does not
     /// use itself, else narrows it to `DEFAULT_SNAT_PORTS_SHARED`, above the host's ephemeral
     /// ports, so that the host's own connections (health probes among them) never meet a
-    /// SNAT flow's tuple. `local` holds the host's addresses.
-    pub fn resolve_snat_ports(&mut self, local: &[Ipv4Addr]) {
-        if self.snat_ports_auto && local.iter().any(|a| self.is_snat_address(*a)) {
+    /// SNAT flow's tuple. `local` holds the host's addresses, both families: the ports are
+    /// one range for both, so one SNAT address of the host narrows it for all.
+    pub fn resolve_snat_ports(&mut self, local: &[IpAddr]) {
+        if self.snat_ports_auto && local.iter().any(|a| self.is_snat_ip(*a)) {
             let [lo, hi] = super::defaults::DEFAULT_SNAT_PORTS_SHARED;
             self.snat_port_min = lo;
             self.snat_port_max = hi;
@@ -168,9 +216,17 @@ impl Dataplane {
     /// New connections per second each origin sustains with these SNAT ports: every port
     /// of every SNAT address, each held for `snat_port_reuse_after_close` seconds after its
     /// connection closes.
+    /// An origin is reached from the SNAT addresses of its family, so this is for the family
+    /// with fewer addresses (of those configured).
     pub fn sustained_rate_per_origin(&self) -> f64 {
         let ports = f64::from(self.snat_port_max - self.snat_port_min) + 1.0;
-        ports * f64::from(self.snat_count) / f64::from(self.snat_port_reuse_after_close.max(1))
+        let count = [Some(self.snat_count), self.snat6.map(|s| s.count)]
+            .into_iter()
+            .flatten()
+            .filter(|c| *c > 0)
+            .min()
+            .unwrap_or(0);
+        ports * f64::from(count) / f64::from(self.snat_port_reuse_after_close.max(1))
     }
 }
 
@@ -359,7 +415,8 @@ pub enum OriginSteering {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Origin {
     pub name: String,
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6; a load balancer's origins are all of its VIP's family.
+    pub address: IpAddr,
     /// `None`: the load balancer's `origin_port` (or its `port`).
     pub port: Option<u16>,
     pub weight: Weight,
@@ -370,7 +427,8 @@ pub struct Origin {
 pub struct LoadBalancer {
     pub name: String,
     pub description: String,
-    pub address: Ipv4Addr,
+    /// The VIP address, IPv4 or IPv6.
+    pub address: IpAddr,
     pub port: u16,
     /// The VIP's protocol, also the one its flows use towards the origins.
     pub protocol: Protocol,

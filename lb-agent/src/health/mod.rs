@@ -9,7 +9,7 @@ pub mod smtp;
 mod state;
 mod targets;
 
-use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 pub use probe::check;
 pub use state::{
@@ -110,7 +110,7 @@ async fn run(
     limit: Arc<Semaphore>,
     client: HttpClient,
 ) {
-    let addr = SocketAddrV4::new(target.address, target.port);
+    let addr = SocketAddr::new(target.address, target.port);
     let jitter = monitor.start_jitter_max().mul_f64(fastrand::f64());
     tokio::time::sleep(jitter).await;
     let mut tick = tokio::time::interval(monitor.interval.get());

@@ -5,7 +5,7 @@
 //! sockets from ephemeral ports); the XDP program passes them and their replies untouched.
 
 use std::{
-    net::{IpAddr, SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -38,7 +38,7 @@ fn secs(d: Duration) -> String {
 }
 
 /// Runs one check (attempt + retries) of `monitor` against `addr`.
-pub async fn check(monitor: &Monitor, addr: SocketAddrV4, client: &HttpClient) -> Outcome {
+pub async fn check(monitor: &Monitor, addr: SocketAddr, client: &HttpClient) -> Outcome {
     let attempts = monitor.retries + 1;
     let mut last = String::new();
     for _ in 0..attempts {
@@ -66,8 +66,8 @@ pub async fn check(monitor: &Monitor, addr: SocketAddrV4, client: &HttpClient) -
 }
 
 /// One attempt, by monitor type. Ok holds what the status shows of a good result.
-async fn attempt(m: &Monitor, addr: SocketAddrV4, client: &HttpClient) -> Result<String, String> {
-    let sock = SocketAddr::V4(addr);
+async fn attempt(m: &Monitor, addr: SocketAddr, client: &HttpClient) -> Result<String, String> {
+    let sock = addr;
     match m.kind {
         MonitorKind::Tcp | MonitorKind::Http | MonitorKind::Https => {
             attempt_path(m, addr, client, &m.path, 0).await
@@ -85,26 +85,24 @@ async fn attempt(m: &Monitor, addr: SocketAddrV4, client: &HttpClient) -> Result
 /// not whatever host a Location header names.
 async fn attempt_path(
     m: &Monitor,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     client: &HttpClient,
     path: &str,
     hop: usize,
 ) -> Result<String, String> {
-    let stream = TcpStream::connect(SocketAddr::V4(addr))
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-            _ => format!("connect failed: {e}"),
-        })?;
+    let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        _ => format!("connect failed: {e}"),
+    })?;
     let tls = match m.kind {
         MonitorKind::Tcp => return Ok("connection established".into()),
         MonitorKind::Http | MonitorKind::UdpIcmp | MonitorKind::IcmpPing | MonitorKind::Smtp => {
             None
         }
         MonitorKind::Https => {
-            let ip = ServerName::IpAddress(IpAddr::V4(*addr.ip()).into());
+            let ip = ServerName::IpAddress(addr.ip().into());
             let name = host_header(m).map_or(ip.clone(), |h| {
-                ServerName::try_from(h.split(':').next().unwrap_or(h).to_owned()).unwrap_or(ip)
+                ServerName::try_from(host_name(h).to_owned()).unwrap_or(ip)
             });
             let verify = if m.allow_insecure {
                 Verify::Insecure
@@ -152,6 +150,20 @@ fn host_header(m: &Monitor) -> Option<&str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The host of a `Host` header value, without its port: `example.com:8443` ->
+/// `example.com`, `[2001:db8::1]:443` -> `2001:db8::1` (the TLS server name).
+fn host_name(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match h.split_once(':') {
+        // More than one colon: a bare IPv6 address, which has no port.
+        Some((_, port)) if port.contains(':') => h,
+        Some((host, _)) => host,
+        None => h,
+    }
+}
+
 fn redirect_path(loc: &str) -> String {
     match loc.find("://") {
         Some(i) => {
@@ -165,8 +177,9 @@ fn redirect_path(loc: &str) -> String {
 }
 
 /// The probe's request: the monitor's method, path and headers; `Host` is the origin's
-/// `address:port` unless the monitor sets one.
-fn request(m: &Monitor, addr: SocketAddrV4, path: &str) -> Result<Request<Full<Bytes>>, String> {
+/// `address:port` (`[2001:db8::1]:8080` for IPv6, RFC 9110 §7.2 with RFC 3986's brackets)
+/// unless the monitor sets one.
+fn request(m: &Monitor, addr: SocketAddr, path: &str) -> Result<Request<Full<Bytes>>, String> {
     let method = match m.method {
         HttpMethod::Get => Method::GET,
         HttpMethod::Head => Method::HEAD,
@@ -213,13 +226,17 @@ mod tests {
 
     /// A loopback server that answers each of up to 16 connections with `answer(request)`,
     /// then closes it.
-    async fn server(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> SocketAddrV4 {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let SocketAddr::V4(addr) = l.local_addr().expect("addr") else {
-            panic!("v4")
-        };
+    async fn server(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> SocketAddr {
+        server_on("127.0.0.1:0", answer).await
+    }
+
+    /// `server` on `bind` (`"[::1]:0"` for IPv6).
+    async fn server_on(
+        bind: &str,
+        answer: impl Fn(&str) -> Vec<u8> + Send + 'static,
+    ) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind(bind).await.expect("bind");
+        let addr = l.local_addr().expect("addr");
         tokio::spawn(async move {
             for _ in 0..16 {
                 let Ok((mut s, _)) = l.accept().await else {
@@ -236,7 +253,7 @@ mod tests {
     }
 
     /// A loopback server that answers every connection with `answer`, then closes.
-    async fn fixed_server(answer: &'static [u8]) -> SocketAddrV4 {
+    async fn fixed_server(answer: &'static [u8]) -> SocketAddr {
         server(move |_| answer.to_vec()).await
     }
 
@@ -306,7 +323,7 @@ mod tests {
     }
 
     /// A loopback HTTP server: `/a` redirects to `/b`, `/b` answers 200 "fine".
-    async fn redirect_server() -> SocketAddrV4 {
+    async fn redirect_server() -> SocketAddr {
         server(|req| {
             if req.starts_with("GET /a ") {
                 b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/b\r\nContent-Length: 0\r\n\r\n".to_vec()
@@ -342,14 +359,52 @@ mod tests {
     #[tokio::test]
     async fn refused_connection_names_attempts() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let SocketAddr::V4(addr) = l.local_addr().expect("addr") else {
-            panic!("v4")
-        };
+        let addr = l.local_addr().expect("addr");
         drop(l);
         let mut m = monitor(false);
         m.retries = 2;
         let o = check(&m, addr, &HttpClient::new()).await;
         assert_eq!(o.reason, "connection refused, 3 attempts");
+    }
+
+    #[tokio::test]
+    async fn ipv6_origins_are_probed_with_a_bracketed_host() {
+        // The server answers with the Host header it got.
+        let addr = server_on("[::1]:0", |req| {
+            let host = req
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("host: ")
+                        .or_else(|| l.strip_prefix("Host: "))
+                })
+                .unwrap_or("none")
+                .to_owned();
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{host}",
+                host.len()
+            )
+            .into_bytes()
+        })
+        .await;
+        assert!(addr.is_ipv6());
+        let mut m = monitor(false);
+        m.path = "/".into();
+        m.expected_body = format!("[::1]:{}", addr.port());
+        let o = check(&m, addr, &HttpClient::new()).await;
+        assert!(o.ok, "the Host header is [::1]:port: {o:?}");
+        m.kind = MonitorKind::Tcp;
+        let o = check(&m, addr, &HttpClient::new()).await;
+        assert_eq!((o.ok, o.reason.as_str()), (true, "connection established"));
+        let req = request(&m, addr, "/").expect("request");
+        assert_eq!(req.headers()[HOST], format!("[::1]:{}", addr.port()));
+    }
+
+    #[test]
+    fn host_names_lose_their_port_and_brackets() {
+        assert_eq!(host_name("example.com:8443"), "example.com");
+        assert_eq!(host_name("example.com"), "example.com");
+        assert_eq!(host_name("[2001:db8::1]:443"), "2001:db8::1");
+        assert_eq!(host_name("2001:db8::1"), "2001:db8::1");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, SystemTime},
 };
@@ -102,7 +102,7 @@ impl Hysteresis {
 pub struct Target {
     pub pool: String,
     pub origin: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
 }
 
@@ -380,7 +380,7 @@ mod tests {
         let t = Target {
             pool: "p".into(),
             origin: "o".into(),
-            address: Ipv4Addr::LOCALHOST,
+            address: IpAddr::from([127, 0, 0, 1]),
             port: 80,
         };
         let fail = Outcome {
@@ -417,7 +417,7 @@ mod tests {
         let t = Target {
             pool: "p".into(),
             origin: "o".into(),
-            address: Ipv4Addr::LOCALHOST,
+            address: IpAddr::from([127, 0, 0, 1]),
             port: 80,
         };
         let mut tab = HealthTable::default();
@@ -440,7 +440,7 @@ mod tests {
         let t = |o: &str| Target {
             pool: "p".into(),
             origin: o.into(),
-            address: Ipv4Addr::LOCALHOST,
+            address: IpAddr::from([127, 0, 0, 1]),
             port: 80,
         };
         let (a, b) = (t("a"), t("b"));
@@ -482,7 +482,7 @@ mod tests {
         let t = |o: &str| Target {
             pool: "p".into(),
             origin: o.into(),
-            address: Ipv4Addr::LOCALHOST,
+            address: IpAddr::from([127, 0, 0, 1]),
             port: 80,
         };
         let ok = Outcome {

@@ -4,13 +4,16 @@
 //! Written from the format spec, <https://maxmind.github.io/MaxMind-DB/> (version 2.0):
 //! a binary search tree of 24-bit records, 16 zero bytes, the data section, then
 //! `"\xAB\xCD\xEFMaxMind.com"` and the metadata map. Like the real GeoLite2 files the tree
-//! is IPv6 (`ip_version` 6) and IPv4 networks live under `::/96`; the `::ffff:0:0/96` alias
-//! that MaxMind also writes is left out, readers find IPv4 through `::/96`.
+//! is IPv6 (`ip_version` 6) and IPv4 networks live under `::/96`. `write_country_db` leaves
+//! out the aliases MaxMind also writes (readers find IPv4 through `::/96`);
+//! `country_db_ip` takes IPv6 networks too and can write the aliases (`::ffff:0:0/96`,
+//! `2001::/32` Teredo, `2002::/16` 6to4: each points at the IPv4 subtree's node, as in
+//! MaxMind's files).
 
 use std::{
     collections::HashMap,
     io::{Error, ErrorKind, Result},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::Path,
 };
 
@@ -41,28 +44,79 @@ pub fn write_country_db(path: &Path, entries: &[(Ipv4Addr, u8, Option<&str>)]) -
 
 /// The bytes of the database `write_country_db` writes.
 pub fn country_db(entries: &[(Ipv4Addr, u8, Option<&str>)]) -> Result<Vec<u8>> {
+    let entries: Vec<(IpAddr, u8, Option<&str>)> = entries
+        .iter()
+        .map(|&(net, len, country)| (IpAddr::V4(net), len, country))
+        .collect();
+    country_db_ip(&entries, false)
+}
+
+/// Writes `country_db_ip(entries, aliases)` to `path`.
+pub fn write_country_db_ip(
+    path: &Path,
+    entries: &[(IpAddr, u8, Option<&str>)],
+    aliases: bool,
+) -> Result<()> {
+    std::fs::write(path, country_db_ip(entries, aliases)?)
+}
+
+/// A database of IPv4 networks (under `::/96`) and IPv6 networks (at their own prefix),
+/// each (network, prefix length in its family, country) as in `write_country_db`. With
+/// `aliases`, the records of `::ffff:0:0/96`, `2001::/32` and `2002::/16` point at the IPv4
+/// subtree (the node at `::/96`), as MaxMind's databases do; an IPv6 entry inside an alias
+/// is then unreachable, as in theirs.
+pub fn country_db_ip(entries: &[(IpAddr, u8, Option<&str>)], aliases: bool) -> Result<Vec<u8>> {
     // The data section: one record per distinct country, shared by every network that has it.
     let mut data = Vec::new();
     let mut record_offsets: HashMap<Option<&str>, usize> = HashMap::new();
     let mut tree = Tree::default();
-    // Shorter prefixes first, so a longer one splits the leaf it lands in instead of being
-    // overwritten by it; the sort is stable, so equal prefixes keep their order.
-    let mut ordered: Vec<&(Ipv4Addr, u8, Option<&str>)> = entries.iter().collect();
-    ordered.sort_by_key(|(_, len, _)| *len);
+    // Shorter prefixes first (in 128-bit terms), so a longer one splits the leaf it lands in
+    // instead of being overwritten by it; the sort is stable, so equal prefixes keep their
+    // order.
+    let depth_of = |net: &IpAddr, len: u8| match net {
+        IpAddr::V4(_) => IPV4_DEPTH + u32::from(len),
+        IpAddr::V6(_) => u32::from(len),
+    };
+    let mut ordered: Vec<&(IpAddr, u8, Option<&str>)> = entries.iter().collect();
+    ordered.sort_by_key(|(net, len, _)| depth_of(net, *len));
     for &&(net, len, country) in &ordered {
-        if len > 32 {
-            return Err(invalid(format!("{net}/{len}: prefix longer than 32")));
-        }
-        let bits = u32::from(net);
-        if bits & !prefix_mask(len) != 0 {
-            return Err(invalid(format!("{net}/{len}: host bits set")));
-        }
+        let bits = match net {
+            IpAddr::V4(a) => {
+                if len > 32 {
+                    return Err(invalid(format!("{net}/{len}: prefix longer than 32")));
+                }
+                if u32::from(a) & !prefix_mask(len) != 0 {
+                    return Err(invalid(format!("{net}/{len}: host bits set")));
+                }
+                u128::from(u32::from(a))
+            }
+            IpAddr::V6(a) => {
+                if len > 128 {
+                    return Err(invalid(format!("{net}/{len}: prefix longer than 128")));
+                }
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                if u128::from(a) & !mask != 0 {
+                    return Err(invalid(format!("{net}/{len}: host bits set")));
+                }
+                u128::from(a)
+            }
+        };
         let offset = *record_offsets.entry(country).or_insert_with(|| {
             let offset = data.len();
             encode_record(&mut data, country);
             offset
         });
-        tree.insert(u128::from(bits), IPV4_DEPTH + u32::from(len), offset);
+        tree.insert(bits, depth_of(&net, len), offset);
+    }
+    if aliases {
+        let ipv4 = tree.node_at(0, IPV4_DEPTH);
+        for (net, len) in [
+            (0xffff_u128 << 32, 96),
+            (0x2001_u128 << 112, 32),
+            (0x2002_u128 << 112, 16),
+        ] {
+            tree.link(net, len, ipv4);
+        }
     }
 
     let node_count = tree.nodes.len();
@@ -147,6 +201,31 @@ impl Tree {
             };
         }
         self.nodes[node][bit(depth - 1)] = Child::Data(data);
+    }
+
+    /// The node at `addr/depth` (`depth` > 0), made (splitting leaves) if missing.
+    fn node_at(&mut self, addr: u128, depth: u32) -> usize {
+        let bit = |i: u32| usize::from(addr >> (127 - i) & 1 == 1);
+        let mut node = 0;
+        for i in 0..depth {
+            let b = bit(i);
+            node = match self.nodes[node][b] {
+                Child::Node(next) => next,
+                leaf => {
+                    let next = self.nodes.len();
+                    self.nodes.push([leaf; 2]);
+                    self.nodes[node][b] = Child::Node(next);
+                    next
+                }
+            };
+        }
+        node
+    }
+
+    /// Points the record of `addr/depth` at node `target` (an alias).
+    fn link(&mut self, addr: u128, depth: u32, target: usize) {
+        let parent = self.node_at(addr, depth - 1);
+        self.nodes[parent][usize::from(addr >> (128 - depth) & 1 == 1)] = Child::Node(target);
     }
 }
 

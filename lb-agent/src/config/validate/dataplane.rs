@@ -2,11 +2,15 @@
 //! timeouts and SYN cookies, UDP timeouts and the UDP budget.
 
 use super::FieldErrors;
-use std::{collections::HashSet, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use lb_common::MAX_INTERFACES;
 
-use super::{ipv4, port};
+use super::{ip, port};
 use crate::config::{
     defaults::{
         DEFAULT_HALF_CLOSED_TIMEOUT, DEFAULT_PIN_DIR, DEFAULT_REUSE_AFTER_CLOSE,
@@ -14,16 +18,37 @@ use crate::config::{
         DEFAULT_UDP_BUDGET, DEFAULT_UDP_TIMEOUT, DEFAULT_UDP_UNREPLIED_TIMEOUT, MAX_FLOW_TABLE,
         MAX_UDP_TIMEOUT, MIN_FLOW_TABLE,
     },
-    raw::{RawDataplane, SynCookies},
-    types::Dataplane,
+    raw::{RawDataplane, RawSnatAddress, SynCookies},
+    types::{Dataplane, Snat6},
 };
 
-/// The dataplane settings, `None` when the SNAT address or a port is unusable (an error
-/// says why), and the SNAT address alone, which the load balancers are checked against.
-pub(super) fn validate(
-    dp: &RawDataplane,
-    errors: &mut FieldErrors,
-) -> (Option<Dataplane>, Option<(Ipv4Addr, u32)>) {
+/// The SNAT addresses of `dataplane.snat_address`, which the load balancers are checked
+/// against (a VIP is none of them; origins of a family need one of that family).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Snat {
+    /// Every entry is usable (set, and each entry parsed; else an error said why). Only
+    /// then is a family's absence worth an error per load balancer.
+    pub complete: bool,
+    /// The IPv4 prefix: first address and count.
+    pub v4: Option<(Ipv4Addr, u32)>,
+    pub v6: Option<Snat6>,
+}
+
+impl Snat {
+    /// Is `a` one of the SNAT addresses?
+    pub fn contains(&self, a: IpAddr) -> bool {
+        match a {
+            IpAddr::V4(a) => self
+                .v4
+                .is_some_and(|(s, n)| u32::from(a).wrapping_sub(u32::from(s)) < n),
+            IpAddr::V6(a) => self.v6.is_some_and(|s| s.contains(a)),
+        }
+    }
+}
+
+/// The dataplane settings, `None` when a SNAT address or a port is unusable (an error
+/// says why), and the SNAT addresses alone, which the load balancers are checked against.
+pub(super) fn validate(dp: &RawDataplane, errors: &mut FieldErrors) -> (Option<Dataplane>, Snat) {
     interfaces(&dp.interfaces, errors);
     let pin_dir = dp
         .pin_dir
@@ -37,14 +62,14 @@ pub(super) fn validate(
         );
     }
     let snat = match &dp.snat_address {
-        Some(s) => snat_prefix(s, errors),
+        Some(s) => snat_addresses(s, errors),
         None => {
             errors.invalid(
                 "dataplane.snat_address",
                 "missing",
-                "set it to an address of this host that origins route back to",
+                "set it to an address of this host that origins route back to (one per family in use: [\"198.51.100.1\", \"2001:db8::1\"])",
             );
-            None
+            Snat::default()
         }
     };
     let (snat_min, snat_max) = snat_ports(dp.snat_ports, errors);
@@ -61,17 +86,18 @@ pub(super) fn validate(
     let t = timeouts(dp, errors);
     let syn_budget = syn_budget(dp, errors);
     let udp = udp(dp, errors);
-    let (Some((snat_address, snat_count)), Some(snat_port_min), Some(snat_port_max)) =
-        (snat, snat_min, snat_max)
+    let (true, Some(snat_port_min), Some(snat_port_max)) = (snat.complete, snat_min, snat_max)
     else {
         return (None, snat);
     };
+    let (snat_address, snat_count) = snat.v4.unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
     let dataplane = Dataplane {
         interfaces: dp.interfaces.clone(),
         xdp_mode: dp.xdp_mode,
         pin_dir,
         snat_address,
         snat_count,
+        snat6: snat.v6,
         snat_port_min,
         snat_port_max,
         snat_ports_auto: dp.snat_ports.is_none(),
@@ -87,44 +113,110 @@ pub(super) fn validate(
         udp_unreplied_timeout: udp.unreplied,
         udp_budget: udp.budget,
     };
-    (Some(dataplane), Some((snat_address, snat_count)))
+    (Some(dataplane), snat)
 }
 
-/// `snat_address`: one address, or a prefix of at most `MAX_SNAT_ADDRS` addresses ("/24" to
-/// "/32"), every one of which is used. Returns the first address and the count.
-fn snat_prefix(s: &str, errors: &mut FieldErrors) -> Option<(Ipv4Addr, u32)> {
-    const F: &str = "dataplane.snat_address";
-    let Some((addr, len)) = s.split_once('/') else {
-        return ipv4(s, F, errors).map(|a| (a, 1));
+/// `snat_address`: one entry (either family), or a list of at most one IPv4 and one IPv6
+/// entry. Each entry is an address or a prefix (`snat_prefix`).
+fn snat_addresses(raw: &RawSnatAddress, errors: &mut FieldErrors) -> Snat {
+    let entries = raw.entries();
+    if entries.is_empty() {
+        errors.invalid(
+            "dataplane.snat_address",
+            "an empty list",
+            "list one IPv4 and/or one IPv6 address, e.g. [\"198.51.100.1\", \"2001:db8::1\"]",
+        );
+        return Snat::default();
+    }
+    let mut snat = Snat {
+        complete: true,
+        ..Snat::default()
     };
-    let a = ipv4(addr, F, errors)?;
-    let min_len = 32 - lb_common::MAX_SNAT_ADDRS.trailing_zeros();
+    let mut first: [Option<String>; 2] = [None, None];
+    for (field, text) in &entries {
+        let Some(entry) = snat_prefix(text, field, errors) else {
+            snat.complete = false;
+            continue;
+        };
+        let (family, name) = match entry {
+            SnatEntry::V4(..) => (0, "IPv4"),
+            SnatEntry::V6(_) => (1, "IPv6"),
+        };
+        if let Some(other) = &first[family] {
+            errors.conflict(
+                field.as_str(),
+                format!("a second {name} entry ({other} is {name} too)"),
+                "list at most one IPv4 and one IPv6 address or prefix",
+            );
+            snat.complete = false;
+            continue;
+        }
+        first[family] = Some(field.clone());
+        match entry {
+            SnatEntry::V4(a, n) => snat.v4 = Some((a, n)),
+            SnatEntry::V6(s) => snat.v6 = Some(s),
+        }
+    }
+    snat
+}
+
+/// One `snat_address` entry.
+enum SnatEntry {
+    V4(Ipv4Addr, u32),
+    V6(Snat6),
+}
+
+/// One `snat_address` entry in `field`: an address, or a prefix of at most `MAX_SNAT_ADDRS`
+/// addresses (IPv4 "/24" to "/32", IPv6 "/120" to "/128"), every one of which is used.
+fn snat_prefix(s: &str, field: &str, errors: &mut FieldErrors) -> Option<SnatEntry> {
+    let Some((addr, len)) = s.split_once('/') else {
+        return match ip(s, field, errors)? {
+            IpAddr::V4(a) => Some(SnatEntry::V4(a, 1)),
+            IpAddr::V6(a) => Some(SnatEntry::V6(Snat6 {
+                address: a,
+                count: 1,
+            })),
+        };
+    };
+    let a = ip(addr, field, errors)?;
+    let bits: u32 = if a.is_ipv4() { 32 } else { 128 };
+    let min_len = bits - lb_common::MAX_SNAT_ADDRS.trailing_zeros();
     let Some(len) = len
         .parse::<u32>()
         .ok()
-        .filter(|l| (min_len..=32).contains(l))
+        .filter(|l| (min_len..=bits).contains(l))
     else {
         errors.invalid(
-            F,
+            field,
             format!("\"{s}\" has prefix length \"{len}\""),
             format!(
-                "use /{min_len} to /32 (at most {} addresses)",
+                "use /{min_len} to /{bits} (at most {} addresses)",
                 lb_common::MAX_SNAT_ADDRS
             ),
         );
         return None;
     };
-    let count = 1u32 << (32 - len);
-    if u32::from(a) % count != 0 {
-        let net = Ipv4Addr::from(u32::from(a) & !(count - 1));
+    let count = 1u32 << (bits - len);
+    let host = match a {
+        IpAddr::V4(a) => u32::from(a) % count,
+        IpAddr::V6(a) => u32::try_from(u128::from(a) % u128::from(count)).unwrap_or(1),
+    };
+    if host != 0 {
+        let net = match a {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & !(count - 1))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & !u128::from(count - 1))),
+        };
         errors.invalid(
-            F,
+            field,
             format!("\"{s}\" has host bits set"),
             format!("write the prefix as \"{net}/{len}\""),
         );
         return None;
     }
-    Some((a, count))
+    Some(match a {
+        IpAddr::V4(a) => SnatEntry::V4(a, count),
+        IpAddr::V6(a) => SnatEntry::V6(Snat6 { address: a, count }),
+    })
 }
 
 fn interfaces(interfaces: &[String], errors: &mut FieldErrors) {
@@ -372,11 +464,117 @@ mod tests {
     }
 
     #[test]
-    fn snat_address_must_be_ipv4() {
-        assert_one(
-            &errors_with("\"10.0.0.1\"", "\"fd00::1\""),
-            "dataplane.snat_address",
+    fn snat_address_must_be_an_address() {
+        let e = errors_with("\"10.0.0.1\"", "\"snat.example\"");
+        assert_one(&e, "dataplane.snat_address");
+        assert!(e[0].contains("not an IP address"), "{e:?}");
+    }
+
+    #[test]
+    fn snat_address_one_per_family_in_a_list() {
+        let c = Config::parse(GOOD6, Path::new("t")).expect("valid");
+        let dp = &c.dataplane;
+        assert_eq!(
+            (dp.snat_address.to_string(), dp.snat_count),
+            ("10.0.0.1".into(), 1)
         );
+        let all: Vec<String> = dp.all_snat_addresses().map(|a| a.to_string()).collect();
+        assert_eq!(all, ["10.0.0.1", "2001:db8:ff::1"]);
+        assert!(dp.is_snat_ip("2001:db8:ff::1".parse().unwrap()));
+        assert!(!dp.is_snat_ip("2001:db8:ff::2".parse().unwrap()));
+        // The list form with one entry is the single form.
+        let one = Config::parse(
+            &GOOD.replace(
+                "snat_address = \"10.0.0.1\"",
+                "snat_address = [\"10.0.0.1\"]",
+            ),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert_eq!(one.dataplane.snat_address.to_string(), "10.0.0.1");
+        assert_eq!(one.dataplane.snat6, None);
+    }
+
+    #[test]
+    fn snat_address_list_has_one_entry_per_family_at_most() {
+        let e = errors_with(
+            "snat_address = \"10.0.0.1\"",
+            "snat_address = [\"10.0.0.1\", \"10.0.0.2\"]",
+        );
+        assert_one(&e, "dataplane.snat_address[1]");
+        assert!(
+            e[0].contains("a second IPv4 entry (dataplane.snat_address[0]"),
+            "{e:?}"
+        );
+        let e = errors6_with(
+            "\"2001:db8:ff::1\"]",
+            "\"2001:db8:ff::1\", \"2001:db8:ff::2\"]",
+        );
+        assert_one(&e, "dataplane.snat_address[2]");
+    }
+
+    #[test]
+    fn snat_address_list_not_empty() {
+        let e = errors_with("snat_address = \"10.0.0.1\"", "snat_address = []");
+        assert_one(&e, "dataplane.snat_address");
+        assert!(e[0].contains("empty"), "{e:?}");
+    }
+
+    #[test]
+    fn snat_address_of_another_type_names_both_forms() {
+        let text = GOOD.replace("snat_address = \"10.0.0.1\"", "snat_address = 10");
+        let e = format!(
+            "{:?}",
+            Config::parse(&text, Path::new("t")).expect_err("a number")
+        );
+        assert!(e.contains("2001:db8::1"), "{e}");
+    }
+
+    #[test]
+    fn snat_address_ipv6_may_be_a_prefix_of_up_to_256_addresses() {
+        let c = Config::parse(
+            &GOOD6.replace("\"2001:db8:ff::1\"]", "\"2001:db8:ff::100/126\"]"),
+            Path::new("t"),
+        )
+        .expect("a /126 is valid");
+        let s6 = c.dataplane.snat6.expect("IPv6 SNAT");
+        assert_eq!(s6.count, 4);
+        let all: Vec<String> = s6.addresses().map(|a| a.to_string()).collect();
+        assert_eq!(
+            all,
+            [
+                "2001:db8:ff::100",
+                "2001:db8:ff::101",
+                "2001:db8:ff::102",
+                "2001:db8:ff::103"
+            ]
+        );
+        let e = errors6_with("\"2001:db8:ff::1\"]", "\"2001:db8:ff::/119\"]");
+        assert_one(&e, "dataplane.snat_address[1]");
+        assert!(e[0].contains("/120 to /128"), "{e:?}");
+        let e = errors6_with("\"2001:db8:ff::1\"]", "\"2001:db8:ff::1/126\"]");
+        assert_one(&e, "dataplane.snat_address[1]");
+        assert!(e[0].contains("\"2001:db8:ff::/126\""), "{e:?}");
+    }
+
+    #[test]
+    fn snat_address_not_link_local_multicast_loopback_or_mapped() {
+        for bad in ["fe80::1", "ff02::1", "::1", "::", "::ffff:10.0.0.1"] {
+            let e = errors6_with("\"2001:db8:ff::1\"]", &format!("\"{bad}\"]"));
+            assert_one(&e, "dataplane.snat_address[1]");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_snat_address_of_the_host_narrows_the_ports_too() {
+        let mut dp = Config::parse(GOOD6, Path::new("t"))
+            .expect("valid")
+            .dataplane;
+        assert!(dp.snat_ports_auto);
+        dp.resolve_snat_ports(&["2001:db8:ff::2".parse().unwrap()]);
+        assert_eq!(dp.snat_port_min, 1024);
+        dp.resolve_snat_ports(&["2001:db8:ff::1".parse().unwrap()]);
+        assert_eq!((dp.snat_port_min, dp.snat_port_max), (61000, 65535));
     }
 
     #[test]

@@ -9,24 +9,24 @@
 use super::FieldErrors;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use lb_common::MAX_VIPS;
 
-use super::{country_code, ipv4, name_ok, pop_ok, port};
+use super::{country_code, dataplane::Snat, ip, name_ok, pop_ok, port, usable_ip};
 use crate::{
     config::{
         defaults::{DEFAULT_AFFINITY_TTL, MAX_AFFINITY_TTL},
         raw::{RawConfig, RawLoadBalancer},
-        types::{LoadBalancer, Protocol, SteeringPolicy},
+        types::{LoadBalancer, Pool, Protocol, SteeringPolicy},
         units::Weight,
     },
     geo::Region,
 };
 
 /// A VIP as the data path keys it: address, port, protocol.
-type Vip = (Ipv4Addr, u16, Protocol);
+type Vip = (IpAddr, u16, Protocol);
 
 /// The fix of a pool list naming no pool.
 const DEFINE_POOL: &str = "define it under [[pools]] or fix the name";
@@ -35,8 +35,10 @@ const DEFINE_POOL: &str = "define it under [[pools]] or fix the name";
 pub(super) struct Context<'a> {
     /// Every pool's name, with its index.
     pub pool_names: &'a HashMap<String, usize>,
-    /// The SNAT prefix: first address and count.
-    pub snat_address: Option<(Ipv4Addr, u32)>,
+    /// The pools, validated (their index is the one in `pool_names`).
+    pub pools: &'a [Pool],
+    /// The SNAT addresses of each family.
+    pub snat: Snat,
     /// This host's position (`agent.latitude/longitude`).
     pub host_position: Option<(f64, f64)>,
     /// No client location data (`[geo]`) is configured.
@@ -89,7 +91,7 @@ fn load_balancer(
             );
         }
     }
-    let address = ipv4(&l.address, &format!("{f}.address"), errors);
+    let address = ip(&l.address, &format!("{f}.address"), errors);
     let vport = port(l.port, &format!("{f}.port"), errors);
     let protocol = protocol(&f, &l.protocol, errors);
     let origin_port = match l.origin_port {
@@ -107,16 +109,16 @@ fn load_balancer(
                 );
             }
         }
-        if ctx
-            .snat_address
-            .is_some_and(|(s, n)| u32::from(a).wrapping_sub(u32::from(s)) < n)
-        {
+        if ctx.snat.contains(a) {
             errors.conflict(
                 format!("{f}.address"),
                 format!("{a} is also dataplane.snat_address"),
                 "use a separate SNAT address",
             );
         }
+    }
+    if let Some(a) = address {
+        origin_families(&f, l, a, ctx, errors);
     }
     default_and_fallback_pools(&f, l, ctx.pool_names, errors);
     let steering_policy = steering_policy(&f, &l.steering_policy, errors);
@@ -163,6 +165,90 @@ fn load_balancer(
         pop_pools: l.pop_pools.clone(),
         affinity_ttl,
     })
+}
+
+/// Which origin families a VIP of `vip`'s family can forward to, and why not: the one
+/// place that says so, to be relaxed when NAT64/NAT46 translation lands. `None`: allowed.
+pub(super) fn family_refusal(vip: IpAddr, origin: IpAddr) -> Option<&'static str> {
+    match (vip, origin) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => None,
+        (IpAddr::V6(_), IpAddr::V4(_)) => {
+            Some("IPv6 VIP with IPv4 origins (NAT64) is not supported yet")
+        }
+        (IpAddr::V4(_), IpAddr::V6(_)) => {
+            Some("IPv4 VIP with IPv6 origins (NAT46) is not supported yet")
+        }
+    }
+}
+
+/// The origins of every pool `l` may use (`all_pools`, `random_steering` pools are default
+/// pools) against its VIP address `vip` (`family_refusal`, one error per pool) and against
+/// the SNAT addresses: origins of a family are reached from a SNAT address of that family.
+fn origin_families(
+    f: &str,
+    l: &RawLoadBalancer,
+    vip: IpAddr,
+    ctx: &Context<'_>,
+    errors: &mut FieldErrors,
+) {
+    let mut seen = HashSet::new();
+    // The first pool with origins of each family (IPv4, IPv6), for the SNAT errors.
+    let mut family_pool: [Option<&str>; 2] = [None, None];
+    let used = l
+        .default_pools
+        .iter()
+        .chain(l.fallback_pool.iter())
+        .chain(l.region_pools.values().flatten())
+        .chain(l.country_pools.values().flatten())
+        .chain(l.pop_pools.values().flatten());
+    for name in used {
+        if !seen.insert(name.as_str()) {
+            continue;
+        }
+        let Some(pool) = ctx.pool_names.get(name).and_then(|i| ctx.pools.get(*i)) else {
+            continue; // a missing pool has its own error
+        };
+        for o in &pool.origins {
+            family_pool[usize::from(o.address.is_ipv6())].get_or_insert(name.as_str());
+        }
+        if let Some((o, why)) = pool
+            .origins
+            .iter()
+            .find_map(|o| family_refusal(vip, o.address).map(|why| (o, why)))
+        {
+            errors.invalid(
+                format!("{f}.address"),
+                format!(
+                    "{why}: pool \"{name}\" has origin \"{}\" ({})",
+                    o.name, o.address
+                ),
+                if vip.is_ipv6() {
+                    "give this load balancer an IPv4 address, or use pools of IPv6 origins"
+                } else {
+                    "give this load balancer an IPv6 address, or use pools of IPv4 origins"
+                },
+            );
+        }
+    }
+    if !ctx.snat.complete {
+        return; // no snat_address, or a bad entry: that error says enough
+    }
+    let missing = [
+        (family_pool[0], ctx.snat.v4.is_none(), "IPv4"),
+        (family_pool[1], ctx.snat.v6.is_none(), "IPv6"),
+    ];
+    for (pool, none, family) in missing {
+        if let (Some(pool), true) = (pool, none) {
+            errors.invalid(
+                "dataplane.snat_address",
+                format!(
+                    "load balancer \"{}\" has {family} origins (pool \"{pool}\") but no {family} SNAT address is configured",
+                    l.name
+                ),
+                "add one: snat_address = [\"198.51.100.1\", \"2001:db8::1\"]",
+            );
+        }
+    }
 }
 
 fn default_and_fallback_pools(
@@ -415,7 +501,7 @@ fn vip_is_not_an_origin(raw: &RawConfig, vips: &HashMap<Vip, usize>, errors: &mu
     for (pi, p) in raw.pools.iter().enumerate() {
         let users = users_of_pool.get(p.name.as_str());
         for (oi, o) in p.origins.iter().enumerate() {
-            let Ok(address) = o.address.parse::<Ipv4Addr>() else {
+            let Some(address) = usable_ip(&o.address) else {
                 continue;
             };
             let targets: HashSet<(u32, Protocol)> = match (o.port, users) {
@@ -608,6 +694,125 @@ mod tests {
         );
         let e = errors_of(&text.replacen("\"10.0.0.10\"", "\"10.0.0.23\"", 1));
         assert_one(&e, "load_balancers[0].address");
+    }
+
+    #[test]
+    fn ipv6_vip_with_ipv6_origins_is_valid() {
+        let c = Config::parse(GOOD6, Path::new("t")).expect("valid");
+        let lb = &c.load_balancers[1];
+        assert_eq!(
+            lb.address,
+            "2001:db8::10".parse::<std::net::IpAddr>().unwrap()
+        );
+        let s6 = c.dataplane.snat6.expect("an IPv6 SNAT address");
+        assert_eq!(
+            (s6.address.to_string(), s6.count),
+            ("2001:db8:ff::1".into(), 1)
+        );
+        assert_eq!(c.dataplane.snat_count, 1);
+    }
+
+    #[test]
+    fn ipv6_vip_with_ipv4_origins_is_refused_for_now() {
+        let e = errors6_with("default_pools = [\"web6\"]", "default_pools = [\"web\"]");
+        assert_one(&e, "load_balancers[1].address");
+        assert!(
+            e[0].contains("IPv6 VIP with IPv4 origins (NAT64) is not supported yet")
+                && e[0].contains("pool \"web\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn ipv4_vip_with_ipv6_origins_is_refused_for_now() {
+        let e = errors6_with("default_pools = [\"web\"]", "default_pools = [\"web6\"]");
+        assert_one(&e, "load_balancers[0].address");
+        assert!(e[0].contains("NAT46"), "{e:?}");
+    }
+
+    #[test]
+    fn origin_families_are_checked_in_every_pool_list() {
+        for extra in [
+            "fallback_pool = \"web\"",
+            "steering_policy = \"geo\"\nregion_pools = { WEU = [\"web\"] }",
+            "steering_policy = \"geo\"\ncountry_pools = { DE = [\"web\"] }",
+            "pop_pools = { AMS = [\"web\"] }",
+        ] {
+            let text = format!(
+                "{}\n[geo]\nprefixes = [{{ prefix = \"2001:db8:100::/48\", country = \"DE\" }}]\n",
+                GOOD6.replacen(
+                    "default_pools = [\"web6\"]",
+                    &format!("default_pools = [\"web6\"]\n{extra}"),
+                    1
+                )
+            );
+            let e = errors_of(&text);
+            assert_one(&e, "load_balancers[1].address");
+            assert!(e[0].contains("NAT64"), "{extra}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_origins_need_an_ipv6_snat_address() {
+        let e = errors6_with(
+            "snat_address = [\"10.0.0.1\", \"2001:db8:ff::1\"]",
+            "snat_address = \"10.0.0.1\"",
+        );
+        assert_one(&e, "dataplane.snat_address");
+        assert!(
+            e[0].contains("load balancer \"www6\" has IPv6 origins (pool \"web6\") but no IPv6 SNAT address is configured")
+                && e[0].contains("snat_address = [\"198.51.100.1\", \"2001:db8::1\"]"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn ipv4_origins_need_an_ipv4_snat_address_only_when_there_are_some() {
+        let e = errors6_with(
+            "snat_address = [\"10.0.0.1\", \"2001:db8:ff::1\"]",
+            "snat_address = \"2001:db8:ff::1\"",
+        );
+        assert_one(&e, "dataplane.snat_address");
+        assert!(e[0].contains("\"www\" has IPv4 origins"), "{e:?}");
+        // Without the IPv4 load balancer, an IPv6 SNAT address alone will do.
+        let v6_only = GOOD6
+            .replacen("snat_address = [\"10.0.0.1\", \"2001:db8:ff::1\"]", "snat_address = \"2001:db8:ff::1\"", 1)
+            .replacen("[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n", "", 1);
+        let c = Config::parse(&v6_only, Path::new("t")).expect("valid without IPv4 SNAT");
+        assert_eq!(c.dataplane.snat_count, 0, "no IPv4 SNAT address");
+        assert_eq!(c.load_balancers.len(), 1);
+    }
+
+    #[test]
+    fn vip_is_not_an_ipv6_snat_address() {
+        let e = errors6_with("\"2001:db8::10\"", "\"2001:db8:ff::1\"");
+        assert_one(&e, "load_balancers[1].address");
+        assert!(e[0].contains("dataplane.snat_address"), "{e:?}");
+        // Nor any address of an IPv6 SNAT prefix.
+        let e = errors_of(
+            &GOOD6
+                .replacen("\"2001:db8:ff::1\"]", "\"2001:db8:ff::/126\"]", 1)
+                .replacen("\"2001:db8::10\"", "\"2001:db8:ff::3\"", 1),
+        );
+        assert_one(&e, "load_balancers[1].address");
+    }
+
+    #[test]
+    fn vip_address_not_link_local_multicast_loopback_unspecified_or_mapped() {
+        for bad in ["fe80::10", "ff05::10", "::1", "::", "::ffff:10.0.0.10"] {
+            let e = errors6_with("\"2001:db8::10\"", &format!("\"{bad}\""));
+            assert_one(&e, "load_balancers[1].address");
+        }
+    }
+
+    #[test]
+    fn ipv6_vip_is_not_one_of_its_origins() {
+        let e = errors6_with(
+            "address = \"2001:db8::10\"\nport = 443",
+            "address = \"2001:db8:2::2\"\nport = 8080",
+        );
+        assert_one(&e, "load_balancers[1].address");
+        assert!(e[0].contains("2001:db8:2::2 with tcp port 8080"), "{e:?}");
     }
 
     #[test]

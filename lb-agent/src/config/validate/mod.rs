@@ -11,7 +11,10 @@ mod load_balancers;
 mod monitors;
 mod pools;
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use super::{raw::RawConfig, types::Config, ErrorKind, FieldError};
 use crate::geo as geodata;
@@ -19,7 +22,7 @@ use crate::geo as geodata;
 /// Validates a parsed config. Every rule adds to the list; nothing stops at the first error.
 pub fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let mut errors = FieldErrors::default();
-    let (dataplane, snat_address) = dataplane::validate(&raw.dataplane, &mut errors);
+    let (dataplane, snat) = dataplane::validate(&raw.dataplane, &mut errors);
     let agent = agent::validate(&raw.agent, &mut errors);
     let geo = geo::validate(&raw.geo, &mut errors);
     let api = api::validate(&raw.api, &mut errors);
@@ -27,7 +30,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
     let (pools, pool_names) = pools::validate(&raw.pools, &monitor_names, &mut errors);
     let ctx = load_balancers::Context {
         pool_names: &pool_names,
-        snat_address,
+        pools: &pools,
+        snat,
         host_position: agent.position,
         geo_is_empty: geo.is_empty(),
     };
@@ -134,34 +138,71 @@ pub fn file_name_errors(raw: &RawConfig) -> Vec<FieldError> {
     errors.0
 }
 
-fn ipv4(s: &str, field: &str, errors: &mut FieldErrors) -> Option<Ipv4Addr> {
+/// An address for a VIP, an origin or SNAT: IPv4, or IPv6 that can be forwarded to and
+/// from (`ipv6_refusal`). IPv4-mapped IPv6 text (`::ffff:192.0.2.1`) is refused with the
+/// IPv4 spelling as the fix: it means the IPv4 address, and writing it one way keeps VIPs
+/// and origins comparable.
+fn ip(s: &str, field: &str, errors: &mut FieldErrors) -> Option<IpAddr> {
     if s.is_empty() {
         errors.invalid(
             field,
             "missing",
-            "set it to an IPv4 address such as \"10.0.0.10\"",
+            "set it to an IP address such as \"10.0.0.10\" or \"2001:db8::10\"",
         );
         return None;
     }
-    match s.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(a)) => Some(a),
-        Ok(std::net::IpAddr::V6(_)) => {
-            errors.invalid(
-                field,
-                format!("\"{s}\" is IPv6, which this version does not forward yet"),
-                "use an IPv4 address",
-            );
-            None
-        }
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Some(IpAddr::V4(a)),
+        Ok(IpAddr::V6(a)) => match ipv6_refusal(a) {
+            None => Some(IpAddr::V6(a)),
+            Some((problem, fix)) => {
+                errors.invalid(field, format!("\"{s}\" {problem}"), fix);
+                None
+            }
+        },
         Err(_) => {
             errors.invalid(
                 field,
                 format!("\"{s}\" is not an IP address"),
-                "write it as dotted IPv4, e.g. \"10.0.0.10\"",
+                "write it as IPv4 (\"10.0.0.10\") or IPv6 (\"2001:db8::10\")",
             );
             None
         }
     }
+}
+
+/// `s` as an address `ip` accepts, without building an error (the fast path of a file
+/// with thousands of origins); `None` sends the caller to `ip` for the error.
+fn usable_ip(s: &str) -> Option<IpAddr> {
+    match s.parse::<IpAddr>().ok()? {
+        IpAddr::V6(a) if ipv6_refusal(a).is_some() => None,
+        a => Some(a),
+    }
+}
+
+/// Why IPv6 address `a` cannot be a VIP, origin or SNAT address (problem, fix), if it
+/// cannot: unspecified, loopback, multicast and link-local (fe80::/10) addresses are not
+/// forwarded between links (link-local ones also need a zone the config has no field
+/// for); an IPv4-mapped one is the IPv4 address, to be written as such.
+fn ipv6_refusal(a: Ipv6Addr) -> Option<(String, String)> {
+    const FIX: &str = "use a global or unique-local (fd00::/8) IPv6 address, or IPv4";
+    let why = if let Some(v4) = a.to_ipv4_mapped() {
+        return Some((
+            "is an IPv4-mapped IPv6 address".to_owned(),
+            format!("write the IPv4 address, \"{v4}\""),
+        ));
+    } else if a.is_unspecified() {
+        "is the unspecified address"
+    } else if a.is_loopback() {
+        "is the loopback address"
+    } else if a.is_multicast() {
+        "is a multicast address"
+    } else if a.segments()[0] & 0xffc0 == 0xfe80 {
+        "is link-local (fe80::/10), which is not forwarded between links"
+    } else {
+        return None;
+    };
+    Some((why.to_owned(), FIX.to_owned()))
 }
 
 fn port(p: u32, field: &str, errors: &mut FieldErrors) -> Option<u16> {

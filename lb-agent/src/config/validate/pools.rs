@@ -2,14 +2,11 @@
 //! origin steering, webhooks, and the data path's limits on pools and origins.
 
 use super::FieldErrors;
-use std::{
-    collections::{HashMap, HashSet},
-    net::Ipv4Addr,
-};
+use std::collections::{HashMap, HashSet};
 
 use lb_common::{MAX_LC_MEMBERS, MAX_ORIGINS, MAX_RINGS};
 
-use super::{ipv4, name_ok, port, position};
+use super::{ip, name_ok, port, position, usable_ip};
 use crate::config::{
     raw::{RawOrigin, RawPool},
     types::{Origin, OriginSteering, Pool},
@@ -138,11 +135,7 @@ fn origins(f: &str, raw: &[RawOrigin], errors: &mut FieldErrors) -> Vec<Origin> 
                 "origin names must be unique within a pool",
             );
         }
-        let address = o
-            .address
-            .parse::<Ipv4Addr>()
-            .ok()
-            .or_else(|| ipv4(&o.address, &at("address"), errors));
+        let address = usable_ip(&o.address).or_else(|| ip(&o.address, &at("address"), errors));
         let port = o.port.and_then(|p| match u16::try_from(p) {
             Ok(p) if p != 0 => Some(p),
             _ => port(p, &at("port"), errors),
@@ -201,6 +194,8 @@ fn origin_steering(f: &str, p: &RawPool, errors: &mut FieldErrors) -> OriginStee
 #[cfg(test)]
 mod tests {
     use crate::config::testing::*;
+    use crate::config::Config;
+    use std::path::Path;
 
     #[test]
     fn pool_webhooks_must_be_http_urls() {
@@ -258,10 +253,38 @@ mod tests {
     }
 
     #[test]
-    fn origin_address_ipv6_not_yet() {
-        let e = errors_with("\"10.0.2.2\"", "\"fd00::2\"");
+    fn origin_address_may_be_ipv6() {
+        let c = Config::parse(GOOD6, Path::new("t")).expect("valid");
+        let addrs: Vec<String> = c.pools[1]
+            .origins
+            .iter()
+            .map(|o| o.address.to_string())
+            .collect();
+        assert_eq!(addrs, ["2001:db8:2::2", "fd00:3::2"]);
+    }
+
+    #[test]
+    fn origin_address_not_link_local_multicast_loopback_or_unspecified() {
+        for (bad, why) in [
+            ("fe80::2", "link-local"),
+            ("ff02::1", "multicast"),
+            ("::1", "loopback"),
+            ("::", "unspecified"),
+        ] {
+            let e = errors6_with("\"2001:db8:2::2\"", &format!("\"{bad}\""));
+            assert_one(&e, "pools[1].origins[0].address");
+            assert!(e[0].contains(why), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn origin_address_ipv4_mapped_is_written_as_ipv4() {
+        let e = errors_with("\"10.0.2.2\"", "\"::ffff:10.0.2.2\"");
         assert_one(&e, "pools[0].origins[0].address");
-        assert!(e[0].contains("IPv6"), "{e:?}");
+        assert!(
+            e[0].contains("write the IPv4 address, \"10.0.2.2\""),
+            "{e:?}"
+        );
     }
 
     #[test]
