@@ -6,8 +6,8 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
     event,
     hash::{flow_hash, SEED_SNAT},
-    Affinity, Flow, FlowKey, NextHop, RevFlow, Settings, VipMeta, IPPROTO_TCP, IPPROTO_UDP,
-    ORIGIN_F_PRESENT, REV_F_CLOSING, SNAT_PROBES, VIP_F_AFFINITY,
+    is_v4_mapped, Affinity, Flow, FlowKey, NextHop, RevFlow, Settings, VipMeta, IPPROTO_TCP,
+    IPPROTO_UDP, ORIGIN_F_PRESENT, REV_F_CLOSING, SNAT_PROBES, VIP_F_AFFINITY,
 };
 
 use crate::{
@@ -54,6 +54,26 @@ const NEW_HALF: Flow = Flow {
 #[inline(always)]
 pub fn rev_key(flow: &Flow) -> FlowKey {
     flow.rev_key()
+}
+
+/// Writes the first SNAT address of `origin`'s family (IPv4-mapped or IPv6) to `dst`;
+/// returns how many there are (0: none of that family, which validation prevents). A
+/// subprogram: inlined, its choice stays live in new_flow's frame, which is at its limit.
+#[inline(never)]
+fn snat_base(dst: *mut [u8; 16], origin: &[u8; 16]) -> u32 {
+    let Some(s) = SETTINGS.get(0) else {
+        return 0;
+    };
+    // SAFETY: `dst` is a field of this CPU's scratch entry.
+    unsafe {
+        if is_v4_mapped(origin) {
+            *dst = s.snat_addr;
+            s.snat_count.max(1)
+        } else {
+            *dst = s.snat_addr6;
+            s.snat_count6
+        }
+    }
 }
 
 /// Does the tracking entry `r` belong to the client flow `key`? (The back-reference.)
@@ -155,13 +175,20 @@ pub fn new_flow<const UDP: bool>(
     };
     sc.rkey = FlowKey {
         src: origin.addr,
-        dst: settings.snat_addr,
+        dst: [0; 16],
         sport: origin.port,
         dport: 0,
         // TCP and UDP ports are separate spaces, as in the kernel.
         proto: proto::<UDP>(),
         _pad: [0; 3],
     };
+    let snat_count = snat_base(&raw mut sc.rkey.dst, &origin.addr);
+    if snat_count == 0 {
+        if !replaces.is_null() {
+            let _ = FLOWS.remove(key);
+        }
+        return Err(drop(event::DROP_SNAT_EXHAUSTED));
+    }
     let range = u32::from(settings.snat_port_max - settings.snat_port_min) + 1;
     let first = flow_hash(key, SEED_SNAT);
     // The hash's SNAT address (its high half: the port takes it modulo the range). The
@@ -169,7 +196,7 @@ pub fn new_flow<const UDP: bool>(
     // address's last byte has those low bits clear: one OR in place, no carry (and no stack:
     // new_flow's frame is at its limit).
     #[expect(clippy::cast_possible_truncation, reason = "below snat_count <= 256")]
-    let n = ((first >> 16) & (settings.snat_count.max(1) - 1)) as u8;
+    let n = ((first >> 16) & (snat_count - 1)) as u8;
     sc.rkey.dst[15] |= n;
     let mut found = false;
     // Under pressure, the oldest closed flow among the probed ports is the next best choice.
