@@ -283,7 +283,7 @@ fn host_traffic_skips_the_fib_lookup() {
             "before the sync: the FIB says local"
         );
         assert_eq!(out, to(LB_A), "passed untouched");
-        let addrs = lb_agent::netwatch::local_ipv4_addrs().expect("getifaddrs");
+        let addrs = lb_agent::netwatch::local_addrs().expect("getifaddrs");
         assert!(addrs.contains(&v4_mapped(LB_A)), "{addrs:?}");
         l.rec.sync_local_addrs(&addrs).expect("LOCAL_ADDRS");
         let (v, out, fib) = run(l, Side::A, &to(LB_A));
