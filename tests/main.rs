@@ -10,6 +10,7 @@
 //!   `BPF_PROG_TEST_RUN` (`lb_testbed::fixture`).
 //! - `e2e`, `icmp_e2e`, `conntrack`, `health`, `steering`, `udp_e2e`: the real agent in
 //!   network namespace topologies, real clients and servers.
+//! - `ipv6_bed`: the test bed's IPv6 topology (addresses, routes, servers, clients).
 //! - `api`: the HTTP API, `/metrics`, webhooks, the dashboard in headless Chromium, `lbctl`.
 
 mod api;
@@ -19,6 +20,7 @@ mod fixtures;
 mod health;
 mod icmp_e2e;
 mod icmp_fixtures;
+mod ipv6_bed;
 mod next_hop;
 mod steering;
 mod steering_fixtures;

@@ -526,7 +526,7 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
             }
             // As the agent does: the host's own addresses, so traffic for the host (the "not a
             // VIP" case) passes without the no-open-router FIB lookup.
-            rec.sync_local_addrs(&lb_agent::netwatch::local_ipv4_addrs()?)?;
+            rec.sync_local_addrs(&lb_agent::netwatch::local_addrs()?)?;
             let ctx_a = |len: usize| bed.ctx(Side::A, len);
             let ctx_b = |len: usize| bed.ctx(Side::B, len);
             let syns: Vec<Vec<u8>> = (0..N)

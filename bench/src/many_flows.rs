@@ -220,7 +220,7 @@ pub fn run(object: &std::path::Path, report: &mut Report) -> Result<()> {
         for i in [bed.ifindex_a, bed.ifindex_b] {
             rec.maps.tx_ports.insert(i, i, None, 0)?;
         }
-        rec.sync_local_addrs(&lb_agent::netwatch::local_ipv4_addrs()?)?;
+        rec.sync_local_addrs(&lb_agent::netwatch::local_addrs()?)?;
         let mut out = vec![0u8; 256];
         let frame_len = ack(0, bed.mac_a).len();
         let (ctx_a, ctx_b) = (bed.ctx(Side::A, frame_len), bed.ctx(Side::B, frame_len));

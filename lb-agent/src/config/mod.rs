@@ -311,6 +311,10 @@ mod tests {
             .collect();
         assert_eq!(protos, ["udp", "tcp", "udp"]);
         assert_eq!(udp.dataplane.udp_budget, 16384);
+        let v6 = Config::load(&dir.join("ipv6.toml")).expect("ipv6.toml");
+        assert!(v6.load_balancers[0].address.is_ipv6() && v6.uses_ipv6());
+        assert_eq!(v6.dataplane.snat6.map(|s| s.count), Some(4));
+        assert_eq!(v6.dataplane.snat_count, 1);
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //!  10.0.1.2, .3 ----veth---- 10.0.1.1          10.0.1i.1 ----veth---- 10.0.1i.2 (server :8080)
 //!  default via 10.0.1.1      snat 10.0.0.1 (lo), VIP 10.0.0.10     default via 10.0.1i.1
 //! ```
+//!
+//! `Topology::build_with(n, Family::Dual)` adds IPv6 beside (`ip -6 addr add ... nodad`,
+//! DAD off in every namespace, IPv6 forwarding on in the LB namespace):
+//! ```text
+//!  2001:db8:1::2, ::3 ----- 2001:db8:1::1     2001:db8:1i::1 ------- 2001:db8:1i::2
+//!  default via 2001:db8:1::1 snat 2001:db8::1 (lo), VIP 2001:db8::10  default via ...1i::1
+//! ```
 
 pub mod built;
 #[cfg(feature = "dataplane")]
@@ -22,7 +29,7 @@ pub use built::{agent_bin, ebpf_object, lbctl_bin};
 use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -45,6 +52,47 @@ pub const ORIGIN_PORT: u16 = 8080;
 /// Address of origin `i` (1-based).
 pub fn origin_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 10 + u8::try_from(i).expect("few origins"), 2)
+}
+
+/// The IPv6 VIP of a `Family::Dual` topology (`config_dual`).
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+/// The LB's IPv6 SNAT address (on its `lo`).
+pub const SNAT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const CLIENT6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 3);
+pub const LB_CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+
+/// IPv6 address of origin `i` (1-based): `2001:db8:1i::2` (the IPv4 third octet, in hex
+/// digits: origin 1 is `2001:db8:11::2`).
+pub fn origin_addr6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, subnet6(i), 0, 0, 0, 0, 2)
+}
+
+/// The third group of origin `i`'s IPv6 subnet (`0x11` for origin 1).
+fn subnet6(i: usize) -> u16 {
+    let i = u16::try_from(i).expect("few origins");
+    (1 + i / 10) << 4 | (i % 10)
+}
+
+/// Which address families a test topology has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 only: the topology every test had before IPv6 (IPv6 stays as the kernel makes
+    /// it: link-local addresses only).
+    V4,
+    /// IPv4 and IPv6 on every link (the module docs' second picture).
+    Dual,
+}
+
+/// IPv6 in namespace `ns`, before links are moved in: IPv6 on, DAD off (addresses usable at
+/// once; `nodad` on each address covers the ones added later), so neither link-local nor
+/// global addresses wait a second as tentative.
+pub fn enable_ipv6(ns: &NetNs) {
+    for key in ["all", "default"] {
+        ns.sysctl(&format!("net.ipv6.conf.{key}.disable_ipv6"), "0");
+        ns.sysctl(&format!("net.ipv6.conf.{key}.accept_dad"), "0");
+    }
+    ns.sysctl("net.ipv6.conf.lo.disable_ipv6", "0");
 }
 
 /// Kernel-touching tests run one at a time in a process; hold this while you use the kernel.
@@ -319,6 +367,43 @@ pub fn tcp_segment(
     v
 }
 
+/// `tcp_segment` over IPv6 (hop limit `hop_limit`; checksums computed in full by
+/// etherparse).
+#[expect(clippy::too_many_arguments, reason = "a frame has this many fields")]
+pub fn tcp6_segment(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    hop_limit: u8,
+    (sport, dport): (u16, u16),
+    flags: u8,
+    (seq, ack): (u32, u32),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv6(src, dst, hop_limit)
+        .tcp(sport, dport, seq, 64240);
+    if flags & tcp_flags::FIN != 0 {
+        b = b.fin();
+    }
+    if flags & tcp_flags::SYN != 0 {
+        b = b.syn();
+    }
+    if flags & tcp_flags::RST != 0 {
+        b = b.rst();
+    }
+    if flags & tcp_flags::PSH != 0 {
+        b = b.psh();
+    }
+    if flags & tcp_flags::ACK != 0 {
+        b = b.ack(ack);
+    }
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("build frame");
+    v
+}
+
 /// Sends hand-made IPv4/TCP packets (any source address, flags and sequence numbers)
 /// through a raw socket of the calling thread's network namespace: the forged packets of
 /// attack tests. Open it inside `NetNs::run`.
@@ -458,6 +543,57 @@ impl FibBed {
         }
     }
 
+    /// IPv6 beside the IPv4 addresses: `2001:db8:1::1/64` on `a` (clients),
+    /// `2001:db8:11::1/64` on `b` (origins), without DAD, IPv6 forwarding on, and permanent
+    /// neighbour entries for `neighbours` (so `bpf_fib_lookup` answers IPv6 lookups
+    /// deterministically too).
+    pub fn add_ipv6(&self, neighbours: &[([u8; 16], [u8; 6], Side)]) {
+        enable_ipv6(&self.ns);
+        for dev in [&self.a, &self.b] {
+            self.ns
+                .sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
+        }
+        self.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::1/64",
+            "dev",
+            &self.a,
+            "nodad",
+        ]);
+        self.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:11::1/64",
+            "dev",
+            &self.b,
+            "nodad",
+        ]);
+        self.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+        for (addr, mac, side) in neighbours {
+            let m = mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            let dev = if *side == Side::A { &self.a } else { &self.b };
+            self.ns.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                &Ipv6Addr::from(*addr).to_string(),
+                "lladdr",
+                &m,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+
     pub fn ifindex(&self, side: Side) -> u32 {
         match side {
             Side::A => self.ifindex_a,
@@ -506,13 +642,25 @@ pub struct Topology {
 pub const API_TOKEN: &str = "test-token-0123456789abcdef";
 
 impl Topology {
+    /// The IPv4 topology of the module docs (`build_with(n, Family::V4)`).
     pub fn build(n_origins: usize) -> Self {
+        Self::build_with(n_origins, Family::V4)
+    }
+
+    /// The topology with `n_origins` origins and the address families of `family`.
+    pub fn build_with(n_origins: usize, family: Family) -> Self {
         let id = unique_id("lb");
         let client = NetNs::new(&format!("{id}-c"));
         let lb = NetNs::new(&format!("{id}-lb"));
         let origins: Vec<NetNs> = (1..=n_origins)
             .map(|i| NetNs::new(&format!("{id}-o{i}")))
             .collect();
+        let dual = family == Family::Dual;
+        if dual {
+            for ns in [&client, &lb].into_iter().chain(&origins) {
+                enable_ipv6(ns);
+            }
+        }
         let mut lb_ifaces = Vec::new();
 
         let link =
@@ -543,6 +691,29 @@ impl Topology {
             "10.0.1.1",
         );
         client.ip(&["addr", "add", "10.0.1.3/24", "dev", &format!("{id}cx")]);
+        if dual {
+            let cx = format!("{id}cx");
+            for a in [CLIENT6, CLIENT6_2] {
+                client.ip(&["-6", "addr", "add", &format!("{a}/64"), "dev", &cx, "nodad"]);
+            }
+            client.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &LB_CLIENT_SIDE6.to_string(),
+            ]);
+            lb.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{LB_CLIENT_SIDE6}/64"),
+                "dev",
+                &cif,
+                "nodad",
+            ]);
+        }
         lb_ifaces.push(cif);
         for (i, ns) in origins.iter().enumerate() {
             let n = i + 1;
@@ -557,10 +728,46 @@ impl Topology {
                 &format!("{a}.{b}.{c}.1/24"),
                 &format!("{a}.{b}.{c}.1"),
             );
+            if dual {
+                let o6 = origin_addr6(n);
+                let gw6 = Ipv6Addr::new(0x2001, 0xdb8, subnet6(n), 0, 0, 0, 0, 1);
+                let far = format!("{id}{n}x");
+                ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{o6}/64"),
+                    "dev",
+                    &far,
+                    "nodad",
+                ]);
+                ns.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()]);
+                lb.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{gw6}/64"),
+                    "dev",
+                    &near,
+                    "nodad",
+                ]);
+            }
             lb_ifaces.push(near);
         }
         lb.ip(&["addr", "add", &format!("{SNAT}/32"), "dev", "lo"]);
         lb.sysctl("net.ipv4.conf.all.forwarding", "1");
+        if dual {
+            lb.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{SNAT6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
+            lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+        }
         // Wait for the links to come up (bounded).
         let deadline = Instant::now() + Duration::from_secs(5);
         while !lb
@@ -590,9 +797,19 @@ impl Topology {
     /// The `[dataplane]`, `[api]` and `[agent]` sections for this topology (`[agent]` last,
     /// so that callers may append to it).
     pub fn base_config(&self, extra_dataplane: &str) -> String {
+        self.base_config_snat(&format!("\"{SNAT}\""), extra_dataplane)
+    }
+
+    /// `base_config` with both SNAT addresses (`snat_address = ["10.0.0.1",
+    /// "2001:db8::1"]`), for a `Family::Dual` topology.
+    pub fn base_config_dual(&self, extra_dataplane: &str) -> String {
+        self.base_config_snat(&format!("[\"{SNAT}\", \"{SNAT6}\"]"), extra_dataplane)
+    }
+
+    fn base_config_snat(&self, snat: &str, extra_dataplane: &str) -> String {
         let ifaces: Vec<String> = self.lb_ifaces.iter().map(|i| format!("\"{i}\"")).collect();
         format!(
-            "[dataplane]\ninterfaces = [{}]\nsnat_address = \"{SNAT}\"\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[api]\nstate_file = \"{}\"\ntokens = [\"{API_TOKEN}\"]\n\n[agent]\nstatus_file = \"{}\"\n\n",
+            "[dataplane]\ninterfaces = [{}]\nsnat_address = {snat}\npin_dir = \"{}\"\nflow_table_size = 65536\n{extra_dataplane}\n\n[api]\nstate_file = \"{}\"\ntokens = [\"{API_TOKEN}\"]\n\n[agent]\nstatus_file = \"{}\"\n\n",
             ifaces.join(", "),
             self.pin_dir.display(),
             self.state_file.display(),
@@ -620,6 +837,54 @@ impl Topology {
         )
         .expect("string");
         s
+    }
+
+    /// A config for a `Family::Dual` topology: `config`'s pool `web` and load balancer
+    /// `www` (10.0.0.10:80), and beside them pool `web6` with the origins' IPv6 addresses
+    /// at the same `weights` and load balancer `www6` at [2001:db8::10]:80.
+    pub fn config_dual(&self, weights: &[f64], extra_dataplane: &str) -> String {
+        use std::fmt::Write as _;
+        let v4 = self.config(weights, extra_dataplane);
+        let objects = v4
+            .split_once("[[pools]]")
+            .map(|(_, rest)| format!("[[pools]]{rest}"))
+            .expect("config has pools");
+        let mut s = self.base_config_dual(extra_dataplane);
+        s.push_str(&objects);
+        s.push_str("\n[[pools]]\nname = \"web6\"\norigins = [\n");
+        for (i, w) in weights.iter().enumerate() {
+            let n = i + 1;
+            writeln!(
+                s,
+                "  {{ name = \"o{n}\", address = \"{}\", port = {ORIGIN_PORT}, weight = {w} }},",
+                origin_addr6(n)
+            )
+            .expect("string");
+        }
+        write!(
+            s,
+            "]\n\n[[load_balancers]]\nname = \"www6\"\naddress = \"{VIP6}\"\nport = {VIP_PORT}\ndefault_pools = [\"web6\"]\n"
+        )
+        .expect("string");
+        s
+    }
+
+    /// Starts one server per origin namespace on `[::]:8080`, which serves IPv4 and IPv6
+    /// (a dual-stack socket), for a `Family::Dual` topology. Instead of `start_servers`,
+    /// whose IPv4 socket would hold the port.
+    pub fn start_servers_dual(&self) -> Vec<Server> {
+        self.origins
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                Server::start_on(
+                    ns,
+                    &format!("o{}", i + 1),
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    ORIGIN_PORT,
+                )
+            })
+            .collect()
     }
 
     /// Gives the client namespace another address, `addr` (outside 10.0.1.0/24, so it can
@@ -793,8 +1058,14 @@ impl Server {
     /// `RECV <n>` -> reads n bytes, answers `<name> <fnv64 hex>\n`;
     /// `ECHO` -> `<name>\n`, then echoes every line until EOF.
     pub fn start(ns: &NetNs, name: &str, port: u16) -> Self {
+        Self::start_on(ns, name, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    }
+
+    /// `start` on address `bind`: `::` serves IPv4 and IPv6 (dual stack), an IPv6 address
+    /// IPv6 only.
+    pub fn start_on(ns: &NetNs, name: &str, bind: IpAddr, port: u16) -> Self {
         let name = name.to_owned();
-        Self::with_handler(ns, port, Arc::new(move |s| serve(s, &name)))
+        Self::with_handler_on(ns, bind, port, Arc::new(move |s| serve(s, &name)))
     }
 
     /// A plain listener that accepts and closes (a TCP health port).
@@ -826,6 +1097,11 @@ impl Server {
     }
 
     pub fn with_handler(ns: &NetNs, port: u16, handler: Handler) -> Self {
+        Self::with_handler_on(ns, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port, handler)
+    }
+
+    /// `with_handler` listening on `bind` (`::` for both families).
+    pub fn with_handler_on(ns: &NetNs, bind: IpAddr, port: u16, handler: Handler) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let path = ns.path();
@@ -834,7 +1110,7 @@ impl Server {
             let f = fs::File::open(&path).expect("open netns");
             // SAFETY: setns on this thread only.
             assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind server");
+            let l = TcpListener::bind((bind, port)).expect("bind server");
             l.set_nonblocking(true).expect("nonblocking");
             tx.send(()).expect("ready");
             let mut workers: Vec<JoinHandle<()>> = Vec::new();
@@ -1004,16 +1280,25 @@ pub fn connect(
     to: SocketAddrV4,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
+    connect_ip(from.map(SocketAddr::V4), SocketAddr::V4(to), timeout)
+}
+
+/// `connect` for either family (`to`'s; `from`, if given, must be of the same).
+pub fn connect_ip(
+    from: Option<SocketAddr>,
+    to: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     let sock = socket2::Socket::new(
-        socket2::Domain::IPV4,
+        socket2::Domain::for_address(to),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     if let Some(f) = from {
         sock.set_reuse_address(true)?;
-        sock.bind(&SocketAddr::V4(f).into())?;
+        sock.bind(&f.into())?;
     }
-    sock.connect_timeout(&SocketAddr::V4(to).into(), timeout)?;
+    sock.connect_timeout(&to.into(), timeout)?;
     let s: TcpStream = sock.into();
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -1022,7 +1307,12 @@ pub fn connect(
 
 /// One request: connect, send `cmd`, read the reply to EOF.
 pub fn request(from: Option<SocketAddrV4>, to: SocketAddrV4, cmd: &str) -> std::io::Result<String> {
-    let mut s = connect(from, to, Duration::from_secs(5))?;
+    request_ip(from.map(SocketAddr::V4), SocketAddr::V4(to), cmd)
+}
+
+/// `request` for either family.
+pub fn request_ip(from: Option<SocketAddr>, to: SocketAddr, cmd: &str) -> std::io::Result<String> {
+    let mut s = connect_ip(from, to, Duration::from_secs(5))?;
     s.write_all(format!("{cmd}\n").as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
@@ -1031,7 +1321,12 @@ pub fn request(from: Option<SocketAddrV4>, to: SocketAddrV4, cmd: &str) -> std::
 
 /// `SEND n`: returns the answering origin's name and the `n` bytes it sent.
 pub fn download(to: SocketAddrV4, n: usize) -> std::io::Result<(String, Vec<u8>)> {
-    let mut s = connect(None, to, Duration::from_secs(30))?;
+    download_ip(SocketAddr::V4(to), n)
+}
+
+/// `download` for either family.
+pub fn download_ip(to: SocketAddr, n: usize) -> std::io::Result<(String, Vec<u8>)> {
+    let mut s = connect_ip(None, to, Duration::from_secs(30))?;
     s.write_all(format!("SEND {n}\n").as_bytes())?;
     let mut r = BufReader::new(s);
     let mut name = String::new();
@@ -1043,7 +1338,12 @@ pub fn download(to: SocketAddrV4, n: usize) -> std::io::Result<(String, Vec<u8>)
 
 /// `RECV n`: sends `data`, returns the origin's name and its FNV-1a 64 of what it received.
 pub fn upload(to: SocketAddrV4, data: &[u8]) -> std::io::Result<(String, u64)> {
-    let mut s = connect(None, to, Duration::from_secs(30))?;
+    upload_ip(SocketAddr::V4(to), data)
+}
+
+/// `upload` for either family.
+pub fn upload_ip(to: SocketAddr, data: &[u8]) -> std::io::Result<(String, u64)> {
+    let mut s = connect_ip(None, to, Duration::from_secs(30))?;
     s.write_all(format!("RECV {}\n", data.len()).as_bytes())?;
     s.write_all(data)?;
     let mut reply = String::new();
@@ -1059,6 +1359,11 @@ pub fn upload(to: SocketAddrV4, data: &[u8]) -> std::io::Result<(String, u64)> {
 
 pub fn vip() -> SocketAddrV4 {
     SocketAddrV4::new(VIP, VIP_PORT)
+}
+
+/// The IPv6 VIP of `config_dual`, `[2001:db8::10]:80`.
+pub fn vip6() -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(VIP6), VIP_PORT)
 }
 
 /// Runs `<bin> --config <cfg> check` inside `ns`: (success, stdout, stderr).
@@ -1105,6 +1410,22 @@ impl Running {
     /// at `weights`; `extra_dataplane` lines in `[dataplane]`; the agent running.
     pub fn start(weights: &[f64], extra_dataplane: &str) -> Self {
         Self::start_with(weights, extra_dataplane, "", Topology::start_servers)
+    }
+
+    /// `start` on a `Family::Dual` topology with `config_dual` (an IPv4 and an IPv6 load
+    /// balancer over the same origins) and dual-stack servers.
+    pub fn start_dual(weights: &[f64], extra_dataplane: &str) -> Self {
+        require_prerequisites();
+        let topo = Topology::build_with(weights.len(), Family::Dual);
+        let servers = topo.start_servers_dual();
+        let cfg = TempFile::new("lb.toml", &topo.config_dual(weights, extra_dataplane));
+        let agent = start_agent(&topo.lb, &cfg.path, &[]);
+        Self {
+            agent,
+            servers,
+            cfg,
+            topo,
+        }
     }
 
     /// `start` with `extra_objects` appended to the config and the caller's servers.
