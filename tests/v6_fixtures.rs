@@ -29,6 +29,8 @@ const O1: [u8; 16] = v6(0x11, 2);
 const R_ORIGIN: [u8; 16] = v6(0x11, 0xfe);
 /// An address on the client side that is no VIP (the host's neighbour).
 const OTHER: [u8; 16] = v6(1, 9);
+/// The host's own address on the client side.
+const LB_A: [u8; 16] = v6(1, 1);
 const MAC_C1: [u8; 6] = [2, 0, 0, 1, 0, 2];
 const MAC_C2: [u8; 6] = [2, 0, 0, 1, 0, 3];
 const MAC_O1: [u8; 6] = [2, 0, 0, 0x11, 0, 2];
@@ -363,7 +365,24 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
                 events: &[event::DROP_EXT_HEADER],
             },
             Case {
-                desc: "TCP to an IPv6 address that is no VIP: passed untouched",
+                desc: "TCP to the host's own IPv6 address: passed untouched",
+                ingress: Side::A,
+                input: tcp6(
+                    (MAC_C1, mac_a),
+                    (C1, LB_A),
+                    64,
+                    (40000, 22),
+                    1,
+                    None,
+                    true,
+                    &[],
+                ),
+                verdict: XDP_PASS,
+                output: None,
+                events: &[event::PASS_NOT_VIP],
+            },
+            Case {
+                desc: "TCP to another host through us (no open router): dropped",
                 ingress: Side::A,
                 input: tcp6(
                     (MAC_C1, mac_a),
@@ -375,9 +394,9 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
                     true,
                     &[],
                 ),
-                verdict: XDP_PASS,
+                verdict: XDP_DROP,
                 output: None,
-                events: &[event::PASS_NOT_VIP],
+                events: &[event::DROP_TRANSIT],
             },
             Case {
                 desc: "an IPv4-mapped destination: never the IPv4 VIP's, passed",
@@ -446,7 +465,7 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
         );
         assert_eq!(out, want, "too big: frame");
         lb_testbed::fixture::assert_checksums("too big", &out);
-        fx.expect_events(&[event::ICMP_FRAG_NEEDED_SENT]);
+        fx.expect_events(&[event::FLOW_HIT, event::ICMP_FRAG_NEEDED_SENT]);
         println!("fixture ok: a segment too big for the origin link: packet too big, MTU {MTU_B}");
     });
 }
