@@ -612,3 +612,177 @@ fn ipv6_udp_datagrams_icmpv6_echo_and_neighbour_discovery() {
         ]);
     });
 }
+
+/// The TCP header of an output frame, its checksums rechecked first.
+fn tcp_of(frame: &[u8]) -> etherparse::TcpHeader {
+    lb_testbed::fixture::assert_checksums("cookie case", frame);
+    let p = etherparse::SlicedPacket::from_ethernet(frame).expect("parses");
+    match p.transport {
+        Some(etherparse::TransportSlice::Tcp(t)) => t.to_header(),
+        other => panic!("not TCP: {other:?}"),
+    }
+}
+
+#[test]
+fn ipv6_syn_cookies_answer_without_state_and_translate_sequence_numbers() {
+    let _serial = serial();
+    let bed = bed();
+    let config = config().replace(
+        "flow_table_size = 4096",
+        "flow_table_size = 4096\nsyn_cookies = \"always\"",
+    );
+    with_loaded_in(&bed, &ebpf_object(), &config, |fx| {
+        let (mac_a, mac_b) = (bed.mac_a, bed.mac_b);
+        let from_c1 = |seq, ack: Option<u32>, syn, data: &[u8]| {
+            tcp6(
+                (MAC_C1, mac_a),
+                (C1, VIP6),
+                64,
+                (40000, 80),
+                seq,
+                ack,
+                syn,
+                data,
+            )
+        };
+        // The SYN is answered in place with a cookie SYN-ACK (bpf_tcp_raw_gen_syncookie_ipv6).
+        let (v, out) = fx.run1(Side::A, &from_c1(7000, None, true, &[]));
+        assert_eq!(v, XDP_REDIRECT, "cookie SYN-ACK: back out of the ingress");
+        let synack = tcp_of(&out);
+        assert!(
+            synack.syn && synack.ack && synack.acknowledgment_number == 7001,
+            "cookie SYN-ACK: {synack:?}"
+        );
+        assert_eq!((synack.source_port, synack.destination_port), (80, 40000));
+        assert_eq!(
+            (&out[0..6], &out[22..38], &out[38..54]),
+            (&MAC_C1[..], &VIP6[..], &C1[..])
+        );
+        let key = FlowKey {
+            src: C1,
+            dst: VIP6,
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        assert!(
+            fx.rec.maps.flows.get(&key, 0).is_err(),
+            "no state for a cookie SYN"
+        );
+        let cookie = synack.sequence_number;
+        fx.expect_events(&[event::SYN_COOKIE_SENT]);
+        // A wrong cookie: dropped.
+        let (v, _) = fx.run1(
+            Side::A,
+            &from_c1(7001, Some(cookie.wrapping_add(77)), false, &[]),
+        );
+        assert_eq!(v, XDP_DROP, "ACK with a wrong cookie");
+        fx.expect_events(&[event::DROP_COOKIE_INVALID]);
+        // The right one: a flow, and the ACK becomes the SYN to o1 from the IPv6 SNAT address.
+        let (v, out) = fx.run1(
+            Side::A,
+            &from_c1(7001, Some(cookie.wrapping_add(1)), false, &[]),
+        );
+        assert_eq!(v, XDP_REDIRECT, "cookie ACK becomes the SYN to the origin");
+        let syn_o = tcp_of(&out);
+        assert!(
+            syn_o.syn && !syn_o.ack && syn_o.sequence_number == 7000,
+            "SYN to the origin: {syn_o:?}"
+        );
+        assert_eq!(
+            (&out[22..38], &out[38..54]),
+            (&SNAT6[..], &O1[..]),
+            "SNAT -> o1"
+        );
+        assert_eq!(syn_o.destination_port, 8080);
+        let p = syn_o.source_port;
+        assert!(
+            fx.rec.maps.flows.get(&key, 0).is_ok(),
+            "a flow for the cookie ACK"
+        );
+        fx.expect_events(&[event::SYN_COOKIE_OK, event::FWD_REDIRECT]);
+        // o1's SYN-ACK becomes our ACK back to o1.
+        let (v, out) = fx.run1(
+            Side::B,
+            &tcp6(
+                (MAC_O1, mac_b),
+                (O1, SNAT6),
+                64,
+                (8080, p),
+                9000,
+                Some(7001),
+                true,
+                &[],
+            ),
+        );
+        assert_eq!(v, XDP_REDIRECT, "origin SYN-ACK: answered with our ACK");
+        assert_eq!(
+            out,
+            tcp6(
+                (mac_b, MAC_O1),
+                (SNAT6, O1),
+                64,
+                (p, 8080),
+                7001,
+                Some(9001),
+                false,
+                &[]
+            ),
+            "ACK to the origin"
+        );
+        fx.expect_events(&[event::COOKIE_ORIGIN_ACK]);
+        // From now on sequence numbers are translated between the cookie and o1's ISN.
+        let (v, out) = fx.run1(
+            Side::A,
+            &from_c1(7001, Some(cookie.wrapping_add(1)), false, b"hi"),
+        );
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(
+            out,
+            tcp6(
+                (mac_b, MAC_O1),
+                (SNAT6, O1),
+                63,
+                (p, 8080),
+                7001,
+                Some(9001),
+                false,
+                b"hi"
+            ),
+            "client data, its ack translated"
+        );
+        fx.expect_events(&[event::FLOW_HIT, event::FWD_REDIRECT]);
+        let (v, out) = fx.run1(
+            Side::B,
+            &tcp6(
+                (MAC_O1, mac_b),
+                (O1, SNAT6),
+                64,
+                (8080, p),
+                9001,
+                Some(7003),
+                false,
+                b"ok",
+            ),
+        );
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(
+            out,
+            tcp6(
+                (mac_a, MAC_C1),
+                (VIP6, C1),
+                63,
+                (80, 40000),
+                cookie.wrapping_add(1),
+                Some(7003),
+                false,
+                b"ok"
+            ),
+            "origin data, its sequence number translated"
+        );
+        fx.expect_events(&[event::REPLY_NAT, event::FWD_REDIRECT]);
+        fx.assert_events();
+        println!("fixture ok: IPv6 SYN cookies, cookie ACK, origin handshake, translation");
+    });
+}
