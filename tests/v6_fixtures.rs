@@ -114,7 +114,7 @@ fn bed() -> FibBed {
 fn fixture(f: impl FnOnce(&mut Loaded<'_>, &FibBed) + Send) {
     let _serial = serial();
     let bed = bed();
-    with_loaded_in(&bed, &ebpf_object(), &config(), |fx| {
+    with_loaded_in(&bed, ebpf_object(), &config(), |fx| {
         f(fx, &bed);
         fx.assert_events();
     });
@@ -631,7 +631,7 @@ fn ipv6_syn_cookies_answer_without_state_and_translate_sequence_numbers() {
         "flow_table_size = 4096",
         "flow_table_size = 4096\nsyn_cookies = \"always\"",
     );
-    with_loaded_in(&bed, &ebpf_object(), &config, |fx| {
+    with_loaded_in(&bed, ebpf_object(), &config, |fx| {
         let (mac_a, mac_b) = (bed.mac_a, bed.mac_b);
         let from_c1 = |seq, ack: Option<u32>, syn, data: &[u8]| {
             tcp6(
