@@ -4,10 +4,13 @@
 //! with checksums computed by the test bed), so byte equality proves the incremental
 //! checksum updates; every output's checksums are recomputed on top.
 //!
-//! TCP: new flow, reply, established, extension headers removed or refused, fragments;
-//! UDP: new flow, answer, a checksum-less datagram, idle expiry; ICMPv6: neighbour
-//! discovery passed, echo answered, "packet too big" from the origin side translated to the
-//! client, and originated for a rewritten packet too big for the origin link.
+//! TCP: new flow, reply, established, extension headers removed or refused, fragments,
+//! IPv4-mapped addresses, transit, SYN cookies (`bpf_tcp_raw_gen_syncookie_ipv6`) with
+//! sequence translation; UDP: new flow, answer, a checksum-less datagram, idle expiry;
+//! ICMPv6: neighbour discovery passed, echo answered, "packet too big" from the origin side
+//! translated to the client, "unreachable" from the client side translated to the origin
+//! (and dropped for no flow), "packet too big" originated for a rewritten packet too big
+//! for the origin link.
 
 use etherparse::PacketBuilder;
 use lb_common::{event, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
@@ -25,8 +28,9 @@ const SNAT6: [u8; 16] = v6(5, 1);
 const C1: [u8; 16] = v6(1, 2);
 const C2: [u8; 16] = v6(1, 3);
 const O1: [u8; 16] = v6(0x11, 2);
-/// A router on the origin side, which sends ICMPv6 errors.
+/// Routers on the origin and client sides, which send ICMPv6 errors.
 const R_ORIGIN: [u8; 16] = v6(0x11, 0xfe);
+const R_CLIENT: [u8; 16] = v6(1, 0xfe);
 /// An address on the client side that is no VIP (the host's neighbour).
 const OTHER: [u8; 16] = v6(1, 9);
 /// The host's own address on the client side.
@@ -35,6 +39,7 @@ const MAC_C1: [u8; 6] = [2, 0, 0, 1, 0, 2];
 const MAC_C2: [u8; 6] = [2, 0, 0, 1, 0, 3];
 const MAC_O1: [u8; 6] = [2, 0, 0, 0x11, 0, 2];
 const MAC_RO: [u8; 6] = [2, 0, 0, 0x11, 0, 0xfe];
+const MAC_RC: [u8; 6] = [2, 0, 0, 1, 0, 0xfe];
 /// MTU of the origin side's link, for "packet too big".
 const MTU_B: u16 = 1400;
 const QUERY: &[u8] = b"\x12\x34\x01\x00\x00\x01 what is the answer";
@@ -449,6 +454,75 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
             )),
             events: &[event::ICMP_FROM_ORIGIN, event::FWD_REDIRECT],
         }]);
+        // "Destination unreachable" from a router on the client side, quoting what we sent
+        // to the client (o1's SYN-ACK): translated for o1, quoting what o1 sent.
+        let to_client = tcp6(
+            (mac_a, MAC_C1),
+            (VIP6, C1),
+            63,
+            (80, 40000),
+            5000,
+            Some(1001),
+            true,
+            &[],
+        );
+        let mut quoted_o1 = tcp6(
+            (MAC_O1, mac_b),
+            (O1, SNAT6),
+            64,
+            (8080, p),
+            5000,
+            Some(1001),
+            true,
+            &[],
+        )[14..]
+            .to_vec();
+        quoted_o1[7] = 63;
+        fx.run(vec![
+            Case {
+                desc: "ICMPv6 unreachable about a client of o1: translated back to o1",
+                ingress: Side::A,
+                input: icmp6(
+                    (MAC_RC, mac_a),
+                    (R_CLIENT, VIP6),
+                    64,
+                    (1, 3, [0; 4]),
+                    &to_client[14..],
+                ),
+                verdict: XDP_REDIRECT,
+                output: Some(icmp6(
+                    (mac_b, MAC_O1),
+                    (SNAT6, O1),
+                    63,
+                    (1, 3, [0; 4]),
+                    &quoted_o1,
+                )),
+                events: &[event::ICMP_FROM_CLIENT, event::FWD_REDIRECT],
+            },
+            Case {
+                desc: "ICMPv6 unreachable to the VIP about no flow of ours: dropped",
+                ingress: Side::A,
+                input: icmp6(
+                    (MAC_RC, mac_a),
+                    (R_CLIENT, VIP6),
+                    64,
+                    (1, 3, [0; 4]),
+                    &tcp6(
+                        (mac_a, MAC_C2),
+                        (VIP6, C2),
+                        63,
+                        (80, 41000),
+                        5000,
+                        Some(1001),
+                        true,
+                        &[],
+                    )[14..],
+                ),
+                verdict: XDP_DROP,
+                output: None,
+                events: &[event::DROP_ICMP_UNKNOWN_FLOW],
+            },
+        ]);
         // A segment too big for side b's MTU: answered with "packet too big" quoting it.
         let big = vec![b'x'; usize::from(MTU_B)];
         let input = to_vip(1001, Some(5001), false, &big);
