@@ -20,7 +20,7 @@ use lb_testbed::{
         first_snat_port_of, next_second, other_port, with_loaded_in, Case, Loaded, SNAT_MAX,
         SNAT_MIN, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     },
-    serial, FibBed, Side,
+    serial, tcp6_segment, tcp_flags, FibBed, Side,
 };
 
 const VIP6: [u8; 16] = v6(0xa, 0x10);
@@ -125,30 +125,31 @@ fn fixture(f: impl FnOnce(&mut Loaded<'_>, &FibBed) + Send) {
     });
 }
 
-/// A TCP frame built by etherparse.
+/// A TCP frame built by etherparse (`tcp6_segment`): a SYN if `syn`, an ACK of `ack`.
 #[expect(clippy::too_many_arguments, reason = "a frame has this many fields")]
 fn tcp6(
     (smac, dmac): ([u8; 6], [u8; 6]),
     (src, dst): ([u8; 16], [u8; 16]),
     hop: u8,
-    (sport, dport): (u16, u16),
+    ports: (u16, u16),
     seq: u32,
     ack: Option<u32>,
     syn: bool,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(smac, dmac)
-        .ipv6(src, dst, hop)
-        .tcp(sport, dport, seq, 64240);
-    if syn {
-        b = b.syn();
-    }
-    if let Some(a) = ack {
-        b = b.ack(a);
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, payload).expect("tcp6 frame");
-    v
+    let flags =
+        if syn { tcp_flags::SYN } else { 0 } | if ack.is_some() { tcp_flags::ACK } else { 0 };
+    tcp6_segment(
+        smac,
+        dmac,
+        src,
+        dst,
+        hop,
+        ports,
+        flags,
+        (seq, ack.unwrap_or(0)),
+        payload,
+    )
 }
 
 /// A UDP frame built by etherparse.

@@ -344,9 +344,19 @@ pub fn tcp_segment(
     (seq, ack): (u32, u32),
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = etherparse::PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src, dst, ttl)
-        .tcp(sport, dport, seq, 64240);
+    let ip = etherparse::PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, ttl);
+    tcp_over(ip, (sport, dport), flags, (seq, ack), payload)
+}
+
+/// The TCP part of `tcp_segment` and `tcp6_segment`, over the IP header `ip` built so far.
+fn tcp_over(
+    ip: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+    (sport, dport): (u16, u16),
+    flags: u8,
+    (seq, ack): (u32, u32),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = ip.tcp(sport, dport, seq, 64240);
     if flags & tcp_flags::FIN != 0 {
         b = b.fin();
     }
@@ -381,27 +391,8 @@ pub fn tcp6_segment(
     (seq, ack): (u32, u32),
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = etherparse::PacketBuilder::ethernet2(smac, dmac)
-        .ipv6(src, dst, hop_limit)
-        .tcp(sport, dport, seq, 64240);
-    if flags & tcp_flags::FIN != 0 {
-        b = b.fin();
-    }
-    if flags & tcp_flags::SYN != 0 {
-        b = b.syn();
-    }
-    if flags & tcp_flags::RST != 0 {
-        b = b.rst();
-    }
-    if flags & tcp_flags::PSH != 0 {
-        b = b.psh();
-    }
-    if flags & tcp_flags::ACK != 0 {
-        b = b.ack(ack);
-    }
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).expect("build frame");
-    v
+    let ip = etherparse::PacketBuilder::ethernet2(smac, dmac).ipv6(src, dst, hop_limit);
+    tcp_over(ip, (sport, dport), flags, (seq, ack), payload)
 }
 
 /// Sends hand-made IPv4/TCP packets (any source address, flags and sequence numbers)
