@@ -45,9 +45,12 @@ const MTU_B: u16 = 1400;
 const QUERY: &[u8] = b"\x12\x34\x01\x00\x00\x01 what is the answer";
 const ANSWER: &[u8] = b"\x12\x34\x81\x80\x00\x01 forty-two";
 
-/// `fd00:<net>::<host>`.
+/// `2001:db8:<net>::<host>` (the bed's IPv6 networks are 2001:db8:1::/64 on side a and
+/// 2001:db8:11::/64 on side b, `FibBed::add_ipv6`).
 const fn v6(net: u8, host: u8) -> [u8; 16] {
-    [0xfd, 0, 0, net, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, host]
+    [
+        0x20, 0x01, 0x0d, 0xb8, 0, net, 0, 0, 0, 0, 0, 0, 0, 0, 0, host,
+    ]
 }
 
 /// Two load balancers on one IPv6 VIP: TCP port 80 and UDP port 53, both to o1.
@@ -55,7 +58,7 @@ fn config() -> String {
     format!(
         r#"[dataplane]
 interfaces = ["lo"]
-snat_address = ["10.0.0.1", "fd00:5::1"]
+snat_address = ["10.0.0.1", "2001:db8:5::1"]
 snat_ports = [{SNAT_MIN}, {SNAT_MAX}]
 udp_unreplied_timeout = 2
 pin_dir = "@PIN@"
@@ -63,56 +66,38 @@ flow_table_size = 4096
 
 [[pools]]
 name = "web6"
-origins = [{{ name = "o1", address = "fd00:11::2", port = 8080 }}]
+origins = [{{ name = "o1", address = "2001:db8:11::2", port = 8080 }}]
 
 [[load_balancers]]
 name = "www6"
-address = "fd00:a::10"
+address = "2001:db8:a::10"
 port = 80
 default_pools = ["web6"]
 
 [[load_balancers]]
 name = "dns6"
 protocol = "udp"
-address = "fd00:a::10"
+address = "2001:db8:a::10"
 port = 53
 default_pools = ["web6"]
 "#
     )
 }
 
-/// A fixture bed with IPv6: fd00:1::1/64 on side a (clients), fd00:11::1/64 on side b
-/// (origin, router), static neighbours, forwarding on, side b's MTU `MTU_B`.
+/// A fixture bed with IPv6 (`FibBed::add_ipv6`: 2001:db8:1::1/64 on side a, clients;
+/// 2001:db8:11::1/64 on side b, origin and router; static neighbours, forwarding on), side
+/// b's MTU `MTU_B`.
 fn bed() -> FibBed {
     let bed = FibBed::new("v6fx", &[]);
-    let ns = &bed.ns;
-    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
-    for (dev, addr) in [(&bed.a, "fd00:1::1/64"), (&bed.b, "fd00:11::1/64")] {
-        ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
-    }
-    ns.ip(&["link", "set", &bed.b, "mtu", &MTU_B.to_string()]);
-    for (addr, mac, dev) in [
-        (C1, MAC_C1, &bed.a),
-        (C2, MAC_C2, &bed.a),
-        (OTHER, MAC_C2, &bed.a),
-        (O1, MAC_O1, &bed.b),
-        (R_ORIGIN, MAC_RO, &bed.b),
-    ] {
-        let m = mac.map(|b| format!("{b:02x}")).join(":");
-        let a = std::net::Ipv6Addr::from(addr).to_string();
-        ns.ip(&[
-            "-6",
-            "neigh",
-            "replace",
-            &a,
-            "lladdr",
-            &m,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    }
+    bed.add_ipv6(&[
+        (C1, MAC_C1, Side::A),
+        (C2, MAC_C2, Side::A),
+        (OTHER, MAC_C2, Side::A),
+        (O1, MAC_O1, Side::B),
+        (R_ORIGIN, MAC_RO, Side::B),
+    ]);
+    bed.ns
+        .ip(&["link", "set", &bed.b, "mtu", &MTU_B.to_string()]);
     bed
 }
 

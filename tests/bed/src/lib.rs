@@ -483,6 +483,25 @@ pub struct FibBed {
     pub pin_dir: PathBuf,
 }
 
+/// A permanent neighbour entry (`ip neigh replace ... nud permanent`), either family: the
+/// FIB helper then answers lookups towards `addr` deterministically.
+fn static_neigh(ns: &NetNs, addr: IpAddr, mac: [u8; 6], dev: &str) {
+    let m = mac.map(|b| format!("{b:02x}")).join(":");
+    let family = if addr.is_ipv4() { "-4" } else { "-6" };
+    ns.ip(&[
+        family,
+        "neigh",
+        "replace",
+        &addr.to_string(),
+        "lladdr",
+        &m,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
+}
+
 impl FibBed {
     pub fn new(prefix: &str, neighbours: &[([u8; 4], [u8; 6], Side)]) -> Self {
         let id = unique_id(prefix);
@@ -501,23 +520,8 @@ impl FibBed {
         ns.ip(&["link", "set", &b, "up"]);
         ns.sysctl("net.ipv4.conf.all.forwarding", "1");
         for (addr, mac, side) in neighbours {
-            let m = mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":");
             let dev = if *side == Side::A { &a } else { &b };
-            ns.ip(&[
-                "neigh",
-                "replace",
-                &Ipv4Addr::from(*addr).to_string(),
-                "lladdr",
-                &m,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
+            static_neigh(&ns, IpAddr::from(*addr), *mac, dev);
         }
         let (ifindex_a, mac_a) = ns.link(&a);
         let (ifindex_b, mac_b) = ns.link(&b);
@@ -564,24 +568,8 @@ impl FibBed {
         ]);
         self.ns.sysctl("net.ipv6.conf.all.forwarding", "1");
         for (addr, mac, side) in neighbours {
-            let m = mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":");
             let dev = if *side == Side::A { &self.a } else { &self.b };
-            self.ns.ip(&[
-                "-6",
-                "neigh",
-                "replace",
-                &Ipv6Addr::from(*addr).to_string(),
-                "lladdr",
-                &m,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
+            static_neigh(&self.ns, IpAddr::from(*addr), *mac, dev);
         }
     }
 
