@@ -114,7 +114,7 @@ fn bed() -> FibBed {
 fn fixture(f: impl FnOnce(&mut Loaded<'_>, &FibBed) + Send) {
     let _serial = serial();
     let bed = bed();
-    with_loaded_in(&bed, &ebpf_object(), &config(), |fx| {
+    with_loaded_in(&bed, ebpf_object(), &config(), |fx| {
         f(fx, &bed);
         fx.assert_events();
     });
