@@ -19,7 +19,8 @@ use lb_testbed::{
     vip, NetNs, Running, TempFile, CLIENT, CLIENT2, FNV_INIT,
 };
 
-fn read_stats(cfg: &Path) -> stats::Stats {
+/// The counters `lb-agent stats` prints, read from the pinned maps (also used by `v6_e2e`).
+pub(crate) fn read_stats(cfg: &Path) -> stats::Stats {
     let cfg = Config::load(cfg).expect("config");
     let maps = Maps::open_pinned(&cfg.dataplane.pin_dir).expect("pinned maps");
     stats::collect(&cfg, &maps).expect("stats")

@@ -4,17 +4,21 @@
 //! see them: only ICMP "fragmentation needed" that reaches the right endpoint (answered by
 //! the LB itself, or translated by it) lets a 10 MB transfer finish.
 
-use std::{net::SocketAddrV4, path::Path, time::Duration};
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
 
 use lb_agent::{config::Config, dataplane::Maps, stats};
 use lb_testbed::{
-    connect, download, fnv64, origin_addr, pattern, require_prerequisites, serial, upload, vip,
-    NetNs, Server, TempFile, Topology, CLIENT, FNV_INIT, ORIGIN_PORT, VIP, VIP_PORT,
+    connect, download_ip, fnv64, origin_addr, pattern, require_prerequisites, serial, upload_ip,
+    vip, NetNs, Server, TempFile, Topology, CLIENT, FNV_INIT, ORIGIN_PORT, VIP, VIP_PORT,
 };
 
 const LEN: usize = 10_000_000;
 
-fn events(cfg: &Path) -> std::collections::BTreeMap<String, u64> {
+pub(crate) fn events(cfg: &Path) -> std::collections::BTreeMap<String, u64> {
     let cfg = Config::load(cfg).expect("config");
     let maps = Maps::open_pinned(&cfg.dataplane.pin_dir).expect("pinned maps");
     stats::collect(&cfg, &maps).expect("stats").events
@@ -25,7 +29,7 @@ fn events(cfg: &Path) -> std::collections::BTreeMap<String, u64> {
 /// XDP program itself: `veth_xdp_flush` wakes the peer's NAPI only if the peer has one
 /// (drivers/net/veth.c), unlike redirects, which are flushed regardless. The LB's ICMP
 /// answers (echo replies, fragmentation needed) leave by XDP_TX.
-fn xdp_pass_on(ns: &NetNs, dev: &str) -> aya::Ebpf {
+pub(crate) fn xdp_pass_on(ns: &NetNs, dev: &str) -> aya::Ebpf {
     let object = lb_agent::dataplane::test_object(lb_testbed::ebpf_object());
     ns.run(|| {
         let mut ebpf = aya::Ebpf::load_file(&object)
@@ -42,21 +46,29 @@ fn xdp_pass_on(ns: &NetNs, dev: &str) -> aya::Ebpf {
     })
 }
 
-/// Forgets the path MTUs `ns` has learned, so that the next connection starts at 1500: a
-/// learned PMTU also lowers the MSS a host advertises, which would hide the narrow hop
-/// from the other direction's transfer.
+/// Forgets the path MTUs `ns` has learned (IPv4 and IPv6), so that the next connection
+/// starts at 1500: a learned PMTU also lowers the MSS a host advertises, which would hide
+/// the narrow hop from the other direction's transfer.
 fn forget_pmtu(ns: &NetNs) {
     ns.ip(&["route", "flush", "cache"]);
+    ns.ip(&["-6", "route", "flush", "cache"]);
 }
 
-/// 10 MB down and 10 MB up through the VIP from `client`, byte-identical; every endpoint
-/// forgets its learned path MTUs before each transfer.
-fn transfer_both_ways(what: &str, client: &NetNs, endpoints: &[&NetNs], cfg: &Path) {
+/// 10 MB down and 10 MB up through the VIP `to` (either family) from `client`,
+/// byte-identical; every endpoint forgets its learned path MTUs before each transfer. Also
+/// used by `v6_e2e`.
+pub(crate) fn transfer_both_ways(
+    what: &str,
+    client: &NetNs,
+    endpoints: &[&NetNs],
+    cfg: &Path,
+    to: SocketAddr,
+) {
     let want = fnv64(&pattern(LEN), FNV_INIT);
     endpoints.iter().for_each(|n| forget_pmtu(n));
     let t = std::time::Instant::now();
     let (name, body) = client
-        .run(|| download(vip(), LEN))
+        .run(|| download_ip(to, LEN))
         .unwrap_or_else(|e| panic!("{what}: download: {e}; events {:?}", events(cfg)));
     assert_eq!(body.len(), LEN, "{what}: download length from {name}");
     assert_eq!(fnv64(&body, FNV_INIT), want, "{what}: download content");
@@ -64,7 +76,7 @@ fn transfer_both_ways(what: &str, client: &NetNs, endpoints: &[&NetNs], cfg: &Pa
     endpoints.iter().for_each(|n| forget_pmtu(n));
     let t = std::time::Instant::now();
     let (name, got) = client
-        .run(|| upload(vip(), &pattern(LEN)))
+        .run(|| upload_ip(to, &pattern(LEN)))
         .unwrap_or_else(|e| panic!("{what}: upload: {e}; events {:?}", events(cfg)));
     assert_eq!(got, want, "{what}: upload content as {name} hashed it");
     println!(
@@ -97,6 +109,7 @@ fn pmtu_narrow_link_behind_the_lb_both_directions() {
         &topo.client,
         &ends,
         &cfg.path,
+        vip().into(),
     );
     let e = events(&cfg.path);
     println!(
@@ -118,6 +131,7 @@ fn pmtu_narrow_link_behind_the_lb_both_directions() {
         &topo.client,
         &ends,
         &cfg.path,
+        vip().into(),
     );
     let e = events(&cfg.path);
     println!(
@@ -143,12 +157,19 @@ fn pmtu_icmp_from_routers_is_translated_both_directions() {
     let server_ns = topo.add_host_behind(
         &topo.origins[0],
         origin_addr(1),
+        None,
         &topo.lb_ifaces[1],
         [10, 0, 21],
         1280,
     );
-    let client_ns =
-        topo.add_host_behind(&topo.client, CLIENT, &topo.lb_ifaces[0], [10, 0, 2], 1280);
+    let client_ns = topo.add_host_behind(
+        &topo.client,
+        CLIENT,
+        None,
+        &topo.lb_ifaces[0],
+        [10, 0, 2],
+        1280,
+    );
     let _server = Server::start(&server_ns, "o1", ORIGIN_PORT);
     let text = topo
         .config(&[1.0], "")
@@ -162,6 +183,7 @@ fn pmtu_icmp_from_routers_is_translated_both_directions() {
         &client_ns,
         &[&client_ns, &server_ns],
         &cfg.path,
+        vip().into(),
     );
     let e = events(&cfg.path);
     println!(

@@ -11,6 +11,8 @@
 //! - `e2e`, `icmp_e2e`, `conntrack`, `health`, `steering`, `udp_e2e`: the real agent in
 //!   network namespace topologies, real clients and servers.
 //! - `ipv6_bed`: the test bed's IPv6 topology (addresses, routes, servers, clients).
+//! - `v6_e2e`: the real agent over IPv6 (VIP, origins, clients): split, transfers,
+//!   failover, geo by IPv6 prefix, UDP, path MTU with ICMPv6, ping.
 //! - `api`: the HTTP API, `/metrics`, webhooks, the dashboard in headless Chromium, `lbctl`.
 
 mod api;
@@ -26,4 +28,5 @@ mod steering;
 mod steering_fixtures;
 mod udp_e2e;
 mod udp_fixtures;
+mod v6_e2e;
 mod v6_fixtures;

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
@@ -15,7 +15,7 @@ use lb_agent::{
 };
 use lb_common::event;
 use lb_testbed::{
-    mmdb, origin_addr, request, require_prerequisites, serial, unique_id, vip, Http, Server,
+    mmdb, origin_addr, request_ip, require_prerequisites, serial, unique_id, vip, Http, Server,
     TempFile, Topology, CLIENT, ORIGIN_PORT,
 };
 
@@ -24,17 +24,18 @@ fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T
     lb_testbed::wait_for(what, timeout, Duration::from_millis(10), f)
 }
 
-/// Which origins answer `n` new connections from `from` to `to` (name -> count).
-fn answers_to(
+/// Which origins answer `n` new connections from `from` to `to` (name -> count), for either
+/// family (also used by `v6_e2e`).
+pub(crate) fn answers_to(
     topo: &Topology,
-    from: Ipv4Addr,
-    to: SocketAddrV4,
+    from: IpAddr,
+    to: SocketAddr,
     n: usize,
 ) -> BTreeMap<String, usize> {
     topo.client.run(|| {
         let mut m = BTreeMap::new();
         for _ in 0..n {
-            let k = request(Some(SocketAddrV4::new(from, 0)), to, "NAME")
+            let k = request_ip(Some(SocketAddr::new(from, 0)), to, "NAME")
                 .map_or_else(|e| format!("failed: {e}"), |r| r.trim().to_owned());
             *m.entry(k).or_insert(0) += 1;
         }
@@ -43,10 +44,10 @@ fn answers_to(
 }
 
 fn answers(topo: &Topology, from: Ipv4Addr, n: usize) -> BTreeMap<String, usize> {
-    answers_to(topo, from, vip(), n)
+    answers_to(topo, from.into(), vip().into(), n)
 }
 
-fn only(name: &str, n: usize) -> BTreeMap<String, usize> {
+pub(crate) fn only(name: &str, n: usize) -> BTreeMap<String, usize> {
     BTreeMap::from([(name.to_owned(), n)])
 }
 
@@ -58,14 +59,14 @@ fn active_pool(topo: &Topology, lb: &str) -> Option<String> {
         .and_then(|l| l.active_pool.clone())
 }
 
-fn wait_active(topo: &Topology, lb: &str, pool: &str, timeout: Duration) {
+pub(crate) fn wait_active(topo: &Topology, lb: &str, pool: &str, timeout: Duration) {
     wait_for(&format!("{lb} on pool {pool}"), timeout, || {
         (active_pool(topo, lb).as_deref() == Some(pool)).then_some(())
     });
 }
 
 /// Waits until every monitored origin has a health state other than "unknown".
-fn wait_checked(topo: &Topology) {
+pub(crate) fn wait_checked(topo: &Topology) {
     wait_for("first health checks", Duration::from_secs(10), || {
         let s = Status::read(&topo.status_file).ok()?;
         s.origins
@@ -75,15 +76,22 @@ fn wait_checked(topo: &Topology) {
     });
 }
 
-/// One pool per origin namespace: `(pool name, origin index)`; TCP monitor on the origin port.
+/// One pool per origin namespace: `(pool name, origin index, extra lines)`; TCP monitor on
+/// the origin port.
 fn pools(list: &[(&str, usize, &str)]) -> String {
+    pools_at(list, |i| origin_addr(i).into())
+}
+
+/// `pools` with the origins' addresses from `addr` (origin index -> address; `origin_addr6`
+/// for IPv6 pools in `v6_e2e`).
+pub(crate) fn pools_at(list: &[(&str, usize, &str)], addr: impl Fn(usize) -> IpAddr) -> String {
     let mut s = String::from(
         "[[monitors]]\nname = \"tcp\"\ntype = \"tcp\"\ninterval = 0.25\ntimeout = 0.2\nretries = 0\n\n",
     );
     for (name, i, extra) in list {
         s.push_str(&format!(
             "[[pools]]\nname = \"{name}\"\nmonitor = \"tcp\"\n{extra}\norigins = [{{ name = \"o{i}\", address = \"{}\", port = {ORIGIN_PORT} }}]\n\n",
-            origin_addr(*i)
+            addr(*i)
         ));
     }
     s
@@ -392,7 +400,7 @@ fn hash_steering_and_session_affinity_keep_clients_on_one_origin() {
     let hits = || maps.event_totals().expect("events")[event::AFFINITY_HIT as usize];
     let c = clients[0];
     let h0 = hits();
-    let got = answers_to(&topo, c, sticky, 20);
+    let got = answers_to(&topo, c.into(), sticky.into(), 20);
     assert_eq!(
         got.len(),
         1,
@@ -406,7 +414,7 @@ fn hash_steering_and_session_affinity_keep_clients_on_one_origin() {
     // Past the TTL the first connection is balanced afresh (no affinity hit), then sticks again.
     std::thread::sleep(Duration::from_millis(3500));
     let h1 = hits();
-    let again = answers_to(&topo, c, sticky, 20);
+    let again = answers_to(&topo, c.into(), sticky.into(), 20);
     assert_eq!(again.len(), 1, "sticky again: {again:?}");
     assert_eq!(
         hits() - h1,

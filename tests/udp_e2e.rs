@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket},
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -29,9 +29,9 @@ use lb_testbed::{
 };
 
 /// The UDP VIP's port (and the TCP one beside it in the split test).
-const UDP_VIP_PORT: u16 = 53;
+pub(crate) const UDP_VIP_PORT: u16 = 53;
 /// Where the origins' echo servers listen.
-const ECHO_PORT: u16 = 5353;
+pub(crate) const ECHO_PORT: u16 = 5353;
 
 fn udp_vip() -> SocketAddrV4 {
     SocketAddrV4::new(VIP, UDP_VIP_PORT)
@@ -40,19 +40,24 @@ fn udp_vip() -> SocketAddrV4 {
 /// A UDP echo server in a namespace: answers every datagram with `<name> <payload>`, except
 /// those starting with `SILENT` (a flow its origin never answers). Stopped on drop: the
 /// socket closes, so later datagrams to the port get an ICMP port unreachable.
-struct UdpEcho {
+pub(crate) struct UdpEcho {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl UdpEcho {
     fn start(ns: &NetNs, name: &str, port: u16) -> Self {
+        Self::start_on(ns, name, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+    }
+
+    /// `start` on address `bind`: `::` answers IPv4 and IPv6 (a dual-stack socket).
+    pub(crate) fn start_on(ns: &NetNs, name: &str, bind: IpAddr, port: u16) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let (path, name, stop2) = (ns.path(), name.to_owned(), stop.clone());
         let thread = std::thread::spawn(move || {
             enter_netns(&path);
-            let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind echo server");
+            let s = UdpSocket::bind((bind, port)).expect("bind echo server");
             s.set_read_timeout(Some(Duration::from_millis(20)))
                 .expect("read timeout");
             tx.send(()).expect("ready");
@@ -142,7 +147,7 @@ fn client_socket(port: u16) -> UdpSocket {
 /// Sends `msg` (unique per call) and waits for its echo: the answering origin's name, or
 /// `None` after `tries` sends without an answer (300 ms each). Stale answers to earlier
 /// messages are skipped.
-fn ask(s: &UdpSocket, msg: &str, tries: u32) -> Option<String> {
+pub(crate) fn ask(s: &UdpSocket, msg: &str, tries: u32) -> Option<String> {
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .expect("read timeout");
     let mut buf = [0u8; 2048];

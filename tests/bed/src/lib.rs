@@ -68,6 +68,13 @@ pub fn origin_addr6(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, subnet6(i), 0, 0, 0, 0, 2)
 }
 
+/// The IPv6 /64 of `Topology::add_host_behind(.., net, ..)`, as a prefix to append the
+/// host part to: `2001:db8:f15::` for `[10, 0, 21]` (third octet in hex, after an `f` that
+/// keeps it apart from the origins' subnets).
+pub fn host_net6(net: [u8; 3]) -> String {
+    format!("2001:db8:f{:02x}::", net[2])
+}
+
 /// The third group of origin `i`'s IPv6 subnet (`0x11` for origin 1).
 fn subnet6(i: usize) -> u16 {
     let i = u16::try_from(i).expect("few origins");
@@ -868,17 +875,26 @@ impl Topology {
 
     /// Gives the client namespace another address, `addr` (outside 10.0.1.0/24, so it can
     /// stand for a client in another prefix), routed by the LB namespace back to the client.
-    /// Connect from it with `request(Some(SocketAddrV4::new(addr, 0)), ..)`.
-    pub fn add_client_address(&self, addr: Ipv4Addr) {
-        let a = format!("{addr}/32");
-        self.client
-            .ip(&["addr", "add", &a, "dev", &format!("{}cx", self.id)]);
+    /// Connect from it with `request(Some(SocketAddrV4::new(addr, 0)), ..)`. An IPv6 `addr`
+    /// (a `Family::Dual` topology) is routed via `CLIENT6` and added without DAD.
+    pub fn add_client_address(&self, addr: impl Into<IpAddr>) {
+        let addr = addr.into();
+        let cx = format!("{}cx", self.id);
+        let (host, via) = match addr {
+            IpAddr::V4(_) => (format!("{addr}/32"), CLIENT.to_string()),
+            IpAddr::V6(_) => (format!("{addr}/128"), CLIENT6.to_string()),
+        };
+        let mut add = vec!["addr", "add", &host, "dev", &cx];
+        if addr.is_ipv6() {
+            add.push("nodad");
+        }
+        self.client.ip(&add);
         self.lb.ip(&[
             "route",
             "add",
-            &a,
+            &host,
             "via",
-            &CLIENT.to_string(),
+            &via,
             "dev",
             &self.lb_ifaces[0],
         ]);
@@ -891,16 +907,24 @@ impl Topology {
     /// forwards what fits and answers bigger DF packets with ICMP "fragmentation needed"
     /// (path-MTU discovery across the load balancer). The LB namespace routes `net` via
     /// `router_addr` on `lb_dev`. The namespace (and its veth) goes when the guard drops.
+    ///
+    /// With `router_addr6` (a `Family::Dual` topology), IPv6 beside on the same hop:
+    /// `host_net6(net)`/64 (router `::1`, host `::2`), the router's route to it at `mtu`,
+    /// locked, and the LB's route to it via `router_addr6`.
     pub fn add_host_behind(
         &self,
         router: &NetNs,
         router_addr: Ipv4Addr,
+        router_addr6: Option<Ipv6Addr>,
         lb_dev: &str,
         net: [u8; 3],
         mtu: u32,
     ) -> NetNs {
         let [a, b, c] = net;
         let host = NetNs::new(&format!("{}-h{c}", self.id));
+        if router_addr6.is_some() {
+            enable_ipv6(&host);
+        }
         let (near, far) = (format!("{}h{c}", self.id), format!("{}h{c}x", self.id));
         sh(
             "ip",
@@ -946,6 +970,55 @@ impl Topology {
             "dev",
             lb_dev,
         ]);
+        if let Some(via6) = router_addr6 {
+            let net6 = host_net6(net);
+            let (gw6, prefix6) = (format!("{net6}1"), format!("{net6}/64"));
+            router.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{gw6}/64"),
+                "dev",
+                &near,
+                "nodad",
+            ]);
+            host.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{net6}2/64"),
+                "dev",
+                &far,
+                "nodad",
+            ]);
+            host.ip(&["-6", "route", "add", "default", "via", &gw6]);
+            router.ip(&[
+                "-6",
+                "route",
+                "replace",
+                &prefix6,
+                "dev",
+                &near,
+                "proto",
+                "kernel",
+                "metric",
+                "256",
+                "mtu",
+                "lock",
+                &mtu.to_string(),
+            ]);
+            router.sysctl("net.ipv6.conf.all.forwarding", "1");
+            self.lb.ip(&[
+                "-6",
+                "route",
+                "add",
+                &prefix6,
+                "via",
+                &via6.to_string(),
+                "dev",
+                lb_dev,
+            ]);
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !host
             .ip(&["-o", "link", "show", "dev", &far])
@@ -981,6 +1054,34 @@ impl Topology {
             "link",
             "src",
             &gw,
+        ];
+        let m = mtu.to_string();
+        if mtu > 0 {
+            args.extend(["mtu", "lock", &m]);
+        }
+        self.lb.ip(&args);
+    }
+
+    /// `narrow_lb_route` for the IPv6 subnet of `lb_ifaces[i]` (a `Family::Dual` topology):
+    /// the connected /64 route (metric 256, as the kernel makes it) gets MTU `mtu`, locked,
+    /// or loses it with 0. IPv6 links have at least 1280 (RFC 8200 §5).
+    pub fn narrow_lb_route6(&self, i: usize, mtu: u32) {
+        let net = if i == 0 {
+            "2001:db8:1::/64".to_owned()
+        } else {
+            format!("2001:db8:{:x}::/64", subnet6(i))
+        };
+        let mut args = vec![
+            "-6",
+            "route",
+            "replace",
+            &net,
+            "dev",
+            &self.lb_ifaces[i],
+            "proto",
+            "kernel",
+            "metric",
+            "256",
         ];
         let m = mtu.to_string();
         if mtu > 0 {
