@@ -47,6 +47,26 @@ const GEO_ORIGINS: std::ops::Range<u8> = 3..6;
 /// Prefixes of the synthetic MaxMind database: about a GeoLite2-Country's IPv4 networks.
 const BIG_TRIE_PREFIXES: usize = 600_000;
 
+/// The IPv6 rows' addresses: the client and origins on the `FibBed::add_ipv6` links
+/// (`2001:db8:1::/64` on side a, `2001:db8:11::/64` on side b), a VIP and a SNAT address
+/// routed nowhere (the data path owns them).
+const CLIENT6: [u8; 16] = v6(1, 2);
+const VIP6: [u8; 16] = v6(0xa, 0x10);
+const SNAT6: [u8; 16] = v6(5, 1);
+/// Origins of pool "web6": `2001:db8:11::2` and on.
+const WEB6_ORIGINS: std::ops::Range<u8> = 0..3;
+
+/// `2001:db8:<net>::<host>`.
+const fn v6(net: u8, host: u8) -> [u8; 16] {
+    [
+        0x20, 0x01, 0x0d, 0xb8, 0, net, 0, 0, 0, 0, 0, 0, 0, 0, 0, host,
+    ]
+}
+
+fn origin6(i: u8) -> ([u8; 16], [u8; 6]) {
+    (v6(0x11, 2 + i), [2, 0, 0, 6, 11, 2 + i])
+}
+
 fn origin(i: u8) -> ([u8; 4], [u8; 6]) {
     ([10, 0, 11, 2 + i], [2, 0, 0, 0, 11, 2 + i])
 }
@@ -166,6 +186,144 @@ fn udp_flow(
         udp_frame(MAC_CLIENT, bed.mac_a, (CLIENT, VIP), (sport, 53)),
         udp_frame(omac, bed.mac_b, (o, SNAT), (oport, snat_port)),
     ))
+}
+
+/// A UDP datagram over IPv6 with hop limit 64 and a 32-byte payload.
+fn udp6_frame(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    addrs: ([u8; 16], [u8; 16]),
+    ports: (u16, u16),
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv6(addrs.0, addrs.1, 64)
+        .udp(ports.0, ports.1)
+        .write(&mut v, &[0x42; 32])
+        .expect("udp6 frame");
+    v
+}
+
+/// The flow key of `CLIENT6:sport -> VIP6:dport` in protocol `proto`.
+fn key6(sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src: CLIENT6,
+        dst: VIP6,
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// `flow_origin` for an IPv6 flow: the origin (address, MAC, port) and the SNAT port.
+fn flow_origin6(
+    maps: &lb_agent::dataplane::Maps,
+    key: &FlowKey,
+) -> Result<([u8; 16], [u8; 6], u16, u16)> {
+    let flow = maps
+        .flows
+        .get(key, 0)
+        .with_context(|| format!("no IPv6 flow for {key:?}"))?;
+    let (o, omac) = WEB6_ORIGINS
+        .map(origin6)
+        .find(|(a, _)| *a == flow.origin_addr)
+        .context("IPv6 origin mac")?;
+    Ok((
+        o,
+        omac,
+        u16::from_be(flow.origin_port),
+        u16::from_be(flow.snat_port),
+    ))
+}
+
+/// `establish` over IPv6: the flow `CLIENT6:sport -> VIP6:80` that a SYN (seq 1000) made
+/// gets its origin's SYN-ACK and the client's ACK, must then be established, and the
+/// client's next segment and the origin's are returned.
+fn establish6(
+    prog: &aya::programs::Xdp,
+    maps: &lb_agent::dataplane::Maps,
+    bed: &FibBed,
+    sport: u16,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    use lb_testbed::{tcp6_segment, tcp_flags::ACK, tcp_flags::SYN};
+    let (o, omac, oport, snat_port) = flow_origin6(maps, &key6(sport, 80, lb_common::IPPROTO_TCP))?;
+    let from_origin = |flags, seq_ack| {
+        tcp6_segment(
+            omac,
+            bed.mac_b,
+            o,
+            SNAT6,
+            64,
+            (oport, snat_port),
+            flags,
+            seq_ack,
+            &[],
+        )
+    };
+    let synack = from_origin(SYN | ACK, (1999, 1001));
+    let client = tcp6_segment(
+        MAC_CLIENT,
+        bed.mac_a,
+        CLIENT6,
+        VIP6,
+        64,
+        (sport, 80),
+        ACK,
+        (1001, 2000),
+        &[],
+    );
+    run_each(prog, std::slice::from_ref(&synack), &|l| {
+        bed.ctx(Side::B, l)
+    })?;
+    run_each(prog, std::slice::from_ref(&client), &|l| {
+        bed.ctx(Side::A, l)
+    })?;
+    let rkey = FlowKey {
+        src: o,
+        dst: SNAT6,
+        sport: oport.to_be(),
+        dport: snat_port.to_be(),
+        proto: lb_common::IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let rev = maps
+        .rev_flows
+        .get(&rkey, 0)
+        .with_context(|| format!("no IPv6 reverse entry for port {sport}"))?;
+    anyhow::ensure!(
+        rev.flags & lb_common::CT_ESTABLISHED != 0,
+        "IPv6 flow of port {sport}: not established after its handshake (flags {:#x})",
+        rev.flags
+    );
+    Ok((client, from_origin(ACK, (2000, 1001))))
+}
+
+/// `plain` (the per-packet config) with an IPv6 SNAT address beside the IPv4 one, a UDP
+/// budget above the runs' new flows, pool "web6" (`WEB6_ORIGINS`) and two load balancers
+/// on `VIP6`: TCP 80 and UDP 53.
+fn per_packet_v6_config(plain: &str) -> String {
+    let mut c = plain
+        .replace(
+            "snat_address = \"10.0.0.1\"",
+            &format!(
+                "snat_address = [\"10.0.0.1\", \"{}\"]",
+                std::net::Ipv6Addr::from(SNAT6)
+            ),
+        )
+        .replace("[dataplane]\n", "[dataplane]\nudp_budget = 1000000\n");
+    c.push_str("\n[[pools]]\nname = \"web6\"\norigins = [\n");
+    for i in WEB6_ORIGINS {
+        c.push_str(&format!(
+            "  {{ name = \"v6o{i}\", address = \"{}\", port = 8080 }},\n",
+            std::net::Ipv6Addr::from(origin6(i).0)
+        ));
+    }
+    let vip = std::net::Ipv6Addr::from(VIP6);
+    c.push_str(&format!(
+        "]\n\n[[load_balancers]]\nname = \"www6\"\naddress = \"{vip}\"\nport = 80\ndefault_pools = [\"web6\"]\n\n[[load_balancers]]\nname = \"dns6\"\nprotocol = \"udp\"\naddress = \"{vip}\"\nport = 53\ndefault_pools = [\"web6\"]\n"
+    ));
+    c
 }
 
 /// `n` pseudo-random numbers below `modulo` (xorshift64, a fixed sequence, so every run and
@@ -482,6 +640,14 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
         }))
         .collect();
     let bed = FibBed::new("bp", &neighbours);
+    let neighbours6: Vec<([u8; 16], [u8; 6], Side)> =
+        std::iter::once((CLIENT6, MAC_CLIENT, Side::A))
+            .chain(WEB6_ORIGINS.map(|i| {
+                let (a, m) = origin6(i);
+                (a, m, Side::B)
+            }))
+            .collect();
+    bed.add_ipv6(&neighbours6);
     let cfg = Config::parse(
         &per_packet_config(&bed.pin_dir, WEB_ORIGINS.len(), false),
         std::path::Path::new("bench.toml"),
@@ -749,6 +915,65 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
             costs.push(cost("new flow, UDP VIP (distinct 5-tuples)", &mut unew_t, unew_v));
             costs.push(cost("established, UDP VIP (flow-table hit)", &mut uest_t, uest_v));
             costs.push(cost("reply, UDP VIP (reverse NAT)", &mut urep_t, urep_v));
+
+            // IPv6 (lb_xdp tail-calls lb_v6 / lb_v6_udp): a TCP and a UDP load balancer on
+            // VIP6 with pool "web6", the same cases as IPv4. Their floor is the bare XDP_TX
+            // program on the IPv6 established frame (74 bytes, not 54).
+            let v6_cfg = Config::parse(
+                &per_packet_v6_config(&plain_text),
+                std::path::Path::new("bench-v6.toml"),
+            )?;
+            rec.apply(&v6_cfg, &HealthTable::default())?;
+            clear_flows(&mut rec.maps)?;
+            let syns6: Vec<Vec<u8>> = (0..N)
+                .map(|i| {
+                    lb_testbed::tcp6_segment(
+                        MAC_CLIENT,
+                        bed.mac_a,
+                        CLIENT6,
+                        VIP6,
+                        64,
+                        (1024 + i as u16, 80),
+                        lb_testbed::tcp_flags::SYN,
+                        (1000, 0),
+                        &[],
+                    )
+                })
+                .collect();
+            let (mut syn6_t, syn6_v) = run_each(dp.program()?, &syns6, &ctx_a)?;
+            let (est6, reply6) = establish6(dp.program()?, &rec.maps, &bed, 1024)?;
+            let (mut est6_t, est6_v) = run_each(dp.program()?, &vec![est6.clone(); N], &ctx_a)?;
+            let (mut rep6_t, rep6_v) = run_each(dp.program()?, &vec![reply6; N], &ctx_b)?;
+            let datagram6 =
+                |sport: u16| udp6_frame(MAC_CLIENT, bed.mac_a, (CLIENT6, VIP6), (sport, 53));
+            let udp6_new: Vec<Vec<u8>> = (0..N).map(|i| datagram6(1024 + i as u16)).collect();
+            let (mut unew6_t, unew6_v) = run_each(dp.program()?, &udp6_new, &ctx_a)?;
+            let (o, omac, oport, snat_port) =
+                flow_origin6(&rec.maps, &key6(1024, 53, lb_common::IPPROTO_UDP))?;
+            let uans6 = udp6_frame(omac, bed.mac_b, (o, SNAT6), (oport, snat_port));
+            let (mut uest6_t, uest6_v) =
+                run_each(dp.program()?, &vec![datagram6(1024); N], &ctx_a)?;
+            let (mut urep6_t, urep6_v) = run_each(dp.program()?, &vec![uans6; N], &ctx_b)?;
+            anyhow::ensure!(
+                (syn6_v, est6_v, rep6_v, unew6_v, uest6_v, urep6_v)
+                    == (syn_v, est_v, rep_v, syn_v, est_v, rep_v),
+                "IPv6 verdicts TCP {syn6_v}/{est6_v}/{rep6_v} UDP {unew6_v}/{uest6_v}/{urep6_v}, \
+                 IPv4 {syn_v}/{est_v}/{rep_v}"
+            );
+            let (mut floor6_t, _) = run_each(floor, &vec![est6; N], &ctx_a)?;
+            let floor6 = median(&mut floor6_t);
+            let cost6 = |case: &str, t: &mut Vec<u64>, verdict: u32| PacketCost {
+                floor_ns: floor6,
+                ratio_to_floor: median(t) / floor6,
+                net_ns: median(t) - floor6,
+                ..cost(case, t, verdict)
+            };
+            costs.push(cost6("IPv6 new flow (SYN, distinct 5-tuples)", &mut syn6_t, syn6_v));
+            costs.push(cost6("IPv6 established (flow-table hit)", &mut est6_t, est6_v));
+            costs.push(cost6("IPv6 reply (reverse NAT)", &mut rep6_t, rep6_v));
+            costs.push(cost6("IPv6 new flow, UDP VIP (distinct 5-tuples)", &mut unew6_t, unew6_v));
+            costs.push(cost6("IPv6 established, UDP VIP (flow-table hit)", &mut uest6_t, uest6_v));
+            costs.push(cost6("IPv6 reply, UDP VIP (reverse NAT)", &mut urep6_t, urep6_v));
             rec.apply(&cfg, &HealthTable::default())?;
 
             // Health change -> maps written, on a 10-origin monitored pool.
@@ -775,7 +1000,12 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
          difference to the same path's median on the VIP without geo steering (for new flows, \
          re-measured from empty tables right after the geo cases, since the per-run time drifts \
          by tens of ns over a run). All runs use one \
-         client address, so the trie walk is cache-warm: a live mix of clients would miss more."
+         client address, so the trie walk is cache-warm: a live mix of clients would miss more. \
+         IPv6 rows: a TCP (80) and a UDP (53) load balancer on an IPv6 VIP with three IPv6 \
+         origins and an IPv6 SNAT address (`snat_address` per family), the same cases as \
+         IPv4 from emptied flow tables: `lb_xdp` reads the EtherType and tail-calls `lb_v6` \
+         (TCP) or `lb_v6_udp` (UDP) through `TAILS`; their floor is the bare XDP_TX program \
+         on the IPv6 established frame."
     );
     Ok(())
 }
@@ -986,6 +1216,9 @@ fn main() -> Result<()> {
             per_packet(&a.object, &mut report)?;
             println!("{:#?}", report.per_packet);
             for l in report::geo_overhead_lines(&report.per_packet) {
+                println!("{l}");
+            }
+            for l in report::v6_lines(&report.per_packet) {
                 println!("{l}");
             }
             for (k, v) in report.control.iter().filter(|(k, _)| k.starts_with("geo_")) {

@@ -117,6 +117,27 @@ pub fn geo_overhead_lines(rows: &[crate::PacketCost]) -> Vec<String> {
         .collect()
 }
 
+/// One line per IPv6 row: its median and floor beside the IPv4 row of the same path (the
+/// case without its "IPv6 " prefix).
+pub fn v6_lines(rows: &[crate::PacketCost]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|c| {
+            let v4 = c.case.strip_prefix("IPv6 ")?;
+            let four = rows.iter().find(|r| r.case == v4)?;
+            Some(format!(
+                "{v4}: IPv6 {:.0} ns (floor {:.0}, {:.1}×), IPv4 {:.0} ns (floor {:.0}, {:.1}×), {:+.0} ns",
+                c.median_ns,
+                c.floor_ns,
+                c.ratio_to_floor,
+                four.median_ns,
+                four.floor_ns,
+                four.ratio_to_floor,
+                c.median_ns - four.median_ns
+            ))
+        })
+        .collect()
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "met"
@@ -459,6 +480,16 @@ pub fn write(out: &Path, r: &mut Report) -> Result<()> {
             let _ = writeln!(md, "- {l}");
         }
     }
+    let v6 = v6_lines(&r.per_packet);
+    if !v6.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nIPv6 (`lb_v6`, `lb_v6_udp`, tail-called by `lb_xdp`) against the same path over IPv4 (rows of one run; the IPv6 floor is timed on the 74-byte IPv6 frame):\n"
+        );
+        for l in &v6 {
+            let _ = writeln!(md, "- {l}");
+        }
+    }
     let ratio = |prefix: &str| {
         r.per_packet
             .iter()
@@ -727,6 +758,30 @@ pub fn write(out: &Path, r: &mut Report) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn v6_rows_are_set_beside_their_ipv4_rows() {
+        let row = |case: &str, median_ns: f64, floor_ns: f64| crate::PacketCost {
+            case: case.into(),
+            median_ns,
+            floor_ns,
+            ratio_to_floor: median_ns / floor_ns,
+            net_ns: median_ns - floor_ns,
+            p10_ns: 0.0,
+            p90_ns: 0.0,
+            verdict: 4,
+            geo_overhead_ns: None,
+        };
+        let rows = [
+            row("established (flow-table hit)", 300.0, 75.0),
+            row("IPv6 established (flow-table hit)", 400.0, 80.0),
+            row("IPv6 something without an IPv4 row", 1.0, 1.0),
+        ];
+        assert_eq!(
+            v6_lines(&rows),
+            ["established (flow-table hit): IPv6 400 ns (floor 80, 5.0×), IPv4 300 ns (floor 75, 4.0×), +100 ns"]
+        );
+    }
     use super::*;
 
     #[test]
