@@ -307,6 +307,28 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
                 ],
             },
             Case {
+                desc: "TCP with a hop-by-hop header to the SNAT address, no flow of ours: passed with it",
+                ingress: Side::B,
+                input: with_ext(
+                    &tcp6((MAC_O1, mac_b), (O1, SNAT6), 64, (8080, 999), 1, Some(1), false, &[]),
+                    &[(0, pad_options())],
+                ),
+                verdict: XDP_PASS,
+                output: None,
+                events: &[event::PASS_NOT_VIP],
+            },
+            Case {
+                desc: "TCP with destination options to a VIP address on a port no VIP has: passed with them",
+                ingress: Side::A,
+                input: with_ext(
+                    &tcp6((MAC_C1, mac_a), (C1, VIP6), 64, (40000, 81), 1, None, true, &[]),
+                    &[(60, pad_options())],
+                ),
+                verdict: XDP_PASS,
+                output: None,
+                events: &[event::PASS_NOT_VIP],
+            },
+            Case {
                 desc: "a routing header with segments left: dropped",
                 ingress: Side::A,
                 input: with_ext(

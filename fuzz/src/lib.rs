@@ -313,10 +313,6 @@ pub struct Report {
     pub forwarded_zero_udp_checksum: u64,
     /// Rewritten frames whose IPv4 total length disagrees with the frame's length.
     pub forwarded_bad_length: u64,
-    /// IPv6 frames passed to the stack with their extension headers removed (a known
-    /// data-path deviation from "a passed frame is unchanged"), and the first of them.
-    pub v6_passed_stripped: u64,
-    pub v6_passed_stripped_example: Option<String>,
     pub violations: Vec<Violation>,
 }
 
@@ -354,13 +350,6 @@ impl std::fmt::Display for Report {
         let mut by = BTreeMap::<&str, usize>::new();
         for v in &self.violations {
             *by.entry(v.invariant.as_str()).or_default() += 1;
-        }
-        if let Some(e) = &self.v6_passed_stripped_example {
-            writeln!(
-                f,
-                "fuzz: KNOWN DEVIATION: {} IPv6 frames passed to the stack with their extension headers removed; the first: {e}",
-                self.v6_passed_stripped
-            )?;
         }
         for (inv, n) in by {
             writeln!(f, "fuzz: violations of \"{inv}\": {n}")?;
@@ -811,26 +800,6 @@ impl Fuzzer<'_> {
                     verdict,
                     &output,
                 );
-            }
-            return Some((verdict, output));
-        }
-        if verdict == XDP_PASS
-            && ev != event::PASS_NO_NEIGH
-            && ev != event::PASS_TOO_BIG_NO_DF
-            && v6::stripped(input).is_some_and(|s| s == output)
-        {
-            // A known data-path deviation, counted rather than failed until lb-ebpf is fixed:
-            // `lb_v6` removes hop-by-hop, destination-options and spent routing headers
-            // before it knows the packet is one of its flows, so a frame to the SNAT or
-            // VIP address that is then passed (`pass_not_tcp`, `pass_not_vip`) reaches the
-            // stack without them. The first is kept for the report.
-            self.report.v6_passed_stripped += 1;
-            if self.report.v6_passed_stripped_example.is_none() {
-                self.report.v6_passed_stripped_example = Some(format!(
-                    "{what}; event {name}\n  input  {}\n  output {}",
-                    hex(input),
-                    hex(&output)
-                ));
             }
             return Some((verdict, output));
         }

@@ -240,18 +240,6 @@ pub fn length_lies(f: &[u8]) -> bool {
     f.len() >= L4 && usize::from(u16::from_be_bytes([f[IP6 + 4], f[IP6 + 5]])) + L4 != f.len()
 }
 
-/// The frame with its extension headers removed (as the data path removes them).
-pub fn stripped(f: &[u8]) -> Option<Vec<u8>> {
-    let p = parse_lenient(f)?;
-    let mut v = f[..L4].to_vec();
-    v[IP6 + 6] = p.proto;
-    let plen = u16::from_be_bytes([f[IP6 + 4], f[IP6 + 5]]);
-    let plen = plen.wrapping_sub(u16::try_from(p.ext_len).ok()?);
-    v[IP6 + 4..IP6 + 6].copy_from_slice(&plen.to_be_bytes());
-    v.extend_from_slice(&f[p.l4..]);
-    Some(v)
-}
-
 fn parse_with(f: &[u8], lenient: bool) -> Option<Parsed> {
     if f.len() < L4 || f[12..14] != [0x86, 0xdd] || f[IP6] >> 4 != 6 {
         return None;

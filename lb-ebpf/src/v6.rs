@@ -16,7 +16,7 @@
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
-    event, is_v4_mapped, FlowKey, Settings, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    event, is_v4_mapped, FlowKey, Settings, VipKey, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     SETTINGS_F_READY,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr, udp::UdpHdr};
@@ -25,7 +25,7 @@ use crate::{
     edge::{self, DO_NOT_OURS},
     family::{Family, V6},
     icmp6, is_vip_addr,
-    maps::{REV_FLOWS, SETTINGS},
+    maps::{REV_FLOWS, SETTINGS, VIPS},
     parse::ptr_at,
     stats::{count, drop, pass},
     tcp_packet,
@@ -165,6 +165,13 @@ fn prepare(ctx: &XdpContext, settings: &Settings) -> Result<u32, u32> {
         }
         return Err(DO_NOT_OURS);
     }
+    if w.off != V6::L4_OFF {
+        // Extension headers are removed only from packets that are ours to forward or
+        // answer: a packet that ends up passed to the host must reach it as it came.
+        if let Some(v) = not_to_strip(ctx, &w, src, dst, to_vip) {
+            return v;
+        }
+    }
     // At most EXT_MAX_BYTES + 2048 (the walk stops past EXT_MAX_BYTES): fits 16 bits.
     #[expect(clippy::cast_possible_truncation, reason = "bounded by the walk")]
     let ext_len = (w.off - V6::L4_OFF) as u32;
@@ -273,6 +280,74 @@ fn strip(ctx: &XdpContext, len: usize, proto: u8) -> Result<(), u32> {
     // SAFETY: bounds checked by ptr_at (after the adjustment).
     unsafe { *head = copy };
     Ok(())
+}
+
+/// For a packet with extension headers (transport at `w.off`): `None` when it is ours to
+/// forward or answer (the headers may go), else what becomes of it untouched, as the
+/// paths behind would decide without the headers: TCP or UDP to a port no VIP or flow of
+/// ours has is the host's (TCP) or dropped (UDP to a VIP address, as `datagram`); ICMPv6 to
+/// a SNAT address, which may be the host's, is the host's (an error about one of our flows
+/// that carries extension headers is not translated); anything else to a VIP address is
+/// dropped, to a SNAT address the host's.
+#[inline(always)]
+fn not_to_strip(
+    ctx: &XdpContext,
+    w: &Walk,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    to_vip: bool,
+) -> Option<Result<u32, u32>> {
+    if w.proto == IPPROTO_TCP || w.proto == IPPROTO_UDP {
+        // The whole transport header must be there (TCP's 20 bytes with a sane data offset,
+        // UDP's 8): else the paths behind drop it for a VIP (malformed) and pass it
+        // otherwise.
+        let whole = if w.proto == IPPROTO_TCP {
+            // SAFETY: bounds checked by ptr_at; byte 12 holds the data offset.
+            ptr_at::<[u8; 20]>(ctx, w.off).is_some_and(|t| unsafe { (*t)[12] } >> 4 >= 5)
+        } else {
+            ptr_at::<[u8; 8]>(ctx, w.off).is_some()
+        };
+        let (true, Some(ports)) = (whole, ptr_at::<[u8; 4]>(ctx, w.off)) else {
+            return Some(if to_vip {
+                Err(drop(event::DROP_EXT_HEADER))
+            } else {
+                Ok(NOT_OURS)
+            });
+        };
+        // SAFETY: bounds checked by ptr_at.
+        let [s0, s1, d0, d1] = unsafe { *ports };
+        let (sport, dport) = (u16::from_ne_bytes([s0, s1]), u16::from_ne_bytes([d0, d1]));
+        let ours = if to_vip {
+            let vip_key = VipKey {
+                addr: *dst,
+                port: dport,
+                proto: w.proto,
+                _pad: 0,
+            };
+            VIPS.get_ptr(vip_key).is_some()
+        } else {
+            let key = FlowKey {
+                src: *src,
+                dst: *dst,
+                sport,
+                dport,
+                proto: w.proto,
+                _pad: [0; 3],
+            };
+            REV_FLOWS.get_ptr(&key).is_some()
+        };
+        return match (ours, w.proto == IPPROTO_TCP, to_vip) {
+            (true, _, _) => None,
+            (false, true, _) => Some(Ok(NOT_OURS)),
+            (false, false, true) => Some(Err(drop(event::DROP_VIP_OTHER_PROTO))),
+            (false, false, false) => Some(Err(DO_NOT_OURS)),
+        };
+    }
+    if w.proto == IPPROTO_ICMPV6 && to_vip {
+        // Answered, translated or dropped: never passed.
+        return None;
+    }
+    Some(Err(other(to_vip)))
 }
 
 /// Is the first fragment's UDP header (at `w.off`) an answer on one of our flows?
