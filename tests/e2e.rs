@@ -237,6 +237,33 @@ fn agent_restart_keeps_connections_and_forwarding() {
     assert_eq!(failed, 0, "no connection failed while the agent restarted");
 }
 
+/// systemd (or an operator's Ctrl-C) may stop the agent while it is still loading: the
+/// signal is kept and the agent stops cleanly once it is up, instead of dying by the
+/// signal's default action half-way through.
+#[test]
+fn a_sigterm_while_the_agent_starts_stops_it_cleanly() {
+    let _serial = serial();
+    let mut b = Running::start(&[1.0, 1.0, 1.0], "");
+    assert!(b.agent.stop(), "first agent stops cleanly");
+    // The first health round comes after the object is loaded: the signal lands mid-start.
+    let mut agent =
+        lb_testbed::start_agent_until(&b.topo.lb, &b.cfg.path, &[], "BPF object loaded");
+    assert!(
+        !agent.log_text().contains("data path ready"),
+        "the signal must come before the agent is up:\n{}",
+        agent.log_text()
+    );
+    let clean = agent.stop();
+    let log = agent.log_text();
+    assert!(
+        clean,
+        "SIGTERM during the start ends the agent cleanly:\n{log}"
+    );
+    assert!(log.contains("shutdown signal received"), "{log}");
+    assert!(log.contains("XDP stays attached"), "{log}");
+    b.agent = agent;
+}
+
 #[test]
 fn host_traffic_passes_with_xdp_attached() {
     let _serial = serial();

@@ -88,15 +88,23 @@ fn main() -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(agent::run(
-                RunOptions {
-                    config: cli.config,
-                    bpf_object: cli.bpf_object,
-                    detach_on_exit: cli.detach_on_exit,
-                    api_listen: cli.api_listen,
-                },
-                shutdown_signal(),
-            ))?;
+            rt.block_on(async {
+                // The handlers are installed before anything starts: a SIGTERM that comes
+                // while the agent loads and attaches is kept and stops it cleanly once it
+                // is up, instead of killing it with the default action half-way.
+                let shutdown = shutdown_signal()?;
+                agent::run(
+                    RunOptions {
+                        config: cli.config,
+                        bpf_object: cli.bpf_object,
+                        detach_on_exit: cli.detach_on_exit,
+                        api_listen: cli.api_listen,
+                    },
+                    shutdown,
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            })?;
         }
         Some(Command::Check) => {
             let eff = agent::load_effective(&cli.config, cli.api_listen.as_deref())?;
@@ -170,14 +178,19 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (inside the runtime) and returns a future
+/// that completes at the first of them, also one that arrived before it is polled.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received");
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown signal received");
+    })
 }
 
 /// What `check` says about SNAT: the addresses and ports in use, and the connection rate

@@ -1468,12 +1468,17 @@ pub fn agent_check(bin: &Path, ns: &NetNs, cfg: &Path) -> (bool, String, String)
 /// Starts the agent under test (`agent_bin()`) with the XDP object under test in `ns`: see
 /// `Agent::start`.
 pub fn start_agent(ns: &NetNs, config: &Path, extra: &[&str]) -> Agent {
+    start_agent_until(ns, config, extra, "data path ready")
+}
+
+/// `start_agent`, returning as soon as the agent logs a line that contains `ready`.
+pub fn start_agent_until(ns: &NetNs, config: &Path, extra: &[&str], ready: &str) -> Agent {
     let object = ebpf_object().to_str().expect("UTF-8 object path");
     let args: Vec<&str> = ["--bpf-object", object]
         .into_iter()
         .chain(extra.iter().copied())
         .collect();
-    Agent::start(agent_bin(), ns, config, &args)
+    Agent::start_until(agent_bin(), ns, config, &args, ready)
 }
 
 /// A running topology: the agent under test (dropped first), servers, config, namespaces
@@ -1542,6 +1547,12 @@ pub struct Agent {
 impl Agent {
     /// Starts `bin --config <config>` in `ns` and waits (at most 60 s) for "data path ready".
     pub fn start(bin: &Path, ns: &NetNs, config: &Path, extra: &[&str]) -> Self {
+        Self::start_until(bin, ns, config, extra, "data path ready")
+    }
+
+    /// Starts `bin --config <config>` in `ns` and waits (at most 60 s) for a log line that
+    /// contains `ready`.
+    pub fn start_until(bin: &Path, ns: &NetNs, config: &Path, extra: &[&str], ready: &str) -> Self {
         let net = format!("--net={}", ns.path().display());
         let mut child = Command::new("nsenter")
             .arg(&net)
@@ -1560,10 +1571,11 @@ impl Agent {
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("piped");
         let log2 = log.clone();
+        let ready = ready.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("data path ready") {
+                if line.contains(&ready) {
                     let _ = tx.send(true);
                 }
                 log2.lock().expect("log").push(line);
@@ -1599,11 +1611,20 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
+                if !st.success() {
+                    // Let the log reader take the last lines before they are shown.
+                    std::thread::sleep(Duration::from_millis(100));
+                    eprintln!("agent exited with {st}; its log:\n{}", self.log_text());
+                }
                 return st.success();
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
+                eprintln!(
+                    "agent still running 10 s after SIGTERM, killed; its log:\n{}",
+                    self.log_text()
+                );
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
