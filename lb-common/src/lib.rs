@@ -174,11 +174,25 @@ pub const TAIL_V6: u32 = 1;
 pub const V6_UDP_PROGRAM_NAME: &str = "lb_v6_udp";
 /// `TAILS` slot of `V6_UDP_PROGRAM_NAME`.
 pub const TAIL_V6_UDP: u32 = 2;
+/// Name of the IPv6-to-IPv4 translator (NAT64, RFC 7915), tail-called (`TAILS[TAIL_TO_V4]`)
+/// by `lb_v6` and `lb_v6_udp` for a client's packet rewritten towards an IPv4 origin, and
+/// for an ICMPv6 error about such a flow.
+pub const TO_V4_PROGRAM_NAME: &str = "lb_to_v4";
+/// `TAILS` slot of `TO_V4_PROGRAM_NAME`.
+pub const TAIL_TO_V4: u32 = 3;
+/// Name of the IPv4-to-IPv6 translator, tail-called (`TAILS[TAIL_TO_V6]`) by `lb_xdp` and
+/// `lb_udp` for an IPv4 origin's reply to an IPv6 client, and for an ICMP error about such a
+/// flow.
+pub const TO_V6_PROGRAM_NAME: &str = "lb_to_v6";
+/// `TAILS` slot of `TO_V6_PROGRAM_NAME`.
+pub const TAIL_TO_V6: u32 = 4;
 /// Every program the agent loads besides `PROGRAM_NAME`, with its `TAILS` slot.
-pub const TAIL_PROGRAMS: [(&str, u32); 3] = [
+pub const TAIL_PROGRAMS: [(&str, u32); 5] = [
     (UDP_PROGRAM_NAME, TAIL_UDP),
     (V6_PROGRAM_NAME, TAIL_V6),
     (V6_UDP_PROGRAM_NAME, TAIL_V6_UDP),
+    (TO_V4_PROGRAM_NAME, TAIL_TO_V4),
+    (TO_V6_PROGRAM_NAME, TAIL_TO_V6),
 ];
 /// Slots of `TAILS` (program array). Pinned: the kernel empties a program array when its
 /// last user-space reference goes, so an unpinned one would stop UDP while the agent is
@@ -954,7 +968,19 @@ pub mod event {
     /// ICMPv6 neighbour discovery or router messages (RFC 4861: types 133-137): passed to
     /// the host's stack untouched, whatever their destination.
     pub const PASS_ND: u32 = 60;
-    pub const COUNT: u32 = 61;
+    /// A packet of an IPv6 client's flow to an IPv4 origin (NAT64) was translated to IPv4
+    /// (RFC 7915 §5), or an ICMPv6 error about such a flow to ICMPv4 (§5.2). A note,
+    /// counted with the verdict.
+    pub const XLAT_6TO4: u32 = 61;
+    /// An IPv4 origin's packet to an IPv6 client was translated to IPv6 (RFC 7915 §4), or
+    /// an ICMP error about such a flow to ICMPv6 (§4.2). A note, counted with the verdict.
+    pub const XLAT_4TO6: u32 = 62;
+    /// A packet of a translated (NAT64) flow that the translation does not carry: an ICMP
+    /// error type with no counterpart in the other family (RFC 7915 §4.2, §5.2), an origin's
+    /// reply without DF too big for the IPv6 link (it would need IPv6 fragments), a reset
+    /// for a SYN-cookie client, or a translator program the agent has not loaded: XDP_DROP.
+    pub const DROP_XLAT: u32 = 63;
+    pub const COUNT: u32 = 64;
 
     /// Is `e` a verdict (each frame counts exactly one), not a note on the way?
     pub const fn is_verdict(e: u32) -> bool {
@@ -979,6 +1005,8 @@ pub mod event {
                 | FLOW_SYNCED
                 | UDP_FLOW_EXPIRED
                 | EXT_HEADERS_REMOVED
+                | XLAT_6TO4
+                | XLAT_4TO6
         )
     }
 
@@ -1045,6 +1073,9 @@ pub mod event {
         "drop_ext_header",
         "ext_headers_removed",
         "pass_nd",
+        "xlat_6to4",
+        "xlat_4to6",
+        "drop_xlat",
     ];
 }
 

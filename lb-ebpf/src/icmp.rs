@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    event, v4_mapped, Flow, FlowKey, CT_COOKIE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    SETTINGS_F_ANSWER_PING,
+    event, is_v4_mapped, v4_mapped, Flow, FlowKey, CT_COOKIE, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, SETTINGS_F_ANSWER_PING,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -254,6 +254,10 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
         let Some(r) = (unsafe { REV_FLOWS.get(key) }) else {
             return pass(event::PASS_NOT_TCP);
         };
+        if !is_v4_mapped(&r.client_addr) {
+            // About an IPv6 client's flow: `lb_to_v6` makes it an ICMPv6 error.
+            return crate::xlat::DO_TO_V6;
+        }
         (
             v4(&r.client_addr),
             r.client_port,
@@ -453,11 +457,30 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
         (*l4).sport = osport.to_ne_bytes();
         (*l4).dport = odport.to_ne_bytes();
     }
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    frag_needed(ctx, mtu)
+}
+
+/// The IPv4 packet in the context (TCP or UDP, no options), as its sender sent it, cannot
+/// take the next link's MTU `mtu`: it becomes, in place, an ICMP "fragmentation needed"
+/// (RFC 1191) to its sender from the address it was sent to, quoting its header and 8
+/// bytes of the transport header, bounced out of the ingress interface (XDP_TX).
+#[inline(always)]
+pub fn frag_needed(ctx: &XdpContext, mtu: u16) -> u32 {
+    let (Some(eth), Some(ip)) = (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
+    ) else {
         return drop(event::DROP_TOO_BIG);
     };
     // SAFETY: bounds-checked above.
-    let (peer_mac, our_mac) = unsafe { ((*eth).src_addr, (*eth).dst_addr) };
+    let (peer_mac, our_mac, osrc, odst) = unsafe {
+        (
+            (*eth).src_addr,
+            (*eth).dst_addr,
+            (*ip).src_addr,
+            (*ip).dst_addr,
+        )
+    };
 
     // Room in front for a new Ethernet + IPv4 + ICMP header: the old IPv4 header then sits
     // exactly where the quote goes. Then cut the frame after 8 bytes of TCP.

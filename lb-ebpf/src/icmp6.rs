@@ -18,7 +18,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{event, FlowKey, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, SETTINGS_F_ANSWER_PING};
+use lb_common::{
+    event, is_v4_mapped, FlowKey, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, SETTINGS_F_ANSWER_PING,
+};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
@@ -28,6 +30,7 @@ use crate::{
     icmp::{cookie_delta, IcmpHdr, Quoted},
     maps::{FLOWS, REV_FLOWS, SCRATCH, SETTINGS},
     pass, ptr_at, verdict,
+    xlat::DO_TO_V4,
 };
 
 const ICMPV6_DEST_UNREACH: u8 = 1;
@@ -180,6 +183,10 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
         let Some(f) = (unsafe { FLOWS.get(key) }) else {
             return crate::drop(event::DROP_ICMP_UNKNOWN_FLOW);
         };
+        if is_v4_mapped(&f.origin_addr) {
+            // About a flow to an IPv4 origin: `lb_to_v4` makes it an ICMPv4 error.
+            return DO_TO_V4;
+        }
         delta = cookie_delta(f);
         (&f.origin_addr, f.origin_port, &f.snat_addr, f.snat_port)
     } else {
@@ -285,7 +292,11 @@ pub fn too_big(ctx: &XdpContext, mtu: u16) -> u32 {
         return crate::drop(event::DROP_TOO_BIG);
     }
     // SAFETY: bounds-checked above.
-    let from_client = s.is_snat_v6(unsafe { &(*ip).src_addr });
+    // A client's packet translated for an IPv4 origin (`lb_to_v4`) comes back here with
+    // its IPv4-mapped SNAT address.
+    let from_client = s.is_snat_v6(unsafe { &(*ip).src_addr })
+        // SAFETY: bounds-checked above.
+        || s.is_snat_addr(unsafe { &(*ip).src_addr });
     // SAFETY: bounds-checked above.
     let Some(key) = reverse_key(
         unsafe { &(*ip).src_addr },

@@ -43,12 +43,13 @@ mod snat;
 mod stats;
 mod udp;
 mod v6;
+mod xlat;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    event, v4_mapped, Flow, FlowKey, NextHop, RevFlow, Settings, VipKey, VipMeta, CT_COOKIE,
-    CT_ESTABLISHED, CT_SYNACK, IPPROTO_TCP, IPPROTO_UDP, SETTINGS_F_READY, TAIL_UDP, TAIL_V6,
-    TAIL_V6_UDP,
+    event, is_v4_mapped, v4_mapped, Flow, FlowKey, NextHop, RevFlow, Settings, VipKey, VipMeta,
+    CT_COOKIE, CT_ESTABLISHED, CT_SYNACK, IPPROTO_TCP, IPPROTO_UDP, SETTINGS_F_READY, TAIL_TO_V4,
+    TAIL_TO_V6, TAIL_UDP, TAIL_V6, TAIL_V6_UDP,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
@@ -76,14 +77,16 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         Ok(v) | Err(v) => v,
     };
     // Work requested from deep in the call chain (ICMP), run here for the stack's sake.
-    edge::finish::<V4>(&ctx, v)
+    let v = edge::finish::<V4>(&ctx, v);
+    translate(&ctx, v, xlat::DO_TO_V6, TAIL_TO_V6)
 }
 
 /// UDP datagrams, tail-called from `lb_xdp` (`TAILS[TAIL_UDP]`): see `udp`.
 #[xdp]
 pub fn lb_udp(ctx: XdpContext) -> u32 {
     let v = udp::packet(&ctx);
-    edge::finish::<V4>(&ctx, v)
+    let v = edge::finish::<V4>(&ctx, v);
+    translate(&ctx, v, xlat::DO_TO_V6, TAIL_TO_V6)
 }
 
 /// IPv6 frames, tail-called from `lb_xdp` (`TAILS[TAIL_V6]`): see `v6`.
@@ -95,14 +98,50 @@ pub fn lb_v6(ctx: XdpContext) -> u32 {
         unsafe { TAILS.tail_call(&ctx, TAIL_V6_UDP) };
         v = v6::udp_missing(v);
     }
-    edge::finish::<V6>(&ctx, v)
+    let v = edge::finish::<V6>(&ctx, v);
+    translate(&ctx, v, xlat::DO_TO_V4, TAIL_TO_V4)
 }
 
 /// IPv6 UDP datagrams, tail-called from `lb_v6` (`TAILS[TAIL_V6_UDP]`): see `udp`.
 #[xdp]
 pub fn lb_v6_udp(ctx: XdpContext) -> u32 {
     let v = udp::packet6(&ctx);
-    edge::finish::<V6>(&ctx, v)
+    let v = edge::finish::<V6>(&ctx, v);
+    translate(&ctx, v, xlat::DO_TO_V4, TAIL_TO_V4)
+}
+
+/// NAT64: packets of IPv6 clients' flows to IPv4 origins, translated to IPv4, tail-called
+/// from `lb_v6` and `lb_v6_udp` (`TAILS[TAIL_TO_V4]`): see `xlat`.
+#[xdp]
+pub fn lb_to_v4(ctx: XdpContext) -> u32 {
+    xlat::to_v4(&ctx)
+}
+
+/// NAT64: IPv4 origins' packets to IPv6 clients, translated to IPv6, tail-called from
+/// `lb_xdp` and `lb_udp` (`TAILS[TAIL_TO_V6]`): see `xlat`.
+#[xdp]
+pub fn lb_to_v6(ctx: XdpContext) -> u32 {
+    xlat::to_v6(&ctx)
+}
+
+/// `v`, or, for the translation request `request`, a tail call to the translator in
+/// `slot`: a frame of a translated flow that finds no translator (an agent that has not
+/// filled the slot) is dropped, never sent on half-translated.
+#[inline(always)]
+fn translate(ctx: &XdpContext, v: u32, request: u32, slot: u32) -> u32 {
+    if v != request {
+        return v;
+    }
+    // SAFETY: returns only when the slot is empty.
+    unsafe { TAILS.tail_call(ctx, slot) };
+    no_translator()
+}
+
+/// The verdict for a frame whose translator is missing. A subprogram: inlined, its counter
+/// key would give the entry point a stack frame, on top of the deepest call chain's.
+#[inline(never)]
+fn no_translator() -> u32 {
+    drop(event::DROP_XLAT)
 }
 
 /// Is `addr` (IPv4-mapped, or IPv6) the address of some VIP? Uses the port-0 marker entries.
@@ -444,7 +483,7 @@ fn client_packet<F: Family>(
         shift,
     );
     add_frame(ctx, flow.vip_id, flow.origin_id, false, is_new);
-    forward::<F>(ctx, ip, nh, now)
+    xlat::forward_or_to_v4::<F>(ctx, ip, nh, &flow.origin_addr, flow.origin_id, now)
 }
 
 /// The cached next hop towards `flow`'s origin (`ORIGIN_NH`), claimed for its address if it
@@ -469,7 +508,16 @@ fn origin_next_hop(flow: &Flow) -> *mut NextHop {
 #[inline(always)]
 fn forward_rebuilt<F: Family>(ctx: &XdpContext) -> Result<u32, u32> {
     match ptr_at::<F::Ip>(ctx, EthHdr::LEN) {
-        Some(ip) => forward::<F>(ctx, ip, core::ptr::null_mut(), 0),
+        // A SYN to an IPv4 origin of an IPv6 VIP is translated as the flow's packets are.
+        // SAFETY: bounds-checked by ptr_at.
+        Some(ip) => xlat::forward_or_to_v4::<F>(
+            ctx,
+            ip,
+            core::ptr::null_mut(),
+            &unsafe { F::addrs(ip) }.1,
+            u32::MAX,
+            0,
+        ),
         None => Err(drop(event::DROP_MALFORMED_TCP)),
     }
 }
@@ -525,6 +573,11 @@ fn origin_packet<F: Family>(
     if unsafe { (*r).flags } & (CT_COOKIE | CT_SYNACK) == CT_COOKIE {
         return match cookie::origin_answer::<F>(ctx, r, s)? {
             cookie::Pending::AckToOrigin => Ok(reply::bounce(ctx)),
+            // A reset in IPv4 to an IPv6 client cannot be sent: its connection times out.
+            // SAFETY: a live map value.
+            cookie::Pending::RstToClient if !is_v4_mapped(unsafe { &(*r).client_addr }) => {
+                Err(drop(event::DROP_XLAT))
+            }
             cookie::Pending::RstToClient => forward_rebuilt::<F>(ctx),
             cookie::Pending::ResetOrigin => {
                 count(event::RST_TO_ORIGIN);
@@ -534,7 +587,7 @@ fn origin_packet<F: Family>(
     }
     track(r, s, false, now)?;
     // SAFETY: a live map value; copied out field by field.
-    let (client_port, vip_port, vip_id, origin_id, flags, delta) = unsafe {
+    let (client_port, vip_port, vip_id, origin_id, flags, delta, translated) = unsafe {
         (
             (*r).client_port,
             (*r).vip_port,
@@ -542,8 +595,15 @@ fn origin_packet<F: Family>(
             (*r).origin_id,
             (*r).flags,
             (*r).seq_delta,
+            !F::V6 && !is_v4_mapped(&(*r).client_addr),
         )
     };
+    if translated {
+        // An IPv4 origin's answer to an IPv6 client: `lb_to_v6` translates and NATs it.
+        count(event::REPLY_NAT);
+        add_frame(ctx, vip_id, origin_id, true, false);
+        return Err(xlat::DO_TO_V6);
+    }
     let shift = if flags & CT_COOKIE != 0 {
         SeqShift {
             seq: 0u32.wrapping_sub(delta),

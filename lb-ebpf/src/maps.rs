@@ -151,6 +151,14 @@ pub struct Scratch {
     /// The UDP datagram's flow key, and the reverse key of its flow (`udp`).
     pub ukey: FlowKey,
     pub urkey: FlowKey,
+    /// For the translators (`xlat`), across the tail call: the origin whose `ORIGIN_NH`
+    /// entry caches the next hop of a packet to translate to IPv4 (`u32::MAX`: none).
+    pub xlat_origin: u32,
+    /// `xlat`: the reverse key of a reply to translate to IPv6, and the start of the frame
+    /// (Ethernet, IPv4 header, 8 bytes of transport) as the origin sent it, restored to
+    /// answer "fragmentation needed" when the translation is too big for the IPv6 link.
+    pub xkey: FlowKey,
+    pub xsave: [u16; 21],
 }
 
 #[btf_map]

@@ -24,8 +24,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    event, v4_mapped, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta, CT_ESTABLISHED, CT_UDP,
-    CT_UDP_STREAM, HANDSHAKE_BUCKETS, IPPROTO_UDP, SETTINGS_F_READY, WSCALE_NONE,
+    event, is_v4_mapped, v4_mapped, Flow, FlowKey, RevFlow, Settings, VipKey, VipMeta,
+    CT_ESTABLISHED, CT_UDP, CT_UDP_STREAM, HANDSHAKE_BUCKETS, IPPROTO_UDP, SETTINGS_F_READY,
+    WSCALE_NONE,
 };
 use network_types::{
     eth::EthHdr,
@@ -341,7 +342,7 @@ fn client_datagram<F: Family>(
         flow.origin_port,
     );
     add_frame(ctx, flow.vip_id, flow.origin_id, false, is_new);
-    forward::<F>(ctx, ip, nh, now)
+    crate::xlat::forward_or_to_v4::<F>(ctx, ip, nh, &flow.origin_addr, flow.origin_id, now)
 }
 
 /// A datagram from an origin to one of our SNAT ports, whose tracking entry is `r`.
@@ -382,6 +383,20 @@ fn origin_datagram<F: Family>(
         }
     }
     touch(r, now);
+    // SAFETY: a live map value.
+    if !F::V6 && !is_v4_mapped(unsafe { &(*r).client_addr }) {
+        // An IPv4 origin's answer to an IPv6 client: `lb_to_v6` translates and NATs it.
+        count(event::REPLY_NAT);
+        // SAFETY: a live map value.
+        add_frame(
+            ctx,
+            unsafe { (*r).vip_id },
+            unsafe { (*r).origin_id },
+            true,
+            false,
+        );
+        return Err(crate::xlat::DO_TO_V6);
+    }
     // SAFETY: a live map value; copied out field by field.
     let (client_addr, client_port, vip_addr, vip_port, vip_id, origin_id) = unsafe {
         (
