@@ -320,6 +320,8 @@ fn load_dataplane(
         verified_insns_udp = dp.verified_insns_of(lb_common::UDP_PROGRAM_NAME),
         verified_insns_v6 = dp.verified_insns_of(lb_common::V6_PROGRAM_NAME),
         verified_insns_v6_udp = dp.verified_insns_of(lb_common::V6_UDP_PROGRAM_NAME),
+        verified_insns_to_v4 = dp.verified_insns_of(lb_common::TO_V4_PROGRAM_NAME),
+        verified_insns_to_v6 = dp.verified_insns_of(lb_common::TO_V6_PROGRAM_NAME),
         "BPF object loaded"
     );
     let rec = Reconciler::adopt(dp.take_maps()?)?;

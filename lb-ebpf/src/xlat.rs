@@ -208,7 +208,6 @@ pub fn to_v6(ctx: &XdpContext) -> u32 {
     if header_to_v6(ctx).is_none() {
         return drop(event::DROP_XLAT);
     }
-    count(event::XLAT_4TO6);
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
         return drop(event::DROP_XLAT);
     };
@@ -248,6 +247,7 @@ pub fn to_v6(ctx: &XdpContext) -> u32 {
         }
         rewrite_udp::<V6>(ip, udp, vip, vport, client, cport);
     }
+    count(event::XLAT_4TO6);
     // SAFETY: a live map value; the field's address, no read.
     match forward::<V6>(ctx, ip, unsafe { &raw mut (*r).nh }, now_secs()) {
         Ok(v) => v,

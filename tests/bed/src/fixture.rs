@@ -442,11 +442,13 @@ pub fn with_loaded_in<T: Send>(
         let mut dp = Dataplane::load(object, &bed.pin_dir, cfg.dataplane.flow_table_size)
             .unwrap_or_else(|e| panic!("load {}: {e}", object.display()));
         println!(
-            "verifier: lb_xdp processed {:?} instructions, lb_udp {:?}, lb_v6 {:?}, lb_v6_udp {:?}",
+            "verifier: lb_xdp processed {:?} instructions, lb_udp {:?}, lb_v6 {:?}, lb_v6_udp {:?}, lb_to_v4 {:?}, lb_to_v6 {:?}",
             dp.verified_insns(),
             dp.verified_insns_of(lb_common::UDP_PROGRAM_NAME),
             dp.verified_insns_of(lb_common::V6_PROGRAM_NAME),
             dp.verified_insns_of(lb_common::V6_UDP_PROGRAM_NAME),
+            dp.verified_insns_of(lb_common::TO_V4_PROGRAM_NAME),
+            dp.verified_insns_of(lb_common::TO_V6_PROGRAM_NAME),
         );
         let mut rec = Reconciler::adopt(dp.take_maps().expect("maps")).expect("adopt");
         rec.apply(&cfg, &HealthTable::default()).expect("apply");
