@@ -9,7 +9,8 @@
 //! segment too big for the IPv4 link (ICMPv6 "packet too big" to the client with the MTU
 //! plus 20), UDP. 4→6: SYN-ACK and data back to the client, a segment too big for the
 //! IPv6 link ("fragmentation needed" to the origin with the MTU less 20), a checksum-less
-//! UDP answer (dropped). ICMP across: "fragmentation needed" from an IPv4 router becomes
+//! UDP answer (dropped). SYN cookies: the rebuilt SYN to the origin is translated, and
+//! sequence numbers are translated both ways. ICMP across: "fragmentation needed" from an IPv4 router becomes
 //! "packet too big" for the client (§4.2), "packet too big" from an IPv6 router becomes
 //! "fragmentation needed" for the origin (§5.2), a code without counterpart is dropped.
 
@@ -479,5 +480,117 @@ fn nat64_udp_is_translated_both_ways() {
         assert_eq!(v, XDP_DROP, "a checksum-less answer: verdict");
         fx.expect_events(&[event::REPLY_NAT, event::DROP_XLAT]);
         println!("fixture ok: a checksum-less UDP answer: dropped (IPv6 needs one)");
+    });
+}
+
+/// The frame's TCP header, after its checksums are recomputed.
+fn tcp_of(frame: &[u8]) -> etherparse::TcpHeader {
+    assert_checksums("cookie case", frame);
+    let p = etherparse::SlicedPacket::from_ethernet(frame).expect("parses");
+    match p.transport {
+        Some(etherparse::TransportSlice::Tcp(t)) => t.to_header(),
+        other => panic!("not TCP: {other:?}"),
+    }
+}
+
+#[test]
+fn nat64_syn_cookies_translate_the_rebuilt_syn_and_sequence_numbers() {
+    let _serial = serial();
+    let bed = FibBed::new("n64ck", &[(O4, MAC_O4, Side::B)]);
+    bed.add_ipv6(&[(C1, MAC_C1, Side::A)]);
+    let config = config().replace(
+        "flow_table_size = 4096",
+        "flow_table_size = 4096\nsyn_cookies = \"always\"",
+    );
+    with_loaded_in(&bed, ebpf_object(), &config, |fx| {
+        let (mac_a, mac_b) = (bed.mac_a, bed.mac_b);
+        // The SYN is answered in place, in IPv6, with a cookie SYN-ACK.
+        let (v, out) = fx.run1(Side::A, &from_client(7000, None, true, &[], mac_a));
+        assert_eq!(v, XDP_REDIRECT, "cookie SYN-ACK");
+        let synack = tcp_of(&out);
+        assert!(synack.syn && synack.ack && synack.acknowledgment_number == 7001);
+        let cookie = synack.sequence_number;
+        fx.expect_events(&[event::SYN_COOKIE_SENT]);
+        // The cookie ACK becomes the SYN to the IPv4 origin, rebuilt and translated.
+        let (v, out) = fx.run1(
+            Side::A,
+            &from_client(7001, Some(cookie.wrapping_add(1)), false, &[], mac_a),
+        );
+        assert_eq!(v, XDP_REDIRECT, "cookie ACK becomes the SYN to the origin");
+        assert_eq!(&out[12..14], &[8, 0], "an IPv4 SYN");
+        assert_eq!((&out[26..30], &out[30..34]), (&SNAT4[..], &O4[..]));
+        let syn_o = tcp_of(&out);
+        assert!(syn_o.syn && !syn_o.ack && syn_o.sequence_number == 7000);
+        assert_eq!(syn_o.destination_port, 8080);
+        let p = syn_o.source_port;
+        fx.expect_events(&[event::SYN_COOKIE_OK, event::XLAT_6TO4, event::FWD_REDIRECT]);
+        // The origin's SYN-ACK is answered in IPv4 with our ACK.
+        let (v, out) = fx.run1(
+            Side::B,
+            &tcp_segment(
+                MAC_O4,
+                mac_b,
+                O4,
+                SNAT4,
+                64,
+                (8080, p),
+                tcp_flags::SYN | tcp_flags::ACK,
+                (9000, 7001),
+                &[],
+            ),
+        );
+        assert_eq!(v, XDP_REDIRECT, "origin SYN-ACK: answered with our ACK");
+        let ack = tcp_of(&out);
+        assert!(
+            ack.ack && !ack.syn && ack.sequence_number == 7001 && ack.acknowledgment_number == 9001
+        );
+        fx.expect_events(&[event::COOKIE_ORIGIN_ACK]);
+        // Sequence numbers are translated between the cookie and the origin's ISN.
+        let (v, out) = fx.run1(
+            Side::A,
+            &from_client(7001, Some(cookie.wrapping_add(1)), false, b"hi", mac_a),
+        );
+        assert_eq!(v, XDP_REDIRECT);
+        let d = tcp_of(&out);
+        assert_eq!(&out[12..14], &[8, 0]);
+        assert_eq!(
+            (d.sequence_number, d.acknowledgment_number),
+            (7001, 9001),
+            "client data, its ack translated"
+        );
+        fx.expect_events(&[event::FLOW_HIT, event::XLAT_6TO4, event::FWD_REDIRECT]);
+        let (v, out) = fx.run1(
+            Side::B,
+            &with_df_always(tcp_segment(
+                MAC_O4,
+                mac_b,
+                O4,
+                SNAT4,
+                64,
+                (8080, p),
+                tcp_flags::ACK,
+                (9001, 7003),
+                b"ok",
+            )),
+        );
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(
+            out,
+            tcp6_segment(
+                mac_a,
+                MAC_C1,
+                VIP6,
+                C1,
+                63,
+                (80, 40000),
+                tcp_flags::ACK,
+                (cookie.wrapping_add(1), 7003),
+                b"ok"
+            ),
+            "origin data in IPv6, its sequence number translated"
+        );
+        fx.expect_events(&[event::REPLY_NAT, event::XLAT_4TO6, event::FWD_REDIRECT]);
+        fx.assert_events();
+        println!("fixture ok: NAT64 with SYN cookies: rebuilt SYN translated, sequence numbers translated both ways");
     });
 }
