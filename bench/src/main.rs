@@ -326,6 +326,97 @@ fn per_packet_v6_config(plain: &str) -> String {
     c
 }
 
+/// The NAT64 rows' VIP port (on `VIP6`).
+const NAT64_PORT: u16 = 8064;
+
+/// `v6` (`per_packet_v6_config`) with pool "web4" (the IPv4 origins of "web") behind a TCP
+/// load balancer on `VIP6`:`NAT64_PORT`.
+fn per_packet_nat64_config(v6: &str) -> String {
+    let mut c = v6.to_owned();
+    c.push_str("\n[[pools]]\nname = \"web4\"\norigins = [\n");
+    for i in WEB_ORIGINS {
+        c.push_str(&format!(
+            "  {{ name = \"v4o{i}\", address = \"{}\", port = 8080 }},\n",
+            std::net::Ipv4Addr::from(origin(i).0)
+        ));
+    }
+    let vip = std::net::Ipv6Addr::from(VIP6);
+    c.push_str(&format!(
+        "]\n\n[[load_balancers]]\nname = \"www64\"\naddress = \"{vip}\"\nport = {NAT64_PORT}\ndefault_pools = [\"web4\"]\n"
+    ));
+    c
+}
+
+/// `establish6` for the NAT64 VIP: the flow `CLIENT6:sport -> VIP6:NAT64_PORT` gets its
+/// IPv4 origin's SYN-ACK (translated to the client) and the client's ACK, must then be
+/// established; the client's next segment and the origin's are returned.
+fn establish64(
+    prog: &aya::programs::Xdp,
+    maps: &lb_agent::dataplane::Maps,
+    bed: &FibBed,
+    sport: u16,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    use lb_testbed::{tcp6_segment, tcp_flags::ACK, tcp_flags::SYN, tcp_segment};
+    let key = key6(sport, NAT64_PORT, lb_common::IPPROTO_TCP);
+    let flow = maps
+        .flows
+        .get(&key, 0)
+        .with_context(|| format!("no NAT64 flow for {key:?}"))?;
+    let (o, omac) = WEB_ORIGINS
+        .map(origin)
+        .find(|(a, _)| lb_common::v4_mapped(*a) == flow.origin_addr)
+        .context("NAT64 origin (an IPv4 origin of pool web4)")?;
+    let (oport, snat_port) = (u16::from_be(flow.origin_port), u16::from_be(flow.snat_port));
+    let from_origin = |flags, seq_ack| {
+        tcp_segment(
+            omac,
+            bed.mac_b,
+            o,
+            SNAT,
+            64,
+            (oport, snat_port),
+            flags,
+            seq_ack,
+            &[],
+        )
+    };
+    let client = tcp6_segment(
+        MAC_CLIENT,
+        bed.mac_a,
+        CLIENT6,
+        VIP6,
+        64,
+        (sport, NAT64_PORT),
+        ACK,
+        (1001, 2000),
+        &[],
+    );
+    run_each(prog, &[from_origin(SYN | ACK, (1999, 1001))], &|l| {
+        bed.ctx(Side::B, l)
+    })?;
+    run_each(prog, std::slice::from_ref(&client), &|l| {
+        bed.ctx(Side::A, l)
+    })?;
+    let rkey = FlowKey {
+        src: lb_common::v4_mapped(o),
+        dst: lb_common::v4_mapped(SNAT),
+        sport: oport.to_be(),
+        dport: snat_port.to_be(),
+        proto: lb_common::IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let rev = maps
+        .rev_flows
+        .get(&rkey, 0)
+        .with_context(|| format!("no NAT64 reverse entry for port {sport}"))?;
+    anyhow::ensure!(
+        rev.flags & lb_common::CT_ESTABLISHED != 0,
+        "NAT64 flow of port {sport}: not established after its handshake (flags {:#x})",
+        rev.flags
+    );
+    Ok((client, from_origin(ACK, (2000, 1001))))
+}
+
 /// `n` pseudo-random numbers below `modulo` (xorshift64, a fixed sequence, so every run and
 /// every table sees the same picks).
 fn picks(n: usize, modulo: u64) -> Vec<u64> {
@@ -974,6 +1065,42 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
             costs.push(cost6("IPv6 new flow, UDP VIP (distinct 5-tuples)", &mut unew6_t, unew6_v));
             costs.push(cost6("IPv6 established, UDP VIP (flow-table hit)", &mut uest6_t, uest6_v));
             costs.push(cost6("IPv6 reply, UDP VIP (reverse NAT)", &mut urep6_t, urep6_v));
+
+            // NAT64: a TCP load balancer on VIP6 port NAT64_PORT whose pool holds the IPv4
+            // origins of "web": the client's rows pass lb_v6 then lb_to_v4 (floor: the
+            // IPv6 frame's), the reply row lb_xdp then lb_to_v6 (floor: the IPv4 frame's).
+            let n64_cfg = Config::parse(
+                &per_packet_nat64_config(&per_packet_v6_config(&plain_text)),
+                std::path::Path::new("bench-nat64.toml"),
+            )?;
+            rec.apply(&n64_cfg, &HealthTable::default())?;
+            clear_flows(&mut rec.maps)?;
+            let syns64: Vec<Vec<u8>> = (0..N)
+                .map(|i| {
+                    lb_testbed::tcp6_segment(
+                        MAC_CLIENT,
+                        bed.mac_a,
+                        CLIENT6,
+                        VIP6,
+                        64,
+                        (1024 + i as u16, NAT64_PORT),
+                        lb_testbed::tcp_flags::SYN,
+                        (1000, 0),
+                        &[],
+                    )
+                })
+                .collect();
+            let (mut syn64_t, syn64_v) = run_each(dp.program()?, &syns64, &ctx_a)?;
+            let (est64, reply64) = establish64(dp.program()?, &rec.maps, &bed, 1024)?;
+            let (mut est64_t, est64_v) = run_each(dp.program()?, &vec![est64; N], &ctx_a)?;
+            let (mut rep64_t, rep64_v) = run_each(dp.program()?, &vec![reply64; N], &ctx_b)?;
+            anyhow::ensure!(
+                (syn64_v, est64_v, rep64_v) == (syn_v, est_v, rep_v),
+                "NAT64 verdicts {syn64_v}/{est64_v}/{rep64_v}, IPv4 {syn_v}/{est_v}/{rep_v}"
+            );
+            costs.push(cost6("NAT64 new flow (SYN, distinct 5-tuples)", &mut syn64_t, syn64_v));
+            costs.push(cost6("NAT64 established (flow-table hit)", &mut est64_t, est64_v));
+            costs.push(cost("NAT64 reply (reverse NAT)", &mut rep64_t, rep64_v));
             rec.apply(&cfg, &HealthTable::default())?;
 
             // Health change -> maps written, on a 10-origin monitored pool.
@@ -1005,7 +1132,10 @@ fn per_packet(object: &std::path::Path, report: &mut Report) -> Result<()> {
          origins and an IPv6 SNAT address (`snat_address` per family), the same cases as \
          IPv4 from emptied flow tables: `lb_xdp` reads the EtherType and tail-calls `lb_v6` \
          (TCP) or `lb_v6_udp` (UDP) through `TAILS`; their floor is the bare XDP_TX program \
-         on the IPv6 established frame."
+         on the IPv6 established frame. NAT64 rows: a TCP load balancer on the IPv6 VIP, port \
+         8064, whose pool holds the three IPv4 origins: the client's IPv6 segments take \
+         `lb_v6` then `lb_to_v4` (IPv4 out, IPv6 floor), the origin's IPv4 segments `lb_xdp` \
+         then `lb_to_v6` (IPv6 out, IPv4 floor)."
     );
     Ok(())
 }
@@ -1219,6 +1349,9 @@ fn main() -> Result<()> {
                 println!("{l}");
             }
             for l in report::v6_lines(&report.per_packet) {
+                println!("{l}");
+            }
+            for l in report::nat64_lines(&report.per_packet) {
                 println!("{l}");
             }
             for (k, v) in report.control.iter().filter(|(k, _)| k.starts_with("geo_")) {

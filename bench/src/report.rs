@@ -120,19 +120,34 @@ pub fn geo_overhead_lines(rows: &[crate::PacketCost]) -> Vec<String> {
 /// One line per IPv6 row: its median and floor beside the IPv4 row of the same path (the
 /// case without its "IPv6 " prefix).
 pub fn v6_lines(rows: &[crate::PacketCost]) -> Vec<String> {
+    beside(rows, ("IPv6 ", "IPv6"), ("", "IPv4"))
+}
+
+/// One line per NAT64 row (IPv6 VIP, IPv4 origins): beside the IPv6 row of the same path.
+pub fn nat64_lines(rows: &[crate::PacketCost]) -> Vec<String> {
+    beside(rows, ("NAT64 ", "NAT64"), ("IPv6 ", "IPv6"))
+}
+
+/// Rows whose case starts with `prefix`, each beside the row of the same case with
+/// `other`'s prefix instead: medians, floors, ratios and the difference.
+fn beside(
+    rows: &[crate::PacketCost],
+    (prefix, name): (&str, &str),
+    (other, other_name): (&str, &str),
+) -> Vec<String> {
     rows.iter()
         .filter_map(|c| {
-            let v4 = c.case.strip_prefix("IPv6 ")?;
-            let four = rows.iter().find(|r| r.case == v4)?;
+            let case = c.case.strip_prefix(prefix)?;
+            let base = rows.iter().find(|r| r.case == format!("{other}{case}"))?;
             Some(format!(
-                "{v4}: IPv6 {:.0} ns (floor {:.0}, {:.1}×), IPv4 {:.0} ns (floor {:.0}, {:.1}×), {:+.0} ns",
+                "{case}: {name} {:.0} ns (floor {:.0}, {:.1}×), {other_name} {:.0} ns (floor {:.0}, {:.1}×), {:+.0} ns",
                 c.median_ns,
                 c.floor_ns,
                 c.ratio_to_floor,
-                four.median_ns,
-                four.floor_ns,
-                four.ratio_to_floor,
-                c.median_ns - four.median_ns
+                base.median_ns,
+                base.floor_ns,
+                base.ratio_to_floor,
+                c.median_ns - base.median_ns
             ))
         })
         .collect()
@@ -490,6 +505,16 @@ pub fn write(out: &Path, r: &mut Report) -> Result<()> {
             let _ = writeln!(md, "- {l}");
         }
     }
+    let nat64 = nat64_lines(&r.per_packet);
+    if !nat64.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nNAT64 (an IPv6 VIP with IPv4 origins: `lb_v6` then `lb_to_v4` for the client's packets, `lb_xdp` then `lb_to_v6` for the origin's) against the same path with IPv6 origins (client-side rows on the IPv6 floor, the reply row on the IPv4 floor of its 54-byte frame):\n"
+        );
+        for l in &nat64 {
+            let _ = writeln!(md, "- {l}");
+        }
+    }
     let ratio = |prefix: &str| {
         r.per_packet
             .iter()
@@ -780,6 +805,15 @@ mod tests {
         assert_eq!(
             v6_lines(&rows),
             ["established (flow-table hit): IPv6 400 ns (floor 80, 5.0×), IPv4 300 ns (floor 75, 4.0×), +100 ns"]
+        );
+        let rows = [
+            row("IPv6 established (flow-table hit)", 400.0, 80.0),
+            row("NAT64 established (flow-table hit)", 480.0, 80.0),
+            row("NAT64 something without an IPv6 row", 1.0, 1.0),
+        ];
+        assert_eq!(
+            nat64_lines(&rows),
+            ["established (flow-table hit): NAT64 480 ns (floor 80, 6.0×), IPv6 400 ns (floor 80, 5.0×), +80 ns"]
         );
     }
     use super::*;
