@@ -17,7 +17,9 @@
 //! One module per stage, as Katran keeps one header per concern: `parse`, `conntrack`,
 //! `select`, `snat` (pairs and ports), `nat` (rewrite), `forward` (FIB and redirect),
 //! `cookie` (SYN cookies), `reply` (segments built in place), `edge` (not TCP for us,
-//! transit), `icmp` (errors, too-big answers, ping), `stats` (counters), `csum`. Nothing is logged per packet: every outcome increments a
+//! transit), `icmp` (errors, too-big answers, ping), `stats` (counters), `csum`; `udp`,
+//! `v6`/`icmp6` and `xlat` (NAT64) hold the tail-called programs' bodies, `family` the
+//! IPv4/IPv6 trait. Nothing is logged per packet: every outcome increments a
 //! per-CPU counter (`lb_common::event`), exactly one verdict per frame.
 #![no_std]
 #![no_main]
