@@ -10,6 +10,7 @@
 //!   `BPF_PROG_TEST_RUN` (`lb_testbed::fixture`).
 //! - `e2e`, `icmp_e2e`, `conntrack`, `health`, `steering`, `udp_e2e`: the real agent in
 //!   network namespace topologies, real clients and servers.
+//! - `nat64_e2e`: NAT64 end to end (IPv6 clients, IPv4 origins): split, 10 MB, path MTU, UDP.
 //! - `nat64_fixtures`: NAT64 (IPv6 VIP, IPv4 origins) packet fixtures, both directions.
 //! - `ipv6_bed`: the test bed's IPv6 topology (addresses, routes, servers, clients).
 //! - `v6_e2e`: the real agent over IPv6 (VIP, origins, clients): split, transfers,
@@ -24,6 +25,7 @@ mod health;
 mod icmp_e2e;
 mod icmp_fixtures;
 mod ipv6_bed;
+mod nat64_e2e;
 mod nat64_fixtures;
 mod next_hop;
 mod steering;
