@@ -168,13 +168,12 @@ fn load_balancer(
 }
 
 /// Which origin families a VIP of `vip`'s family can forward to, and why not: the one
-/// place that says so, to be relaxed when NAT64/NAT46 translation lands. `None`: allowed.
+/// place that says so. An IPv6 VIP serves IPv4 origins too (NAT64, `lb-ebpf/src/xlat.rs`);
+/// an IPv4 VIP with IPv6 origins (NAT46) is not built. `None`: allowed.
 pub(super) fn family_refusal(vip: IpAddr, origin: IpAddr) -> Option<&'static str> {
     match (vip, origin) {
-        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => None,
-        (IpAddr::V6(_), IpAddr::V4(_)) => {
-            Some("IPv6 VIP with IPv4 origins (NAT64) is not supported yet")
-        }
+        // IPv6 VIP, IPv4 origins: NAT64 (RFC 7915) in the data path (`lb-ebpf/src/xlat.rs`).
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), _) => None,
         (IpAddr::V4(_), IpAddr::V6(_)) => {
             Some("IPv4 VIP with IPv6 origins (NAT46) is not supported yet")
         }
@@ -222,11 +221,7 @@ fn origin_families(
                     "{why}: pool \"{name}\" has origin \"{}\" ({})",
                     o.name, o.address
                 ),
-                if vip.is_ipv6() {
-                    "give this load balancer an IPv4 address, or use pools of IPv6 origins"
-                } else {
-                    "give this load balancer an IPv6 address, or use pools of IPv4 origins"
-                },
+                "give this load balancer an IPv6 address (an IPv6 VIP serves IPv4 and IPv6 origins), or use pools of IPv4 origins",
             );
         }
     }
@@ -713,14 +708,36 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_vip_with_ipv4_origins_is_refused_for_now() {
-        let e = errors6_with("default_pools = [\"web6\"]", "default_pools = [\"web\"]");
-        assert_one(&e, "load_balancers[1].address");
-        assert!(
-            e[0].contains("IPv6 VIP with IPv4 origins (NAT64) is not supported yet")
-                && e[0].contains("pool \"web\""),
-            "{e:?}"
+    fn ipv6_vip_with_ipv4_origins_is_nat64() {
+        let text = GOOD6.replacen("default_pools = [\"web6\"]", "default_pools = [\"web\"]", 1);
+        let c = Config::parse(&text, Path::new("t")).expect("an IPv6 VIP may have IPv4 origins");
+        let lb = &c.load_balancers[1];
+        assert!(lb.address.is_ipv6());
+        assert_eq!(lb.default_pools, ["web"]);
+    }
+
+    #[test]
+    fn nat64_needs_an_ipv4_snat_address() {
+        let text = GOOD6
+            .replacen("default_pools = [\"web6\"]", "default_pools = [\"web\"]", 1)
+            .replacen(
+                "snat_address = [\"10.0.0.1\", \"2001:db8:ff::1\"]",
+                "snat_address = \"2001:db8:ff::1\"",
+                1,
+            );
+        // Without the IPv4 load balancer: only the NAT64 one needs the IPv4 SNAT address.
+        let text = text.replacen(
+            "[[load_balancers]]\nname = \"www\"\naddress = \"10.0.0.10\"\nport = 80\ndefault_pools = [\"web\"]\n",
+            "",
+            1,
         );
+        assert!(
+            !text.contains("name = \"www\""),
+            "the IPv4 load balancer removed"
+        );
+        let e = errors_of(&text);
+        assert_one(&e, "dataplane.snat_address");
+        assert!(e[0].contains("\"www6\" has IPv4 origins"), "{e:?}");
     }
 
     #[test]
@@ -733,22 +750,28 @@ mod tests {
     #[test]
     fn origin_families_are_checked_in_every_pool_list() {
         for extra in [
-            "fallback_pool = \"web\"",
-            "steering_policy = \"geo\"\nregion_pools = { WEU = [\"web\"] }",
-            "steering_policy = \"geo\"\ncountry_pools = { DE = [\"web\"] }",
-            "pop_pools = { AMS = [\"web\"] }",
+            "fallback_pool = \"POOL\"",
+            "steering_policy = \"geo\"\nregion_pools = { WEU = [\"POOL\"] }",
+            "steering_policy = \"geo\"\ncountry_pools = { DE = [\"POOL\"] }",
+            "pop_pools = { AMS = [\"POOL\"] }",
         ] {
-            let text = format!(
-                "{}\n[geo]\nprefixes = [{{ prefix = \"2001:db8:100::/48\", country = \"DE\" }}]\n",
-                GOOD6.replacen(
-                    "default_pools = [\"web6\"]",
-                    &format!("default_pools = [\"web6\"]\n{extra}"),
-                    1
+            let with = |lb_pools: &str, pool: &str| {
+                format!(
+                    "{}\n[geo]\nprefixes = [{{ prefix = \"2001:db8:100::/48\", country = \"DE\" }}]\n",
+                    GOOD6.replacen(
+                        lb_pools,
+                        &format!("{lb_pools}\n{}", extra.replace("POOL", pool)),
+                        1
+                    )
                 )
-            );
-            let e = errors_of(&text);
-            assert_one(&e, "load_balancers[1].address");
-            assert!(e[0].contains("NAT64"), "{extra}: {e:?}");
+            };
+            // IPv4 origins in any pool list of the IPv6 VIP: NAT64, allowed.
+            Config::parse(&with("default_pools = [\"web6\"]", "web"), Path::new("t"))
+                .unwrap_or_else(|e| panic!("{extra}: NAT64 allowed: {e}"));
+            // IPv6 origins in any pool list of the IPv4 VIP: NAT46, refused.
+            let e = errors_of(&with("default_pools = [\"web\"]", "web6"));
+            assert_one(&e, "load_balancers[0].address");
+            assert!(e[0].contains("NAT46"), "{extra}: {e:?}");
         }
     }
 
