@@ -315,6 +315,17 @@ mod tests {
         assert!(v6.load_balancers[0].address.is_ipv6() && v6.uses_ipv6());
         assert_eq!(v6.dataplane.snat6.map(|s| s.count), Some(4));
         assert_eq!(v6.dataplane.snat_count, 1);
+        let api6 = v6
+            .load_balancers
+            .iter()
+            .find(|l| l.name == "api6")
+            .expect("the NAT64 example");
+        assert!(api6.address.is_ipv6(), "NAT64: an IPv6 VIP");
+        let pool = v6.pools.iter().find(|p| p.name == "web4").expect("web4");
+        assert!(
+            pool.origins.iter().all(|o| o.address.is_ipv4()),
+            "of IPv4 origins"
+        );
     }
 
     #[test]
