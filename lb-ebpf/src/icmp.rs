@@ -223,7 +223,13 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
             u16::from_be_bytes((*ip).tot_len),
         )
     };
-    if ivihl != 0x45 || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) {
+    // RFC 792: an error quotes the IP header and at least 8 bytes of the transport header.
+    // A shorter message (by its length, whatever the frame holds) would leave words we
+    // update outside what its checksum covers.
+    if ivihl != 0x45
+        || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP)
+        || usize::from(tot_len) < ERROR_IP_LEN
+    {
         return not_ours(event::DROP_ICMP_MALFORMED);
     }
     // The quoted packet is one we sent, so its reverse is the key the flow tables know.

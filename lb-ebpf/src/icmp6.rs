@@ -160,7 +160,9 @@ pub fn error(ctx: &XdpContext, to_vip: bool) -> u32 {
             usize::from(u16::from_be_bytes((*ip).payload_len)),
         )
     };
-    if iproto != IPPROTO_TCP && iproto != IPPROTO_UDP {
+    // RFC 4443 §2.4: an error quotes the IPv6 header and at least 8 bytes of the transport
+    // header; a shorter message would leave words we update outside what its sum covers.
+    if (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) || plen < TOO_BIG_ICMP_LEN {
         return not_ours(event::DROP_ICMP_MALFORMED);
     }
     // SAFETY: bounds-checked above.
