@@ -26,6 +26,13 @@
 //!   IPv6 rewrite check (`check_rewrite6`: no extension headers left, only hop limit,
 //!   addresses, ports and checksum changed, the tuple in the flow tables, checksums
 //!   verifying as the input's did).
+//! - `nat64`: a tenth of the frames: IPv6 clients of the NAT64 load balancers (an IPv6 VIP,
+//!   pools of IPv4 origins), the origins' IPv4 answers, forged ones, ICMPv4 errors from the
+//!   origin side and ICMPv6 errors from the client side about translated flows, mutated by
+//!   their family's mutator; the translation check (`check_translated`: the flow's tuple as
+//!   the tables name it, TTL and hop limit, DF above 1260 bytes, transport bytes and the
+//!   checksum's verdict kept, translated ICMP errors with valid checksums, a reversed
+//!   quote, and a quoted UDP checksum that verifies with the quoted payload as before).
 //!
 //! # Invariants
 //! After every frame: the verdict is DROP, PASS, TX or REDIRECT (never ABORTED); exactly one
@@ -43,6 +50,7 @@
 //! check and replaying the frames since, checking after each.
 
 pub mod frame;
+pub mod nat64;
 pub mod v6;
 
 use std::{
@@ -117,6 +125,8 @@ const UDP_SHARE: u32 = 25;
 const UDP_UNREPLIED_SECS: u32 = 1;
 /// Percent of generated frames drawn from the IPv6 generator (`v6::generate6`).
 const V6_SHARE: u32 = 20;
+/// Percent of generated frames drawn from the NAT64 generator (`nat64::generate64`).
+const NAT64_SHARE: u32 = 10;
 
 /// Two VIP addresses, three VIPs; pool `web` has two origins on one address (o1:8080 and
 /// o1:8081: same address, other port), pool `lc` uses least connections (o5 and o6 share an
@@ -139,8 +149,9 @@ udp_budget = 8",
     );
     let dataplane = dataplane.replace("snat_address = \"10.0.0.1\"", v6::SNAT_ADDRESSES);
     format!(
-        "{dataplane}{POOLS}{POOL_LOCAL}{LB_WWW}{LB_TLS}{LB_ONE_ARMED}{POOL_DNS}{LBS_UDP}{}",
-        v6::CONFIG
+        "{dataplane}{POOLS}{POOL_LOCAL}{LB_WWW}{LB_TLS}{LB_ONE_ARMED}{POOL_DNS}{LBS_UDP}{}{}",
+        v6::CONFIG,
+        nat64::CONFIG
     )
 }
 
@@ -482,6 +493,8 @@ struct Fuzzer<'a> {
     known_udp: Vec<Known>,
     /// IPv6 flows (TCP and UDP).
     known6: Vec<v6::Known6>,
+    /// NAT64 flows (`nat64`): IPv6 clients, IPv4 origins (IPv4-mapped in `origin`).
+    known64: Vec<v6::Known6>,
     /// UDP flows dropped from `known_udp`, with when: revisited once idle past both UDP
     /// timeouts, so that flows expire (and their ports are taken) during a run.
     dormant: std::collections::VecDeque<(Known, Instant)>,
@@ -829,7 +842,11 @@ impl Fuzzer<'_> {
 
     /// What is wrong with `out` as the rewrite of `input` (`None`: nothing).
     fn check_rewrite(&mut self, input: &[u8], out: &[u8], ev: u32) -> Option<String> {
-        if input.get(12..14) == Some(&[0x86, 0xdd]) || out.get(12..14) == Some(&[0x86, 0xdd]) {
+        let v6 = |f: &[u8]| f.get(12..14) == Some(&[0x86, 0xdd]);
+        if v6(input) != v6(out) {
+            return self.check_translated(input, out, ev);
+        }
+        if v6(input) || v6(out) {
             return self.check_rewrite6(input, out, ev);
         }
         let Some(after) = frame::verify(out) else {
@@ -1398,6 +1415,9 @@ impl Fuzzer<'_> {
 
     /// The next fuzz frame: a base frame, then mutations. Returns frame, ingress, description.
     fn generate(&mut self) -> (Vec<u8>, Side, String) {
+        if self.rng.chance(NAT64_SHARE) {
+            return self.generate64();
+        }
         if self.rng.chance(V6_SHARE) {
             return self.generate6();
         }
@@ -1922,6 +1942,7 @@ pub fn run(opts: &Options) -> Report {
             known: Vec::new(),
             known_udp: Vec::new(),
             known6: Vec::new(),
+            known64: Vec::new(),
             dormant: std::collections::VecDeque::new(),
             index: 0,
             report: Report {
@@ -1957,6 +1978,14 @@ pub fn run(opts: &Options) -> Report {
             for answer in [true, false] {
                 let p = fz.fresh_cport();
                 fz.open_udp6(c, p, answer);
+            }
+            for st in [2, 2, 3, 4] {
+                let p = fz.fresh_cport();
+                fz.open64(c, p, IPPROTO_TCP, st);
+            }
+            for st in [1, 0] {
+                let p = fz.fresh_cport();
+                fz.open64(c, p, IPPROTO_UDP, st);
             }
         }
         // Real state first: flows in every state, on every VIP.
@@ -1998,6 +2027,10 @@ pub fn run(opts: &Options) -> Report {
                 let p = fz.fresh_cport();
                 let answer = fz.rng.chance(70);
                 fz.open_udp6(c, p, answer);
+                let p = fz.fresh_cport();
+                let proto = fz.rng.pick(&[IPPROTO_TCP, IPPROTO_UDP]);
+                let st = fz.rng.below(5) as u32;
+                fz.open64(c, p, proto, st);
             }
             let (f, side, what) = fz.generate();
             fz.step(&f, side, &what);
