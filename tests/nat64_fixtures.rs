@@ -590,6 +590,53 @@ fn nat64_syn_cookies_translate_the_rebuilt_syn_and_sequence_numbers() {
             "origin data in IPv6, its sequence number translated"
         );
         fx.expect_events(&[event::REPLY_NAT, event::XLAT_4TO6, event::FWD_REDIRECT]);
+
+        // A second cookie flow whose IPv4 origin refuses the SYN: its reset cannot be
+        // relayed in IPv4 to the IPv6 client, and is dropped (the client times out).
+        let from_c1b = |seq, ack: Option<u32>, syn| {
+            tcp6_segment(
+                MAC_C1,
+                mac_a,
+                C1,
+                VIP6,
+                64,
+                (40001, 80),
+                flags(syn, ack),
+                (seq, ack.unwrap_or(0)),
+                &[],
+            )
+        };
+        let (_, out) = fx.run1(Side::A, &from_c1b(8000, None, true));
+        let cookie2 = tcp_of(&out).sequence_number;
+        let (v, out) = fx.run1(
+            Side::A,
+            &from_c1b(8001, Some(cookie2.wrapping_add(1)), false),
+        );
+        assert_eq!(
+            v, XDP_REDIRECT,
+            "second cookie ACK becomes the SYN to the origin"
+        );
+        let p2 = tcp_of(&out).source_port;
+        fx.expect_events(&[
+            event::SYN_COOKIE_SENT,
+            event::SYN_COOKIE_OK,
+            event::XLAT_6TO4,
+            event::FWD_REDIRECT,
+        ]);
+        let rst = tcp_segment(
+            MAC_O4,
+            mac_b,
+            O4,
+            SNAT4,
+            64,
+            (8080, p2),
+            tcp_flags::RST | tcp_flags::ACK,
+            (0, 8001),
+            &[],
+        );
+        let (v, _) = fx.run1(Side::B, &rst);
+        assert_eq!(v, XDP_DROP, "the origin's refusal: dropped");
+        fx.expect_events(&[event::COOKIE_REFUSED, event::DROP_XLAT]);
         fx.assert_events();
         println!("fixture ok: NAT64 with SYN cookies: rebuilt SYN translated, sequence numbers translated both ways");
     });

@@ -864,7 +864,63 @@ fn ipv6_syn_cookies_answer_without_state_and_translate_sequence_numbers() {
             "origin data, its sequence number translated"
         );
         fx.expect_events(&[event::REPLY_NAT, event::FWD_REDIRECT]);
+
+        // A second cookie flow whose origin refuses the SYN: the client gets a RST in IPv6.
+        let from_c1b = |seq, ack: Option<u32>, syn| {
+            tcp6(
+                (MAC_C1, mac_a),
+                (C1, VIP6),
+                64,
+                (40001, 80),
+                seq,
+                ack,
+                syn,
+                &[],
+            )
+        };
+        let (_, out) = fx.run1(Side::A, &from_c1b(8000, None, true));
+        let cookie2 = tcp_of(&out).sequence_number;
+        let (v, out) = fx.run1(
+            Side::A,
+            &from_c1b(8001, Some(cookie2.wrapping_add(1)), false),
+        );
+        assert_eq!(
+            v, XDP_REDIRECT,
+            "second cookie ACK becomes the SYN to the origin"
+        );
+        let p2 = tcp_of(&out).source_port;
+        fx.expect_events(&[
+            event::SYN_COOKIE_SENT,
+            event::SYN_COOKIE_OK,
+            event::FWD_REDIRECT,
+        ]);
+        let rst = tcp6_segment(
+            MAC_O1,
+            mac_b,
+            O1,
+            SNAT6,
+            64,
+            (8080, p2),
+            tcp_flags::RST | tcp_flags::ACK,
+            (0, 8001),
+            &[],
+        );
+        let (v, out) = fx.run1(Side::B, &rst);
+        assert_eq!(v, XDP_REDIRECT, "origin refused: a RST to the client");
+        let r = tcp_of(&out);
+        assert!(r.rst, "a RST: {r:?}");
+        assert_eq!(
+            (
+                &out[22..38],
+                &out[38..54],
+                r.source_port,
+                r.destination_port
+            ),
+            (&VIP6[..], &C1[..], 80, 40001),
+            "from the VIP to the IPv6 client"
+        );
+        fx.expect_events(&[event::COOKIE_REFUSED, event::FWD_REDIRECT]);
         fx.assert_events();
-        println!("fixture ok: IPv6 SYN cookies, cookie ACK, origin handshake, translation");
+        println!("fixture ok: IPv6 SYN cookies, cookie ACK, origin handshake, translation; origin refusal: RST to the client");
     });
 }

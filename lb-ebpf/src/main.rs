@@ -575,9 +575,12 @@ fn origin_packet<F: Family>(
     if unsafe { (*r).flags } & (CT_COOKIE | CT_SYNACK) == CT_COOKIE {
         return match cookie::origin_answer::<F>(ctx, r, s)? {
             cookie::Pending::AckToOrigin => Ok(reply::bounce(ctx)),
-            // A reset in IPv4 to an IPv6 client cannot be sent: its connection times out.
+            // A reset in IPv4 to an IPv6 client (NAT64) cannot be sent from here: its
+            // connection times out.
             // SAFETY: a live map value.
-            cookie::Pending::RstToClient if !is_v4_mapped(unsafe { &(*r).client_addr }) => {
+            cookie::Pending::RstToClient
+                if !F::V6 && !is_v4_mapped(unsafe { &(*r).client_addr }) =>
+            {
                 Err(drop(event::DROP_XLAT))
             }
             cookie::Pending::RstToClient => forward_rebuilt::<F>(ctx),
