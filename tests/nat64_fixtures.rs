@@ -19,16 +19,17 @@ use lb_common::{event, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
 use lb_testbed::{
     ebpf_object,
     fixture::{
-        assert_checksums, csum, first_snat_port_of, frag_needed, icmp_frame, ip_of, with_loaded_in,
-        Loaded, SNAT_MAX, SNAT_MIN, XDP_DROP, XDP_REDIRECT, XDP_TX,
+        assert_checksums, csum, first_snat_port_of, frag_needed, icmp6_frame, icmp_frame, ip_of,
+        net6, tcp_header_of, with_loaded_in, Loaded, SNAT_MAX, SNAT_MIN, XDP_DROP, XDP_REDIRECT,
+        XDP_TX,
     },
     serial, tcp6_segment, tcp_flags, tcp_segment, FibBed, Side,
 };
 
-const VIP6: [u8; 16] = v6(0xa, 0x10);
-const C1: [u8; 16] = v6(1, 2);
+const VIP6: [u8; 16] = net6(0xa, 0x10);
+const C1: [u8; 16] = net6(1, 2);
 /// A router on the client side, which sends ICMPv6 errors.
-const R6: [u8; 16] = v6(1, 0xfe);
+const R6: [u8; 16] = net6(1, 0xfe);
 const SNAT4: [u8; 4] = [10, 0, 0, 1];
 const O4: [u8; 4] = [10, 0, 11, 2];
 /// A router on the origin side, which sends ICMP errors.
@@ -41,13 +42,6 @@ const MAC_R4: [u8; 6] = [2, 0, 0, 0x11, 0, 0xfe];
 const MTU_B: u16 = 1400;
 const QUERY: &[u8] = b"\x12\x34\x01\x00\x00\x01 what is the answer";
 const ANSWER: &[u8] = b"\x12\x34\x81\x80\x00\x01 forty-two";
-
-/// `2001:db8:<net>::<host>` (the bed's IPv6 networks, `FibBed::add_ipv6`).
-const fn v6(net: u8, host: u8) -> [u8; 16] {
-    [
-        0x20, 0x01, 0x0d, 0xb8, 0, net, 0, 0, 0, 0, 0, 0, 0, 0, 0, host,
-    ]
-}
 
 /// An IPv6 VIP (TCP 80, UDP 53) whose pool holds one IPv4 origin.
 fn config() -> String {
@@ -164,22 +158,6 @@ fn run_exact(
     println!("fixture ok: {desc}");
 }
 
-/// An ICMPv6 frame built by etherparse: `kind`/`code`, the type-specific word, `body`.
-fn icmp6(
-    (smac, dmac): ([u8; 6], [u8; 6]),
-    (src, dst): ([u8; 16], [u8; 16]),
-    hop: u8,
-    (kind, code, rest): (u8, u8, [u8; 4]),
-    body: &[u8],
-) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(smac, dmac)
-        .ipv6(src, dst, hop)
-        .icmpv6_raw(kind, code, rest);
-    let mut v = Vec::new();
-    b.write(&mut v, body).expect("icmpv6 frame");
-    v
-}
-
 fn snat_port(proto: u8, cport: u16, vport: u16) -> u16 {
     first_snat_port_of(
         (SNAT_MIN, SNAT_MAX),
@@ -293,7 +271,7 @@ fn nat64_tcp_is_translated_both_ways_with_path_mtu_and_icmp() {
             Side::A,
             &too_big,
             XDP_TX,
-            &icmp6(
+            &icmp6_frame(
                 (mac_a, MAC_C1),
                 (VIP6, C1),
                 64,
@@ -347,7 +325,7 @@ fn nat64_tcp_is_translated_both_ways_with_path_mtu_and_icmp() {
             Side::B,
             &icmp4,
             XDP_REDIRECT,
-            &icmp6(
+            &icmp6_frame(
                 (mac_a, MAC_C1),
                 (VIP6, C1),
                 63,
@@ -364,7 +342,7 @@ fn nat64_tcp_is_translated_both_ways_with_path_mtu_and_icmp() {
         // ICMPv6 from a router on the client side about what we sent to the client: the
         // origin hears "fragmentation needed" about what it sent, MTU 1280 - 20.
         let replied = to_c1(6001, 2319, false, &[0; 1200]);
-        let ptb = icmp6(
+        let ptb = icmp6_frame(
             (MAC_R6, mac_a),
             (R6, VIP6),
             64,
@@ -483,16 +461,6 @@ fn nat64_udp_is_translated_both_ways() {
     });
 }
 
-/// The frame's TCP header, after its checksums are recomputed.
-fn tcp_of(frame: &[u8]) -> etherparse::TcpHeader {
-    assert_checksums("cookie case", frame);
-    let p = etherparse::SlicedPacket::from_ethernet(frame).expect("parses");
-    match p.transport {
-        Some(etherparse::TransportSlice::Tcp(t)) => t.to_header(),
-        other => panic!("not TCP: {other:?}"),
-    }
-}
-
 #[test]
 fn nat64_syn_cookies_translate_the_rebuilt_syn_and_sequence_numbers() {
     let _serial = serial();
@@ -507,7 +475,7 @@ fn nat64_syn_cookies_translate_the_rebuilt_syn_and_sequence_numbers() {
         // The SYN is answered in place, in IPv6, with a cookie SYN-ACK.
         let (v, out) = fx.run1(Side::A, &from_client(7000, None, true, &[], mac_a));
         assert_eq!(v, XDP_REDIRECT, "cookie SYN-ACK");
-        let synack = tcp_of(&out);
+        let synack = tcp_header_of(&out);
         assert!(synack.syn && synack.ack && synack.acknowledgment_number == 7001);
         let cookie = synack.sequence_number;
         fx.expect_events(&[event::SYN_COOKIE_SENT]);
@@ -519,7 +487,7 @@ fn nat64_syn_cookies_translate_the_rebuilt_syn_and_sequence_numbers() {
         assert_eq!(v, XDP_REDIRECT, "cookie ACK becomes the SYN to the origin");
         assert_eq!(&out[12..14], &[8, 0], "an IPv4 SYN");
         assert_eq!((&out[26..30], &out[30..34]), (&SNAT4[..], &O4[..]));
-        let syn_o = tcp_of(&out);
+        let syn_o = tcp_header_of(&out);
         assert!(syn_o.syn && !syn_o.ack && syn_o.sequence_number == 7000);
         assert_eq!(syn_o.destination_port, 8080);
         let p = syn_o.source_port;
@@ -540,7 +508,7 @@ fn nat64_syn_cookies_translate_the_rebuilt_syn_and_sequence_numbers() {
             ),
         );
         assert_eq!(v, XDP_REDIRECT, "origin SYN-ACK: answered with our ACK");
-        let ack = tcp_of(&out);
+        let ack = tcp_header_of(&out);
         assert!(
             ack.ack && !ack.syn && ack.sequence_number == 7001 && ack.acknowledgment_number == 9001
         );
@@ -551,7 +519,7 @@ fn nat64_syn_cookies_translate_the_rebuilt_syn_and_sequence_numbers() {
             &from_client(7001, Some(cookie.wrapping_add(1)), false, b"hi", mac_a),
         );
         assert_eq!(v, XDP_REDIRECT);
-        let d = tcp_of(&out);
+        let d = tcp_header_of(&out);
         assert_eq!(&out[12..14], &[8, 0]);
         assert_eq!(
             (d.sequence_number, d.acknowledgment_number),
@@ -607,7 +575,7 @@ fn nat64_syn_cookies_translate_the_rebuilt_syn_and_sequence_numbers() {
             )
         };
         let (_, out) = fx.run1(Side::A, &from_c1b(8000, None, true));
-        let cookie2 = tcp_of(&out).sequence_number;
+        let cookie2 = tcp_header_of(&out).sequence_number;
         let (v, out) = fx.run1(
             Side::A,
             &from_c1b(8001, Some(cookie2.wrapping_add(1)), false),
@@ -616,7 +584,7 @@ fn nat64_syn_cookies_translate_the_rebuilt_syn_and_sequence_numbers() {
             v, XDP_REDIRECT,
             "second cookie ACK becomes the SYN to the origin"
         );
-        let p2 = tcp_of(&out).source_port;
+        let p2 = tcp_header_of(&out).source_port;
         fx.expect_events(&[
             event::SYN_COOKIE_SENT,
             event::SYN_COOKIE_OK,

@@ -17,24 +17,24 @@ use lb_common::{event, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
 use lb_testbed::{
     ebpf_object,
     fixture::{
-        first_snat_port_of, next_second, other_port, with_loaded_in, Case, Loaded, SNAT_MAX,
-        SNAT_MIN, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        first_snat_port_of, icmp6_frame, net6, next_second, other_port, tcp_header_of,
+        with_loaded_in, Case, Loaded, SNAT_MAX, SNAT_MIN, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     },
     serial, tcp6_segment, tcp_flags, FibBed, Side,
 };
 
-const VIP6: [u8; 16] = v6(0xa, 0x10);
-const SNAT6: [u8; 16] = v6(5, 1);
-const C1: [u8; 16] = v6(1, 2);
-const C2: [u8; 16] = v6(1, 3);
-const O1: [u8; 16] = v6(0x11, 2);
+const VIP6: [u8; 16] = net6(0xa, 0x10);
+const SNAT6: [u8; 16] = net6(5, 1);
+const C1: [u8; 16] = net6(1, 2);
+const C2: [u8; 16] = net6(1, 3);
+const O1: [u8; 16] = net6(0x11, 2);
 /// Routers on the origin and client sides, which send ICMPv6 errors.
-const R_ORIGIN: [u8; 16] = v6(0x11, 0xfe);
-const R_CLIENT: [u8; 16] = v6(1, 0xfe);
+const R_ORIGIN: [u8; 16] = net6(0x11, 0xfe);
+const R_CLIENT: [u8; 16] = net6(1, 0xfe);
 /// An address on the client side that is no VIP (the host's neighbour).
-const OTHER: [u8; 16] = v6(1, 9);
+const OTHER: [u8; 16] = net6(1, 9);
 /// The host's own address on the client side.
-const LB_A: [u8; 16] = v6(1, 1);
+const LB_A: [u8; 16] = net6(1, 1);
 const MAC_C1: [u8; 6] = [2, 0, 0, 1, 0, 2];
 const MAC_C2: [u8; 6] = [2, 0, 0, 1, 0, 3];
 const MAC_O1: [u8; 6] = [2, 0, 0, 0x11, 0, 2];
@@ -44,14 +44,6 @@ const MAC_RC: [u8; 6] = [2, 0, 0, 1, 0, 0xfe];
 const MTU_B: u16 = 1400;
 const QUERY: &[u8] = b"\x12\x34\x01\x00\x00\x01 what is the answer";
 const ANSWER: &[u8] = b"\x12\x34\x81\x80\x00\x01 forty-two";
-
-/// `2001:db8:<net>::<host>` (the bed's IPv6 networks are 2001:db8:1::/64 on side a and
-/// 2001:db8:11::/64 on side b, `FibBed::add_ipv6`).
-const fn v6(net: u8, host: u8) -> [u8; 16] {
-    [
-        0x20, 0x01, 0x0d, 0xb8, 0, net, 0, 0, 0, 0, 0, 0, 0, 0, 0, host,
-    ]
-}
 
 /// Two load balancers on one IPv6 VIP: TCP port 80 and UDP port 53, both to o1.
 fn config() -> String {
@@ -150,22 +142,6 @@ fn udp6(
         .udp(sport, dport);
     let mut v = Vec::new();
     b.write(&mut v, payload).expect("udp6 frame");
-    v
-}
-
-/// An ICMPv6 frame built by etherparse: `kind`/`code`, the type-specific word, `body`.
-fn icmp6(
-    (smac, dmac): ([u8; 6], [u8; 6]),
-    (src, dst): ([u8; 16], [u8; 16]),
-    hop: u8,
-    (kind, code, rest): (u8, u8, [u8; 4]),
-    body: &[u8],
-) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(smac, dmac)
-        .ipv6(src, dst, hop)
-        .icmpv6_raw(kind, code, rest);
-    let mut v = Vec::new();
-    b.write(&mut v, body).expect("icmpv6 frame");
     v
 }
 
@@ -445,7 +421,7 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
         fx.run(vec![Case {
             desc: "ICMPv6 packet too big about o1's flow: translated back to the client",
             ingress: Side::B,
-            input: icmp6(
+            input: icmp6_frame(
                 (MAC_RO, mac_b),
                 (R_ORIGIN, SNAT6),
                 64,
@@ -453,7 +429,7 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
                 &sent[14..],
             ),
             verdict: XDP_REDIRECT,
-            output: Some(icmp6(
+            output: Some(icmp6_frame(
                 (mac_a, MAC_C1),
                 (VIP6, C1),
                 63,
@@ -490,7 +466,7 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
             Case {
                 desc: "ICMPv6 unreachable about a client of o1: translated back to o1",
                 ingress: Side::A,
-                input: icmp6(
+                input: icmp6_frame(
                     (MAC_RC, mac_a),
                     (R_CLIENT, VIP6),
                     64,
@@ -498,7 +474,7 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
                     &to_client[14..],
                 ),
                 verdict: XDP_REDIRECT,
-                output: Some(icmp6(
+                output: Some(icmp6_frame(
                     (mac_b, MAC_O1),
                     (SNAT6, O1),
                     63,
@@ -510,7 +486,7 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
             Case {
                 desc: "ICMPv6 unreachable to the VIP about no flow of ours: dropped",
                 ingress: Side::A,
-                input: icmp6(
+                input: icmp6_frame(
                     (MAC_RC, mac_a),
                     (R_CLIENT, VIP6),
                     64,
@@ -538,7 +514,7 @@ fn ipv6_tcp_flows_are_balanced_answered_and_checked() {
         assert_eq!(verdict, XDP_TX, "too big: verdict");
         // The quote: the IPv6 header as the client sent it (its payload length that of the
         // whole packet) and the first 8 bytes of TCP.
-        let want = icmp6(
+        let want = icmp6_frame(
             (mac_a, MAC_C1),
             (VIP6, C1),
             64,
@@ -651,7 +627,7 @@ fn ipv6_udp_datagrams_icmpv6_echo_and_neighbour_discovery() {
             Case {
                 desc: "an echo request to the VIP: answered",
                 ingress: Side::A,
-                input: icmp6(
+                input: icmp6_frame(
                     (MAC_C2, mac_a),
                     (C2, VIP6),
                     64,
@@ -659,7 +635,7 @@ fn ipv6_udp_datagrams_icmpv6_echo_and_neighbour_discovery() {
                     echo_body,
                 ),
                 verdict: XDP_TX,
-                output: Some(icmp6(
+                output: Some(icmp6_frame(
                     (mac_a, MAC_C2),
                     (VIP6, C2),
                     64,
@@ -695,16 +671,6 @@ fn ipv6_udp_datagrams_icmpv6_echo_and_neighbour_discovery() {
     });
 }
 
-/// The TCP header of an output frame, its checksums rechecked first.
-fn tcp_of(frame: &[u8]) -> etherparse::TcpHeader {
-    lb_testbed::fixture::assert_checksums("cookie case", frame);
-    let p = etherparse::SlicedPacket::from_ethernet(frame).expect("parses");
-    match p.transport {
-        Some(etherparse::TransportSlice::Tcp(t)) => t.to_header(),
-        other => panic!("not TCP: {other:?}"),
-    }
-}
-
 #[test]
 fn ipv6_syn_cookies_answer_without_state_and_translate_sequence_numbers() {
     let _serial = serial();
@@ -730,7 +696,7 @@ fn ipv6_syn_cookies_answer_without_state_and_translate_sequence_numbers() {
         // The SYN is answered in place with a cookie SYN-ACK (bpf_tcp_raw_gen_syncookie_ipv6).
         let (v, out) = fx.run1(Side::A, &from_c1(7000, None, true, &[]));
         assert_eq!(v, XDP_REDIRECT, "cookie SYN-ACK: back out of the ingress");
-        let synack = tcp_of(&out);
+        let synack = tcp_header_of(&out);
         assert!(
             synack.syn && synack.ack && synack.acknowledgment_number == 7001,
             "cookie SYN-ACK: {synack:?}"
@@ -767,7 +733,7 @@ fn ipv6_syn_cookies_answer_without_state_and_translate_sequence_numbers() {
             &from_c1(7001, Some(cookie.wrapping_add(1)), false, &[]),
         );
         assert_eq!(v, XDP_REDIRECT, "cookie ACK becomes the SYN to the origin");
-        let syn_o = tcp_of(&out);
+        let syn_o = tcp_header_of(&out);
         assert!(
             syn_o.syn && !syn_o.ack && syn_o.sequence_number == 7000,
             "SYN to the origin: {syn_o:?}"
@@ -879,7 +845,7 @@ fn ipv6_syn_cookies_answer_without_state_and_translate_sequence_numbers() {
             )
         };
         let (_, out) = fx.run1(Side::A, &from_c1b(8000, None, true));
-        let cookie2 = tcp_of(&out).sequence_number;
+        let cookie2 = tcp_header_of(&out).sequence_number;
         let (v, out) = fx.run1(
             Side::A,
             &from_c1b(8001, Some(cookie2.wrapping_add(1)), false),
@@ -888,7 +854,7 @@ fn ipv6_syn_cookies_answer_without_state_and_translate_sequence_numbers() {
             v, XDP_REDIRECT,
             "second cookie ACK becomes the SYN to the origin"
         );
-        let p2 = tcp_of(&out).source_port;
+        let p2 = tcp_header_of(&out).source_port;
         fx.expect_events(&[
             event::SYN_COOKIE_SENT,
             event::SYN_COOKIE_OK,
@@ -907,7 +873,7 @@ fn ipv6_syn_cookies_answer_without_state_and_translate_sequence_numbers() {
         );
         let (v, out) = fx.run1(Side::B, &rst);
         assert_eq!(v, XDP_REDIRECT, "origin refused: a RST to the client");
-        let r = tcp_of(&out);
+        let r = tcp_header_of(&out);
         assert!(r.rst, "a RST: {r:?}");
         assert_eq!(
             (

@@ -285,6 +285,40 @@ fn assert_checksums6(desc: &str, f: &[u8]) {
     }
 }
 
+/// `2001:db8:<net>::<host>`: the addresses of `FibBed::add_ipv6` (`2001:db8:1::/64` on
+/// side a, `2001:db8:11::/64` on side b) and of the IPv6 fixtures' VIPs and SNAT addresses.
+pub const fn net6(net: u8, host: u8) -> [u8; 16] {
+    [
+        0x20, 0x01, 0x0d, 0xb8, 0, net, 0, 0, 0, 0, 0, 0, 0, 0, 0, host,
+    ]
+}
+
+/// An ICMPv6 frame built by etherparse: `kind`/`code`, the type-specific word, `body`.
+pub fn icmp6_frame(
+    (smac, dmac): ([u8; 6], [u8; 6]),
+    (src, dst): ([u8; 16], [u8; 16]),
+    hop: u8,
+    (kind, code, rest): (u8, u8, [u8; 4]),
+    body: &[u8],
+) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv6(src, dst, hop)
+        .icmpv6_raw(kind, code, rest);
+    let mut v = Vec::new();
+    b.write(&mut v, body).expect("icmpv6 frame");
+    v
+}
+
+/// The TCP header of an output frame (either family), after its checksums are rechecked.
+pub fn tcp_header_of(frame: &[u8]) -> etherparse::TcpHeader {
+    assert_checksums("TCP output", frame);
+    let p = etherparse::SlicedPacket::from_ethernet(frame).expect("parses");
+    match p.transport {
+        Some(etherparse::TransportSlice::Tcp(t)) => t.to_header(),
+        other => panic!("not TCP: {other:?}"),
+    }
+}
+
 /// The IPv4 packet of a frame, without its Ethernet header: the bytes an ICMP error quotes.
 pub fn ip_of(frame: &[u8]) -> Vec<u8> {
     frame[14..].to_vec()
