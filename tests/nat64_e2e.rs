@@ -6,8 +6,7 @@
 //! and UDP exchanges.
 
 use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Instant,
 };
 
@@ -20,7 +19,8 @@ use crate::{
     e2e::{assert_one_two_three, read_stats},
     icmp_e2e::{events, transfer_both_ways, transfer_counting, xdp_pass_on},
     steering::answers_to,
-    udp_e2e::{ask, UdpEcho, ECHO_PORT, UDP_VIP_PORT},
+    udp_e2e::{UdpEcho, ECHO_PORT, UDP_VIP_PORT},
+    v6_e2e::udp6_exchanges,
 };
 
 /// `config_dual` with the IPv6 load balancer `www6` sent to pool `web`: the origins' IPv4
@@ -274,20 +274,7 @@ fn nat64_udp_exchanges_split_by_weight() {
     let vip = SocketAddr::new(VIP6.into(), UDP_VIP_PORT);
     const N: u16 = 3000;
     let t = Instant::now();
-    let counts = topo.client.run(|| {
-        let mut m = BTreeMap::new();
-        for p in 20000..20000 + N {
-            let s = UdpSocket::bind(SocketAddr::new(CLIENT6.into(), p))
-                .unwrap_or_else(|e| panic!("bind client port {p}: {e}"));
-            s.connect(vip).expect("connect to the VIP");
-            let k = ask(&s, &format!("q{p}"), 3).unwrap_or_else(|| "lost".to_owned());
-            *m.entry(k).or_insert(0) += 1;
-            if m.len() == 1 && m.get("lost") == Some(&20) {
-                break; // none of the first 20 answered: the data path does not forward
-            }
-        }
-        m
-    });
+    let counts = udp6_exchanges(&topo, vip, N);
     println!(
         "NAT64 UDP: {N} exchanges in {:.1} s: {counts:?}",
         t.elapsed().as_secs_f64()

@@ -338,6 +338,25 @@ fn v6_geo_steering_by_client_prefix() {
     assert_eq!(from(jp, 10), only("o3", 10), "JP list down: default_pools");
 }
 
+/// `n` request/answer exchanges from `CLIENT6`, each from its own source port (20000 and
+/// up), to `vip`: the answering origins' names (or "lost") and how often.
+pub(crate) fn udp6_exchanges(topo: &Topology, vip: SocketAddr, n: u16) -> BTreeMap<String, usize> {
+    topo.client.run(|| {
+        let mut m = BTreeMap::new();
+        for p in 20000..20000 + n {
+            let s = UdpSocket::bind(SocketAddr::new(CLIENT6.into(), p))
+                .unwrap_or_else(|e| panic!("bind client port {p}: {e}"));
+            s.connect(vip).expect("connect to the VIP");
+            let k = ask(&s, &format!("q{p}"), 3).unwrap_or_else(|| "lost".to_owned());
+            *m.entry(k).or_insert(0) += 1;
+            if m.len() == 1 && m.get("lost") == Some(&20) {
+                break; // none of the first 20 answered: the data path does not forward
+            }
+        }
+        m
+    })
+}
+
 #[test]
 fn v6_udp_exchanges_split_by_weight() {
     let _serial = serial();
@@ -381,20 +400,7 @@ fn v6_udp_exchanges_split_by_weight() {
 
     const N: u16 = 3000;
     let t = Instant::now();
-    let counts = topo.client.run(|| {
-        let mut m = BTreeMap::new();
-        for p in 20000..20000 + N {
-            let s = UdpSocket::bind(SocketAddr::new(CLIENT6.into(), p))
-                .unwrap_or_else(|e| panic!("bind client port {p}: {e}"));
-            s.connect(vip).expect("connect to the VIP");
-            let k = ask(&s, &format!("q{p}"), 3).unwrap_or_else(|| "lost".to_owned());
-            *m.entry(k).or_insert(0) += 1;
-            if m.len() == 1 && m.get("lost") == Some(&20) {
-                break; // none of the first 20 answered: the data path does not forward
-            }
-        }
-        m
-    });
+    let counts = udp6_exchanges(&topo, vip, N);
     println!(
         "IPv6 UDP: {N} exchanges in {:.1} s: {counts:?}",
         t.elapsed().as_secs_f64()
